@@ -1,0 +1,53 @@
+"""Multinomial logistic regression on frozen embeddings (the feature-extraction head)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from .base import softmax
+
+
+class LinearHead:
+    kind: ClassVar[str] = "linear"
+
+    def __init__(self, labels: list[str], c: float = 10.0) -> None:
+        self.labels = list(labels)
+        self.c = float(c)
+        self.weight = np.zeros((len(labels), 0), dtype=np.float32)
+        self.bias = np.zeros(len(labels), dtype=np.float32)
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> LinearHead:
+        model = LogisticRegression(C=self.c, max_iter=2000, tol=1e-6)
+        model.fit(x, y)
+        weight = np.zeros((len(self.labels), x.shape[1]), dtype=np.float64)
+        bias = np.full(len(self.labels), -1e4, dtype=np.float64)  # labels absent from this fit score ~0
+        if len(model.classes_) == 2:  # sklearn keeps one row for binary problems
+            weight[model.classes_[1]], bias[model.classes_[1]] = model.coef_[0] / 2, model.intercept_[0] / 2
+            weight[model.classes_[0]], bias[model.classes_[0]] = -model.coef_[0] / 2, -model.intercept_[0] / 2
+        else:
+            weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
+        self.weight, self.bias = weight.astype(np.float32), bias.astype(np.float32)
+        return self
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32, copy=False) @ self.weight.T + self.bias
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(x))
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    def params(self) -> dict[str, Any]:
+        return {"c": self.c}
+
+    @classmethod
+    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearHead:
+        head = cls(labels, c=params["c"])
+        head.weight, head.bias = tensors["weight"], tensors["bias"]
+        if head.weight.shape[0] != len(labels) or head.bias.shape != (len(labels),):
+            raise ValueError("linear head tensors do not match its labels")
+        return head

@@ -1,0 +1,50 @@
+"""Cosine nearest-class-centroid head: useful with 1–3 examples per label."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import softmax
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class PrototypeHead:
+    kind: ClassVar[str] = "prototype"
+
+    def __init__(self, labels: list[str], scale: float = 20.0) -> None:
+        self.labels = list(labels)
+        self.scale = float(scale)  # softmax temperature over cosine similarities
+        self.centroids = np.zeros((len(labels), 0), dtype=np.float32)
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> PrototypeHead:
+        x = _normalise(x.astype(np.float64))
+        centroids = np.zeros((len(self.labels), x.shape[1]))
+        for k in range(len(self.labels)):
+            if np.any(y == k):
+                centroids[k] = x[y == k].mean(axis=0)
+        self.centroids = _normalise(centroids).astype(np.float32)
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        sims = _normalise(x.astype(np.float32, copy=False)) @ self.centroids.T
+        return softmax(self.scale * sims)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"centroids": self.centroids}
+
+    def params(self) -> dict[str, Any]:
+        return {"scale": self.scale}
+
+    @classmethod
+    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> PrototypeHead:
+        head = cls(labels, scale=params["scale"])
+        head.centroids = tensors["centroids"]
+        if head.centroids.shape[0] != len(labels):
+            raise ValueError("prototype centroids do not match its labels")
+        return head

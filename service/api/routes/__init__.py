@@ -1,0 +1,9 @@
+"""HTTP routes under /v1, one module per resource."""
+
+from fastapi import APIRouter
+
+from . import backbones, jobs, predict, tasks, tenants
+
+router = APIRouter()
+for module in (tenants, tasks, jobs, predict, backbones):
+    router.include_router(module.router)

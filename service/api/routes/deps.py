@@ -1,0 +1,112 @@
+"""Shared route dependencies (runtime, auth), conversions to API models, and validation
+that depends on configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ... import logs
+from ...runtime import Runtime
+from ...store.models import Job, Task, Tenant, Version
+from ...tenancy import bearer
+from .. import schemas as s
+from ..errors import ApiError
+
+ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 503)}
+
+
+def runtime(request: Request) -> Runtime:
+    rt = getattr(request.app.state, "runtime", None)
+    if rt is None or not rt.ready:
+        raise ApiError(503, "unavailable", "Graft is starting or stopping; retry shortly", {"Retry-After": "1"})
+    return rt
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+
+
+def admin(request: Request, rt: RuntimeDep) -> None:
+    if not rt.auth.is_admin(bearer(request.headers.get("authorization"))):
+        raise ApiError(401, "unauthorized", "this call needs the admin token as 'Authorization: Bearer <token>'")
+
+
+def tenant(request: Request, rt: RuntimeDep) -> Tenant:
+    found = rt.auth.tenant(bearer(request.headers.get("authorization")))
+    if found is None:
+        raise ApiError(401, "unauthorized", "missing or invalid API key; send 'Authorization: Bearer <api_key>'")
+    logs.tenant_id.set(found.id)
+    return found
+
+
+TenantDep = Annotated[Tenant, Depends(tenant)]
+
+
+# -- conversions -------------------------------------------------------------------------
+
+
+def task_out(task: Task) -> s.TaskOut:
+    return s.TaskOut(
+        name=task.name, modality=task.modality, backbone=task.backbone, head=task.head,
+        active_version=task.active_version, created_at=task.created_at, updated_at=task.updated_at,
+    )
+
+
+def job_out(job: Job) -> s.JobOut:
+    return s.JobOut(
+        id=job.id, task=job.task_name, status=job.status, progress=job.progress, error=job.error, version=job.version,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+    )
+
+
+def version_out(v: Version, active: int | None) -> s.VersionOut:
+    return s.VersionOut(
+        version=v.number, head=v.head, backbone=v.backbone, backbone_revision=v.backbone_revision, runtime=v.runtime,
+        labels=v.labels, n_examples=v.n_examples, metrics=v.metrics, created_at=v.created_at, active=v.number == active,
+    )
+
+
+# -- validation that depends on configuration -----------------------------------------------
+
+
+def check_examples(rt: Runtime, examples: Sequence[s.ExampleIn]) -> list[tuple[str, str]]:
+    limit = rt.settings.max_examples_per_request
+    if len(examples) > limit:
+        raise ApiError(413, "too_large", f"{len(examples)} examples in one request; the limit is {limit}. Send them in parts.")
+    check_texts(rt, [e.input for e in examples], "examples")
+    return [(e.input, e.label) for e in examples]
+
+
+def check_texts(rt: Runtime, texts: Sequence[str], field: str) -> None:
+    limit = rt.settings.max_text_chars
+    for i, text in enumerate(texts):
+        if len(text) > limit:
+            raise ApiError(413, "too_large", f"{field}[{i}] has {len(text)} characters; the limit is {limit}")
+
+
+def check_labels(examples: Sequence[tuple[str, str]], declared: Sequence[str] | None) -> None:
+    present = {label for _, label in examples}
+    if declared is not None:
+        unknown = sorted(present - set(declared))
+        if unknown:
+            raise ApiError(422, "validation_error", f"examples use labels not in 'labels': {unknown[:10]}")
+        missing = sorted(set(declared) - present)
+        if missing:
+            raise ApiError(422, "validation_error", f"every label needs at least one example; none for {missing[:10]}")
+    if len(present) < 2:
+        raise ApiError(422, "validation_error", f"at least 2 distinct labels are needed; got {sorted(present)}")
+
+
+def choose_backbone(rt: Runtime, modality: str, requested: str | None) -> str:
+    name = requested or rt.default_backbone(modality)
+    spec = rt.backbones.specs.get(name)
+    if spec is None:
+        raise ApiError(422, "validation_error", f"unknown backbone {name!r}; available: {rt.backbones.names()}")
+    if spec.modality != modality:
+        raise ApiError(
+            422, "validation_error",
+            f"backbone {name!r} embeds {spec.modality}, not {modality}; {modality} backbones: {rt.backbones.names(modality)}",
+        )
+    return name

@@ -1,0 +1,64 @@
+"""Tasks and their examples: create, list, show, extend, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from .. import schemas as s
+from .deps import (
+    ERRORS,
+    RuntimeDep,
+    TenantDep,
+    check_examples,
+    check_labels,
+    choose_backbone,
+    job_out,
+    task_out,
+    version_out,
+)
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/tasks", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
+def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
+    examples = check_examples(rt, body.examples)
+    check_labels(examples, body.labels)
+    backbone = choose_backbone(rt, body.modality, body.backbone)
+    task, job = rt.store.create_task(
+        me.id, body.name, modality=body.modality, backbone=backbone, head=body.head or "linear", examples=examples
+    )
+    rt.jobs.notify()
+    return s.TaskCreated(task=task_out(task), job=job_out(job))
+
+
+@router.get("/tasks", response_model=s.TaskList, responses=ERRORS)
+def list_tasks(rt: RuntimeDep, me: TenantDep) -> s.TaskList:
+    return s.TaskList(tasks=[task_out(t) for t in rt.store.list_tasks(me.id)])
+
+
+@router.get("/tasks/{name}", response_model=s.TaskDetail, responses=ERRORS)
+def get_task(name: str, rt: RuntimeDep, me: TenantDep) -> s.TaskDetail:
+    task = rt.store.get_task(me.id, name)
+    versions = rt.store.versions(task.id)
+    active = next((v for v in versions if v.number == task.active_version), None)
+    return s.TaskDetail(
+        **task_out(task).model_dump(),
+        labels=active.labels if active else [],
+        examples_per_label=rt.store.label_counts(task.id),
+        versions=[version_out(v, task.active_version) for v in versions],
+    )
+
+
+@router.delete("/tasks/{name}", status_code=204, responses=ERRORS)
+def delete_task(name: str, rt: RuntimeDep, me: TenantDep) -> Response:
+    rt.store.delete_task(me.id, name)
+    return Response(status_code=204)
+
+
+@router.post("/tasks/{name}/examples", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
+def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
+    examples = check_examples(rt, body.examples)
+    task, job = rt.store.add_examples(me.id, name, examples)
+    rt.jobs.notify()
+    return s.TaskCreated(task=task_out(task), job=job_out(job))

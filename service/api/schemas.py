@@ -1,0 +1,170 @@
+"""Pydantic models at the HTTP edge: what Graft accepts and what it answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
+Modality = Literal["text"]
+HeadKind = Literal["linear", "prototype"]
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_not_blank)]
+Label = Annotated[StrictStr, Field(max_length=256), AfterValidator(_not_blank)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. `not_found`, `validation_error`.")
+    message: str = Field(description="What went wrong and what to do about it.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# -- tenants -----------------------------------------------------------------------------
+
+
+class TenantCreate(Request):
+    name: Name
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    disabled: bool
+    created_at: datetime
+
+
+class TenantCreated(BaseModel):
+    id: str
+    name: str
+    api_key: str = Field(description="Shown once; Graft stores only its hash.")
+
+
+# -- tasks and examples -------------------------------------------------------------------
+
+
+class ExampleIn(Request):
+    input: Text
+    label: Label
+
+
+class TaskCreate(Request):
+    name: Name
+    modality: Modality = "text"
+    backbone: str | None = Field(default=None, description="Backbone name; default: the modality's default.")
+    head: HeadKind | None = Field(default=None, description="`linear` (default) or `prototype`.")
+    labels: list[Label] | None = Field(
+        default=None, description="Optional declared label set: every label must then have an example."
+    )
+    examples: list[ExampleIn] = Field(min_length=1)
+
+
+class ExamplesAppend(Request):
+    examples: list[ExampleIn] = Field(min_length=1)
+
+
+class JobOut(BaseModel):
+    id: str
+    task: str
+    status: JobStatus
+    progress: float = Field(ge=0, le=1)
+    error: str | None
+    version: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class VersionOut(BaseModel):
+    version: int
+    head: str
+    backbone: str
+    backbone_revision: str
+    runtime: str
+    labels: list[str]
+    n_examples: int
+    metrics: dict
+    created_at: datetime
+    active: bool
+
+
+class TaskOut(BaseModel):
+    name: str
+    modality: str
+    backbone: str
+    head: str
+    active_version: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskDetail(TaskOut):
+    labels: list[str] = Field(description="Labels of the active version (what predict can answer).")
+    examples_per_label: dict[str, int] = Field(description="Stored examples per label, all versions' data.")
+    versions: list[VersionOut]
+
+
+class TaskCreated(BaseModel):
+    task: TaskOut
+    job: JobOut
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskOut]
+
+
+# -- predict -----------------------------------------------------------------------------
+
+
+class PredictRequest(Request):
+    inputs: list[Text] = Field(min_length=1)
+    top_k: int | None = Field(default=None, ge=1, description="How many labels `scores` lists; default all.")
+
+
+class PredictionOut(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float] = Field(description="Probabilities of the top_k labels, most probable first.")
+
+
+class PredictResponse(BaseModel):
+    task: str
+    version: int
+    predictions: list[PredictionOut]
+
+
+# -- backbones ---------------------------------------------------------------------------
+
+
+class BackboneOut(BaseModel):
+    name: str
+    modality: str
+    dim: int
+    runtime: str
+    revision: str
+    device: str
+    default: bool
+
+
+class BackboneList(BaseModel):
+    backbones: list[BackboneOut]

@@ -1,0 +1,37 @@
+"""BentoML wiring only: build the runtime in the worker, mount the HTTP API, hook readiness
+and graceful shutdown. Heavy imports (torch, transformers) happen in ``__init__``."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import bentoml  # noqa: E402
+
+from .api.app import create  # noqa: E402
+
+api = create()
+
+
+@bentoml.service(name="graft", workers=1, traffic={"timeout": 600})
+@bentoml.asgi_app(api, path="/")
+class Graft:
+    def __init__(self) -> None:
+        from . import logs
+        from .config import Settings
+        from .runtime import Runtime
+
+        settings = Settings.from_env()
+        logs.configure(settings.log_level, settings.log_json)
+        self.runtime = Runtime(settings)
+        api.state.runtime = self.runtime
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.runtime.close()

@@ -1,0 +1,132 @@
+"""Configuration from environment variables.
+
+Every setting Graft reads is declared once in ``SETTINGS`` below; README's configuration
+table is generated from it (``python -m service.config``) and a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class _Var:
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _opt_str(value: str) -> str | None:
+    return value or None
+
+
+SETTINGS: dict[str, _Var] = {
+    "host": _Var("GRAFT_HOST", "127.0.0.1", str, "Interface `make serve` binds to."),
+    "port": _Var("GRAFT_PORT", 3000, int, "Port `make serve` listens on."),
+    "data_dir": _Var("GRAFT_DATA_DIR", "./var", str, "Directory for the SQLite database, the generated admin token and caches."),
+    "database_url": _Var(
+        "GRAFT_DATABASE_URL", None, _opt_str,
+        "SQLAlchemy URL of the store. Default: SQLite file `<GRAFT_DATA_DIR>/graft.db`.",
+    ),
+    "admin_token": _Var(
+        "GRAFT_ADMIN_TOKEN", None, _opt_str,
+        "Admin bearer token. If unset, one is generated on first start into `<GRAFT_DATA_DIR>/admin-token` (mode 0600).",
+    ),
+    "device": _Var("GRAFT_DEVICE", "auto", str, "`auto` (CUDA when present, else CPU), `cpu` or `cuda[:n]`."),
+    "default_text_backbone": _Var("GRAFT_DEFAULT_TEXT_BACKBONE", "minilm", str, "Backbone used by text tasks that name none."),
+    "extra_backbones": _Var(
+        "GRAFT_EXTRA_BACKBONES", "", str,
+        "More backbones, comma-separated `name=modality:name_or_path` (e.g. `mpnet=text:/models/all-mpnet-base-v2`).",
+    ),
+    "torch_threads": _Var("GRAFT_TORCH_THREADS", 0, int, "Intra-op threads for torch; 0 = the container's CPU quota."),
+    "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most texts embedded in one backbone pass."),
+    "batch_max_delay_ms": _Var("GRAFT_BATCH_MAX_DELAY_MS", 5.0, float, "Longest a request waits for others to join its batch."),
+    "batch_queue_size": _Var("GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."),
+    "training_workers": _Var("GRAFT_TRAINING_WORKERS", 1, int, "Training jobs run at once by this process."),
+    "job_lease_s": _Var("GRAFT_JOB_LEASE_S", 60.0, float, "A running job whose heartbeat is older than this is reclaimed."),
+    "job_max_attempts": _Var("GRAFT_JOB_MAX_ATTEMPTS", 3, int, "Attempts before a repeatedly interrupted job is marked failed."),
+    "shutdown_grace_s": _Var("GRAFT_SHUTDOWN_GRACE_S", 120.0, float, "How long shutdown waits for running training jobs."),
+    "cv_folds": _Var("GRAFT_CV_FOLDS", 5, int, "Folds for cross-validated head selection and metrics."),
+    "seed": _Var("GRAFT_SEED", 0, int, "Seed for training (fold splits, solvers)."),
+    "max_examples_per_request": _Var("GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."),
+    "max_predict_inputs": _Var("GRAFT_MAX_PREDICT_INPUTS", 256, int, "Most inputs in one predict request."),
+    "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
+    "head_cache_size": _Var("GRAFT_HEAD_CACHE_SIZE", 1024, int, "Heads kept in memory per process."),
+    "log_level": _Var("GRAFT_LOG_LEVEL", "INFO", str, "Log level of Graft's JSON logs."),
+    "log_json": _Var("GRAFT_LOG_JSON", True, _bool, "Emit logs as JSON lines (set `false` for plain text)."),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    data_dir: str
+    database_url: str | None
+    admin_token: str | None
+    device: str
+    default_text_backbone: str
+    extra_backbones: str
+    torch_threads: int
+    batch_max_size: int
+    batch_max_delay_ms: float
+    batch_queue_size: int
+    training_workers: int
+    job_lease_s: float
+    job_max_attempts: int
+    shutdown_grace_s: float
+    cv_folds: int
+    seed: int
+    max_examples_per_request: int
+    max_predict_inputs: int
+    max_text_chars: int
+    head_cache_size: int
+    log_level: str
+    log_json: bool
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, var in SETTINGS.items():
+            raw = env.get(var.env)
+            try:
+                values[name] = var.default if raw is None or raw == "" else var.parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{var.env}={raw!r} is not valid: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_path / 'graft.db'}"
+
+
+assert {f.name for f in fields(Settings)} == set(SETTINGS), "Settings and SETTINGS disagree"
+
+
+def markdown_table() -> str:
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for var in SETTINGS.values():
+        default = "(unset)" if var.default in (None, "") else f"`{var.default}`"
+        rows.append(f"| `{var.env}` | {default} | {var.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

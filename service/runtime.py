@@ -1,0 +1,60 @@
+"""The process-wide runtime: store, backbones and their batchers, head cache, router, jobs.
+
+Built once per worker process by the BentoML service; routes reach it via ``app.state``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import logs
+from .backbones.registry import BUILTIN, Registry, parse_extra
+from .batching import Batcher
+from .config import Settings
+from .jobs import JobRunner
+from .router import HeadCache, Router
+from .store.repository import Store
+from .tenancy import Auth, load_admin_token
+
+log = logs.get("runtime")
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.resolved_database_url)
+        self.store.create_schema()
+        token, token_path = load_admin_token(settings)
+        if token_path is not None:
+            print(f"graft: admin token is in {token_path}", file=sys.stderr, flush=True)
+        self.auth = Auth(self.store, token)
+
+        specs = {**BUILTIN, **parse_extra(settings.extra_backbones)}
+        self.backbones = Registry(specs, settings.device, settings.torch_threads)
+        self.backbones.load_all()
+        if settings.default_text_backbone not in self.backbones.loaded:
+            raise ValueError(f"GRAFT_DEFAULT_TEXT_BACKBONE={settings.default_text_backbone!r} is not a configured backbone")
+        self._batchers = {
+            name: Batcher(bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size)
+            for name, bb in self.backbones.loaded.items()
+        }
+        self.router = Router(self.store, self.batcher, HeadCache(self.store, settings.head_cache_size))
+        self.jobs = JobRunner(self.store, self.batcher, settings)
+        self.jobs.start()
+        self.ready = True
+        log.info("graft ready", extra={"backbones": sorted(self._batchers), "device": self.backbones.device})
+
+    def batcher(self, backbone: str) -> Batcher:
+        return self._batchers[backbone]
+
+    def default_backbone(self, modality: str) -> str:
+        return self.settings.default_text_backbone
+
+    def close(self) -> None:
+        """Graceful shutdown: finish running jobs (up to the grace period), drain batches, close the store."""
+        self.ready = False
+        self.jobs.stop(self.settings.shutdown_grace_s)
+        for batcher in self._batchers.values():
+            batcher.close()
+        self.store.close()
+        log.info("graft stopped")

@@ -1,0 +1,298 @@
+"""The store: every read and write Graft makes, each scoped by tenant where a tenant asks.
+
+Methods return detached ORM objects (``expire_on_commit=False``) or plain values. Multi-row
+changes happen in one transaction, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker, undefer
+
+from . import db
+from .models import ApiKey, Base, Example, Job, Task, Tenant, Version, utcnow
+
+KEY_PREFIX = "gft_"
+
+
+class NotFound(Exception):
+    pass
+
+
+class Conflict(Exception):
+    pass
+
+
+def new_id(prefix: str) -> str:
+    """An unguessable id (128 random bits)."""
+    return f"{prefix}_{secrets.token_urlsafe(16)}"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What a finished training job hands to :meth:`Store.complete_job`."""
+
+    head: str
+    backbone: str
+    backbone_revision: str
+    runtime: str
+    labels: list[str]
+    metrics: dict
+    n_examples: int
+    weights: bytes
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = db.create(url)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(self.engine.execution_options(**db.WRITE), expire_on_commit=False)
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._read() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        with self._write() as session, session.begin():
+            yield session
+
+    # -- tenants ---------------------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> tuple[Tenant, str]:
+        """Create a tenant and its first API key. The key is returned once; only its hash is kept."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        tenant = Tenant(id=new_id("ten"), name=name)
+        try:
+            with self.writing() as s:
+                s.add(tenant)
+                s.flush()
+                s.add(ApiKey(id=new_id("key"), tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:8]))
+        except IntegrityError:
+            raise Conflict(f"a tenant named {name!r} already exists") from None
+        return tenant, key
+
+    def tenant_for_key(self, key: str) -> Tenant | None:
+        digest = hash_key(key)
+        with self.reading() as s:
+            row = s.execute(
+                select(Tenant, ApiKey.key_hash)
+                .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+                .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None), Tenant.disabled.is_(False))
+            ).first()
+        if row is None or not secrets.compare_digest(row[1], digest):
+            return None
+        return row[0]
+
+    def list_tenants(self) -> list[Tenant]:
+        with self.reading() as s:
+            return list(s.scalars(select(Tenant).order_by(Tenant.created_at)))
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def create_task(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        modality: str,
+        backbone: str,
+        head: str,
+        examples: Sequence[tuple[str, str]],
+    ) -> tuple[Task, Job]:
+        """Create a task, store its examples and queue its first training job, atomically."""
+        task = Task(id=new_id("task"), tenant_id=tenant_id, name=name, modality=modality, backbone=backbone, head=head)
+        try:
+            with self.writing() as s:
+                s.add(task)
+                s.flush()
+                job = self._add_examples_and_queue(s, task, examples)
+        except IntegrityError:
+            raise Conflict(f"a task named {name!r} already exists") from None
+        return task, job
+
+    def add_examples(self, tenant_id: str, name: str, examples: Sequence[tuple[str, str]]) -> tuple[Task, Job]:
+        with self.writing() as s:
+            task = self._task(s, tenant_id, name)
+            task.updated_at = utcnow()
+            job = self._add_examples_and_queue(s, task, examples)
+        return task, job
+
+    @staticmethod
+    def _add_examples_and_queue(s: Session, task: Task, examples: Sequence[tuple[str, str]]) -> Job:
+        s.add_all(Example(task_id=task.id, input=text, label=label) for text, label in examples)
+        job = Job(id=new_id("job"), tenant_id=task.tenant_id, task_id=task.id, task_name=task.name, status="queued")
+        s.add(job)
+        return job
+
+    @staticmethod
+    def _task(s: Session, tenant_id: str, name: str) -> Task:
+        task = s.scalar(select(Task).where(Task.tenant_id == tenant_id, Task.name == name))
+        if task is None:
+            raise NotFound(f"no task named {name!r}")
+        return task
+
+    def get_task(self, tenant_id: str, name: str) -> Task:
+        with self.reading() as s:
+            return self._task(s, tenant_id, name)
+
+    def get_task_by_id(self, task_id: str) -> Task:
+        with self.reading() as s:
+            task = s.get(Task, task_id)
+        if task is None:
+            raise NotFound("task deleted")
+        return task
+
+    def list_tasks(self, tenant_id: str) -> list[Task]:
+        with self.reading() as s:
+            return list(s.scalars(select(Task).where(Task.tenant_id == tenant_id).order_by(Task.name)))
+
+    def delete_task(self, tenant_id: str, name: str) -> None:
+        """Delete a task with its examples and versions (weights). Its unfinished jobs fail."""
+        with self.writing() as s:
+            task = self._task(s, tenant_id, name)
+            s.execute(
+                update(Job)
+                .where(Job.task_id == task.id, Job.status.in_(("queued", "running")))
+                .values(status="failed", error="the task was deleted", finished_at=utcnow())
+            )
+            s.execute(update(Job).where(Job.task_id == task.id).values(task_id=None))
+            s.execute(delete(Example).where(Example.task_id == task.id))
+            s.execute(delete(Version).where(Version.task_id == task.id))
+            s.delete(task)
+
+    def label_counts(self, task_id: str) -> dict[str, int]:
+        with self.reading() as s:
+            rows = s.execute(select(Example.label, func.count()).where(Example.task_id == task_id).group_by(Example.label))
+            return {label: n for label, n in rows}
+
+    def examples(self, task_id: str) -> list[tuple[str, str]]:
+        with self.reading() as s:
+            rows = s.execute(select(Example.input, Example.label).where(Example.task_id == task_id).order_by(Example.id))
+            return [(text, label) for text, label in rows]
+
+    # -- versions --------------------------------------------------------------------------
+
+    def versions(self, task_id: str) -> list[Version]:
+        with self.reading() as s:
+            return list(s.scalars(select(Version).where(Version.task_id == task_id).order_by(Version.number)))
+
+    def version(self, task_id: str, number: int, *, with_weights: bool = False) -> Version:
+        query = select(Version).where(Version.task_id == task_id, Version.number == number)
+        if with_weights:
+            query = query.options(undefer(Version.weights))
+        with self.reading() as s:
+            version = s.scalar(query)
+        if version is None:
+            raise NotFound(f"no version {number}")
+        return version
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def get_job(self, tenant_id: str, job_id: str) -> Job:
+        with self.reading() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def claim_job(self, worker_id: str, *, lease_s: float, max_attempts: int) -> Job | None:
+        """Claim the oldest runnable job: queued, or running with an expired lease (its worker died).
+
+        The claim is a compare-and-set inside a write transaction, so two workers never hold
+        the same job. Jobs interrupted ``max_attempts`` times are failed instead of retried.
+        """
+        now = utcnow()
+        stale = now - timedelta(seconds=lease_s)
+        runnable = or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale))
+        with self.writing() as s:
+            job = s.scalar(
+                select(Job).where(runnable).order_by(Job.created_at).limit(1).with_for_update(skip_locked=True)
+            )
+            if job is None:
+                return None
+            if job.attempts >= max_attempts:
+                job.status, job.error, job.finished_at = "failed", f"interrupted {job.attempts} times; giving up", now
+                return None
+            job.status, job.worker_id, job.heartbeat_at = "running", worker_id, now
+            job.attempts += 1
+            job.started_at = job.started_at or now
+            job.progress = 0.0
+        return job
+
+    def heartbeat(self, job_id: str, worker_id: str, progress: float) -> bool:
+        """Record progress and renew the lease. False when the job is no longer this worker's."""
+        with self.writing() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+                .values(progress=progress, heartbeat_at=utcnow())
+            )
+            return result.rowcount == 1
+
+    def complete_job(self, job_id: str, worker_id: str, new: NewVersion) -> int | None:
+        """Store a new version, make it active and finish the job, all in one transaction.
+
+        Returns the version number, or None when the job was no longer ours (reclaimed after
+        a lost lease, or its task deleted) so nothing was written.
+        """
+        with self.writing() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
+            if job is None or job.status != "running" or job.worker_id != worker_id or job.task_id is None:
+                return None
+            task = s.scalar(select(Task).where(Task.id == job.task_id).with_for_update())
+            if task is None:
+                return None
+            number = (s.scalar(select(func.max(Version.number)).where(Version.task_id == task.id)) or 0) + 1
+            s.add(
+                Version(
+                    id=new_id("ver"), task_id=task.id, number=number, head=new.head, backbone=new.backbone,
+                    backbone_revision=new.backbone_revision, runtime=new.runtime, labels=new.labels,
+                    metrics=new.metrics, n_examples=new.n_examples, job_id=job.id, weights=new.weights,
+                )
+            )
+            task.active_version = number
+            task.updated_at = utcnow()
+            job.status, job.progress, job.version, job.finished_at = "succeeded", 1.0, number, utcnow()
+        return number
+
+    def fail_job(self, job_id: str, worker_id: str, error: str) -> None:
+        with self.writing() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+                .values(status="failed", error=error, finished_at=utcnow())
+            )
+
+    def requeue_job(self, job_id: str, worker_id: str) -> None:
+        """Give a job back (shutdown before it could finish); another worker picks it up."""
+        with self.writing() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+                .values(status="queued", worker_id=None, progress=0.0, attempts=Job.attempts - 1)
+            )
+
+    def job_counts(self) -> Counter[str]:
+        with self.reading() as s:
+            return Counter({status: n for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status))})

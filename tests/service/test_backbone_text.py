@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import numpy as np
+
+from service.backbones.registry import BUILTIN
+
+
+def test_matches_sentence_transformers(minilm, bbc_test) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["short", "Ünïcödé — 日本語のテキスト", bbc_test[0]["input"], "a " * 1000] + [r["input"][:200] for r in bbc_test[1:6]]
+    reference = SentenceTransformer(BUILTIN["minilm"].source(), device="cpu").encode(texts, normalize_embeddings=True)
+    ours = minilm.embed(texts)
+    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    assert np.abs(ours - reference).max() < 1e-5
+
+
+def test_embeddings_are_normalised_and_order_preserved(minilm) -> None:
+    texts = ["a much longer sentence about the weather in Paris today", "hi", "medium length text here"]
+    batch = minilm.embed(texts)
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+    for i, text in enumerate(texts):
+        assert np.abs(minilm.embed([text])[0] - batch[i]).max() < 1e-5
+
+
+def test_long_texts_are_truncated_at_the_model_limit(minilm) -> None:
+    assert minilm.max_length == 256
+    long = "word " * 5000
+    assert minilm.token_lengths([long]) == [256]
+    assert minilm.embed([long]).shape == (1, 384)
+
+
+def test_revision_is_a_weights_checksum(minilm) -> None:
+    assert minilm.revision.startswith("sha256:") and len(minilm.revision) == 23
