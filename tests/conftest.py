@@ -86,6 +86,9 @@ class Server:
             "GRAFT_DATA_DIR": str(self.data_dir),
             "GRAFT_ADMIN_TOKEN": self.admin_token,
             "GRAFT_JOB_LEASE_S": "5",
+            # BentoML keeps the workers' metric files in $BENTOML_HOME and wipes them at start:
+            # every server gets its own, so concurrent servers never share or erase metrics
+            "BENTOML_HOME": str(self.data_dir / f"bentoml-{self.port}"),
             **self.env,
         }
         self.log_path = self.data_dir / f"server-{self.port}.log"

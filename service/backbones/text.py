@@ -23,6 +23,7 @@ class TorchTextBackbone:
         self.source = str(name_or_path)
         self.device = device
         self.micro_batch = micro_batch
+        self.real_tokens = self.padded_tokens = 0  # positions processed so far (padding metric)
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         self.model = AutoModel.from_pretrained(self.source).to(device).eval()
         self.dim = int(self.model.config.hidden_size)
@@ -50,6 +51,8 @@ class TorchTextBackbone:
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
+        self.real_tokens += int(batch["attention_mask"].sum())
+        self.padded_tokens += int(batch["attention_mask"].numel())
         hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
