@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=64, help="texts per interleaved slice of a configuration")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--max-delay-ms", type=float, default=10.0)
     parser.add_argument("--skip", default="", help="comma-separated tables to skip: tasks,heads,padding,settings")
     parser.add_argument("--quick", action="store_true", help="10/100 tasks, 128 texts, 1 rep")
     args = parser.parse_args()

@@ -4,9 +4,11 @@ request's head to its rows.
 
 Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see README):
 
-- A pass starts as soon as the worker is free and work is queued; it waits at most
-  ``max_delay_s`` for more requests while it holds fewer than ``max_batch`` inputs. Under load the
-  queue fills while the previous pass runs, so the wait only matters when the worker was idle.
+- A pass starts as soon as the worker is free and work is queued, except that for up to
+  ``max_delay_s`` after a pass it waits for the callers that pass answered: they usually come
+  straight back (closed-loop clients, pipelines), and merging them with what is queued into one
+  full pass beats alternating half-empty passes. A lone caller never waits; an idle worker
+  starts at once.
 - Requests larger than a pass are split across passes; results always come back in input order.
 - Predict traffic goes before training traffic, but when both wait, training gets a quarter of a
   pass so a steady predict load cannot starve it.
@@ -172,6 +174,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._seconds_per_input = 0.01  # running estimate, for Retry-After
+        self._expect = 1  # inputs worth waiting for: those queued plus the last pass's returning callers
+        self._pass_end = 0.0  # when the previous pass delivered its results
         self._labels = {"backbone": backbone.name}
         self._thread = threading.Thread(target=self._run, name=f"batcher-{backbone.name}", daemon=True)
         self._thread.start()
@@ -257,8 +261,11 @@ class Batcher:
                     if self._closed:
                         return
                     self._cond.wait()
-                deadline = time.perf_counter() + self.max_delay_s
-                while self._pending < self.max_batch and not self._closed:
+                # Until max_delay after the previous pass, wait for the callers it answered to come
+                # back: they usually do at once (closed-loop clients, pipelines), and one full pass
+                # beats alternating half-empty ones. A lone caller never waits.
+                deadline = self._pass_end + self.max_delay_s
+                while self._pending < self._expect and not self._closed:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0 or not self._cond.wait(remaining):
                         break
@@ -269,6 +276,9 @@ class Batcher:
                 except Exception as exc:  # never let one batch kill the worker
                     log.exception("batch failed", extra={"backbone": self.backbone.name})
                     self._fail(batch, exc)
+            answered = sum(stop - start for _, start, stop in batch)
+            self._expect = min(self.max_batch, self._pending + answered)
+            self._pass_end = time.perf_counter()
 
     def _fail(self, batch: list[Slice], exc: BaseException) -> None:
         for req, _, _ in batch:

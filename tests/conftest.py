@@ -75,6 +75,7 @@ class Server:
     admin_token: str = "test-admin-token"
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    target: str = "service.app:Graft"  # what `bentoml serve` runs (benchmarks also serve a peer)
 
     @property
     def url(self) -> str:
@@ -96,7 +97,7 @@ class Server:
         log = self.log_path.open("ab")
         bentoml = Path(sys.executable).parent / "bentoml"
         self.proc = subprocess.Popen(
-            [str(bentoml), "serve", "service.app:Graft", "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(bentoml), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
