@@ -53,3 +53,31 @@ def test_bentoml_raw_path_samples_are_dropped() -> None:
     ])
     kept = metrics.without_raw_paths(page)
     assert "job_abc" not in kept and "/readyz" in kept and "{job_id}" in kept
+
+
+def exported_names() -> set[str]:
+    from prometheus_client import Counter as PromCounter
+    from prometheus_client.metrics import MetricWrapperBase
+
+    names = set()
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            names.add(value._name + ("_total" if isinstance(value, PromCounter) else ""))
+    return names
+
+
+def test_every_metric_is_documented_and_the_dashboard_uses_only_real_ones() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    names = exported_names()
+    assert len(names) >= 20 and all(n.startswith("graft_") for n in names)
+    doc = (root / "docs" / "metrics.md").read_text()
+    assert not [n for n in names if f"`{n}`" not in doc]
+    dashboard = json.loads((root / "deploy" / "grafana" / "graft-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"graft_[a-z_]+", e)}
+    assert used and used <= names, used - names
+    assert names - used <= {"graft_head_cache_heads"}, names - used  # (nearly) everything is on the dashboard
