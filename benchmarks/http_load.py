@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
 
@@ -44,6 +45,17 @@ def loadgen(url: str, requests: Path, clients: int, duration: float, headers: li
         cmd += ["--header", header]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def pass_totals(server: Server) -> tuple[float, float]:
+    """(rows, passes) Graft's backbone has run so far, from its /metrics."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    values = dict.fromkeys(("graft_backbone_batch_size_sum", "graft_backbone_batch_size_count"), 0.0)
+    for line in text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if name in values:
+            values[name] += float(line.rsplit(" ", 1)[1])
+    return values["graft_backbone_batch_size_sum"], values["graft_backbone_batch_size_count"]
 
 
 def cpu_seconds(server: Server) -> float:
@@ -112,7 +124,11 @@ def main() -> None:
                             continue
                         server, reqs, headers = systems[name]
                         cpu0 = cpu_seconds(server)
+                        passes0 = pass_totals(server) if name == "graft" else None
                         result = loadgen(server.url, reqs, c, args.duration, headers)
+                        if passes0 is not None:
+                            rows, passes = (a - b for a, b in zip(pass_totals(server), passes0, strict=True))
+                            result["rows_per_pass"] = rows / max(1.0, passes)
                         # CPU per request (warm-up included on both sides): steadier than req/s on a busy machine
                         result["server_cpu_ms_per_request"] = (cpu_seconds(server) - cpu0) * 1000 / max(1, result["ok_all"])
                         runs.setdefault((name, c), []).append(result)
@@ -134,6 +150,7 @@ def main() -> None:
             "p99_ms": float(np.median([r["p99_ms"] for r in results if r["p99_ms"] is not None] or [np.nan])),
             "non_200": sum(r["requests"] - r["ok"] + r["errors"] for r in results),
             "cpu_ms_per_req": float(np.mean([r["server_cpu_ms_per_request"] for r in results])),
+            "rows_per_pass": float(np.mean([r["rows_per_pass"] for r in results])) if name == "graft" else None,
         })
     by = {(r["system"], r["clients"]): r for r in rows}
     for r in rows:
@@ -145,7 +162,7 @@ def main() -> None:
     rows.sort(key=lambda r: (r["clients"], r["system"]))
     print(f"in-process backbone on the same texts: {inproc:.1f} texts/s, {inproc_cpu:.1f} CPU ms per text "
           f"(median of {len(reference)} runs)")
-    report("http_load", ["system", "clients", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "non_200", "cpu_ms_per_req",
+    report("http_load", ["system", "clients", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "non_200", "cpu_ms_per_req", "rows_per_pass",
                          "vs_peer", "vs_inprocess_backbone", "cpu_vs_peer", "cpu_vs_inprocess"], rows, args=vars(args),
            inprocess_backbone_rps=inproc, inprocess_cpu_ms_per_text=inproc_cpu,
            inprocess_runs=reference, raw={f"{k[0]}@{k[1]}": v for k, v in runs.items()})

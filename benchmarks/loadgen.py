@@ -7,8 +7,8 @@ each client taking the next one; ``--header`` adds a header to every request. Ev
 keeps one HTTP/1.1 keep-alive connection and sends its next request as soon as the previous
 answer arrived. Asyncio streams with pre-encoded requests keep the generator's own CPU use
 small (it shares the machine with the server). Prints one JSON object: requests, errors,
-status counts, throughput and latency percentiles of the requests that completed in the
-``--duration`` window after ``--warmup``.
+status counts, throughput (200s per second) and latency percentiles of every request answered
+in the ``--duration`` window after ``--warmup`` (fast 503s included, so compare statuses too).
 """
 
 from __future__ import annotations
