@@ -17,7 +17,7 @@ class TorchTextBackbone:
     runtime = "torch"
 
     def __init__(
-        self, name: str, name_or_path: str, device: str = "cpu", micro_batch: int = 32, token_budget: int = 2048
+        self, name: str, name_or_path: str, device: str = "cpu", micro_batch: int = 32, length_ratio: float = 2.0
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
@@ -25,7 +25,7 @@ class TorchTextBackbone:
         self.source = str(name_or_path)
         self.device = device
         self.micro_batch = micro_batch
-        self.token_budget = token_budget  # most padded positions (rows x longest) in one forward pass
+        self.length_ratio = length_ratio  # a micro-batch never mixes texts more than this far apart in length
         self.real_tokens = self.padded_tokens = 0  # positions processed so far (padding metric)
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         self.model = AutoModel.from_pretrained(self.source).to(device).eval()
@@ -74,24 +74,24 @@ class TorchTextBackbone:
 
     def embed(self, inputs: Sequence[str]) -> np.ndarray:
         """Tokenise once, sort by token count and cut into micro-batches of at most ``micro_batch``
-        texts and ``token_budget`` padded positions, so short texts are never padded to long ones
-        (a few 256-token texts among 30-token ones get micro-batches of their own)."""
+        texts whose lengths differ at most ``length_ratio``-fold, so short texts are never padded
+        to long ones (a few 256-token texts among 30-token ones get a micro-batch of their own)."""
         if not inputs:
             return np.zeros((0, self.dim), dtype=np.float32)
         ids = self._tokenize(inputs)
         out = np.empty((len(inputs), self.dim), dtype=np.float32)
-        for idx in length_buckets([len(row) for row in ids], self.micro_batch, self.token_budget):
+        for idx in length_buckets([len(row) for row in ids], self.micro_batch, self.length_ratio):
             out[idx] = self._forward([ids[i] for i in idx]).float().cpu().numpy()
         return out
 
 
-def length_buckets(lengths: Sequence[int], max_rows: int, max_positions: int) -> list[list[int]]:
-    """Indices grouped in ascending length: a group closes before it would exceed ``max_rows``
-    rows or ``max_positions`` padded positions (rows × longest); every group has at least one row."""
+def length_buckets(lengths: Sequence[int], max_rows: int, max_ratio: float) -> list[list[int]]:
+    """Indices grouped in ascending length: a group closes before it would exceed ``max_rows`` rows
+    or hold a text more than ``max_ratio`` times longer than its shortest (padding < 1 - 1/ratio)."""
     groups: list[list[int]] = []
     group: list[int] = []
     for i in np.argsort(lengths, kind="stable").tolist():
-        if group and (len(group) >= max_rows or (len(group) + 1) * lengths[i] > max_positions):
+        if group and (len(group) >= max_rows or lengths[i] > max_ratio * lengths[group[0]]):
             groups.append(group)
             group = []
         group.append(i)

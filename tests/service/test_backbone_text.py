@@ -38,11 +38,10 @@ def test_length_buckets_keep_long_texts_away_from_short_ones() -> None:
     from service.backbones.text import length_buckets
 
     lengths = [30] * 60 + [256, 250] + [40] * 2
-    groups = length_buckets(lengths, max_rows=32, max_positions=2048)
+    groups = length_buckets(lengths, max_rows=32, max_ratio=2.0)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
     for group in groups:
-        widest = max(lengths[i] for i in group)
-        assert len(group) <= 32 and (len(group) == 1 or len(group) * widest <= 2048)
+        assert len(group) <= 32 and max(lengths[i] for i in group) <= 2 * min(lengths[i] for i in group)
     assert {60, 61} in [set(g) for g in groups]  # the two long texts share a micro-batch of their own
 
     def padding_share(groups: list[list[int]]) -> float:
