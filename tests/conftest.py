@@ -75,6 +75,7 @@ class Server:
     admin_token: str = "test-admin-token"
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    target: str = "service.app:Graft"  # what `bentoml serve` runs (benchmarks also serve a peer)
 
     @property
     def url(self) -> str:
@@ -86,6 +87,9 @@ class Server:
             "GRAFT_DATA_DIR": str(self.data_dir),
             "GRAFT_ADMIN_TOKEN": self.admin_token,
             "GRAFT_JOB_LEASE_S": "5",
+            # BentoML keeps the workers' metric files in $BENTOML_HOME and wipes them at start:
+            # every server gets its own, so concurrent servers never share or erase metrics
+            "BENTOML_HOME": str(self.data_dir / f"bentoml-{self.port}"),
             **self.env,
         }
         self.log_path = self.data_dir / f"server-{self.port}.log"
@@ -93,7 +97,7 @@ class Server:
         log = self.log_path.open("ab")
         bentoml = Path(sys.executable).parent / "bentoml"
         self.proc = subprocess.Popen(
-            [str(bentoml), "serve", "service.app:Graft", "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(bentoml), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout

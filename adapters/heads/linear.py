@@ -38,6 +38,11 @@ class LinearHead:
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return softmax(self.logits(x))
 
+    def softmax_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, bias) such that ``predict_proba(x) == softmax(x @ weight.T + bias)``: lets the
+        server apply the linear heads of a whole batch in one stacked product."""
+        return self.weight, self.bias
+
     def tensors(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}
 
