@@ -9,6 +9,7 @@ import sys
 
 from . import logs
 from .backbones.registry import BUILTIN, Registry, parse_extra
+from .backbones.runtimes import RuntimeConfig
 from .batching import Batcher
 from .config import Settings
 from .jobs import JobRunner
@@ -30,7 +31,8 @@ class Runtime:
         self.auth = Auth(self.store, token)
 
         specs = {**BUILTIN, **parse_extra(settings.extra_backbones)}
-        self.backbones = Registry(specs, settings.device, settings.torch_threads)
+        runtimes = RuntimeConfig(settings.backbone_runtime, settings.onnx_cache_path, settings.onnx_threads)
+        self.backbones = Registry(specs, settings.device, settings.torch_threads, runtimes)
         self.backbones.load_all()
         if settings.default_text_backbone not in self.backbones.loaded:
             raise ValueError(f"GRAFT_DEFAULT_TEXT_BACKBONE={settings.default_text_backbone!r} is not a configured backbone")
