@@ -9,6 +9,7 @@ is written on the device and copied back once per call.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,14 @@ class OrtBackbone:
         # each result depend on the others in the batch (up to 0.03 per element was measured).
         # One input per call keeps results batch-independent, so tenants never affect each other.
         self.per_call = 1 if variant == "onnx-int8" else micro_batch
-        self.session = create_session(model, device, threads)
-        self.output = self.session.get_outputs()[0].name
         self._cuda = device.startswith("cuda")
+        threads = threads or cpu_quota()
+        # Calls of one input are small: splitting each across threads costs more in wake-ups than it
+        # gains (spinning is off), so they run side by side on `threads` callers, one thread each.
+        self.parallel_calls = threads if self.per_call == 1 and not self._cuda else 1
+        self.session = create_session(model, device, 1 if self.parallel_calls > 1 else threads)
+        self.output = self.session.get_outputs()[0].name
+        self._pool = ThreadPoolExecutor(self.parallel_calls, f"ort-{self.name}") if self.parallel_calls > 1 else None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if not self._cuda:
@@ -98,9 +104,13 @@ class OrtBackbone:
 
     def embed(self, inputs: Sequence[Any]) -> np.ndarray:
         out = np.empty((len(inputs), self.dim), dtype=np.float32)
-        if len(inputs):
-            for idx, feeds in self.origin.batches(inputs, self.per_call):
-                out[idx] = self._run(feeds)
+        batches = list(self.origin.batches(inputs, self.per_call)) if len(inputs) else []
+        if self._pool is None or len(batches) < 2:
+            results = map(self._run, (feeds for _, feeds in batches))
+        else:
+            results = self._pool.map(self._run, (feeds for _, feeds in batches))
+        for (idx, _), vectors in zip(batches, results, strict=True):
+            out[idx] = vectors
         return out
 
     def preprocessing_files(self) -> dict[str, bytes]:

@@ -73,8 +73,11 @@ class Registry:
         if name not in self.loaded:
             spec = self.specs[name]
             runtime = self.runtimes.choose(name, spec.modality, self.device)
-            torch_backbone = TorchTextBackbone(name, spec.source(), device=self.device, runtime=self.runtimes.torch_runtime(runtime))
-            backbone = self.runtimes.wrap(torch_backbone, runtime)
+            torch_backbone = TorchTextBackbone(
+                name, spec.source(), device=self.runtimes.torch_device(runtime, self.device),
+                runtime=self.runtimes.torch_runtime(runtime),
+            )
+            backbone = self.runtimes.wrap(torch_backbone, runtime, self.device)
             log.info(
                 "backbone loaded",
                 extra={"backbone": name, "device": self.device, "dim": backbone.dim, "runtime": backbone.runtime},

@@ -64,8 +64,13 @@ class RuntimeConfig:
         """The torch flavour to load: the runtime itself, or fp32 torch as the source of an export."""
         return runtime if runtime in TORCH_RUNTIMES else "torch"
 
-    def wrap(self, backbone: Backbone, runtime: str) -> Backbone:
-        """``backbone`` on ``runtime``: itself for torch runtimes, else its ONNX variant on ORT."""
+    @staticmethod
+    def torch_device(runtime: str, device: str) -> str:
+        """Where the torch model lives: the device for torch runtimes; CPU (exports only) for ONNX ones."""
+        return device if runtime in TORCH_RUNTIMES else "cpu"
+
+    def wrap(self, backbone: Backbone, runtime: str, device: str | None = None) -> Backbone:
+        """``backbone`` on ``runtime``: itself for torch runtimes, else its ONNX variant on ORT on ``device``."""
         if runtime in TORCH_RUNTIMES:
             return backbone
         if not isinstance(backbone, Exportable):
@@ -76,7 +81,7 @@ class RuntimeConfig:
         from .onnx_runtime import OrtBackbone
 
         model = self.export_file(backbone, runtime)
-        return OrtBackbone(backbone, model, runtime, device=backbone.device, threads=self.threads)
+        return OrtBackbone(backbone, model, runtime, device=device or backbone.device, threads=self.threads)
 
     def export_file(self, backbone: Exportable, variant: str) -> Path:
         """The verified cached export of ``backbone`` in ``variant``, built on a miss."""
