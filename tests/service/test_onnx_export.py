@@ -21,7 +21,7 @@ from tests.conftest import per_label
 @pytest.mark.parametrize("variant", ["onnx_fp32", "onnx_int8"])
 def test_fused_graph_equals_backbone_then_head(kind, variant, request, bbc_train, bbc_test) -> None:
     backbone = request.getfixturevalue(variant)
-    train = per_label(bbc_train, 3, seed=2)
+    train = per_label(bbc_train, 2, seed=2)
     classes, y = encode_labels([r["label"] for r in train])
     head = HEADS[kind](classes).fit(backbone.embed([r["input"] for r in train]), y)
     texts = [r["input"] for r in bbc_test[:4]] + ["short text", "Ünïcödé"]

@@ -44,7 +44,7 @@ def test_int8_close_to_fp32_and_predicts_the_same_labels(onnx_fp32, onnx_int8, b
     embedding the full split at 256 tokens costs over a minute on 2 cores per variant, and 200
     resolves agreement to 0.5 pt, enough to check >= 98 %. The full split is measured by
     benchmarks/backbones.py (docs/onnx.md)."""
-    train = per_label(bbc_train, 20, seed=0)
+    train = per_label(bbc_train, 16, seed=0)
     test = per_label(bbc_test, 40, seed=1)
     labels = [r["label"] for r in train]
     predictions = {}
