@@ -100,7 +100,10 @@ class OrtBackbone:
             binding.bind_cpu_input(name, array)
         binding.bind_output(self.output, "cuda", device_index(self.device))
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        out = binding.copy_outputs_to_cpu()[0]
+        if self.runtime == "onnx-fp16":  # normalised in fp16: norms are off by ~2e-4; restore the contract
+            out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
 
     def embed(self, inputs: Sequence[Any]) -> np.ndarray:
         out = np.empty((len(inputs), self.dim), dtype=np.float32)
