@@ -119,7 +119,7 @@ def fixed_micro_batches(backbone, texts: list[str], order: np.ndarray) -> np.nda
     out = np.empty((len(texts), backbone.dim), dtype=np.float32)
     for i in range(0, len(order), backbone.micro_batch):
         idx = order[i : i + backbone.micro_batch]
-        out[idx] = backbone._embed_batch([texts[j] for j in idx]).numpy()
+        out[idx] = backbone._embed_batch(backbone.feeds(backbone._tokenize([texts[j] for j in idx]))).numpy()
     return out
 
 

@@ -48,6 +48,16 @@ SETTINGS: dict[str, _Var] = {
         "More backbones, comma-separated `name=modality:name_or_path` (e.g. `mpnet=text:/models/all-mpnet-base-v2`).",
     ),
     "torch_threads": _Var("GRAFT_TORCH_THREADS", 0, int, "Intra-op threads for torch; 0 = the container's CPU quota."),
+    "backbone_runtime": _Var(
+        "GRAFT_BACKBONE_RUNTIME", "auto", str,
+        "Backbone runtime: `auto`, `torch`, `torch-bf16`, `torch-fp16` (CUDA), `onnx`, `onnx-int8` or `onnx-fp16` (CUDA), "
+        "optionally with per-backbone overrides (`auto,mpnet=torch`). `auto`: `onnx-int8` for text on CPU, `torch` on CUDA "
+        "(see docs/onnx.md).",
+    ),
+    "onnx_cache_dir": _Var(
+        "GRAFT_ONNX_CACHE_DIR", None, _opt_str, "Where ONNX exports are cached. Default: `<GRAFT_DATA_DIR>/onnx`.",
+    ),
+    "onnx_threads": _Var("GRAFT_ONNX_THREADS", 0, int, "Intra-op threads for ONNX Runtime; 0 = the container's CPU quota."),
     "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most texts embedded in one backbone pass."),
     "batch_max_delay_ms": _Var("GRAFT_BATCH_MAX_DELAY_MS", 10.0, float, "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging them into one pass)."),
     "batch_queue_size": _Var("GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."),
@@ -89,6 +99,9 @@ class Settings:
     default_text_backbone: str
     extra_backbones: str
     torch_threads: int
+    backbone_runtime: str
+    onnx_cache_dir: str | None
+    onnx_threads: int
     batch_max_size: int
     batch_max_delay_ms: float
     batch_queue_size: int
@@ -123,6 +136,10 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def onnx_cache_path(self) -> Path:
+        return Path(self.onnx_cache_dir).expanduser().resolve() if self.onnx_cache_dir else self.data_path / "onnx"
 
     @property
     def resolved_database_url(self) -> str:

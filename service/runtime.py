@@ -9,10 +9,11 @@ import sys
 
 from . import logs, metrics
 from .backbones.registry import BUILTIN, Registry, parse_extra
+from .backbones.runtimes import RuntimeConfig
 from .batching import Batcher
+from .caching import HeadCache
 from .config import Settings
 from .jobs import JobRunner
-from .caching import HeadCache
 from .router import Router, store_head_loader
 from .store.repository import Store
 from .tenancy import Auth, load_admin_token
@@ -31,7 +32,8 @@ class Runtime:
         self.auth = Auth(self.store, token, cache_ttl_s=settings.task_cache_ttl_s)
 
         specs = {**BUILTIN, **parse_extra(settings.extra_backbones)}
-        self.backbones = Registry(specs, settings.device, settings.torch_threads)
+        runtimes = RuntimeConfig(settings.backbone_runtime, settings.onnx_cache_path, settings.onnx_threads)
+        self.backbones = Registry(specs, settings.device, settings.torch_threads, runtimes)
         self.backbones.load_all()
         if settings.default_text_backbone not in self.backbones.loaded:
             raise ValueError(f"GRAFT_DEFAULT_TEXT_BACKBONE={settings.default_text_backbone!r} is not a configured backbone")

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_ONNX_CACHE = Path(os.environ.get("GRAFT_TEST_ONNX_CACHE", ROOT / "var" / "test-onnx-cache"))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -90,6 +91,8 @@ class Server:
             # BentoML keeps the workers' metric files in $BENTOML_HOME and wipes them at start:
             # every server gets its own, so concurrent servers never share or erase metrics
             "BENTOML_HOME": str(self.data_dir / f"bentoml-{self.port}"),
+            # ONNX exports are keyed and checksummed: every test server can share one cache.
+            "GRAFT_ONNX_CACHE_DIR": str(TEST_ONNX_CACHE),
             **self.env,
         }
         self.log_path = self.data_dir / f"server-{self.port}.log"

@@ -46,6 +46,12 @@ class LinearHead:
     def tensors(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}
 
+    def torch_module(self) -> Any:
+        """This head as a torch module, embeddings → probabilities (for ONNX export)."""
+        from .torch_forms import LinearForm
+
+        return LinearForm(self.weight, self.bias)
+
     def params(self) -> dict[str, Any]:
         return {"c": self.c}
 

@@ -192,13 +192,15 @@ def test_infrastructure_endpoints(server) -> None:
         assert c.get("/readyz").status_code == 200
         assert "bentoml_service_request" in c.get("/metrics").text
         spec = c.get("/openapi.json").json()
-        assert {"/v1/tasks", "/v1/tasks/{name}/predict", "/v1/jobs/{job_id}", "/v1/backbones"} <= set(spec["paths"])
+        assert {"/v1/tasks", "/v1/tasks/{name}/predict", "/v1/jobs/{job_id}", "/v1/backbones",
+                "/v1/tasks/{name}/export"} <= set(spec["paths"])
         assert c.get("/docs").status_code == 200
         resp = c.get("/v1/tasks", headers={"X-Request-ID": "req-123"})
         assert resp.headers["x-request-id"] == "req-123"
     backbones = server.new_tenant("bb").get("/v1/backbones").json()["backbones"]
     minilm = next(b for b in backbones if b["name"] == "minilm")
-    assert (minilm["modality"], minilm["dim"], minilm["runtime"], minilm["default"]) == ("text", 384, "torch", True)
+    # GRAFT_BACKBONE_RUNTIME=auto: int8 ONNX for text on CPU (docs/onnx.md)
+    assert (minilm["modality"], minilm["dim"], minilm["runtime"], minilm["default"]) == ("text", 384, "onnx-int8", True)
 
 
 def test_graceful_shutdown_finishes_the_running_job(server_factory, bbc_train, tmp_path) -> None:
