@@ -1,15 +1,16 @@
 """Image backbone runtimes compared: throughput and linear-probe accuracy on this machine.
 
     .venv/bin/python benchmarks/images.py                  # MobileNetV2, torch fp32 and bf16
-    .venv/bin/python benchmarks/images.py --architecture efficientnet_lite0 --reps 5
+    .venv/bin/python benchmarks/images.py --shots 4 8 16 --seeds 0 1 2   # the README's accuracy figures
+    .venv/bin/python benchmarks/images.py --architecture efficientnet_lite0
 
 For each runtime and batch size 1, 8, 32: items/s and ms per batch of ``TorchImageBackbone.embed``
 on preprocessed real photos (scikit-image's), timed round-robin inside each cell (best of
 ``--reps``) so ratios within one run share the machine's noise. Also the request-path cost of
-decoding + preprocessing one JPEG photo, and per runtime the accuracy of Graft's linear head
-(``fit_head``) trained on 16 digits per label (../shared/data/digits) with the cosine of its
-embeddings to fp32. ONNX Runtime rows come with the ONNX runtime. Prints a table and writes JSON
-to benchmarks/results/.
+decoding + preprocessing one JPEG photo, and the accuracy of Graft's linear head (``fit_head``)
+on held-out digits (../shared/data/digits) trained on each runtime's features, and on raw pixels
+(the no-backbone baseline), with agreement and cosine of each runtime to fp32. ONNX Runtime rows
+come with the ONNX runtime. Prints a table and writes JSON to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -88,26 +89,45 @@ def preprocessing_cost(pre: images.Preprocessing, reps: int) -> dict:
     return {"what": "decode JPEG 451×300 + resize + crop", "ms_per_image": 1000 * best, "items_per_s": 1 / best}
 
 
-def accuracy(backbones: dict[str, TorchImageBackbone], train_per_label: int, test_per_label: int) -> list[dict]:
-    train = per_label(load_jsonl("digits.train.jsonl"), train_per_label, seed=0)
+def pixels(rows: list[dict]) -> np.ndarray:
+    """The no-backbone baseline's features: grayscale pixels in [0, 1] (8×8 digits: 64 values)."""
+    decoded = (images.decode(images.from_base64(r["input"]), images.STORED_LIMITS).convert("L") for r in rows)
+    return np.stack([np.asarray(image, dtype=np.float32).ravel() / 255 for image in decoded])
+
+
+def held_out_accuracy(head, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    predicted = np.array(head.labels)[head.predict_proba(x).argmax(axis=1)]
+    return float((predicted == y).mean()), predicted
+
+
+def accuracy(backbones: dict[str, TorchImageBackbone], shots: list[int], seeds: list[int], test_per_label: int) -> list[dict]:
+    """Linear-probe accuracy on held-out digits per draw (shots per label, seed): each runtime's
+    features and raw pixels, all with Graft's own ``fit_head``."""
+    pool = load_jsonl("digits.train.jsonl")
     test = per_label(load_jsonl("digits.test.jsonl"), test_per_label, seed=1)
-    pre = next(iter(backbones.values())).preprocessing
-    x_train = images.from_stored([r["input"] for r in train], pre)
-    x_test = images.from_stored([r["input"] for r in test], pre)
     y_test = np.array([r["label"] for r in test])
-    rows, reference = [], None
-    for name, backbone in backbones.items():
-        train_vectors, test_vectors = backbone.embed(x_train), backbone.embed(x_test)
-        result = fit_head("linear", train_vectors, [r["label"] for r in train], folds=5, seed=0)
-        predicted = np.array(result.head.labels)[result.head.predict_proba(test_vectors).argmax(axis=1)]
-        if reference is None:
-            reference = (test_vectors, predicted)
-        rows.append({
-            "runtime": name,
-            "digits_accuracy": float((predicted == y_test).mean()),
-            "agreement_with_fp32": float((predicted == reference[1]).mean()),
-            "min_cosine_to_fp32": float((test_vectors * reference[0]).sum(axis=1).min()),
-        })
+    draws = {(n, seed): per_label(pool, n, seed=seed) for n in shots for seed in seeds}
+    unique = list({r["input"]: r for rows in draws.values() for r in rows}.values())
+    index = {r["input"]: i for i, r in enumerate(unique)}
+    pre = next(iter(backbones.values())).preprocessing
+    arrays = images.from_stored([r["input"] for r in unique], pre)
+    test_arrays = images.from_stored([r["input"] for r in test], pre)
+    features = {name: (bb.embed(arrays), bb.embed(test_arrays)) for name, bb in backbones.items()}
+    rows = []
+    for (n, seed), draw in draws.items():
+        labels = [r["label"] for r in draw]
+        raw = fit_head("linear", pixels(draw), labels, folds=5, seed=0).head
+        rows.append({"shots": n, "seed": seed, "features": "raw pixels", "accuracy": held_out_accuracy(raw, pixels(test), y_test)[0]})
+        reference = None
+        for name, (train_vectors, test_vectors) in features.items():
+            head = fit_head("linear", train_vectors[[index[r["input"]] for r in draw]], labels, folds=5, seed=0).head
+            acc, predicted = held_out_accuracy(head, test_vectors, y_test)
+            reference = reference or (test_vectors, predicted)
+            rows.append({
+                "shots": n, "seed": seed, "features": name, "accuracy": acc,
+                "agreement_with_fp32": float((predicted == reference[1]).mean()),
+                "min_cosine_to_fp32": float((test_vectors * reference[0]).sum(axis=1).min()),
+            })
     return rows
 
 
@@ -115,7 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--architecture", default="mobilenet_v2", choices=sorted(ARCHITECTURES))
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--train-per-label", type=int, default=16)
+    parser.add_argument("--shots", type=int, nargs="+", default=[16], help="training digits per label")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the training draws")
     parser.add_argument("--test-per-label", type=int, default=30)
     args = parser.parse_args()
 
@@ -128,7 +149,7 @@ def main() -> None:
 
     speed = throughput(backbones, inputs, args.reps)
     prep = preprocessing_cost(pre, args.reps)
-    quality = accuracy(backbones, args.train_per_label, args.test_per_label)
+    quality = accuracy(backbones, args.shots, args.seeds, args.test_per_label)
 
     base = {r["batch"]: r["items_per_s"] for r in speed if r["runtime"] == "torch fp32"}
     print(f"\n{args.architecture} on {platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads")
@@ -136,10 +157,11 @@ def main() -> None:
     for r in speed:
         print(f"{r['runtime']:<12} {r['batch']:>5} {r['items_per_s']:>9.1f} {r['ms_per_batch']:>9.1f} {r['items_per_s'] / base[r['batch']]:>7.2f}×")
     print(f"\nrequest path: {prep['what']}: {prep['ms_per_image']:.1f} ms/image ({prep['items_per_s']:.0f}/s, one thread)")
-    print(f"\ndigits linear probe ({args.train_per_label}/label train, {args.test_per_label}/label test)")
-    print(f"{'runtime':<12} {'accuracy':>9} {'agree':>7} {'min cos':>8}")
+    print(f"\ndigits, linear head on each feature ({args.test_per_label}/label held out)")
+    print(f"{'shots':>5} {'seed':>4} {'features':<12} {'accuracy':>9} {'agree':>7} {'min cos':>8}")
     for r in quality:
-        print(f"{r['runtime']:<12} {r['digits_accuracy']:>9.3f} {r['agreement_with_fp32']:>7.3f} {r['min_cosine_to_fp32']:>8.4f}")
+        extra = f"{r['agreement_with_fp32']:>7.3f} {r['min_cosine_to_fp32']:>8.4f}" if "agreement_with_fp32" in r else ""
+        print(f"{r['shots']:>5} {r['seed']:>4} {r['features']:<12} {r['accuracy']:>9.3f} {extra}")
 
     out = ROOT / "benchmarks" / "results" / f"images-{args.architecture}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import struct
 import zipfile
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, Literal
@@ -117,8 +118,17 @@ def _ignored(parts: tuple[str, ...]) -> bool:
     return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
 
 
-def read_image_folder(fh: IO[bytes], *, max_files: int, max_total_bytes: int, max_file_bytes: int) -> Dataset:
-    """Labeled image bytes from a zip laid out as ``<label>/<file>`` (optionally under one top folder)."""
+def read_image_folder(
+    fh: IO[bytes],
+    *,
+    max_files: int,
+    max_total_bytes: int,
+    max_file_bytes: int,
+    convert: Callable[[bytes, str], str | bytes] | None = None,
+) -> Dataset:
+    """Labeled images from a zip laid out as ``<label>/<file>`` (optionally under one top folder).
+    ``convert(data, where)`` turns each member's bytes into what is kept (default: the bytes), one
+    member at a time, so the whole archive is never held extracted in memory."""
     if _declared_entries(fh) > max_files:
         raise DatasetError(422, f"the zip has more than {max_files} entries; the limit is {max_files} files per upload")
     try:
@@ -188,7 +198,8 @@ def read_image_folder(fh: IO[bytes], *, max_files: int, max_total_bytes: int, ma
                 raise DatasetError(422, f"zip member {info.filename!r} uses an unsupported compression method") from None
             if data.startswith(ARCHIVE_MAGIC) or data[257:262] == b"ustar":
                 raise DatasetError(422, f"zip member {info.filename!r} is an archive; nested archives are not accepted")
-            dataset.add(data, label, f"zip member {info.filename!r}")
+            where = f"zip member {info.filename!r}"
+            dataset.add(convert(data, where) if convert else data, label, where)
             by_label[label] += 1
         label_folders = {f[depth - 2] for f in folders if len(f) == depth - 1}
         for empty in sorted(label_folders - set(by_label)):

@@ -35,6 +35,11 @@ def _decode(rt: Runtime, raw: Raw, where: str) -> Any:
         raise ApiError(exc.status, exc.code, f"{where} {exc}{hint}") from None
 
 
+def stored_image(rt: Runtime, preprocessing: images.Preprocessing, raw: Raw, where: str) -> str:
+    """One image as the store keeps it (normalised, base64 PNG), or the request's 4xx."""
+    return images.to_stored(_decode(rt, raw, where), preprocessing)
+
+
 def check_count(rt: Runtime, n: int) -> None:
     limit = rt.settings.max_examples_per_request
     if n > limit:
@@ -50,8 +55,7 @@ def stored_examples(
     if modality == "image":
         preprocessing = rt.backbones.get(backbone).preprocessing
         return [
-            (images.to_stored(_decode(rt, raw, name), preprocessing), label)
-            for raw, label, name in zip(inputs, labels, names, strict=True)
+            (stored_image(rt, preprocessing, raw, name), label) for raw, label, name in zip(inputs, labels, names, strict=True)
         ]
     check_texts(rt, inputs, "examples")  # type: ignore[arg-type]
     return list(zip(inputs, labels, strict=True))  # type: ignore[arg-type]

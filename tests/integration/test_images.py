@@ -18,9 +18,14 @@ from tests.service.test_image_preprocessing import encode, gradient, png_header_
 
 pytestmark = pytest.mark.integration
 
-# Measured with the test below (16 digits per label, seed 0; 30 per label held out, seed 1):
-# MobileNetV2 features + linear head 0.XXX, raw-pixel logistic regression 0.XXX.
-MARGIN = 0.0
+# Measured (16 digits per label, train seeds 0/1/2; the same 300 held-out digits, 30 per label):
+#   MobileNetV2 features + Graft's linear head   0.877 / 0.873 / 0.883
+#   logistic regression on the 64 raw pixels     0.907 / 0.943 / 0.900
+# Raw pixels WIN on 8×8 digits at 16 per label (by 1.7–7 points): ImageNet features of tiny
+# upscaled glyphs are not better than the glyphs themselves. So the test asserts what is true:
+# the image pipeline learns digits far above chance (0.1) and stays close to the raw-pixel baseline.
+MIN_ACCURACY = 0.82
+MAX_BEHIND_RAW_PIXELS = 0.10
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +50,18 @@ def image_zip(rows: list[dict], **extra: bytes | None) -> bytes:
     return make_zip({**entries, **extra}).getvalue()
 
 
-def test_digits_from_16_examples_per_label_beat_raw_pixels(server, digits_train, digits_test) -> None:
+def test_digits_from_16_examples_per_label_against_raw_pixels(server, digits_train, digits_test) -> None:
     client = server.new_tenant("digits")
     backbones = {b["name"]: b for b in client.get("/v1/backbones").json()["backbones"]}
     mnv2 = backbones["mobilenet_v2"]
     assert (mnv2["modality"], mnv2["dim"], mnv2["runtime"], mnv2["default"]) == ("image", 1280, "torch", True)
 
     train_rows = per_label(digits_train, 16, seed=0)
-    job = train(client, "digits", [{"input": r["input"], "label": r["label"]} for r in train_rows], modality="image")
-    assert job["progress"] == 1.0
+    examples = [{"input": r["input"], "label": r["label"]} for r in train_rows]
+    resp = client.post("/v1/tasks", json={"name": "digits", "modality": "image", "examples": examples})
+    assert resp.status_code == 202, resp.text
+    job = wait_for_job(client, resp.json()["job"]["id"], timeout=900)  # CV of the linear head on 1280-d is the slow part
+    assert (job["status"], job["progress"]) == ("succeeded", 1.0), job
     task = client.get("/v1/tasks/digits").json()
     assert (task["modality"], task["backbone"]) == ("image", "mobilenet_v2")
     assert task["versions"][0]["backbone_revision"] == mnv2["revision"]
@@ -69,7 +77,7 @@ def test_digits_from_16_examples_per_label_beat_raw_pixels(server, digits_train,
     raw_predicted = np.array(raw.head.labels)[raw.head.predict_proba(pixels(digits_test)).argmax(axis=1)]
     raw_accuracy = float(np.mean(raw_predicted == np.array(labels)))
     print(f"digits, 16/label: mobilenet_v2 {accuracy:.3f}, raw pixels {raw_accuracy:.3f}")
-    assert accuracy >= raw_accuracy + MARGIN, (accuracy, raw_accuracy)
+    assert accuracy >= MIN_ACCURACY and accuracy >= raw_accuracy - MAX_BEHIND_RAW_PIXELS, (accuracy, raw_accuracy)
 
     # The same images as multipart files get the same answers as base64 JSON.
     files = [("file", (f"{i}.png", base64.b64decode(r["input"]), "image/png")) for i, r in enumerate(digits_test[:5])]

@@ -20,7 +20,7 @@ from ...store.models import Task, Tenant
 from ...store.repository import NotFound
 from .. import schemas as s
 from ..errors import ApiError
-from ..inputs import stored_examples
+from ..inputs import stored_examples, stored_image
 from ..uploads import Upload, is_multipart, read_body, read_form
 from .deps import ERRORS, RuntimeDep, TenantDep, check_labels, choose_backbone, job_out, task_out
 
@@ -82,44 +82,59 @@ def _existing(rt: Runtime, tenant: Tenant, name: str) -> Task | None:
         return None
 
 
+def _target(
+    rt: Runtime, name: str, task: Task | None, kind: datasets.Kind, modality: str | None, backbone: str | None, head: str | None
+) -> tuple[str, str]:
+    """The modality and backbone the upload goes to: the existing task's, or the new task's."""
+    if task is not None:
+        given = {"modality": (modality, task.modality), "backbone": (backbone, task.backbone), "head": (head, task.head)}
+        for param, (value, actual) in given.items():
+            if value is not None and value != actual:
+                raise ApiError(422, "validation_error", f"task {name!r} exists with {param} {actual!r}; "
+                               f"omit '{param}' to extend it, or upload to a new task name")
+    target = task.modality if task else modality or ("image" if kind == "zip" else "text")
+    if kind == "zip" and target != "image":
+        raise ApiError(422, "validation_error", "a zip (image-folder layout) is for image tasks; "
+                       "text tasks take CSV or JSON Lines with input,label columns")
+    return target, task.backbone if task else choose_backbone(rt, target, backbone)
+
+
+def _read(
+    rt: Runtime, upload: Upload, kind: datasets.Kind, modality: str, backbone: str
+) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
+    """The parsed file and its examples as the store keeps them."""
+    settings = rt.settings
+    if kind == "zip":  # each image is checked and normalised as it is extracted
+        preprocessing = rt.backbones.get(backbone).preprocessing
+        data = datasets.read_image_folder(
+            upload.file, max_files=settings.max_examples_per_request,
+            max_total_bytes=settings.max_upload_uncompressed_bytes, max_file_bytes=settings.max_image_bytes,
+            convert=lambda raw, where: stored_image(rt, preprocessing, raw, where),
+        )
+        return data, list(zip(data.inputs, data.labels, strict=True))  # type: ignore[arg-type]
+    field_chars = settings.max_image_bytes * 4 // 3 + 64 if modality == "image" else settings.max_text_chars
+    data = datasets.read_table(upload.file, kind, max_rows=settings.max_examples_per_request, max_field_chars=field_chars)
+    return data, stored_examples(rt, modality, backbone, data.inputs, data.labels, data.names)
+
+
 def _ingest(
     rt: Runtime, me: Tenant, name: str, upload: Upload, modality: str | None, backbone: str | None, head: str | None
 ) -> s.DatasetAccepted:
-    settings = rt.settings
     task = _existing(rt, me, name)
     try:
         kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)
         upload.file.seek(0)
-        if task is not None:
-            given = {"modality": (modality, task.modality), "backbone": (backbone, task.backbone), "head": (head, task.head)}
-            for param, (value, actual) in given.items():
-                if value is not None and value != actual:
-                    raise ApiError(422, "validation_error", f"task {name!r} exists with {param} {actual!r}; "
-                                   f"omit '{param}' to extend it, or upload to a new task name")
-        task_modality = task.modality if task else modality or ("image" if kind == "zip" else "text")
-        if kind == "zip" and task_modality != "image":
-            raise ApiError(422, "validation_error", "a zip (image-folder layout) is for image tasks; "
-                           "text tasks take CSV or JSON Lines with input,label columns")
-        backbone_name = task.backbone if task else choose_backbone(rt, task_modality, backbone)
-        if kind == "zip":
-            data = datasets.read_image_folder(
-                upload.file, max_files=settings.max_examples_per_request,
-                max_total_bytes=settings.max_upload_uncompressed_bytes, max_file_bytes=settings.max_image_bytes,
-            )
-        else:
-            field_chars = max(settings.max_text_chars, settings.max_image_bytes * 4 // 3 + 64)  # base64 images
-            data = datasets.read_table(upload.file, kind, max_rows=settings.max_examples_per_request, max_field_chars=field_chars)
+        target, backbone_name = _target(rt, name, task, kind, modality, backbone, head)
+        data, examples = _read(rt, upload, kind, target, backbone_name)
     except datasets.DatasetError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
-    examples = stored_examples(rt, task_modality, backbone_name, data.inputs, data.labels, data.names)
-    created = task is None
     if task is None:
         check_labels(examples, None)
-        task, job = rt.store.create_task(
-            me.id, name, modality=task_modality, backbone=backbone_name, head=head or "linear", examples=examples
+        created, (task, job) = True, rt.store.create_task(
+            me.id, name, modality=target, backbone=backbone_name, head=head or "linear", examples=examples
         )
     else:
-        task, job = rt.store.add_examples(me.id, name, examples)
+        created, (task, job) = False, rt.store.add_examples(me.id, name, examples)
     return s.DatasetAccepted(
         task=task_out(task), job=job_out(job), created=created, examples=len(examples), warnings=data.warnings,
     )
