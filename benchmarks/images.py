@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[16], help="training digits per label")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the training draws")
     parser.add_argument("--test-per-label", type=int, default=30)
+    parser.add_argument("--no-accuracy", action="store_true", help="throughput only (the linear-probe fits are slow)")
     args = parser.parse_args()
 
     threads = cpu_quota()
@@ -149,7 +150,7 @@ def main() -> None:
 
     speed = throughput(backbones, inputs, args.reps)
     prep = preprocessing_cost(pre, args.reps)
-    quality = accuracy(backbones, args.shots, args.seeds, args.test_per_label)
+    quality = [] if args.no_accuracy else accuracy(backbones, args.shots, args.seeds, args.test_per_label)
 
     base = {r["batch"]: r["items_per_s"] for r in speed if r["runtime"] == "torch fp32"}
     print(f"\n{args.architecture} on {platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads")
@@ -157,8 +158,9 @@ def main() -> None:
     for r in speed:
         print(f"{r['runtime']:<12} {r['batch']:>5} {r['items_per_s']:>9.1f} {r['ms_per_batch']:>9.1f} {r['items_per_s'] / base[r['batch']]:>7.2f}×")
     print(f"\nrequest path: {prep['what']}: {prep['ms_per_image']:.1f} ms/image ({prep['items_per_s']:.0f}/s, one thread)")
-    print(f"\ndigits, linear head on each feature ({args.test_per_label}/label held out)")
-    print(f"{'shots':>5} {'seed':>4} {'features':<12} {'accuracy':>9} {'agree':>7} {'min cos':>8}")
+    if quality:
+        print(f"\ndigits, linear head on each feature ({args.test_per_label}/label held out)")
+        print(f"{'shots':>5} {'seed':>4} {'features':<12} {'accuracy':>9} {'agree':>7} {'min cos':>8}")
     for r in quality:
         extra = f"{r['agreement_with_fp32']:>7.3f} {r['min_cosine_to_fp32']:>8.4f}" if "agreement_with_fp32" in r else ""
         print(f"{r['shots']:>5} {r['seed']:>4} {r['features']:<12} {r['accuracy']:>9.3f} {extra}")

@@ -50,7 +50,7 @@ SETTINGS: dict[str, _Var] = {
         "`name=image:architecture[:checkpoint.pth]` (e.g. `effnet=image:efficientnet_lite0`, its packaged weights).",
     ),
     "torch_threads": _Var("GRAFT_TORCH_THREADS", 0, int, "Intra-op threads for torch; 0 = the container's CPU quota."),
-    "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most texts embedded in one backbone pass."),
+    "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most inputs (texts or images) embedded in one backbone pass."),
     "batch_max_delay_ms": _Var("GRAFT_BATCH_MAX_DELAY_MS", 5.0, float, "Longest a request waits for others to join its batch."),
     "batch_queue_size": _Var("GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."),
     "training_workers": _Var("GRAFT_TRAINING_WORKERS", 1, int, "Training jobs run at once by this process."),

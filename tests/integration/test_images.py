@@ -110,6 +110,13 @@ def test_dataset_uploads_create_and_extend_tasks(server, digits_train) -> None:
     detail = client.get("/v1/tasks/zipped").json()
     assert detail["labels"] == ["0", "1", "2", "3"] and detail["examples_per_label"] == {"0": 6, "1": 6, "2": 6, "3": 6}
 
+    # Another tenant: the task is invisible (404), and the same name is theirs to create.
+    other = server.new_tenant("other-uploader")
+    assert_error(other.post("/v1/tasks/zipped/predict/files", files={"file": ("a.png", base64.b64decode(rows[0]["input"]))}), 404)
+    resp = other.post("/v1/tasks/zipped/dataset", content=image_zip(first), headers={"content-type": "application/zip"})
+    assert resp.status_code == 202 and resp.json()["created"] is True, resp.text
+    assert client.get("/v1/tasks/zipped").json()["examples_per_label"] == {"0": 6, "1": 6, "2": 6, "3": 6}
+
     # CSV creates a text task (query parameters choose the head); JSON Lines extends it.
     csv_body = "input,label\n" + "".join(f"\"{r['input']}\",{r['label']}\n" for r in TOY)
     resp = client.post("/v1/tasks/reviews/dataset?head=prototype", content=csv_body, headers={"content-type": "text/csv"})
