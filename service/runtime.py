@@ -35,8 +35,12 @@ class Runtime:
         runtimes = RuntimeConfig(settings.backbone_runtime, settings.onnx_cache_path, settings.onnx_threads)
         self.backbones = Registry(specs, settings.device, settings.torch_threads, runtimes)
         self.backbones.load_all()
-        if settings.default_text_backbone not in self.backbones.loaded:
-            raise ValueError(f"GRAFT_DEFAULT_TEXT_BACKBONE={settings.default_text_backbone!r} is not a configured backbone")
+        for env, name, modality in (
+            ("GRAFT_DEFAULT_TEXT_BACKBONE", settings.default_text_backbone, "text"),
+            ("GRAFT_DEFAULT_IMAGE_BACKBONE", settings.default_image_backbone, "image"),
+        ):
+            if name not in self.backbones.loaded or self.backbones.specs[name].modality != modality:
+                raise ValueError(f"{env}={name!r} is not a configured {modality} backbone")
         self._batchers = {
             name: Batcher(bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size)
             for name, bb in self.backbones.loaded.items()
@@ -56,7 +60,7 @@ class Runtime:
         return self._batchers[backbone]
 
     def default_backbone(self, modality: str) -> str:
-        return self.settings.default_text_backbone
+        return self.settings.default_image_backbone if modality == "image" else self.settings.default_text_backbone
 
     def close(self) -> None:
         """Graceful shutdown: finish running jobs (up to the grace period), drain batches, close the store."""

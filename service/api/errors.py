@@ -59,7 +59,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
-        if request.method in ("POST", "PUT", "PATCH") and "json" not in content_type and "multipart" not in content_type:
+        about_body = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
+        if about_body and request.method in ("POST", "PUT", "PATCH") and "json" not in content_type and "multipart" not in content_type:
             return error_response(415, "unsupported_media_type", f"send a JSON body with 'Content-Type: application/json' (got {content_type or 'none'!r})")
         status, code, message = _validation_message(exc)
         return error_response(status, code, message)

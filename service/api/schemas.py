@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
-Modality = Literal["text"]
+Modality = Literal["text", "image"]
 HeadKind = Literal["linear", "prototype"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
@@ -64,7 +64,7 @@ class TenantCreated(BaseModel):
 
 
 class ExampleIn(Request):
-    input: Text
+    input: Text = Field(description="A text, or a base64-encoded PNG/JPEG/WebP image for image tasks.")
     label: Label
 
 
@@ -133,11 +133,17 @@ class TaskList(BaseModel):
     tasks: list[TaskOut]
 
 
+class DatasetAccepted(TaskCreated):
+    created: bool = Field(description="True when the upload created the task, false when it extended it.")
+    examples: int = Field(description="Examples stored from this upload.")
+    warnings: list[str] = Field(description="What was skipped, e.g. empty label folders or `__MACOSX/` entries.")
+
+
 # -- predict -----------------------------------------------------------------------------
 
 
 class PredictRequest(Request):
-    inputs: list[Text] = Field(min_length=1)
+    inputs: list[Text] = Field(min_length=1, description="Texts, or base64-encoded PNG/JPEG/WebP images for image tasks.")
     top_k: int | None = Field(default=None, ge=1, description="How many labels `scores` lists; default all.")
 
 

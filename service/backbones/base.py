@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -9,6 +10,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
+
+# torch runtimes: name → autocast dtype (None: plain fp32)
+TORCH_DTYPES: dict[str, torch.dtype | None] = {"torch": None, "torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}
 
 
 @runtime_checkable
@@ -45,3 +50,13 @@ def weights_checksum(directory: Path, patterns: Sequence[str] = ("*.safetensors"
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def autocast(device: str, runtime: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a torch runtime (a no-op for fp32 ``torch``)."""
+    if runtime not in TORCH_DTYPES:
+        raise ValueError(f"unknown torch runtime {runtime!r}; choose one of {sorted(TORCH_DTYPES)}")
+    dtype = TORCH_DTYPES[runtime]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

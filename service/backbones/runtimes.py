@@ -20,10 +20,17 @@ TORCH_RUNTIMES = ("torch", "torch-bf16", "torch-fp16")
 RUNTIMES = TORCH_RUNTIMES + VARIANTS
 CUDA_ONLY = {"torch-fp16", "onnx-fp16"}
 
-# The default per (modality, device type). CPU: onnx-int8 measured fastest with accuracy within
-# 0.5 pt of fp32 (docs/onnx.md). CUDA: not measured on this project's machines yet; torch fp32 until
-# benchmarks/gpu_check.py says otherwise. Modalities not listed (e.g. image) default to torch.
-AUTO: dict[tuple[str, str], str] = {("text", "cpu"): "onnx-int8", ("text", "cuda"): "torch"}
+# The default per (modality, device type), from the benchmarks (docs/onnx.md):
+# text on CPU: onnx-int8 is fastest with accuracy within 0.5 pt of fp32 (benchmarks/backbones.py);
+# image on CPU: ORT fp32 is ~10x torch eager on MobileNetV2, while int8 loses too much
+# (min cosine 0.96 to fp32) and is slower (benchmarks/images.py);
+# CUDA: see benchmarks/gpu_check.py. Modalities not listed default to torch.
+AUTO: dict[tuple[str, str], str] = {
+    ("text", "cpu"): "onnx-int8",
+    ("text", "cuda"): "torch",
+    ("image", "cpu"): "onnx",
+    ("image", "cuda"): "torch",
+}
 
 
 def parse_setting(setting: str) -> dict[str, str]:

@@ -15,11 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import weights_checksum
+from .base import autocast, weights_checksum
 from .onnx_export import ExportSpec
 
-# torch runtimes: name → autocast dtype (None: plain fp32)
-TORCH_DTYPES: dict[str, torch.dtype | None] = {"torch": None, "torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}
 
 
 class SentenceEmbedder(torch.nn.Module):
@@ -50,8 +48,7 @@ class TorchTextBackbone:
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        if runtime not in TORCH_DTYPES:
-            raise ValueError(f"unknown torch runtime {runtime!r}; choose one of {sorted(TORCH_DTYPES)}")
+        autocast(device, runtime)  # validates the runtime name
         self.name = name
         self.source = str(name_or_path)
         self.device = device
@@ -59,7 +56,6 @@ class TorchTextBackbone:
         self.length_ratio = length_ratio  # a micro-batch never mixes texts more than this far apart in length
         self.real_tokens = self.padded_tokens = 0  # positions processed so far (padding metric)
         self.runtime = runtime
-        self.autocast_dtype = TORCH_DTYPES[runtime]
         self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         self.model = AutoModel.from_pretrained(self.source).to(device).eval()
         self.module = SentenceEmbedder(self.model).eval()
@@ -125,15 +121,10 @@ class TorchTextBackbone:
 
     # -- torch inference ---------------------------------------------------------------------
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=self.autocast_dtype)
-
     @torch.inference_mode()
     def _embed_batch(self, feeds: dict[str, np.ndarray]) -> torch.Tensor:
         tensors = {k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}
-        with self._autocast():
+        with autocast(self.device, self.runtime):
             return self.module(**tensors)
 
     def embed(self, inputs: Sequence[str]) -> np.ndarray:

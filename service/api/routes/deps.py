@@ -71,14 +71,6 @@ def version_out(v: Version, active: int | None) -> s.VersionOut:
 # -- validation that depends on configuration -----------------------------------------------
 
 
-def check_examples(rt: Runtime, examples: Sequence[s.ExampleIn]) -> list[tuple[str, str]]:
-    limit = rt.settings.max_examples_per_request
-    if len(examples) > limit:
-        raise ApiError(413, "too_large", f"{len(examples)} examples in one request; the limit is {limit}. Send them in parts.")
-    check_texts(rt, [e.input for e in examples], "examples")
-    return [(e.input, e.label) for e in examples]
-
-
 def check_texts(rt: Runtime, texts: Sequence[str], field: str) -> None:
     limit = rt.settings.max_text_chars
     for i, text in enumerate(texts):

@@ -19,13 +19,19 @@ from .deps import ERRORS, RuntimeDep, TenantDep
 
 router = APIRouter(prefix="/v1")
 
+PREPROCESSING = {
+    "text": {"tokenizer": "tokenizer.json", "note": "truncation and padding are configured in tokenizer.json"},
+    "image": {"spec": "preprocessing.json", "note": "RGB; resize the shorter side to `resize`, center-crop `crop`, "
+              "scale to [0, 1], subtract `mean`, divide by `std`, layout NCHW float32"},
+}
+
 # Serving runtimes whose graph the bundle can carry as is; others (torch, CUDA fp16) export fp32.
 PORTABLE = ("onnx", "onnx-int8")
 
 
 @router.get(
     "/tasks/{name}/export",
-    responses={**ERRORS, 200: {"content": {"application/zip": {}}, "description": "zip: model.onnx, tokenizer, graft-export.json"}},
+    responses={**ERRORS, 200: {"content": {"application/zip": {}}, "description": "zip: model.onnx, preprocessing files (tokenizer or image spec), graft-export.json"}},
     response_class=Response,
 )
 async def export_task(
@@ -64,6 +70,7 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     if path is None or source is None:
         raise ApiError(422, "not_exportable", f"backbone {task.backbone!r} has no ONNX export")
     head = heads.from_bytes(v.weights)
+    files = source.preprocessing_files()
     try:
         fused = fuse(onnx.load(str(path)), head)
     except ExportError as exc:
@@ -74,9 +81,10 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
         "version": v.number,
         "head": v.head,
         "labels": head.labels,
-        "model": {"file": MODEL_FILE, "inputs": [i.name for i in fused.graph.input], "input_dtype": "int64",
+        "model": {"file": MODEL_FILE, "inputs": [i.name for i in fused.graph.input],
+                  "input_dtype": onnx.helper.tensor_dtype_to_np_dtype(fused.graph.input[0].type.tensor_type.elem_type).name,
                   "output": PROBABILITIES, "output_order": "labels"},
-        "preprocessing": {"tokenizer": "tokenizer.json", "note": "truncation and padding are configured in tokenizer.json"},
+        "preprocessing": PREPROCESSING.get(task.modality, {}) | {"files": sorted(files)},
         "backbone": {"name": backbone.name, "revision": backbone.revision, "graph_variant": variant,
                      "serving_runtime": backbone.runtime, "trained_on_runtime": v.runtime,
                      "trained_on_revision": v.backbone_revision, "dim": backbone.dim},
@@ -87,5 +95,5 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
                      "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return bundle(fused, source.preprocessing_files(), manifest)
+    return bundle(fused, files, manifest)
 

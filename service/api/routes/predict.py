@@ -1,19 +1,37 @@
-"""Predictions: backbone batch + the task's active head."""
+"""Predictions: backbone batch + the task's active head. JSON inputs, or image files as multipart."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Sequence
 
+import anyio.to_thread
+from fastapi import APIRouter, Request
+
+from ...runtime import Runtime
 from .. import schemas as s
 from ..errors import ApiError
+from ..inputs import Raw, backbone_inputs
+from ..uploads import is_multipart, read_form
 from .deps import (
     ERRORS,
     RuntimeDep,
     TenantDep,
-    check_texts,
 )
 
 router = APIRouter(prefix="/v1")
+
+
+async def _predict(
+    rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Raw], names: Sequence[str], top_k: int | None
+) -> s.PredictResponse:
+    task = await anyio.to_thread.run_sync(rt.store.get_task, tenant_id, name)
+    prepared = await backbone_inputs(rt, task, inputs, names)
+    task, version, predictions = await rt.router.predict(tenant_id, name, prepared, top_k)
+    return s.PredictResponse(
+        task=task.name,
+        version=version,
+        predictions=[s.PredictionOut(label=p.label, score=p.score, scores=p.scores) for p in predictions],
+    )
 
 
 @router.post("/tasks/{name}/predict", response_model=s.PredictResponse, responses=ERRORS)
@@ -21,10 +39,44 @@ async def predict(name: str, body: s.PredictRequest, rt: RuntimeDep, me: TenantD
     limit = rt.settings.max_predict_inputs
     if len(body.inputs) > limit:
         raise ApiError(413, "too_large", f"{len(body.inputs)} inputs in one predict request; the limit is {limit}")
-    check_texts(rt, body.inputs, "inputs")
-    task, version, predictions = await rt.router.predict(me.id, name, body.inputs, body.top_k)
-    return s.PredictResponse(
-        task=task.name,
-        version=version,
-        predictions=[s.PredictionOut(label=p.label, score=p.score, scores=p.scores) for p in predictions],
-    )
+    return await _predict(rt, me.id, name, body.inputs, [f"inputs[{i}]" for i in range(len(body.inputs))], body.top_k)
+
+
+FILES_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {
+                "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                         "description": "One part per image (PNG, JPEG or WebP), all named `file`."},
+                "top_k": {"type": "integer", "minimum": 1},
+            },
+        }}},
+    }
+}
+
+
+@router.post("/tasks/{name}/predict/files", response_model=s.PredictResponse, responses=ERRORS, openapi_extra=FILES_BODY)
+async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
+    """Predict an image task from uploaded files: ``curl -F file=@a.jpg -F file=@b.png [-F top_k=3]``."""
+    if not is_multipart(request):
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with one 'file' part per image")
+    limit = rt.settings.max_predict_inputs
+    files, form = await read_form(request, rt.settings.max_upload_bytes, max_files=limit)
+    try:
+        unknown = sorted({key for key, _ in form.multi_items()} - {"file", "top_k"})
+        if unknown:
+            raise ApiError(422, "validation_error", f"unknown form fields {unknown}; send 'file' parts and optionally 'top_k'")
+        if not files:
+            raise ApiError(422, "validation_error", "no files: send one 'file' part per image")
+        top_k = form.get("top_k")
+        if top_k is not None and (not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1):
+            raise ApiError(422, "validation_error", "top_k must be a positive integer")
+        cap = rt.settings.max_image_bytes + 1  # decode() answers 413 for anything over the limit
+        raw = [upload.file.read(cap) for upload in files]
+        names = [f"file[{i}] ({upload.filename!r})" for i, upload in enumerate(files)]
+        return await _predict(rt, me.id, name, raw, names, int(top_k) if top_k else None)
+    finally:
+        await form.close()

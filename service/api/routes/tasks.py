@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from .. import schemas as s
+from ..inputs import stored_examples
 from .deps import (
     ERRORS,
     RuntimeDep,
     TenantDep,
-    check_examples,
     check_labels,
     choose_backbone,
     job_out,
@@ -22,9 +22,9 @@ router = APIRouter(prefix="/v1")
 
 @router.post("/tasks", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
 def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
-    examples = check_examples(rt, body.examples)
-    check_labels(examples, body.labels)
     backbone = choose_backbone(rt, body.modality, body.backbone)
+    examples = _examples(rt, body.modality, backbone, body.examples)
+    check_labels(examples, body.labels)
     task, job = rt.store.create_task(
         me.id, body.name, modality=body.modality, backbone=backbone, head=body.head or "linear", examples=examples
     )
@@ -59,7 +59,15 @@ def delete_task(name: str, rt: RuntimeDep, me: TenantDep) -> Response:
 
 @router.post("/tasks/{name}/examples", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
 def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
-    examples = check_examples(rt, body.examples)
+    task = rt.store.get_task(me.id, name)
+    examples = _examples(rt, task.modality, task.backbone, body.examples)
     task, job = rt.store.add_examples(me.id, name, examples)
     rt.jobs.notify()
     return s.TaskCreated(task=task_out(task), job=job_out(job))
+
+
+def _examples(rt: RuntimeDep, modality: str, backbone: str, examples: list[s.ExampleIn]) -> list[tuple[str, str]]:
+    return stored_examples(
+        rt, modality, backbone, [e.input for e in examples], [e.label for e in examples],
+        [f"examples[{i}].input" for i in range(len(examples))],
+    )

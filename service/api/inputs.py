@@ -1,0 +1,76 @@
+"""Request inputs per modality: what the store keeps (examples) and what backbones take (predict).
+
+Text passes through with its length checked. Images are decoded and checked here, in the request
+that sent them (so one bad image is that request's 4xx, never a failed backbone batch):
+examples are stored normalised (see :mod:`service.images`), predict inputs become preprocessed
+arrays for the batcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio.to_thread
+
+from .. import images
+from ..runtime import Runtime
+from ..store.models import Task
+from .errors import ApiError
+from .routes.deps import check_texts
+
+Raw = str | bytes  # JSON gives base64 strings; multipart and zip uploads give bytes
+
+
+def image_limits(rt: Runtime) -> images.Limits:
+    return images.Limits(max_bytes=rt.settings.max_image_bytes, max_pixels=rt.settings.max_image_pixels)
+
+
+def _decode(rt: Runtime, raw: Raw, where: str) -> Any:
+    try:
+        data = images.from_base64(raw) if isinstance(raw, str) else raw
+        return images.decode(data, image_limits(rt))
+    except images.ImageError as exc:
+        hint = " (this task's modality is 'image')" if isinstance(raw, str) and isinstance(exc, images.NotAnImage) else ""
+        raise ApiError(exc.status, exc.code, f"{where} {exc}{hint}") from None
+
+
+def stored_image(rt: Runtime, preprocessing: images.Preprocessing, raw: Raw, where: str) -> str:
+    """One image as the store keeps it (normalised, base64 PNG), or the request's 4xx."""
+    return images.to_stored(_decode(rt, raw, where), preprocessing)
+
+
+def check_count(rt: Runtime, n: int) -> None:
+    limit = rt.settings.max_examples_per_request
+    if n > limit:
+        raise ApiError(413, "too_large", f"{n} examples in one request; the limit is {limit}. Send them in parts.")
+
+
+def stored_examples(
+    rt: Runtime, modality: str, backbone: str, inputs: Sequence[Raw], labels: Sequence[str], names: Sequence[str]
+) -> list[tuple[str, str]]:
+    """Examples as the store keeps them: text as sent, images as normalised base64 PNG.
+    ``names`` say where each input came from, for error messages (``examples[3].input``, a zip path)."""
+    check_count(rt, len(inputs))
+    if modality == "image":
+        preprocessing = rt.backbones.get(backbone).preprocessing
+        return [
+            (stored_image(rt, preprocessing, raw, name), label) for raw, label, name in zip(inputs, labels, names, strict=True)
+        ]
+    check_texts(rt, inputs, "examples")  # type: ignore[arg-type]
+    return list(zip(inputs, labels, strict=True))  # type: ignore[arg-type]
+
+
+def _preprocessed(rt: Runtime, backbone: str, inputs: Sequence[Raw], names: Sequence[str]) -> list[Any]:
+    preprocessing = rt.backbones.get(backbone).preprocessing
+    return [preprocessing(_decode(rt, raw, name)) for raw, name in zip(inputs, names, strict=True)]
+
+
+async def backbone_inputs(rt: Runtime, task: Task, inputs: Sequence[Raw], names: Sequence[str]) -> list[Any]:
+    """Predict inputs as the task's backbone takes them (images are decoded off the event loop)."""
+    if task.modality == "image":
+        return await anyio.to_thread.run_sync(_preprocessed, rt, task.backbone, inputs, names)
+    if any(isinstance(raw, bytes) for raw in inputs):
+        raise ApiError(422, "validation_error", f"task {task.name!r} is a text task: send JSON {{\"inputs\": [texts]}} to /predict")
+    check_texts(rt, inputs, "inputs")  # type: ignore[arg-type]
+    return list(inputs)

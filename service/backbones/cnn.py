@@ -1,0 +1,158 @@
+"""ImageNet CNN architectures in plain torch (torchvision cannot be installed beside this torch).
+
+Each network keeps the parameter names of the checkpoint it loads, so its state dict loads with
+every key matching (``strict=True``). ``pooled(x)`` returns the global-average-pooled
+penultimate activations (the features Graft serves); ``forward(x)`` returns the ImageNet logits,
+used to check that weights and preprocessing are right.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class CNN(nn.Module):
+    """What every architecture here provides."""
+
+    dim: int
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:  # (n, 3, h, w) normalised → (n, dim)
+        raise NotImplementedError
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.pooled(x))
+
+
+# -- MobileNetV2, torchvision's layout (features.N..., classifier.1) --------------------------
+
+
+class _ConvBNReLU6(nn.Sequential):
+    def __init__(self, inp: int, out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, inp: int, out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = inp * expand
+        self.residual = stride == 1 and inp == out
+        layers: list[nn.Module] = [_ConvBNReLU6(inp, hidden, kernel=1)] if expand != 1 else []
+        layers += [
+            _ConvBNReLU6(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(CNN):
+    """MobileNetV2, width 1.0 (Sandler et al. 2018)."""
+
+    # expand ratio, output channels, repeats, stride of the first repeat
+    BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    dim = 1280
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_ConvBNReLU6(3, 32, stride=2)]
+        inp = 32
+        for expand, out, repeats, stride in self.BLOCKS:
+            for i in range(repeats):
+                layers.append(_InvertedResidual(inp, out, stride if i == 0 else 1, expand))
+                inp = out
+        layers.append(_ConvBNReLU6(inp, self.dim, kernel=1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.dim, num_classes))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pooled)
+
+
+# -- EfficientNet-Lite0, the layout of lukemelas' EfficientNet-PyTorch (_conv_stem, _blocks.N...) --
+
+
+class _SameConv(nn.Conv2d):
+    """A bias-free convolution with TensorFlow's 'SAME' padding (extra pixel at the bottom/right)."""
+
+    def __init__(self, inp: int, out: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(inp, out, kernel, stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True):
+            total = max((math.ceil(int(size) / s) - 1) * s + k - int(size), 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3)
+
+
+class _MBConv(nn.Module):
+    def __init__(self, inp: int, out: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = inp * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = _SameConv(inp, hidden, 1)
+            self._bn0 = _bn(hidden)
+        self._depthwise_conv = _SameConv(hidden, hidden, kernel, stride, groups=hidden)
+        self._bn1 = _bn(hidden)
+        self._project_conv = _SameConv(hidden, out, 1)
+        self._bn2 = _bn(out)
+        self.residual = stride == 1 and inp == out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(CNN):
+    """EfficientNet-Lite0 (no squeeze-excitation, ReLU6, fixed stem and head; Tan & Le 2019)."""
+
+    # repeats, kernel, stride, expand, input channels, output channels
+    BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+    dim = 1280
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self._conv_stem = _SameConv(3, 32, 3, 2)
+        self._bn0 = _bn(32)
+        blocks: list[nn.Module] = []
+        for repeats, kernel, stride, expand, inp, out in self.BLOCKS:
+            for i in range(repeats):
+                blocks.append(_MBConv(inp if i == 0 else out, out, kernel, stride if i == 0 else 1, expand))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = _SameConv(320, self.dim, 1)
+        self._bn1 = _bn(self.dim)
+        self._fc = nn.Linear(self.dim, num_classes)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self._fc(pooled)

@@ -1,0 +1,276 @@
+"""Dataset files: a zip in image-folder layout (``<label>/<file>``), or CSV/JSON Lines with
+``input,label`` columns. Everything here reads untrusted bytes and either returns labeled raw
+inputs or raises :class:`DatasetError` saying what to fix; nothing is stored by this module.
+
+A zip is checked from its central directory before a single member is extracted: entry count,
+declared uncompressed sizes (zip bombs), paths (``..``, absolute), symlinks, encryption and nested
+archives. Members are then read with their declared size as a hard cap (``zipfile`` never returns
+more than the declared size and checks the CRC), so a lying directory cannot expand further.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import stat
+import struct
+import zipfile
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import IO, Literal
+
+Kind = Literal["zip", "csv", "jsonl"]
+MAX_LABEL_CHARS = 256
+
+ARCHIVE_SUFFIXES = (".zip", ".jar", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".lz", ".lzma", ".cab")
+# Magic bytes of archive and compressed formats: zip, gzip, bzip2, xz, zstd, 7z, rar.
+ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd",
+                 b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
+
+
+class DatasetError(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = {413: "too_large", 415: "unsupported_media_type"}.get(status, "validation_error")
+
+
+@dataclass
+class Dataset:
+    kind: Kind
+    inputs: list[str | bytes] = field(default_factory=list)  # image bytes (zip) or text (CSV/JSONL)
+    labels: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # where each example came from, for error messages
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, value: str | bytes, label: str, name: str) -> None:
+        self.inputs.append(value)
+        self.labels.append(label)
+        self.names.append(name)
+
+
+def detect_kind(head: bytes, content_type: str, filename: str) -> Kind:
+    """zip by its magic bytes; CSV or JSON Lines by content type or file name."""
+    media = content_type.split(";")[0].strip().lower()
+    suffix = PurePosixPath(filename.lower()).suffix
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if media in ("text/csv", "application/csv") or suffix == ".csv":
+        return "csv"
+    if media in ("application/jsonl", "application/x-ndjson", "application/x-jsonlines", "application/json-lines") \
+            or suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if media in ("application/zip", "application/x-zip-compressed") or suffix == ".zip":
+        raise DatasetError(422, "the upload claims to be a zip but is not one (no zip signature)")
+    shown = media or "none"
+    raise DatasetError(
+        415, f"unsupported dataset type ({shown!r}, file {filename or 'unnamed'!r}); send a zip in image-folder layout "
+        "(<label>/<file>), a CSV or a JSON Lines file with input,label columns",
+    )
+
+
+def _check_label(label: str, where: str) -> str:
+    if not label.strip():
+        raise DatasetError(422, f"{where}: the label is empty")
+    if len(label) > MAX_LABEL_CHARS:
+        raise DatasetError(422, f"{where}: the label is {len(label)} characters; the limit is {MAX_LABEL_CHARS}")
+    return label
+
+
+# -- zip, image-folder layout --------------------------------------------------------------------
+
+
+def _declared_entries(fh: IO[bytes]) -> int:
+    """Entry count from the end-of-central-directory record, read before ``zipfile`` parses the directory.
+    Zip64 archives say 0xFFFF here (more than 65,534 entries)."""
+    fh.seek(0, io.SEEK_END)
+    size = fh.tell()
+    tail_len = min(size, 22 + 0xFFFF)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    pos = tail.rfind(b"PK\x05\x06")
+    if pos < 0 or pos + 22 > len(tail):
+        raise DatasetError(422, "the zip is damaged or truncated (no end-of-central-directory record)")
+    fh.seek(0)
+    return struct.unpack("<H", tail[pos + 10 : pos + 12])[0]
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    """The path components of a member, refusing anything that could leave the archive's root."""
+    if "\x00" in name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise DatasetError(422, f"zip member {name!r} has an absolute, Windows-style or invalid path")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise DatasetError(422, f"zip member {name!r} points outside the archive (path traversal with '..')")
+    return parts
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _ignored(parts: tuple[str, ...]) -> bool:
+    """macOS resource forks and hidden files (``__MACOSX/``, ``.DS_Store``, ``._x.png``)."""
+    return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
+
+
+def read_image_folder(
+    fh: IO[bytes],
+    *,
+    max_files: int,
+    max_total_bytes: int,
+    max_file_bytes: int,
+    convert: Callable[[bytes, str], str | bytes] | None = None,
+) -> Dataset:
+    """Labeled images from a zip laid out as ``<label>/<file>`` (optionally under one top folder).
+    ``convert(data, where)`` turns each member's bytes into what is kept (default: the bytes), one
+    member at a time, so the whole archive is never held extracted in memory."""
+    if _declared_entries(fh) > max_files:
+        raise DatasetError(422, f"the zip has more than {max_files} entries; the limit is {max_files} files per upload")
+    try:
+        archive = zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
+        raise DatasetError(422, "the upload is not a readable zip archive") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > max_files:
+            raise DatasetError(422, f"the zip has {len(infos)} entries; the limit is {max_files} files per upload")
+        dataset = Dataset("zip")
+        folders: set[tuple[str, ...]] = set()
+        files: list[tuple[tuple[str, ...], zipfile.ZipInfo]] = []
+        skipped = 0
+        for info in infos:
+            parts = _parts(info.filename)
+            if _is_symlink(info):
+                raise DatasetError(422, f"zip member {info.filename!r} is a symbolic link; links are not accepted")
+            if not parts:
+                continue
+            if _ignored(parts):
+                skipped += 1
+                continue
+            if info.is_dir():
+                folders.add(parts)
+                continue
+            if info.flag_bits & 0x1:
+                raise DatasetError(422, f"zip member {info.filename!r} is encrypted")
+            if parts[-1].lower().endswith(ARCHIVE_SUFFIXES):
+                raise DatasetError(422, f"zip member {info.filename!r} is an archive; nested archives are not accepted")
+            if info.file_size > max_file_bytes:
+                raise DatasetError(
+                    413, f"zip member {info.filename!r} expands to {info.file_size} bytes; the limit is {max_file_bytes} "
+                    "per image (checked before extracting anything)",
+                )
+            files.append((parts, info))
+            folders.update(parts[:i] for i in range(1, len(parts)))
+        total = sum(info.file_size for _, info in files)
+        if total > max_total_bytes:
+            raise DatasetError(
+                413, f"the zip expands to {total} bytes; the limit is {max_total_bytes} (checked before extracting anything)"
+            )
+
+        # One wrapping folder (``dataset/<label>/<file>``) is stripped.
+        roots = {parts[0] for parts, _ in files} | {f[0] for f in folders}
+        depth = 2
+        if len(roots) == 1 and files and all(len(parts) == 3 for parts, _ in files):
+            depth = 3
+        for parts, info in files:
+            if len(parts) != depth:
+                raise DatasetError(
+                    422, f"zip member {info.filename!r} is not in image-folder layout: expected <label>/<file>, "
+                    "each image directly inside a folder named after its label",
+                )
+        if skipped:
+            dataset.warnings.append(f"ignored {skipped} hidden or __MACOSX entries")
+
+        by_label: dict[str, int] = defaultdict(int)
+        for parts, info in sorted(files, key=lambda item: item[0]):
+            label = _check_label(parts[-2], f"zip member {info.filename!r}")
+            try:
+                with archive.open(info) as member:
+                    data = member.read(max_file_bytes + 1)
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                raise DatasetError(422, f"zip member {info.filename!r} could not be extracted ({exc})") from None
+            except NotImplementedError:
+                raise DatasetError(422, f"zip member {info.filename!r} uses an unsupported compression method") from None
+            if data.startswith(ARCHIVE_MAGIC) or data[257:262] == b"ustar":
+                raise DatasetError(422, f"zip member {info.filename!r} is an archive; nested archives are not accepted")
+            where = f"zip member {info.filename!r}"
+            dataset.add(convert(data, where) if convert else data, label, where)
+            by_label[label] += 1
+        label_folders = {f[depth - 2] for f in folders if len(f) == depth - 1}
+        for empty in sorted(label_folders - set(by_label)):
+            dataset.warnings.append(f"label folder {empty!r} has no images; ignored")
+        if not dataset.inputs:
+            raise DatasetError(422, "the zip has no images in image-folder layout (<label>/<file>)")
+        return dataset
+
+
+# -- CSV and JSON Lines ---------------------------------------------------------------------------
+
+
+def _text_rows(fh: IO[bytes]) -> io.TextIOWrapper:
+    return io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
+
+
+def read_table(fh: IO[bytes], kind: Literal["csv", "jsonl"], *, max_rows: int, max_field_chars: int) -> Dataset:
+    """``(input, label)`` rows from CSV (a header naming ``input`` and ``label``) or JSON Lines
+    (one ``{"input": ..., "label": ...}`` object per line). Blank lines are skipped."""
+    dataset = Dataset(kind)
+    text = _text_rows(fh)
+    try:
+        rows = _csv_rows(text, max_field_chars) if kind == "csv" else _jsonl_rows(text)
+        for where, value, label in rows:
+            if len(dataset.inputs) >= max_rows:
+                raise DatasetError(413, f"the file has more than {max_rows} examples; the limit is {max_rows} per upload")
+            if not isinstance(value, str) or not value.strip():
+                raise DatasetError(422, f"{where}: 'input' must be a non-empty string")
+            if len(value) > max_field_chars:
+                raise DatasetError(413, f"{where}: 'input' is {len(value)} characters; the limit is {max_field_chars}")
+            if not isinstance(label, str):
+                raise DatasetError(422, f"{where}: 'label' must be a string")
+            dataset.add(value, _check_label(label, where), where)
+    except UnicodeDecodeError:
+        raise DatasetError(422, "the file is not UTF-8 text") from None
+    finally:
+        text.detach()
+    if not dataset.inputs:
+        raise DatasetError(422, "the file has no examples")
+    return dataset
+
+
+def _csv_rows(text: io.TextIOWrapper, max_field_chars: int):  # type: ignore[no-untyped-def]
+    csv.field_size_limit(max(csv.field_size_limit(), max_field_chars + 1))
+    reader = csv.reader(text)
+    try:
+        header = next(reader, None)
+        if header is None or "input" not in header or "label" not in header:
+            raise DatasetError(422, f"the CSV header must name the columns 'input' and 'label' (got {header})")
+        i_input, i_label = header.index("input"), header.index("label")
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            where = f"CSV line {reader.line_num}"
+            if len(row) != len(header):
+                raise DatasetError(422, f"{where}: {len(row)} fields, but the header has {len(header)}")
+            yield where, row[i_input], row[i_label]
+    except csv.Error as exc:
+        status = 413 if "field larger than field limit" in str(exc) else 422
+        raise DatasetError(status, f"CSV line {reader.line_num}: {exc}") from None
+
+
+def _jsonl_rows(text: io.TextIOWrapper):  # type: ignore[no-untyped-def]
+    for number, line in enumerate(text, start=1):
+        if not line.strip():
+            continue
+        where = f"JSON Lines line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(422, f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "input" not in row or "label" not in row:
+            raise DatasetError(422, f"{where}: expected an object with 'input' and 'label'")
+        yield where, row["input"], row["label"]

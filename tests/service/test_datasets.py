@@ -1,0 +1,174 @@
+"""Dataset files (service/datasets.py): image-folder zips, CSV, JSON Lines; every refusal."""
+
+from __future__ import annotations
+
+import io
+import stat
+import struct
+import zipfile
+
+import pytest
+
+from service.datasets import DatasetError, detect_kind, read_image_folder, read_table
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"pretend image bytes"  # the zip reader does not decode images
+LIMITS = {"max_files": 100, "max_total_bytes": 1_000_000, "max_file_bytes": 100_000}
+
+
+def make_zip(entries: dict[str, bytes | None], **infos) -> io.BytesIO:
+    """A zip of ``name → bytes`` (None for a directory entry)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            if data is None:
+                zf.writestr(zipfile.ZipInfo(name.rstrip("/") + "/"), b"")
+            else:
+                info = zipfile.ZipInfo(name)
+                for key, value in infos.get(name, {}).items():
+                    setattr(info, key, value)
+                zf.writestr(info, data, zipfile.ZIP_DEFLATED)
+    out.seek(0)
+    return out
+
+
+def refuse(fh, status: int, fragment: str, **limits) -> None:
+    with pytest.raises(DatasetError, match=fragment) as raised:
+        read_image_folder(fh, **{**LIMITS, **limits})
+    assert raised.value.status == status
+
+
+def test_image_folder_layout_with_warnings() -> None:
+    fh = make_zip({
+        "cat/a.png": PNG, "cat/b.png": PNG + b"b", "dog/c.png": PNG + b"c",
+        "empty/": None,  # an empty label folder: ignored, with a warning
+        "__MACOSX/cat/._a.png": b"resource fork", "cat/.DS_Store": b"finder",
+    })
+    data = read_image_folder(fh, **LIMITS)
+    assert data.labels == ["cat", "cat", "dog"] and data.inputs[1] == PNG + b"b"
+    assert data.names == ["zip member 'cat/a.png'", "zip member 'cat/b.png'", "zip member 'dog/c.png'"]
+    assert any("'empty'" in w for w in data.warnings) and any("__MACOSX" in w for w in data.warnings)
+
+
+def test_one_wrapping_folder_is_stripped() -> None:
+    data = read_image_folder(make_zip({"digits/0/a.png": PNG, "digits/1/b.png": PNG, "digits/2/": None}), **LIMITS)
+    assert data.labels == ["0", "1"] and any("'2'" in w for w in data.warnings)
+
+
+@pytest.mark.parametrize(
+    ("entries", "fragment"),
+    [
+        ({"../evil.png": PNG, "cat/a.png": PNG}, "path traversal"),
+        ({"cat/../../evil.png": PNG}, "path traversal"),
+        ({"/etc/cat/a.png": PNG}, "absolute"),
+        ({"C:/cat/a.png": PNG}, "absolute"),
+        ({"cat\\..\\a.png": PNG}, "Windows-style"),
+        ({"cat/inner.zip": PNG}, "nested archives"),
+        ({"cat/inner.tar.gz": PNG}, "nested archives"),
+        ({"cat/disguised.png": make_zip({"x/y.png": PNG}).getvalue()}, "nested archives"),  # by content
+        ({"cat/a.png": PNG, "loose.png": PNG}, "image-folder layout"),
+        ({"a/b/c/d.png": PNG, "a/x/y.png": PNG}, "image-folder layout"),
+        ({"empty/": None}, "no images"),
+    ],
+)
+def test_refused_layouts(entries: dict, fragment: str) -> None:
+    refuse(make_zip(entries), 422, fragment)
+
+
+def test_symlinks_are_refused() -> None:
+    link = {"external_attr": (stat.S_IFLNK | 0o777) << 16, "create_system": 3}
+    refuse(make_zip({"cat/a.png": PNG, "cat/link.png": b"/etc/passwd"}, **{"cat/link.png": link}), 422, "symbolic link")
+
+
+def test_too_many_files_is_refused_from_the_directory_record() -> None:
+    refuse(make_zip({f"cat/{i}.png": PNG for i in range(11)}), 422, "more than 10 entries", max_files=10)
+
+
+def _lie_about_size(fh: io.BytesIO, size: int) -> io.BytesIO:
+    """Rewrite the central directory so every member claims ``size`` uncompressed bytes."""
+    data = bytearray(fh.getvalue())
+    pos = data.find(b"PK\x01\x02")
+    while pos >= 0:
+        data[pos + 24 : pos + 28] = struct.pack("<I", size)
+        pos = data.find(b"PK\x01\x02", pos + 4)
+    return io.BytesIO(bytes(data))
+
+
+def test_zip_bombs_are_refused_before_extracting_anything() -> None:
+    # Real data: 2 × 600 kB of zeros compress to ~1 kB each; together over the 1 MB limit.
+    bomb = make_zip({"cat/a.png": b"\x00" * 600_000, "dog/b.png": b"\x00" * 600_000})
+    assert len(bomb.getvalue()) < 10_000
+    refuse(bomb, 413, "expands to 1200000 bytes", max_file_bytes=1_000_000)
+    # A directory that claims 4 GB per member: refused from the directory alone (its data is tiny and
+    # would extract fine), so nothing was decompressed.
+    refuse(_lie_about_size(make_zip({"cat/a.png": PNG}), 0xFFFFFFF0), 413, "expands to")
+
+
+def test_one_member_over_the_image_limit() -> None:
+    refuse(make_zip({"cat/a.png": PNG * 100, "dog/b.png": PNG}), 413, "limit is 1000 per image", max_file_bytes=1000)
+
+
+def test_encrypted_members_are_refused() -> None:
+    fh = make_zip({"cat/a.png": PNG, "dog/b.png": PNG})
+    data = bytearray(fh.getvalue())
+    pos = data.find(b"PK\x01\x02")
+    data[pos + 8] |= 0x1  # general-purpose flag: encrypted
+    refuse(io.BytesIO(bytes(data)), 422, "encrypted")
+
+
+def test_not_a_zip() -> None:
+    refuse(io.BytesIO(b"PK\x03\x04 but then garbage, no directory at all"), 422, "damaged or truncated")
+    whole = make_zip({"cat/a.png": PNG}).getvalue()
+    refuse(io.BytesIO(whole[: len(whole) - 30]), 422, "damaged or truncated")
+
+
+# -- kinds, CSV, JSON Lines ------------------------------------------------------------------------
+
+
+def test_detect_kind() -> None:
+    assert detect_kind(b"PK\x03\x04abcd", "application/octet-stream", "") == "zip"
+    assert detect_kind(b"input,la", "text/csv; charset=utf-8", "") == "csv"
+    assert detect_kind(b'{"input"', "", "data.jsonl") == "jsonl"
+    assert detect_kind(b'{"input"', "application/x-ndjson", "") == "jsonl"
+    with pytest.raises(DatasetError, match="not one") as raised:
+        detect_kind(b"GIF89a..", "application/zip", "")
+    assert raised.value.status == 422
+    with pytest.raises(DatasetError, match="unsupported dataset type") as raised:
+        detect_kind(b"GIF89a..", "image/gif", "cat.gif")
+    assert raised.value.status == 415
+
+
+def table(text: str | bytes, kind: str = "csv", **limits):
+    data = text.encode() if isinstance(text, str) else text
+    return read_table(io.BytesIO(data), kind, **{"max_rows": 100, "max_field_chars": 1000, **limits})
+
+
+def test_csv_and_jsonl() -> None:
+    data = table('\ufeffid,label,input\n1,pos,"great, really"\n\n2,neg,"multi\nline"\n')
+    assert data.inputs == ["great, really", "multi\nline"] and data.labels == ["pos", "neg"]
+    assert data.names == ["CSV line 2", "CSV line 5"]
+    data = table('{"input": "a", "label": "x"}\n\n{"input": "b", "label": "y", "extra": 1}\n', "jsonl")
+    assert (data.inputs, data.labels, data.names) == (["a", "b"], ["x", "y"], ["JSON Lines line 1", "JSON Lines line 3"])
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "status", "fragment"),
+    [
+        ("text,category\na,b\n", "csv", 422, "'input' and 'label'"),
+        ("input,label\na,b,c\n", "csv", 422, "CSV line 2: 3 fields"),
+        ("input,label\n,b\n", "csv", 422, "CSV line 2: 'input' must be a non-empty string"),
+        ("input,label\na,  \n", "csv", 422, "the label is empty"),
+        ("input,label\n" + "x" * 1200 + ",b\n", "csv", 413, "1200 characters; the limit is 1000"),
+        ("input,label\n" + "a,b\n" * 101, "csv", 413, "more than 100 examples"),
+        ("input,label\n", "csv", 422, "no examples"),
+        (b"input,label\n\xff\xfe,b\n", "csv", 422, "not UTF-8"),
+        ('{"input": "a", "label": "x"}\n{"input": "b"', "jsonl", 422, "JSON Lines line 2: not valid JSON"),
+        ('["a", "x"]\n', "jsonl", 422, "line 1: expected an object"),
+        ('{"input": "a", "label": 3}\n', "jsonl", 422, "'label' must be a string"),
+        ('{"input": 3, "label": "x"}\n', "jsonl", 422, "'input' must be a non-empty string"),
+        ('{"input": "a", "label": "' + "l" * 257 + '"}\n', "jsonl", 422, "the limit is 256"),
+    ],
+)
+def test_table_refusals(text, kind: str, status: int, fragment: str) -> None:
+    with pytest.raises(DatasetError, match=fragment) as raised:
+        table(text, kind)
+    assert raised.value.status == status
