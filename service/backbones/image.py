@@ -19,8 +19,8 @@ from torch.nn import functional as F
 
 from ..images import Preprocessing
 from .base import autocast, weights_checksum
-from .onnx_export import ExportSpec
 from .cnn import CNN, EfficientNetLite0, MobileNetV2
+from .onnx_export import ExportSpec
 
 
 def _packaged_mobilenet_v2() -> Path:

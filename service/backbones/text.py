@@ -7,7 +7,6 @@ embeds exactly the same token ids.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,7 +16,6 @@ import torch
 
 from .base import autocast, weights_checksum
 from .onnx_export import ExportSpec
-
 
 
 class SentenceEmbedder(torch.nn.Module):
