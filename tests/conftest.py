@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,15 +111,31 @@ class Server:
         self.stop()
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.logs()[-4000:]}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
+    def pids(self) -> list[int]:
+        """The server and its workers (BentoML starts each worker in a session of its own)."""
         if self.proc is None or self.proc.poll() is not None:
+            return []
+        try:
+            return [self.proc.pid, *(p.pid for p in psutil.Process(self.proc.pid).children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
+        """SIGTERM: graceful shutdown. SIGKILL: the whole replica dies at once, workers included."""
+        tree = self.pids()
+        if not tree:
             return
-        os.killpg(self.proc.pid, sig)
+        for pid in tree if sig == signal.SIGKILL else tree[:1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        for pid in tree[1:]:  # never leave a worker running after its server
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
