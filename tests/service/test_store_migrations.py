@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import inspect, text
 
 from service.store import db, migrate
@@ -107,3 +109,25 @@ def test_migrate_command_upgrades_and_checks(store_url: str, tmp_path) -> None:
     assert up.returncode == 0 and f"schema at {migrate.head()}" in up.stdout, up.stderr
     after = subprocess.run(check, env=env, capture_output=True, text=True, timeout=120)
     assert after.returncode == 0 and "0 difference(s)" in after.stdout, after.stdout + after.stderr
+
+
+def test_switching_a_new_sqlite_file_to_wal_retries_while_another_process_holds_it() -> None:
+    """SQLite answers "database is locked" at once (no busy wait) to one of two connections switching
+    a new file to WAL together — seen as a failed start when replicas share a new file. The switch
+    retries; any other error is raised as is."""
+    class Cursor:
+        def __init__(self, failures: list[str]) -> None:
+            self.failures, self.calls = failures, 0
+
+        def execute(self, sql: str) -> None:
+            self.calls += 1
+            if self.failures:
+                raise sqlite3.OperationalError(self.failures.pop(0))
+
+    busy = Cursor(["database is locked", "database is locked"])
+    db._use_wal(busy)  # type: ignore[arg-type]
+    assert busy.calls == 3
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        db._use_wal(Cursor(["disk I/O error"]))  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        db._use_wal(Cursor(["database is locked"] * 3), attempts=3)  # type: ignore[arg-type]
