@@ -20,6 +20,8 @@ import httpx
 import psutil
 import pytest
 
+from service.config import SETTINGS
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -120,8 +122,12 @@ class Server:
         except psutil.NoSuchProcess:
             return []
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
-        """SIGTERM: graceful shutdown. SIGKILL: the whole replica dies at once, workers included."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> None:
+        """SIGTERM: graceful shutdown, which may wait GRAFT_SHUTDOWN_GRACE_S for a running job (the
+        default timeout allows it). SIGKILL: the whole replica dies at once, workers included."""
+        if timeout is None:
+            var = SETTINGS["shutdown_grace_s"]
+            timeout = float(self.env.get(var.env) or os.environ.get(var.env) or var.default) + 30
         tree = self.pids()
         if not tree:
             return

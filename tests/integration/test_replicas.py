@@ -26,7 +26,7 @@ LEASE_S = 4.0  # GRAFT_JOB_LEASE_S for these replicas: a dead replica's job is r
 # How stale a replica's view of a task's active version may be (the router's freshness bound).
 # Today every predict reads the store, so the delay is one request; a cached router must stay within it.
 FRESHNESS_BOUND_S = float(os.environ.get("GRAFT_TEST_FRESHNESS_BOUND_S", "2.0"))
-SLACK_S = 1.0  # one predict round trip on a busy 2-core machine
+SLACK_S = 1.0  # the switch commits just after finished_at is stamped; clocks are this machine's
 
 
 @pytest.fixture(scope="module")
@@ -98,30 +98,29 @@ def test_a_task_created_on_a_answers_on_b(replicas, api_key, bbc_train, bbc_test
 
 
 def test_a_retrain_on_a_is_seen_by_b_within_the_freshness_bound(replicas, api_key, bbc_train) -> None:
+    """Poll B's predictions while A's retrain runs. No request B receives later than the bound
+    after the switch committed may still be answered with the old version."""
     a, b = replicas
     on_a, on_b = a.client(api_key), b.client(api_key)
-    probe = [bbc_train[0]["input"]]
+    probe = ["Shares in the company rose after its profits beat forecasts."]
     assert predict(on_b, probe)["version"] == 1  # B has served version 1 (and may hold it in a cache)
 
-    more = rows(per_label(bbc_train, 12, seed=7)[:20])
-    resp = on_a.post("/v1/tasks/news/examples", json={"examples": more})
+    resp = on_a.post("/v1/tasks/news/examples", json={"examples": rows(per_label(bbc_train, 12, seed=7)[:10])})
     assert resp.status_code == 202, resp.text
-    job = wait_for_job(on_a, resp.json()["job"]["id"])
+    answers: list[tuple[datetime, int]] = []  # (when the request was sent, the version B answered)
+    deadline = time.monotonic() + 300
+    while not answers or answers[-1][1] == 1:
+        assert time.monotonic() < deadline, "replica B never answered with version 2"
+        sent = datetime.now(UTC)
+        answers.append((sent, predict(on_b, probe)["version"]))
+        assert answers[-1][1] in (1, 2)
+        time.sleep(0.2)
+    job = on_a.get(f"/v1/jobs/{resp.json()['job']['id']}").json()
     assert job["status"] == "succeeded" and job["version"] == 2, job
-    finished = datetime.fromisoformat(job["finished_at"])
-
-    deadline = time.monotonic() + FRESHNESS_BOUND_S + SLACK_S + 10
-    while time.monotonic() < deadline:
-        version = predict(on_b, probe)["version"]
-        seen = datetime.now(UTC)
-        if version == 2:
-            break
-        assert version == 1
-        time.sleep(0.05)
-    else:
-        pytest.fail("replica B never answered with version 2")
-    delay = (seen - finished).total_seconds()
-    assert delay <= FRESHNESS_BOUND_S + SLACK_S, f"B answered the old version for {delay:.2f}s after the switch"
+    switched = datetime.fromisoformat(job["finished_at"])
+    stale = max(((sent - switched).total_seconds() for sent, version in answers if version == 1), default=0.0)
+    assert stale <= FRESHNESS_BOUND_S + SLACK_S, f"B answered version 1 to a request sent {stale:.2f}s after the switch"
+    assert sum(version == 1 for _, version in answers) >= 1  # the poll really started before the switch
 
 
 def _holder(engine, job_id: str, replicas: tuple[Server, Server]) -> tuple[Server, dict]:  # type: ignore[no-untyped-def]
