@@ -106,7 +106,14 @@ class JobRunner:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in self._threads):
-            log.warning("shutdown grace expired with jobs running; they will be reclaimed", extra={"jobs": sorted(self._running)})
+            with self._lock:
+                unfinished = sorted(self._running)
+            for job_id in unfinished:  # hand them back now rather than after the lease expires
+                try:
+                    self.store.requeue_job(job_id, self.worker_id)
+                except Exception:
+                    log.warning("could not requeue a job; it is reclaimed when its lease expires", exc_info=True)
+            log.warning("shutdown grace expired with jobs running; they were requeued", extra={"jobs": unfinished})
 
     @property
     def running(self) -> int:

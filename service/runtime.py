@@ -25,7 +25,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Store(settings.resolved_database_url)
-        self.store.create_schema()
+        self.store.migrate()  # under a lock: replicas starting together migrate once
         token, token_path = load_admin_token(settings)
         if token_path is not None:
             print(f"graft: admin token is in {token_path}", file=sys.stderr, flush=True)

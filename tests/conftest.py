@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -16,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
+
+from service.config import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_ONNX_CACHE = Path(os.environ.get("GRAFT_TEST_ONNX_CACHE", ROOT / "var" / "test-onnx-cache"))
@@ -116,15 +120,35 @@ class Server:
         self.stop()
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.logs()[-4000:]}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
+    def pids(self) -> list[int]:
+        """The server and its workers (BentoML starts each worker in a session of its own)."""
         if self.proc is None or self.proc.poll() is not None:
+            return []
+        try:
+            return [self.proc.pid, *(p.pid for p in psutil.Process(self.proc.pid).children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> None:
+        """SIGTERM: graceful shutdown, which may wait GRAFT_SHUTDOWN_GRACE_S for a running job (the
+        default timeout allows it). SIGKILL: the whole replica dies at once, workers included."""
+        if timeout is None:
+            var = SETTINGS["shutdown_grace_s"]
+            timeout = float(self.env.get(var.env) or os.environ.get(var.env) or var.default) + 30
+        tree = self.pids()
+        if not tree:
             return
-        os.killpg(self.proc.pid, sig)
+        for pid in tree if sig == signal.SIGKILL else tree[:1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        for pid in tree[1:]:  # never leave a worker running after its server
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

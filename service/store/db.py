@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -24,7 +26,7 @@ def create(url: str) -> Engine:
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None  # let the "begin" hook below control transactions
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
@@ -35,3 +37,17 @@ def create(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("graft_write") else "BEGIN")
 
     return engine
+
+
+def _use_wal(cur: sqlite3.Cursor, attempts: int = 50) -> None:
+    """Switch the file to WAL (persistent, so a no-op after the first time). Processes opening a new
+    file at the same moment can get "database is locked" here at once, without SQLite's busy
+    handler waiting (its deadlock avoidance), so retry for up to a few seconds."""
+    for attempt in range(attempts):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))

@@ -12,14 +12,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
-from . import db
-from .models import ApiKey, Base, Example, Job, Task, Tenant, Version, utcnow
+from . import db, migrate
+from .models import ApiKey, Example, Job, Task, Tenant, Version, utcnow
 
 KEY_PREFIX = "gft_"
 
@@ -69,8 +69,13 @@ class Store:
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(**db.WRITE), expire_on_commit=False)
 
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (safe while other replicas do the same)."""
+        migrate.upgrade(self.engine)
+
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """The schema the models describe, made by the migrations (an alias of :meth:`migrate`)."""
+        self.migrate()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -224,29 +229,41 @@ class Store:
             raise NotFound(f"no job {job_id!r}")
         return job
 
+    def _now(self, s: Session) -> datetime:
+        """The time leases are measured in. On PostgreSQL it is the database's clock, so replicas
+        whose clocks disagree still agree on whose lease expired; SQLite lives on one host."""
+        if self.engine.dialect.name == "postgresql":
+            return s.scalar(select(func.clock_timestamp()))
+        return utcnow()
+
     def claim_job(self, worker_id: str, *, lease_s: float, max_attempts: int) -> Job | None:
         """Claim the oldest runnable job: queued, or running with an expired lease (its worker died).
 
-        The claim is a compare-and-set inside a write transaction, so two workers never hold
-        the same job. Jobs interrupted ``max_attempts`` times are failed instead of retried.
+        The claim locks the row it takes inside one write transaction — ``FOR UPDATE SKIP LOCKED``
+        on PostgreSQL, so concurrent claimers take different jobs without waiting; SQLite's single
+        writer serialises them — so two workers never hold the same job. A job already interrupted
+        ``max_attempts`` times is failed instead, and the search goes on.
         """
-        now = utcnow()
-        stale = now - timedelta(seconds=lease_s)
-        runnable = or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale))
         with self.writing() as s:
-            job = s.scalar(
-                select(Job).where(runnable).order_by(Job.created_at).limit(1).with_for_update(skip_locked=True)
+            now = self._now(s)
+            expired = (Job.status == "running") & (Job.heartbeat_at < now - timedelta(seconds=lease_s))
+            oldest = (
+                select(Job)
+                .where(or_(Job.status == "queued", expired))
+                .order_by(Job.created_at, Job.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
             )
-            if job is None:
-                return None
-            if job.attempts >= max_attempts:
+            while (job := s.scalar(oldest)) is not None:
+                if job.attempts < max_attempts:
+                    job.status, job.worker_id, job.heartbeat_at = "running", worker_id, now
+                    job.attempts += 1
+                    job.started_at = job.started_at or now
+                    job.progress = 0.0
+                    return job
                 job.status, job.error, job.finished_at = "failed", f"interrupted {job.attempts} times; giving up", now
-                return None
-            job.status, job.worker_id, job.heartbeat_at = "running", worker_id, now
-            job.attempts += 1
-            job.started_at = job.started_at or now
-            job.progress = 0.0
-        return job
+                s.flush()
+        return None
 
     def heartbeat(self, job_id: str, worker_id: str, progress: float) -> bool:
         """Record progress and renew the lease. False when the job is no longer this worker's."""
@@ -254,15 +271,19 @@ class Store:
             result = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-                .values(progress=progress, heartbeat_at=utcnow())
+                .values(progress=progress, heartbeat_at=self._now(s))
             )
             return result.rowcount == 1
 
     def complete_job(self, job_id: str, worker_id: str, new: NewVersion) -> int | None:
         """Store a new version, make it active and finish the job, all in one transaction.
 
-        Returns the version number, or None when the job was no longer ours (reclaimed after
-        a lost lease, or its task deleted) so nothing was written.
+        The job and task rows are locked first, so completions of one task are serialised and a
+        job completes once, by its owner. Returns the version number, or None when the job was no
+        longer ours (reclaimed after a lost lease, or its task deleted) so nothing was written.
+        The new version becomes active unless a job queued after this one already succeeded (two
+        replicas trained the same task at once and the newer data finished first): then it is
+        kept, inactive, so the active version never moves back to older examples.
         """
         with self.writing() as s:
             job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
@@ -279,9 +300,16 @@ class Store:
                     metrics=new.metrics, n_examples=new.n_examples, job_id=job.id, weights=new.weights,
                 )
             )
-            task.active_version = number
-            task.updated_at = utcnow()
-            job.status, job.progress, job.version, job.finished_at = "succeeded", 1.0, number, utcnow()
+            superseded = s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.task_id == task.id, Job.status == "succeeded", Job.created_at > job.created_at)
+            )
+            now = utcnow()
+            if not superseded:
+                task.active_version = number
+                task.updated_at = now
+            job.status, job.progress, job.version, job.finished_at = "succeeded", 1.0, number, now
         return number
 
     def fail_job(self, job_id: str, worker_id: str, error: str) -> None:

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from service.store.repository import Store
+from tests.postgres import temp_schema
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +35,29 @@ def onnx_int8(minilm, onnx_cache_dir):
     from service.backbones.runtimes import RuntimeConfig
 
     return RuntimeConfig("onnx-int8", onnx_cache_dir).wrap(minilm, "onnx-int8")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store test runs on both backends: a fresh SQLite file, and a fresh schema in the real
+    PostgreSQL (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'graft.db'}"
+        return
+    with temp_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the real PostgreSQL, for behaviour only PostgreSQL has (row locks)."""
+    with temp_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = Store(store_url)
+    s.migrate()
+    yield s
+    s.close()

@@ -8,19 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.store.repository import Conflict, NewVersion, NotFound, Store, hash_key
 
-
-@pytest.fixture
-def store_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'graft.db'}"
-
-
-@pytest.fixture
-def store(store_url: str) -> Store:
-    s = Store(store_url)
-    s.create_schema()
-    yield s
-    s.close()
-
+# `store` and `store_url` (tests/service/conftest.py) run every test here on SQLite and on PostgreSQL.
 
 EXAMPLES = [("good", "pos"), ("great", "pos"), ("bad", "neg"), ("awful", "neg")]
 

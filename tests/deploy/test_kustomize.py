@@ -1,0 +1,188 @@
+"""deploy/: every overlay renders with `kubectl kustomize`, every object is valid Kubernetes 1.30
+(strict: unknown fields fail), and the manifests keep the promises docs/deploy.md makes."""
+
+from __future__ import annotations
+
+import copy
+
+import kubernetes_validate
+import pytest
+from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from kubernetes_validate.utils import ValidationError
+
+from service.config import SETTINGS, Settings
+
+from .conftest import OVERLAYS, one
+
+K8S_VERSION = "1.30.0"
+BASE_KINDS = {"ServiceAccount", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
+              "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"}
+
+
+def validate(doc: dict) -> None:
+    """Kubernetes kinds: the JSON schemas kubernetes-validate ships for 1.30, strict mode.
+    ServiceMonitor is a CRD those schemas lack: it is checked against pydantic models generated
+    from prometheus-operator's CRD (cloudcoil-models-prometheus-operator): types and patterns by
+    validation, unknown fields by requiring a lossless round trip (the models drop unknown keys)."""
+    if doc["kind"] == "ServiceMonitor":
+        model = ServiceMonitor.model_validate(doc)
+        assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc, "unknown ServiceMonitor fields"
+        return
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_valid_kubernetes_1_30_objects(rendered, overlay: str) -> None:
+    docs = rendered[overlay]
+    kinds = {d["kind"] for d in docs}
+    expected = BASE_KINDS | ({"Secret", "StatefulSet"} if overlay == "dev" else set())
+    assert kinds == expected
+    for doc in docs:
+        validate(doc)
+
+
+def test_the_validation_can_fail(rendered) -> None:
+    """Controls: a misspelt field, a wrong type and an unknown ServiceMonitor key are all caught."""
+    deployment = copy.deepcopy(one(rendered["cpu"], "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {"httpGet": {"path": "/livez", "port": 3000}}
+    with pytest.raises(ValidationError):
+        validate(deployment)
+    hpa = copy.deepcopy(one(rendered["cpu"], "HorizontalPodAutoscaler"))
+    hpa["spec"]["minReplicas"] = "two"
+    with pytest.raises(ValidationError):
+        validate(hpa)
+    monitor = copy.deepcopy(one(rendered["cpu"], "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(AssertionError, match="unknown ServiceMonitor fields"):
+        validate(monitor)
+    monitor["spec"]["endpoints"][0] = {"port": "http", "interval": "thirty seconds"}
+    with pytest.raises(ValueError):
+        validate(monitor)
+
+
+def container(docs: list[dict]) -> dict:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def environment(docs: list[dict]) -> dict[str, str]:
+    """What the container sees: the ConfigMap it loads plus its literal env values."""
+    c = container(docs)
+    names = [ref["configMapRef"]["name"] for ref in c.get("envFrom", []) if "configMapRef" in ref]
+    env: dict[str, str] = {}
+    for name in names:
+        env.update(one(docs, "ConfigMap", name)["data"])
+    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    return env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pod_is_locked_down(rendered, overlay: str) -> None:
+    docs = rendered[overlay]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = container(docs)
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert pod["automountServiceAccountToken"] is False
+    account = one(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+
+    # the root filesystem is read-only: every directory Graft, BentoML or a library writes to is a scratch volume
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert all("emptyDir" in volumes[name] for name in mounts.values())
+    env = environment(docs)
+    for var in ("TMPDIR", "GRAFT_DATA_DIR", "BENTOML_HOME", "HF_HOME", "XDG_CACHE_HOME"):
+        assert any(env[var] == path or env[var].startswith(path + "/") for path in mounts), f"{var}={env[var]} is not writable"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_resources_probes_and_graceful_termination(rendered, overlay: str) -> None:
+    docs = rendered[overlay]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = container(docs)
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][kind]), kind
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    startup = c["startupProbe"]
+    assert startup["httpGet"]["path"] == "/readyz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 180, "too little time to load the backbones"
+
+    env = environment(docs)
+    assert int(env["BENTOML_PORT"]) == port
+    settings = Settings.from_env(env)  # every GRAFT_* value parses
+    unknown = {k for k in env if k.startswith("GRAFT_")} - {v.env for v in SETTINGS.values()}
+    assert not unknown, f"settings Graft does not have: {unknown}"
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    # SIGTERM comes after the preStop sleep; shutdown then waits up to the grace for training jobs
+    assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + settings.shutdown_grace_s + 10
+
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
+    assert set(secrets) == {"GRAFT_ADMIN_TOKEN", "GRAFT_DATABASE_URL"}
+    assert "GRAFT_ADMIN_TOKEN" not in env and "GRAFT_DATABASE_URL" not in env  # never in the ConfigMap
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_autoscaler_budget_policy_and_monitor_point_at_the_pods(rendered, overlay: str) -> None:
+    docs = rendered[overlay]
+    deployment = one(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    selects = lambda selector: all(pod_labels.get(k) == v for k, v in selector.items())  # noqa: E731
+
+    service = one(docs, "Service", "graft")
+    assert selects(service["spec"]["selector"])
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
+    assert selects(one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
+    assert selects(one(docs, "NetworkPolicy", "graft")["spec"]["podSelector"]["matchLabels"])
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "graft"}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+    monitor = one(docs, "ServiceMonitor")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    assert [s["metadata"]["name"] for s in docs if s["kind"] == "Service"
+            and all(s["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())] == ["graft"]
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policy_lets_in_http_and_out_only_dns_and_postgres(rendered, overlay: str) -> None:
+    policy = one(rendered[overlay], "NetworkPolicy", "graft")["spec"]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == ["http"]
+    assert {p["port"] for rule in policy["egress"] for p in rule["ports"]} == {53, 5432}
+
+
+def test_gpu_overlay_takes_one_gpu_on_gpu_nodes(rendered) -> None:
+    docs = rendered["gpu"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = container(docs)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" == c["resources"]["requests"]["nvidia.com/gpu"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert environment(docs)["GRAFT_DEVICE"] == "cuda"
+    assert c["image"].endswith("-gpu")
+    assert container(rendered["cpu"])["image"].endswith("-cpu") and environment(rendered["cpu"])["GRAFT_DEVICE"] == "cpu"
+
+
+def test_dev_overlay_brings_its_own_postgres(rendered) -> None:
+    docs = rendered["dev"]
+    postgres = one(docs, "StatefulSet", "graft-postgres")["spec"]
+    assert postgres["replicas"] == 1 and postgres["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    secret_name = next(e["valueFrom"]["secretKeyRef"]["name"] for e in container(docs)["env"] if e["name"] == "GRAFT_DATABASE_URL")
+    import base64
+
+    url = base64.b64decode(one(docs, "Secret", secret_name)["data"]["database-url"]).decode()
+    service = one(docs, "Service", "graft-postgres")
+    assert url.startswith("postgresql+psycopg://") and f"@{service['metadata']['name']}:5432/" in url
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 1
+    # graft's pods may reach the database, nothing else may
+    allowed = one(docs, "NetworkPolicy", "graft-postgres")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in allowed.items())
