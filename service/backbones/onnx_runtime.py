@@ -47,6 +47,8 @@ def providers(device: str) -> list[Any]:
 
     if not device.startswith("cuda"):
         return ["CPUExecutionProvider"]
+    if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from pip's nvidia-* packages, when the system has none
+        ort.preload_dlls()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise OrtUnavailable(
             f"device {device!r} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime has "
