@@ -53,7 +53,7 @@ SETTINGS: dict[str, _Var] = {
     "backbone_runtime": _Var(
         "GRAFT_BACKBONE_RUNTIME", "auto", str,
         "Backbone runtime: `auto`, `torch`, `torch-bf16`, `torch-fp16` (CUDA), `onnx`, `onnx-int8` or `onnx-fp16` (CUDA), "
-        "optionally with per-backbone overrides (`auto,mpnet=torch`). `auto`: `onnx-int8` for text on CPU, `torch` on CUDA "
+        "optionally with per-backbone overrides (`auto,mpnet=torch`). `auto`: on CPU `onnx-int8` for text, `onnx` for images; on CUDA `onnx-fp16` for text, `onnx` for images "
         "(see docs/onnx.md).",
     ),
     "onnx_cache_dir": _Var(

@@ -12,6 +12,7 @@ from ..logs import get as get_logger
 from .base import Backbone, cpu_quota
 from .image import ARCHITECTURES, TorchImageBackbone
 from .onnx_export import Exportable
+from .onnx_runtime import OrtUnavailable
 from .runtimes import RuntimeConfig
 from .text import TorchTextBackbone
 
@@ -87,22 +88,32 @@ class Registry:
         if name not in self.loaded:
             spec = self.specs[name]
             runtime = self.runtimes.choose(name, spec.modality, self.device)
-            torch_device = self.runtimes.torch_device(runtime, self.device)
-            torch_runtime = self.runtimes.torch_runtime(runtime)
-            torch_backbone: Backbone
-            if spec.modality == "image":
-                torch_backbone = TorchImageBackbone(
-                    name, spec.architecture, spec.source() or None, device=torch_device, runtime=torch_runtime
-                )
-            else:
-                torch_backbone = TorchTextBackbone(name, spec.source(), device=torch_device, runtime=torch_runtime)
-            backbone = self.runtimes.wrap(torch_backbone, runtime, self.device)
+            try:
+                backbone = self._build(spec, runtime)
+            except OrtUnavailable as exc:
+                if not self.runtimes.is_auto(name):
+                    raise
+                # `auto` on a GPU without onnxruntime-gpu: serve on torch rather than not at all.
+                log.warning("ONNX runtime unavailable; serving on torch", extra={"backbone": name, "reason": str(exc)})
+                backbone = self._build(spec, "torch")
             log.info(
                 "backbone loaded",
                 extra={"backbone": name, "device": self.device, "dim": backbone.dim, "runtime": backbone.runtime},
             )
             self.loaded[name] = backbone
         return self.loaded[name]
+
+    def _build(self, spec: BackboneSpec, runtime: str) -> Backbone:
+        torch_device = self.runtimes.torch_device(runtime, self.device)
+        torch_runtime = self.runtimes.torch_runtime(runtime)
+        torch_backbone: Backbone
+        if spec.modality == "image":
+            torch_backbone = TorchImageBackbone(
+                spec.name, spec.architecture, spec.source() or None, device=torch_device, runtime=torch_runtime
+            )
+        else:
+            torch_backbone = TorchTextBackbone(spec.name, spec.source(), device=torch_device, runtime=torch_runtime)
+        return self.runtimes.wrap(torch_backbone, runtime, self.device)
 
     def load_all(self) -> None:
         for name in self.specs:

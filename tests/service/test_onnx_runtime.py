@@ -138,7 +138,8 @@ def test_runtime_setting() -> None:
     config = RuntimeConfig("auto,other=onnx")
     assert config.choose("minilm", "text", "cpu") == AUTO[("text", "cpu")] == "onnx-int8"
     assert config.choose("other", "text", "cpu") == "onnx"
-    assert config.choose("minilm", "image", "cpu") == "torch"
+    assert config.choose("minilm", "image", "cpu") == "onnx"
+    assert config.choose("minilm", "text", "cuda") == "onnx-fp16" and config.choose("minilm", "image", "cuda") == "onnx"
     with pytest.raises(ValueError, match="needs CUDA"):
         RuntimeConfig("onnx-fp16").choose("minilm", "text", "cpu")
     assert RuntimeConfig.torch_runtime("onnx-int8") == "torch" and RuntimeConfig.torch_runtime("torch-bf16") == "torch-bf16"
@@ -160,3 +161,21 @@ def test_torch_bf16_runtime_is_close_to_fp32(minilm, bbc_test) -> None:
     texts = varied_texts(bbc_test)
     assert bf16.runtime == "torch-bf16"
     assert np.sum(bf16.embed(texts) * minilm.embed(texts), axis=1).min() >= 0.99
+
+
+def test_auto_falls_back_to_torch_when_onnxruntime_cannot_serve(monkeypatch, tmp_path) -> None:
+    """Under `auto` (e.g. onnx-fp16 on a GPU whose onnxruntime lacks the CUDA provider) the backbone
+    still serves, on torch; an explicitly configured ONNX runtime fails loudly instead."""
+    from service.backbones import onnx_runtime
+    from service.backbones.onnx_runtime import OrtUnavailable
+    from service.backbones.registry import BUILTIN, Registry
+    from service.backbones.runtimes import RuntimeConfig
+
+    def unavailable(device: str):
+        raise OrtUnavailable("no usable execution provider here")
+
+    monkeypatch.setattr(onnx_runtime, "providers", unavailable)
+    backbone = Registry({"minilm": BUILTIN["minilm"]}, "cpu", runtimes=RuntimeConfig("auto", tmp_path)).load("minilm")
+    assert backbone.runtime == "torch" and backbone.embed(["still serves"]).shape == (1, 384)
+    with pytest.raises(OrtUnavailable):
+        Registry({"minilm": BUILTIN["minilm"]}, "cpu", runtimes=RuntimeConfig("onnx", tmp_path)).load("minilm")
