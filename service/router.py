@@ -27,23 +27,30 @@ class Prediction:
     scores: dict[str, float]
 
 
+@dataclass(frozen=True)
+class LoadedHead:
+    head: heads.Head
+    backbone: str  # the backbone the version was trained on (a task with backbone "auto" may change it)
+
+
 class HeadCache:
     """Loaded heads keyed by version id (versions are immutable, so entries never go stale)."""
 
     def __init__(self, store: Store, capacity: int) -> None:
         self.store = store
         self.capacity = capacity
-        self._heads: OrderedDict[str, heads.Head] = OrderedDict()
+        self._heads: OrderedDict[str, LoadedHead] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, task: Task, number: int) -> heads.Head:
+    def get(self, task: Task, number: int) -> LoadedHead:
         key = f"{task.id}:{number}"
         with self._lock:
             head = self._heads.get(key)
             if head is not None:
                 self._heads.move_to_end(key)
                 return head
-        head = heads.from_bytes(self.store.version(task.id, number, with_weights=True).weights)
+        version = self.store.version(task.id, number, with_weights=True)
+        head = LoadedHead(heads.from_bytes(version.weights), version.backbone)
         with self._lock:
             self._heads[key] = head
             while len(self._heads) > self.capacity:
@@ -82,9 +89,10 @@ class Router:
         import anyio.to_thread
 
         task, number = await anyio.to_thread.run_sync(self.resolve, tenant_id, task_name)
-        head = await anyio.to_thread.run_sync(self.heads.get, task, number)
-        vectors = await self.batchers(task.backbone).embed(inputs)
-        return task, number, top_predictions(head.labels, head.predict_proba(vectors), top_k)
+        loaded = await anyio.to_thread.run_sync(self.heads.get, task, number)
+        head = loaded.head
+        vectors = await self.batchers(loaded.backbone).embed(inputs) if heads.EMBEDDING in head.consumes else None
+        return task, number, top_predictions(head.labels, head.predict_proba(vectors, raw=inputs), top_k)
 
 
 __all__ = ["HeadCache", "NotFound", "NotTrained", "Prediction", "Router", "top_predictions"]

@@ -39,7 +39,7 @@ class Runtime:
             for name, bb in self.backbones.loaded.items()
         }
         self.router = Router(self.store, self.batcher, HeadCache(self.store, settings.head_cache_size))
-        self.jobs = JobRunner(self.store, self.batcher, settings)
+        self.jobs = JobRunner(self.store, self.batcher, settings, self.backbones.names)
         self.jobs.start()
         self.ready = True
         log.info("graft ready", extra={"backbones": sorted(self._batchers), "device": self.backbones.device})

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from . import backbones, jobs, predict, tasks, tenants
+from . import backbones, jobs, predict, tasks, tenants, versions
 
 router = APIRouter()
-for module in (tenants, tasks, jobs, predict, backbones):
+for module in (tenants, tasks, jobs, predict, backbones, versions):
     router.include_router(module.router)
