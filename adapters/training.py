@@ -37,9 +37,11 @@ GRIDS: dict[str, list[dict[str, float]]] = {
     "linear": [{"c": c} for c in (0.5, 2.0, 8.0, 32.0, 128.0)],
     "prototype": [{"scale": s} for s in (5.0, 10.0, 20.0, 40.0)],
     "baseline": [{"c": c} for c in (8.0, 32.0, 128.0)],
-    "hybrid": [{"c": c, "weight_embedding": w} for c in (8.0, 32.0) for w in (1.0, 2.0)],
+    "hybrid": [{"c": c, "weight_embedding": w} for c in (8.0, 32.0) for w in (0.5, 1.0, 2.0)],
 }
-AUTO_HEADS = ("linear", "prototype", "baseline", "hybrid")  # what head="auto" chooses among
+# What head="auto" chooses among, in order of preference when CV cannot tell them apart (within one
+# example): the hybrid uses the most information, then transfer alone, then no transfer.
+AUTO_HEADS = ("hybrid", "linear", "baseline", "prototype")
 HEAD_NAMES = {
     "linear": "logistic regression on the frozen embeddings",
     "prototype": "nearest class centroid on the frozen embeddings",
@@ -115,6 +117,13 @@ def cross_validate(
                 head = _make(kind, classes, params, modality, features).fit(x_train, y[train], raw=raw_train)
                 proba[kind][i][test] = head.predict_proba(x_test, raw=raw_test)
     return proba
+
+
+def choose(kinds: Sequence[str], heads: dict[str, dict[str, Any]], n: int) -> str:
+    """The kind with the best CV accuracy; kinds within one example of the best count as tied, and a
+    tie goes to the kind listed first in ``kinds`` (CV on a few dozen examples cannot resolve less)."""
+    best = max(heads[k]["accuracy"] for k in kinds)
+    return next(k for k in kinds if heads[k]["accuracy"] >= best - 1.0 / n - 1e-12)
 
 
 def _pct(value: float) -> str:
@@ -226,7 +235,7 @@ def fit_head(
         i = max(range(len(rows)), key=lambda j: (rows[j]["accuracy"], -rows[j]["log_loss"]))
         best_of[kd] = (i, rows[i])
     heads = {kd: {key: row[key] for key in ("params", "accuracy", "macro_f1", "log_loss")} for kd, (_, row) in best_of.items()}
-    served = max(choosable, key=lambda kd: (heads[kd]["accuracy"], heads[kd]["macro_f1"], -heads[kd]["log_loss"]))
+    served = choose(choosable, heads, len(y))
     index, best = best_of[served]
     oof_proba = oof[served][index]
     calibration = calibrate(oof_proba, y)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .base import RAW, MissingInputs, softmax
 from .features import FEATURIZERS, FOR_MODALITY, Featurizer
-from .linear import fit_logistic
+from .linear import SPARSE_TOL, fit_logistic
 
 
 def split_tensors(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -46,7 +46,7 @@ class BaselineHead:
         return self.features.transform(raw)
 
     def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> BaselineHead:
-        self.weight, self.bias = fit_logistic(self._features(raw), y, len(self.labels), self.c)
+        self.weight, self.bias = fit_logistic(self._features(raw), y, len(self.labels), self.c, tol=SPARSE_TOL)
         return self
 
     def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:

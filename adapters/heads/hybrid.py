@@ -13,7 +13,7 @@ from scipy import sparse
 from .base import EMBEDDING, RAW, MissingInputs, softmax
 from .baseline import restore_featurizer
 from .features import FEATURIZERS, FOR_MODALITY, Featurizer
-from .linear import fit_logistic
+from .linear import SPARSE_TOL, fit_logistic
 
 
 class HybridHead:
@@ -46,7 +46,7 @@ class HybridHead:
             raise MissingInputs("the 'hybrid' head needs backbone embeddings")
         feats = self._features(raw)
         joint = sparse.hstack([sparse.csr_matrix(self.weight_embedding * x.astype(np.float32)), feats], format="csr")
-        weight, self.bias = fit_logistic(joint, y, len(self.labels), self.c)
+        weight, self.bias = fit_logistic(joint, y, len(self.labels), self.c, tol=SPARSE_TOL)
         dim = x.shape[1]
         self.w_embedding, self.w_features = weight[:, :dim] * np.float32(self.weight_embedding), weight[:, dim:]
         return self

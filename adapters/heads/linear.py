@@ -11,10 +11,13 @@ from sklearn.linear_model import LogisticRegression
 from .base import EMBEDDING, softmax
 
 
-def fit_logistic(x: Any, y: np.ndarray, n_labels: int, c: float) -> tuple[np.ndarray, np.ndarray]:
+SPARSE_TOL = 1e-4  # sklearn's default; the wide sparse problems (TF-IDF) need no tighter fit
+
+
+def fit_logistic(x: Any, y: np.ndarray, n_labels: int, c: float, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Fit multinomial logistic regression on ``x`` (dense or sparse); return float32 ``(weight
     (n_labels, dim), bias (n_labels,))`` with one row per label, also for labels absent from ``y``."""
-    model = LogisticRegression(C=c, max_iter=2000, tol=1e-6)
+    model = LogisticRegression(C=c, max_iter=2000, tol=tol)
     model.fit(x, y)
     weight = np.zeros((n_labels, x.shape[1]), dtype=np.float64)
     bias = np.full(n_labels, -1e4, dtype=np.float64)  # labels absent from this fit score ~0

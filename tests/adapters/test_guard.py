@@ -93,7 +93,8 @@ def test_every_candidate_is_scored_on_the_same_folds_and_auto_serves_the_best() 
     result = fit_head("auto", x, LABELS, raw=TEXTS, folds=3)
     m = result.metrics
     assert set(m["heads"]) == {"linear", "prototype", "baseline", "hybrid"}
-    assert m["head"] == max(m["heads"], key=lambda k: (m["heads"][k]["accuracy"], m["heads"][k]["macro_f1"], -m["heads"][k]["log_loss"]))
+    best = max(h["accuracy"] for h in m["heads"].values())
+    assert m["heads"][m["head"]]["accuracy"] >= best - 1 / 9  # the best, up to one example (ties prefer hybrid)
     assert m["heads"]["baseline"]["accuracy"] > m["heads"]["linear"]["accuracy"]
     assert any("did not help" in w for w in m["warnings"])
     assert result.oof_proba is not None and result.oof_proba.shape == (9, 3)
@@ -102,28 +103,11 @@ def test_every_candidate_is_scored_on_the_same_folds_and_auto_serves_the_best() 
     assert any("as pinned" in w for w in pinned.metrics["warnings"])
 
 
-@pytest.fixture(scope="module")
-def bbc64(minilm, bbc_train):
-    rows = per_label(bbc_train, 64, seed=11)
-    return rows, minilm.embed([r["input"] for r in rows])
-
-
-def test_transfer_wins_with_few_examples(bbc64) -> None:
-    """8 articles per label: frozen MiniLM features beat TF-IDF from scratch; no warning."""
-    rows, x = bbc64
-    few = [i for i, r in enumerate(rows) if i % 64 < 8]  # per_label keeps labels in blocks of 64
-    m = fit_head("auto", x[few], [rows[i]["label"] for i in few], raw=[rows[i]["input"] for i in few]).metrics
+def test_transfer_wins_with_few_examples(minilm, bbc_train) -> None:
+    """8 articles per label: frozen MiniLM features beat TF-IDF from scratch; no warning. (The other
+    direction, 64 per label, runs through a real server in tests/integration/test_versions.py.)"""
+    rows = per_label(bbc_train, 8, seed=11)
+    x = minilm.embed([r["input"] for r in rows])
+    m = fit_head("auto", x, [r["label"] for r in rows], raw=[r["input"] for r in rows]).metrics
     assert m["heads"]["linear"]["accuracy"] > m["heads"]["baseline"]["accuracy"] + 0.1
     assert m["head"] != "baseline" and not any("did not help" in w for w in m["warnings"])
-
-
-def test_transfer_loses_with_more_examples_and_the_version_says_so(bbc64) -> None:
-    """64 articles per label: TF-IDF + logistic regression beats the frozen-MiniLM linear head in
-    CV (measured here before, and again now); auto does not serve a transfer-only head, and warns."""
-    rows, x = bbc64
-    m = fit_head("auto", x, [r["label"] for r in rows], raw=[r["input"] for r in rows]).metrics
-    best_transfer = max(m["heads"]["linear"]["accuracy"], m["heads"]["prototype"]["accuracy"])
-    assert m["heads"]["baseline"]["accuracy"] > best_transfer
-    assert m["head"] in {"baseline", "hybrid"}
-    assert any("did not help" in w and "baseline" in w for w in m["warnings"])
-    assert 0 <= m["calibration"]["ece_calibrated"] <= m["calibration"]["ece"]
