@@ -199,3 +199,27 @@ def test_infrastructure_endpoints(server) -> None:
     backbones = server.new_tenant("bb").get("/v1/backbones").json()["backbones"]
     minilm = next(b for b in backbones if b["name"] == "minilm")
     assert (minilm["modality"], minilm["dim"], minilm["runtime"], minilm["default"]) == ("text", 384, "torch", True)
+
+
+def test_graceful_shutdown_finishes_the_running_job(server_factory, bbc_train, tmp_path) -> None:
+    """SIGTERM while a job trains: the server stops taking work, the job completes, the process
+    exits cleanly, and a restarted server reports the job succeeded with its version active."""
+    import time
+
+    server = server_factory(tmp_path / "data")
+    client = server.new_tenant("graceful")
+    examples = [{"input": r["input"], "label": r["label"]} for r in per_label(bbc_train, 24, seed=5)]
+    job_id = client.post("/v1/tasks", json={"name": "long", "examples": examples}).json()["job"]["id"]
+    deadline = time.monotonic() + 120
+    while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    server.stop()  # SIGTERM, waits for exit
+    assert server.proc.returncode == 0
+    assert '"graft stopped"' in server.logs()
+
+    restarted = server_factory(tmp_path / "data")
+    again = restarted.client(client.headers["authorization"].split()[1])
+    job = again.get(f"/v1/jobs/{job_id}").json()
+    assert (job["status"], job["version"]) == ("succeeded", 1)
+    assert again.get("/v1/tasks/long").json()["active_version"] == 1
