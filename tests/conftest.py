@@ -86,6 +86,10 @@ class Server:
             "GRAFT_DATA_DIR": str(self.data_dir),
             "GRAFT_ADMIN_TOKEN": self.admin_token,
             "GRAFT_JOB_LEASE_S": "5",
+            # BentoML keeps Prometheus' multiprocess files under BENTOML_HOME and clears them when a
+            # server starts: a shared home lets any other server (another test's, another checkout's)
+            # wipe this one's /metrics
+            "BENTOML_HOME": str(self.data_dir / "bentoml-home"),
             **self.env,
         }
         self.log_path = self.data_dir / f"server-{self.port}.log"
