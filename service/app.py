@@ -32,6 +32,11 @@ class Graft:
     def __is_ready__(self) -> bool:
         return self.runtime.ready
 
+    def __metrics__(self, exposition: str) -> str:
+        from .metrics import without_raw_paths
+
+        return without_raw_paths(exposition)
+
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self.runtime.close()

@@ -1,10 +1,21 @@
-"""Cross-tenant batching: one worker thread per backbone turns concurrent embed requests
-(from any tenant or task) into backbone batches of at most ``max_batch`` inputs.
+"""Cross-tenant batching: one worker thread per backbone turns concurrent requests (from any
+tenant or task) into backbone passes of at most ``max_batch`` inputs, then applies each
+request's head to its rows.
 
-A batch is started as soon as the worker is free; it waits at most ``max_delay_s`` for more
-requests to fill up. Requests larger than a batch are split across batches; results come
-back in input order. Predict traffic goes before training traffic. The queue is bounded in
-inputs: beyond it :class:`Overloaded` is raised (the API answers 503 with Retry-After).
+Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see README):
+
+- A pass starts as soon as the worker is free and work is queued, except that for up to
+  ``max_delay_s`` after a pass it waits for the callers that pass answered: they usually come
+  straight back (closed-loop clients, pipelines), and merging them with what is queued into one
+  full pass beats alternating half-empty passes. A lone caller never waits; an idle worker
+  starts at once.
+- Requests larger than a pass are split across passes; results always come back in input order.
+- Predict traffic goes before training traffic, but when both wait, training gets a quarter of a
+  pass so a steady predict load cannot starve it.
+- The queue is bounded in inputs: a predict request that would overflow it (while other work is
+  queued) raises :class:`Overloaded` (the API answers 503 with Retry-After).
+- After the pass, rows are grouped by head: all linear heads of the pass are applied in one
+  stacked matrix product, any other head once on all of its rows (:func:`apply_heads`).
 """
 
 from __future__ import annotations
@@ -19,10 +30,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from adapters.heads import Head
+
+from . import metrics
 from .backbones.base import Backbone
 from .logs import get as get_logger
 
 log = get_logger("batching")
+
+TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass
+STACK_LIMIT = 8_000_000  # most weight values gathered for one stacked product; beyond, heads go one by one
 
 
 class Overloaded(Exception):
@@ -35,14 +52,118 @@ class Overloaded(Exception):
 class _Request:
     inputs: Sequence[str]
     future: Future
-    out: np.ndarray
-    taken: int = 0  # inputs handed to a batch so far
-    done: int = 0  # inputs embedded so far
+    out: np.ndarray  # embeddings (n, dim), or the head's probabilities (n, labels)
+    head: Head | None = None
+    taken: int = 0  # inputs handed to a pass so far
+    done: int = 0  # inputs finished so far
     enqueued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def left(self) -> int:
+        return len(self.inputs) - self.taken
+
+
+Slice = tuple[_Request, int, int]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def _stacked_linear(vectors: np.ndarray, heads: list[Head], row_head: np.ndarray) -> np.ndarray:
+    """Probabilities (rows, max labels) of many linear heads in one gathered batched product.
+
+    ``row_head[i]`` indexes ``heads`` for row ``i``; columns past a head's labels are 0.
+    """
+    affine = [head.softmax_affine() for head in heads]  # type: ignore[attr-defined]
+    width = max(w.shape[0] for w, _ in affine)
+    weights = np.zeros((len(heads), width, vectors.shape[1]), dtype=np.float32)
+    biases = np.full((len(heads), width), -np.inf, dtype=np.float32)
+    for h, (w, b) in enumerate(affine):
+        weights[h, : w.shape[0]] = w
+        biases[h, : b.shape[0]] = b
+    logits = np.matmul(weights[row_head], vectors[:, :, None])[:, :, 0] + biases[row_head]
+    return _softmax(logits)
+
+
+def apply_heads(vectors: np.ndarray, parts: Sequence[tuple[Head | None, int, int]]) -> list[np.ndarray | Exception]:
+    """Each part ``(head, start, stop)`` owns ``vectors[start:stop]``; returns its head's
+    probabilities (or the rows themselves when head is None, or the head's error).
+
+    Linear heads (those with ``softmax_affine``) are applied together: one stacked product for
+    all their rows. Any other head runs once on all of its rows in the batch.
+    """
+    results: list[np.ndarray | Exception | None] = [None] * len(parts)
+    groups: dict[int, list[int]] = {}
+    for i, (head, start, stop) in enumerate(parts):
+        if head is None:
+            results[i] = vectors[start:stop]
+        else:
+            groups.setdefault(id(head), []).append(i)
+    stack: list[Head] = []
+    stack_parts: list[int] = []
+    for members in groups.values():
+        head = parts[members[0]][0]
+        assert head is not None
+        if hasattr(head, "softmax_affine"):
+            stack.append(head)
+            stack_parts.extend(members)
+            continue
+        rows = np.concatenate([np.arange(parts[i][1], parts[i][2]) for i in members])
+        try:
+            proba = head.predict_proba(vectors[rows])
+        except Exception as exc:  # a broken head fails its own requests only
+            for i in members:
+                results[i] = exc
+            continue
+        offset = 0
+        for i in members:
+            n = parts[i][2] - parts[i][1]
+            results[i] = proba[offset : offset + n]
+            offset += n
+    if stack:
+        _apply_stacked(vectors, parts, stack, stack_parts, results)
+    return results  # type: ignore[return-value]
+
+
+def _apply_stacked(
+    vectors: np.ndarray, parts: Sequence[tuple[Head | None, int, int]], stack: list[Head], members: list[int],
+    results: list[np.ndarray | Exception | None],
+) -> None:
+    index = {id(head): h for h, head in enumerate(stack)}
+    starts = np.array([parts[i][1] for i in members])
+    lengths = np.array([parts[i][2] - parts[i][1] for i in members])
+    rows = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    row_head = np.repeat([index[id(parts[i][0])] for i in members], lengths)
+    width = max(len(head.labels) for head in stack)
+    try:
+        if len(rows) * width * vectors.shape[1] > STACK_LIMIT:
+            raise MemoryError("stack too large")  # fall back to one product per head below
+        proba = _stacked_linear(vectors[rows], stack, row_head)
+    except MemoryError:
+        proba = None
+    except Exception as exc:  # e.g. a head trained on another dimension: retry head by head
+        log.warning("stacked head step failed; applying heads one by one", extra={"error": str(exc)})
+        proba = None
+    offset = 0
+    for i in members:
+        head, start, stop = parts[i]
+        n = stop - start
+        if proba is not None:
+            results[i] = proba[offset : offset + n, : len(head.labels)]  # type: ignore[union-attr]
+        else:
+            try:
+                results[i] = head.predict_proba(vectors[start:stop])  # type: ignore[union-attr]
+            except Exception as exc:
+                results[i] = exc
+        offset += n
 
 
 class Batcher:
-    def __init__(self, backbone: Backbone, max_batch: int = 64, max_delay_s: float = 0.005, max_queue: int = 4096) -> None:
+    def __init__(self, backbone: Backbone, max_batch: int = 64, max_delay_s: float = 0.002, max_queue: int = 4096) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -53,33 +174,48 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._seconds_per_input = 0.01  # running estimate, for Retry-After
+        self._expect = 1  # inputs worth waiting for: those queued plus the last pass's returning callers
+        self._pass_end = 0.0  # when the previous pass delivered its results
+        self._labels = {"backbone": backbone.name}
         self._thread = threading.Thread(target=self._run, name=f"batcher-{backbone.name}", daemon=True)
         self._thread.start()
 
     # -- submitting ------------------------------------------------------------------------
 
-    def submit(self, inputs: Sequence[str], *, background: bool = False) -> Future:
+    def submit(self, inputs: Sequence[str], *, background: bool = False, head: Head | None = None) -> Future:
+        """Queue ``inputs``; the future gets their embeddings, or ``head``'s probabilities when given."""
         future: Future = Future()
+        width = self.backbone.dim if head is None else len(head.labels)
         if not inputs:
-            future.set_result(np.zeros((0, self.backbone.dim), dtype=np.float32))
+            future.set_result(np.zeros((0, width), dtype=np.float32))
             return future
         with self._cond:
             if self._closed:
                 raise Overloaded("the service is shutting down", 1.0)
-            if not background and self._pending + len(inputs) > self.max_queue:
+            if not background and self._pending and self._pending + len(inputs) > self.max_queue:
+                metrics.REJECTED.labels(**self._labels).inc(len(inputs))
                 wait = max(1.0, self._pending * self._seconds_per_input)
                 raise Overloaded(f"{self._pending} inputs are queued for backbone {self.backbone.name!r}", wait)
-            request = _Request(inputs, future, np.empty((len(inputs), self.backbone.dim), dtype=np.float32))
+            request = _Request(inputs, future, np.empty((len(inputs), width), dtype=np.float32), head)
             (self._low if background else self._high).append(request)
             self._pending += len(inputs)
+            metrics.QUEUE_INPUTS.labels(**self._labels).set(self._pending)
             self._cond.notify()
         return future
 
     async def embed(self, inputs: Sequence[str]) -> np.ndarray:
         return await asyncio.wrap_future(self.submit(inputs))
 
+    async def predict(self, inputs: Sequence[str], head: Head) -> np.ndarray:
+        """``head``'s probabilities for ``inputs``, computed in a shared backbone pass."""
+        return await asyncio.wrap_future(self.submit(inputs, head=head))
+
     def embed_sync(self, inputs: Sequence[str], *, background: bool = False) -> np.ndarray:
         return self.submit(inputs, background=background).result()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish what is queued, then stop the worker."""
@@ -90,20 +226,32 @@ class Batcher:
 
     # -- the worker ------------------------------------------------------------------------
 
-    def _take(self) -> list[tuple[_Request, int, int]]:
+    def _fill(self, queue: deque[_Request], room: int, batch: list[Slice]) -> int:
+        """Move up to ``room`` inputs from the front of ``queue`` into ``batch``; returns how many."""
+        moved = 0
+        while queue and moved < room:
+            req = queue[0]
+            if req.future.cancelled():  # the caller went away: skip the rest of its inputs
+                self._pending -= req.left
+                queue.popleft()
+                continue
+            n = min(room - moved, req.left)
+            batch.append((req, req.taken, req.taken + n))
+            req.taken += n
+            moved += n
+            if not req.left:
+                queue.popleft()
+        return moved
+
+    def _take(self) -> list[Slice]:
         """Pop up to ``max_batch`` inputs: (request, start, stop) slices. Caller holds the lock."""
-        batch: list[tuple[_Request, int, int]] = []
-        room = self.max_batch
-        for queue in (self._high, self._low):
-            while queue and room:
-                req = queue[0]
-                n = min(room, len(req.inputs) - req.taken)
-                batch.append((req, req.taken, req.taken + n))
-                req.taken += n
-                room -= n
-                if req.taken == len(req.inputs):
-                    queue.popleft()
-        self._pending -= self.max_batch - room
+        batch: list[Slice] = []
+        reserve = max(1, self.max_batch // TRAINING_SHARE) if self._low else 0
+        moved = self._fill(self._high, self.max_batch - reserve, batch)
+        moved += self._fill(self._low, self.max_batch - moved, batch)
+        moved += self._fill(self._high, self.max_batch - moved, batch)
+        self._pending -= moved
+        metrics.QUEUE_INPUTS.labels(**self._labels).set(self._pending)
         return batch
 
     def _run(self) -> None:
@@ -113,31 +261,71 @@ class Batcher:
                     if self._closed:
                         return
                     self._cond.wait()
-                deadline = time.perf_counter() + self.max_delay_s
-                while self._pending < self.max_batch and not self._closed:
+                # Until max_delay after the previous pass, wait for the callers it answered to come
+                # back: they usually do at once (closed-loop clients, pipelines), and one full pass
+                # beats alternating half-empty ones. A lone caller never waits.
+                deadline = self._pass_end + self.max_delay_s
+                while self._pending < self._expect and not self._closed:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0 or not self._cond.wait(remaining):
                         break
                 batch = self._take()
-            self._process(batch)
+            if batch:
+                try:
+                    self._process(batch)
+                except Exception as exc:  # never let one batch kill the worker
+                    log.exception("batch failed", extra={"backbone": self.backbone.name})
+                    self._fail(batch, exc)
+            answered = sum(stop - start for _, start, stop in batch)
+            self._expect = min(self.max_batch, self._pending + answered)
+            self._pass_end = time.perf_counter()
 
-    def _process(self, batch: list[tuple[_Request, int, int]]) -> None:
+    def _fail(self, batch: list[Slice], exc: BaseException) -> None:
+        for req, _, _ in batch:
+            if not req.future.done():
+                req.future.set_exception(exc)
+
+    def _process(self, batch: list[Slice]) -> None:
         texts = [text for req, start, stop in batch for text in req.inputs[start:stop]]
         started = time.perf_counter()
+        for req, start, _ in batch:
+            if start == 0:
+                metrics.QUEUE_DELAY.labels(**self._labels).observe(started - req.enqueued_at)
+        tokens_before = _token_counts(self.backbone)
         try:
             vectors = self.backbone.embed(texts)
         except Exception as exc:  # deliver the failure to every waiting request
             log.exception("backbone batch failed", extra={"backbone": self.backbone.name, "batch": len(texts)})
-            for req, _, _ in batch:
-                if not req.future.done():
-                    req.future.set_exception(exc)
+            self._fail(batch, exc)
             return
+        bounds, row = [], 0
+        for req, start, stop in batch:
+            bounds.append((req.head, row, row + stop - start))
+            row += stop - start
+        outputs = apply_heads(vectors, bounds)
         elapsed = time.perf_counter() - started
         self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / len(texts)
-        row = 0
-        for req, start, stop in batch:
-            req.out[start:stop] = vectors[row : row + stop - start]
-            row += stop - start
+        self._observe(len(texts), elapsed, tokens_before)
+        for (req, start, stop), out in zip(batch, outputs, strict=True):
+            if isinstance(out, Exception):
+                if not req.future.done():
+                    req.future.set_exception(out)
+                continue
+            req.out[start:stop] = out
             req.done += stop - start
             if req.done == len(req.inputs) and not req.future.done():
                 req.future.set_result(req.out)
+
+    def _observe(self, size: int, seconds: float, tokens_before: tuple[int, int] | None) -> None:
+        metrics.BATCH_SIZE.labels(**self._labels).observe(size)
+        metrics.INFERENCE_SECONDS.labels(**self._labels).observe(seconds)
+        after = _token_counts(self.backbone)
+        if tokens_before is not None and after is not None and after[1] > tokens_before[1]:
+            real, padded = after[0] - tokens_before[0], after[1] - tokens_before[1]
+            metrics.PADDING_RATIO.labels(**self._labels).observe(1.0 - real / padded)
+
+
+def _token_counts(backbone: Backbone) -> tuple[int, int] | None:
+    """(real, padded) token positions a backbone has processed so far, if it counts them."""
+    real, padded = getattr(backbone, "real_tokens", None), getattr(backbone, "padded_tokens", None)
+    return None if real is None or padded is None else (int(real), int(padded))

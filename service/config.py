@@ -48,8 +48,18 @@ SETTINGS: dict[str, _Var] = {
         "More backbones, comma-separated `name=modality:name_or_path` (e.g. `mpnet=text:/models/all-mpnet-base-v2`).",
     ),
     "torch_threads": _Var("GRAFT_TORCH_THREADS", 0, int, "Intra-op threads for torch; 0 = the container's CPU quota."),
+    "backbone_runtime": _Var(
+        "GRAFT_BACKBONE_RUNTIME", "auto", str,
+        "Backbone runtime: `auto`, `torch`, `torch-bf16`, `torch-fp16` (CUDA), `onnx`, `onnx-int8` or `onnx-fp16` (CUDA), "
+        "optionally with per-backbone overrides (`auto,mpnet=torch`). `auto`: `onnx-int8` for text on CPU, `torch` on CUDA "
+        "(see docs/onnx.md).",
+    ),
+    "onnx_cache_dir": _Var(
+        "GRAFT_ONNX_CACHE_DIR", None, _opt_str, "Where ONNX exports are cached. Default: `<GRAFT_DATA_DIR>/onnx`.",
+    ),
+    "onnx_threads": _Var("GRAFT_ONNX_THREADS", 0, int, "Intra-op threads for ONNX Runtime; 0 = the container's CPU quota."),
     "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most texts embedded in one backbone pass."),
-    "batch_max_delay_ms": _Var("GRAFT_BATCH_MAX_DELAY_MS", 5.0, float, "Longest a request waits for others to join its batch."),
+    "batch_max_delay_ms": _Var("GRAFT_BATCH_MAX_DELAY_MS", 10.0, float, "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging them into one pass)."),
     "batch_queue_size": _Var("GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."),
     "training_workers": _Var("GRAFT_TRAINING_WORKERS", 1, int, "Training jobs run at once by this process."),
     "job_lease_s": _Var("GRAFT_JOB_LEASE_S", 60.0, float, "A running job whose heartbeat is older than this is reclaimed."),
@@ -64,7 +74,19 @@ SETTINGS: dict[str, _Var] = {
     "max_examples_per_request": _Var("GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."),
     "max_predict_inputs": _Var("GRAFT_MAX_PREDICT_INPUTS", 256, int, "Most inputs in one predict request."),
     "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
-    "head_cache_size": _Var("GRAFT_HEAD_CACHE_SIZE", 1024, int, "Heads kept in memory per process."),
+    "head_cache_mb": _Var(
+        "GRAFT_HEAD_CACHE_MB", 256.0, float,
+        "Memory budget of the per-process head cache, in MiB (least recently used heads are dropped and reload on demand).",
+    ),
+    "task_cache_ttl_s": _Var(
+        "GRAFT_TASK_CACHE_TTL_S", 1.0, float,
+        "Longest a process serves a cached task → active version (and API key → tenant) lookup: a version switch made "
+        "by another process is seen within this time. 0 = query the store on every request.",
+    ),
+    "metrics_tenant_labels": _Var(
+        "GRAFT_METRICS_TENANT_LABELS", 20, int,
+        "Tenants per process that get their own label value in per-tenant metrics (the first to become busy); the rest are `other`.",
+    ),
     "log_level": _Var("GRAFT_LOG_LEVEL", "INFO", str, "Log level of Graft's JSON logs."),
     "log_json": _Var("GRAFT_LOG_JSON", True, _bool, "Emit logs as JSON lines (set `false` for plain text)."),
 }
@@ -81,6 +103,9 @@ class Settings:
     default_text_backbone: str
     extra_backbones: str
     torch_threads: int
+    backbone_runtime: str
+    onnx_cache_dir: str | None
+    onnx_threads: int
     batch_max_size: int
     batch_max_delay_ms: float
     batch_queue_size: int
@@ -94,7 +119,9 @@ class Settings:
     max_examples_per_request: int
     max_predict_inputs: int
     max_text_chars: int
-    head_cache_size: int
+    head_cache_mb: float
+    task_cache_ttl_s: float
+    metrics_tenant_labels: int
     log_level: str
     log_json: bool
 
@@ -114,6 +141,10 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def onnx_cache_path(self) -> Path:
+        return Path(self.onnx_cache_dir).expanduser().resolve() if self.onnx_cache_dir else self.data_path / "onnx"
 
     @property
     def resolved_database_url(self) -> str:

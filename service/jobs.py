@@ -20,7 +20,7 @@ from adapters import heads, selection
 from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
 from adapters.transfer import capped_sample, logme
 
-from . import logs
+from . import logs, metrics
 from .batching import Batcher
 from .config import Settings
 from .store.models import Job, Task
@@ -77,8 +77,10 @@ class JobRunner:
     def __init__(
         self, store: Store, batchers: Callable[[str], Batcher], settings: Settings,
         backbones_of: Callable[[str], list[str]] | None = None,
+        on_version: Callable[[Job], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_version = on_version  # called after a job of this process switched its task's version
         self.batchers = batchers
         self.settings = settings
         self.backbones_of = backbones_of  # modality -> configured backbone names
@@ -135,16 +137,22 @@ class JobRunner:
         with self._lock:
             self._running.add(job.id)
         started = time.perf_counter()
+        outcome = "failed"
         try:
             log.info("job started", extra={"task_id": job.task_id, "attempt": job.attempts})
             with Heartbeat(self.store, job, self.worker_id, self.settings.job_lease_s / 4) as beat:
                 number = self._train(job, beat)
             if number is None:
                 log.info("job result discarded: the job is no longer ours")
+                outcome = "abandoned"
             else:
                 log.info("job succeeded", extra={"version": number, "seconds": round(time.perf_counter() - started, 3)})
+                outcome = "succeeded"
+                if self.on_version is not None:
+                    self.on_version(job)
         except JobLost as exc:
             log.info("job abandoned", extra={"reason": str(exc)})
+            outcome = "abandoned"
         except TrainingDataError as exc:
             self.store.fail_job(job.id, self.worker_id, str(exc))
             log.info("job failed", extra={"error": str(exc)})
@@ -152,6 +160,7 @@ class JobRunner:
             log.exception("job crashed")
             self.store.fail_job(job.id, self.worker_id, f"internal error while training ({type(exc).__name__})")
         finally:
+            metrics.job_finished(outcome, time.perf_counter() - started)
             with self._lock:
                 self._running.discard(job.id)
             logs.job_id.reset(token)

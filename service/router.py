@@ -1,17 +1,26 @@
-"""Predict routing: task → active version → backbone batch → the version's head."""
+"""Predict routing: task → active version → head → shared backbone pass → probabilities.
+
+The hot path makes no store round trip while its caches are warm:
+
+- task lookups ``(tenant, name) → (task, active version)`` are cached for ``task_ttl_s``, so a
+  version switch made by another process is seen within that bound; changes made by this
+  process are applied at once (:meth:`Router.forget`);
+- heads are cached by immutable ``(task id, version)`` in a byte-budgeted LRU (:mod:`.caching`).
+"""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import anyio.to_thread
 import numpy as np
 
 from adapters import heads
 
 from .batching import Batcher
+from .caching import HeadCache, TTLCache
+from .metrics import TenantLabels
 from .store.models import Task
 from .store.repository import NotFound, Store
 
@@ -21,41 +30,26 @@ class NotTrained(Exception):
 
 
 @dataclass(frozen=True)
+class TaskRef:
+    """What predict needs to know about a task (a small immutable copy of its row)."""
+
+    id: str
+    tenant_id: str
+    name: str
+    backbone: str
+    head: str
+    active_version: int | None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskRef:
+        return cls(task.id, task.tenant_id, task.name, task.backbone, task.head, task.active_version)
+
+
+@dataclass(frozen=True)
 class Prediction:
     label: str
     score: float
     scores: dict[str, float]
-
-
-@dataclass(frozen=True)
-class LoadedHead:
-    head: heads.Head
-    backbone: str  # the backbone the version was trained on (a task with backbone "auto" may change it)
-
-
-class HeadCache:
-    """Loaded heads keyed by version id (versions are immutable, so entries never go stale)."""
-
-    def __init__(self, store: Store, capacity: int) -> None:
-        self.store = store
-        self.capacity = capacity
-        self._heads: OrderedDict[str, LoadedHead] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, task: Task, number: int) -> LoadedHead:
-        key = f"{task.id}:{number}"
-        with self._lock:
-            head = self._heads.get(key)
-            if head is not None:
-                self._heads.move_to_end(key)
-                return head
-        version = self.store.version(task.id, number, with_weights=True)
-        head = LoadedHead(heads.from_bytes(version.weights), version.backbone)
-        with self._lock:
-            self._heads[key] = head
-            while len(self._heads) > self.capacity:
-                self._heads.popitem(last=False)
-        return head
 
 
 def top_predictions(labels: Sequence[str], proba: np.ndarray, top_k: int | None) -> list[Prediction]:
@@ -71,28 +65,73 @@ def top_predictions(labels: Sequence[str], proba: np.ndarray, top_k: int | None)
     ]
 
 
+def store_head_loader(store: Store) -> Callable[[tuple[str, int]], heads.Head]:
+    def load(key: tuple[str, int]) -> heads.Head:
+        task_id, number = key
+        return heads.from_bytes(store.version(task_id, number, with_weights=True).weights)
+
+    return load
+
+
 class Router:
-    def __init__(self, store: Store, batchers: Callable[[str], Batcher], head_cache: HeadCache) -> None:
+    def __init__(
+        self,
+        store: Store,
+        batchers: Callable[[str], Batcher],
+        head_cache: HeadCache,
+        task_ttl_s: float = 1.0,
+        tenant_labels: TenantLabels | None = None,
+    ) -> None:
         self.store = store
         self.batchers = batchers
         self.heads = head_cache
+        self.tasks: TTLCache[tuple[str, str], TaskRef] = TTLCache(task_ttl_s)
+        self.tenant_labels = tenant_labels or TenantLabels(20)
 
-    def resolve(self, tenant_id: str, task_name: str) -> tuple[Task, int]:
-        task = self.store.get_task(tenant_id, task_name)
-        if task.active_version is None:
-            raise NotTrained(f"task {task_name!r} has no trained version yet; poll its job and retry when it succeeds")
-        return task, task.active_version
+    def lookup(self, tenant_id: str, task_name: str) -> TaskRef:
+        """The task as the store has it now (one query), remembered for the freshness bound."""
+        asked = self.tasks.now()  # the entry's age counts from before the query, so staleness <= ttl
+        ref = TaskRef.of(self.store.get_task(tenant_id, task_name))
+        self.tasks.put((tenant_id, task_name), ref, at=asked)
+        return ref
+
+    def forget(self, tenant_id: str, task_name: str) -> None:
+        """This process changed the task (new version, deletion): drop what is cached about it."""
+        self.tasks.pop((tenant_id, task_name))
+
+    def resolve(self, tenant_id: str, task_name: str) -> tuple[TaskRef, int]:
+        ref = self.tasks.get((tenant_id, task_name)) or self.lookup(tenant_id, task_name)
+        return ref, _active(ref)
 
     async def predict(
         self, tenant_id: str, task_name: str, inputs: Sequence[str], top_k: int | None = None
-    ) -> tuple[Task, int, list[Prediction]]:
-        import anyio.to_thread
+    ) -> tuple[TaskRef, int, list[Prediction]]:
+        ref = self.tasks.get((tenant_id, task_name))
+        if ref is None:  # store round trip, off the event loop
+            ref = await anyio.to_thread.run_sync(self.lookup, tenant_id, task_name)
+        number = _active(ref)
+        key = (ref.id, number)
+        head = self.heads.peek(key)
+        if head is None:
+            try:
+                head = await anyio.to_thread.run_sync(self.heads.get, key)
+            except NotFound:  # deleted meanwhile (by another process): the cached task is stale
+                self.forget(tenant_id, task_name)
+                raise NotFound(f"no task named {task_name!r}") from None
+        backbone = getattr(head, "backbone", None) or ref.backbone  # the version's: a task may say "auto"
+        if heads.RAW in head.consumes:  # from-scratch features of the raw inputs (baseline, hybrid)
+            vectors = await self.batchers(backbone).embed(inputs) if heads.EMBEDDING in head.consumes else None
+            proba = await anyio.to_thread.run_sync(lambda: head.predict_proba(vectors, raw=inputs))
+        else:
+            proba = await self.batchers(backbone).predict(inputs, head)
+        self.tenant_labels.count(tenant_id, len(inputs))
+        return ref, number, top_predictions(head.labels, proba, top_k)
 
-        task, number = await anyio.to_thread.run_sync(self.resolve, tenant_id, task_name)
-        loaded = await anyio.to_thread.run_sync(self.heads.get, task, number)
-        head = loaded.head
-        vectors = await self.batchers(loaded.backbone).embed(inputs) if heads.EMBEDDING in head.consumes else None
-        return task, number, top_predictions(head.labels, head.predict_proba(vectors, raw=inputs), top_k)
+
+def _active(ref: TaskRef) -> int:
+    if ref.active_version is None:
+        raise NotTrained(f"task {ref.name!r} has no trained version yet; poll its job and retry when it succeeds")
+    return ref.active_version
 
 
-__all__ = ["HeadCache", "NotFound", "NotTrained", "Prediction", "Router", "top_predictions"]
+__all__ = ["HeadCache", "NotFound", "NotTrained", "Prediction", "Router", "TaskRef", "store_head_loader", "top_predictions"]

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import sys
 
-from . import logs
+from . import logs, metrics
 from .backbones.registry import BUILTIN, Registry, parse_extra
+from .backbones.runtimes import RuntimeConfig
 from .batching import Batcher
+from .caching import HeadCache
 from .config import Settings
 from .jobs import JobRunner
-from .router import HeadCache, Router
+from .router import Router, store_head_loader
 from .store.repository import Store
 from .tenancy import Auth, load_admin_token
 
@@ -27,10 +29,11 @@ class Runtime:
         token, token_path = load_admin_token(settings)
         if token_path is not None:
             print(f"graft: admin token is in {token_path}", file=sys.stderr, flush=True)
-        self.auth = Auth(self.store, token)
+        self.auth = Auth(self.store, token, cache_ttl_s=settings.task_cache_ttl_s)
 
         specs = {**BUILTIN, **parse_extra(settings.extra_backbones)}
-        self.backbones = Registry(specs, settings.device, settings.torch_threads)
+        runtimes = RuntimeConfig(settings.backbone_runtime, settings.onnx_cache_path, settings.onnx_threads)
+        self.backbones = Registry(specs, settings.device, settings.torch_threads, runtimes)
         self.backbones.load_all()
         if settings.default_text_backbone not in self.backbones.loaded:
             raise ValueError(f"GRAFT_DEFAULT_TEXT_BACKBONE={settings.default_text_backbone!r} is not a configured backbone")
@@ -38,9 +41,14 @@ class Runtime:
             name: Batcher(bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size)
             for name, bb in self.backbones.loaded.items()
         }
-        self.router = Router(self.store, self.batcher, HeadCache(self.store, settings.head_cache_size))
-        self.jobs = JobRunner(self.store, self.batcher, settings, self.backbones.names)
+        head_cache = HeadCache(store_head_loader(self.store), int(settings.head_cache_mb * 2**20))
+        self.router = Router(
+            self.store, self.batcher, head_cache, settings.task_cache_ttl_s, metrics.TenantLabels(settings.metrics_tenant_labels)
+        )
+        self.jobs = JobRunner(self.store, self.batcher, settings, self.backbones.names, on_version=lambda job: self.router.forget(job.tenant_id, job.task_name))
         self.jobs.start()
+        self.store_gauges = metrics.StoreGauges(self.store.totals)
+        self.store_gauges.start()
         self.ready = True
         log.info("graft ready", extra={"backbones": sorted(self._batchers), "device": self.backbones.device})
 
@@ -54,6 +62,7 @@ class Runtime:
         """Graceful shutdown: finish running jobs (up to the grace period), drain batches, close the store."""
         self.ready = False
         self.jobs.stop(self.settings.shutdown_grace_s)
+        self.store_gauges.stop()
         for batcher in self._batchers.values():
             batcher.close()
         self.store.close()

@@ -6,10 +6,11 @@ import os
 import secrets
 from pathlib import Path
 
+from .caching import TTLCache
 from .config import Settings
 from .logs import get as get_logger
 from .store.models import Tenant
-from .store.repository import Store
+from .store.repository import Store, hash_key
 
 log = get_logger("tenancy")
 
@@ -42,12 +43,25 @@ def bearer(header: str | None) -> str | None:
 
 
 class Auth:
-    def __init__(self, store: Store, admin_token: str) -> None:
+    """Bearer tokens → admin or tenant. Valid keys are remembered for ``cache_ttl_s`` (by hash), so
+    the hot path makes no store query; a revoked key or disabled tenant is refused within that time."""
+
+    def __init__(self, store: Store, admin_token: str, cache_ttl_s: float = 0.0) -> None:
         self.store = store
         self._admin_token = admin_token
+        self._known: TTLCache[str, Tenant] = TTLCache(cache_ttl_s, max_entries=10_000)
 
     def is_admin(self, token: str | None) -> bool:
         return token is not None and secrets.compare_digest(token.encode(), self._admin_token.encode())
 
     def tenant(self, token: str | None) -> Tenant | None:
-        return self.store.tenant_for_key(token) if token else None
+        if not token:
+            return None
+        digest = hash_key(token)
+        tenant = self._known.get(digest)
+        if tenant is None:
+            asked = self._known.now()
+            tenant = self.store.tenant_for_key(token)
+            if tenant is not None:
+                self._known.put(digest, tenant, at=asked)
+        return tenant

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_ONNX_CACHE = Path(os.environ.get("GRAFT_TEST_ONNX_CACHE", ROOT / "var" / "test-onnx-cache"))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -75,6 +76,7 @@ class Server:
     admin_token: str = "test-admin-token"
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    target: str = "service.app:Graft"  # what `bentoml serve` runs (benchmarks also serve a peer)
 
     @property
     def url(self) -> str:
@@ -86,10 +88,11 @@ class Server:
             "GRAFT_DATA_DIR": str(self.data_dir),
             "GRAFT_ADMIN_TOKEN": self.admin_token,
             "GRAFT_JOB_LEASE_S": "5",
-            # BentoML keeps Prometheus' multiprocess files under BENTOML_HOME and clears them when a
-            # server starts: a shared home lets any other server (another test's, another checkout's)
-            # wipe this one's /metrics
-            "BENTOML_HOME": str(self.data_dir / "bentoml-home"),
+            # BentoML keeps the workers' metric files in $BENTOML_HOME and wipes them at start:
+            # every server gets its own, so concurrent servers never share or erase metrics
+            "BENTOML_HOME": str(self.data_dir / f"bentoml-{self.port}"),
+            # ONNX exports are keyed and checksummed: every test server can share one cache.
+            "GRAFT_ONNX_CACHE_DIR": str(TEST_ONNX_CACHE),
             **self.env,
         }
         self.log_path = self.data_dir / f"server-{self.port}.log"
@@ -97,7 +100,7 @@ class Server:
         log = self.log_path.open("ab")
         bentoml = Path(sys.executable).parent / "bentoml"
         self.proc = subprocess.Popen(
-            [str(bentoml), "serve", "service.app:Graft", "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(bentoml), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout

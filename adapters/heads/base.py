@@ -95,7 +95,9 @@ def from_bytes(blob: bytes) -> Head:
         tensors = st_load(blob)
     except Exception as exc:  # safetensors raises its own error types for corrupt data
         raise HeadFormatError(f"corrupt safetensors data: {exc}") from None
-    return cls.restore(meta["labels"], meta["params"], tensors)
+    head = cls.restore(meta["labels"], meta["params"], tensors)
+    head.backbone = (meta.get("provenance") or {}).get("backbone")  # what it was trained on, if recorded
+    return head
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -53,8 +53,19 @@ class LinearHead:
     def temper(self, temperature: float) -> None:
         self.weight, self.bias = self.weight / temperature, self.bias / temperature
 
+    def softmax_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, bias) such that ``predict_proba(x) == softmax(x @ weight.T + bias)``: lets the
+        server apply the linear heads of a whole batch in one stacked product."""
+        return self.weight, self.bias
+
     def tensors(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}
+
+    def torch_module(self) -> Any:
+        """This head as a torch module, embeddings → probabilities (for ONNX export)."""
+        from .torch_forms import LinearForm
+
+        return LinearForm(self.weight, self.bias)
 
     def params(self) -> dict[str, Any]:
         return {"c": self.c}

@@ -44,6 +44,12 @@ class PrototypeHead:
     def tensors(self) -> dict[str, np.ndarray]:
         return {"centroids": self.centroids}
 
+    def torch_module(self) -> Any:
+        """This head as a torch module, embeddings → probabilities (for ONNX export)."""
+        from .torch_forms import PrototypeForm
+
+        return PrototypeForm(self.centroids, self.scale)
+
     def params(self) -> dict[str, Any]:
         return {"scale": self.scale}
 

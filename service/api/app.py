@@ -8,7 +8,7 @@ import time
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import logs
+from .. import logs, metrics
 from . import errors, routes
 
 log = logs.get("http")
@@ -45,6 +45,8 @@ class RequestContext:
                 extra={"method": scope["method"], "path": scope["path"], "status": status,
                        "ms": round((time.perf_counter() - started) * 1000, 2)},
             )
+            route = scope.get("route")  # set by the router: its template keeps the label set bounded
+            metrics.observe_request(getattr(route, "path", "unmatched"), scope["method"], status, time.perf_counter() - started)
             logs.request_id.reset(token)
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..logs import get as get_logger
 from .base import Backbone, cpu_quota
+from .onnx_export import Exportable
+from .runtimes import RuntimeConfig
 from .text import TorchTextBackbone
 
 log = get_logger("backbones")
@@ -56,9 +59,12 @@ def resolve_device(setting: str) -> str:
 class Registry:
     """The loaded backbones of this process."""
 
-    def __init__(self, specs: dict[str, BackboneSpec], device: str, torch_threads: int = 0) -> None:
+    def __init__(
+        self, specs: dict[str, BackboneSpec], device: str, torch_threads: int = 0, runtimes: RuntimeConfig | None = None
+    ) -> None:
         self.specs = specs
         self.device = resolve_device(device)
+        self.runtimes = runtimes or RuntimeConfig()
         if self.device == "cpu":
             torch.set_num_threads(torch_threads or cpu_quota())
         self.loaded: dict[str, Backbone] = {}
@@ -66,8 +72,16 @@ class Registry:
     def load(self, name: str) -> Backbone:
         if name not in self.loaded:
             spec = self.specs[name]
-            backbone = TorchTextBackbone(name, spec.source(), device=self.device)
-            log.info("backbone loaded", extra={"backbone": name, "device": self.device, "dim": backbone.dim})
+            runtime = self.runtimes.choose(name, spec.modality, self.device)
+            torch_backbone = TorchTextBackbone(
+                name, spec.source(), device=self.runtimes.torch_device(runtime, self.device),
+                runtime=self.runtimes.torch_runtime(runtime),
+            )
+            backbone = self.runtimes.wrap(torch_backbone, runtime, self.device)
+            log.info(
+                "backbone loaded",
+                extra={"backbone": name, "device": self.device, "dim": backbone.dim, "runtime": backbone.runtime},
+            )
             self.loaded[name] = backbone
         return self.loaded[name]
 
@@ -77,6 +91,17 @@ class Registry:
 
     def get(self, name: str) -> Backbone:
         return self.loaded[name]
+
+    def exportable(self, name: str) -> Exportable | None:
+        """The loaded backbone as an ONNX export source (the torch model under any runtime), if it has one."""
+        backbone = self.loaded[name]
+        source = getattr(backbone, "origin", backbone)  # an OrtBackbone wraps its export source
+        return source if isinstance(source, Exportable) else None
+
+    def onnx_file(self, name: str, variant: str) -> Path | None:
+        """A verified ONNX export of backbone ``name`` in ``variant`` (built on first use); None if it has none."""
+        source = self.exportable(name)
+        return None if source is None else self.runtimes.export_file(source, variant)
 
     def names(self, modality: str | None = None) -> list[str]:
         return [n for n, s in self.specs.items() if modality is None or s.modality == modality]

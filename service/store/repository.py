@@ -55,6 +55,14 @@ class NewVersion:
     weights: bytes
 
 
+@dataclass(frozen=True)
+class StoreTotals:
+    tenants: int
+    trained_tasks: int
+    untrained_tasks: int
+    jobs: dict[str, int]
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.engine: Engine = db.create(url)
@@ -345,3 +353,11 @@ class Store:
     def job_counts(self) -> Counter[str]:
         with self.reading() as s:
             return Counter({status: n for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status))})
+
+    def totals(self) -> StoreTotals:
+        """Store-wide counts for the metrics gauges (three cheap aggregate queries)."""
+        with self.reading() as s:
+            tenants = s.scalar(select(func.count()).select_from(Tenant)) or 0
+            trained = dict(s.execute(select(Task.active_version.is_not(None), func.count()).group_by(Task.active_version.is_not(None))).all())
+            jobs = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        return StoreTotals(tenants=tenants, trained_tasks=trained.get(True, 0), untrained_tasks=trained.get(False, 0), jobs=jobs)

@@ -32,3 +32,21 @@ def test_long_texts_are_truncated_at_the_model_limit(minilm) -> None:
 
 def test_revision_is_a_weights_checksum(minilm) -> None:
     assert minilm.revision.startswith("sha256:") and len(minilm.revision) == 23
+
+
+def test_length_buckets_keep_long_texts_away_from_short_ones() -> None:
+    from service.backbones.text import length_buckets
+
+    lengths = [30] * 60 + [256, 250] + [40] * 2
+    groups = length_buckets(lengths, max_rows=32, max_ratio=2.0)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        assert len(group) <= 32 and max(lengths[i] for i in group) <= 2 * min(lengths[i] for i in group)
+    assert {60, 61} in [set(g) for g in groups]  # the two long texts share a micro-batch of their own
+
+    def padding_share(groups: list[list[int]]) -> float:
+        positions = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+        return 1 - sum(lengths) / positions
+
+    fixed = [sorted(range(len(lengths)), key=lengths.__getitem__)[i : i + 32] for i in range(0, len(lengths), 32)]
+    assert padding_share(groups) < 0.15 < 0.5 < padding_share(fixed)

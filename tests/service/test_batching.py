@@ -1,11 +1,46 @@
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from service.batching import Batcher, Overloaded
+from adapters.heads import LinearHead, PrototypeHead
+from service.batching import Batcher, Overloaded, apply_heads
+from tests.conftest import per_label
+
+
+class Gated:
+    """The real backbone behind a gate, so a test can hold the worker inside a pass."""
+
+    def __init__(self, backbone) -> None:
+        self.inner = backbone
+        self.name, self.dim = backbone.name, backbone.dim
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[list[str]] = []
+
+    def embed(self, inputs):
+        self.batches.append(list(inputs))
+        self.entered.set()
+        assert self.open.wait(60)
+        return self.inner.embed(inputs)
+
+
+@pytest.fixture(scope="module")
+def bbc_heads(minilm, bbc_train):
+    """Real heads with different label sets, fitted on real BBC embeddings."""
+    rows = per_label(bbc_train, 6, seed=3)
+    x = minilm.embed([r["input"][:300] for r in rows])
+    labels = np.array([r["label"] for r in rows])
+    out = []
+    for chosen in (["business", "sports"], ["politics", "tech", "entertainment"], sorted(set(labels))):
+        mask = np.isin(labels, chosen)
+        y = np.array([chosen.index(label) for label in labels[mask]])
+        out.append(LinearHead(list(chosen)).fit(x[mask], y))
+        out.append(PrototypeHead(list(chosen)).fit(x[mask], y))
+    return out
 
 
 def test_concurrent_requests_get_their_own_rows_in_order(minilm) -> None:
@@ -31,12 +66,99 @@ def test_requests_larger_than_a_batch_are_split(minilm) -> None:
     assert np.abs(got - minilm.embed(texts)).max() < 1e-5
 
 
-def test_queue_is_bounded(minilm) -> None:
-    batcher = Batcher(minilm, max_batch=4, max_delay_s=0.0, max_queue=8)
+def test_heads_are_applied_per_request_in_shared_passes(minilm, bbc_heads) -> None:
+    """Requests with different heads share passes (and are split across them); each gets exactly
+    its own head's probabilities, in input order."""
+    batcher = Batcher(minilm, max_batch=8, max_delay_s=0.02)
+    texts = [f"shares rose as the {w} market reacted to the election result" for w in ("bond", "stock", "film", "tech", "music")]
+    jobs = [(bbc_heads[i % len(bbc_heads)], texts[: 1 + i % 5] * (1 + i % 3)) for i in range(18)]
     try:
-        with pytest.raises(Overloaded) as info:
-            batcher.submit(["x"] * 9)
-        assert info.value.retry_after_s >= 1
-        assert batcher.embed_sync(["x"] * 8).shape == (8, minilm.dim)
+        with ThreadPoolExecutor(9) as pool:
+            results = list(pool.map(lambda job: batcher.submit(job[1], head=job[0]).result(), jobs))
     finally:
         batcher.close()
+    for (head, inputs), got in zip(jobs, results, strict=True):
+        assert got.shape == (len(inputs), len(head.labels))
+        assert np.abs(got - head.predict_proba(minilm.embed(inputs))).max() < 1e-5
+
+
+def test_stacked_linear_heads_match_each_heads_own_predict_proba(minilm, bbc_heads) -> None:
+    """The stacked product is an optimisation only: softmax_affine must keep predict_proba's meaning."""
+    x = minilm.embed([f"sentence {i} about goals, profits, ministers and films" for i in range(12)])
+    parts = [(bbc_heads[i % len(bbc_heads)], i, i + 1) for i in range(10)] + [(None, 10, 12)]
+    got = apply_heads(x, parts)
+    for (head, start, stop), out in zip(parts, got, strict=True):
+        expected = x[start:stop] if head is None else head.predict_proba(x[start:stop])
+        assert out.shape == expected.shape
+        assert np.abs(out - expected).max() < 1e-6
+    for head in (h for h in bbc_heads if isinstance(h, LinearHead)):
+        w, b = head.softmax_affine()
+        z = np.exp(x @ w.T + b)
+        assert np.abs(z / z.sum(axis=1, keepdims=True) - head.predict_proba(x)).max() < 1e-6
+
+
+def test_a_broken_head_fails_only_its_own_request(minilm, bbc_heads) -> None:
+    x = minilm.embed(["one", "two", "three"])
+    wrong = LinearHead(["a", "b"])
+    wrong.weight, wrong.bias = np.zeros((2, 7), np.float32), np.zeros(2, np.float32)  # wrong dimension
+    got = apply_heads(x, [(bbc_heads[0], 0, 1), (wrong, 1, 2), (bbc_heads[1], 2, 3)])
+    assert isinstance(got[1], Exception)
+    assert np.abs(got[0] - bbc_heads[0].predict_proba(x[:1])).max() < 1e-6
+    assert np.abs(got[2] - bbc_heads[1].predict_proba(x[2:])).max() < 1e-6
+
+
+def test_queue_is_bounded_and_recovers(minilm) -> None:
+    gated = Gated(minilm)
+    batcher = Batcher(gated, max_batch=4, max_delay_s=0.0, max_queue=8)
+    try:
+        first = batcher.submit(["held in the pass"] * 4)
+        assert gated.entered.wait(30)  # the worker is inside a pass; the queue is empty
+        queued = batcher.submit(["x"] * 8)
+        with pytest.raises(Overloaded) as info:
+            batcher.submit(["one more"])
+        assert info.value.retry_after_s >= 1
+        training = batcher.submit(["training traffic is never refused"] * 2, background=True)
+        gated.open.set()
+        assert first.result(60).shape == (4, minilm.dim) and queued.result(60).shape == (8, minilm.dim)
+        assert training.result(60).shape == (2, minilm.dim)
+        assert batcher.embed_sync(["after the backlog"] * 9).shape == (9, minilm.dim)  # an idle queue takes any size
+    finally:
+        gated.open.set()
+        batcher.close()
+
+
+def test_training_gets_a_share_of_passes_under_predict_load(minilm) -> None:
+    gated = Gated(minilm)
+    batcher = Batcher(gated, max_batch=8, max_delay_s=0.0, max_queue=1000)
+    try:
+        batcher.submit(["first"])
+        assert gated.entered.wait(30)
+        predicts = [batcher.submit([f"predict {i}"] * 8) for i in range(3)]
+        training = batcher.submit(["train"] * 4, background=True)
+        gated.open.set()
+        training.result(60)
+        for future in predicts:
+            future.result(60)
+    finally:
+        gated.open.set()
+        batcher.close()
+    second = gated.batches[1]
+    assert second.count("train") == 2 and len(second) == 8  # a quarter of the pass, the rest predict
+
+
+def test_cancelled_requests_are_skipped(minilm) -> None:
+    gated = Gated(minilm)
+    batcher = Batcher(gated, max_batch=4, max_delay_s=0.0)
+    try:
+        batcher.submit(["first"])
+        assert gated.entered.wait(30)
+        gone = batcher.submit(["abandoned by its caller"] * 3)
+        assert gone.cancel()
+        kept = batcher.submit(["kept"])
+        gated.open.set()
+        assert kept.result(60).shape == (1, minilm.dim)
+    finally:
+        gated.open.set()
+        batcher.close()
+    assert all("abandoned by its caller" not in batch for batch in gated.batches)
+    assert batcher.pending == 0

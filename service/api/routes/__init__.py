@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from . import backbones, jobs, predict, tasks, tenants, versions
+from . import backbones, export, jobs, predict, tasks, tenants, versions
 
 router = APIRouter()
-for module in (tenants, tasks, jobs, predict, backbones, versions):
+for module in (tenants, tasks, jobs, predict, backbones, export, versions):
     router.include_router(module.router)

@@ -53,6 +53,7 @@ def get_task(name: str, rt: RuntimeDep, me: TenantDep) -> s.TaskDetail:
 @router.delete("/tasks/{name}", status_code=204, responses=ERRORS)
 def delete_task(name: str, rt: RuntimeDep, me: TenantDep) -> Response:
     rt.store.delete_task(me.id, name)
+    rt.router.forget(me.id, name)
     return Response(status_code=204)
 
 

@@ -1,0 +1,1 @@
+"""Peer services that Graft's benchmarks compare against."""

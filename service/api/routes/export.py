@@ -1,0 +1,91 @@
+"""Export of an adapted model: backbone + pooling + the task's head as one ONNX graph, in a zip."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Response
+
+from adapters import heads
+from adapters.export import MODEL_FILE, PROBABILITIES, ExportError, bundle, fuse
+
+from ...router import NotTrained
+from ...runtime import Runtime
+from ...store.models import Task, Version
+from ..errors import ApiError
+from .deps import ERRORS, RuntimeDep, TenantDep
+
+router = APIRouter(prefix="/v1")
+
+# Serving runtimes whose graph the bundle can carry as is; others (torch, CUDA fp16) export fp32.
+PORTABLE = ("onnx", "onnx-int8")
+
+
+@router.get(
+    "/tasks/{name}/export",
+    responses={**ERRORS, 200: {"content": {"application/zip": {}}, "description": "zip: model.onnx, tokenizer, graft-export.json"}},
+    response_class=Response,
+)
+async def export_task(
+    name: str,
+    rt: RuntimeDep,
+    me: TenantDep,
+    format: str = Query("onnx", description="Only `onnx`."),
+    version: int | None = Query(None, ge=1, description="Version to export; default: the active one."),
+) -> Response:
+    if format != "onnx":
+        raise ApiError(422, "validation_error", f"unsupported export format {format!r}; supported: 'onnx'")
+    task, v = await anyio.to_thread.run_sync(_version, rt, me.id, name, version)
+    data = await anyio.to_thread.run_sync(_build, rt, task, v)
+    return Response(
+        data, media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{task.name}-v{v.number}-onnx.zip"'},
+    )
+
+
+def _version(rt: Runtime, tenant_id: str, name: str, number: int | None) -> tuple[Task, Version]:
+    task = rt.store.get_task(tenant_id, name)  # another tenant's task: NotFound → 404
+    number = number or task.active_version
+    if number is None:
+        raise NotTrained(f"task {name!r} has no trained version yet; poll its job and export when it succeeds")
+    return task, rt.store.version(task.id, number, with_weights=True)
+
+
+def _build(rt: Runtime, task: Task, v: Version) -> bytes:
+    import onnx
+    import onnxruntime
+
+    backbone = rt.backbones.get(task.backbone)
+    variant = backbone.runtime if backbone.runtime in PORTABLE else "onnx"
+    path = rt.backbones.onnx_file(task.backbone, variant)
+    source = rt.backbones.exportable(task.backbone)
+    if path is None or source is None:
+        raise ApiError(422, "not_exportable", f"backbone {task.backbone!r} has no ONNX export")
+    head = heads.from_bytes(v.weights)
+    try:
+        fused = fuse(onnx.load(str(path)), head)
+    except ExportError as exc:
+        raise ApiError(422, "not_exportable", str(exc)) from None
+    manifest: dict[str, Any] = {
+        "format": "graft-onnx-export/1",
+        "task": task.name,
+        "version": v.number,
+        "head": v.head,
+        "labels": head.labels,
+        "model": {"file": MODEL_FILE, "inputs": [i.name for i in fused.graph.input], "input_dtype": "int64",
+                  "output": PROBABILITIES, "output_order": "labels"},
+        "preprocessing": {"tokenizer": "tokenizer.json", "note": "truncation and padding are configured in tokenizer.json"},
+        "backbone": {"name": backbone.name, "revision": backbone.revision, "graph_variant": variant,
+                     "serving_runtime": backbone.runtime, "trained_on_runtime": v.runtime,
+                     "trained_on_revision": v.backbone_revision, "dim": backbone.dim},
+        # int8 activations are quantised with one scale per call: to reproduce Graft's scores exactly,
+        # run one input per call, as Graft does.
+        "one_input_per_call": variant == "onnx-int8",
+        "versions": {"graft": "0.1.0", "opset": next(o.version for o in fused.opset_import if o.domain in ("", "ai.onnx")),
+                     "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return bundle(fused, source.preprocessing_files(), manifest)
+

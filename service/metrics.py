@@ -1,0 +1,201 @@
+"""Every Prometheus metric Graft exports, defined once (docs/metrics.md documents each).
+
+Names follow ``graft_<scope>_<what>``; histograms have explicit buckets. BentoML serves them on
+``/metrics``: ``bentoml serve`` starts each worker with ``PROMETHEUS_MULTIPROC_DIR`` set, so
+prometheus_client writes these values to that directory and BentoML's ``/metrics`` handler
+aggregates every worker's files. Gauges therefore declare how workers combine (``livesum`` for
+per-process quantities, ``livemostrecent`` for store-wide counts every worker reports alike).
+
+Label values are always bounded: endpoints are route templates (not raw paths), statuses are
+HTTP codes, backbones and job statuses are small fixed sets, and tenants get their own value
+only through :class:`TenantLabels` (at most N per process, the rest ``other``). No metric has a
+per-task label.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from .logs import get as get_logger
+from .store.repository import StoreTotals
+
+log = get_logger("metrics")
+
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+QUEUE_SECONDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+JOB_SECONDS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+OTHER = "other"
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "graft_http_requests_total", "HTTP requests answered, by route template, method and status.",
+    ["endpoint", "method", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "graft_http_request_duration_seconds", "Time from request to the end of the response, by route template, method and status.",
+    ["endpoint", "method", "status"], buckets=SECONDS,
+)
+
+# -- backbones and batching ---------------------------------------------------------------
+
+BATCH_SIZE = Histogram(
+    "graft_backbone_batch_size", "Inputs per backbone pass (predict and training traffic of all tenants together).",
+    ["backbone"], buckets=BATCH_SIZES,
+)
+QUEUE_DELAY = Histogram(
+    "graft_backbone_queue_delay_seconds", "Time a request waited in the batch queue before its first inputs entered a backbone pass.",
+    ["backbone"], buckets=QUEUE_SECONDS,
+)
+INFERENCE_SECONDS = Histogram(
+    "graft_backbone_inference_seconds", "Duration of one backbone pass (tokenise, forward, pool) plus the batch's head step.",
+    ["backbone"], buckets=SECONDS,
+)
+PADDING_RATIO = Histogram(
+    "graft_backbone_padding_ratio", "Share of the token positions in a backbone pass that were padding (0 = none wasted).",
+    ["backbone"], buckets=RATIOS,
+)
+QUEUE_INPUTS = Gauge(
+    "graft_backbone_queue_inputs", "Inputs waiting for a backbone pass.", ["backbone"], multiprocess_mode="livesum",
+)
+REJECTED = Counter(
+    "graft_backbone_rejected_inputs_total", "Predict inputs refused with 503 because the backbone's queue was full.", ["backbone"],
+)
+
+# -- head cache ---------------------------------------------------------------------------
+
+HEAD_CACHE_HITS = Counter("graft_head_cache_hits_total", "Predict requests whose head was already in memory.")
+HEAD_CACHE_MISSES = Counter(
+    "graft_head_cache_misses_total", "Predict requests that waited for their head to load from the store (own or shared load).",
+)
+HEAD_CACHE_EVICTIONS = Counter("graft_head_cache_evictions_total", "Heads dropped to stay within the byte budget.")
+HEAD_CACHE_BYTES = Gauge("graft_head_cache_bytes", "Bytes of heads held in memory.", multiprocess_mode="livesum")
+HEAD_CACHE_HEADS = Gauge("graft_head_cache_heads", "Heads held in memory.", multiprocess_mode="livesum")
+HEAD_CACHE_BUDGET = Gauge("graft_head_cache_budget_bytes", "The head cache's byte budget.", multiprocess_mode="livesum")
+HEAD_LOAD_SECONDS = Histogram(
+    "graft_head_load_seconds", "Time to read a head from the store and decode it (one per cache miss load).", buckets=SECONDS,
+)
+
+# -- predict traffic by tenant (bounded) -----------------------------------------------------
+
+TENANT_INPUTS = Counter(
+    "graft_tenant_predict_inputs_total",
+    "Inputs predicted, by tenant id; only the first N busy tenants of a process get their own value, the rest `other`.",
+    ["tenant"],
+)
+
+# -- training jobs --------------------------------------------------------------------------
+
+JOBS = Counter("graft_training_jobs_total", "Training jobs finished by this process, by outcome.", ["status"])
+JOB_SECONDS = Histogram(
+    "graft_training_job_duration_seconds", "Wall time of a training job run, by outcome.", ["status"], buckets=JOB_SECONDS,
+)
+
+# -- store-wide counts (refreshed periodically by every worker) ------------------------------
+
+TASKS = Gauge(
+    "graft_store_tasks", "Tasks in the store, by whether they have a trained version.", ["trained"],
+    multiprocess_mode="livemostrecent",
+)
+TENANTS = Gauge("graft_store_tenants", "Tenants in the store.", multiprocess_mode="livemostrecent")
+STORE_JOBS = Gauge("graft_store_jobs", "Training jobs in the store, by status.", ["status"], multiprocess_mode="livemostrecent")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+_RAW_PATH_SAMPLE = re.compile(r'^bentoml_[a-z_]+\{[^}]*endpoint="/v1/')
+
+
+def without_raw_paths(exposition: str) -> str:
+    """Drop BentoML's own per-request samples for API paths from a /metrics page.
+
+    BentoML labels its ``bentoml_service_request_*`` series with the raw path (job ids, task
+    names): unbounded cardinality. ``graft_http_*`` counts the same requests by route template.
+    """
+    return "\n".join(line for line in exposition.split("\n") if not _RAW_PATH_SAMPLE.match(line))
+
+
+def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
+    code = str(status)
+    HTTP_REQUESTS.labels(endpoint, method, code).inc()
+    HTTP_SECONDS.labels(endpoint, method, code).observe(seconds)
+
+
+def job_finished(status: str, seconds: float) -> None:
+    JOBS.labels(status).inc()
+    JOB_SECONDS.labels(status).observe(seconds)
+
+
+class TenantLabels:
+    """Bounded label values for per-tenant metrics.
+
+    A tenant gets its own value once it has sent ``admit_after`` inputs, while fewer than
+    ``limit`` tenants have one; admission is sticky for the life of the process. So the first
+    ``limit`` tenants to become busy are named and everything else is ``other``: cardinality
+    never exceeds ``limit + 1`` per process.
+    """
+
+    def __init__(self, limit: int, admit_after: int = 100) -> None:
+        self.limit = limit
+        self.admit_after = admit_after
+        self._named: set[str] = set()
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def label(self, tenant: str, amount: int = 1) -> str:
+        if tenant in self._named:
+            return tenant
+        with self._lock:
+            if len(self._named) >= self.limit:
+                self._pending.clear()
+                return OTHER
+            seen = self._pending.get(tenant, 0) + amount
+            if seen < self.admit_after:
+                self._pending[tenant] = seen
+                return OTHER
+            self._pending.pop(tenant, None)
+            self._named.add(tenant)
+            return tenant
+
+    def count(self, tenant: str, inputs: int) -> None:
+        TENANT_INPUTS.labels(self.label(tenant, inputs)).inc(inputs)
+
+
+class StoreGauges:
+    """Refreshes the store-wide gauges every ``interval_s`` from a daemon thread."""
+
+    def __init__(self, totals: Callable[[], StoreTotals], interval_s: float = 15.0) -> None:
+        self._totals = totals
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-gauges", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def refresh(self) -> None:
+        totals = self._totals()
+        TENANTS.set(totals.tenants)
+        TASKS.labels("true").set(totals.trained_tasks)
+        TASKS.labels("false").set(totals.untrained_tasks)
+        for status in JOB_STATUSES:
+            STORE_JOBS.labels(status).set(totals.jobs.get(status, 0))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception:  # a store hiccup must not kill the thread
+                log.warning("refreshing store gauges failed", exc_info=True)
+            if self._stop.wait(self.interval_s):
+                return

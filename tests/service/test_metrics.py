@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+from service import metrics
+from service.caching import HeadCache
+from tests.service.test_caching import linear
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_tenant_labels_are_bounded() -> None:
+    labels = metrics.TenantLabels(limit=2, admit_after=10)
+    assert labels.label("quiet", 3) == metrics.OTHER  # not busy yet
+    assert labels.label("busy-1", 10) == "busy-1"
+    assert labels.label("quiet", 3) == metrics.OTHER
+    assert labels.label("busy-2", 50) == "busy-2"
+    assert labels.label("busy-3", 1000) == metrics.OTHER  # the two slots are taken for good
+    assert labels.label("busy-1") == "busy-1"
+    before = sample("graft_tenant_predict_inputs_total", tenant=metrics.OTHER)
+    labels.count("busy-4", 7)
+    assert sample("graft_tenant_predict_inputs_total", tenant=metrics.OTHER) == before + 7
+
+
+def test_requests_are_counted_by_route_template() -> None:
+    before = sample("graft_http_requests_total", endpoint="/v1/tasks/{name}/predict", method="POST", status="503")
+    metrics.observe_request("/v1/tasks/{name}/predict", "POST", 503, 0.02)
+    after = sample("graft_http_requests_total", endpoint="/v1/tasks/{name}/predict", method="POST", status="503")
+    assert after == before + 1
+    assert sample("graft_http_request_duration_seconds_bucket", endpoint="/v1/tasks/{name}/predict", method="POST",
+                  status="503", le="0.025") >= 1
+
+
+def test_head_cache_reports_hits_misses_evictions_and_bytes() -> None:
+    hits, misses, evictions = (sample(f"graft_head_cache_{n}_total") for n in ("hits", "misses", "evictions"))
+    cache = HeadCache(lambda i: linear(3, seed=i), budget_bytes=12_000)
+    for key in (1, 1, 2, 3, 1):
+        cache.get(key)
+    assert sample("graft_head_cache_hits_total") - hits == cache.hits == 1
+    assert sample("graft_head_cache_misses_total") - misses == cache.misses == 4
+    assert sample("graft_head_cache_evictions_total") - evictions == cache.evictions >= 1
+    assert sample("graft_head_cache_bytes") == cache.bytes <= 12_000
+
+
+def test_bentoml_raw_path_samples_are_dropped() -> None:
+    page = "\n".join([
+        "# TYPE bentoml_service_request_total counter",
+        'bentoml_service_request_total{endpoint="/v1/jobs/job_abc",http_response_code="200"} 3.0',
+        'bentoml_service_request_total{endpoint="/readyz",http_response_code="200"} 9.0',
+        'graft_http_requests_total{endpoint="/v1/jobs/{job_id}",method="GET",status="200"} 3.0',
+    ])
+    kept = metrics.without_raw_paths(page)
+    assert "job_abc" not in kept and "/readyz" in kept and "{job_id}" in kept
+
+
+def exported_names() -> set[str]:
+    from prometheus_client import Counter as PromCounter
+    from prometheus_client.metrics import MetricWrapperBase
+
+    names = set()
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            names.add(value._name + ("_total" if isinstance(value, PromCounter) else ""))
+    return names
+
+
+def test_every_metric_is_documented_and_the_dashboard_uses_only_real_ones() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    names = exported_names()
+    assert len(names) >= 20 and all(n.startswith("graft_") for n in names)
+    doc = (root / "docs" / "metrics.md").read_text()
+    assert not [n for n in names if f"`{n}`" not in doc]
+    dashboard = json.loads((root / "deploy" / "grafana" / "graft-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"graft_[a-z_]+", e)}
+    assert used and used <= names, used - names
+    assert names - used <= {"graft_head_cache_heads"}, names - used  # (nearly) everything is on the dashboard
