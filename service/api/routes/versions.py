@@ -48,6 +48,7 @@ def list_versions(name: str, rt: RuntimeDep, me: TenantDep) -> s.VersionList:
 def promote(name: str, body: s.PromoteRequest, rt: RuntimeDep, me: TenantDep) -> s.VersionList:
     """Serve version ``body.version`` from now on (e.g. a candidate that auto-promotion kept back)."""
     rt.store.promote(me.id, name, body.version)
+    rt.router.forget(me.id, name)  # this process serves the switch at once; others within the task cache TTL
     return version_list(rt, me.id, name)
 
 
@@ -55,4 +56,5 @@ def promote(name: str, body: s.PromoteRequest, rt: RuntimeDep, me: TenantDep) ->
 def rollback(name: str, rt: RuntimeDep, me: TenantDep) -> s.VersionList:
     """Serve the version that was active before the current one again."""
     rt.store.rollback(me.id, name)
+    rt.router.forget(me.id, name)
     return version_list(rt, me.id, name)
