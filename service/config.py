@@ -69,6 +69,10 @@ SETTINGS: dict[str, _Var] = {
     "shutdown_grace_s": _Var("GRAFT_SHUTDOWN_GRACE_S", 120.0, float, "How long shutdown waits for running training jobs."),
     "cv_folds": _Var("GRAFT_CV_FOLDS", 5, int, "Folds for cross-validated head selection and metrics."),
     "seed": _Var("GRAFT_SEED", 0, int, "Seed for training (fold splits, solvers)."),
+    "transfer_sample": _Var(
+        "GRAFT_TRANSFER_SAMPLE", 512, int,
+        "Most examples (stratified sample) embedded by each backbone of the modality to score transferability (LogME).",
+    ),
     "max_examples_per_request": _Var("GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."),
     "max_predict_inputs": _Var("GRAFT_MAX_PREDICT_INPUTS", 256, int, "Most inputs in one predict request."),
     "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
@@ -121,6 +125,7 @@ class Settings:
     shutdown_grace_s: float
     cv_folds: int
     seed: int
+    transfer_sample: int
     max_examples_per_request: int
     max_predict_inputs: int
     max_text_chars: int

@@ -16,19 +16,29 @@ from collections.abc import Callable
 
 import numpy as np
 
-from adapters import heads
-from adapters.training import TrainingDataError, fit_head
+from adapters import heads, selection
+from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
+from adapters.transfer import capped_sample, logme
 
 from . import images, logs, metrics
+from .backbones.base import Backbone
 from .batching import Batcher
 from .config import Settings
-from .store.models import Job
+from .store.models import Job, Task
 from .store.repository import NewVersion, NotFound, Store
 
 log = logs.get("jobs")
 
 EMBED_SHARE = 0.7  # progress fraction spent embedding examples; the rest is fitting
 EMBED_CHUNK = 64
+
+
+def backbone_inputs(backbone: Backbone, stored: list[str]) -> list:
+    """Stored examples as a backbone takes them: texts as they are; images (stored as normalised
+    PNG) decoded and cropped by the backbone's preprocessing."""
+    if backbone.modality == "image":
+        return images.from_stored(stored, backbone.preprocessing)
+    return stored
 
 
 class JobLost(Exception):
@@ -75,12 +85,14 @@ class Heartbeat:
 class JobRunner:
     def __init__(
         self, store: Store, batchers: Callable[[str], Batcher], settings: Settings,
+        backbones_of: Callable[[str], list[str]] | None = None,
         on_version: Callable[[Job], None] | None = None,
     ) -> None:
         self.store = store
         self.on_version = on_version  # called after a job of this process switched its task's version
         self.batchers = batchers
         self.settings = settings
+        self.backbones_of = backbones_of  # modality -> configured backbone names
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -170,6 +182,83 @@ class JobRunner:
             logs.job_id.reset(token)
             logs.tenant_id.reset(tenant)
 
+    def _embed(self, backbone: str, texts: list[str], beat: Heartbeat, done: float, share: float) -> np.ndarray:
+        """Embed ``texts`` at training priority; progress moves from ``done`` to ``done + share``."""
+        batcher = self.batchers(backbone)
+        vectors = [np.zeros((0, batcher.backbone.dim), dtype=np.float32)]
+        for start in range(0, len(texts), EMBED_CHUNK):
+            chunk = backbone_inputs(batcher.backbone, texts[start : start + EMBED_CHUNK])
+            vectors.append(batcher.embed_sync(chunk, background=True))
+            beat.update(done + share * min(1.0, (start + EMBED_CHUNK) / max(1, len(texts))))
+        return np.concatenate(vectors)
+
+    def _embed_and_score(self, task: Task, texts: list[str], labels: list[str], beat: Heartbeat) -> tuple[str, np.ndarray, dict]:
+        """Embed the examples with the task's backbone — for ``auto``, the backbone of the modality with
+        the highest LogME on a capped, stratified sample — and score every backbone of the modality."""
+        names = self.backbones_of(task.modality) if self.backbones_of else []
+        if task.backbone != "auto" and task.backbone not in names:
+            names = [task.backbone, *names]
+        if not names:
+            raise TrainingDataError(f"no {task.modality} backbone is configured")
+        _, y = encode_labels(labels)
+        sample = capped_sample(y, self.settings.transfer_sample, self.settings.seed)
+        sample_texts = [texts[i] for i in sample]
+        others = [n for n in names if n != task.backbone]
+        scores: dict[str, float] = {}
+        embedded: dict[str, np.ndarray] = {}
+        work = len(others) * len(sample) + len(texts)  # inputs to embed, for progress
+        done = 0
+
+        def share(count: int) -> tuple[float, float]:
+            return EMBED_SHARE * done / work, EMBED_SHARE * count / work
+
+        for name in others:  # the sample only
+            embedded[name] = self._embed(name, sample_texts, beat, *share(len(sample)))
+            if len(sample) >= 2:
+                scores[name] = logme(embedded[name], y[sample])
+            done += len(sample)
+        chosen = task.backbone if task.backbone != "auto" else max(others, key=lambda n: scores.get(n, 0.0))
+        if chosen in embedded:  # auto: embed the rest with the winner
+            x = np.empty((len(texts), embedded[chosen].shape[1]), dtype=np.float32)
+            x[sample] = embedded[chosen]
+            rest = np.setdiff1d(np.arange(len(texts)), sample)
+            x[rest] = self._embed(chosen, [texts[i] for i in rest], beat, *share(len(rest)))
+        else:
+            x = self._embed(chosen, texts, beat, *share(len(texts)))
+            if len(sample) >= 2:
+                scores[chosen] = logme(x[sample], y[sample])
+        transferability = {
+            "method": "LogME", "examples": int(len(sample)), "selection": "auto" if task.backbone == "auto" else "pinned",
+            "chosen": chosen, "scores": dict(sorted(scores.items(), key=lambda kv: -kv[1])),
+        }
+        return chosen, x, transferability
+
+    def _decide(self, task: Task, result: FitResult, x: np.ndarray, backbone: str, texts: list[str], labels: list[str]) -> tuple[selection.Decision, int | None]:
+        """Compare with the active version on the examples it never saw (see adapters/selection.py)."""
+        if task.active_version is None:
+            return selection.first_version(), None
+        active = self.store.version(task.id, task.active_version, with_weights=True)
+        if result.oof_proba is None:
+            return selection.unconditional("promoted without comparison: too few examples to cross-validate"), active.number
+        unseen = np.arange(active.n_examples, len(texts))
+        head = heads.from_bytes(active.weights)
+        vectors = None
+        if heads.EMBEDDING in head.consumes:
+            if active.backbone == backbone:
+                vectors = x[unseen]
+            else:
+                try:
+                    batcher = self.batchers(active.backbone)
+                    unseen_inputs = backbone_inputs(batcher.backbone, [texts[i] for i in unseen])
+                    vectors = batcher.embed_sync(unseen_inputs, background=True)
+                except KeyError:
+                    return selection.unconditional(
+                        f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} is no longer configured"
+                    ), active.number
+        active_pred = [head.labels[i] for i in head.predict_proba(vectors, raw=[texts[i] for i in unseen]).argmax(axis=1)]
+        new_pred = [result.head.labels[i] for i in result.oof_proba[unseen].argmax(axis=1)]
+        return selection.compare_on_unseen([labels[i] for i in unseen], new_pred, active_pred, active.number), active.number
+
     def _train(self, job: Job, beat: Heartbeat) -> int | None:
         try:
             task = self.store.get_task_by_id(job.task_id or "")
@@ -178,26 +267,25 @@ class JobRunner:
         examples = self.store.examples(task.id)
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
-        batcher = self.batchers(task.backbone)
-        backbone = batcher.backbone
-
-        vectors = []
-        for start in range(0, len(texts), EMBED_CHUNK):
-            chunk = texts[start : start + EMBED_CHUNK]
-            if task.modality == "image":  # stored as normalised PNG; the backbone takes preprocessed arrays
-                chunk = images.from_stored(chunk, backbone.preprocessing)
-            vectors.append(batcher.embed_sync(chunk, background=True))
-            beat.update(EMBED_SHARE * min(1.0, (start + EMBED_CHUNK) / max(1, len(texts))))
-        x = np.concatenate(vectors) if vectors else np.zeros((0, backbone.dim), dtype=np.float32)
-        result = fit_head(task.head, x, labels, folds=self.settings.cv_folds, seed=self.settings.seed)
+        backbone_name, x, transferability = self._embed_and_score(task, texts, labels, beat)
+        backbone = self.batchers(backbone_name).backbone
+        result = fit_head(
+            task.head, x, labels, raw=texts, modality=task.modality, folds=self.settings.cv_folds, seed=self.settings.seed
+        )
+        beat.update(0.9)
+        metrics = {**result.metrics, "transferability": transferability}
+        decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         beat.update(0.95)
         provenance = {"backbone": backbone.name, "backbone_revision": backbone.revision, "runtime": backbone.runtime, "dim": backbone.dim}
-        blob = heads.to_bytes(result.head, metrics=result.metrics, **provenance)
+        blob = heads.to_bytes(result.head, metrics=metrics, **provenance)
         return self.store.complete_job(
             job.id,
             self.worker_id,
             NewVersion(
-                head=task.head, backbone=backbone.name, backbone_revision=backbone.revision, runtime=backbone.runtime,
-                labels=result.head.labels, metrics=result.metrics, n_examples=len(examples), weights=blob,
+                head=result.metrics["head"], backbone=backbone.name, backbone_revision=backbone.revision,
+                runtime=backbone.runtime, labels=result.head.labels, metrics={**metrics, "promotion": decision.as_dict()},
+                n_examples=len(examples), weights=blob,
             ),
+            promote=decision.promote,
+            compared_with=compared_with,
         )

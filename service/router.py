@@ -10,8 +10,9 @@ The hot path makes no store round trip while its caches are warm:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 import numpy as np
@@ -29,6 +30,10 @@ class NotTrained(Exception):
     """The task exists but has no active version yet."""
 
 
+# (task, backbone name, whether the head reads raw inputs) → (backbone inputs, raw inputs)
+Prepare = Callable[["TaskRef", str, bool], Awaitable[tuple[Sequence[Any], Sequence[Any] | None]]]
+
+
 @dataclass(frozen=True)
 class TaskRef:
     """What predict needs to know about a task (a small immutable copy of its row)."""
@@ -36,13 +41,14 @@ class TaskRef:
     id: str
     tenant_id: str
     name: str
+    modality: str
     backbone: str
     head: str
     active_version: int | None
 
     @classmethod
     def of(cls, task: Task) -> TaskRef:
-        return cls(task.id, task.tenant_id, task.name, task.backbone, task.head, task.active_version)
+        return cls(task.id, task.tenant_id, task.name, task.modality, task.backbone, task.head, task.active_version)
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,16 @@ class Router:
         return ref, _active(ref)
 
     async def predict(
-        self, tenant_id: str, task_name: str, inputs: Sequence[str], top_k: int | None = None
+        self,
+        tenant_id: str,
+        task_name: str,
+        inputs: Sequence[Any],
+        top_k: int | None = None,
+        prepare: Prepare | None = None,
     ) -> tuple[TaskRef, int, list[Prediction]]:
+        """Predict with the task's active version. ``prepare(ref, backbone, want_raw)`` turns the
+        request's inputs into what the backbone takes and, for heads that read raw inputs
+        (baseline, hybrid), their raw form; without it inputs pass through as they are (text)."""
         ref = self.tasks.get((tenant_id, task_name))
         if ref is None:  # store round trip, off the event loop
             ref = await anyio.to_thread.run_sync(self.lookup, tenant_id, task_name)
@@ -118,7 +132,14 @@ class Router:
             except NotFound:  # deleted meanwhile (by another process): the cached task is stale
                 self.forget(tenant_id, task_name)
                 raise NotFound(f"no task named {task_name!r}") from None
-        proba = await self.batchers(ref.backbone).predict(inputs, head)
+        backbone = getattr(head, "backbone", None) or ref.backbone  # the version's: a task may say "auto"
+        wants_raw = heads.RAW in head.consumes
+        model_inputs, raw = await prepare(ref, backbone, wants_raw) if prepare else (inputs, inputs)
+        if wants_raw:  # from-scratch features of the raw inputs (baseline, hybrid)
+            vectors = await self.batchers(backbone).embed(model_inputs) if heads.EMBEDDING in head.consumes else None
+            proba = await anyio.to_thread.run_sync(lambda: head.predict_proba(vectors, raw=raw))
+        else:
+            proba = await self.batchers(backbone).predict(model_inputs, head)
         self.tenant_labels.count(tenant_id, len(inputs))
         return ref, number, top_predictions(head.labels, proba, top_k)
 

@@ -49,7 +49,7 @@ class Runtime:
         self.router = Router(
             self.store, self.batcher, head_cache, settings.task_cache_ttl_s, metrics.TenantLabels(settings.metrics_tenant_labels)
         )
-        self.jobs = JobRunner(self.store, self.batcher, settings, on_version=lambda job: self.router.forget(job.tenant_id, job.task_name))
+        self.jobs = JobRunner(self.store, self.batcher, settings, self.backbones.names, on_version=lambda job: self.router.forget(job.tenant_id, job.task_name))
         self.jobs.start()
         self.store_gauges = metrics.StoreGauges(self.store.totals)
         self.store_gauges.start()

@@ -1,14 +1,21 @@
 """The head protocol and its safetensors serialisation.
 
-A head maps frozen backbone embeddings (n, dim) to class probabilities (n, labels). It is
-stored as one safetensors blob: arrays as tensors, everything else (kind, labels, params,
-provenance) as JSON in the header's ``__metadata__``. Nothing is ever pickled.
+A head maps inputs to class probabilities (n, labels). What it reads is declared by its
+``consumes`` set: ``EMBEDDING`` (frozen backbone embeddings, (n, dim)) and/or ``RAW`` (the raw
+inputs themselves, e.g. texts, for from-scratch features such as TF-IDF). Callers pass both via
+``fit(x, y, raw=...)`` / ``predict_proba(x, raw=...)``; a head that does not consume embeddings
+ignores ``x`` (callers may pass ``None`` and skip the backbone). ``exportable`` says whether the
+head is a pure function of the embedding that an ONNX export can fuse behind the backbone.
+
+A head is stored as one safetensors blob: arrays as tensors, everything else (kind, labels,
+params, provenance) as JSON in the header's ``__metadata__``. Nothing is ever pickled.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -20,20 +27,41 @@ class HeadFormatError(ValueError):
     """The bytes are not a head this version of Graft can read."""
 
 
+EMBEDDING = "embedding"  # frozen backbone embeddings
+RAW = "raw"  # the raw inputs (texts), for from-scratch features
+
+
+class MissingInputs(ValueError):
+    """A head was called without the inputs it consumes."""
+
+
 @runtime_checkable
 class Head(Protocol):
     kind: ClassVar[str]
+    consumes: ClassVar[frozenset[str]]  # subset of {EMBEDDING, RAW}
+    exportable: ClassVar[bool]  # a pure function of the embedding (ONNX export can fuse it)
     labels: list[str]
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> Head:
-        """Fit on embeddings ``x`` (n, dim) and integer targets ``y`` indexing ``labels``."""
+    def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> Head:
+        """Fit on embeddings ``x`` (n, dim) and/or ``raw`` inputs and integer targets ``y`` indexing ``labels``."""
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
         """Probabilities (n, len(labels)), rows summing to 1."""
+
+    def temper(self, temperature: float) -> None:
+        """Divide the head's logits by ``temperature`` from now on (temperature scaling)."""
 
     def tensors(self) -> dict[str, np.ndarray]: ...
 
     def params(self) -> dict[str, Any]: ...
+
+
+def require(head: Head, x: np.ndarray | None, raw: Sequence[str] | None) -> None:
+    """Raise :class:`MissingInputs` unless the inputs ``head.consumes`` are present."""
+    if EMBEDDING in head.consumes and x is None:
+        raise MissingInputs(f"the {head.kind!r} head needs backbone embeddings")
+    if RAW in head.consumes and raw is None:
+        raise MissingInputs(f"the {head.kind!r} head needs the raw inputs")
 
 
 def to_bytes(head: Head, **provenance: Any) -> bytes:
@@ -67,7 +95,9 @@ def from_bytes(blob: bytes) -> Head:
         tensors = st_load(blob)
     except Exception as exc:  # safetensors raises its own error types for corrupt data
         raise HeadFormatError(f"corrupt safetensors data: {exc}") from None
-    return cls.restore(meta["labels"], meta["params"], tensors)
+    head = cls.restore(meta["labels"], meta["params"], tensors)
+    head.backbone = (meta.get("provenance") or {}).get("backbone")  # what it was trained on, if recorded
+    return head
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import softmax
+from .base import EMBEDDING, softmax
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -16,13 +17,15 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 class PrototypeHead:
     kind: ClassVar[str] = "prototype"
+    consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})
+    exportable: ClassVar[bool] = True
 
     def __init__(self, labels: list[str], scale: float = 20.0) -> None:
         self.labels = list(labels)
         self.scale = float(scale)  # softmax temperature over cosine similarities
         self.centroids = np.zeros((len(labels), 0), dtype=np.float32)
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> PrototypeHead:
+    def fit(self, x: np.ndarray, y: np.ndarray, raw: Sequence[str] | None = None) -> PrototypeHead:
         x = _normalise(x.astype(np.float64))
         centroids = np.zeros((len(self.labels), x.shape[1]))
         for k in range(len(self.labels)):
@@ -31,9 +34,12 @@ class PrototypeHead:
         self.centroids = _normalise(centroids).astype(np.float32)
         return self
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, raw: Sequence[str] | None = None) -> np.ndarray:
         sims = _normalise(x.astype(np.float32, copy=False)) @ self.centroids.T
         return softmax(self.scale * sims)
+
+    def temper(self, temperature: float) -> None:
+        self.scale /= temperature
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"centroids": self.centroids}

@@ -14,8 +14,8 @@ from typing import Any
 import anyio.to_thread
 
 from .. import images
+from ..router import Prepare, TaskRef
 from ..runtime import Runtime
-from ..store.models import Task
 from .errors import ApiError
 from .routes.deps import check_texts
 
@@ -61,16 +61,28 @@ def stored_examples(
     return list(zip(inputs, labels, strict=True))  # type: ignore[arg-type]
 
 
-def _preprocessed(rt: Runtime, backbone: str, inputs: Sequence[Raw], names: Sequence[str]) -> list[Any]:
+def _prepared_images(
+    rt: Runtime, backbone: str, inputs: Sequence[Raw], names: Sequence[str], want_raw: bool
+) -> tuple[list[Any], list[str] | None]:
+    """Decoded images cropped for ``backbone``, and — for heads that read raw pixels — each image
+    in the normalised form the store keeps, so such heads see at predict what they saw in training."""
     preprocessing = rt.backbones.get(backbone).preprocessing
-    return [preprocessing(_decode(rt, raw, name)) for raw, name in zip(inputs, names, strict=True)]
+    decoded = [_decode(rt, raw, name) for raw, name in zip(inputs, names, strict=True)]
+    stored = [images.to_stored(image, preprocessing) for image in decoded] if want_raw else None
+    return [preprocessing(image) for image in decoded], stored
 
 
-async def backbone_inputs(rt: Runtime, task: Task, inputs: Sequence[Raw], names: Sequence[str]) -> list[Any]:
-    """Predict inputs as the task's backbone takes them (images are decoded off the event loop)."""
-    if task.modality == "image":
-        return await anyio.to_thread.run_sync(_preprocessed, rt, task.backbone, inputs, names)
-    if any(isinstance(raw, bytes) for raw in inputs):
-        raise ApiError(422, "validation_error", f"task {task.name!r} is a text task: send JSON {{\"inputs\": [texts]}} to /predict")
-    check_texts(rt, inputs, "inputs")  # type: ignore[arg-type]
-    return list(inputs)
+def predict_inputs(rt: Runtime, inputs: Sequence[Raw], names: Sequence[str]) -> Prepare:
+    """How a predict request's inputs become what the task's backbone (and head) take: text is
+    checked and passes through; images are decoded off the event loop (one bad image is this
+    request's 4xx, never a failed backbone batch)."""
+
+    async def prepare(task: TaskRef, backbone: str, want_raw: bool) -> tuple[Sequence[Any], Sequence[Any] | None]:
+        if task.modality == "image":
+            return await anyio.to_thread.run_sync(_prepared_images, rt, backbone, inputs, names, want_raw)
+        if any(isinstance(raw, bytes) for raw in inputs):
+            raise ApiError(422, "validation_error", f"task {task.name!r} is a text task: send JSON {{\"inputs\": [texts]}} to /predict")
+        check_texts(rt, inputs, "inputs")  # type: ignore[arg-type]
+        return inputs, inputs
+
+    return prepare

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
 Modality = Literal["text", "image"]
-HeadKind = Literal["linear", "prototype"]
+HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
 
@@ -71,8 +71,17 @@ class ExampleIn(Request):
 class TaskCreate(Request):
     name: Name
     modality: Modality = "text"
-    backbone: str | None = Field(default=None, description="Backbone name; default: the modality's default.")
-    head: HeadKind | None = Field(default=None, description="`linear` (default) or `prototype`.")
+    backbone: str | None = Field(
+        default=None,
+        description="Backbone name, or `auto`: the modality's backbone with the highest transferability (LogME) "
+        "on the task's examples, chosen at every training. Default: the modality's default backbone.",
+    )
+    head: HeadKind | None = Field(
+        default=None,
+        description="`auto` (default): whichever head cross-validation scores best among `linear` (logistic "
+        "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
+        "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them.",
+    )
     labels: list[Label] | None = Field(
         default=None, description="Optional declared label set: every label must then have an example."
     )
@@ -106,6 +115,27 @@ class VersionOut(BaseModel):
     metrics: dict
     created_at: datetime
     active: bool
+
+
+class VersionDetail(VersionOut):
+    status: Literal["active", "candidate", "previous"] = Field(
+        description="`active`: serving; `previous`: was active before; `candidate`: never promoted (see `promotion`)."
+    )
+    accuracy: float | None = Field(description="Cross-validated accuracy of the served head (see `metrics.evaluation`).")
+    ece: float | None = Field(description="Expected calibration error of the cross-validated probabilities, after temperature scaling.")
+    transferability: dict | None = Field(description="LogME of the examples on each backbone of the modality.")
+    warnings: list[str]
+    promotion: dict | None = Field(description="Whether and why this version was (not) promoted.")
+
+
+class VersionList(BaseModel):
+    task: str
+    active_version: int | None
+    versions: list[VersionDetail]
+
+
+class PromoteRequest(Request):
+    version: int = Field(ge=1)
 
 
 class TaskOut(BaseModel):

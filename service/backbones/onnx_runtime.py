@@ -122,6 +122,11 @@ class OrtBackbone:
         return self.origin.preprocessing_files()
 
     @property
+    def preprocessing(self) -> Any:
+        """The image preprocessing of the backbone this graph was exported from (image backbones)."""
+        return self.origin.preprocessing
+
+    @property
     def real_tokens(self) -> int | None:
         """Token positions counted by the preprocessing backbone (padding metric), if it counts them."""
         return getattr(self.origin, "real_tokens", None)

@@ -275,15 +275,21 @@ class Store:
             )
             return result.rowcount == 1
 
-    def complete_job(self, job_id: str, worker_id: str, new: NewVersion) -> int | None:
-        """Store a new version, make it active and finish the job, all in one transaction.
+    def complete_job(
+        self, job_id: str, worker_id: str, new: NewVersion, *, promote: bool = True, compared_with: int | None = None,
+    ) -> int | None:
+        """Store a new version, finish the job and — when ``promote`` — make the version active, all in
+        one transaction.
 
-        The job and task rows are locked first, so completions of one task are serialised and a
-        job completes once, by its owner. Returns the version number, or None when the job was no
-        longer ours (reclaimed after a lost lease, or its task deleted) so nothing was written.
-        The new version becomes active unless a job queued after this one already succeeded (two
-        replicas trained the same task at once and the newer data finished first): then it is
-        kept, inactive, so the active version never moves back to older examples.
+        The job and task rows are locked first, so completions of one task are serialised and a job
+        completes once, by its owner. The version stays a candidate (stored, inactive) when
+        ``promote`` is false; when ``compared_with`` — the active version the promotion decision was
+        made against — is no longer active (a promote or rollback while training: the decision is
+        stale); or when a job queued after this one already succeeded (two replicas trained the same
+        task at once and the newer data finished first: the active version never moves back to older
+        examples). The outcome is recorded in ``metrics["promotion"]``. Returns the version number, or
+        None when the job was no longer ours (reclaimed after a lost lease, or its task deleted) so
+        nothing was written.
         """
         with self.writing() as s:
             job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
@@ -293,24 +299,72 @@ class Store:
             if task is None:
                 return None
             number = (s.scalar(select(func.max(Version.number)).where(Version.task_id == task.id)) or 0) + 1
-            s.add(
-                Version(
-                    id=new_id("ver"), task_id=task.id, number=number, head=new.head, backbone=new.backbone,
-                    backbone_revision=new.backbone_revision, runtime=new.runtime, labels=new.labels,
-                    metrics=new.metrics, n_examples=new.n_examples, job_id=job.id, weights=new.weights,
+            promotion = dict(new.metrics.get("promotion") or {"reason": "promoted"})
+            if promote and compared_with is not None and task.active_version != compared_with:
+                promote = False
+                promotion["reason"] = (
+                    f"kept as a candidate: the active version changed from {compared_with} to {task.active_version} "
+                    "while this version trained, so the comparison no longer applies; promote it explicitly if wanted"
                 )
-            )
             superseded = s.scalar(
                 select(func.count())
                 .select_from(Job)
                 .where(Job.task_id == task.id, Job.status == "succeeded", Job.created_at > job.created_at)
             )
+            if promote and superseded:
+                promote = False
+                promotion["reason"] = (
+                    "kept as a candidate: a training job queued after this one (with newer examples) already "
+                    "finished, so this version would move the task back to older data"
+                )
+            promotion.update(promoted=promote, activated=promote, previous_active=task.active_version if promote else None)
+            s.add(
+                Version(
+                    id=new_id("ver"), task_id=task.id, number=number, head=new.head, backbone=new.backbone,
+                    backbone_revision=new.backbone_revision, runtime=new.runtime, labels=new.labels,
+                    metrics={**new.metrics, "promotion": promotion}, n_examples=new.n_examples, job_id=job.id,
+                    weights=new.weights,
+                )
+            )
             now = utcnow()
-            if not superseded:
+            if promote:
                 task.active_version = number
-                task.updated_at = now
+            task.updated_at = now
             job.status, job.progress, job.version, job.finished_at = "succeeded", 1.0, number, now
         return number
+
+    def promote(self, tenant_id: str, name: str, number: int) -> Task:
+        """Make version ``number`` active by hand; remember which one it replaces (for rollback)."""
+        with self.writing() as s:
+            task = self._task(s, tenant_id, name)
+            version = s.scalar(select(Version).where(Version.task_id == task.id, Version.number == number))
+            if version is None:
+                raise NotFound(f"task {name!r} has no version {number}")
+            if task.active_version != number:
+                version.metrics = {
+                    **version.metrics,
+                    "promotion": {
+                        **(version.metrics.get("promotion") or {}), "activated": True,
+                        "previous_active": task.active_version, "reason": "promoted by hand",
+                    },
+                }
+                task.active_version = number
+                task.updated_at = utcnow()
+        return task
+
+    def rollback(self, tenant_id: str, name: str) -> Task:
+        """Re-activate the version that was active before the current one."""
+        with self.writing() as s:
+            task = self._task(s, tenant_id, name)
+            if task.active_version is None:
+                raise Conflict(f"task {name!r} has no active version to roll back from")
+            current = s.scalar(select(Version).where(Version.task_id == task.id, Version.number == task.active_version))
+            previous = ((current.metrics if current else {}).get("promotion") or {}).get("previous_active")
+            if previous is None:
+                raise Conflict(f"version {task.active_version} of task {name!r} replaced no earlier version; nothing to roll back to")
+            task.active_version = previous
+            task.updated_at = utcnow()
+        return task
 
     def fail_job(self, job_id: str, worker_id: str, error: str) -> None:
         with self.writing() as s:

@@ -54,7 +54,7 @@ def test_digits_from_16_examples_per_label_against_raw_pixels(server, digits_tra
     client = server.new_tenant("digits")
     backbones = {b["name"]: b for b in client.get("/v1/backbones").json()["backbones"]}
     mnv2 = backbones["mobilenet_v2"]
-    assert (mnv2["modality"], mnv2["dim"], mnv2["runtime"], mnv2["default"]) == ("image", 1280, "torch", True)
+    assert (mnv2["modality"], mnv2["dim"], mnv2["runtime"], mnv2["default"]) == ("image", 1280, "onnx", True)  # CPU auto
 
     train_rows = per_label(digits_train, 16, seed=0)
     examples = [{"input": r["input"], "label": r["label"]} for r in train_rows]

@@ -17,7 +17,17 @@ from adapters.training import encode_labels
 from tests.conftest import per_label
 
 
-@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("kind", sorted(k for k, cls in HEADS.items() if not cls.exportable))
+def test_heads_that_read_raw_inputs_are_refused(kind) -> None:
+    """baseline/hybrid need the raw texts (TF-IDF), which a graph on input_ids cannot see."""
+    from adapters.export import head_graph
+
+    head = HEADS[kind](["a", "b"]).fit(np.eye(2, dtype=np.float32), np.array([0, 1]), raw=["x y", "z w"])
+    with pytest.raises(ExportError, match=kind):
+        head_graph(head, 2, 17)
+
+
+@pytest.mark.parametrize("kind", sorted(k for k, cls in HEADS.items() if cls.exportable))
 @pytest.mark.parametrize("variant", ["onnx_fp32", "onnx_int8"])
 def test_fused_graph_equals_backbone_then_head(kind, variant, request, bbc_train, bbc_test) -> None:
     backbone = request.getfixturevalue(variant)

@@ -92,6 +92,11 @@ def check_labels(examples: Sequence[tuple[str, str]], declared: Sequence[str] | 
 
 
 def choose_backbone(rt: Runtime, modality: str, requested: str | None) -> str:
+    """The backbone a task names: a configured one of its modality, or ``auto`` (chosen per training)."""
+    if requested == "auto":
+        if not rt.backbones.names(modality):
+            raise ApiError(422, "validation_error", f"no {modality} backbone is configured")
+        return requested
     name = requested or rt.default_backbone(modality)
     spec = rt.backbones.specs.get(name)
     if spec is None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import anyio.to_thread
 from fastapi import APIRouter, Request
 
 from ...runtime import Runtime
 from .. import schemas as s
 from ..errors import ApiError
-from ..inputs import Raw, backbone_inputs
+from ..inputs import Raw, predict_inputs
 from ..uploads import is_multipart, read_form
 from .deps import (
     ERRORS,
@@ -24,9 +23,8 @@ router = APIRouter(prefix="/v1")
 async def _predict(
     rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Raw], names: Sequence[str], top_k: int | None
 ) -> s.PredictResponse:
-    task = await anyio.to_thread.run_sync(rt.store.get_task, tenant_id, name)
-    prepared = await backbone_inputs(rt, task, inputs, names)
-    task, version, predictions = await rt.router.predict(tenant_id, name, prepared, top_k)
+    prepare = predict_inputs(rt, inputs, names)
+    task, version, predictions = await rt.router.predict(tenant_id, name, inputs, top_k, prepare=prepare)
     return s.PredictResponse(
         task=task.name,
         version=version,

@@ -26,7 +26,7 @@ def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCrea
     examples = _examples(rt, body.modality, backbone, body.examples)
     check_labels(examples, body.labels)
     task, job = rt.store.create_task(
-        me.id, body.name, modality=body.modality, backbone=backbone, head=body.head or "linear", examples=examples
+        me.id, body.name, modality=body.modality, backbone=backbone, head=body.head or "auto", examples=examples
     )
     rt.jobs.notify()
     return s.TaskCreated(task=task_out(task), job=job_out(job))

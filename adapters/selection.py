@@ -1,0 +1,67 @@
+"""Whether a newly trained version may replace the active one: a paired comparison on examples
+that *neither* model was trained on.
+
+Fairness: the active version was fitted on the first ``n_examples`` examples of the task (examples
+are append-only), so scoring it on those would be scoring training data. The examples added since
+are unseen by it; the new version's out-of-fold (cross-validation) predictions on them are unseen
+by the new version's fold models too. Both models are scored on exactly those examples.
+
+Noise: on each example either both are right, both wrong, or one is right. With ``b`` = only the
+active right and ``c`` = only the new right, the new version is *worse beyond noise* when
+``b - c > Z * sqrt(b + c)`` (McNemar's test, normal approximation, Z = 1.96): then it stays a
+candidate. Otherwise (better, equal, or a difference within noise) it is promoted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+Z = 1.96
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    compared_on: int = 0  # examples both models were scored on
+    new_correct: int = 0
+    active_correct: int = 0
+    only_active_right: int = 0
+    only_new_right: int = 0
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["promoted"] = out.pop("promote")
+        return out
+
+
+def first_version() -> Decision:
+    return Decision(True, "first version of the task")
+
+
+def unconditional(reason: str) -> Decision:
+    return Decision(True, reason)
+
+
+def compare_on_unseen(truth: Sequence[str], new: Sequence[str], active: Sequence[str], active_number: int) -> Decision:
+    """Decide from predicted labels of the new and the active version on examples neither saw."""
+    n = len(truth)
+    if n == 0:
+        return Decision(True, f"no example unseen by version {active_number} to compare on; promoted")
+    new_right = [a == b for a, b in zip(new, truth, strict=True)]
+    active_right = [a == b for a, b in zip(active, truth, strict=True)]
+    b = sum(a and not c for a, c in zip(active_right, new_right, strict=True))
+    c = sum(cn and not a for a, cn in zip(active_right, new_right, strict=True))
+    counts = {
+        "compared_on": n, "new_correct": sum(new_right), "active_correct": sum(active_right),
+        "only_active_right": b, "only_new_right": c,
+    }
+    summary = (
+        f"on the {n} examples added since version {active_number} (unseen by both), the new version got "
+        f"{sum(new_right)} right (cross-validated), version {active_number} {sum(active_right)}"
+    )
+    if b - c > Z * math.sqrt(b + c):
+        return Decision(False, f"kept as a candidate: worse than the active version beyond noise — {summary}", **counts)
+    return Decision(True, f"promoted: not worse than the active version beyond noise — {summary}", **counts)
