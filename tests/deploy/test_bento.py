@@ -37,9 +37,9 @@ def packages(variant: str) -> list[str]:
 def test_bento_holds_the_service_the_adapters_and_the_migrations(bentos) -> None:
     files = bentos["cpu"].files()
     sources = {f.removeprefix("src/") for f in files if f.startswith("src/")}
-    tracked = set(subprocess.run(["git", "ls-files", "service", "adapters"], cwd=ROOT, capture_output=True, text=True,
+    tracked = set(subprocess.run(["git", "ls-files", "service", "adapters", "graft"], cwd=ROOT, capture_output=True, text=True,
                                  check=True).stdout.split())
-    untracked = set(subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "service", "adapters"], cwd=ROOT,
+    untracked = set(subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "service", "adapters", "graft"], cwd=ROOT,
                                    capture_output=True, text=True, check=True).stdout.split())
     wanted = {f for f in tracked | untracked if (ROOT / f).exists()}
     assert wanted <= sources, f"missing from the Bento: {sorted(wanted - sources)}"

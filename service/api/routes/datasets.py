@@ -18,7 +18,7 @@ from ... import datasets
 from ...runtime import Runtime
 from ...store.models import Task, Tenant
 from ...store.repository import NotFound
-from .. import schemas as s
+from graft import schemas as s
 from ..errors import ApiError
 from ..inputs import stored_examples, stored_image
 from ..uploads import Upload, is_multipart, read_body, read_form

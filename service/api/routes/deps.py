@@ -12,7 +12,7 @@ from ... import logs
 from ...runtime import Runtime
 from ...store.models import Job, Task, Tenant, Version
 from ...tenancy import bearer
-from .. import schemas as s
+from graft import schemas as s
 from ..errors import ApiError
 
 ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 503)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from .. import schemas as s
+from graft import schemas as s
 from .deps import (
     ERRORS,
     RuntimeDep,

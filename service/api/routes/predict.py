@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Request
 
 from ...runtime import Runtime
-from .. import schemas as s
+from graft import schemas as s
 from ..errors import ApiError
 from ..inputs import Raw, predict_inputs
 from ..uploads import is_multipart, read_form

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from .. import schemas as s
+from graft import schemas as s
 from ..inputs import stored_examples
 from .deps import (
     ERRORS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ...store.models import Version
-from .. import schemas as s
+from graft import schemas as s
 from .deps import (
     ERRORS,
     RuntimeDep,
