@@ -136,7 +136,8 @@ class JobRunner:
         while not self._stop.is_set():
             try:
                 job = self.store.claim_job(
-                    self.worker_id, lease_s=self.settings.job_lease_s, max_attempts=self.settings.job_max_attempts
+                    self.worker_id, lease_s=self.settings.job_lease_s, max_attempts=self.settings.job_max_attempts,
+                    max_running_per_tenant=self.settings.max_running_jobs_per_tenant,
                 )
             except Exception:
                 log.exception("claiming a job failed")
