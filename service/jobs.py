@@ -24,6 +24,7 @@ from . import images, logs, metrics
 from .backbones.base import Backbone
 from .batching import Batcher
 from .config import Settings
+from .router import VersionFailed, head_of
 from .store.models import Job, Task
 from .store.repository import NewVersion, NotFound, Store
 
@@ -242,7 +243,12 @@ class JobRunner:
         if result.oof_proba is None:
             return selection.unconditional("promoted without comparison: too few examples to cross-validate"), active.number
         unseen = np.arange(active.n_examples, len(texts))
-        head = heads.from_bytes(active.weights)
+        try:
+            head = head_of(self.store, active)
+        except VersionFailed:  # a corrupt active version must not block the retrain that replaces it
+            return selection.unconditional(
+                f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
+            ), active.number
         vectors = None
         if heads.EMBEDDING in head.consumes:
             if active.backbone == backbone:

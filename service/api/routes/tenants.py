@@ -40,7 +40,7 @@ def admin_or_owner(tenant_id: TenantId, request: Request, rt: RuntimeDep) -> Non
     if me is None:
         raise ApiError(401, "unauthorized", "missing or invalid API key; send 'Authorization: Bearer <api_key>'")
     if me.id != tenant_id:
-        raise NotFound(f"no tenant {tenant_id!r}")
+        raise NotFound("no such tenant")
 
 
 @router.post("/tenants", status_code=201, response_model=s.TenantCreated, responses=ERRORS, dependencies=[Depends(admin)])
