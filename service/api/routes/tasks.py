@@ -25,8 +25,8 @@ router = APIRouter(prefix="/v1")
 def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
     backbone = choose_backbone(rt, body.modality, body.backbone)
     examples = _examples(rt, body.modality, backbone, body.examples)
-    check_labels(examples, body.labels)
     quotas.check_labels(rt.settings, body.labels or [], "declared label")
+    check_labels(examples, body.labels)
     quotas.check_new_examples(rt.store, rt.settings, me.id, None, examples)
     task, job = rt.store.create_task(
         me.id, body.name, modality=body.modality, backbone=backbone, head=body.head or "auto", examples=examples
