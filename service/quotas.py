@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from graft.schemas import unstorable
+
 from .config import Settings
 from .store.models import Task
 from .store.repository import Store
@@ -38,6 +40,10 @@ def check_new_examples(
     """May the tenant store ``examples`` in ``task`` (None: a task it is creating)? Checks the task
     count, examples per task, distinct labels per task and the tenant's stored bytes."""
     check_labels(settings, [label for _, label in examples])
+    for i, (text, label) in enumerate(examples):  # files (CSV, JSON Lines) reach here unvalidated
+        problem = unstorable(text) or unstorable(label)
+        if problem:
+            raise QuotaExceeded(422, "validation_error", f"example {i}: inputs and labels {problem}")
     tasks, stored = store.usage(tenant_id)
     if task is None and tasks >= settings.max_tasks_per_tenant:
         raise QuotaExceeded(
