@@ -20,7 +20,7 @@ from adapters import heads, selection
 from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
 from adapters.transfer import capped_sample, logme
 
-from . import images, logs, metrics
+from . import faults, images, logs, metrics
 from .backbones.base import Backbone
 from .batching import Batcher
 from .config import Settings
@@ -280,6 +280,7 @@ class JobRunner:
             task.head, x, labels, raw=texts, modality=task.modality, folds=self.settings.cv_folds, seed=self.settings.seed
         )
         beat.update(0.9)
+        faults.point("training")
         metrics = {**result.metrics, "transferability": transferability}
         decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         beat.update(0.95)
