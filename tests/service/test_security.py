@@ -145,3 +145,15 @@ def test_stored_bytes_quota_counts_examples_and_weights(store: Store) -> None:
     check_new_examples(store, settings, tenant.id, task, [("abcdefgh", "ab")])  # exactly at the limit
     with pytest.raises(QuotaExceeded, match=f"the limit is {used + 10} bytes"):
         check_new_examples(store, settings, tenant.id, task, [("abcdefghi", "ab")])
+
+
+def test_every_limit_is_in_the_security_docs_table() -> None:
+    from pathlib import Path
+
+    from service.config import SETTINGS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    limits = [v.env for k, v in SETTINGS.items() if k.startswith(("max_", "predict_"))]
+    assert len(limits) >= 14
+    missing = [env for env in limits if f"`{env}`" not in doc]
+    assert missing == [], f"add these to docs/security.md's limits table: {missing}"
