@@ -157,3 +157,19 @@ def test_every_limit_is_in_the_security_docs_table() -> None:
     assert len(limits) >= 14
     missing = [env for env in limits if f"`{env}`" not in doc]
     assert missing == [], f"add these to docs/security.md's limits table: {missing}"
+
+
+def test_nothing_is_ever_unpickled() -> None:
+    """Stored and uploaded bytes are data: no pickle, joblib or numpy object loading anywhere in
+    the service, and torch checkpoints load with weights_only=True."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [p for d in ("service", "adapters", "graft") for p in (root / d).rglob("*.py")]
+    assert len(sources) > 30
+    for path in sources:
+        code = path.read_text()
+        assert not re.search(r"\bimport pickle\b|\bpickle\.loads?\(|\bjoblib\b|\bdill\b|allow_pickle\s*=\s*True", code), path
+        for call in re.findall(r"torch\.load\([^)]*\)", code):
+            assert "weights_only=True" in call, (path, call)
