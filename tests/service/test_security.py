@@ -173,3 +173,39 @@ def test_nothing_is_ever_unpickled() -> None:
         assert not re.search(r"\bimport pickle\b|\bpickle\.loads?\(|\bjoblib\b|\bdill\b|allow_pickle\s*=\s*True", code), path
         for call in re.findall(r"torch\.load\([^)]*\)", code):
             assert "weights_only=True" in call, (path, call)
+
+
+def test_a_full_disk_fails_the_write_whole_and_the_store_recovers(tmp_path) -> None:
+    """SQLite with a page budget (``max_page_count``): the write that does not fit raises the same
+    OperationalError as a full disk ("database or disk is full", which the API answers with 503
+    store_unavailable), commits nothing, and once space is back the same store writes again."""
+    from sqlalchemy import event, text
+    from sqlalchemy.exc import OperationalError
+
+    store = Store(f"sqlite:///{tmp_path / 'graft.db'}")
+    try:
+        store.migrate()
+        tenant, _ = store.create_tenant("acme")
+        store.create_task(tenant.id, "small", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        with store.reading() as s:
+            pages = s.execute(text("PRAGMA page_count")).scalar()
+        budget = {"pages": pages + 2}
+
+        @event.listens_for(store.engine, "checkout")
+        def _limit(dbapi_conn, *_) -> None:  # type: ignore[no-untyped-def]
+            dbapi_conn.execute(f"PRAGMA max_page_count={budget['pages']}")
+
+        store.engine.pool.dispose()  # every connection from now on has the budget
+        big = [("x" * 50_000, "pos"), ("y" * 50_000, "neg")] * 10
+        with pytest.raises(OperationalError, match="full"):
+            store.create_task(tenant.id, "big", modality="text", backbone="minilm", head="linear", examples=big)
+        assert [t.name for t in store.list_tasks(tenant.id)] == ["small"]  # nothing half-written
+        with pytest.raises(NotFound):
+            store.get_task(tenant.id, "big")
+        budget["pages"] = 1_000_000  # space is back
+        store.create_task(tenant.id, "big", modality="text", backbone="minilm", head="linear", examples=big)
+        assert len(store.examples(store.get_task(tenant.id, "big").id)) == 20
+        with store.reading() as s:
+            assert s.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    finally:
+        store.close()
