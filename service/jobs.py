@@ -175,7 +175,7 @@ class JobRunner:
             self.store.fail_job(job.id, self.worker_id, str(exc))
             log.info("job failed", extra={"error": str(exc)})
         except Exception as exc:  # never let one job kill the worker thread
-            log.exception("job crashed")
+            logs.exception(log, "job crashed", exc)
             self.store.fail_job(job.id, self.worker_id, f"internal error while training ({type(exc).__name__})")
         finally:
             metrics.job_finished(outcome, time.perf_counter() - started)

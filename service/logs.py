@@ -51,5 +51,16 @@ def configure(level: str = "INFO", as_json: bool = True) -> None:
     logging.getLogger("bentoml.access").setLevel(logging.WARNING)  # graft.http logs each request with its id
 
 
+def exception(logger: logging.Logger, msg: str, exc: BaseException, **extra: object) -> None:
+    """Log an unexpected exception. A database error is logged by its type and SQL shape only: its
+    driver message can quote the row (PostgreSQL's DETAIL does), i.e. customer data."""
+    from sqlalchemy.exc import DBAPIError  # the store is always installed; kept lazy for import time
+
+    if isinstance(exc, DBAPIError):
+        logger.error(msg, extra={**extra, "error": type(exc.orig).__name__, "sql": (exc.statement or "")[:300]})
+    else:
+        logger.error(msg, exc_info=exc, extra=extra)
+
+
 def get(name: str) -> logging.Logger:
     return logging.getLogger(f"graft.{name}")

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.training import TrainingDataError
 
 from ..batching import Overloaded
+from .. import logs
 from ..logs import get as get_logger
 from ..quotas import QuotaExceeded
 from ..router import NotTrained, VersionFailed
@@ -114,5 +115,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
+        logs.exception(log, "unhandled error", exc)
         return error_response(500, "internal_error", "internal error; the request id in X-Request-ID identifies it in the logs")

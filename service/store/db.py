@@ -14,13 +14,15 @@ WRITE = {"graft_write": True}
 
 
 def create(url: str) -> Engine:
+    """An engine whose errors never quote statement parameters (examples, labels): a logged
+    database error carries the SQL shape only (``hide_parameters``)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
+        return create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True, hide_parameters=True)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -209,3 +209,27 @@ def test_a_full_disk_fails_the_write_whole_and_the_store_recovers(tmp_path) -> N
             assert s.execute(text("PRAGMA integrity_check")).scalar() == "ok"
     finally:
         store.close()
+
+
+def test_database_errors_never_quote_the_data_in_logs(store: Store, caplog) -> None:
+    """A failed statement hides its parameters, and a logged database error carries its type and
+    SQL shape only (PostgreSQL's message quotes the failing row), so payloads never reach the logs."""
+    import logging
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from service import logs
+
+    with pytest.raises(IntegrityError) as failed:
+        with store.writing() as s:
+            s.execute(text("INSERT INTO tenants (id, name, disabled, created_at) VALUES (:id, NULL, false, :at)"),
+                      {"id": "secret-payload-4711", "at": "2026-01-01"})
+    assert "hidden due to hide_parameters" in str(failed.value)
+    logger = logging.getLogger("graft.test-security")
+    with caplog.at_level(logging.ERROR, logger="graft.test-security"):
+        logger.propagate = True
+        logs.exception(logger, "unhandled error", failed.value)
+    formatted = "\n".join(logs.JsonFormatter().format(r) for r in caplog.records)
+    assert "IntegrityError" in formatted or "NotNullViolation" in formatted, formatted
+    assert "INSERT INTO tenants" in formatted and "secret-payload-4711" not in formatted
