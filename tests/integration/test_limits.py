@@ -16,7 +16,20 @@ from tests.conftest import Server
 
 pytestmark = pytest.mark.integration
 
+def png_bytes(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 10, 10)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png(width: int, height: int, extra: bytes = b"") -> str:
+    return base64.b64encode(png_bytes(width, height) + extra).decode()
+
+
+IMAGE_BYTES = len(png_bytes(8, 8))  # the image-size limit: exactly one 8×8 PNG
+
 LIMITS = {
+    "GRAFT_MAX_IMAGE_BYTES": str(IMAGE_BYTES),
     "GRAFT_TRAINING_WORKERS": "0",
     "GRAFT_MAX_REQUEST_BYTES": "4096",
     "GRAFT_MAX_UPLOAD_BYTES": "2048",
@@ -159,14 +172,16 @@ def test_predict_rate(limited: Server) -> None:
     passed(other.post("/v1/tasks/t/predict", json={"inputs": ["a"]}), 404)
 
 
-def png(width: int, height: int) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 10, 10)).save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def test_image_pixels(limited: Server) -> None:
     c = tenant(limited)
     ok = [{"input": png(8, 8), "label": "a"}, {"input": png(8, 8), "label": "b"}]
     passed(c.post("/v1/tasks", json={"name": "img", "modality": "image", "examples": ok}))
-    refused(c.post("/v1/tasks/img/examples", json={"examples": [{"input": png(13, 5), "label": "a"}]}), 413, "64")
+    refused(c.post("/v1/tasks/img/examples", json={"examples": [{"input": png(65, 1), "label": "a"}]}), 413, "64")  # 65 px, 72 bytes
+
+
+def test_image_bytes(limited: Server) -> None:
+    c = tenant(limited)
+    ok = [{"input": png(8, 8), "label": "a"}, {"input": png(8, 8), "label": "b"}]  # exactly the limit
+    passed(c.post("/v1/tasks", json={"name": "img", "modality": "image", "examples": ok}))
+    one_more = [{"input": png(8, 8, extra=b"\0"), "label": "a"}]  # one trailing byte over it
+    refused(c.post("/v1/tasks/img/examples", json={"examples": one_more}), 413, f"{IMAGE_BYTES} bytes")
