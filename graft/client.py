@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import inspect
 import io
 import os
 import random
@@ -305,12 +306,22 @@ def _transport_error(exc: httpx.TransportError, url: str) -> errors.ConnectionFa
     return errors.ConnectionFailed(f"{url}: {exc.__class__.__name__}: {exc}", code=code)
 
 
+def _rename(run: Callable[..., Any], op: Callable[..., Any], returns: str) -> None:
+    """The public name, and the operation's result type as the method's return annotation (for help())."""
+    run.__name__ = run.__qualname__ = op.__name__.lstrip("_")
+    signature = inspect.signature(op)
+    result = str(signature.return_annotation)
+    if result.startswith("Op[") and result.endswith("]"):
+        signature = signature.replace(return_annotation=returns.format(result[3:-1]))
+    run.__signature__ = signature  # type: ignore[attr-defined]
+
+
 def _sync(op: Callable[Concatenate[Any, P], Op[T]]) -> Callable[Concatenate[Graft, P], T]:
     @functools.wraps(op)
     def run(self: Graft, *args: P.args, **kwargs: P.kwargs) -> T:
         return self._run(op(self, *args, **kwargs))
 
-    run.__name__ = run.__qualname__ = op.__name__.lstrip("_")
+    _rename(run, op, "{}")
     return run
 
 
@@ -319,7 +330,7 @@ def _async(op: Callable[Concatenate[Any, P], Op[T]]) -> Callable[Concatenate[Asy
     async def run(self: AsyncGraft, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run(op(self, *args, **kwargs))
 
-    run.__name__ = run.__qualname__ = op.__name__.lstrip("_")
+    _rename(run, op, "Awaitable[{}]")
     return run
 
 

@@ -67,15 +67,17 @@ def test_text_task_lifecycle(server, key, news_train, news_test, tmp_path) -> No
         assert g.list_tasks() == []
 
 
-def test_task_from_a_jsonl_file(server, key, news_train, news_test, tmp_path) -> None:
-    """(CSV uploads are tested through the CLI, tests/client/test_cli.py.)"""
+def test_task_from_a_jsonl_file(server, key, news_train, news_test, tmp_path, capsys) -> None:
+    """With progress bars on (CSV uploads are tested through the CLI, tests/client/test_cli.py)."""
     jsonl = write_jsonl(tmp_path / "news.jsonl", news_train)
-    with Graft(server.url, key) as g:
+    with Graft(server.url, key, progress=True) as g:
         queued = g.create_task("from-jsonl", jsonl, head="prototype", wait=False)
         assert isinstance(queued, s.DatasetAccepted) and queued.created and queued.examples == len(news_train)
         assert queued.job.status in ("queued", "running") and queued.task.modality == "text"
         assert queued.task.head == "prototype"
         assert g.wait(queued.job.id).status == "succeeded"
+        bars = capsys.readouterr().err
+        assert "uploading news.jsonl" in bars and "training from-jsonl: 100%" in bars and "succeeded" in bars
         answer = g.predict("from-jsonl", [r["input"] for r in news_test])
         assert accuracy(answer.predictions, news_test) >= MIN_NEWS_ACCURACY
 
