@@ -103,7 +103,7 @@ def test_image_task_from_a_folder(server, key, tmp_path) -> None:
             g.predict("digits", [files[0], "text"])
 
 
-def test_errors_are_typed_with_the_servers_code_and_message(server, key, news_train) -> None:
+def test_errors_are_typed_with_the_servers_code_and_message(server, key) -> None:
     with Graft(server.url, "not-a-key") as g, pytest.raises(errors.Unauthorized) as raised:
         g.list_tasks()
     assert raised.value.code == "unauthorized" and "API key" in raised.value.message
@@ -118,11 +118,13 @@ def test_errors_are_typed_with_the_servers_code_and_message(server, key, news_tr
             g.create_task("bad name!", [("a", "x"), ("b", "y")])
         with pytest.raises(errors.NotFound):
             g.job("job_missing")
-        g.create_task("dup", [(r["input"], r["label"]) for r in news_train[:10]], head="prototype", wait=False)
-        with pytest.raises(errors.Conflict):
-            g.create_task("dup", [(r["input"], r["label"]) for r in news_train[:10]], wait=False)
     with Graft(server.url, key) as admin_needed, pytest.raises(errors.Unauthorized):
         admin_needed.create_tenant("not-allowed")
+    with Graft(server.url, server.admin_token) as admin:
+        admin.create_tenant("client-dup")
+        with pytest.raises(errors.Conflict, match="already exists") as conflict:
+            admin.create_tenant("client-dup")
+        assert (conflict.value.status, conflict.value.code) == (409, "conflict")
 
 
 def test_async_client(server, key, news_train, news_test) -> None:
