@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from graft import cli
+from graft import cli, errors
 from tests.conftest import ROOT, free_port
 
 from .conftest import new_key, write_jsonl
@@ -126,3 +126,21 @@ def test_settings_from_the_config_file(server, tmp_path) -> None:
 def test_the_entry_point_is_declared() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"graft": "graft.cli:main"} and callable(cli.main)
+
+
+def test_exit_codes_by_error_class() -> None:
+    """The mapping behind the exit codes above, for the errors a live server is not asked to make here
+    (a failed training job, 5xx, 429 after the client's retries)."""
+    cases = {
+        errors.JobFailed(None, "training failed"): cli.EXIT_JOB_FAILED,
+        errors.ServerError("boom", status=500): cli.EXIT_SERVER,
+        errors.Unavailable("later", status=503): cli.EXIT_SERVER,
+        errors.RateLimited("slow down", status=429): cli.EXIT_SERVER,
+        errors.ConnectionFailed("refused", code="connect_error"): cli.EXIT_SERVER,
+        errors.Forbidden("no", status=403): cli.EXIT_AUTH,
+        errors.TooLarge("big", status=413): cli.EXIT_REJECTED,
+        errors.UnsupportedMediaType("type", status=415): cli.EXIT_REJECTED,
+        errors.BadRequest("json", status=400): cli.EXIT_REJECTED,
+        errors.GraftError("odd"): cli.EXIT_ERROR,
+    }
+    assert {type(e).__name__: cli.exit_code(e) for e in cases} == {type(e).__name__: code for e, code in cases.items()}
