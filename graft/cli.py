@@ -200,7 +200,12 @@ def predict_inputs(args: argparse.Namespace) -> list[str | Path]:
     inputs: list[str | Path] = []
     for item in args.inputs:
         path = Path(item)
-        inputs.append(path if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() else item)
+        if path.suffix.lower() not in IMAGE_SUFFIXES or (any(c.isspace() for c in item) and not path.is_file()):
+            inputs.append(item)  # a text
+        elif path.is_file():
+            inputs.append(path)
+        else:
+            raise UsageError(f"{item}: no such image file")
     if args.file:
         try:
             lines = Path(args.file).read_text(encoding="utf-8").splitlines()

@@ -3,6 +3,7 @@ exit codes, settings from the environment and from the config file."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -15,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from graft import cli, errors
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, load_jsonl, per_label
 
-from .conftest import new_key, write_jsonl
+from .conftest import new_key, write_image_folder, write_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +91,23 @@ def test_every_command(server, news_train, news_test, tmp_path) -> None:
     assert "not_found" in gone.stderr
 
 
+def test_image_folder_and_image_files(server, tmp_path) -> None:
+    env = {"GRAFT_URL": server.url, "GRAFT_API_KEY": new_key(server, "cli-images")}
+    folder = write_image_folder(tmp_path / "digits", per_label(load_jsonl("digits.train.jsonl"), 8, seed=0))
+    created = ok_json(graft("tasks", "create", "digits", "--data", str(folder), "--head", "prototype", "--json", env=env))
+    assert (created["task"]["modality"], created["examples"], created["job"]["status"]) == ("image", 80, "succeeded")
+    test = per_label(load_jsonl("digits.test.jsonl"), 3, seed=1)
+    files = []
+    for i, row in enumerate(test):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(base64.b64decode(row["input"]))
+    answer = ok_json(graft("predict", "digits", *map(str, files), "--json", env=env))
+    right = sum(p["label"] == r["label"] for p, r in zip(answer["predictions"], test, strict=True))
+    assert right / len(test) >= 0.6  # chance is 0.1
+    human = graft("predict", "digits", str(files[0]), env=env)
+    assert human.returncode == 0 and human.stdout.splitlines()[1].startswith("0.png ")
+
+
 def test_exit_codes(server, tmp_path) -> None:
     env = {"GRAFT_URL": server.url, "GRAFT_API_KEY": new_key(server, "cli-codes")}
     assert graft(env=env).returncode == cli.EXIT_USAGE  # no command
@@ -97,6 +115,7 @@ def test_exit_codes(server, tmp_path) -> None:
     missing = graft("tasks", "create", "x", "--data", str(tmp_path / "missing.csv"), env=env)
     assert missing.returncode == cli.EXIT_USAGE and "no such file" in missing.stderr
     assert graft("predict", "x", env=env).returncode == cli.EXIT_USAGE  # nothing to predict
+    assert graft("predict", "x", str(tmp_path / "missing.png"), env=env).returncode == cli.EXIT_USAGE
 
     assert graft("tasks", "list", env={**env, "GRAFT_API_KEY": "wrong"}).returncode == cli.EXIT_AUTH
     assert graft("tasks", "list", env={"GRAFT_URL": server.url}).returncode == cli.EXIT_AUTH  # no key anywhere
