@@ -69,6 +69,11 @@ class Sleep:
 Op = Generator[Call | Sleep, Any, T]
 
 
+@functools.lru_cache(maxsize=64)
+def _adapter(model: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(model)
+
+
 # -- inputs ----------------------------------------------------------------------------------------
 
 
@@ -160,7 +165,7 @@ class _Core:
 
     def _model(self, model: type[T] | Any, call: Call) -> Op[T]:
         response = yield from self._request(call)
-        return TypeAdapter(model).validate_json(response.content)
+        return _adapter(model).validate_json(response.content)
 
     def _wait_for(self, job: s.JobOut, timeout: float | None, progress: bool | None) -> Op[s.JobOut]:
         deadline = None if timeout is None else time.monotonic() + timeout
