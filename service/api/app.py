@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import logs, metrics
-from . import errors, routes
+from . import dashboard, errors, routes
 
 log = logs.get("http")
 
@@ -57,6 +57,7 @@ def create() -> FastAPI:
         description="Multi-tenant transfer learning: shared pretrained backbones, per-tenant task heads.",
     )
     app.include_router(routes.router)
+    dashboard.install(app)
     errors.install(app)
     app.add_middleware(RequestContext)
     return app
