@@ -104,7 +104,7 @@ function drawConfusion(target, cm) {
       if (cell >= 22) {
         root.append(svg("text", {
           x: left + j * cell + cell / 2, y: top + i * cell + cell / 2 + 4, "text-anchor": "middle",
-          "pointer-events": "none", fill: share > 0.6 ? "#fff" : "#1d2330",
+          "pointer-events": "none", class: share > 0.6 ? "on-dark" : "",
         }, String(count)));
       }
     });
