@@ -7,14 +7,16 @@ Playwright never downloads a browser here: it drives /usr/bin/chromium (`.ci/run
 
 from __future__ import annotations
 
+import base64
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.conftest import ROOT, per_label
+from tests.conftest import ROOT, load_jsonl, per_label, wait_for_job
 from tests.integration.test_api import predict, train
 
 pytestmark = pytest.mark.integration
@@ -134,4 +136,34 @@ def test_another_tenant_sees_none_of_it(server, trained, browser) -> None:
     page.goto(f"{server.url}/ui/#/")
     expect(page.locator("#no-tasks")).to_be_visible()
     expect(page.locator("#task-table tbody tr")).to_have_count(0)
+    page.close()
+
+
+def test_image_task_try_it_uploads_a_file(server, browser, tmp_path: Path) -> None:
+    """An image task (real 8×8 digits, 4 per label): the try-it box takes a file and sends it as multipart."""
+    client = server.new_tenant("dashboard-images")
+    rows = per_label(load_jsonl("digits.train.jsonl"), 4, seed=5)
+    resp = client.post("/v1/tasks", json={"name": "digits", "modality": "image", "examples": rows})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
+    digit = next(r for r in load_jsonl("digits.test.jsonl") if r["label"] == "3")
+    image = tmp_path / "three.png"
+    image.write_bytes(base64.b64decode(digit["input"]))
+    with image.open("rb") as fh:
+        expected = client.post("/v1/tasks/digits/predict/files", files={"file": ("three.png", fh, "image/png")},
+                               data={"top_k": "5"})
+    assert expected.status_code == 200, expected.text
+
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/digits")
+    log_in(page, client.headers["authorization"].removeprefix("Bearer "))
+    expect(page.locator("svg.confusion rect.cm-cell")).to_have_count(100)
+    expect(page.locator("#try-text")).to_be_hidden()
+    page.set_input_files("#try-file", str(image))
+    expect(page.locator("#try-preview")).to_be_visible()
+    page.click("#try-submit")
+    expect(page.locator("#predicted-label")).to_have_text(expected.json()["predictions"][0]["label"])
+    expect(page.locator("#prediction li")).to_have_count(5)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-image.png"), full_page=True)
+    assert not problems, problems
     page.close()
