@@ -237,9 +237,16 @@ function drawTransfer(target, transfer) {
 
 // -- tables ------------------------------------------------------------------------------
 
+function folded(value) {
+  const size = Array.isArray(value) ? `${value.length} items` : `${Object.keys(value).length} fields`;
+  const text = JSON.stringify(value, null, 1);
+  if (text.length < 160) return el("code", {}, JSON.stringify(value));
+  return el("details", {}, el("summary", {}, size), el("pre", {}, text));
+}
+
 function kvRows(table, entries) {
   table.replaceChildren(...entries.map(([k, v]) => {
-    const cell = typeof v === "object" && v !== null ? el("pre", {}, JSON.stringify(v, null, 1)) : num(v);
+    const cell = typeof v === "object" && v !== null ? folded(v) : num(v);
     return el("tr", {}, el("th", {}, k), el("td", {}, cell));
   }));
 }
@@ -330,7 +337,9 @@ async function showTask(name) {
 
 function renderPrediction(response) {
   const p = response.predictions[0];
-  const items = Object.entries(p.scores).map(([label, score]) => {
+  // JS objects list integer-like keys ("3") first and in numeric order: sort by probability again.
+  const ranked = Object.entries(p.scores).sort((a, b) => b[1] - a[1]);
+  const items = ranked.map(([label, score]) => {
     const meter = el("div", { class: "meter" }, el("span"));
     meter.firstChild.style.width = `${(100 * score).toFixed(1)}%`;
     return el("li", { "data-label": label }, el("span", { class: "label" }, label), meter, el("span", { class: "pct" }, pct(score)));

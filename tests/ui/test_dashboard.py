@@ -161,8 +161,11 @@ def test_image_task_try_it_uploads_a_file(server, browser, tmp_path: Path) -> No
     page.set_input_files("#try-file", str(image))
     expect(page.locator("#try-preview")).to_be_visible()
     page.click("#try-submit")
-    expect(page.locator("#predicted-label")).to_have_text(expected.json()["predictions"][0]["label"])
+    top = expected.json()["predictions"][0]
+    expect(page.locator("#predicted-label")).to_have_text(top["label"])
     expect(page.locator("#prediction li")).to_have_count(5)
+    shown = page.locator("#prediction li").evaluate_all("items => items.map(li => li.dataset.label)")
+    assert shown == list(top["scores"]), "most probable first, as the API ranks them"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-image.png"), full_page=True)
     assert not problems, problems
