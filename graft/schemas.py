@@ -60,6 +60,25 @@ class TenantCreated(BaseModel):
     api_key: str = Field(description="Shown once; Graft stores only its hash.")
 
 
+class TenantUpdate(Request):
+    disabled: bool = Field(description="True: every key of the tenant stops working at once; false: they work again.")
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    prefix: str = Field(description="The key's first characters, to recognise it; the key itself is never shown again.")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    api_key: str = Field(description="Shown once; Graft stores only its hash.")
+
+
+class ApiKeyList(BaseModel):
+    keys: list[ApiKeyOut]
+
+
 # -- tasks and examples -------------------------------------------------------------------
 
 
@@ -118,9 +137,11 @@ class VersionOut(BaseModel):
 
 
 class VersionDetail(VersionOut):
-    status: Literal["active", "candidate", "previous"] = Field(
-        description="`active`: serving; `previous`: was active before; `candidate`: never promoted (see `promotion`)."
+    status: Literal["active", "candidate", "previous", "failed"] = Field(
+        description="`active`: serving; `previous`: was active before; `candidate`: never promoted (see `promotion`); "
+        "`failed`: its stored weights would not load (see `error`)."
     )
+    error: str | None = Field(default=None, description="Why a failed version could not be loaded.")
     accuracy: float | None = Field(description="Cross-validated accuracy of the served head (see `metrics.evaluation`).")
     ece: float | None = Field(description="Expected calibration error of the cross-validated probabilities, after temperature scaling.")
     transferability: dict | None = Field(description="LogME of the examples on each backbone of the modality.")

@@ -24,6 +24,7 @@ from . import images, logs, metrics
 from .backbones.base import Backbone
 from .batching import Batcher
 from .config import Settings
+from .router import VersionFailed, head_of
 from .store.models import Job, Task
 from .store.repository import NewVersion, NotFound, Store
 
@@ -136,7 +137,8 @@ class JobRunner:
         while not self._stop.is_set():
             try:
                 job = self.store.claim_job(
-                    self.worker_id, lease_s=self.settings.job_lease_s, max_attempts=self.settings.job_max_attempts
+                    self.worker_id, lease_s=self.settings.job_lease_s, max_attempts=self.settings.job_max_attempts,
+                    max_running_per_tenant=self.settings.max_running_jobs_per_tenant,
                 )
             except Exception:
                 log.exception("claiming a job failed")
@@ -241,7 +243,12 @@ class JobRunner:
         if result.oof_proba is None:
             return selection.unconditional("promoted without comparison: too few examples to cross-validate"), active.number
         unseen = np.arange(active.n_examples, len(texts))
-        head = heads.from_bytes(active.weights)
+        try:
+            head = head_of(self.store, active)
+        except VersionFailed:  # a corrupt active version must not block the retrain that replaces it
+            return selection.unconditional(
+                f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
+            ), active.number
         vectors = None
         if heads.EMBEDDING in head.consumes:
             if active.backbone == backbone:

@@ -14,6 +14,7 @@ from .batching import Batcher
 from .caching import HeadCache
 from .config import Settings
 from .jobs import JobRunner
+from .quotas import RateLimiter
 from .router import Router, store_head_loader
 from .store.repository import Store
 from .tenancy import Auth, load_admin_token
@@ -29,6 +30,7 @@ class Runtime:
         token, token_path = load_admin_token(settings)
         if token_path is not None:
             print(f"graft: admin token is in {token_path}", file=sys.stderr, flush=True)
+        self.predict_rate = RateLimiter(settings.predict_rate_per_s, settings.predict_burst)
         self.auth = Auth(self.store, token, cache_ttl_s=settings.task_cache_ttl_s)
 
         specs = {**BUILTIN, **parse_extra(settings.extra_backbones)}

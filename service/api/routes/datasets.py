@@ -14,7 +14,7 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request
 
-from ... import datasets
+from ... import datasets, quotas
 from ...runtime import Runtime
 from ...store.models import Task, Tenant
 from ...store.repository import NotFound
@@ -128,6 +128,7 @@ def _ingest(
         data, examples = _read(rt, upload, kind, target, backbone_name)
     except datasets.DatasetError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
+    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples)
     if task is None:
         check_labels(examples, None)
         created, (task, job) = True, rt.store.create_task(

@@ -8,10 +8,9 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, Query, Response
 
-from adapters import heads
 from adapters.export import MODEL_FILE, PROBABILITIES, ExportError, bundle, fuse
 
-from ...router import NotTrained
+from ...router import NotTrained, head_of
 from ...runtime import Runtime
 from ...store.models import Task, Version
 from ..errors import ApiError
@@ -69,7 +68,7 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     source = rt.backbones.exportable(task.backbone)
     if path is None or source is None:
         raise ApiError(422, "not_exportable", f"backbone {task.backbone!r} has no ONNX export")
-    head = heads.from_bytes(v.weights)
+    head = head_of(rt.store, v)
     files = source.preprocessing_files()
     try:
         fused = fuse(onnx.load(str(path)), head)

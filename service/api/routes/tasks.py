@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from graft import schemas as s
+from ... import quotas
 from ..inputs import stored_examples
 from .deps import (
     ERRORS,
@@ -24,7 +25,9 @@ router = APIRouter(prefix="/v1")
 def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
     backbone = choose_backbone(rt, body.modality, body.backbone)
     examples = _examples(rt, body.modality, backbone, body.examples)
+    quotas.check_labels(rt.settings, body.labels or [], "declared label")
     check_labels(examples, body.labels)
+    quotas.check_new_examples(rt.store, rt.settings, me.id, None, examples)
     task, job = rt.store.create_task(
         me.id, body.name, modality=body.modality, backbone=backbone, head=body.head or "auto", examples=examples
     )
@@ -61,6 +64,7 @@ def delete_task(name: str, rt: RuntimeDep, me: TenantDep) -> Response:
 def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
     task = rt.store.get_task(me.id, name)
     examples = _examples(rt, task.modality, task.backbone, body.examples)
+    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples)
     task, job = rt.store.add_examples(me.id, name, examples)
     rt.jobs.notify()
     return s.TaskCreated(task=task_out(task), job=job_out(job))
