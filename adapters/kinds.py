@@ -28,7 +28,7 @@ from .training import FitResult, TrainingDataError, single_threaded_blas
 
 GRID_C = (0.5, 2.0, 8.0, 32.0, 128.0)
 GRID_ALPHA = (0.001, 0.01, 0.1, 1.0, 10.0)
-THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 3)
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 3).astype(np.float32)  # as served: float32
 MIN_CV_EXAMPLES = 4  # fewer cannot be folded usefully
 
 

@@ -96,6 +96,8 @@ def label_problem(kind: str, label: Any) -> str | None:
 
 
 def _shape(label: Any) -> str:
+    if isinstance(label, bool):
+        return "a boolean"
     if isinstance(label, list):
         return "a list"
     if isinstance(label, str):
