@@ -7,7 +7,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
@@ -67,7 +67,19 @@ class TenantCreated(BaseModel):
 # -- tasks and examples -------------------------------------------------------------------
 
 
-LabelValue = Label | list[Label] | StrictInt | StrictFloat
+# Any JSON scalar or list: the task's kind decides which shape is valid (see label_problem), so the
+# error can say what this task takes instead of listing every union member.
+LabelValue = StrictStr | StrictBool | StrictInt | StrictFloat | list[Any] | None
+
+
+def _string_problem(label: Any) -> str | None:
+    if not isinstance(label, str):
+        return f"labels are strings, got {_shape(label)}"
+    if not label.strip():
+        return "a label must be a non-empty string"
+    if len(label) > LABEL_CHARS:
+        return f"a label has at most {LABEL_CHARS} characters, got {len(label)}"
+    return None
 
 
 def label_problem(kind: str, label: Any) -> str | None:
@@ -76,26 +88,34 @@ def label_problem(kind: str, label: Any) -> str | None:
     if kind == "classification":
         if not isinstance(label, str):
             return f"a classification task takes one label string, got {_shape(label)}"
-    elif kind == "multilabel":
+        return _string_problem(label)
+    if kind == "multilabel":
         if not isinstance(label, list):
             return f"a multilabel task takes a list of label strings, got {_shape(label)}"
         if not label:
             return "the label list is empty; give each example at least one label"
+        problem = next(filter(None, (_string_problem(item) for item in label)), None)
+        if problem:
+            return f"in the label list: {problem}"
         if len(set(label)) != len(label):
             return f"the label list repeats a label: {label}"
         if len(json.dumps(sorted(label), ensure_ascii=False)) > LABEL_CHARS:
             return f"the label list is longer than {LABEL_CHARS} characters as JSON"
-    elif kind == "regression":
+        return None
+    if kind == "regression":
         if isinstance(label, bool) or not isinstance(label, int | float):
             return f"a regression task takes a number, got {_shape(label)}"
-        if not math.isfinite(label):
-            return f"the target must be a finite number, got {label}"
-    else:
-        return f"unknown task kind {kind!r}"
-    return None
+        try:
+            finite = math.isfinite(float(label))
+        except OverflowError:  # an int beyond float range
+            finite = False
+        return None if finite else f"the target must be a finite number, got {str(label)[:40]}"
+    return f"unknown task kind {kind!r}"
 
 
 def _shape(label: Any) -> str:
+    if label is None:
+        return "null"
     if isinstance(label, bool):
         return "a boolean"
     if isinstance(label, list):

@@ -146,6 +146,11 @@ def test_training_refuses_degenerate_targets(digits) -> None:
         ("regression", True, "takes a number, got a boolean"),
         ("regression", math.nan, "finite number, got nan"),
         ("regression", math.inf, "finite number, got inf"),
+        ("regression", 10**400, "finite number"),
+        ("regression", None, "takes a number, got null"),
+        ("classification", " ", "non-empty string"),
+        ("multilabel", ["a", 1], "in the label list: labels are strings, got the number 1"),
+        ("multilabel", ["a", "x" * 300], "at most 256 characters"),
     ],
 )
 def test_label_shapes_per_kind(kind: str, label: object, fragment: str) -> None:
