@@ -87,7 +87,8 @@ def multilabel_predictions(head: heads.Head, proba: np.ndarray, top_k: int | Non
     out = []
     for p in proba:
         order = np.argsort(-p, kind="stable")
-        scores = [LabelScore(labels[j], float(p[j]), float(thresholds[j]), bool(p[j] >= thresholds[j])) for j in order]
+        # thresholds are float32 grid points (0.05, 0.075, ...): shown rounded, which compares the same
+        scores = [LabelScore(labels[j], float(p[j]), round(float(thresholds[j]), 4), bool(p[j] >= thresholds[j])) for j in order]
         out.append(MultiLabelPrediction(labels=[sc.label for sc in scores if sc.chosen], scores=scores[:k]))
     return out
 
