@@ -17,10 +17,11 @@ from collections.abc import Callable
 import numpy as np
 
 from adapters import heads, selection
+from adapters.kinds import fit_multilabel, fit_regression
 from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
 from adapters.transfer import capped_sample, logme
 
-from . import images, logs, metrics
+from . import images, labels as stored_labels, logs, metrics
 from .backbones.base import Backbone
 from .batching import Batcher
 from .config import Settings
@@ -266,6 +267,21 @@ class JobRunner:
         new_pred = [result.head.labels[i] for i in result.oof_proba[unseen].argmax(axis=1)]
         return selection.compare_on_unseen([labels[i] for i in unseen], new_pred, active_pred, active.number), active.number
 
+    def _fit_kind(self, task: Task, texts: list[str], stored: list[str], beat: Heartbeat) -> tuple[str, np.ndarray, FitResult]:
+        """Multilabel and regression tasks: embed with the task's (pinned) backbone, fit the kind's head."""
+        name = task.backbone
+        if name == "auto":  # refused at the API; a hand-edited row falls back to the modality's first backbone
+            names = self.backbones_of(task.modality) if self.backbones_of else []
+            if not names:
+                raise TrainingDataError(f"no {task.modality} backbone is configured")
+            name = names[0]
+        x = self._embed(name, texts, beat, 0.0, EMBED_SHARE)
+        targets = stored_labels.decode_all(task.kind, stored)
+        fit = fit_multilabel if task.kind == stored_labels.MULTILABEL else fit_regression
+        result = fit(x, targets, folds=self.settings.cv_folds, seed=self.settings.seed)
+        beat.update(0.9)
+        return name, x, result
+
     def _train(self, job: Job, beat: Heartbeat) -> int | None:
         try:
             task = self.store.get_task_by_id(job.task_id or "")
@@ -274,14 +290,22 @@ class JobRunner:
         examples = self.store.examples(task.id)
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
-        backbone_name, x, transferability = self._embed_and_score(task, texts, labels, beat)
+        if task.kind != stored_labels.CLASSIFICATION:
+            backbone_name, x, result = self._fit_kind(task, texts, labels, beat)
+            metrics = result.metrics
+            decision = selection.first_version() if task.active_version is None else selection.unconditional(
+                f"promoted as trained: the guarded comparison with the active version covers classification tasks, not {task.kind}"
+            )
+            compared_with = task.active_version
+        else:
+            backbone_name, x, transferability = self._embed_and_score(task, texts, labels, beat)
+            result = fit_head(
+                task.head, x, labels, raw=texts, modality=task.modality, folds=self.settings.cv_folds, seed=self.settings.seed
+            )
+            beat.update(0.9)
+            metrics = {**result.metrics, "transferability": transferability}
+            decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         backbone = self.batchers(backbone_name).backbone
-        result = fit_head(
-            task.head, x, labels, raw=texts, modality=task.modality, folds=self.settings.cv_folds, seed=self.settings.seed
-        )
-        beat.update(0.9)
-        metrics = {**result.metrics, "transferability": transferability}
-        decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         beat.update(0.95)
         provenance = {"backbone": backbone.name, "backbone_revision": backbone.revision, "runtime": backbone.runtime, "dim": backbone.dim}
         blob = heads.to_bytes(result.head, metrics=metrics, **provenance)

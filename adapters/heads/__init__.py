@@ -5,12 +5,16 @@ from .base import EMBEDDING, RAW, Head, HeadFormatError, MissingInputs, from_byt
 from .baseline import BaselineHead
 from .hybrid import HybridHead
 from .linear import LinearHead
+from .multilabel import MultiLabelHead
 from .prototype import PrototypeHead
+from .ridge import RidgeHead
 
+# Classification heads (what training selects among); the other task kinds have one head each.
 HEADS: dict[str, type] = {cls.kind: cls for cls in (LinearHead, PrototypeHead, BaselineHead, HybridHead)}
+KIND_HEADS: dict[str, type] = {"multilabel": MultiLabelHead, "regression": RidgeHead}  # task kind -> head
 TRANSFER_HEADS = frozenset(kind for kind, cls in HEADS.items() if cls.consumes == frozenset({EMBEDDING}))
 
 __all__ = [
     "EMBEDDING", "HEADS", "RAW", "TRANSFER_HEADS", "BaselineHead", "Head", "HeadFormatError", "HybridHead", "LinearHead",
-    "MissingInputs", "PrototypeHead", "from_bytes", "read_metadata", "require", "to_bytes",
+    "KIND_HEADS", "MissingInputs", "MultiLabelHead", "PrototypeHead", "RidgeHead", "from_bytes", "read_metadata", "require", "to_bytes",
 ]

@@ -85,10 +85,11 @@ def read_metadata(blob: bytes) -> dict[str, Any]:
 
 
 def from_bytes(blob: bytes) -> Head:
-    from . import HEADS  # the registry imports the concrete heads
+    from . import HEADS, KIND_HEADS  # the registries import the concrete heads
 
     meta = read_metadata(blob)
-    cls = HEADS.get(meta.get("kind", ""))
+    known = {**HEADS, **{cls.kind: cls for cls in KIND_HEADS.values()}}
+    cls = known.get(meta.get("kind", ""))
     if cls is None:
         raise HeadFormatError(f"unknown head kind {meta.get('kind')!r}")
     try:

@@ -52,6 +52,9 @@ async def export_task(
 
 def _version(rt: Runtime, tenant_id: str, name: str, number: int | None) -> tuple[Task, Version]:
     task = rt.store.get_task(tenant_id, name)  # another tenant's task: NotFound → 404
+    if task.kind != "classification":
+        raise ApiError(422, "not_exportable", f"task {name!r} is a {task.kind} task: ONNX export covers classification "
+                       "tasks only for now; serve it through /predict")
     number = number or task.active_version
     if number is None:
         raise NotTrained(f"task {name!r} has no trained version yet; poll its job and export when it succeeds")
