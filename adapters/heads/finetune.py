@@ -49,11 +49,11 @@ class FinetuneConfig:
     layers: int = DEFAULT_LAYERS  # k: adapted top layers
     rank: int = DEFAULT_RANK
     alpha: float = 16.0
-    lr: float = 5e-4  # LoRA matrices
-    head_lr: float = 2e-3  # classifier
+    lr: float = 1e-3  # LoRA matrices (low: epoch 0 is already the linear head)
+    head_lr: float = 1e-2  # classifier
     weight_decay: float = 0.01
-    max_epochs: int = 12
-    patience: int = 3
+    max_epochs: int = 8
+    patience: int = 2
     batch_size: int = 16
     holdout: float = 0.2  # fraction of each label held out for early stopping
     c: float = 10.0  # the initial logistic regression's inverse regularisation (the linear head's default)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from graft import schemas as s
+from ..errors import ApiError
 from ..inputs import stored_examples
 from .deps import (
     ERRORS,
@@ -23,6 +24,8 @@ router = APIRouter(prefix="/v1")
 @router.post("/tasks", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
 def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
     backbone = choose_backbone(rt, body.modality, body.backbone)
+    if body.head == "finetune" and body.modality != "text":
+        raise ApiError(422, "validation_error", "head 'finetune' is available for text tasks only")
     examples = _examples(rt, body.modality, backbone, body.examples)
     check_labels(examples, body.labels)
     task, job = rt.store.create_task(
