@@ -37,7 +37,7 @@ def fitted(text_backbone, few):
 @pytest.fixture(scope="module")
 def second(text_backbone, bbc_train):
     """Another tenant's task: 3 labels, two adapted layers (a different split point)."""
-    rows = [r for r in per_label(bbc_train, 4, seed=2) if r["label"] in {"business", "sport", "tech"}]
+    rows = [r for r in per_label(bbc_train, 4, seed=2) if r["label"] in {"business", "sports", "tech"}]
     head, _ = fit_finetune(text_backbone, [r["input"] for r in rows], [r["label"] for r in rows],
                            FinetuneConfig(layers=2, rank=4, max_epochs=1, patience=1), seed=3)
     return head
@@ -74,7 +74,7 @@ def test_seeded_runs_are_identical(text_backbone, few, fitted):
 def test_stores_only_adapters_and_classifier(text_backbone, fitted, few):
     head = fitted[0]
     blob = to_bytes(head, backbone="minilm")
-    assert len(blob) < 200_000  # LoRA (rank 8, one layer) + classifier; the base layers are not stored
+    assert len(blob) < 300_000  # LoRA (rank 8, one layer: 55k values) + classifier; not the 7 MB of the layer
     assert all(k.startswith(("lora.", "classifier.")) for k in head.tensors())
     restored = from_bytes(blob)
     assert not restored.bound
