@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
 Modality = Literal["text", "image"]
-HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid"]
+HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid", "finetune"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 TaskKind = Literal["classification", "multilabel", "regression"]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
@@ -170,7 +170,8 @@ class TaskCreate(Request):
         default=None,
         description="`auto` (default): whichever head cross-validation scores best among `linear` (logistic "
         "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
-        "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them.",
+        "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
+        "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a background job.",
     )
     labels: list[Label] | None = Field(
         default=None, description="Optional declared label set: every label must then have an example (not for regression)."

@@ -124,13 +124,22 @@ def top_predictions(labels: Sequence[str], proba: np.ndarray, top_k: int | None)
     ]
 
 
-def store_head_loader(store: Store) -> Callable[[tuple[str, int]], heads.Head]:
+def store_head_loader(store: Store, trunk_of: Callable[[str], Any] | None = None) -> Callable[[tuple[str, int]], heads.Head]:
     """Heads from their safetensors blobs (never unpickled). A blob that does not load marks its
-    version failed (logged with ids only) and raises :class:`VersionFailed`."""
+    version failed (logged with ids only) and raises :class:`VersionFailed`. Fine-tuned heads are bound
+    to their backbone's torch text model (``trunk_of(backbone name)``), which merges their LoRA updates
+    into copies of its top layers."""
 
     def load(key: tuple[str, int]) -> heads.Head:
         task_id, number = key
-        return head_of(store, store.version(task_id, number, with_weights=True))
+        version = store.version(task_id, number, with_weights=True)
+        head = head_of(store, version)
+        if heads.TRUNK in head.consumes:
+            source = trunk_of(version.backbone) if trunk_of is not None else None
+            if source is None:
+                raise RuntimeError(f"backbone {version.backbone!r} cannot serve fine-tuned heads here")
+            head.bind(source)  # type: ignore[attr-defined]
+        return head
 
     return load
 

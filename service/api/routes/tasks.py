@@ -31,6 +31,8 @@ def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCrea
     check_labels([e.label for e in body.examples], body.labels, body.kind)
     examples = _examples(rt, body.modality, body.kind, backbone, body.examples)
     quotas.check_new_examples(rt.store, rt.settings, me.id, None, examples, body.kind)
+    if body.head == "finetune" and (body.modality != "text" or body.kind != labels.CLASSIFICATION):
+        raise ApiError(422, "validation_error", "head 'finetune' is available for text classification tasks only")
     task, job = rt.store.create_task(
         me.id, body.name, modality=body.modality, kind=body.kind, backbone=backbone, head=body.head or "auto", examples=examples
     )
