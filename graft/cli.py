@@ -1,6 +1,7 @@
 """``graft``: Graft from the shell.
 
-    graft tenants create NAME                      (admin token: GRAFT_ADMIN_TOKEN)
+    graft tenants create NAME | list | disable ID | enable ID    (admin token: GRAFT_ADMIN_TOKEN)
+    graft keys create TENANT_ID | list TENANT_ID | revoke TENANT_ID KEY_ID
     graft tasks create NAME --data file.csv|file.jsonl|images_dir/|file.zip
     graft tasks list | show NAME | delete NAME | versions NAME | promote NAME N | rollback NAME
     graft predict TASK "some text" | image.png ... | --file inputs.jsonl
@@ -22,7 +23,7 @@ import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 
@@ -67,10 +68,13 @@ def setting(args: argparse.Namespace, name: str, env: str) -> str | None:
     return getattr(args, name, None) or os.environ.get(env) or config_file().get(name)
 
 
-def client(args: argparse.Namespace, admin: bool = False) -> Graft:
-    key = setting(args, "admin_token", "GRAFT_ADMIN_TOKEN") if admin else setting(args, "api_key", "GRAFT_API_KEY")
+def client(args: argparse.Namespace, admin: bool | None = False) -> Graft:
+    """A client with the API key, the admin token (``admin``), or either (None: the key if there is one)."""
+    api_key, token = setting(args, "api_key", "GRAFT_API_KEY"), setting(args, "admin_token", "GRAFT_ADMIN_TOKEN")
+    key = token if admin else api_key if admin is False else api_key or token
     if not key:
-        what = "an admin token (--admin-token or GRAFT_ADMIN_TOKEN)" if admin else "an API key (--api-key or GRAFT_API_KEY)"
+        what = {True: "an admin token (--admin-token or GRAFT_ADMIN_TOKEN)", False: "an API key (--api-key or GRAFT_API_KEY)",
+                None: "an API key or the admin token"}[admin]
         raise errors.Unauthorized(f"this command needs {what}, or set it in the config file", code="unauthorized")
     url = setting(args, "url", "GRAFT_URL") or DEFAULT_URL
     return Graft(url, key, progress=False if getattr(args, "quiet", False) else None)
@@ -117,9 +121,9 @@ def emit(args: argparse.Namespace, result: Any, human: Callable[[Any], str]) -> 
 
 
 def tasks_table(tasks: Sequence[s.TaskOut]) -> str:
-    rows = [{"name": t.name, "modality": t.modality, "backbone": t.backbone, "head": t.head,
+    rows = [{"name": t.name, "modality": t.modality, "kind": t.kind, "backbone": t.backbone, "head": t.head,
              "version": t.active_version, "updated": when(t.updated_at)} for t in tasks]
-    return table(rows, ["name", "modality", "backbone", "head", "version", "updated"]) if rows else "no tasks"
+    return table(rows, ["name", "modality", "kind", "backbone", "head", "version", "updated"]) if rows else "no tasks"
 
 
 def versions_table(vl: s.VersionList) -> str:
@@ -130,7 +134,7 @@ def versions_table(vl: s.VersionList) -> str:
 
 
 def task_detail(t: s.TaskDetail) -> str:
-    lines = [f"{k}: {v}" for k, v in (("name", t.name), ("modality", t.modality), ("backbone", t.backbone),
+    lines = [f"{k}: {v}" for k, v in (("name", t.name), ("modality", t.modality), ("kind", t.kind), ("backbone", t.backbone),
                                        ("head", t.head), ("active version", t.active_version),
                                        ("labels", ", ".join(t.labels)))]
     lines.append("examples: " + ", ".join(f"{k}={v}" for k, v in sorted(t.examples_per_label.items())))
@@ -148,6 +152,31 @@ def cmd_tenants_list(args: argparse.Namespace) -> Any:
         tenants = g.list_tenants()
     emit(args, tenants, lambda ts: table([{"name": t.name, "id": t.id, "disabled": t.disabled, "created": when(t.created_at)}
                                           for t in ts], ["name", "id", "disabled", "created"]))
+
+
+def cmd_tenants_disable(args: argparse.Namespace) -> Any:
+    with client(args, admin=True) as g:
+        tenant = g.set_tenant_disabled(args.tenant_id, args.disabled)
+    emit(args, tenant, lambda t: f"tenant {t.name} ({t.id}) {'disabled' if t.disabled else 'enabled'}")
+
+
+def cmd_keys_create(args: argparse.Namespace) -> Any:
+    with client(args, admin=None) as g:
+        created = g.create_key(args.tenant_id)
+    emit(args, created, lambda k: f"key {k.id} ({k.prefix}…)\napi key (shown once): {k.api_key}")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> Any:
+    with client(args, admin=None) as g:
+        keys = g.list_keys(args.tenant_id)
+    emit(args, keys, lambda ks: table([{"id": k.id, "prefix": k.prefix, "created": when(k.created_at),
+                                        "revoked": when(k.revoked_at)} for k in ks], ["id", "prefix", "created", "revoked"]))
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> Any:
+    with client(args, admin=None) as g:
+        g.revoke_key(args.tenant_id, args.key_id)
+    emit(args, {"revoked": args.key_id}, lambda _: f"revoked key {args.key_id}")
 
 
 def cmd_tasks_create(args: argparse.Namespace) -> Any:
@@ -227,6 +256,16 @@ def predict_inputs(args: argparse.Namespace) -> list[str | Path]:
     return inputs
 
 
+def prediction_row(p: s.PredictionOut | s.MultiLabelPredictionOut | s.RegressionPredictionOut) -> dict[str, str]:
+    """One prediction's table columns, by the task's kind."""
+    if isinstance(p, s.RegressionPredictionOut):
+        return {"value": f"{p.value:.4g}"}
+    if isinstance(p, s.MultiLabelPredictionOut):
+        return {"labels": ", ".join(p.labels) or "(none)",
+                "probabilities": ", ".join(f"{x.label}={x.probability:.2f}" for x in p.scores[:3])}
+    return {"label": p.label, "score": f"{p.score:.3f}"}
+
+
 def cmd_predict(args: argparse.Namespace) -> Any:
     inputs = predict_inputs(args)
     texts = [x for x in inputs if isinstance(x, str)]
@@ -241,8 +280,8 @@ def cmd_predict(args: argparse.Namespace) -> Any:
 
     def human(r: s.PredictResponse) -> str:
         shown = [x.name if isinstance(x, Path) else short(x) for x in inputs]
-        return table([{"input": i, "label": p.label, "score": f"{p.score:.3f}"} for i, p in zip(shown, r.predictions, strict=True)],
-                     ["input", "label", "score"])
+        return table([{"input": i, **prediction_row(p)} for i, p in zip(shown, r.predictions, strict=True)],
+                     ["input", *prediction_row(r.predictions[0])])
 
     emit(args, result, human)
 
@@ -289,6 +328,18 @@ def parser() -> argparse.ArgumentParser:
     tenants = groups.add_parser("tenants", help="tenants (admin)").add_subparsers(dest="action", required=True, parser_class=Parser)
     leaf(tenants, "create", cmd_tenants_create, "create a tenant and print its API key").add_argument("name")
     leaf(tenants, "list", cmd_tenants_list, "list tenants")
+    for action, disabled in (("disable", True), ("enable", False)):
+        p = leaf(tenants, action, cmd_tenants_disable, f"{action} a tenant (its keys {'stop' if disabled else 'start'} working)")
+        p.add_argument("tenant_id")
+        p.set_defaults(disabled=disabled)
+
+    keys = groups.add_parser("keys", help="a tenant's API keys (its own key, or the admin token)").add_subparsers(
+        dest="action", required=True, parser_class=Parser)
+    leaf(keys, "create", cmd_keys_create, "issue a new API key (rotation)").add_argument("tenant_id")
+    leaf(keys, "list", cmd_keys_list, "list a tenant's keys").add_argument("tenant_id")
+    revoke = leaf(keys, "revoke", cmd_keys_revoke, "revoke a key")
+    revoke.add_argument("tenant_id")
+    revoke.add_argument("key_id")
 
     tasks = groups.add_parser("tasks", help="tasks").add_subparsers(dest="action", required=True, parser_class=Parser)
     create = leaf(tasks, "create", cmd_tasks_create, "create (or extend) a task from a dataset and train it")
@@ -296,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--data", required=True, help="file.csv, file.jsonl (input,label), file.zip or a folder <label>/<image>")
     create.add_argument("--modality", choices=["text", "image"])
     create.add_argument("--backbone")
-    create.add_argument("--head", choices=["auto", "linear", "prototype", "baseline", "hybrid"])
+    create.add_argument("--head", choices=list(get_args(s.HeadKind)))
     create.add_argument("--no-wait", action="store_true", help="return once the training job is queued")
     create.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
     leaf(tasks, "list", cmd_tasks_list, "list tasks")

@@ -40,7 +40,7 @@ RETRY_STATUSES = frozenset({429, 503})
 DATASET_TYPES = {".csv": "text/csv", ".jsonl": "application/jsonl", ".ndjson": "application/jsonl", ".zip": "application/zip"}
 
 Input = str | bytes | os.PathLike  # text, or an image as bytes or a file path
-Example = s.ExampleIn | Mapping[str, Any] | tuple[Input, str]
+Example = s.ExampleIn | Mapping[str, Any] | tuple[Input, Any]  # label: a string, a list of strings, or a number
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -201,19 +201,40 @@ class _Core:
     def _list_tenants(self) -> Op[list[s.TenantOut]]:
         return (yield from self._model(list[s.TenantOut], Call("GET", "/v1/tenants")))
 
+    def _set_tenant_disabled(self, tenant_id: str, disabled: bool) -> Op[s.TenantOut]:
+        """Disable a tenant (its keys stop working at once; data is kept) or enable it again (admin)."""
+        call = Call("PATCH", f"/v1/tenants/{tenant_id}", json={"disabled": disabled})
+        return (yield from self._model(s.TenantOut, call))
+
+    # API keys (the admin token, or the tenant's own key for its own keys)
+
+    def _create_key(self, tenant_id: str) -> Op[s.ApiKeyCreated]:
+        """A new API key for the tenant (rotation: issue one, move clients to it, revoke the old one)."""
+        return (yield from self._model(s.ApiKeyCreated, Call("POST", f"/v1/tenants/{tenant_id}/keys")))
+
+    def _list_keys(self, tenant_id: str) -> Op[list[s.ApiKeyOut]]:
+        return (yield from self._model(s.ApiKeyList, Call("GET", f"/v1/tenants/{tenant_id}/keys"))).keys
+
+    def _revoke_key(self, tenant_id: str, key_id: str) -> Op[None]:
+        yield from self._request(Call("DELETE", f"/v1/tenants/{tenant_id}/keys/{key_id}"))
+
     # tasks
 
     def _create_task(
         self, name: str, examples: Iterable[Example] | str | os.PathLike, *, modality: s.Modality | None = None,
-        backbone: str | None = None, head: s.HeadKind | None = None, labels: Sequence[str] | None = None,
+        kind: s.TaskKind | None = None, backbone: str | None = None, head: s.HeadKind | None = None, labels: Sequence[str] | None = None,
         wait: bool = True, timeout: float | None = None, progress: bool | None = None,
     ) -> Op[s.TaskCreated]:
         """Create a task from labeled examples — ``[(input, label)]``, ``[{"input", "label"}]`` or
         :class:`~graft.schemas.ExampleIn` — or from a dataset path (CSV, JSON Lines, zip, or a folder of
         ``<label>/<image>``, which also extends an existing task). Image inputs are bytes or file paths.
+        ``kind``: ``classification`` (default; one label string), ``multilabel`` (a list of label strings
+        per example) or ``regression`` (a number per example); files make classification tasks.
         With ``wait`` (default), blocks until training ends (progress bar) and returns the final job
         and task; raises :class:`~graft.errors.JobFailed` if training fails."""
         if isinstance(examples, str | os.PathLike):
+            if kind not in (None, "classification"):
+                raise ValueError(f"dataset files make classification tasks; send {kind} examples as a list")
             body, content_type, filename = dataset_file(examples)
             params = {k: v for k, v in {"modality": modality, "backbone": backbone, "head": head}.items() if v}
             call = Call("POST", f"/v1/tasks/{name}/dataset", params=params, content=body, content_type=content_type,
@@ -222,7 +243,7 @@ class _Core:
         else:
             rows, images = _examples(examples)
             body_json: dict[str, Any] = {"name": name, "modality": modality or ("image" if images else "text"), "examples": rows}
-            body_json.update({k: v for k, v in {"backbone": backbone, "head": head}.items() if v})
+            body_json.update({k: v for k, v in {"kind": kind, "backbone": backbone, "head": head}.items() if v})
             if labels is not None:
                 body_json["labels"] = list(labels)
             created = yield from self._model(s.TaskCreated, Call("POST", "/v1/tasks", json=body_json))
@@ -390,6 +411,10 @@ class Graft(_Core):
 
     create_tenant = _sync(_Core._create_tenant)
     list_tenants = _sync(_Core._list_tenants)
+    set_tenant_disabled = _sync(_Core._set_tenant_disabled)
+    create_key = _sync(_Core._create_key)
+    list_keys = _sync(_Core._list_keys)
+    revoke_key = _sync(_Core._revoke_key)
     create_task = _sync(_Core._create_task)
     add_examples = _sync(_Core._add_examples)
     list_tasks = _sync(_Core._list_tasks)
@@ -456,6 +481,10 @@ class AsyncGraft(_Core):
 
     create_tenant = _async(_Core._create_tenant)
     list_tenants = _async(_Core._list_tenants)
+    set_tenant_disabled = _async(_Core._set_tenant_disabled)
+    create_key = _async(_Core._create_key)
+    list_keys = _async(_Core._list_keys)
+    revoke_key = _async(_Core._revoke_key)
     create_task = _async(_Core._create_task)
     add_examples = _async(_Core._add_examples)
     list_tasks = _async(_Core._list_tasks)

@@ -13,6 +13,7 @@ import pytest
 
 from graft import AsyncGraft, Graft, errors
 from graft import schemas as s
+from tests.adapters.test_kinds import digit_tags
 from tests.conftest import ROOT, load_jsonl, per_label
 
 from .conftest import write_image_folder, write_jsonl
@@ -144,3 +145,44 @@ def test_async_client(server, key, news_train, news_test) -> None:
     predicted[0::2], predicted[1::2] = answers[0].predictions, answers[1].predictions
     assert accuracy(predicted, news_test) >= MIN_NEWS_ACCURACY
     assert [t.name for t in tasks] == ["async-news"]
+
+
+def test_multilabel_and_regression_tasks_answer_typed_predictions(server, key) -> None:
+    """Digits: the true digit as a number (regression) and its tags (multilabel: even/odd, five-or-more, prime)."""
+    train = per_label(load_jsonl("digits.train.jsonl"), 8, seed=0)
+    test = per_label(load_jsonl("digits.test.jsonl"), 4, seed=1)
+    inputs = [r["input"] for r in test]
+    with Graft(server.url, key) as g:
+        reg = g.create_task("digit-value", [(r["input"], int(r["label"])) for r in train], modality="image", kind="regression")
+        multi = g.create_task("digit-tags", [(r["input"], digit_tags(int(r["label"]))) for r in train], modality="image",
+                              kind="multilabel")
+        assert (reg.task.kind, multi.task.kind) == ("regression", "multilabel")
+        values = g.predict("digit-value", inputs).predictions
+        tags = g.predict("digit-tags", inputs, top_k=2).predictions
+    assert all(isinstance(p, s.RegressionPredictionOut) for p in values)
+    assert all(isinstance(p, s.MultiLabelPredictionOut) and len(p.scores) == 2 for p in tags)
+    truth = [int(r["label"]) for r in test]
+    mae = sum(abs(p.value - t) for p, t in zip(values, truth, strict=True)) / len(test)
+    baseline = sum(abs(4.5 - t) for t in truth) / len(test)  # predicting the mean digit
+    parity = sum(("even" if t % 2 == 0 else "odd") in p.labels for p, t in zip(tags, truth, strict=True)) / len(test)
+    assert mae < 0.8 * baseline and parity > 0.6, (mae, baseline, parity)
+
+
+def test_api_key_rotation(server, key) -> None:
+    with Graft(server.url, server.admin_token) as admin:
+        tenant = next(t for t in admin.list_tenants() if t.name.startswith("test_api_key_rotation"))
+    with Graft(server.url, key) as g:
+        fresh = g.create_key(tenant.id)  # a tenant manages its own keys
+        old = next(k for k in g.list_keys(tenant.id) if k.id != fresh.id)
+    with Graft(server.url, fresh.api_key) as g:
+        g.revoke_key(tenant.id, old.id)
+        assert [k.id for k in g.list_keys(tenant.id) if k.revoked_at is None] == [fresh.id]
+    with Graft(server.url, key) as g, pytest.raises(errors.Unauthorized):
+        g.list_tasks()
+    with Graft(server.url, server.admin_token) as admin:
+        assert admin.set_tenant_disabled(tenant.id, True).disabled
+        with Graft(server.url, fresh.api_key) as g, pytest.raises(errors.Unauthorized):
+            g.list_tasks()
+        assert not admin.set_tenant_disabled(tenant.id, False).disabled
+    with Graft(server.url, fresh.api_key) as g:
+        assert g.list_tasks() == []
