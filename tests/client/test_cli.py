@@ -132,6 +132,25 @@ def test_exit_codes(server, tmp_path) -> None:
     assert down.returncode == cli.EXIT_SERVER and "connect_error" in down.stderr
 
 
+def test_tenants_and_keys(server) -> None:
+    admin = {"GRAFT_URL": server.url, "GRAFT_ADMIN_TOKEN": server.admin_token}
+    tenant = ok_json(graft("tenants", "create", "cli-keys", "--json", env=admin))
+    env = {"GRAFT_URL": server.url, "GRAFT_API_KEY": tenant["api_key"]}
+    fresh = ok_json(graft("keys", "create", tenant["id"], "--json", env=env))  # the tenant's own key will do
+    listed = graft("keys", "list", tenant["id"], env=admin)  # so will the admin token
+    assert listed.returncode == 0 and listed.stdout.count("\n") == 3 and fresh["id"] in listed.stdout
+    old = next(k["id"] for k in ok_json(graft("keys", "list", tenant["id"], "--json", env=env)) if k["id"] != fresh["id"])
+    assert graft("keys", "revoke", tenant["id"], old, env={**env, "GRAFT_API_KEY": fresh["api_key"]}).returncode == 0
+    assert graft("tasks", "list", env=env).returncode == cli.EXIT_AUTH
+    env["GRAFT_API_KEY"] = fresh["api_key"]
+    assert ok_json(graft("tenants", "disable", tenant["id"], "--json", env=admin))["disabled"] is True
+    assert graft("tasks", "list", env=env).returncode == cli.EXIT_AUTH
+    enabled = graft("tenants", "enable", tenant["id"], env=admin)
+    assert enabled.returncode == 0 and "enabled" in enabled.stdout
+    assert ok_json(graft("tasks", "list", "--json", env=env)) == []
+    assert graft("keys", "list", "t_nope", env=env).returncode == cli.EXIT_NOT_FOUND  # another tenant's id: 404
+
+
 def test_settings_from_the_config_file(server, tmp_path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'url = "{server.url}"\napi_key = "{new_key(server, "cli-config")}"\n')
