@@ -57,8 +57,8 @@ def test_every_command(server, news_train, news_test, tmp_path) -> None:
     assert (created["job"]["status"], created["task"]["active_version"]) == ("succeeded", 1)
 
     human = graft("tasks", "list", env=env)
-    assert human.returncode == 0 and human.stdout.splitlines()[0].split()[:3] == ["NAME", "MODALITY", "BACKBONE"]
-    assert human.stdout.splitlines()[1].split()[:2] == ["news", "text"]
+    assert human.returncode == 0 and human.stdout.splitlines()[0].split()[:4] == ["NAME", "MODALITY", "KIND", "BACKBONE"]
+    assert human.stdout.splitlines()[1].split()[:3] == ["news", "text", "classification"]
     assert [t["name"] for t in ok_json(graft("tasks", "list", "--json", env=env))] == ["news"]
     shown = ok_json(graft("--json", "tasks", "show", "news", env=env))  # global options go before or after the command
     assert sorted(shown["examples_per_label"]) == sorted({r["label"] for r in news_train})
