@@ -36,9 +36,9 @@ EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_ERROR: "any other error (e.g. waiting for a job timed out)",
     EXIT_USAGE: "usage error: bad arguments, unreadable local file",
-    EXIT_AUTH: "missing or invalid API key / admin token (HTTP 401, 403)",
+    EXIT_AUTH: "missing, invalid or disabled API key / admin token (HTTP 401, 403)",
     EXIT_NOT_FOUND: "no such task, job or version (HTTP 404)",
-    EXIT_REJECTED: "the server rejected the request (other 4xx: validation, conflict, too large, ...)",
+    EXIT_REJECTED: "the server rejected the request (other 4xx: validation, conflict, too large, quota, ...)",
     EXIT_SERVER: "server unavailable or failing: 5xx, 429/503 after retries, connection refused",
     EXIT_JOB_FAILED: "the training job failed",
 }
@@ -377,6 +377,8 @@ def parser() -> argparse.ArgumentParser:
 def exit_code(exc: errors.GraftError) -> int:
     if isinstance(exc, errors.JobFailed):
         return EXIT_JOB_FAILED
+    if isinstance(exc, errors.QuotaExceeded):
+        return EXIT_REJECTED
     if isinstance(exc, errors.Unauthorized | errors.Forbidden):
         return EXIT_AUTH
     if isinstance(exc, errors.NotFound):

@@ -43,6 +43,10 @@ class Forbidden(GraftError):
     status = 403
 
 
+class QuotaExceeded(Forbidden):
+    """403 ``quota_exceeded``: a tenant limit (tasks, examples, labels) is reached; retrying will not help."""
+
+
 class NotFound(GraftError):
     """404: no such task, job or version for this tenant (another tenant's is 404 too)."""
 
@@ -53,6 +57,10 @@ class Conflict(GraftError):
     """409: e.g. the task already exists, or it has no trained version yet (code ``not_trained``)."""
 
     status = 409
+
+
+class NotTrained(Conflict):
+    """409 ``not_trained``: the task has no trained version yet (wait for its job)."""
 
 
 class TooLarge(GraftError):
@@ -107,6 +115,8 @@ BY_STATUS: dict[int, type[GraftError]] = {
                 ValidationError, RateLimited, Unavailable)
 }
 
+BY_CODE: dict[str, type[GraftError]] = {"quota_exceeded": QuotaExceeded, "not_trained": NotTrained}
+
 
 def parse_retry_after(value: str | None) -> float | None:
     """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None."""
@@ -139,5 +149,7 @@ def from_response(status: int, body: bytes, headers: dict[str, str] | None = Non
     except (ValueError, KeyError, TypeError):
         pass
     cls = BY_STATUS.get(status) or (ServerError if status >= 500 else GraftError)
+    if code in BY_CODE and issubclass(BY_CODE[code], cls):
+        cls = BY_CODE[code]
     return cls(message, code=code, status=status, request_id=headers.get("x-request-id"),
                retry_after=parse_retry_after(headers.get("retry-after")))

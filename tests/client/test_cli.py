@@ -176,6 +176,7 @@ def test_exit_codes_by_error_class() -> None:
         errors.RateLimited("slow down", status=429): cli.EXIT_SERVER,
         errors.ConnectionFailed("refused", code="connect_error"): cli.EXIT_SERVER,
         errors.Forbidden("no", status=403): cli.EXIT_AUTH,
+        errors.QuotaExceeded("too many tasks", code="quota_exceeded", status=403): cli.EXIT_REJECTED,
         errors.TooLarge("big", status=413): cli.EXIT_REJECTED,
         errors.UnsupportedMediaType("type", status=415): cli.EXIT_REJECTED,
         errors.BadRequest("json", status=400): cli.EXIT_REJECTED,

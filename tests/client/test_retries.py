@@ -132,3 +132,16 @@ def test_retry_after_as_an_http_date() -> None:
 
     assert 8 <= errors.parse_retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10
     assert errors.parse_retry_after("2") == 2.0 and errors.parse_retry_after("soon") is None
+
+
+def test_error_classes_by_status_and_code() -> None:
+    def parse(status: int, code: str) -> errors.GraftError:
+        return errors.from_response(status, json.dumps({"error": {"code": code, "message": "m"}}).encode(), {"X-Request-ID": "r1"})
+
+    assert type(parse(403, "quota_exceeded")) is errors.QuotaExceeded and type(parse(403, "forbidden")) is errors.Forbidden
+    assert type(parse(409, "not_trained")) is errors.NotTrained and type(parse(409, "conflict")) is errors.Conflict
+    assert type(parse(503, "overloaded")) is errors.Unavailable and type(parse(502, "error")) is errors.ServerError
+    assert type(parse(418, "teapot")) is errors.GraftError and parse(418, "teapot").status == 418
+    assert parse(404, "not_found").request_id == "r1"
+    plain = errors.from_response(502, b"<html>bad gateway</html>")  # a proxy's answer, not Graft's shape
+    assert type(plain) is errors.ServerError and plain.code == "error" and "bad gateway" in plain.message
