@@ -145,3 +145,25 @@ def test_error_classes_by_status_and_code() -> None:
     assert parse(404, "not_found").request_id == "r1"
     plain = errors.from_response(502, b"<html>bad gateway</html>")  # a proxy's answer, not Graft's shape
     assert type(plain) is errors.ServerError and plain.code == "error" and "bad gateway" in plain.message
+
+
+@pytest.mark.integration
+def test_a_real_servers_rate_limit_is_waited_out(server_factory) -> None:
+    """Graft's predict rate limit (1 request/s, burst 2) answers 429 with Retry-After; the client waits
+    and gets through. (The token is spent before the task is looked up, so an unknown task will do.)"""
+    srv = server_factory(GRAFT_PREDICT_RATE_PER_S="1", GRAFT_PREDICT_BURST="2")
+    with Graft(srv.url, srv.admin_token) as admin:
+        key = admin.create_tenant("limited").api_key
+    with Graft(srv.url, key, max_retries=0) as impatient:
+        for _ in range(2):
+            with pytest.raises(errors.NotFound):
+                impatient.predict("nope", "text")
+        with pytest.raises(errors.RateLimited) as limited:
+            impatient.predict("nope", "text")
+    assert limited.value.code == "rate_limited" and limited.value.retry_after >= 1
+    started = time.monotonic()
+    with Graft(srv.url, key, backoff=0.01) as patient:
+        for _ in range(3):
+            with pytest.raises(errors.NotFound):  # got past the limiter every time
+                patient.predict("nope", "text")
+    assert time.monotonic() - started >= 0.9  # at most 2 tokens saved: the third waited Retry-After (1 s)
