@@ -77,7 +77,7 @@ def client(args: argparse.Namespace, admin: bool | None = False) -> Graft:
                 None: "an API key or the admin token"}[admin]
         raise errors.Unauthorized(f"this command needs {what}, or set it in the config file", code="unauthorized")
     url = setting(args, "url", "GRAFT_URL") or DEFAULT_URL
-    return Graft(url, key, progress=False if getattr(args, "quiet", False) else None)
+    return Graft(url, key, progress=False if getattr(args, "quiet", False) else None, max_retries=getattr(args, "retries", 4))
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -314,6 +314,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--api-key", default=argparse.SUPPRESS, help="tenant API key (GRAFT_API_KEY)")
     common.add_argument("--admin-token", default=argparse.SUPPRESS, help="admin token, for tenants (GRAFT_ADMIN_TOKEN)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON, for scripts")
+    common.add_argument("--retries", type=int, default=argparse.SUPPRESS,
+                        help="retries of 429/503 answers and refused connections (default 4)")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     codes = "\n".join(f"  {code}  {what}" for code, what in EXIT_CODES.items())
     top = Parser(prog="graft", description="Graft from the shell.", parents=[common],

@@ -128,7 +128,7 @@ def test_exit_codes(server, tmp_path) -> None:
     assert json.loads(rejected.stdout)["error"] == {"code": "validation_error", "message": json.loads(rejected.stdout)["error"]["message"],
                                                     "status": 422, "exit_code": cli.EXIT_REJECTED}
 
-    down = graft("tasks", "list", env={**env, "GRAFT_URL": f"http://127.0.0.1:{free_port()}"})
+    down = graft("tasks", "list", "--retries", "0", env={**env, "GRAFT_URL": f"http://127.0.0.1:{free_port()}"})
     assert down.returncode == cli.EXIT_SERVER and "connect_error" in down.stderr
 
 
