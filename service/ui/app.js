@@ -83,8 +83,30 @@ function axes(root, x0, y0, width, height, yTicks = [0, 0.25, 0.5, 0.75, 1], yFo
   root.append(svg("line", { class: "axis", x1: x0, x2: x0 + width, y1: y0 + height, y2: y0 + height }));
 }
 
+// Past this many labels the matrix is unreadable: list the most frequent confusions instead.
+const MAX_DRAWN_LABELS = 40;
+
+function cellsOf(cm) {
+  if (cm.matrix) return cm.matrix.flatMap((row, i) => row.map((count, j) => [i, j, count]));
+  return cm.cells || [];
+}
+
+function drawTopConfusions(target, cm) {
+  const support = new Array(cm.labels.length).fill(0);
+  const cells = cellsOf(cm);
+  for (const [i, , count] of cells) support[i] += count;
+  const top = cells.filter(([i, j, count]) => i !== j && count > 0).sort((a, b) => b[2] - a[2]).slice(0, 20);
+  const rows = top.map(([i, j, count]) => el("tr", { class: "confusion-pair" },
+    el("td", {}, cm.labels[i]), el("td", {}, cm.labels[j]), el("td", {}, `${count} (${pct(count / support[i])})`)));
+  target.replaceChildren(
+    el("p", { class: "empty" }, `${cm.labels.length} labels: too many to draw; the most frequent confusions:`),
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "true"), el("th", {}, "predicted as"), el("th", {}, "examples"))),
+      el("tbody", {}, ...rows)));
+}
+
 function drawConfusion(target, cm) {
-  if (!cm || !cm.labels || !cm.matrix) return empty(target, "Not available for this version (needs cross-validation).");
+  if (!cm || !cm.labels || !(cm.matrix || cm.cells)) return empty(target, "Not available for this version (needs cross-validation).");
+  if (!cm.matrix || cm.labels.length > MAX_DRAWN_LABELS) return drawTopConfusions(target, cm);
   const k = cm.labels.length;
   const cell = Math.max(18, Math.min(56, Math.floor(440 / k)));
   const left = 110, top = 20, size = cell * k;
