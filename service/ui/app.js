@@ -279,9 +279,9 @@ function renderSummary(version) {
     ["head", `${m.head || version.head}${m.selection ? ` (${m.selection})` : ""}`],
     ["backbone", `${version.backbone} (${version.runtime})`],
     ["evaluation", m.evaluation === "cv" ? `${m.folds}-fold cross-validation` : (m.evaluation || "–")],
-    ["accuracy", pct(m.accuracy)],
-    ["macro F1", pct(m.macro_f1)],
   ];
+  if (typeof m.accuracy === "number") rows.push(["accuracy", pct(m.accuracy)]);
+  if (typeof m.macro_f1 === "number") rows.push(["macro F1", pct(m.macro_f1)]);
   if (typeof m.log_loss === "number") rows.push(["log loss", m.log_loss.toFixed(4)]);
   if (typeof m.ece === "number") rows.push(["ECE (calibrated)", pct(m.ece)]);
   if (typeof m.majority_baseline_accuracy === "number") rows.push(["majority-label accuracy", pct(m.majority_baseline_accuracy)]);
@@ -299,13 +299,27 @@ function renderVersion(number) {
   const m = version.metrics || {};
   $("#version-status").textContent = version.status || (version.active ? "active" : "");
   renderSummary(version);
-  const plot = (id) => $(`#${id} .plot`);
-  drawConfusion(plot("plot-confusion"), m.confusion_matrix);
-  drawPerLabel(plot("plot-per-label"), m.per_label);
-  drawLearningCurve(plot("plot-learning"), m.learning_curve, m.majority_baseline_accuracy);
-  drawReliability(plot("plot-reliability"), m.reliability, m.ece);
-  drawBaselines(plot("plot-baselines"), m);
-  drawTransfer(plot("plot-transfer"), version.transferability || m.transferability);
+  const transfer = version.transferability || m.transferability;
+  // [figure, the data it needs, how to draw it]: a figure whose data the version lacks altogether
+  // (e.g. a task kind these plots are not for) is hidden; its metrics stay in the tables.
+  const figures = [
+    ["plot-confusion", m.confusion_matrix, (t) => drawConfusion(t, m.confusion_matrix)],
+    ["plot-per-label", m.per_label, (t) => drawPerLabel(t, m.per_label)],
+    ["plot-learning", m.learning_curve, (t) => drawLearningCurve(t, m.learning_curve, m.majority_baseline_accuracy)],
+    ["plot-reliability", m.reliability, (t) => drawReliability(t, m.reliability, m.ece)],
+    ["plot-baselines", m.heads, (t) => drawBaselines(t, m)],
+    ["plot-transfer", transfer, (t) => drawTransfer(t, transfer)],
+  ];
+  let shown = 0;
+  for (const [id, data, draw] of figures) {
+    const figure = $(`#${id}`);
+    figure.hidden = data === undefined || data === null;
+    if (!figure.hidden) {
+      draw(figure.querySelector(".plot"));
+      shown += 1;
+    }
+  }
+  $("#plots").hidden = shown === 0;
 }
 
 // -- views -------------------------------------------------------------------------------
@@ -333,7 +347,7 @@ async function showTask(name) {
   state.task = task;
   state.versions = list.versions;
   $("#task-name").textContent = task.name;
-  $("#task-meta").textContent = `${task.modality} task · backbone ${task.backbone} · head ${task.head} · ` +
+  $("#task-meta").textContent = `${task.kind && task.kind !== "classification" ? `${task.kind} · ` : ""}${task.modality} task · backbone ${task.backbone} · head ${task.head} · ` +
     `${Object.values(task.examples_per_label).reduce((a, b) => a + b, 0)} examples, ${Object.keys(task.examples_per_label).length} labels`;
   const hasVersions = state.versions.length > 0;
   $("#task-pending").hidden = hasVersions;
@@ -357,18 +371,33 @@ async function showTask(name) {
   }
 }
 
+function meterRow(label, value, text, attrs = {}) {
+  const meter = el("div", { class: "meter" }, el("span"));
+  meter.firstChild.style.width = `${(100 * Math.max(0, Math.min(1, value))).toFixed(1)}%`;
+  return el("li", { "data-label": label, ...attrs }, el("span", { class: "label" }, label), meter, el("span", { class: "pct" }, text));
+}
+
 function renderPrediction(response) {
+  // One input; the answer's shape follows the task's kind (classification, multilabel, regression).
   const p = response.predictions[0];
+  const head = (...parts) => el("p", { class: "meta" }, `version ${response.version} predicts `, ...parts);
+  if (typeof p.value === "number") {
+    $("#prediction").replaceChildren(head(el("strong", { id: "predicted-label" }, num(p.value))));
+    return;
+  }
+  if (Array.isArray(p.labels)) {
+    const items = p.scores.map((s) => meterRow(s.label, s.probability, `${pct(s.probability)}${s.chosen ? " ✓" : ""}`,
+      { title: `threshold ${pct(s.threshold)}`, class: s.chosen ? "chosen" : "" }));
+    $("#prediction").replaceChildren(
+      head(el("strong", { id: "predicted-label" }, p.labels.length ? p.labels.join(", ") : "no label")),
+      el("ol", { class: "multi" }, ...items));
+    return;
+  }
   // JS objects list integer-like keys ("3") first and in numeric order: sort by probability again.
   const ranked = Object.entries(p.scores).sort((a, b) => b[1] - a[1]);
-  const items = ranked.map(([label, score]) => {
-    const meter = el("div", { class: "meter" }, el("span"));
-    meter.firstChild.style.width = `${(100 * score).toFixed(1)}%`;
-    return el("li", { "data-label": label }, el("span", { class: "label" }, label), meter, el("span", { class: "pct" }, pct(score)));
-  });
   $("#prediction").replaceChildren(
-    el("p", { class: "meta" }, `version ${response.version} predicts `, el("strong", { id: "predicted-label" }, p.label), ` (${pct(p.score)})`),
-    el("ol", {}, ...items));
+    head(el("strong", { id: "predicted-label" }, p.label), ` (${pct(p.score)})`),
+    el("ol", {}, ...ranked.map(([label, score]) => meterRow(label, score, pct(score)))));
 }
 
 async function predict(event) {

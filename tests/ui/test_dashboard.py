@@ -190,3 +190,19 @@ def test_many_labels_list_the_top_confusions_instead_of_a_matrix(server, bbc_tra
     expect(page.locator("svg.confusion")).to_have_count(0)
     assert not problems, problems
     page.close()
+
+
+def test_a_version_without_cross_validation_hides_the_cv_plots(server, bbc_train, browser) -> None:
+    """One example per label: nothing to cross-validate, so no CV figures; the warning and the
+    transferability (computed anyway) are shown."""
+    client = server.new_tenant("dashboard-tiny")
+    train(client, "tiny", [{"input": r["input"][:300], "label": r["label"]} for r in per_label(bbc_train, 1)])
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/tiny")
+    log_in(page, client.headers["authorization"].removeprefix("Bearer "))
+    expect(page.locator("#warnings li")).to_contain_text("single example")
+    expect(page.locator("#plot-transfer")).to_be_visible()
+    for figure in ("confusion", "per-label", "learning", "reliability", "baselines"):
+        expect(page.locator(f"#plot-{figure}")).to_be_hidden()
+    expect(page.locator("#summary")).to_contain_text("train")
+    assert not problems, problems
+    page.close()
