@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import logs, metrics
 from . import dashboard, errors, routes
+from .limits import BodyLimit
 
 log = logs.get("http")
 
@@ -59,5 +60,6 @@ def create() -> FastAPI:
     app.include_router(routes.router)
     dashboard.install(app)
     errors.install(app)
+    app.add_middleware(BodyLimit)  # inside RequestContext: a refused body still gets an id and a log line
     app.add_middleware(RequestContext)
     return app

@@ -72,6 +72,8 @@ class Task(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     modality: Mapped[str] = mapped_column(String(16))
+    # classification | multilabel | regression; labels of the latter two are stored encoded (service/labels.py)
+    kind: Mapped[str] = mapped_column(String(16), default="classification", server_default="classification")
     backbone: Mapped[str] = mapped_column(String(64))
     head: Mapped[str] = mapped_column(String(32))
     active_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -103,6 +105,7 @@ class Version(Base):
     metrics: Mapped[dict] = mapped_column(JSON)
     n_examples: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # set when its weights failed to load
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     weights: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request
 
-from ... import datasets
+from ... import datasets, quotas
 from ...runtime import Runtime
 from ...store.models import Task, Tenant
 from ...store.repository import NotFound
@@ -86,6 +86,9 @@ def _target(
     rt: Runtime, name: str, task: Task | None, kind: datasets.Kind, modality: str | None, backbone: str | None, head: str | None
 ) -> tuple[str, str]:
     """The modality and backbone the upload goes to: the existing task's, or the new task's."""
+    if task is not None and task.kind != "classification":
+        raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task: dataset uploads (CSV, JSON Lines, zip) "
+                       f"carry one label string per example; send its examples as JSON to /v1/tasks/{name}/examples")
     if task is not None:
         given = {"modality": (modality, task.modality), "backbone": (backbone, task.backbone), "head": (head, task.head)}
         for param, (value, actual) in given.items():
@@ -121,6 +124,9 @@ def _ingest(
     rt: Runtime, me: Tenant, name: str, upload: Upload, modality: str | None, backbone: str | None, head: str | None
 ) -> s.DatasetAccepted:
     task = _existing(rt, me, name)
+    if task is not None and task.kind != "classification":
+        raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task; dataset uploads hold classification "
+                       "labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
     try:
         kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)
         upload.file.seek(0)
@@ -128,8 +134,9 @@ def _ingest(
         data, examples = _read(rt, upload, kind, target, backbone_name)
     except datasets.DatasetError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
+    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples)
     if task is None:
-        check_labels(examples, None)
+        check_labels([label for _, label in examples], None)
         created, (task, job) = True, rt.store.create_task(
             me.id, name, modality=target, backbone=backbone_name, head=head or "linear", examples=examples
         )

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
 
+from ...router import AnyPrediction, MultiLabelPrediction, RegressionPrediction
 from ...runtime import Runtime
 from graft import schemas as s
 from ..errors import ApiError
@@ -25,15 +26,22 @@ async def _predict(
 ) -> s.PredictResponse:
     prepare = predict_inputs(rt, inputs, names)
     task, version, predictions = await rt.router.predict(tenant_id, name, inputs, top_k, prepare=prepare)
-    return s.PredictResponse(
-        task=task.name,
-        version=version,
-        predictions=[s.PredictionOut(label=p.label, score=p.score, scores=p.scores) for p in predictions],
-    )
+    return s.PredictResponse(task=task.name, version=version, predictions=[_out(p) for p in predictions])
+
+
+def _out(p: AnyPrediction) -> s.PredictionOut | s.MultiLabelPredictionOut | s.RegressionPredictionOut:
+    if isinstance(p, MultiLabelPrediction):
+        return s.MultiLabelPredictionOut(
+            labels=p.labels, scores=[s.LabelScoreOut(label=x.label, probability=x.probability, threshold=x.threshold, chosen=x.chosen) for x in p.scores],
+        )
+    if isinstance(p, RegressionPrediction):
+        return s.RegressionPredictionOut(value=p.value)
+    return s.PredictionOut(label=p.label, score=p.score, scores=p.scores)
 
 
 @router.post("/tasks/{name}/predict", response_model=s.PredictResponse, responses=ERRORS)
 async def predict(name: str, body: s.PredictRequest, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
+    rt.predict_rate.take(me.id)
     limit = rt.settings.max_predict_inputs
     if len(body.inputs) > limit:
         raise ApiError(413, "too_large", f"{len(body.inputs)} inputs in one predict request; the limit is {limit}")
@@ -59,6 +67,7 @@ FILES_BODY = {
 @router.post("/tasks/{name}/predict/files", response_model=s.PredictResponse, responses=ERRORS, openapi_extra=FILES_BODY)
 async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
     """Predict an image task from uploaded files: ``curl -F file=@a.jpg -F file=@b.png [-F top_k=3]``."""
+    rt.predict_rate.take(me.id)
     if not is_multipart(request):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with one 'file' part per image")
     limit = rt.settings.max_predict_inputs
