@@ -5,10 +5,10 @@
 
 const KEY = "graft.apiKey";
 const SVG_NS = "http://www.w3.org/2000/svg";
-// Version metrics drawn as plots or shown in the summary; every other key goes to "Other metrics".
-const SHOWN = new Set([
-  "confusion_matrix", "per_label", "learning_curve", "reliability", "heads", "transferability", "warnings",
-  "accuracy", "macro_f1", "log_loss", "ece", "head", "evaluation", "folds", "majority_baseline_accuracy",
+// Version metrics shown in the summary table; the plotted ones are added per version (see
+// renderVersion), and every other key goes to "Other metrics".
+const SUMMARY = new Set([
+  "warnings", "accuracy", "macro_f1", "log_loss", "ece", "head", "evaluation", "folds", "majority_baseline_accuracy",
   "examples_per_label", "selection", "selected",
 ]);
 
@@ -289,37 +289,43 @@ function renderSummary(version) {
   if (m.examples_per_label) rows.push(["examples per label", Object.entries(m.examples_per_label).map(([k, v]) => `${k}: ${v}`).join(", ")]);
   if (m.selected) rows.push(["hyper-parameters", JSON.stringify(m.selected)]);
   kvRows($("#summary"), rows);
-  kvRows($("#other-metrics"), Object.entries(m).filter(([k]) => !SHOWN.has(k)));
   $("#warnings").replaceChildren(...(version.warnings || m.warnings || []).map((w) => el("li", {}, w)));
 }
+
+// The plots are for classification (other kinds report other metrics, listed in the table).
+const isClassification = (m) => m.kind === undefined || m.kind === "classification";
+const hasPrecisionRecall = (perLabel) =>
+  perLabel && Object.values(perLabel).every((s) => typeof s.precision === "number" && typeof s.recall === "number");
 
 function renderVersion(number) {
   const version = state.versions.find((v) => v.version === number);
   if (!version) return;
   const m = version.metrics || {};
-  $("#version-status").textContent = version.status || (version.active ? "active" : "");
-  renderSummary(version);
+  const cv = isClassification(m);
   const transfer = version.transferability || m.transferability;
-  // [figure, the data it needs, how to draw it]: a figure whose data the version lacks altogether
-  // (e.g. a task kind these plots are not for) is hidden; its metrics stay in the tables.
+  // [figure, whether the version has its data, the metrics keys it shows, how to draw it]: a figure
+  // without its data is hidden, and keys no figure shows stay in the "Other metrics" table.
   const figures = [
-    ["plot-confusion", m.confusion_matrix, (t) => drawConfusion(t, m.confusion_matrix)],
-    ["plot-per-label", m.per_label, (t) => drawPerLabel(t, m.per_label)],
-    ["plot-learning", m.learning_curve, (t) => drawLearningCurve(t, m.learning_curve, m.majority_baseline_accuracy)],
-    ["plot-reliability", m.reliability, (t) => drawReliability(t, m.reliability, m.ece)],
-    ["plot-baselines", m.heads, (t) => drawBaselines(t, m)],
-    ["plot-transfer", transfer, (t) => drawTransfer(t, transfer)],
+    ["plot-confusion", cv && m.confusion_matrix, ["confusion_matrix"], (t) => drawConfusion(t, m.confusion_matrix)],
+    ["plot-per-label", cv && hasPrecisionRecall(m.per_label), ["per_label"], (t) => drawPerLabel(t, m.per_label)],
+    ["plot-learning", cv && m.learning_curve, ["learning_curve"], (t) => drawLearningCurve(t, m.learning_curve, m.majority_baseline_accuracy)],
+    ["plot-reliability", cv && m.reliability, ["reliability"], (t) => drawReliability(t, m.reliability, m.ece)],
+    ["plot-baselines", cv && m.heads, ["heads"], (t) => drawBaselines(t, m)],
+    ["plot-transfer", transfer, ["transferability"], (t) => drawTransfer(t, transfer)],
   ];
-  let shown = 0;
-  for (const [id, data, draw] of figures) {
+  const plotted = new Set();
+  for (const [id, has, keys, draw] of figures) {
     const figure = $(`#${id}`);
-    figure.hidden = data === undefined || data === null;
-    if (!figure.hidden) {
+    figure.hidden = !has;
+    if (has) {
       draw(figure.querySelector(".plot"));
-      shown += 1;
+      keys.forEach((k) => plotted.add(k));
     }
   }
-  $("#plots").hidden = shown === 0;
+  $("#plots").hidden = plotted.size === 0;
+  $("#version-status").textContent = version.status || (version.active ? "active" : "");
+  renderSummary(version);
+  kvRows($("#other-metrics"), Object.entries(m).filter(([k]) => !SUMMARY.has(k) && !plotted.has(k)));
 }
 
 // -- views -------------------------------------------------------------------------------

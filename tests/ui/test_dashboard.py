@@ -206,3 +206,35 @@ def test_a_version_without_cross_validation_hides_the_cv_plots(server, bbc_train
     expect(page.locator("#summary")).to_contain_text("train")
     assert not problems, problems
     page.close()
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression"])
+def test_other_task_kinds_get_their_metrics_as_a_table_and_a_try_it(server, bbc_train, browser, kind: str) -> None:
+    """The plots are for classification: a multilabel or regression version hides them, lists its own
+    metrics in the table, and "try it" shows its kind of answer."""
+    from tests.integration.test_task_kinds import bbc_tags, digit_share
+
+    client = server.new_tenant(f"dashboard-{kind}")
+    rows = per_label(bbc_train, 6, seed=11)
+    label = (lambda r: bbc_tags(r["input"], r["label"])) if kind == "multilabel" else (lambda r: digit_share(r["input"]))
+    examples = [{"input": r["input"][:600], "label": label(r)} for r in rows]
+    resp = client.post("/v1/tasks", json={"name": kind, "kind": kind, "examples": examples})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
+    expected = predict(client, kind, [TEXT], top_k=5)["predictions"][0]  # as the page asks
+
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/{kind}")
+    log_in(page, client.headers["authorization"].removeprefix("Bearer "))
+    expect(page.locator("#task-meta")).to_contain_text(kind)
+    for figure in ("confusion", "per-label", "learning", "reliability", "baselines"):
+        expect(page.locator(f"#plot-{figure}")).to_be_hidden()
+    expect(page.locator("#other-metrics")).to_contain_text("micro_f1" if kind == "multilabel" else "mae")
+    page.fill("#try-text", TEXT)
+    page.click("#try-submit")
+    if kind == "multilabel":
+        expect(page.locator("#predicted-label")).to_have_text(", ".join(expected["labels"]) or "no label")
+        expect(page.locator("#prediction li")).to_have_count(len(expected["scores"]))
+    else:
+        expect(page.locator("#predicted-label")).to_have_text(f"{expected['value']:.4f}")
+    assert not problems, problems
+    page.close()
