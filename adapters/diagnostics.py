@@ -3,7 +3,8 @@
 Every figure here is computed from held-out predictions, never from the training examples:
 
 - ``confusion_matrix``: counts of (true label, predicted label) over the served head's out-of-fold
-  predictions; rows are true labels, columns predictions, both in ``labels`` order; it sums to n.
+  predictions; rows are true labels, columns predictions, both in ``labels`` order; it sums to n
+  (with more than ``DENSE_LABELS`` labels, only its non-zero ``cells``).
 - ``per_label``: precision, recall, F1 and support of each label, from the same predictions.
 - ``reliability``: the calibrated out-of-fold probabilities' top-label confidence binned in equal
   widths, with each bin's mean confidence and accuracy (a reliability diagram; its weighted gap is
@@ -24,6 +25,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from .calibration import BINS
 
+# Tasks with more labels keep their confusion matrix sparse (non-zero cells only).
+DENSE_LABELS = 100
 # At most this many subsample sizes on the learning curve (plus the full-data point): each size
 # refits the served head once per fold, on a fraction of the data.
 CURVE_POINTS = 3
@@ -31,9 +34,15 @@ CURVE_POINTS = 3
 CURVE_FOLDS = 3
 
 
-def confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    matrix = confusion_matrix(y, pred, labels=list(range(len(labels))))
-    return {"labels": list(labels), "matrix": matrix.astype(int).tolist(), "source": "cv"}
+def confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], dense_up_to: int = DENSE_LABELS) -> dict[str, Any]:
+    """Rows true labels, columns predictions. Past ``dense_up_to`` labels the k×k matrix would
+    bloat every version's metrics, so only its non-zero cells are kept, as [row, column, count]."""
+    matrix = confusion_matrix(y, pred, labels=list(range(len(labels)))).astype(int)
+    if len(labels) <= dense_up_to:
+        return {"labels": list(labels), "matrix": matrix.tolist(), "source": "cv"}
+    rows, cols = np.nonzero(matrix)
+    cells = [[int(i), int(j), int(matrix[i, j])] for i, j in zip(rows, cols, strict=True)]
+    return {"labels": list(labels), "matrix": None, "cells": cells, "source": "cv"}
 
 
 def per_label(y: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, float | int]]:

@@ -5,10 +5,10 @@
 
 const KEY = "graft.apiKey";
 const SVG_NS = "http://www.w3.org/2000/svg";
-// Version metrics drawn as plots or shown in the summary; every other key goes to "Other metrics".
-const SHOWN = new Set([
-  "confusion_matrix", "per_label", "learning_curve", "reliability", "heads", "transferability", "warnings",
-  "accuracy", "macro_f1", "log_loss", "ece", "head", "evaluation", "folds", "majority_baseline_accuracy",
+// Version metrics shown in the summary table; the plotted ones are added per version (see
+// renderVersion), and every other key goes to "Other metrics".
+const SUMMARY = new Set([
+  "warnings", "accuracy", "macro_f1", "log_loss", "ece", "head", "evaluation", "folds", "majority_baseline_accuracy",
   "examples_per_label", "selection", "selected",
 ]);
 
@@ -83,8 +83,30 @@ function axes(root, x0, y0, width, height, yTicks = [0, 0.25, 0.5, 0.75, 1], yFo
   root.append(svg("line", { class: "axis", x1: x0, x2: x0 + width, y1: y0 + height, y2: y0 + height }));
 }
 
+// Past this many labels the matrix is unreadable: list the most frequent confusions instead.
+const MAX_DRAWN_LABELS = 40;
+
+function cellsOf(cm) {
+  if (cm.matrix) return cm.matrix.flatMap((row, i) => row.map((count, j) => [i, j, count]));
+  return cm.cells || [];
+}
+
+function drawTopConfusions(target, cm) {
+  const support = new Array(cm.labels.length).fill(0);
+  const cells = cellsOf(cm);
+  for (const [i, , count] of cells) support[i] += count;
+  const top = cells.filter(([i, j, count]) => i !== j && count > 0).sort((a, b) => b[2] - a[2]).slice(0, 20);
+  const rows = top.map(([i, j, count]) => el("tr", { class: "confusion-pair" },
+    el("td", {}, cm.labels[i]), el("td", {}, cm.labels[j]), el("td", {}, `${count} (${pct(count / support[i])})`)));
+  target.replaceChildren(
+    el("p", { class: "empty" }, `${cm.labels.length} labels: too many to draw; the most frequent confusions:`),
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "true"), el("th", {}, "predicted as"), el("th", {}, "examples"))),
+      el("tbody", {}, ...rows)));
+}
+
 function drawConfusion(target, cm) {
-  if (!cm || !cm.labels || !cm.matrix) return empty(target, "Not available for this version (needs cross-validation).");
+  if (!cm || !cm.labels || !(cm.matrix || cm.cells)) return empty(target, "Not available for this version (needs cross-validation).");
+  if (!cm.matrix || cm.labels.length > MAX_DRAWN_LABELS) return drawTopConfusions(target, cm);
   const k = cm.labels.length;
   const cell = Math.max(18, Math.min(56, Math.floor(440 / k)));
   const left = 110, top = 20, size = cell * k;
@@ -257,9 +279,9 @@ function renderSummary(version) {
     ["head", `${m.head || version.head}${m.selection ? ` (${m.selection})` : ""}`],
     ["backbone", `${version.backbone} (${version.runtime})`],
     ["evaluation", m.evaluation === "cv" ? `${m.folds}-fold cross-validation` : (m.evaluation || "–")],
-    ["accuracy", pct(m.accuracy)],
-    ["macro F1", pct(m.macro_f1)],
   ];
+  if (typeof m.accuracy === "number") rows.push(["accuracy", pct(m.accuracy)]);
+  if (typeof m.macro_f1 === "number") rows.push(["macro F1", pct(m.macro_f1)]);
   if (typeof m.log_loss === "number") rows.push(["log loss", m.log_loss.toFixed(4)]);
   if (typeof m.ece === "number") rows.push(["ECE (calibrated)", pct(m.ece)]);
   if (typeof m.majority_baseline_accuracy === "number") rows.push(["majority-label accuracy", pct(m.majority_baseline_accuracy)]);
@@ -267,23 +289,43 @@ function renderSummary(version) {
   if (m.examples_per_label) rows.push(["examples per label", Object.entries(m.examples_per_label).map(([k, v]) => `${k}: ${v}`).join(", ")]);
   if (m.selected) rows.push(["hyper-parameters", JSON.stringify(m.selected)]);
   kvRows($("#summary"), rows);
-  kvRows($("#other-metrics"), Object.entries(m).filter(([k]) => !SHOWN.has(k)));
   $("#warnings").replaceChildren(...(version.warnings || m.warnings || []).map((w) => el("li", {}, w)));
 }
+
+// The plots are for classification (other kinds report other metrics, listed in the table).
+const isClassification = (m) => m.kind === undefined || m.kind === "classification";
+const hasPrecisionRecall = (perLabel) =>
+  perLabel && Object.values(perLabel).every((s) => typeof s.precision === "number" && typeof s.recall === "number");
 
 function renderVersion(number) {
   const version = state.versions.find((v) => v.version === number);
   if (!version) return;
   const m = version.metrics || {};
+  const cv = isClassification(m);
+  const transfer = version.transferability || m.transferability;
+  // [figure, whether the version has its data, the metrics keys it shows, how to draw it]: a figure
+  // without its data is hidden, and keys no figure shows stay in the "Other metrics" table.
+  const figures = [
+    ["plot-confusion", cv && m.confusion_matrix, ["confusion_matrix"], (t) => drawConfusion(t, m.confusion_matrix)],
+    ["plot-per-label", cv && hasPrecisionRecall(m.per_label), ["per_label"], (t) => drawPerLabel(t, m.per_label)],
+    ["plot-learning", cv && m.learning_curve, ["learning_curve"], (t) => drawLearningCurve(t, m.learning_curve, m.majority_baseline_accuracy)],
+    ["plot-reliability", cv && m.reliability, ["reliability"], (t) => drawReliability(t, m.reliability, m.ece)],
+    ["plot-baselines", cv && m.heads, ["heads"], (t) => drawBaselines(t, m)],
+    ["plot-transfer", transfer, ["transferability"], (t) => drawTransfer(t, transfer)],
+  ];
+  const plotted = new Set();
+  for (const [id, has, keys, draw] of figures) {
+    const figure = $(`#${id}`);
+    figure.hidden = !has;
+    if (has) {
+      draw(figure.querySelector(".plot"));
+      keys.forEach((k) => plotted.add(k));
+    }
+  }
+  $("#plots").hidden = plotted.size === 0;
   $("#version-status").textContent = version.status || (version.active ? "active" : "");
   renderSummary(version);
-  const plot = (id) => $(`#${id} .plot`);
-  drawConfusion(plot("plot-confusion"), m.confusion_matrix);
-  drawPerLabel(plot("plot-per-label"), m.per_label);
-  drawLearningCurve(plot("plot-learning"), m.learning_curve, m.majority_baseline_accuracy);
-  drawReliability(plot("plot-reliability"), m.reliability, m.ece);
-  drawBaselines(plot("plot-baselines"), m);
-  drawTransfer(plot("plot-transfer"), version.transferability || m.transferability);
+  kvRows($("#other-metrics"), Object.entries(m).filter(([k]) => !SUMMARY.has(k) && !plotted.has(k)));
 }
 
 // -- views -------------------------------------------------------------------------------
@@ -311,7 +353,7 @@ async function showTask(name) {
   state.task = task;
   state.versions = list.versions;
   $("#task-name").textContent = task.name;
-  $("#task-meta").textContent = `${task.modality} task · backbone ${task.backbone} · head ${task.head} · ` +
+  $("#task-meta").textContent = `${task.kind && task.kind !== "classification" ? `${task.kind} · ` : ""}${task.modality} task · backbone ${task.backbone} · head ${task.head} · ` +
     `${Object.values(task.examples_per_label).reduce((a, b) => a + b, 0)} examples, ${Object.keys(task.examples_per_label).length} labels`;
   const hasVersions = state.versions.length > 0;
   $("#task-pending").hidden = hasVersions;
@@ -335,18 +377,33 @@ async function showTask(name) {
   }
 }
 
+function meterRow(label, value, text, attrs = {}) {
+  const meter = el("div", { class: "meter" }, el("span"));
+  meter.firstChild.style.width = `${(100 * Math.max(0, Math.min(1, value))).toFixed(1)}%`;
+  return el("li", { "data-label": label, ...attrs }, el("span", { class: "label" }, label), meter, el("span", { class: "pct" }, text));
+}
+
 function renderPrediction(response) {
+  // One input; the answer's shape follows the task's kind (classification, multilabel, regression).
   const p = response.predictions[0];
+  const head = (...parts) => el("p", { class: "meta" }, `version ${response.version} predicts `, ...parts);
+  if (typeof p.value === "number") {
+    $("#prediction").replaceChildren(head(el("strong", { id: "predicted-label" }, num(p.value))));
+    return;
+  }
+  if (Array.isArray(p.labels)) {
+    const items = p.scores.map((s) => meterRow(s.label, s.probability, `${pct(s.probability)}${s.chosen ? " ✓" : ""}`,
+      { title: `threshold ${pct(s.threshold)}`, class: s.chosen ? "chosen" : "" }));
+    $("#prediction").replaceChildren(
+      head(el("strong", { id: "predicted-label" }, p.labels.length ? p.labels.join(", ") : "no label")),
+      el("ol", { class: "multi" }, ...items));
+    return;
+  }
   // JS objects list integer-like keys ("3") first and in numeric order: sort by probability again.
   const ranked = Object.entries(p.scores).sort((a, b) => b[1] - a[1]);
-  const items = ranked.map(([label, score]) => {
-    const meter = el("div", { class: "meter" }, el("span"));
-    meter.firstChild.style.width = `${(100 * score).toFixed(1)}%`;
-    return el("li", { "data-label": label }, el("span", { class: "label" }, label), meter, el("span", { class: "pct" }, pct(score)));
-  });
   $("#prediction").replaceChildren(
-    el("p", { class: "meta" }, `version ${response.version} predicts `, el("strong", { id: "predicted-label" }, p.label), ` (${pct(p.score)})`),
-    el("ol", {}, ...items));
+    head(el("strong", { id: "predicted-label" }, p.label), ` (${pct(p.score)})`),
+    el("ol", {}, ...ranked.map(([label, score]) => meterRow(label, score, pct(score)))));
 }
 
 async function predict(event) {

@@ -95,6 +95,17 @@ def test_learning_curve_ends_at_the_cv_accuracy(result) -> None:
     assert curve["head"] == "linear" and curve["params"] == fit.metrics["selected"]
 
 
+def test_many_labels_keep_only_the_non_zero_cells() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    dense = diagnostics.confusion(y, pred, ["a", "b", "c"])
+    sparse = diagnostics.confusion(y, pred, ["a", "b", "c"], dense_up_to=2)
+    assert dense["matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert sparse["matrix"] is None and sparse["labels"] == ["a", "b", "c"]
+    assert sparse["cells"] == [[0, 0, 1], [0, 1, 1], [1, 1, 2], [2, 0, 1], [2, 2, 1]]
+    assert sum(count for _, _, count in sparse["cells"]) == len(y)
+
+
 @pytest.mark.parametrize(("smallest", "expected"), [(1, []), (2, [1]), (5, [1, 2]), (24, [1, 4, 8]), (200, [1, 8, 64])])
 def test_curve_sizes(smallest: int, expected: list[int]) -> None:
     assert diagnostics.curve_sizes(smallest) == expected

@@ -170,3 +170,71 @@ def test_image_task_try_it_uploads_a_file(server, browser, tmp_path: Path) -> No
     page.screenshot(path=str(ARTIFACTS / "dashboard-image.png"), full_page=True)
     assert not problems, problems
     page.close()
+
+
+def test_many_labels_list_the_top_confusions_instead_of_a_matrix(server, bbc_train, browser) -> None:
+    """41 labels (2 article openings each, labelled arbitrarily): too many to draw, so the page lists the
+    most frequent confusions, worked out from the same metrics."""
+    client = server.new_tenant("dashboard-many")
+    examples = [{"input": r["input"][:200], "label": f"topic-{i // 2:02d}"} for i, r in enumerate(bbc_train[:82])]
+    train(client, "many", examples)
+    cm = client.get("/v1/tasks/many").json()["versions"][-1]["metrics"]["confusion_matrix"]
+    assert len(cm["labels"]) == 41 and sum(map(sum, cm["matrix"])) == 82
+    off_diagonal = sum(1 for i, row in enumerate(cm["matrix"]) for j, count in enumerate(row) if i != j and count)
+    assert off_diagonal > 0
+
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/many")
+    log_in(page, client.headers["authorization"].removeprefix("Bearer "))
+    expect(page.locator("#plot-confusion")).to_contain_text("41 labels: too many to draw")
+    expect(page.locator("#plot-confusion tr.confusion-pair")).to_have_count(min(20, off_diagonal))
+    expect(page.locator("svg.confusion")).to_have_count(0)
+    assert not problems, problems
+    page.close()
+
+
+def test_a_version_without_cross_validation_hides_the_cv_plots(server, bbc_train, browser) -> None:
+    """One example per label: nothing to cross-validate, so no CV figures; the warning and the
+    transferability (computed anyway) are shown."""
+    client = server.new_tenant("dashboard-tiny")
+    train(client, "tiny", [{"input": r["input"][:300], "label": r["label"]} for r in per_label(bbc_train, 1)])
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/tiny")
+    log_in(page, client.headers["authorization"].removeprefix("Bearer "))
+    expect(page.locator("#warnings li")).to_contain_text("single example")
+    expect(page.locator("#plot-transfer")).to_be_visible()
+    for figure in ("confusion", "per-label", "learning", "reliability", "baselines"):
+        expect(page.locator(f"#plot-{figure}")).to_be_hidden()
+    expect(page.locator("#summary")).to_contain_text("train")
+    assert not problems, problems
+    page.close()
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression"])
+def test_other_task_kinds_get_their_metrics_as_a_table_and_a_try_it(server, bbc_train, browser, kind: str) -> None:
+    """The plots are for classification: a multilabel or regression version hides them, lists its own
+    metrics in the table, and "try it" shows its kind of answer."""
+    from tests.integration.test_task_kinds import bbc_tags, digit_share
+
+    client = server.new_tenant(f"dashboard-{kind}")
+    rows = per_label(bbc_train, 6, seed=11)
+    label = (lambda r: bbc_tags(r["input"], r["label"])) if kind == "multilabel" else (lambda r: digit_share(r["input"]))
+    examples = [{"input": r["input"][:600], "label": label(r)} for r in rows]
+    resp = client.post("/v1/tasks", json={"name": kind, "kind": kind, "examples": examples})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
+    expected = predict(client, kind, [TEXT], top_k=5)["predictions"][0]  # as the page asks
+
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/{kind}")
+    log_in(page, client.headers["authorization"].removeprefix("Bearer "))
+    expect(page.locator("#task-meta")).to_contain_text(kind)
+    for figure in ("confusion", "per-label", "learning", "reliability", "baselines"):
+        expect(page.locator(f"#plot-{figure}")).to_be_hidden()
+    expect(page.locator("#other-metrics")).to_contain_text("micro_f1" if kind == "multilabel" else "mae")
+    page.fill("#try-text", TEXT)
+    page.click("#try-submit")
+    if kind == "multilabel":
+        expect(page.locator("#predicted-label")).to_have_text(", ".join(expected["labels"]) or "no label")
+        expect(page.locator("#prediction li")).to_have_count(len(expected["scores"]))
+    else:
+        expect(page.locator("#predicted-label")).to_have_text(f"{expected['value']:.4f}")
+    assert not problems, problems
+    page.close()
