@@ -144,7 +144,7 @@ def test_image_tasks_of_each_kind_on_digits(server) -> None:
     assert wait_for_job(client, reg_job["id"])["status"] == "succeeded"
     inputs = [r["input"] for r in test]
     check_multilabel(client, "digit-tags", inputs, [digit_tags(int(r["label"])) for r in test], margin=0.1)
-    check_regression(client, "digit-value", inputs, [float(r["label"]) for r in test], 4.5, ratio=0.8)
+    check_regression(client, "digit-value", inputs, [float(r["label"]) for r in test], 4.5, ratio=0.85)
 
     # Appending keeps the kind's shape rules, and retrains.
     more = per_label(load_jsonl("digits.train.jsonl"), 10, seed=5)[:20]
