@@ -130,6 +130,15 @@ def test_text_tasks_of_each_kind_on_bbc_news(server, bbc_train, bbc_test) -> Non
     truth = [digit_share(r["input"]) for r in test]
     check_regression(client, "bbc-figures", inputs, truth, float(np.mean([digit_share(r["input"]) for r in train])), ratio=0.95)
 
+    # A retrain is compared with the active version on the examples it never saw (exact label sets).
+    more = [r for r in per_label(bbc_train, 33, seed=0) if r not in train][:10]
+    resp = client.post("/v1/tasks/bbc-tags/examples", json={"examples": [{"input": r["input"], "label": bbc_tags(r["input"], r["label"])} for r in more]})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
+    v2 = next(v for v in client.get("/v1/tasks/bbc-tags/versions").json()["versions"] if v["version"] == 2)
+    assert v2["n_examples"] == 160 and v2["promotion"]["compared_on"] == 10 and "got" in v2["promotion"]["reason"]
+    assert (v2["status"] == "active") == v2["promotion"]["promoted"]
+
     for name in ("bbc-tags", "bbc-figures"):  # no ONNX form for these heads yet: refused before any export work
         assert_error(client.get(f"/v1/tasks/{name}/export"), 422, "classification tasks only")
 
@@ -152,7 +161,11 @@ def test_image_tasks_of_each_kind_on_digits(server) -> None:
     assert resp.status_code == 202, resp.text
     job = wait_for_job(client, resp.json()["job"]["id"])
     assert job["status"] == "succeeded" and job["version"] == 2
-    assert active_version(client, "digit-value")["n_examples"] == 100
+    v2 = next(v for v in client.get("/v1/tasks/digit-value/versions").json()["versions"] if v["version"] == 2)
+    promotion = v2["promotion"]  # the guarded comparison, as a sign test on the 20 examples version 1 never saw
+    assert v2["n_examples"] == 100 and promotion["compared_on"] == 20 and "closer on" in promotion["reason"]
+    assert promotion["only_new_right"] + promotion["only_active_right"] <= 20
+    assert (v2["status"] == "active") == promotion["promoted"]
 
 
 def test_label_shapes_are_checked_per_kind(server) -> None:
