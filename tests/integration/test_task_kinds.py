@@ -146,6 +146,10 @@ def test_image_tasks_of_each_kind_on_digits(server) -> None:
     inputs = [r["input"] for r in test]
     check_multilabel(client, "digit-tags", inputs, [digit_tags(int(r["label"])) for r in test], margin=0.1)
     check_regression(client, "digit-value", inputs, [float(r["label"]) for r in test], 4.5, ratio=0.85)
+    full = client.post("/v1/tasks/digit-tags/predict", json={"inputs": inputs[:5]}).json()["predictions"]
+    top = client.post("/v1/tasks/digit-tags/predict", json={"inputs": inputs[:5], "top_k": 1}).json()["predictions"]
+    assert [p["labels"] for p in top] == [p["labels"] for p in full]  # top_k shortens scores, never the chosen labels
+    assert [p["scores"] for p in top] == [p["scores"][:1] for p in full]
 
     # Appending retrains; the retrain is compared with the active version on the 20 examples that
     # version never saw: exact label sets (multilabel), a sign test on the errors (regression).
