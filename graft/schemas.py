@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
 Modality = Literal["text", "image"]
-HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid"]
+HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid", "finetune"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 TaskKind = Literal["classification", "multilabel", "regression"]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
@@ -62,6 +62,25 @@ class TenantCreated(BaseModel):
     id: str
     name: str
     api_key: str = Field(description="Shown once; Graft stores only its hash.")
+
+
+class TenantUpdate(Request):
+    disabled: bool = Field(description="True: every key of the tenant stops working at once; false: they work again.")
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    prefix: str = Field(description="The key's first characters, to recognise it; the key itself is never shown again.")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    api_key: str = Field(description="Shown once; Graft stores only its hash.")
+
+
+class ApiKeyList(BaseModel):
+    keys: list[ApiKeyOut]
 
 
 # -- tasks and examples -------------------------------------------------------------------
@@ -151,7 +170,8 @@ class TaskCreate(Request):
         default=None,
         description="`auto` (default): whichever head cross-validation scores best among `linear` (logistic "
         "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
-        "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them.",
+        "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
+        "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a background job.",
     )
     labels: list[Label] | None = Field(
         default=None, description="Optional declared label set: every label must then have an example (not for regression)."
@@ -201,9 +221,11 @@ class VersionOut(BaseModel):
 
 
 class VersionDetail(VersionOut):
-    status: Literal["active", "candidate", "previous"] = Field(
-        description="`active`: serving; `previous`: was active before; `candidate`: never promoted (see `promotion`)."
+    status: Literal["active", "candidate", "previous", "failed"] = Field(
+        description="`active`: serving; `previous`: was active before; `candidate`: never promoted (see `promotion`); "
+        "`failed`: its stored weights would not load (see `error`)."
     )
+    error: str | None = Field(default=None, description="Why a failed version could not be loaded.")
     accuracy: float | None = Field(description="Cross-validated accuracy of the served head (see `metrics.evaluation`).")
     ece: float | None = Field(description="Expected calibration error of the cross-validated probabilities, after temperature scaling.")
     transferability: dict | None = Field(description="LogME of the examples on each backbone of the modality.")

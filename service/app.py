@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import bentoml  # noqa: E402
 
 from .api.app import create  # noqa: E402
+from .api.outer import JsonErrors  # noqa: E402
 
 api = create()
 
@@ -40,3 +41,6 @@ class Graft:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self.runtime.close()
+
+
+Graft.add_asgi_middleware(JsonErrors)  # around BentoML's own routing: its errors are JSON too

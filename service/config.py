@@ -69,6 +69,14 @@ SETTINGS: dict[str, _Var] = {
     "shutdown_grace_s": _Var("GRAFT_SHUTDOWN_GRACE_S", 120.0, float, "How long shutdown waits for running training jobs."),
     "cv_folds": _Var("GRAFT_CV_FOLDS", 5, int, "Folds for cross-validated head selection and metrics."),
     "seed": _Var("GRAFT_SEED", 0, int, "Seed for training (fold splits, solvers)."),
+    "finetune_layers": _Var(
+        "GRAFT_FINETUNE_LAYERS", 1, int,
+        "Top transformer layers a `finetune` head adapts (LoRA); the layers below are the trunk every tenant shares.",
+    ),
+    "finetune_rank": _Var("GRAFT_FINETUNE_RANK", 8, int, "LoRA rank of `finetune` heads."),
+    "finetune_max_epochs": _Var(
+        "GRAFT_FINETUNE_MAX_EPOCHS", 8, int, "Most epochs of a `finetune` head (early stopping on a held-out fold ends it sooner).",
+    ),
     "transfer_sample": _Var(
         "GRAFT_TRANSFER_SAMPLE", 512, int,
         "Most examples (stratified sample) embedded by each backbone of the modality to score transferability (LogME).",
@@ -83,6 +91,27 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_MAX_UPLOAD_UNCOMPRESSED_BYTES", 1024 * 1024 * 1024, int,
         "Most bytes a dataset zip may expand to (from its directory, checked before extracting anything).",
     ),
+    "max_request_bytes": _Var(
+        "GRAFT_MAX_REQUEST_BYTES", 64 * 1024 * 1024, int,
+        "Largest JSON request body, in bytes; refused with 413 before it is parsed (uploads use `GRAFT_MAX_UPLOAD_BYTES`).",
+    ),
+    "max_labels_per_task": _Var("GRAFT_MAX_LABELS_PER_TASK", 1000, int, "Most distinct labels one task may have."),
+    "max_label_chars": _Var("GRAFT_MAX_LABEL_CHARS", 256, int, "Longest label, in characters (at most 256, the store's column)."),
+    "max_tasks_per_tenant": _Var("GRAFT_MAX_TASKS_PER_TENANT", 100, int, "Quota: most tasks one tenant may have."),
+    "max_examples_per_task": _Var("GRAFT_MAX_EXAMPLES_PER_TASK", 100_000, int, "Quota: most stored examples per task."),
+    "max_stored_bytes_per_tenant": _Var(
+        "GRAFT_MAX_STORED_BYTES_PER_TENANT", 1024 * 1024 * 1024, int,
+        "Quota: most bytes one tenant may store (example inputs and labels, plus head weights).",
+    ),
+    "max_running_jobs_per_tenant": _Var(
+        "GRAFT_MAX_RUNNING_JOBS_PER_TENANT", 2, int,
+        "Quota: training jobs of one tenant running at once (across replicas); further jobs wait queued. 0 = no limit.",
+    ),
+    "predict_rate_per_s": _Var(
+        "GRAFT_PREDICT_RATE_PER_S", 50.0, float,
+        "Quota: predict requests per second per tenant and process (token bucket); beyond it 429 with Retry-After. 0 = no limit.",
+    ),
+    "predict_burst": _Var("GRAFT_PREDICT_BURST", 100, int, "Token-bucket size of the predict rate: requests a tenant may send at once."),
     "head_cache_mb": _Var(
         "GRAFT_HEAD_CACHE_MB", 256.0, float,
         "Memory budget of the per-process head cache, in MiB (least recently used heads are dropped and reload on demand).",
@@ -125,6 +154,9 @@ class Settings:
     shutdown_grace_s: float
     cv_folds: int
     seed: int
+    finetune_layers: int
+    finetune_rank: int
+    finetune_max_epochs: int
     transfer_sample: int
     max_examples_per_request: int
     max_predict_inputs: int
@@ -133,6 +165,15 @@ class Settings:
     max_image_pixels: int
     max_upload_bytes: int
     max_upload_uncompressed_bytes: int
+    max_request_bytes: int
+    max_labels_per_task: int
+    max_label_chars: int
+    max_tasks_per_tenant: int
+    max_examples_per_task: int
+    max_stored_bytes_per_tenant: int
+    max_running_jobs_per_tenant: int
+    predict_rate_per_s: float
+    predict_burst: int
     head_cache_mb: float
     task_cache_ttl_s: float
     metrics_tenant_labels: int

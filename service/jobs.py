@@ -12,19 +12,22 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 
 from adapters import heads, selection
 from adapters.kinds import fit_multilabel, fit_regression
+from adapters.heads.finetune import FinetuneConfig, fit_finetune
 from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
 from adapters.transfer import capped_sample, logme
 
 from . import images, labels as stored_labels, logs, metrics
 from .backbones.base import Backbone
-from .batching import Batcher
+from .batching import Batcher, text_trunk
 from .config import Settings
+from .router import VersionFailed, head_of
 from .store.models import Job, Task
 from .store.repository import NewVersion, NotFound, Store
 
@@ -137,7 +140,8 @@ class JobRunner:
         while not self._stop.is_set():
             try:
                 job = self.store.claim_job(
-                    self.worker_id, lease_s=self.settings.job_lease_s, max_attempts=self.settings.job_max_attempts
+                    self.worker_id, lease_s=self.settings.job_lease_s, max_attempts=self.settings.job_max_attempts,
+                    max_running_per_tenant=self.settings.max_running_jobs_per_tenant,
                 )
             except Exception:
                 log.exception("claiming a job failed")
@@ -242,7 +246,12 @@ class JobRunner:
         if (result.oof_proba if task.kind == stored_labels.CLASSIFICATION else result.oof_pred) is None:
             return selection.unconditional("promoted without comparison: too few examples to cross-validate"), active.number
         unseen = np.arange(active.n_examples, len(texts))
-        head = heads.from_bytes(active.weights)
+        try:
+            head = head_of(self.store, active)
+        except VersionFailed:  # a corrupt active version must not block the retrain that replaces it
+            return selection.unconditional(
+                f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
+            ), active.number
         vectors = None
         if heads.EMBEDDING in head.consumes:
             if active.backbone == backbone:
@@ -288,6 +297,39 @@ class JobRunner:
         beat.update(0.9)
         return name, x, result
 
+    def _finetune(self, job: Job, task: Task, texts: list[str], labels: list[str], beat: Heartbeat) -> int | None:
+        """LoRA on the top layers of the task's text backbone (``auto``: the first one configured)."""
+        if task.modality != "text":
+            raise TrainingDataError("head 'finetune' is available for text tasks only")
+        names = [task.backbone] if task.backbone != "auto" else (self.backbones_of("text") if self.backbones_of else [])
+        sources = [(n, text_trunk(self.batchers(n).backbone)) for n in names]
+        name, source = next(((n, s) for n, s in sources if s is not None), (None, None))
+        if source is None or name is None:
+            raise TrainingDataError("no text backbone with a transformer trunk is configured for head 'finetune'")
+        if len(set(labels)) < 2:
+            raise TrainingDataError("at least 2 distinct labels are needed to train a classifier")
+        cfg = FinetuneConfig(
+            layers=self.settings.finetune_layers, rank=self.settings.finetune_rank, max_epochs=self.settings.finetune_max_epochs
+        )
+        head, fit_metrics = fit_finetune(source, texts, labels, cfg, seed=self.settings.seed, progress=lambda f: beat.update(0.9 * f))
+        backbone = self.batchers(name).backbone
+        decision = selection.first_version() if task.active_version is None else selection.unconditional(
+            "promoted without comparison: a fine-tuned head is compared on its held-out fold only"
+        )
+        metrics = {**fit_metrics, "warnings": [], "examples_per_label": dict(sorted(Counter(labels).items()))}
+        provenance = {"backbone": name, "backbone_revision": backbone.revision, "runtime": "torch", "dim": backbone.dim}
+        blob = heads.to_bytes(head, metrics=metrics, **provenance)
+        beat.update(0.95)
+        return self.store.complete_job(
+            job.id, self.worker_id,
+            NewVersion(
+                head="finetune", backbone=name, backbone_revision=backbone.revision, runtime="torch", labels=head.labels,
+                metrics={**metrics, "promotion": decision.as_dict()}, n_examples=len(texts), weights=blob,
+            ),
+            promote=decision.promote,
+            compared_with=task.active_version,
+        )
+
     def _train(self, job: Job, beat: Heartbeat) -> int | None:
         try:
             task = self.store.get_task_by_id(job.task_id or "")
@@ -296,6 +338,8 @@ class JobRunner:
         examples = self.store.examples(task.id)
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
+        if task.head == "finetune" and task.kind == stored_labels.CLASSIFICATION:
+            return self._finetune(job, task, texts, labels, beat)
         if task.kind != stored_labels.CLASSIFICATION:
             backbone_name, x, result = self._fit_kind(task, texts, labels, beat)
             metrics = result.metrics

@@ -38,6 +38,13 @@ def decode_all(kind: str, stored: Sequence[str]) -> list[Any]:
     return [decode(kind, s) for s in stored]
 
 
+def names(kind: str, stored: Sequence[str]) -> list[str]:
+    """The label names in stored labels (none for regression, whose targets are numbers)."""
+    if kind == MULTILABEL:
+        return [label for one in stored for label in json.loads(one)]
+    return [] if kind == REGRESSION else list(stored)
+
+
 def per_label(kind: str, counts: dict[str, int]) -> dict[str, int]:
     """Examples per label from stored-label counts (a multilabel example counts once for each of its
     labels); regression has no labels, so all examples count under ``"value"``."""

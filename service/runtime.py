@@ -10,10 +10,11 @@ import sys
 from . import logs, metrics
 from .backbones.registry import BUILTIN, Registry, parse_extra
 from .backbones.runtimes import RuntimeConfig
-from .batching import Batcher
+from .batching import Batcher, text_trunk
 from .caching import HeadCache
 from .config import Settings
 from .jobs import JobRunner
+from .quotas import RateLimiter
 from .router import Router, store_head_loader
 from .store.repository import Store
 from .tenancy import Auth, load_admin_token
@@ -29,6 +30,7 @@ class Runtime:
         token, token_path = load_admin_token(settings)
         if token_path is not None:
             print(f"graft: admin token is in {token_path}", file=sys.stderr, flush=True)
+        self.predict_rate = RateLimiter(settings.predict_rate_per_s, settings.predict_burst)
         self.auth = Auth(self.store, token, cache_ttl_s=settings.task_cache_ttl_s)
 
         specs = {**BUILTIN, **parse_extra(settings.extra_backbones)}
@@ -45,7 +47,7 @@ class Runtime:
             name: Batcher(bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size)
             for name, bb in self.backbones.loaded.items()
         }
-        head_cache = HeadCache(store_head_loader(self.store), int(settings.head_cache_mb * 2**20))
+        head_cache = HeadCache(store_head_loader(self.store, self.trunk), int(settings.head_cache_mb * 2**20))
         self.router = Router(
             self.store, self.batcher, head_cache, settings.task_cache_ttl_s, metrics.TenantLabels(settings.metrics_tenant_labels)
         )
@@ -58,6 +60,10 @@ class Runtime:
 
     def batcher(self, backbone: str) -> Batcher:
         return self._batchers[backbone]
+
+    def trunk(self, backbone: str) -> object | None:
+        """The torch text model of a loaded backbone (fine-tuned heads run on it), if it has one."""
+        return text_trunk(self.backbones.get(backbone)) if backbone in self.backbones.loaded else None
 
     def default_backbone(self, modality: str) -> str:
         return self.settings.default_image_backbone if modality == "image" else self.settings.default_text_backbone

@@ -54,6 +54,11 @@ class Auth:
     def is_admin(self, token: str | None) -> bool:
         return token is not None and secrets.compare_digest(token.encode(), self._admin_token.encode())
 
+    def forget(self) -> None:
+        """A key was revoked or a tenant disabled: drop every remembered key, so this process
+        refuses it from the next request on (other processes within the cache TTL)."""
+        self._known.clear()
+
     def tenant(self, token: str | None) -> Tenant | None:
         if not token:
             return None

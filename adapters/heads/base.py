@@ -29,6 +29,7 @@ class HeadFormatError(ValueError):
 
 EMBEDDING = "embedding"  # frozen backbone embeddings
 RAW = "raw"  # the raw inputs (texts), for from-scratch features
+TRUNK = "trunk"  # the text backbone's hidden states at a split layer (fine-tuned top layers)
 
 
 class MissingInputs(ValueError):
@@ -60,7 +61,7 @@ def require(head: Head, x: np.ndarray | None, raw: Sequence[str] | None) -> None
     """Raise :class:`MissingInputs` unless the inputs ``head.consumes`` are present."""
     if EMBEDDING in head.consumes and x is None:
         raise MissingInputs(f"the {head.kind!r} head needs backbone embeddings")
-    if RAW in head.consumes and raw is None:
+    if (RAW in head.consumes or TRUNK in head.consumes) and raw is None:
         raise MissingInputs(f"the {head.kind!r} head needs the raw inputs")
 
 

@@ -13,7 +13,8 @@ from adapters.training import TrainingDataError
 
 from ..batching import Overloaded
 from ..logs import get as get_logger
-from ..router import NotTrained
+from ..quotas import QuotaExceeded
+from ..router import NotTrained, VersionFailed
 from ..store.repository import Conflict, NotFound
 
 log = get_logger("api")
@@ -84,9 +85,18 @@ def install(app: FastAPI) -> None:
     async def _not_trained(_: Request, exc: NotTrained) -> JSONResponse:
         return error_response(409, "not_trained", str(exc))
 
+    @app.exception_handler(VersionFailed)
+    async def _version_failed(_: Request, exc: VersionFailed) -> JSONResponse:
+        return error_response(503, "version_failed", str(exc))
+
     @app.exception_handler(TrainingDataError)
     async def _training_data(_: Request, exc: TrainingDataError) -> JSONResponse:
         return error_response(422, "validation_error", str(exc))
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))} if exc.retry_after_s is not None else None
+        return error_response(exc.status, exc.code, str(exc), headers)
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:

@@ -105,6 +105,7 @@ class Version(Base):
     metrics: Mapped[dict] = mapped_column(JSON)
     n_examples: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # set when its weights failed to load
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     weights: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker, undefer
+from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
 from . import db, migrate
 from .models import ApiKey, Example, Job, Task, Tenant, Version, utcnow
@@ -121,6 +121,63 @@ class Store:
         with self.reading() as s:
             return list(s.scalars(select(Tenant).order_by(Tenant.created_at)))
 
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        with self.reading() as s:
+            tenant = s.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound(f"no tenant {tenant_id!r}")
+        return tenant
+
+    def set_tenant_disabled(self, tenant_id: str, disabled: bool) -> Tenant:
+        """Disable (or re-enable) a tenant: its keys stop (or start again) authenticating."""
+        with self.writing() as s:
+            tenant = s.get(Tenant, tenant_id)
+            if tenant is None:
+                raise NotFound(f"no tenant {tenant_id!r}")
+            tenant.disabled = disabled
+        return tenant
+
+    def issue_key(self, tenant_id: str) -> tuple[ApiKey, str]:
+        """A new API key for the tenant (rotation: issue, switch clients, revoke the old one)."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self.writing() as s:
+            if s.get(Tenant, tenant_id) is None:
+                raise NotFound(f"no tenant {tenant_id!r}")
+            row = ApiKey(id=new_id("key"), tenant_id=tenant_id, key_hash=hash_key(key), prefix=key[:8])
+            s.add(row)
+        return row, key
+
+    def list_keys(self, tenant_id: str) -> list[ApiKey]:
+        with self.reading() as s:
+            return list(s.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id)))
+
+    def revoke_key(self, tenant_id: str, key_id: str) -> ApiKey:
+        """Revoke one of the tenant's keys (idempotent); it stops authenticating at once."""
+        with self.writing() as s:
+            row = s.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id))
+            if row is None:
+                raise NotFound(f"no key {key_id!r}")
+            row.revoked_at = row.revoked_at or utcnow()
+        return row
+
+    def usage(self, tenant_id: str) -> tuple[int, int]:
+        """The tenant's task count and stored bytes (example inputs and labels, head weights)."""
+        with self.reading() as s:
+            tasks = s.scalar(select(func.count()).select_from(Task).where(Task.tenant_id == tenant_id)) or 0
+            examples = s.scalar(
+                select(func.coalesce(func.sum(func.length(Example.input) + func.length(Example.label)), 0))
+                .join(Task, Task.id == Example.task_id).where(Task.tenant_id == tenant_id)
+            ) or 0
+            weights = s.scalar(
+                select(func.coalesce(func.sum(func.length(Version.weights)), 0))
+                .join(Task, Task.id == Version.task_id).where(Task.tenant_id == tenant_id)
+            ) or 0
+        return int(tasks), int(examples) + int(weights)
+
+    def example_count(self, task_id: str) -> int:
+        with self.reading() as s:
+            return s.scalar(select(func.count()).select_from(Example).where(Example.task_id == task_id)) or 0
+
     # -- tasks -----------------------------------------------------------------------------
 
     def create_task(
@@ -223,6 +280,11 @@ class Store:
             raise NotFound(f"no version {number}")
         return version
 
+    def mark_version_failed(self, task_id: str, number: int, error: str) -> None:
+        """Record that a version's weights could not be loaded (it cannot serve until replaced)."""
+        with self.writing() as s:
+            s.execute(update(Version).where(Version.task_id == task_id, Version.number == number).values(error=error[:2000]))
+
     # -- jobs ------------------------------------------------------------------------------
 
     def get_job(self, tenant_id: str, job_id: str) -> Job:
@@ -239,20 +301,35 @@ class Store:
             return s.scalar(select(func.clock_timestamp()))
         return utcnow()
 
-    def claim_job(self, worker_id: str, *, lease_s: float, max_attempts: int) -> Job | None:
+    def claim_job(
+        self, worker_id: str, *, lease_s: float, max_attempts: int, max_running_per_tenant: int = 0
+    ) -> Job | None:
         """Claim the oldest runnable job: queued, or running with an expired lease (its worker died).
 
         The claim locks the row it takes inside one write transaction — ``FOR UPDATE SKIP LOCKED``
         on PostgreSQL, so concurrent claimers take different jobs without waiting; SQLite's single
         writer serialises them — so two workers never hold the same job. A job already interrupted
-        ``max_attempts`` times is failed instead, and the search goes on.
+        ``max_attempts`` times is failed instead, and the search goes on. With
+        ``max_running_per_tenant``, a tenant already running that many jobs (with live leases) gets
+        none: its other jobs stay queued until one finishes.
         """
         with self.writing() as s:
             now = self._now(s)
-            expired = (Job.status == "running") & (Job.heartbeat_at < now - timedelta(seconds=lease_s))
+            stale = now - timedelta(seconds=lease_s)
+            expired = (Job.status == "running") & (Job.heartbeat_at < stale)
+            runnable = or_(Job.status == "queued", expired)
+            if max_running_per_tenant > 0:
+                live = aliased(Job)
+                busy = (
+                    select(live.tenant_id)
+                    .where(live.status == "running", live.heartbeat_at >= stale)
+                    .group_by(live.tenant_id)
+                    .having(func.count() >= max_running_per_tenant)
+                )
+                runnable = runnable & Job.tenant_id.not_in(busy)
             oldest = (
                 select(Job)
-                .where(or_(Job.status == "queued", expired))
+                .where(runnable)
                 .order_by(Job.created_at, Job.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
@@ -343,6 +420,8 @@ class Store:
             version = s.scalar(select(Version).where(Version.task_id == task.id, Version.number == number))
             if version is None:
                 raise NotFound(f"task {name!r} has no version {number}")
+            if version.error:
+                raise Conflict(f"version {number} of task {name!r} failed to load ({version.error[:200]}); it cannot serve")
             if task.active_version != number:
                 version.metrics = {
                     **version.metrics,

@@ -14,7 +14,7 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request
 
-from ... import datasets
+from ... import datasets, quotas
 from ...runtime import Runtime
 from ...store.models import Task, Tenant
 from ...store.repository import NotFound
@@ -124,6 +124,9 @@ def _ingest(
     rt: Runtime, me: Tenant, name: str, upload: Upload, modality: str | None, backbone: str | None, head: str | None
 ) -> s.DatasetAccepted:
     task = _existing(rt, me, name)
+    if task is not None and task.kind != "classification":
+        raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task; dataset uploads hold classification "
+                       "labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
     try:
         kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)
         upload.file.seek(0)
@@ -131,6 +134,7 @@ def _ingest(
         data, examples = _read(rt, upload, kind, target, backbone_name)
     except datasets.DatasetError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
+    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples)
     if task is None:
         check_labels([label for _, label in examples], None)
         created, (task, job) = True, rt.store.create_task(

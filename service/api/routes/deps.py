@@ -15,7 +15,7 @@ from ...tenancy import bearer
 from graft import schemas as s
 from ..errors import ApiError
 
-ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 503)}
+ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}
 
 
 def runtime(request: Request) -> Runtime:

@@ -9,9 +9,9 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Response
 
 from adapters import heads
-from adapters.export import MODEL_FILE, PROBABILITIES, ExportError, bundle, fuse
+from adapters.export import MODEL_FILE, PROBABILITIES, ExportError, bundle, finetune_graph, fuse
 
-from ...router import NotTrained
+from ...router import NotTrained, head_of
 from ...runtime import Runtime
 from ...store.models import Task, Version
 from ..errors import ApiError
@@ -66,16 +66,21 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     import onnx
     import onnxruntime
 
-    backbone = rt.backbones.get(task.backbone)
-    variant = backbone.runtime if backbone.runtime in PORTABLE else "onnx"
-    path = rt.backbones.onnx_file(task.backbone, variant)
-    source = rt.backbones.exportable(task.backbone)
-    if path is None or source is None:
-        raise ApiError(422, "not_exportable", f"backbone {task.backbone!r} has no ONNX export")
-    head = heads.from_bytes(v.weights)
+    head = head_of(rt.store, v)
+    finetuned = heads.TRUNK in head.consumes
+    name = v.backbone if finetuned else task.backbone
+    if name not in rt.backbones.loaded:
+        raise ApiError(422, "not_exportable", f"backbone {name!r} is not configured")
+    backbone = rt.backbones.get(name)
+    # A fine-tuned head changes the backbone's top layers: its whole model is exported in fp32, merged.
+    variant = "onnx" if finetuned or backbone.runtime not in PORTABLE else backbone.runtime
+    source = rt.backbones.exportable(name)
+    path = None if finetuned else rt.backbones.onnx_file(name, variant)
+    if source is None or (path is None and not finetuned):
+        raise ApiError(422, "not_exportable", f"backbone {name!r} has no ONNX export")
     files = source.preprocessing_files()
     try:
-        fused = fuse(onnx.load(str(path)), head)
+        fused = finetune_graph(head, source.export_spec()) if finetuned else fuse(onnx.load(str(path)), head)
     except ExportError as exc:
         raise ApiError(422, "not_exportable", str(exc)) from None
     manifest: dict[str, Any] = {

@@ -41,6 +41,7 @@ def _out(p: AnyPrediction) -> s.PredictionOut | s.MultiLabelPredictionOut | s.Re
 
 @router.post("/tasks/{name}/predict", response_model=s.PredictResponse, responses=ERRORS)
 async def predict(name: str, body: s.PredictRequest, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
+    rt.predict_rate.take(me.id)
     limit = rt.settings.max_predict_inputs
     if len(body.inputs) > limit:
         raise ApiError(413, "too_large", f"{len(body.inputs)} inputs in one predict request; the limit is {limit}")
@@ -66,6 +67,7 @@ FILES_BODY = {
 @router.post("/tasks/{name}/predict/files", response_model=s.PredictResponse, responses=ERRORS, openapi_extra=FILES_BODY)
 async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
     """Predict an image task from uploaded files: ``curl -F file=@a.jpg -F file=@b.png [-F top_k=3]``."""
+    rt.predict_rate.take(me.id)
     if not is_multipart(request):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with one 'file' part per image")
     limit = rt.settings.max_predict_inputs

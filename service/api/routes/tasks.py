@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from graft import schemas as s
-from ... import labels
+from ... import labels, quotas
 from ..errors import ApiError
 from ..inputs import stored_examples
 from .deps import (
@@ -27,8 +27,12 @@ def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCrea
     if body.kind != labels.CLASSIFICATION and body.backbone == "auto":
         raise ApiError(422, "validation_error", f"backbone 'auto' is for classification tasks; name a {body.modality} backbone for a {body.kind} task")
     backbone = choose_backbone(rt, body.modality, body.backbone)
+    quotas.check_labels(rt.settings, body.labels or [], "declared label")
     check_labels([e.label for e in body.examples], body.labels, body.kind)
     examples = _examples(rt, body.modality, body.kind, backbone, body.examples)
+    quotas.check_new_examples(rt.store, rt.settings, me.id, None, examples, body.kind)
+    if body.head == "finetune" and (body.modality != "text" or body.kind != labels.CLASSIFICATION):
+        raise ApiError(422, "validation_error", "head 'finetune' is available for text classification tasks only")
     task, job = rt.store.create_task(
         me.id, body.name, modality=body.modality, kind=body.kind, backbone=backbone, head=body.head or "auto", examples=examples
     )
@@ -69,6 +73,7 @@ def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: TenantDe
         if problem:
             raise ApiError(422, "validation_error", f"examples[{i}].label: {problem} (task {name!r} is a {task.kind} task)")
     examples = _examples(rt, task.modality, task.kind, task.backbone, body.examples)
+    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples, task.kind)
     task, job = rt.store.add_examples(me.id, name, examples)
     rt.jobs.notify()
     return s.TaskCreated(task=task_out(task), job=job_out(job))

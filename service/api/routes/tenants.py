@@ -1,10 +1,17 @@
-"""Tenant administration (admin token)."""
+"""Tenant administration: create, list, disable (admin token); API keys: issue, list, revoke
+(admin token, or the tenant's own key for its own keys)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
 
+from fastapi import APIRouter, Depends, Path, Request, Response
+
+from ...store.models import ApiKey, Tenant
+from ...store.repository import NotFound
+from ...tenancy import bearer
 from graft import schemas as s
+from ..errors import ApiError
 from .deps import (
     ERRORS,
     RuntimeDep,
@@ -12,6 +19,28 @@ from .deps import (
 )
 
 router = APIRouter(prefix="/v1")
+
+TenantId = Annotated[str, Path(max_length=64)]
+
+
+def tenant_out(t: Tenant) -> s.TenantOut:
+    return s.TenantOut(id=t.id, name=t.name, disabled=t.disabled, created_at=t.created_at)
+
+
+def key_out(k: ApiKey) -> s.ApiKeyOut:
+    return s.ApiKeyOut(id=k.id, prefix=k.prefix, created_at=k.created_at, revoked_at=k.revoked_at)
+
+
+def admin_or_owner(tenant_id: TenantId, request: Request, rt: RuntimeDep) -> None:
+    """The admin, or the tenant itself. Another tenant's id is 404, as if it did not exist."""
+    token = bearer(request.headers.get("authorization"))
+    if rt.auth.is_admin(token):
+        return
+    me = rt.auth.tenant(token)
+    if me is None:
+        raise ApiError(401, "unauthorized", "missing or invalid API key; send 'Authorization: Bearer <api_key>'")
+    if me.id != tenant_id:
+        raise NotFound("no such tenant")
 
 
 @router.post("/tenants", status_code=201, response_model=s.TenantCreated, responses=ERRORS, dependencies=[Depends(admin)])
@@ -22,4 +51,34 @@ def create_tenant(body: s.TenantCreate, rt: RuntimeDep) -> s.TenantCreated:
 
 @router.get("/tenants", response_model=list[s.TenantOut], responses=ERRORS, dependencies=[Depends(admin)])
 def list_tenants(rt: RuntimeDep) -> list[s.TenantOut]:
-    return [s.TenantOut(id=t.id, name=t.name, disabled=t.disabled, created_at=t.created_at) for t in rt.store.list_tenants()]
+    return [tenant_out(t) for t in rt.store.list_tenants()]
+
+
+@router.patch("/tenants/{tenant_id}", response_model=s.TenantOut, responses=ERRORS, dependencies=[Depends(admin)])
+def update_tenant(tenant_id: TenantId, body: s.TenantUpdate, rt: RuntimeDep) -> s.TenantOut:
+    """Disable a tenant (its keys stop working at once; its data is kept) or enable it again."""
+    tenant = rt.store.set_tenant_disabled(tenant_id, body.disabled)
+    rt.auth.forget()
+    return tenant_out(tenant)
+
+
+@router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=s.ApiKeyCreated, responses=ERRORS,
+             dependencies=[Depends(admin_or_owner)])
+def issue_key(tenant_id: TenantId, rt: RuntimeDep) -> s.ApiKeyCreated:
+    """A new API key (rotation: issue one, move clients to it, then revoke the old one)."""
+    row, key = rt.store.issue_key(tenant_id)
+    return s.ApiKeyCreated(**key_out(row).model_dump(), api_key=key)
+
+
+@router.get("/tenants/{tenant_id}/keys", response_model=s.ApiKeyList, responses=ERRORS, dependencies=[Depends(admin_or_owner)])
+def list_keys(tenant_id: TenantId, rt: RuntimeDep) -> s.ApiKeyList:
+    rt.store.get_tenant(tenant_id)
+    return s.ApiKeyList(keys=[key_out(k) for k in rt.store.list_keys(tenant_id)])
+
+
+@router.delete("/tenants/{tenant_id}/keys/{key_id}", status_code=204, responses=ERRORS, dependencies=[Depends(admin_or_owner)])
+def revoke_key(tenant_id: TenantId, key_id: Annotated[str, Path(max_length=64)], rt: RuntimeDep) -> Response:
+    """Revoke a key: requests with it are refused from now on (other replicas within the cache TTL)."""
+    rt.store.revoke_key(tenant_id, key_id)
+    rt.auth.forget()
+    return Response(status_code=204)

@@ -19,7 +19,9 @@ router = APIRouter(prefix="/v1")
 def version_detail(v: Version, active: int | None) -> s.VersionDetail:
     metrics = v.metrics or {}
     promotion = metrics.get("promotion")
-    if v.number == active:
+    if v.error:
+        status = "failed"
+    elif v.number == active:
         status = "active"
     elif (promotion or {"activated": True}).get("activated", True):  # versions from before promotion existed were active
         status = "previous"
@@ -28,6 +30,7 @@ def version_detail(v: Version, active: int | None) -> s.VersionDetail:
     return s.VersionDetail(
         **version_out(v, active).model_dump(), status=status, accuracy=metrics.get("accuracy"), ece=metrics.get("ece"),
         transferability=metrics.get("transferability"), warnings=metrics.get("warnings", []), promotion=promotion,
+        error=v.error,
     )
 
 

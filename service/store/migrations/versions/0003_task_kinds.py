@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_task_kinds"
-down_revision: str | None = "0001"  # TODO(lead): "0002_tenant_security" once issue7's revision is merged
+down_revision: str | None = "0002_tenant_security"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,105 @@
+"""Per-tenant quotas: tasks, examples per task, labels per task, stored bytes, predict rate.
+
+Checks run before anything is written and raise :class:`QuotaExceeded`, whose message names the
+limit (the API answers it with its status and ``code``). Limits come from :mod:`service.config`;
+docs/security.md has the table.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import labels as labels_
+from .config import Settings
+from .store.models import Task
+from .store.repository import Store
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.retry_after_s = status, code, retry_after_s
+
+
+def check_labels(settings: Settings, labels: Sequence[str], field: str = "label") -> None:
+    """Each label's length (422 past ``max_label_chars``)."""
+    limit = settings.max_label_chars
+    for label in labels:
+        if len(label) > limit:
+            raise QuotaExceeded(422, "validation_error", f"a {field} has {len(label)} characters; the limit is {limit}")
+
+
+def check_new_examples(
+    store: Store, settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]],
+    kind: str = labels_.CLASSIFICATION,
+) -> None:
+    """May the tenant store ``examples`` (labels as stored, see service/labels.py) in ``task`` (None: a
+    task it is creating)? Checks the task count, examples per task, distinct labels per task and the
+    tenant's stored bytes."""
+    new_labels = labels_.names(kind, [label for _, label in examples])
+    check_labels(settings, new_labels)
+    tasks, stored = store.usage(tenant_id)
+    if task is None and tasks >= settings.max_tasks_per_tenant:
+        raise QuotaExceeded(
+            403, "quota_exceeded", f"this tenant has {tasks} tasks; the limit is {settings.max_tasks_per_tenant}. Delete one first."
+        )
+    have = store.example_count(task.id) if task else 0
+    if have + len(examples) > settings.max_examples_per_task:
+        raise QuotaExceeded(
+            403, "quota_exceeded",
+            f"the task would hold {have + len(examples)} examples; the limit is {settings.max_examples_per_task} per task",
+        )
+    labels = set(labels_.per_label(kind, store.label_counts(task.id))) if task else set()
+    labels.update(new_labels)
+    if len(labels) > settings.max_labels_per_task:
+        raise QuotaExceeded(
+            422, "validation_error", f"the task would have {len(labels)} distinct labels; the limit is {settings.max_labels_per_task}"
+        )
+    adding = sum(len(text) + len(label) for text, label in examples)
+    if stored + adding > settings.max_stored_bytes_per_tenant:
+        raise QuotaExceeded(
+            403, "quota_exceeded",
+            f"this tenant would store {stored + adding} bytes; the limit is {settings.max_stored_bytes_per_tenant} bytes",
+        )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class RateLimiter:
+    """A token bucket per tenant, in this process: ``rate`` tokens a second, at most ``burst`` saved."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_tenants: int = 100_000) -> None:
+        self.rate, self.burst, self.clock, self.max_tenants = rate, max(1, burst), clock, max_tenants
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def take(self, tenant_id: str) -> None:
+        """Spend one token, or raise 429 with the seconds until one is back."""
+        if self.rate <= 0:
+            return
+        with self._lock:
+            now = self.clock()
+            bucket = self._buckets.get(tenant_id)
+            if bucket is None:
+                if len(self._buckets) >= self.max_tenants:
+                    self._buckets.clear()  # idle buckets are full anyway: forgetting them refunds nothing
+                bucket = self._buckets[tenant_id] = _Bucket(float(self.burst), now)
+            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
+            bucket.at = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return
+            wait = (1.0 - bucket.tokens) / self.rate
+        raise QuotaExceeded(
+            429, "rate_limited",
+            f"predict rate limit of {self.rate:g} requests/s (burst {self.burst}) reached; retry after {math.ceil(wait)} s",
+            retry_after_s=wait,
+        )

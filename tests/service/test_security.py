@@ -1,0 +1,147 @@
+"""Tenant security in the store and the service layer: key rotation and revocation, disabled
+tenants, per-tenant running-job limits, quotas, the predict token bucket, corrupt head blobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapters import heads
+from service.config import Settings
+from service.quotas import QuotaExceeded, RateLimiter, check_new_examples
+from service.router import VersionFailed, head_of, store_head_loader
+from service.store.repository import Conflict, NotFound, Store
+from service.tenancy import Auth
+
+from .test_store import EXAMPLES, new_version
+
+# `store` (tests/service/conftest.py) runs every store test here on SQLite and on PostgreSQL.
+
+
+def test_rotate_then_revoke_a_key(store: Store) -> None:
+    tenant, first = store.create_tenant("acme")
+    row, second = store.issue_key(tenant.id)
+    assert second.startswith("gft_") and len(second) >= 4 + 43 and second != first  # 256 random bits, url-safe
+    assert row.prefix == second[:8]
+    assert store.tenant_for_key(first).id == store.tenant_for_key(second).id == tenant.id
+    old = next(k for k in store.list_keys(tenant.id) if k.id != row.id)
+    store.revoke_key(tenant.id, old.id)
+    assert store.tenant_for_key(first) is None and store.tenant_for_key(second).id == tenant.id
+    revoked_at = store.revoke_key(tenant.id, old.id).revoked_at  # idempotent
+    assert revoked_at is not None
+    other, _ = store.create_tenant("other")
+    with pytest.raises(NotFound):
+        store.revoke_key(other.id, row.id)  # another tenant's key id is not found
+    with pytest.raises(NotFound):
+        store.issue_key("ten_missing")
+
+
+def test_a_disabled_tenant_is_refused_at_once_even_when_its_key_is_cached(store: Store) -> None:
+    tenant, key = store.create_tenant("acme")
+    auth = Auth(store, "admin", cache_ttl_s=3600)
+    assert auth.tenant(key).id == tenant.id  # now cached for an hour
+    store.set_tenant_disabled(tenant.id, True)
+    auth.forget()
+    assert auth.tenant(key) is None
+    store.set_tenant_disabled(tenant.id, False)
+    assert auth.tenant(key).id == tenant.id
+    with pytest.raises(NotFound):
+        store.set_tenant_disabled("ten_missing", True)
+
+
+def test_a_tenant_runs_at_most_its_limit_of_jobs_and_the_rest_wait(store: Store) -> None:
+    busy, _ = store.create_tenant("busy")
+    calm, _ = store.create_tenant("calm")
+    for i in range(3):
+        store.create_task(busy.id, f"t{i}", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+    store.create_task(calm.id, "c", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+    claim = lambda: store.claim_job("w", lease_s=60, max_attempts=3, max_running_per_tenant=2)  # noqa: E731
+    claimed = [claim() for _ in range(4)]
+    assert [j.tenant_id for j in claimed[:3]] == [busy.id, busy.id, calm.id]  # busy's third job waits
+    assert claimed[3] is None
+    store.fail_job(claimed[0].id, "w", "done")
+    assert claim().tenant_id == busy.id  # a slot freed: the queued job runs
+
+
+def test_corrupt_head_blob_marks_its_version_failed_and_nothing_else(store: Store) -> None:
+    tenant, _ = store.create_tenant("acme")
+    good = heads.LinearHead(["neg", "pos"]).fit(np.eye(4, dtype=np.float32), np.array([0, 0, 1, 1]))
+    blobs = {"bad": b"\x00garbage" * 10, "good": heads.to_bytes(good)}
+    numbers = {}
+    for name in ("bad", "good"):
+        task, job = store.create_task(tenant.id, name, modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        claimed = store.claim_job("w", lease_s=60, max_attempts=3)
+        numbers[name] = (task.id, store.complete_job(claimed.id, "w", new_version(weights=blobs[name])))
+    load = store_head_loader(store)
+    with pytest.raises(VersionFailed, match="corrupt"):
+        load(numbers["bad"])
+    bad = store.version(*numbers["bad"])
+    assert bad.error and "HeadFormatError" in bad.error
+    with pytest.raises(VersionFailed, match="earlier"):  # not parsed again
+        head_of(store, store.version(*numbers["bad"], with_weights=True))
+    with pytest.raises(Conflict, match="failed to load"):
+        store.promote(tenant.id, "bad", numbers["bad"][1])
+    assert load(numbers["good"]).labels == ["neg", "pos"]
+    assert store.version(*numbers["good"]).error is None
+
+
+def test_token_bucket_allows_the_burst_then_429_with_retry_after() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
+    for _ in range(3):
+        limiter.take("a")
+    with pytest.raises(QuotaExceeded) as refused:
+        limiter.take("a")
+    assert refused.value.status == 429 and refused.value.retry_after_s == pytest.approx(0.5)
+    assert "2 requests/s (burst 3)" in str(refused.value)
+    limiter.take("b")  # buckets are per tenant
+    now[0] = 0.5
+    limiter.take("a")  # one token back after 1/rate s
+    RateLimiter(rate=0, burst=1).take("a")  # 0 = no limit
+
+
+@pytest.mark.parametrize("field,limit,make", [
+    ("max_tasks_per_tenant", 2, "tasks"),
+    ("max_examples_per_task", 6, "examples"),
+    ("max_labels_per_task", 3, "labels"),
+    ("max_label_chars", 5, "label_chars"),
+])
+def test_quota_boundaries(store: Store, field: str, limit: int, make: str) -> None:
+    """The limit passes; limit + 1 is refused with the limit in the message."""
+    settings = Settings.from_env({}, **{field: limit})
+    tenant, _ = store.create_tenant("acme")
+    check = lambda task, examples: check_new_examples(store, settings, tenant.id, task, examples)  # noqa: E731
+    if make == "tasks":
+        for i in range(limit):
+            check(None, EXAMPLES)
+            store.create_task(tenant.id, f"t{i}", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        with pytest.raises(QuotaExceeded, match=f"the limit is {limit}") as refused:
+            check(None, EXAMPLES)
+    elif make == "examples":
+        task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        check(task, [("x", "pos")] * (limit - 4))
+        with pytest.raises(QuotaExceeded, match=f"the limit is {limit}") as refused:
+            check(task, [("x", "pos")] * (limit - 3))
+    elif make == "labels":
+        task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        check(task, [("x", "third")])
+        with pytest.raises(QuotaExceeded, match=f"the limit is {limit}") as refused:
+            check(task, [("x", "third"), ("y", "fourth")])
+    else:
+        check(None, [("x", "a" * limit), ("y", "b")])
+        with pytest.raises(QuotaExceeded, match=f"the limit is {limit}") as refused:
+            check(None, [("x", "a" * (limit + 1)), ("y", "b")])
+    assert refused.value.status in (403, 422)
+
+
+def test_stored_bytes_quota_counts_examples_and_weights(store: Store) -> None:
+    tenant, _ = store.create_tenant("acme")
+    task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+    claimed = store.claim_job("w", lease_s=60, max_attempts=3)
+    store.complete_job(claimed.id, "w", new_version(weights=b"w" * 100))
+    used = sum(len(t) + len(lbl) for t, lbl in EXAMPLES) + 100
+    assert store.usage(tenant.id) == (1, used)
+    settings = Settings.from_env({}, max_stored_bytes_per_tenant=used + 10)
+    check_new_examples(store, settings, tenant.id, task, [("abcdefgh", "ab")])  # exactly at the limit
+    with pytest.raises(QuotaExceeded, match=f"the limit is {used + 10} bytes"):
+        check_new_examples(store, settings, tenant.id, task, [("abcdefghi", "ab")])
