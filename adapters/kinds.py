@@ -127,7 +127,7 @@ def fit_multilabel(x: np.ndarray, label_sets: Sequence[Sequence[str]], *, folds:
         )
     head = MultiLabelHead(labels, c=c).fit(x, y)
     head.thresholds = thresholds
-    return FitResult(head=head, metrics=metrics)
+    return FitResult(head=head, metrics=metrics, oof_proba=proba, oof_pred=pred)
 
 
 def _regression_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -176,4 +176,4 @@ def fit_regression(x: np.ndarray, values: Sequence[float], *, folds: int = 5, se
             "for the mean. Transfer from this backbone does not help yet; add examples or try another backbone."
         )
     head = RidgeHead(alpha=best["params"]["alpha"]).fit(x, y)
-    return FitResult(head=head, metrics=metrics)
+    return FitResult(head=head, metrics=metrics, oof_pred=oof[best["params"]["alpha"]])

@@ -62,6 +62,9 @@ class FitResult:
     head: Head
     metrics: dict[str, Any] = field(default_factory=dict)
     oof_proba: np.ndarray | None = None  # served kind's out-of-fold probabilities (uncalibrated), CV only
+    # multilabel / regression (adapters/kinds.py), CV only: out-of-fold predictions as the served head
+    # decides them — 0/1 label decisions (thresholds cross-fitted), or values
+    oof_pred: np.ndarray | None = None
 
     @property
     def warnings(self) -> list[str]:

@@ -243,7 +243,7 @@ class JobRunner:
         if task.active_version is None:
             return selection.first_version(), None
         active = self.store.version(task.id, task.active_version, with_weights=True)
-        if result.oof_proba is None:
+        if (result.oof_proba if task.kind == stored_labels.CLASSIFICATION else result.oof_pred) is None:
             return selection.unconditional("promoted without comparison: too few examples to cross-validate"), active.number
         unseen = np.arange(active.n_examples, len(texts))
         try:
@@ -265,9 +265,22 @@ class JobRunner:
                     return selection.unconditional(
                         f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} is no longer configured"
                     ), active.number
+        truth = [labels[i] for i in unseen]
+        if task.kind == stored_labels.REGRESSION:
+            values = stored_labels.decode_all(task.kind, truth)
+            active_values = head.predict_proba(vectors)[:, 0].tolist()
+            new_values = result.oof_pred[unseen].tolist()  # type: ignore[index]
+            return selection.compare_errors_on_unseen(values, new_values, active_values, active.number), active.number
+        if task.kind == stored_labels.MULTILABEL:  # right = exactly the example's label set (both stored-encoded)
+            def as_sets(decisions: np.ndarray, names: list[str]) -> list[str]:
+                return [stored_labels.encode(task.kind, [names[j] for j in np.flatnonzero(row)]) for row in decisions]
+
+            active_pred = as_sets(head.predict(vectors), head.labels)  # type: ignore[attr-defined]
+            new_pred = as_sets(result.oof_pred[unseen], result.head.labels)  # type: ignore[index]
+            return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
         active_pred = [head.labels[i] for i in head.predict_proba(vectors, raw=[texts[i] for i in unseen]).argmax(axis=1)]
         new_pred = [result.head.labels[i] for i in result.oof_proba[unseen].argmax(axis=1)]
-        return selection.compare_on_unseen([labels[i] for i in unseen], new_pred, active_pred, active.number), active.number
+        return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
 
     def _fit_kind(self, task: Task, texts: list[str], stored: list[str], beat: Heartbeat) -> tuple[str, np.ndarray, FitResult]:
         """Multilabel and regression tasks: embed with the task's (pinned) backbone, fit the kind's head."""
@@ -330,10 +343,7 @@ class JobRunner:
         if task.kind != stored_labels.CLASSIFICATION:
             backbone_name, x, result = self._fit_kind(task, texts, labels, beat)
             metrics = result.metrics
-            decision = selection.first_version() if task.active_version is None else selection.unconditional(
-                f"promoted as trained: the guarded comparison with the active version covers classification tasks, not {task.kind}"
-            )
-            compared_with = task.active_version
+            decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         else:
             backbone_name, x, transferability = self._embed_and_score(task, texts, labels, beat)
             result = fit_head(

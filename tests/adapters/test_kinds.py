@@ -21,6 +21,7 @@ import pytest
 from adapters import heads
 from adapters.heads import MultiLabelHead, RidgeHead
 from adapters.kinds import fit_multilabel, fit_regression, indicator, tune_thresholds
+from adapters.selection import compare_errors_on_unseen
 from adapters.training import TrainingDataError
 from graft.schemas import TaskCreate, label_problem
 from service import labels as stored
@@ -175,3 +176,24 @@ def test_task_create_checks_every_example_against_its_kind() -> None:
     with pytest.raises(ValueError, match="head 'linear' is for classification"):
         TaskCreate(name="t", kind="multilabel", head="linear", examples=[{"input": "a", "label": ["x"]}])
     assert TaskCreate(name="t", examples=[{"input": "a", "label": "x"}]).kind == "classification"  # the default
+
+
+def test_regression_promotion_is_a_sign_test_on_unseen_examples() -> None:
+    truth = [float(v) for v in range(20)]
+    closer = compare_errors_on_unseen(truth, [v + 0.1 for v in truth], [v + 1.0 for v in truth], 1)
+    assert closer.promote and closer.only_new_right == 20 and closer.only_active_right == 0
+    worse = compare_errors_on_unseen(truth, [v + 1.0 for v in truth], [v + 0.1 for v in truth], 1)
+    assert not worse.promote and "kept as a candidate" in worse.reason and "MAE 1" in worse.reason
+    # 11 vs 9: within noise (|11 - 9| < 1.96 * sqrt(20)), promoted
+    mixed = compare_errors_on_unseen(truth, [v + (0.1 if i < 9 else 1.0) for i, v in enumerate(truth)], [v + 0.5 for v in truth], 1)
+    assert mixed.promote and (mixed.only_new_right, mixed.only_active_right) == (9, 11)
+    assert compare_errors_on_unseen([], [], [], 3).promote
+
+
+def test_fits_return_out_of_fold_predictions_for_promotion(digits) -> None:
+    x, d, _, _ = digits
+    ml = fit_multilabel(x, [digit_tags(v) for v in d])
+    assert ml.oof_pred.shape == (len(d), 4) and ml.oof_pred.dtype == bool and ml.oof_proba.shape == (len(d), 4)
+    reg = fit_regression(x, d.astype(float))
+    assert reg.oof_pred.shape == (len(d),)
+    assert abs(np.mean(np.abs(reg.oof_pred - d)) - reg.metrics["mae"]) < 1e-9  # the metric is of these predictions

@@ -19,6 +19,7 @@ all-labels constant for multilabel, the training mean for regression), not just 
 from __future__ import annotations
 
 import math
+import random
 import re
 
 import numpy as np
@@ -144,15 +145,28 @@ def test_image_tasks_of_each_kind_on_digits(server) -> None:
     assert wait_for_job(client, reg_job["id"])["status"] == "succeeded"
     inputs = [r["input"] for r in test]
     check_multilabel(client, "digit-tags", inputs, [digit_tags(int(r["label"])) for r in test], margin=0.1)
-    check_regression(client, "digit-value", inputs, [float(r["label"]) for r in test], 4.5, ratio=0.8)
+    check_regression(client, "digit-value", inputs, [float(r["label"]) for r in test], 4.5, ratio=0.85)
+    full = client.post("/v1/tasks/digit-tags/predict", json={"inputs": inputs[:5]}).json()["predictions"]
+    top = client.post("/v1/tasks/digit-tags/predict", json={"inputs": inputs[:5], "top_k": 1}).json()["predictions"]
+    assert [p["labels"] for p in top] == [p["labels"] for p in full]  # top_k shortens scores, never the chosen labels
+    assert [p["scores"] for p in top] == [p["scores"][:1] for p in full]
 
-    # Appending keeps the kind's shape rules, and retrains.
-    more = per_label(load_jsonl("digits.train.jsonl"), 10, seed=5)[:20]
-    resp = client.post("/v1/tasks/digit-value/examples", json={"examples": [{"input": r["input"], "label": float(r["label"])} for r in more]})
-    assert resp.status_code == 202, resp.text
-    job = wait_for_job(client, resp.json()["job"]["id"])
-    assert job["status"] == "succeeded" and job["version"] == 2
-    assert active_version(client, "digit-value")["n_examples"] == 100
+    # Appending retrains; the retrain is compared with the active version on the 20 examples that
+    # version never saw: exact label sets (multilabel), a sign test on the errors (regression).
+    more = random.Random(0).sample([r for r in load_jsonl("digits.train.jsonl") if r not in train], 20)
+    jobs = {}
+    for name, label in (("digit-tags", lambda r: digit_tags(int(r["label"]))), ("digit-value", lambda r: float(r["label"]))):
+        resp = client.post(f"/v1/tasks/{name}/examples", json={"examples": [{"input": r["input"], "label": label(r)} for r in more]})
+        assert resp.status_code == 202, resp.text
+        jobs[name] = resp.json()["job"]["id"]
+    for name, words in (("digit-tags", "got"), ("digit-value", "closer on")):
+        job = wait_for_job(client, jobs[name])
+        assert job["status"] == "succeeded" and job["version"] == 2
+        v2 = next(v for v in client.get(f"/v1/tasks/{name}/versions").json()["versions"] if v["version"] == 2)
+        promotion = v2["promotion"]
+        assert v2["n_examples"] == 100 and promotion["compared_on"] == 20 and words in promotion["reason"], promotion
+        assert promotion["only_new_right"] + promotion["only_active_right"] <= 20
+        assert (v2["status"] == "active") == promotion["promoted"]
 
 
 def test_label_shapes_are_checked_per_kind(server) -> None:

@@ -86,9 +86,6 @@ def _target(
     rt: Runtime, name: str, task: Task | None, kind: datasets.Kind, modality: str | None, backbone: str | None, head: str | None
 ) -> tuple[str, str]:
     """The modality and backbone the upload goes to: the existing task's, or the new task's."""
-    if task is not None and task.kind != "classification":
-        raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task: dataset uploads (CSV, JSON Lines, zip) "
-                       f"carry one label string per example; send its examples as JSON to /v1/tasks/{name}/examples")
     if task is not None:
         given = {"modality": (modality, task.modality), "backbone": (backbone, task.backbone), "head": (head, task.head)}
         for param, (value, actual) in given.items():
@@ -126,7 +123,7 @@ def _ingest(
     task = _existing(rt, me, name)
     if task is not None and task.kind != "classification":
         raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task; dataset uploads hold classification "
-                       "labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
+                       f"labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
     try:
         kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)
         upload.file.seek(0)
