@@ -18,9 +18,24 @@ TaskKind = Literal["classification", "multilabel", "regression"]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
 
 
+def unstorable(value: str) -> str | None:
+    """Why a string cannot be stored as is (None when it can): NUL characters (PostgreSQL text
+    cannot hold them) and lone surrogates (not encodable as UTF-8)."""
+    if "\x00" in value:
+        return "must not contain NUL (\\u0000) characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid unicode (no lone surrogates)"
+    return None
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must be a non-empty string")
+    problem = unstorable(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 

@@ -23,7 +23,7 @@ from adapters.heads.finetune import FinetuneConfig, fit_finetune
 from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
 from adapters.transfer import capped_sample, logme
 
-from . import images, labels as stored_labels, logs, metrics
+from . import faults, images, labels as stored_labels, logs, metrics
 from .backbones.base import Backbone
 from .batching import Batcher, text_trunk
 from .config import Settings
@@ -353,6 +353,7 @@ class JobRunner:
             metrics = {**result.metrics, "transferability": transferability}
             decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         backbone = self.batchers(backbone_name).backbone
+        faults.point("training")
         beat.update(0.95)
         provenance = {"backbone": backbone.name, "backbone_revision": backbone.revision, "runtime": backbone.runtime, "dim": backbone.dim}
         blob = heads.to_bytes(result.head, metrics=metrics, **provenance)

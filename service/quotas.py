@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from graft.schemas import unstorable
+
 from . import labels as labels_
 from .config import Settings
 from .store.models import Task
@@ -42,6 +44,10 @@ def check_new_examples(
     tenant's stored bytes."""
     new_labels = labels_.names(kind, [label for _, label in examples])
     check_labels(settings, new_labels)
+    for i, (text, label) in enumerate(examples):  # files (CSV, JSON Lines) reach here unvalidated
+        problem = unstorable(text) or unstorable(label)
+        if problem:
+            raise QuotaExceeded(422, "validation_error", f"example {i}: inputs and labels {problem}")
     tasks, stored = store.usage(tenant_id)
     if task is None and tasks >= settings.max_tasks_per_tenant:
         raise QuotaExceeded(

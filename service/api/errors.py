@@ -7,6 +7,8 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.training import TrainingDataError
@@ -97,6 +99,13 @@ def install(app: FastAPI) -> None:
     async def _quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))} if exc.retry_after_s is not None else None
         return error_response(exc.status, exc.code, str(exc), headers)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(SQLAlchemyTimeout)
+    async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # the database is unreachable, full or read-only: nothing was committed (one transaction per write)
+        log.error("store unavailable", extra={"error": type(exc).__name__})
+        return error_response(503, "store_unavailable", "the store is unavailable; nothing was changed, retry shortly", {"Retry-After": "5"})
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
+from .. import faults
 from . import db, migrate
 from .models import ApiKey, Example, Job, Task, Tenant, Version, utcnow
 
@@ -216,6 +217,8 @@ class Store:
         s.add_all(Example(task_id=task.id, input=text, label=label) for text, label in examples)
         job = Job(id=new_id("job"), tenant_id=task.tenant_id, task_id=task.id, task_name=task.name, status="queued")
         s.add(job)
+        s.flush()
+        faults.point("examples_commit")
         return job
 
     @staticmethod
@@ -411,6 +414,8 @@ class Store:
                 task.active_version = number
             task.updated_at = now
             job.status, job.progress, job.version, job.finished_at = "succeeded", 1.0, number, now
+            s.flush()
+            faults.point("version_commit")
         return number
 
     def promote(self, tenant_id: str, name: str, number: int) -> Task:
@@ -432,6 +437,8 @@ class Store:
                 }
                 task.active_version = number
                 task.updated_at = utcnow()
+                s.flush()
+                faults.point("version_switch")
         return task
 
     def rollback(self, tenant_id: str, name: str) -> Task:
@@ -446,6 +453,8 @@ class Store:
                 raise Conflict(f"version {task.active_version} of task {name!r} replaced no earlier version; nothing to roll back to")
             task.active_version = previous
             task.updated_at = utcnow()
+            s.flush()
+            faults.point("version_switch")
         return task
 
     def fail_job(self, job_id: str, worker_id: str, error: str) -> None:

@@ -145,3 +145,67 @@ def test_stored_bytes_quota_counts_examples_and_weights(store: Store) -> None:
     check_new_examples(store, settings, tenant.id, task, [("abcdefgh", "ab")])  # exactly at the limit
     with pytest.raises(QuotaExceeded, match=f"the limit is {used + 10} bytes"):
         check_new_examples(store, settings, tenant.id, task, [("abcdefghi", "ab")])
+
+
+def test_every_limit_is_in_the_security_docs_table() -> None:
+    from pathlib import Path
+
+    from service.config import SETTINGS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    limits = [v.env for k, v in SETTINGS.items() if k.startswith(("max_", "predict_"))]
+    assert len(limits) >= 14
+    missing = [env for env in limits if f"`{env}`" not in doc]
+    assert missing == [], f"add these to docs/security.md's limits table: {missing}"
+
+
+def test_nothing_is_ever_unpickled() -> None:
+    """Stored and uploaded bytes are data: no pickle, joblib or numpy object loading anywhere in
+    the service, and torch checkpoints load with weights_only=True."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [p for d in ("service", "adapters", "graft") for p in (root / d).rglob("*.py")]
+    assert len(sources) > 30
+    for path in sources:
+        code = path.read_text()
+        assert not re.search(r"\bimport pickle\b|\bpickle\.loads?\(|\bjoblib\b|\bdill\b|allow_pickle\s*=\s*True", code), path
+        for call in re.findall(r"torch\.load\([^)]*\)", code):
+            assert "weights_only=True" in call, (path, call)
+
+
+def test_a_full_disk_fails_the_write_whole_and_the_store_recovers(tmp_path) -> None:
+    """SQLite with a page budget (``max_page_count``): the write that does not fit raises the same
+    OperationalError as a full disk ("database or disk is full", which the API answers with 503
+    store_unavailable), commits nothing, and once space is back the same store writes again."""
+    from sqlalchemy import event, text
+    from sqlalchemy.exc import OperationalError
+
+    store = Store(f"sqlite:///{tmp_path / 'graft.db'}")
+    try:
+        store.migrate()
+        tenant, _ = store.create_tenant("acme")
+        store.create_task(tenant.id, "small", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        with store.reading() as s:
+            pages = s.execute(text("PRAGMA page_count")).scalar()
+        budget = {"pages": pages + 2}
+
+        @event.listens_for(store.engine, "checkout")
+        def _limit(dbapi_conn, *_) -> None:  # type: ignore[no-untyped-def]
+            dbapi_conn.execute(f"PRAGMA max_page_count={budget['pages']}")
+
+        store.engine.pool.dispose()  # every connection from now on has the budget
+        big = [("x" * 50_000, "pos"), ("y" * 50_000, "neg")] * 10
+        with pytest.raises(OperationalError, match="full"):
+            store.create_task(tenant.id, "big", modality="text", backbone="minilm", head="linear", examples=big)
+        assert [t.name for t in store.list_tasks(tenant.id)] == ["small"]  # nothing half-written
+        with pytest.raises(NotFound):
+            store.get_task(tenant.id, "big")
+        budget["pages"] = 1_000_000  # space is back
+        store.create_task(tenant.id, "big", modality="text", backbone="minilm", head="linear", examples=big)
+        assert len(store.examples(store.get_task(tenant.id, "big").id)) == 20
+        with store.reading() as s:
+            assert s.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    finally:
+        store.close()
