@@ -383,7 +383,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 draws, n = 8 and 64 only, no SetFit")
     parser.add_argument("--sizes", default="8,64,all", help="examples per label, comma-separated")
     parser.add_argument("--finetune", action="store_true", help="add column (e), Graft's finetune head (text)")
-    parser.add_argument("--finetune-draws", type=int, default=0, help="draws for (e) (default: --draws)")
+    parser.add_argument("--finetune-draws", default="", help="draws for (e), one per size, comma-separated (default: --draws)")
     parser.add_argument("--finetune-layers", type=int, default=0, help="(e): adapted top layers (0: the default)")
     parser.add_argument("--finetune-rank", type=int, default=0, help="(e): LoRA rank (0: the default)")
     parser.add_argument("--columns", default="", help="only these of graft,mteb,scratch (comma-separated; default all)")
@@ -436,11 +436,12 @@ def main() -> None:
         print(f"{ds.name}: embedding {len(ds.train) + len(ds.test)} inputs with {backbone.name}", flush=True)
         emb = Embeddings(backbone, ds.train + ds.test)
         loaded.append((ds, emb))
-        for n in sizes:
+        tuned_draws = [int(d) for d in args.finetune_draws.split(",")] if args.finetune_draws else [draws] * len(sizes)
+        for n, n_tuned in zip(sizes, tuned_draws, strict=True):
             rows.append(evaluate(ds, emb, n, draws, main_columns))
             if "finetune" in COLUMNS and ds.modality == "text":  # fewer draws: slower than the heads on embeddings
                 results = []
-                for seed in range(1 if n == ALL else (args.finetune_draws or draws)):
+                for seed in range(1 if n == ALL else n_tuned):
                     results.append(run_finetune(ds, emb, draw(ds, n, seed), seed))
                     print(f"  {ds.name} n={'all' if n == ALL else n} draw {seed} finetune: acc {results[-1]['accuracy']:.1f} "
                           f"{results[-1]['seconds']:.1f}s best epoch {results[-1]['best_epoch']}", flush=True)
