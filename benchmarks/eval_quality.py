@@ -387,6 +387,8 @@ def main() -> None:
     parser.add_argument("--finetune-layers", type=int, default=0, help="(e): adapted top layers (0: the default)")
     parser.add_argument("--finetune-rank", type=int, default=0, help="(e): LoRA rank (0: the default)")
     parser.add_argument("--columns", default="", help="only these of graft,mteb,scratch (comma-separated; default all)")
+    parser.add_argument("--test-per-label", type=int, default=0, help="evaluate on a seeded stratified subset of the test split (0: all)")
+    parser.add_argument("--pool-per-label", type=int, default=0, help="draw from a seeded subset of the train pool (0: all)")
     parser.add_argument("--write-docs", type=Path, help="write the markdown table into this file (between markers)")
     args = parser.parse_args()
     sizes = [8, 64] if args.quick else [ALL if n == "all" else int(n) for n in args.sizes.split(",")]
@@ -428,6 +430,10 @@ def main() -> None:
         main_columns = [c for c in main_columns if c in args.columns.split(",")]
     loaded = []
     for ds in load_datasets(args.datasets.split(",")):
+        if args.test_per_label:  # a smaller run on a loaded machine; the table's header says so
+            ds.test = per_label(ds.test, args.test_per_label, seed=12345)
+        if args.pool_per_label:
+            ds.train = per_label(ds.train, args.pool_per_label, seed=12345)
         backbone = BACKBONES[ds.modality]()
         if backbone is None:
             skipped.append(f"{ds.name}: no {ds.modality} backbone in this build")
