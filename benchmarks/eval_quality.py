@@ -383,10 +383,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 draws, n = 8 and 64 only, no SetFit")
     parser.add_argument("--sizes", default="8,64,all", help="examples per label, comma-separated")
     parser.add_argument("--finetune", action="store_true", help="add column (e), Graft's finetune head (text)")
-    parser.add_argument("--finetune-draws", type=int, default=0, help="draws for (e) (default: --draws)")
+    parser.add_argument("--finetune-draws", default="", help="draws for (e), one per size, comma-separated (default: --draws)")
     parser.add_argument("--finetune-layers", type=int, default=0, help="(e): adapted top layers (0: the default)")
     parser.add_argument("--finetune-rank", type=int, default=0, help="(e): LoRA rank (0: the default)")
     parser.add_argument("--columns", default="", help="only these of graft,mteb,scratch (comma-separated; default all)")
+    parser.add_argument("--test-per-label", type=int, default=0, help="evaluate on a seeded stratified subset of the test split (0: all)")
+    parser.add_argument("--pool-per-label", type=int, default=0, help="draw from a seeded subset of the train pool (0: all)")
     parser.add_argument("--write-docs", type=Path, help="write the markdown table into this file (between markers)")
     args = parser.parse_args()
     sizes = [8, 64] if args.quick else [ALL if n == "all" else int(n) for n in args.sizes.split(",")]
@@ -428,6 +430,10 @@ def main() -> None:
         main_columns = [c for c in main_columns if c in args.columns.split(",")]
     loaded = []
     for ds in load_datasets(args.datasets.split(",")):
+        if args.test_per_label:  # a smaller run on a loaded machine; the table's header says so
+            ds.test = per_label(ds.test, args.test_per_label, seed=12345)
+        if args.pool_per_label:
+            ds.train = per_label(ds.train, args.pool_per_label, seed=12345)
         backbone = BACKBONES[ds.modality]()
         if backbone is None:
             skipped.append(f"{ds.name}: no {ds.modality} backbone in this build")
@@ -436,11 +442,12 @@ def main() -> None:
         print(f"{ds.name}: embedding {len(ds.train) + len(ds.test)} inputs with {backbone.name}", flush=True)
         emb = Embeddings(backbone, ds.train + ds.test)
         loaded.append((ds, emb))
-        for n in sizes:
+        tuned_draws = [int(d) for d in args.finetune_draws.split(",")] if args.finetune_draws else [draws] * len(sizes)
+        for n, n_tuned in zip(sizes, tuned_draws, strict=True):
             rows.append(evaluate(ds, emb, n, draws, main_columns))
             if "finetune" in COLUMNS and ds.modality == "text":  # fewer draws: slower than the heads on embeddings
                 results = []
-                for seed in range(1 if n == ALL else (args.finetune_draws or draws)):
+                for seed in range(1 if n == ALL else n_tuned):
                     results.append(run_finetune(ds, emb, draw(ds, n, seed), seed))
                     print(f"  {ds.name} n={'all' if n == ALL else n} draw {seed} finetune: acc {results[-1]['accuracy']:.1f} "
                           f"{results[-1]['seconds']:.1f}s best epoch {results[-1]['best_epoch']}", flush=True)

@@ -363,23 +363,23 @@ def _train(
     """One training run; with ``held``, early stopping (keeps the best epoch's weights)."""
     torch.manual_seed(seed)
     weight, bias = fit_logistic(pooled[train], y[train], n_labels, cfg.c)
-    net = _Trainable(source.model, split, cfg, weight, bias)
+    net = _Trainable(source.model, split, cfg, weight, bias).to(cache.device)
     optim = torch.optim.AdamW(
         [{"params": net.lora_parameters(), "lr": cfg.lr}, {"params": list(net.classifier.parameters()), "lr": cfg.head_lr}],
         weight_decay=cfg.weight_decay,
     )
     gen = torch.Generator().manual_seed(seed)
-    yt = torch.from_numpy(y)
+    yt = torch.from_numpy(y).to(cache.device)
     history: list[dict[str, float]] = []
 
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
             logits = torch.cat([net(*cache.batch(held[s : s + 32].tolist())) for s in range(0, len(held), 32)])
-            target = yt[torch.from_numpy(held)]
+            target = yt[torch.from_numpy(held).to(cache.device)]
             return {"loss": float(torch.nn.functional.cross_entropy(logits, target)), "accuracy": float((logits.argmax(1) == target).float().mean())}
 
     def snapshot() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        return net.lora_state(), net.classifier.weight.detach().numpy().copy(), net.classifier.bias.detach().numpy().copy()
+        return net.lora_state(), net.classifier.weight.detach().cpu().numpy().copy(), net.classifier.bias.detach().cpu().numpy().copy()
 
     best = snapshot()
     best_epoch, best_score = 0, None
