@@ -84,3 +84,25 @@ def bundle(fused: onnx.ModelProto, files: dict[str, bytes], manifest: dict[str, 
             zf.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
         zf.writestr(MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False), compress_type=zipfile.ZIP_DEFLATED)
     return out.getvalue()
+
+
+def finetune_graph(head: Any, spec: Any) -> onnx.ModelProto:
+    """A fine-tuned head's whole model as one fp32 graph: the backbone's layers with the head's LoRA
+    updates merged into its top layers, pooling and classifier: (input_ids, attention_mask) →
+    ``probabilities``. ``spec`` is the backbone's :class:`ExportSpec` (its eager-attention copy)."""
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from adapters.heads.finetune import FinetunedModel, FinetuneHead
+    from service.backbones.onnx_export import ExportSpec, export_fp32
+
+    eager = spec.module.model  # the SentenceEmbedder's transformer, eager attention (ORT-friendly)
+    bound = FinetuneHead.restore(head.labels, head.params(), head.tensors()).bind(SimpleNamespace(model=eager))
+    module = FinetunedModel(eager, bound).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_FILE
+        export_fp32(ExportSpec(module=module, example_inputs=spec.example_inputs, dynamic_axes=spec.dynamic_axes, output=PROBABILITIES), path)
+        model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {"labels": json.dumps(head.labels, ensure_ascii=False), "head": head.kind})
+    return model

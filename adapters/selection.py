@@ -6,7 +6,9 @@ are append-only), so scoring it on those would be scoring training data. The exa
 are unseen by it; the new version's out-of-fold (cross-validation) predictions on them are unseen
 by the new version's fold models too. Both models are scored on exactly those examples.
 
-Noise: on each example either both are right, both wrong, or one is right. With ``b`` = only the
+Noise: on each example either both are right, both wrong, or one is right (a multilabel prediction is
+right when it is exactly the example's label set; for regression, where nothing is exactly right, the
+model whose prediction is strictly closer to the target counts as the one right — a sign test). With ``b`` = only the
 active right and ``c`` = only the new right, the new version is *worse beyond noise* when
 ``b - c > Z * sqrt(b + c)`` (McNemar's test, normal approximation, Z = 1.96): then it stays a
 candidate. Otherwise (better, equal, or a difference within noise) it is promoted.
@@ -61,6 +63,25 @@ def compare_on_unseen(truth: Sequence[str], new: Sequence[str], active: Sequence
     summary = (
         f"on the {n} examples added since version {active_number} (unseen by both), the new version got "
         f"{sum(new_right)} right (cross-validated), version {active_number} {sum(active_right)}"
+    )
+    if b - c > Z * math.sqrt(b + c):
+        return Decision(False, f"kept as a candidate: worse than the active version beyond noise — {summary}", **counts)
+    return Decision(True, f"promoted: not worse than the active version beyond noise — {summary}", **counts)
+
+
+def compare_errors_on_unseen(truth: Sequence[float], new: Sequence[float], active: Sequence[float], active_number: int) -> Decision:
+    """Regression: the same decision, where on each example the strictly closer prediction counts as right."""
+    n = len(truth)
+    if n == 0:
+        return Decision(True, f"no example unseen by version {active_number} to compare on; promoted")
+    new_err = [abs(p - t) for p, t in zip(new, truth, strict=True)]
+    active_err = [abs(p - t) for p, t in zip(active, truth, strict=True)]
+    b = sum(a < e for a, e in zip(active_err, new_err, strict=True))
+    c = sum(e < a for a, e in zip(active_err, new_err, strict=True))
+    counts = {"compared_on": n, "new_correct": c, "active_correct": b, "only_active_right": b, "only_new_right": c}
+    summary = (
+        f"on the {n} examples added since version {active_number} (unseen by both), the new version was closer on {c} "
+        f"(cross-validated, MAE {sum(new_err) / n:.4g}), version {active_number} on {b} (MAE {sum(active_err) / n:.4g})"
     )
     if b - c > Z * math.sqrt(b + c):
         return Decision(False, f"kept as a candidate: worse than the active version beyond noise — {summary}", **counts)

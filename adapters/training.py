@@ -24,7 +24,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from .calibration import calibrate, nll
+from . import diagnostics
+from .calibration import apply_temperature, calibrate, nll
 from .heads import EMBEDDING, HEADS, RAW, TRANSFER_HEADS, Head
 from .heads.features import FEATURIZERS, FOR_MODALITY
 
@@ -61,6 +62,9 @@ class FitResult:
     head: Head
     metrics: dict[str, Any] = field(default_factory=dict)
     oof_proba: np.ndarray | None = None  # served kind's out-of-fold probabilities (uncalibrated), CV only
+    # multilabel / regression (adapters/kinds.py), CV only: out-of-fold predictions as the served head
+    # decides them — 0/1 label decisions (thresholds cross-fitted), or values
+    oof_pred: np.ndarray | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -149,6 +153,30 @@ def transfer_warnings(heads: dict[str, dict[str, Any]], served: str) -> list[str
         f"({HEAD_NAMES['baseline']}) scored {_pct(base)} accuracy in cross-validation, better than the best head "
         f"on the frozen embeddings ('{best_kind}', {_pct(best)}). {served_note}"
     ]
+
+
+def plots(
+    kind: str, best: dict[str, Any], classes: list[str], x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None,
+    oof_proba: np.ndarray, temperature: float, splitter: StratifiedKFold, modality: str, seed: int,
+) -> dict[str, Any]:
+    """The dashboard's figures (see adapters/diagnostics.py), from the served kind's CV predictions."""
+    pred = oof_proba.argmax(axis=1)
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        head = _make(kind, classes, best["params"], modality).fit(
+            None if x is None else x[train], y[train], raw=_take(raw, train)
+        )
+        return head.predict_proba(None if x is None else x[test], raw=_take(raw, test)).argmax(axis=1)
+
+    return {
+        "confusion_matrix": diagnostics.confusion(y, pred, classes),
+        "per_label": diagnostics.per_label(y, pred, classes),
+        "reliability": diagnostics.reliability(apply_temperature(oof_proba, temperature) if temperature != 1.0 else oof_proba, y),
+        "learning_curve": {
+            **diagnostics.learning_curve(fit_predict, y, splitter, best["accuracy"], seed), "head": kind,
+            "params": best["params"],
+        },
+    }
 
 
 def single_threaded_blas(fn: Callable[P, R]) -> Callable[P, R]:
@@ -245,6 +273,7 @@ def fit_head(
         calibration=calibration.as_dict(), ece=calibration.ece_calibrated,
     )
     metrics["warnings"].extend(transfer_warnings(heads, served))
+    metrics.update(plots(served, best, classes, x, y, raw, oof_proba, calibration.temperature, splitter, modality, seed))
     head = _make(served, classes, best["params"], modality).fit(x, y, raw=raw)
     if calibration.applied:
         head.temper(calibration.temperature)

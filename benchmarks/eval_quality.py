@@ -10,10 +10,14 @@ Protocol (MTEB classification): n examples per label drawn from a data set's tra
                logistic regression, C chosen by the same CV) for text, raw pixels for images
   (d) setfit   the SetFit library (contrastive fine-tuning of the same MiniLM body + logistic
                regression), n = 8 only, fewer draws (slow on CPU)
+  (e) finetune Graft's ``finetune`` head (LoRA on the top layer(s) + classifier, early stopping on a
+               held-out fold; ``adapters/heads/finetune.py``), text only, with ``--finetune``
 
 Training wall time per column: (a) and (b) include embedding the training examples with the frozen
 backbone (the pool is embedded once; its measured seconds per example are charged per draw), (c)
-has no backbone, (d) is SetFit's ``train()``. The machine is shared: compare times within one run.
+has no backbone, (d) is SetFit's ``train()``, (e) is ``fit_finetune`` (its own pass of the frozen
+layers over the training examples included; the test set's hidden states at the split point are
+computed once, like the frozen embeddings, since those layers are shared). The machine is shared: compare times within one run.
 
     .venv/bin/python -m benchmarks.eval_quality --write-docs docs/quality.md
 
@@ -141,6 +145,16 @@ def run_graft(ds: Dataset, emb: Embeddings, train: list[dict], seed: int) -> dic
     }
 
 
+def run_linear(ds: Dataset, emb: Embeddings, train: list[dict], seed: int) -> dict:
+    """Graft's ``linear`` head pinned (C by CV, temperature scaling): the feature-extraction head."""
+    labels = [r["label"] for r in train]
+    started = time.perf_counter()
+    result = fit_head("linear", emb.of(train), labels, modality=ds.modality, seed=seed)
+    seconds = time.perf_counter() - started + emb.seconds_per_input * len(train)
+    predicted = [result.head.labels[i] for i in result.head.predict_proba(emb.of(ds.test)).argmax(axis=1)]
+    return {**scores([r["label"] for r in ds.test], predicted), "seconds": seconds}
+
+
 def run_mteb(ds: Dataset, emb: Embeddings, train: list[dict], seed: int) -> dict:
     labels = [r["label"] for r in train]
     started = time.perf_counter()
@@ -181,8 +195,57 @@ def run_setfit(ds: Dataset, emb: Embeddings, train: list[dict], seed: int) -> di
     return {**scores([r["label"] for r in ds.test], predicted), "seconds": seconds}
 
 
+class FinetuneTest:
+    """The test inputs' hidden states at the split point, computed once (the frozen layers are
+    shared by every draw, as the server shares them across tasks)."""
+
+    def __init__(self) -> None:
+        self.split: int | None = None
+        self.cache = None
+
+    def proba(self, head, source, texts: list[str]):
+        import torch
+
+        from adapters.heads.finetune import _Cached, layer_mask
+
+        if self.split != head.split:
+            self.cache, self.split = _Cached(source, texts, head.split), head.split
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), 32):
+                hidden, am = self.cache.batch(list(range(start, min(start + 32, len(texts)))))
+                out.append(head.top(hidden, layer_mask(source.model, hidden, am), am).numpy())
+        return np.concatenate(out)
+
+
+FINETUNE: dict = {"source": None, "test": FinetuneTest(), "config": None}
+
+
+def run_finetune(ds: Dataset, emb: Embeddings, train: list[dict], seed: int) -> dict:
+    from adapters.heads.finetune import FinetuneConfig, fit_finetune
+
+    if ds.modality != "text":
+        raise ValueError("finetune is a text head")
+    if FINETUNE["source"] is None:
+        from service.backbones.registry import BUILTIN
+        from service.backbones.text import TorchTextBackbone
+
+        FINETUNE["source"] = TorchTextBackbone("minilm", BUILTIN["minilm"].source())
+    source = FINETUNE["source"]
+    started = time.perf_counter()
+    head, metrics = fit_finetune(source, [r["input"] for r in train], [r["label"] for r in train],
+                                 FINETUNE["config"] or FinetuneConfig(), seed=seed)
+    seconds = time.perf_counter() - started
+    proba = FINETUNE["test"].proba(head, source, [r["input"] for r in ds.test])
+    predicted = [head.labels[i] for i in proba.argmax(axis=1)]
+    return {**scores([r["label"] for r in ds.test], predicted), "seconds": seconds,
+            "best_epoch": metrics["finetune"]["best_epoch"]}
+
+
 SETFIT = {"iterations": 20, "max_length": 0}  # SetFit's paper recipe: 20 pair iterations; body's own length
-COLUMNS: dict[str, Callable] = {"graft": run_graft, "mteb": run_mteb, "scratch": run_scratch, "setfit": run_setfit}
+COLUMNS: dict[str, Callable] = {
+    "graft": run_graft, "linear": run_linear, "mteb": run_mteb, "scratch": run_scratch, "setfit": run_setfit, "finetune": run_finetune,
+}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -226,13 +289,30 @@ def evaluate(ds: Dataset, emb: Embeddings, n: int, draws: int, columns: list[str
 
 def targets(rows: list[dict]) -> dict:
     """The issue's targets, checked on this run's numbers."""
+    out: dict = {}
+    tuned = [r for r in rows if "finetune" in r["columns"]]
+    if tuned:  # on the same draws
+        out["finetune"] = []
+        for r in tuned:
+            k = r["columns"]["finetune"]["draws"]
+            entry = {"dataset": r["dataset"], "n": r["n"], "draws": k, "finetune": r["columns"]["finetune"]["accuracy"],
+                     "finetune_s": r["columns"]["finetune"]["seconds"]}
+            for other in ("linear", "graft", "setfit"):
+                if other in r["columns"]:
+                    same = r["columns"][other]["per_draw"][:k]
+                    entry[other] = statistics.fmean(d["accuracy"] for d in same)
+                    entry[f"{other}_s"] = statistics.fmean(d["seconds"] for d in same)
+            out["finetune"].append(entry)
+    rows = [r for r in rows if {"graft", "mteb", "scratch"} <= set(r["columns"])]
+    if not rows:
+        return out
     floor = [
         {"dataset": r["dataset"], "n": r["n"], "graft": r["columns"]["graft"]["accuracy"],
          "floor": max(r["columns"]["mteb"]["accuracy"], r["columns"]["scratch"]["accuracy"]) - 0.5}
         for r in rows
     ]
     gain = statistics.fmean(r["columns"]["graft"]["accuracy"] - r["columns"]["mteb"]["accuracy"] for r in rows)
-    out = {
+    out |= {
         "never_below_max_mteb_scratch_minus_0.5": all(f["graft"] >= f["floor"] for f in floor),
         "floor_checks": floor,
         "mean_gain_over_mteb_pt": gain,
@@ -261,8 +341,8 @@ def fmt(col: dict | None, key: str) -> str:
 
 
 def markdown(rows: list[dict], checks: dict, command: str, meta: dict) -> str:
-    names = {"graft": "(a) Graft default", "mteb": "(b) LR(max_iter=100) on embeddings",
-             "scratch": "(c) from scratch", "setfit": "(d) SetFit"}
+    names = {"graft": "(a) Graft default", "linear": "(a') Graft linear head", "mteb": "(b) LR(max_iter=100) on embeddings",
+             "scratch": "(c) from scratch", "setfit": "(d) SetFit", "finetune": "(e) finetune"}
     lines = [
         "| data set | n/label | draws | " + " | ".join(f"{names[c]} acc / macro-F1" for c in COLUMNS) + " | "
         + " | ".join(f"{c} train s" for c in COLUMNS) + " | (a) heads served |",
@@ -273,12 +353,17 @@ def markdown(rows: list[dict], checks: dict, command: str, meta: dict) -> str:
         cells = [f"{fmt(cols.get(c), 'accuracy')} / {fmt(cols.get(c), 'macro_f1')}" if c in cols else "—" for c in COLUMNS]
         times = [f"{cols[c]['seconds']:.2f}" if c in cols else "—" for c in COLUMNS]
         lines.append(f"| {r['dataset']} | {r['n']} | {r['draws']} | " + " | ".join(cells) + " | " + " | ".join(times)
-                     + f" | {', '.join(cols['graft']['heads'])} |")
-    lines += [
-        "",
-        f"- (a) ≥ max((b), (c)) − 0.5 pt on every row: **{'yes' if checks['never_below_max_mteb_scratch_minus_0.5'] else 'no'}**",
-        f"- mean gain of (a) over (b): **{checks['mean_gain_over_mteb_pt']:+.2f} pt** (target ≥ +1)",
-    ]
+                     + f" | {', '.join(cols['graft']['heads']) if 'graft' in cols else '—'} |")
+    lines.append("")
+    if "never_below_max_mteb_scratch_minus_0.5" in checks:
+        lines += [
+            f"- (a) ≥ max((b), (c)) − 0.5 pt on every row: **{'yes' if checks['never_below_max_mteb_scratch_minus_0.5'] else 'no'}**",
+            f"- mean gain of (a) over (b): **{checks['mean_gain_over_mteb_pt']:+.2f} pt** (target ≥ +1)",
+        ]
+    for f in checks.get("finetune", []):
+        others = ", ".join(f"{o} {f[o]:.1f} in {f[o + '_s']:.1f} s" for o in ("linear", "graft", "setfit") if o in f)
+        lines.append(f"- {f['dataset']}, n = {f['n']}, {f['draws']} draw(s): (e) finetune {f['finetune']:.1f} in "
+                     f"{f['finetune_s']:.1f} s; same draws: {others}")
     for s in checks.get("setfit", []):
         lines.append(
             f"- {s['dataset']}, n = 8, on SetFit's {s['draws']} draw(s): (a) {s['graft']:.1f} vs SetFit {s['setfit']:.1f} "
@@ -297,6 +382,13 @@ def main() -> None:
     parser.add_argument("--setfit-max-length", type=int, default=0, help="SetFit body max_seq_length (0: the model's)")
     parser.add_argument("--quick", action="store_true", help="2 draws, n = 8 and 64 only, no SetFit")
     parser.add_argument("--sizes", default="8,64,all", help="examples per label, comma-separated")
+    parser.add_argument("--finetune", action="store_true", help="add column (e), Graft's finetune head (text)")
+    parser.add_argument("--finetune-draws", default="", help="draws for (e), one per size, comma-separated (default: --draws)")
+    parser.add_argument("--finetune-layers", type=int, default=0, help="(e): adapted top layers (0: the default)")
+    parser.add_argument("--finetune-rank", type=int, default=0, help="(e): LoRA rank (0: the default)")
+    parser.add_argument("--columns", default="", help="only these of graft,mteb,scratch (comma-separated; default all)")
+    parser.add_argument("--test-per-label", type=int, default=0, help="evaluate on a seeded stratified subset of the test split (0: all)")
+    parser.add_argument("--pool-per-label", type=int, default=0, help="draw from a seeded subset of the train pool (0: all)")
     parser.add_argument("--write-docs", type=Path, help="write the markdown table into this file (between markers)")
     args = parser.parse_args()
     sizes = [8, 64] if args.quick else [ALL if n == "all" else int(n) for n in args.sizes.split(",")]
@@ -304,6 +396,13 @@ def main() -> None:
     SETFIT.update(iterations=args.setfit_iterations, max_length=args.setfit_max_length)
     if args.quick:
         COLUMNS.pop("setfit")
+    if not args.finetune:
+        COLUMNS.pop("finetune")
+    else:
+        from adapters.heads.finetune import FinetuneConfig
+
+        overrides = {k: v for k, v in (("layers", args.finetune_layers), ("rank", args.finetune_rank)) if v}
+        FINETUNE["config"] = FinetuneConfig(**overrides)
 
     rows: list[dict] = []
     skipped: list[str] = []
@@ -326,9 +425,15 @@ def main() -> None:
             extra = ("\n\nSkipped: " + "; ".join(skipped) + ".") if skipped else ""
             args.write_docs.write_text(f"{head}{start}\n{table}{extra}\n{end}{tail}")
 
-    main_columns = [c for c in COLUMNS if c != "setfit"]
+    main_columns = [c for c in COLUMNS if c not in ("setfit", "finetune")]
+    if args.columns:
+        main_columns = [c for c in main_columns if c in args.columns.split(",")]
     loaded = []
     for ds in load_datasets(args.datasets.split(",")):
+        if args.test_per_label:  # a smaller run on a loaded machine; the table's header says so
+            ds.test = per_label(ds.test, args.test_per_label, seed=12345)
+        if args.pool_per_label:
+            ds.train = per_label(ds.train, args.pool_per_label, seed=12345)
         backbone = BACKBONES[ds.modality]()
         if backbone is None:
             skipped.append(f"{ds.name}: no {ds.modality} backbone in this build")
@@ -337,8 +442,16 @@ def main() -> None:
         print(f"{ds.name}: embedding {len(ds.train) + len(ds.test)} inputs with {backbone.name}", flush=True)
         emb = Embeddings(backbone, ds.train + ds.test)
         loaded.append((ds, emb))
-        for n in sizes:
+        tuned_draws = [int(d) for d in args.finetune_draws.split(",")] if args.finetune_draws else [draws] * len(sizes)
+        for n, n_tuned in zip(sizes, tuned_draws, strict=True):
             rows.append(evaluate(ds, emb, n, draws, main_columns))
+            if "finetune" in COLUMNS and ds.modality == "text":  # fewer draws: slower than the heads on embeddings
+                results = []
+                for seed in range(1 if n == ALL else n_tuned):
+                    results.append(run_finetune(ds, emb, draw(ds, n, seed), seed))
+                    print(f"  {ds.name} n={'all' if n == ALL else n} draw {seed} finetune: acc {results[-1]['accuracy']:.1f} "
+                          f"{results[-1]['seconds']:.1f}s best epoch {results[-1]['best_epoch']}", flush=True)
+                rows[-1]["columns"]["finetune"] = summarise(results, "finetune")
             publish()
     if not args.quick and args.setfit_draws > 0:  # the slow peer last, into the n = 8 rows
         for ds, emb in loaded:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
 Modality = Literal["text", "image"]
-HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid"]
+HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid", "finetune"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
+TaskKind = Literal["classification", "multilabel", "regression"]
+LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
 
 
 def unstorable(value: str) -> str | None:
@@ -97,14 +101,81 @@ class ApiKeyList(BaseModel):
 # -- tasks and examples -------------------------------------------------------------------
 
 
+# Any JSON scalar or list: the task's kind decides which shape is valid (see label_problem), so the
+# error can say what this task takes instead of listing every union member.
+LabelValue = StrictStr | StrictBool | StrictInt | StrictFloat | list[Any] | None
+
+
+def _string_problem(label: Any) -> str | None:
+    if not isinstance(label, str):
+        return f"labels are strings, got {_shape(label)}"
+    if not label.strip():
+        return "a label must be a non-empty string"
+    if len(label) > LABEL_CHARS:
+        return f"a label has at most {LABEL_CHARS} characters, got {len(label)}"
+    return None
+
+
+def label_problem(kind: str, label: Any) -> str | None:
+    """Why ``label`` does not fit a task of ``kind`` (None when it does): classification takes one
+    string, multilabel a non-empty list of distinct strings, regression a finite number."""
+    if kind == "classification":
+        if not isinstance(label, str):
+            return f"a classification task takes one label string, got {_shape(label)}"
+        return _string_problem(label)
+    if kind == "multilabel":
+        if not isinstance(label, list):
+            return f"a multilabel task takes a list of label strings, got {_shape(label)}"
+        if not label:
+            return "the label list is empty; give each example at least one label"
+        problem = next(filter(None, (_string_problem(item) for item in label)), None)
+        if problem:
+            return f"in the label list: {problem}"
+        if len(set(label)) != len(label):
+            return f"the label list repeats a label: {label}"
+        if len(json.dumps(sorted(label), ensure_ascii=False)) > LABEL_CHARS:
+            return f"the label list is longer than {LABEL_CHARS} characters as JSON"
+        return None
+    if kind == "regression":
+        if isinstance(label, bool) or not isinstance(label, int | float):
+            return f"a regression task takes a number, got {_shape(label)}"
+        try:
+            finite = math.isfinite(float(label))
+        except OverflowError:  # an int beyond float range
+            finite = False
+        return None if finite else f"the target must be a finite number, got {str(label)[:40]}"
+    return f"unknown task kind {kind!r}"
+
+
+def _shape(label: Any) -> str:
+    if label is None:
+        return "null"
+    if isinstance(label, bool):
+        return "a boolean"
+    if isinstance(label, list):
+        return "a list"
+    if isinstance(label, str):
+        return f"the string {label[:40]!r}"
+    return f"the number {label}" if isinstance(label, int | float) else type(label).__name__
+
+
 class ExampleIn(Request):
     input: Text = Field(description="A text, or a base64-encoded PNG/JPEG/WebP image for image tasks.")
-    label: Label
+    label: LabelValue = Field(
+        description="By the task's kind: one label string (classification), a non-empty list of label strings "
+        "(multilabel), or a finite number (regression)."
+    )
 
 
 class TaskCreate(Request):
     name: Name
     modality: Modality = "text"
+    kind: TaskKind = Field(
+        default="classification",
+        description="`classification`: one label per example (softmax heads). `multilabel`: a list of labels per "
+        "example (one sigmoid per label, thresholds tuned by cross-validation). `regression`: a number per example "
+        "(ridge regression on the embeddings).",
+    )
     backbone: str | None = Field(
         default=None,
         description="Backbone name, or `auto`: the modality's backbone with the highest transferability (LogME) "
@@ -114,12 +185,25 @@ class TaskCreate(Request):
         default=None,
         description="`auto` (default): whichever head cross-validation scores best among `linear` (logistic "
         "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
-        "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them.",
+        "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
+        "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a background job.",
     )
     labels: list[Label] | None = Field(
-        default=None, description="Optional declared label set: every label must then have an example."
+        default=None, description="Optional declared label set: every label must then have an example (not for regression)."
     )
     examples: list[ExampleIn] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _labels_fit_kind(self) -> TaskCreate:
+        for i, example in enumerate(self.examples):
+            problem = label_problem(self.kind, example.label)
+            if problem:
+                raise ValueError(f"examples[{i}].label: {problem}")
+        if self.kind != "classification" and self.head not in (None, "auto"):
+            raise ValueError(f"head {self.head!r} is for classification tasks; a {self.kind} task takes head 'auto' (or none)")
+        if self.kind == "regression" and self.labels is not None:
+            raise ValueError("a regression task has no label set: omit 'labels'")
+        return self
 
 
 class ExamplesAppend(Request):
@@ -177,6 +261,7 @@ class PromoteRequest(Request):
 class TaskOut(BaseModel):
     name: str
     modality: str
+    kind: str = Field(description="`classification`, `multilabel` or `regression`.")
     backbone: str
     head: str
     active_version: int | None
@@ -219,10 +304,29 @@ class PredictionOut(BaseModel):
     scores: dict[str, float] = Field(description="Probabilities of the top_k labels, most probable first.")
 
 
+class LabelScoreOut(BaseModel):
+    label: str
+    probability: float = Field(description="This label's own sigmoid probability (labels are independent).")
+    threshold: float = Field(description="The label's decision threshold, tuned by cross-validation.")
+    chosen: bool = Field(description="Whether the probability reaches the threshold.")
+
+
+class MultiLabelPredictionOut(BaseModel):
+    labels: list[str] = Field(description="The chosen labels (probability ≥ threshold), most probable first; may be empty.")
+    scores: list[LabelScoreOut] = Field(description="The top_k labels by probability, most probable first.")
+
+
+class RegressionPredictionOut(BaseModel):
+    value: float = Field(description="The predicted number.")
+
+
 class PredictResponse(BaseModel):
     task: str
     version: int
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut] | list[MultiLabelPredictionOut] | list[RegressionPredictionOut] = Field(
+        description="Per input, by the task's kind: classification `{label, score, scores}`; multilabel "
+        "`{labels, scores: [{label, probability, threshold, chosen}]}`; regression `{value}`."
+    )
 
 
 # -- backbones ---------------------------------------------------------------------------

@@ -16,6 +16,9 @@ Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see READ
   queued) raises :class:`Overloaded` (the API answers 503 with Retry-After).
 - After the pass, rows are grouped by head: all linear heads of the pass are applied in one
   stacked matrix product, any other head once on all of its rows (:func:`apply_heads`).
+- Rows of fine-tuned heads (``finetune``) skip the pooled embedding: the torch text model's frozen
+  layers below the split run once for all of them, then each task's own top layers run on its
+  rows (:func:`adapters.heads.finetune.predict_shared`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adapters.heads import Head
+from adapters.heads import TRUNK, Head
 
 from . import metrics
 from .backbones.base import Backbone
@@ -292,17 +295,27 @@ class Batcher:
             if start == 0:
                 metrics.QUEUE_DELAY.labels(**self._labels).observe(started - req.enqueued_at)
         tokens_before = _token_counts(self.backbone)
-        try:
-            vectors = self.backbone.embed(texts)
-        except Exception as exc:  # deliver the failure to every waiting request
-            log.exception("backbone batch failed", extra={"backbone": self.backbone.name, "batch": len(texts)})
-            self._fail(batch, exc)
-            return
-        bounds, row = [], 0
-        for req, start, stop in batch:
-            bounds.append((req.head, row, row + stop - start))
-            row += stop - start
-        outputs = apply_heads(vectors, bounds)
+        # Rows of fine-tuned heads take the shared-trunk path; every other row the pooled embedding.
+        tuned = [i for i, (req, _, _) in enumerate(batch) if on_trunk(req.head)]
+        plain = [i for i in range(len(batch)) if i not in set(tuned)]
+        outputs: list[np.ndarray | Exception | None] = [None] * len(batch)
+        if plain:
+            plain_texts = [text for i in plain for text in batch[i][0].inputs[batch[i][1] : batch[i][2]]]
+            try:
+                vectors = self.backbone.embed(plain_texts)
+            except Exception as exc:  # deliver the failure to every waiting request
+                log.exception("backbone batch failed", extra={"backbone": self.backbone.name, "batch": len(texts)})
+                self._fail(batch, exc)
+                return
+            bounds, row = [], 0
+            for i in plain:
+                req, start, stop = batch[i]
+                bounds.append((req.head, row, row + stop - start))
+                row += stop - start
+            for i, out in zip(plain, apply_heads(vectors, bounds), strict=True):
+                outputs[i] = out
+        if tuned:
+            self._apply_trunk(batch, tuned, outputs)
         elapsed = time.perf_counter() - started
         self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / len(texts)
         self._observe(len(texts), elapsed, tokens_before)
@@ -316,6 +329,28 @@ class Batcher:
             if req.done == len(req.inputs) and not req.future.done():
                 req.future.set_result(req.out)
 
+    def _apply_trunk(self, batch: list[Slice], members: list[int], outputs: list[np.ndarray | Exception | None]) -> None:
+        """Fine-tuned rows of all tasks: the frozen lower layers once, then each task's top layers."""
+        from adapters.heads.finetune import predict_shared
+
+        texts = [text for i in members for text in batch[i][0].inputs[batch[i][1] : batch[i][2]]]
+        row_heads = [batch[i][0].head for i in members for _ in range(batch[i][2] - batch[i][1])]
+        try:
+            source = text_trunk(self.backbone)
+            if source is None:
+                raise ValueError(f"backbone {self.backbone.name!r} has no transformer trunk for fine-tuned heads")
+            proba = predict_shared(source, texts, row_heads, micro_batch=getattr(source, "micro_batch", 32))  # type: ignore[arg-type]
+        except Exception as exc:  # fails the fine-tuned requests only
+            log.exception("fine-tuned heads failed", extra={"backbone": self.backbone.name})
+            for i in members:
+                outputs[i] = exc
+            return
+        row = 0
+        for i in members:
+            req, start, stop = batch[i]
+            outputs[i] = proba[row : row + stop - start, : len(req.head.labels)]  # type: ignore[union-attr]
+            row += stop - start
+
     def _observe(self, size: int, seconds: float, tokens_before: tuple[int, int] | None) -> None:
         metrics.BATCH_SIZE.labels(**self._labels).observe(size)
         metrics.INFERENCE_SECONDS.labels(**self._labels).observe(seconds)
@@ -323,6 +358,18 @@ class Batcher:
         if tokens_before is not None and after is not None and after[1] > tokens_before[1]:
             real, padded = after[0] - tokens_before[0], after[1] - tokens_before[1]
             metrics.PADDING_RATIO.labels(**self._labels).observe(1.0 - real / padded)
+
+
+def on_trunk(head: Head | None) -> bool:
+    """Whether ``head`` reads the backbone's hidden states at a split layer (a fine-tuned head)."""
+    return head is not None and TRUNK in head.consumes
+
+
+def text_trunk(backbone: Backbone) -> object | None:
+    """The torch text model under any runtime (an ONNX runtime wraps the torch backbone it was
+    exported from), for the fine-tuned heads' shared trunk; None when the backbone has none."""
+    source = getattr(backbone, "origin", backbone)
+    return source if hasattr(source, "model") and hasattr(source, "batches") and getattr(source, "modality", "") == "text" else None
 
 
 def _token_counts(backbone: Backbone) -> tuple[int, int] | None:

@@ -32,7 +32,8 @@ LABEL_OVERHEAD_BYTES = 64
 
 def head_nbytes(head: Head) -> int:
     """What a loaded head costs in memory: its tensors, its labels and a fixed overhead."""
-    tensors = sum(int(t.nbytes) for t in head.tensors().values())
+    resident = getattr(head, "resident_nbytes", None)  # heads holding more than their tensors (fine-tuned layers)
+    tensors = int(resident()) if resident is not None else sum(int(t.nbytes) for t in head.tensors().values())
     labels = sum(LABEL_OVERHEAD_BYTES + len(label.encode("utf-8")) for label in head.labels)
     return tensors + labels + HEAD_OVERHEAD_BYTES
 

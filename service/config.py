@@ -69,6 +69,14 @@ SETTINGS: dict[str, _Var] = {
     "shutdown_grace_s": _Var("GRAFT_SHUTDOWN_GRACE_S", 120.0, float, "How long shutdown waits for running training jobs."),
     "cv_folds": _Var("GRAFT_CV_FOLDS", 5, int, "Folds for cross-validated head selection and metrics."),
     "seed": _Var("GRAFT_SEED", 0, int, "Seed for training (fold splits, solvers)."),
+    "finetune_layers": _Var(
+        "GRAFT_FINETUNE_LAYERS", 1, int,
+        "Top transformer layers a `finetune` head adapts (LoRA); the layers below are the trunk every tenant shares.",
+    ),
+    "finetune_rank": _Var("GRAFT_FINETUNE_RANK", 8, int, "LoRA rank of `finetune` heads."),
+    "finetune_max_epochs": _Var(
+        "GRAFT_FINETUNE_MAX_EPOCHS", 8, int, "Most epochs of a `finetune` head (early stopping on a held-out fold ends it sooner).",
+    ),
     "transfer_sample": _Var(
         "GRAFT_TRANSFER_SAMPLE", 512, int,
         "Most examples (stratified sample) embedded by each backbone of the modality to score transferability (LogME).",
@@ -146,6 +154,9 @@ class Settings:
     shutdown_grace_s: float
     cv_folds: int
     seed: int
+    finetune_layers: int
+    finetune_rank: int
+    finetune_max_epochs: int
     transfer_sample: int
     max_examples_per_request: int
     max_predict_inputs: int

@@ -12,17 +12,20 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
 
 from adapters import heads, selection
+from adapters.kinds import fit_multilabel, fit_regression
+from adapters.heads.finetune import FinetuneConfig, fit_finetune
 from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
 from adapters.transfer import capped_sample, logme
 
-from . import faults, images, logs, metrics
+from . import faults, images, labels as stored_labels, logs, metrics
 from .backbones.base import Backbone
-from .batching import Batcher
+from .batching import Batcher, text_trunk
 from .config import Settings
 from .router import VersionFailed, head_of
 from .store.models import Job, Task
@@ -240,7 +243,7 @@ class JobRunner:
         if task.active_version is None:
             return selection.first_version(), None
         active = self.store.version(task.id, task.active_version, with_weights=True)
-        if result.oof_proba is None:
+        if (result.oof_proba if task.kind == stored_labels.CLASSIFICATION else result.oof_pred) is None:
             return selection.unconditional("promoted without comparison: too few examples to cross-validate"), active.number
         unseen = np.arange(active.n_examples, len(texts))
         try:
@@ -262,9 +265,70 @@ class JobRunner:
                     return selection.unconditional(
                         f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} is no longer configured"
                     ), active.number
+        truth = [labels[i] for i in unseen]
+        if task.kind == stored_labels.REGRESSION:
+            values = stored_labels.decode_all(task.kind, truth)
+            active_values = head.predict_proba(vectors)[:, 0].tolist()
+            new_values = result.oof_pred[unseen].tolist()  # type: ignore[index]
+            return selection.compare_errors_on_unseen(values, new_values, active_values, active.number), active.number
+        if task.kind == stored_labels.MULTILABEL:  # right = exactly the example's label set (both stored-encoded)
+            def as_sets(decisions: np.ndarray, names: list[str]) -> list[str]:
+                return [stored_labels.encode(task.kind, [names[j] for j in np.flatnonzero(row)]) for row in decisions]
+
+            active_pred = as_sets(head.predict(vectors), head.labels)  # type: ignore[attr-defined]
+            new_pred = as_sets(result.oof_pred[unseen], result.head.labels)  # type: ignore[index]
+            return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
         active_pred = [head.labels[i] for i in head.predict_proba(vectors, raw=[texts[i] for i in unseen]).argmax(axis=1)]
         new_pred = [result.head.labels[i] for i in result.oof_proba[unseen].argmax(axis=1)]
-        return selection.compare_on_unseen([labels[i] for i in unseen], new_pred, active_pred, active.number), active.number
+        return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
+
+    def _fit_kind(self, task: Task, texts: list[str], stored: list[str], beat: Heartbeat) -> tuple[str, np.ndarray, FitResult]:
+        """Multilabel and regression tasks: embed with the task's (pinned) backbone, fit the kind's head."""
+        name = task.backbone
+        if name == "auto":  # refused at the API; a hand-edited row falls back to the modality's first backbone
+            names = self.backbones_of(task.modality) if self.backbones_of else []
+            if not names:
+                raise TrainingDataError(f"no {task.modality} backbone is configured")
+            name = names[0]
+        x = self._embed(name, texts, beat, 0.0, EMBED_SHARE)
+        targets = stored_labels.decode_all(task.kind, stored)
+        fit = fit_multilabel if task.kind == stored_labels.MULTILABEL else fit_regression
+        result = fit(x, targets, folds=self.settings.cv_folds, seed=self.settings.seed)
+        beat.update(0.9)
+        return name, x, result
+
+    def _finetune(self, job: Job, task: Task, texts: list[str], labels: list[str], beat: Heartbeat) -> int | None:
+        """LoRA on the top layers of the task's text backbone (``auto``: the first one configured)."""
+        if task.modality != "text":
+            raise TrainingDataError("head 'finetune' is available for text tasks only")
+        names = [task.backbone] if task.backbone != "auto" else (self.backbones_of("text") if self.backbones_of else [])
+        sources = [(n, text_trunk(self.batchers(n).backbone)) for n in names]
+        name, source = next(((n, s) for n, s in sources if s is not None), (None, None))
+        if source is None or name is None:
+            raise TrainingDataError("no text backbone with a transformer trunk is configured for head 'finetune'")
+        if len(set(labels)) < 2:
+            raise TrainingDataError("at least 2 distinct labels are needed to train a classifier")
+        cfg = FinetuneConfig(
+            layers=self.settings.finetune_layers, rank=self.settings.finetune_rank, max_epochs=self.settings.finetune_max_epochs
+        )
+        head, fit_metrics = fit_finetune(source, texts, labels, cfg, seed=self.settings.seed, progress=lambda f: beat.update(0.9 * f))
+        backbone = self.batchers(name).backbone
+        decision = selection.first_version() if task.active_version is None else selection.unconditional(
+            "promoted without comparison: a fine-tuned head is compared on its held-out fold only"
+        )
+        metrics = {**fit_metrics, "warnings": [], "examples_per_label": dict(sorted(Counter(labels).items()))}
+        provenance = {"backbone": name, "backbone_revision": backbone.revision, "runtime": "torch", "dim": backbone.dim}
+        blob = heads.to_bytes(head, metrics=metrics, **provenance)
+        beat.update(0.95)
+        return self.store.complete_job(
+            job.id, self.worker_id,
+            NewVersion(
+                head="finetune", backbone=name, backbone_revision=backbone.revision, runtime="torch", labels=head.labels,
+                metrics={**metrics, "promotion": decision.as_dict()}, n_examples=len(texts), weights=blob,
+            ),
+            promote=decision.promote,
+            compared_with=task.active_version,
+        )
 
     def _train(self, job: Job, beat: Heartbeat) -> int | None:
         try:
@@ -274,15 +338,22 @@ class JobRunner:
         examples = self.store.examples(task.id)
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
-        backbone_name, x, transferability = self._embed_and_score(task, texts, labels, beat)
+        if task.head == "finetune" and task.kind == stored_labels.CLASSIFICATION:
+            return self._finetune(job, task, texts, labels, beat)
+        if task.kind != stored_labels.CLASSIFICATION:
+            backbone_name, x, result = self._fit_kind(task, texts, labels, beat)
+            metrics = result.metrics
+            decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
+        else:
+            backbone_name, x, transferability = self._embed_and_score(task, texts, labels, beat)
+            result = fit_head(
+                task.head, x, labels, raw=texts, modality=task.modality, folds=self.settings.cv_folds, seed=self.settings.seed
+            )
+            beat.update(0.9)
+            metrics = {**result.metrics, "transferability": transferability}
+            decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         backbone = self.batchers(backbone_name).backbone
-        result = fit_head(
-            task.head, x, labels, raw=texts, modality=task.modality, folds=self.settings.cv_folds, seed=self.settings.seed
-        )
-        beat.update(0.9)
         faults.point("training")
-        metrics = {**result.metrics, "transferability": transferability}
-        decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         beat.update(0.95)
         provenance = {"backbone": backbone.name, "backbone_revision": backbone.revision, "runtime": backbone.runtime, "dim": backbone.dim}
         blob = heads.to_bytes(result.head, metrics=metrics, **provenance)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from graft.schemas import unstorable
 
+from . import labels as labels_
 from .config import Settings
 from .store.models import Task
 from .store.repository import Store
@@ -35,11 +36,14 @@ def check_labels(settings: Settings, labels: Sequence[str], field: str = "label"
 
 
 def check_new_examples(
-    store: Store, settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]]
+    store: Store, settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]],
+    kind: str = labels_.CLASSIFICATION,
 ) -> None:
-    """May the tenant store ``examples`` in ``task`` (None: a task it is creating)? Checks the task
-    count, examples per task, distinct labels per task and the tenant's stored bytes."""
-    check_labels(settings, [label for _, label in examples])
+    """May the tenant store ``examples`` (labels as stored, see service/labels.py) in ``task`` (None: a
+    task it is creating)? Checks the task count, examples per task, distinct labels per task and the
+    tenant's stored bytes."""
+    new_labels = labels_.names(kind, [label for _, label in examples])
+    check_labels(settings, new_labels)
     for i, (text, label) in enumerate(examples):  # files (CSV, JSON Lines) reach here unvalidated
         problem = unstorable(text) or unstorable(label)
         if problem:
@@ -55,8 +59,8 @@ def check_new_examples(
             403, "quota_exceeded",
             f"the task would hold {have + len(examples)} examples; the limit is {settings.max_examples_per_task} per task",
         )
-    labels = set(store.label_counts(task.id)) if task else set()
-    labels.update(label for _, label in examples)
+    labels = set(labels_.per_label(kind, store.label_counts(task.id))) if task else set()
+    labels.update(new_labels)
     if len(labels) > settings.max_labels_per_task:
         raise QuotaExceeded(
             422, "validation_error", f"the task would have {len(labels)} distinct labels; the limit is {settings.max_labels_per_task}"

@@ -54,10 +54,11 @@ class TaskRef:
     backbone: str
     head: str
     active_version: int | None
+    kind: str = "classification"
 
     @classmethod
     def of(cls, task: Task) -> TaskRef:
-        return cls(task.id, task.tenant_id, task.name, task.modality, task.backbone, task.head, task.active_version)
+        return cls(task.id, task.tenant_id, task.name, task.modality, task.backbone, task.head, task.active_version, task.kind)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,49 @@ class Prediction:
     label: str
     score: float
     scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    probability: float
+    threshold: float
+    chosen: bool
+
+
+@dataclass(frozen=True)
+class MultiLabelPrediction:
+    labels: list[str]  # chosen (probability >= threshold), most probable first
+    scores: list[LabelScore]  # top_k by probability
+
+
+@dataclass(frozen=True)
+class RegressionPrediction:
+    value: float
+
+
+AnyPrediction = Prediction | MultiLabelPrediction | RegressionPrediction
+
+
+def multilabel_predictions(head: heads.Head, proba: np.ndarray, top_k: int | None) -> list[MultiLabelPrediction]:
+    labels, thresholds = head.labels, head.thresholds  # type: ignore[attr-defined]
+    k = len(labels) if top_k is None else min(top_k, len(labels))
+    out = []
+    for p in proba:
+        order = np.argsort(-p, kind="stable")
+        # thresholds are float32 grid points (0.05, 0.075, ...): shown rounded, which compares the same
+        scores = [LabelScore(labels[j], float(p[j]), round(float(thresholds[j]), 4), bool(p[j] >= thresholds[j])) for j in order]
+        out.append(MultiLabelPrediction(labels=[sc.label for sc in scores if sc.chosen], scores=scores[:k]))
+    return out
+
+
+def kind_predictions(kind: str, head: heads.Head, proba: np.ndarray, top_k: int | None) -> list[AnyPrediction]:
+    """The head's output as the task's kind answers it (``proba`` holds regression values as one column)."""
+    if kind == "multilabel":
+        return multilabel_predictions(head, proba, top_k)  # type: ignore[return-value]
+    if kind == "regression":
+        return [RegressionPrediction(float(v)) for v in proba[:, 0]]
+    return top_predictions(head.labels, proba, top_k)  # type: ignore[return-value]
 
 
 def top_predictions(labels: Sequence[str], proba: np.ndarray, top_k: int | None) -> list[Prediction]:
@@ -80,13 +124,22 @@ def top_predictions(labels: Sequence[str], proba: np.ndarray, top_k: int | None)
     ]
 
 
-def store_head_loader(store: Store) -> Callable[[tuple[str, int]], heads.Head]:
+def store_head_loader(store: Store, trunk_of: Callable[[str], Any] | None = None) -> Callable[[tuple[str, int]], heads.Head]:
     """Heads from their safetensors blobs (never unpickled). A blob that does not load marks its
-    version failed (logged with ids only) and raises :class:`VersionFailed`."""
+    version failed (logged with ids only) and raises :class:`VersionFailed`. Fine-tuned heads are bound
+    to their backbone's torch text model (``trunk_of(backbone name)``), which merges their LoRA updates
+    into copies of its top layers."""
 
     def load(key: tuple[str, int]) -> heads.Head:
         task_id, number = key
-        return head_of(store, store.version(task_id, number, with_weights=True))
+        version = store.version(task_id, number, with_weights=True)
+        head = head_of(store, version)
+        if heads.TRUNK in head.consumes:
+            source = trunk_of(version.backbone) if trunk_of is not None else None
+            if source is None:
+                raise RuntimeError(f"backbone {version.backbone!r} cannot serve fine-tuned heads here")
+            head.bind(source)  # type: ignore[attr-defined]
+        return head
 
     return load
 
@@ -143,7 +196,7 @@ class Router:
         inputs: Sequence[Any],
         top_k: int | None = None,
         prepare: Prepare | None = None,
-    ) -> tuple[TaskRef, int, list[Prediction]]:
+    ) -> tuple[TaskRef, int, list[AnyPrediction]]:
         """Predict with the task's active version. ``prepare(ref, backbone, want_raw)`` turns the
         request's inputs into what the backbone takes and, for heads that read raw inputs
         (baseline, hybrid), their raw form; without it inputs pass through as they are (text)."""
@@ -168,7 +221,7 @@ class Router:
         else:
             proba = await self.batchers(backbone).predict(model_inputs, head)
         self.tenant_labels.count(tenant_id, len(inputs))
-        return ref, number, top_predictions(head.labels, proba, top_k)
+        return ref, number, kind_predictions(ref.kind, head, proba, top_k)
 
 
 def _active(ref: TaskRef) -> int:
@@ -177,4 +230,4 @@ def _active(ref: TaskRef) -> int:
     return ref.active_version
 
 
-__all__ = ["HeadCache", "NotFound", "NotTrained", "VersionFailed", "Prediction", "Router", "TaskRef", "store_head_loader", "top_predictions"]
+__all__ = ["AnyPrediction", "HeadCache", "MultiLabelPrediction", "NotFound", "NotTrained", "Prediction", "RegressionPrediction", "Router", "TaskRef", "VersionFailed", "store_head_loader", "top_predictions"]

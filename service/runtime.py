@@ -10,7 +10,7 @@ import sys
 from . import logs, metrics
 from .backbones.registry import BUILTIN, Registry, parse_extra
 from .backbones.runtimes import RuntimeConfig
-from .batching import Batcher
+from .batching import Batcher, text_trunk
 from .caching import HeadCache
 from .config import Settings
 from .jobs import JobRunner
@@ -47,7 +47,7 @@ class Runtime:
             name: Batcher(bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size)
             for name, bb in self.backbones.loaded.items()
         }
-        head_cache = HeadCache(store_head_loader(self.store), int(settings.head_cache_mb * 2**20))
+        head_cache = HeadCache(store_head_loader(self.store, self.trunk), int(settings.head_cache_mb * 2**20))
         self.router = Router(
             self.store, self.batcher, head_cache, settings.task_cache_ttl_s, metrics.TenantLabels(settings.metrics_tenant_labels)
         )
@@ -60,6 +60,10 @@ class Runtime:
 
     def batcher(self, backbone: str) -> Batcher:
         return self._batchers[backbone]
+
+    def trunk(self, backbone: str) -> object | None:
+        """The torch text model of a loaded backbone (fine-tuned heads run on it), if it has one."""
+        return text_trunk(self.backbones.get(backbone)) if backbone in self.backbones.loaded else None
 
     def default_backbone(self, modality: str) -> str:
         return self.settings.default_image_backbone if modality == "image" else self.settings.default_text_backbone

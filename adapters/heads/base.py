@@ -29,6 +29,7 @@ class HeadFormatError(ValueError):
 
 EMBEDDING = "embedding"  # frozen backbone embeddings
 RAW = "raw"  # the raw inputs (texts), for from-scratch features
+TRUNK = "trunk"  # the text backbone's hidden states at a split layer (fine-tuned top layers)
 
 
 class MissingInputs(ValueError):
@@ -60,7 +61,7 @@ def require(head: Head, x: np.ndarray | None, raw: Sequence[str] | None) -> None
     """Raise :class:`MissingInputs` unless the inputs ``head.consumes`` are present."""
     if EMBEDDING in head.consumes and x is None:
         raise MissingInputs(f"the {head.kind!r} head needs backbone embeddings")
-    if RAW in head.consumes and raw is None:
+    if (RAW in head.consumes or TRUNK in head.consumes) and raw is None:
         raise MissingInputs(f"the {head.kind!r} head needs the raw inputs")
 
 
@@ -85,10 +86,11 @@ def read_metadata(blob: bytes) -> dict[str, Any]:
 
 
 def from_bytes(blob: bytes) -> Head:
-    from . import HEADS  # the registry imports the concrete heads
+    from . import HEADS, KIND_HEADS  # the registries import the concrete heads
 
     meta = read_metadata(blob)
-    cls = HEADS.get(meta.get("kind", ""))
+    known = {**HEADS, **{cls.kind: cls for cls in KIND_HEADS.values()}}
+    cls = known.get(meta.get("kind", ""))
     if cls is None:
         raise HeadFormatError(f"unknown head kind {meta.get('kind')!r}")
     try:

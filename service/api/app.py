@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import logs, metrics
-from . import errors, routes
+from . import dashboard, errors, routes
 from .limits import BodyLimit
 
 log = logs.get("http")
@@ -58,6 +58,7 @@ def create() -> FastAPI:
         description="Multi-tenant transfer learning: shared pretrained backbones, per-tenant task heads.",
     )
     app.include_router(routes.router)
+    dashboard.install(app)
     errors.install(app)
     app.add_middleware(BodyLimit)  # inside RequestContext: a refused body still gets an id and a log line
     app.add_middleware(RequestContext)

@@ -72,6 +72,8 @@ class Task(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     modality: Mapped[str] = mapped_column(String(16))
+    # classification | multilabel | regression; labels of the latter two are stored encoded (service/labels.py)
+    kind: Mapped[str] = mapped_column(String(16), default="classification", server_default="classification")
     backbone: Mapped[str] = mapped_column(String(64))
     head: Mapped[str] = mapped_column(String(32))
     active_version: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -190,9 +190,12 @@ class Store:
         backbone: str,
         head: str,
         examples: Sequence[tuple[str, str]],
+        kind: str = "classification",
     ) -> tuple[Task, Job]:
         """Create a task, store its examples and queue its first training job, atomically."""
-        task = Task(id=new_id("task"), tenant_id=tenant_id, name=name, modality=modality, backbone=backbone, head=head)
+        task = Task(
+            id=new_id("task"), tenant_id=tenant_id, name=name, modality=modality, kind=kind, backbone=backbone, head=head
+        )
         try:
             with self.writing() as s:
                 s.add(task)

@@ -121,6 +121,9 @@ def _ingest(
     rt: Runtime, me: Tenant, name: str, upload: Upload, modality: str | None, backbone: str | None, head: str | None
 ) -> s.DatasetAccepted:
     task = _existing(rt, me, name)
+    if task is not None and task.kind != "classification":
+        raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task; dataset uploads hold classification "
+                       f"labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
     try:
         kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)
         upload.file.seek(0)
@@ -130,7 +133,7 @@ def _ingest(
         raise ApiError(exc.status, exc.code, str(exc)) from None
     quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples)
     if task is None:
-        check_labels(examples, None)
+        check_labels([label for _, label in examples], None)
         created, (task, job) = True, rt.store.create_task(
             me.id, name, modality=target, backbone=backbone_name, head=head or "linear", examples=examples
         )

@@ -4,7 +4,7 @@ that depends on configuration."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -49,7 +49,7 @@ TenantDep = Annotated[Tenant, Depends(tenant)]
 
 def task_out(task: Task) -> s.TaskOut:
     return s.TaskOut(
-        name=task.name, modality=task.modality, backbone=task.backbone, head=task.head,
+        name=task.name, modality=task.modality, kind=task.kind, backbone=task.backbone, head=task.head,
         active_version=task.active_version, created_at=task.created_at, updated_at=task.updated_at,
     )
 
@@ -78,8 +78,13 @@ def check_texts(rt: Runtime, texts: Sequence[str], field: str) -> None:
             raise ApiError(413, "too_large", f"{field}[{i}] has {len(text)} characters; the limit is {limit}")
 
 
-def check_labels(examples: Sequence[tuple[str, str]], declared: Sequence[str] | None) -> None:
-    present = {label for _, label in examples}
+def check_labels(given: Sequence[Any], declared: Sequence[str] | None, kind: str = "classification") -> None:
+    """A new task's labels (already shape-checked per kind): enough distinct ones, and the declared set if any."""
+    if kind == "regression":
+        if len(set(given)) < 2:
+            raise ApiError(422, "validation_error", f"at least 2 distinct target values are needed; got {sorted(set(given))}")
+        return
+    present = {label for chosen in given for label in chosen} if kind == "multilabel" else set(given)
     if declared is not None:
         unknown = sorted(present - set(declared))
         if unknown:

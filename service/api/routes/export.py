@@ -8,7 +8,8 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, Query, Response
 
-from adapters.export import MODEL_FILE, PROBABILITIES, ExportError, bundle, fuse
+from adapters import heads
+from adapters.export import MODEL_FILE, PROBABILITIES, ExportError, bundle, finetune_graph, fuse
 
 from ...router import NotTrained, head_of
 from ...runtime import Runtime
@@ -52,6 +53,9 @@ async def export_task(
 
 def _version(rt: Runtime, tenant_id: str, name: str, number: int | None) -> tuple[Task, Version]:
     task = rt.store.get_task(tenant_id, name)  # another tenant's task: NotFound → 404
+    if task.kind != "classification":
+        raise ApiError(422, "not_exportable", f"task {name!r} is a {task.kind} task: ONNX export covers classification "
+                       "tasks only for now; serve it through /predict")
     number = number or task.active_version
     if number is None:
         raise NotTrained(f"task {name!r} has no trained version yet; poll its job and export when it succeeds")
@@ -62,16 +66,21 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     import onnx
     import onnxruntime
 
-    backbone = rt.backbones.get(task.backbone)
-    variant = backbone.runtime if backbone.runtime in PORTABLE else "onnx"
-    path = rt.backbones.onnx_file(task.backbone, variant)
-    source = rt.backbones.exportable(task.backbone)
-    if path is None or source is None:
-        raise ApiError(422, "not_exportable", f"backbone {task.backbone!r} has no ONNX export")
     head = head_of(rt.store, v)
+    finetuned = heads.TRUNK in head.consumes
+    name = v.backbone if finetuned else task.backbone
+    if name not in rt.backbones.loaded:
+        raise ApiError(422, "not_exportable", f"backbone {name!r} is not configured")
+    backbone = rt.backbones.get(name)
+    # A fine-tuned head changes the backbone's top layers: its whole model is exported in fp32, merged.
+    variant = "onnx" if finetuned or backbone.runtime not in PORTABLE else backbone.runtime
+    source = rt.backbones.exportable(name)
+    path = None if finetuned else rt.backbones.onnx_file(name, variant)
+    if source is None or (path is None and not finetuned):
+        raise ApiError(422, "not_exportable", f"backbone {name!r} has no ONNX export")
     files = source.preprocessing_files()
     try:
-        fused = fuse(onnx.load(str(path)), head)
+        fused = finetune_graph(head, source.export_spec()) if finetuned else fuse(onnx.load(str(path)), head)
     except ExportError as exc:
         raise ApiError(422, "not_exportable", str(exc)) from None
     manifest: dict[str, Any] = {

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
 
+from ...router import AnyPrediction, MultiLabelPrediction, RegressionPrediction
 from ...runtime import Runtime
 from graft import schemas as s
 from ..errors import ApiError
@@ -25,11 +26,17 @@ async def _predict(
 ) -> s.PredictResponse:
     prepare = predict_inputs(rt, inputs, names)
     task, version, predictions = await rt.router.predict(tenant_id, name, inputs, top_k, prepare=prepare)
-    return s.PredictResponse(
-        task=task.name,
-        version=version,
-        predictions=[s.PredictionOut(label=p.label, score=p.score, scores=p.scores) for p in predictions],
-    )
+    return s.PredictResponse(task=task.name, version=version, predictions=[_out(p) for p in predictions])
+
+
+def _out(p: AnyPrediction) -> s.PredictionOut | s.MultiLabelPredictionOut | s.RegressionPredictionOut:
+    if isinstance(p, MultiLabelPrediction):
+        return s.MultiLabelPredictionOut(
+            labels=p.labels, scores=[s.LabelScoreOut(label=x.label, probability=x.probability, threshold=x.threshold, chosen=x.chosen) for x in p.scores],
+        )
+    if isinstance(p, RegressionPrediction):
+        return s.RegressionPredictionOut(value=p.value)
+    return s.PredictionOut(label=p.label, score=p.score, scores=p.scores)
 
 
 @router.post("/tasks/{name}/predict", response_model=s.PredictResponse, responses=ERRORS)

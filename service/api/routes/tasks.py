@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from graft import schemas as s
-from ... import quotas
+from ... import labels, quotas
+from ..errors import ApiError
 from ..inputs import stored_examples
 from .deps import (
     ERRORS,
@@ -23,13 +24,17 @@ router = APIRouter(prefix="/v1")
 
 @router.post("/tasks", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
 def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
+    if body.kind != labels.CLASSIFICATION and body.backbone == "auto":
+        raise ApiError(422, "validation_error", f"backbone 'auto' is for classification tasks; name a {body.modality} backbone for a {body.kind} task")
     backbone = choose_backbone(rt, body.modality, body.backbone)
-    examples = _examples(rt, body.modality, backbone, body.examples)
     quotas.check_labels(rt.settings, body.labels or [], "declared label")
-    check_labels(examples, body.labels)
-    quotas.check_new_examples(rt.store, rt.settings, me.id, None, examples)
+    check_labels([e.label for e in body.examples], body.labels, body.kind)
+    examples = _examples(rt, body.modality, body.kind, backbone, body.examples)
+    quotas.check_new_examples(rt.store, rt.settings, me.id, None, examples, body.kind)
+    if body.head == "finetune" and (body.modality != "text" or body.kind != labels.CLASSIFICATION):
+        raise ApiError(422, "validation_error", "head 'finetune' is available for text classification tasks only")
     task, job = rt.store.create_task(
-        me.id, body.name, modality=body.modality, backbone=backbone, head=body.head or "auto", examples=examples
+        me.id, body.name, modality=body.modality, kind=body.kind, backbone=backbone, head=body.head or "auto", examples=examples
     )
     rt.jobs.notify()
     return s.TaskCreated(task=task_out(task), job=job_out(job))
@@ -48,7 +53,7 @@ def get_task(name: str, rt: RuntimeDep, me: TenantDep) -> s.TaskDetail:
     return s.TaskDetail(
         **task_out(task).model_dump(),
         labels=active.labels if active else [],
-        examples_per_label=rt.store.label_counts(task.id),
+        examples_per_label=labels.per_label(task.kind, rt.store.label_counts(task.id)),
         versions=[version_out(v, task.active_version) for v in versions],
     )
 
@@ -63,15 +68,20 @@ def delete_task(name: str, rt: RuntimeDep, me: TenantDep) -> Response:
 @router.post("/tasks/{name}/examples", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
 def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
     task = rt.store.get_task(me.id, name)
-    examples = _examples(rt, task.modality, task.backbone, body.examples)
-    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples)
+    for i, example in enumerate(body.examples):
+        problem = s.label_problem(task.kind, example.label)
+        if problem:
+            raise ApiError(422, "validation_error", f"examples[{i}].label: {problem} (task {name!r} is a {task.kind} task)")
+    examples = _examples(rt, task.modality, task.kind, task.backbone, body.examples)
+    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples, task.kind)
     task, job = rt.store.add_examples(me.id, name, examples)
     rt.jobs.notify()
     return s.TaskCreated(task=task_out(task), job=job_out(job))
 
 
-def _examples(rt: RuntimeDep, modality: str, backbone: str, examples: list[s.ExampleIn]) -> list[tuple[str, str]]:
+def _examples(rt: RuntimeDep, modality: str, kind: str, backbone: str, examples: list[s.ExampleIn]) -> list[tuple[str, str]]:
+    """Examples as the store keeps them (labels encoded per kind, see service/labels.py)."""
     return stored_examples(
-        rt, modality, backbone, [e.input for e in examples], [e.label for e in examples],
+        rt, modality, backbone, [e.input for e in examples], [labels.encode(kind, e.label) for e in examples],
         [f"examples[{i}].input" for i in range(len(examples))],
     )

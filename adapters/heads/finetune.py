@@ -1,0 +1,457 @@
+"""Fine-tuning head: LoRA on the top ``k`` transformer layers of the text backbone plus a classifier.
+
+The backbone's layers below the split point (``split = n_layers - k``) stay frozen and are the
+same for every tenant, so the server computes them once per mixed batch (:func:`predict_shared`)
+and only the top ``k`` layers run per task. Training exploits the same cut: the hidden states at
+the split are computed once for all examples, and the epochs only run the top ``k`` layers.
+
+- Adapted: every linear projection of the top ``k`` layers (query, key, value, attention output,
+  FFN in and out) gets a rank-``r`` LoRA update (peft); the classifier is a linear map on the
+  mean-pooled, L2-normalised output, initialised with the logistic regression of the linear head
+  (so epoch 0 *is* the linear head, and fine-tuning only has to improve on it).
+- Trained with a low learning rate (AdamW), in eval mode (no dropout: seeded runs are
+  reproducible), early stopping on a stratified held-out fold; the number of epochs that scored
+  best on it is then re-run on all examples.
+- Stored: only the LoRA matrices and the classifier (safetensors, like every head). Loaded for
+  serving, the LoRA updates are merged into copies of the top layers (``bind``): serving a
+  fine-tuned row costs exactly what the backbone's own top layers cost.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from .base import TRUNK
+from .linear import fit_logistic
+
+TARGETS = ("query", "key", "value", "dense")  # suffixes: attention q/k/v, attention output, FFN in and out
+DEFAULT_LAYERS = 1
+DEFAULT_RANK = 8
+
+
+class TextSource(Protocol):
+    """What fine-tuning needs from the text backbone: the HF encoder and its tokenisation."""
+
+    model: torch.nn.Module
+
+    def batches(self, inputs: Sequence[str], max_items: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    layers: int = DEFAULT_LAYERS  # k: adapted top layers
+    rank: int = DEFAULT_RANK
+    alpha: float = 16.0
+    lr: float = 1e-3  # LoRA matrices (low: epoch 0 is already the linear head)
+    head_lr: float = 1e-2  # classifier
+    weight_decay: float = 0.01
+    max_epochs: int = 8
+    patience: int = 2
+    batch_size: int = 16
+    holdout: float = 0.2  # fraction of each label held out for early stopping
+    c: float = 10.0  # the initial logistic regression's inverse regularisation (the linear head's default)
+    refit: bool = True  # re-run the best number of epochs on all examples
+
+
+# -- the split backbone -------------------------------------------------------------------------
+
+
+def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    return model.encoder.layer  # type: ignore[union-attr,return-value]
+
+
+def layer_mask(model: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+    """The attention mask as the model's layers take it (what ``model.forward`` builds)."""
+    return model._create_attention_masks(attention_mask, None, hidden, None, None)[0]  # type: ignore[operator]
+
+
+def lower(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, stop: int) -> tuple[torch.Tensor, Any]:
+    """Hidden states after the first ``stop`` layers, and the layers' attention mask."""
+    hidden = model.embeddings(input_ids=input_ids)  # type: ignore[operator]
+    mask = layer_mask(model, hidden, attention_mask)
+    for layer in encoder_layers(model)[:stop]:
+        hidden = layer(hidden, mask)
+    return hidden, mask
+
+
+def run_layers(layers: Sequence[torch.nn.Module], hidden: torch.Tensor, mask: Any) -> torch.Tensor:
+    for layer in layers:
+        hidden = layer(hidden, mask)
+    return hidden
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Attention-masked mean pooling and L2 normalisation (the backbone's embedding)."""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def merge_lora(layers: torch.nn.ModuleList, lora: dict[str, np.ndarray], scaling: float) -> None:
+    """Add ``scaling * B @ A`` to each adapted linear weight of ``layers`` (in place)."""
+    modules = dict(layers.named_modules())
+    for key, a in lora.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        name = key[: -len(".lora_A.weight")]
+        b = lora[f"{name}.lora_B.weight"]
+        linear = modules[name]
+        with torch.no_grad():
+            linear.weight += scaling * torch.from_numpy(b @ a).to(linear.weight.dtype).to(linear.weight.device)
+
+
+# -- the head -----------------------------------------------------------------------------------
+
+
+class FinetuneHead:
+    kind: ClassVar[str] = "finetune"
+    consumes: ClassVar[frozenset[str]] = frozenset({TRUNK})
+    exportable: ClassVar[bool] = False  # exported with its own top layers (adapters/export.py: finetune_graph)
+
+    def __init__(self, labels: list[str], split: int, n_layers: int, rank: int, alpha: float) -> None:
+        self.labels = list(labels)
+        self.split, self.n_layers, self.rank, self.alpha = int(split), int(n_layers), int(rank), float(alpha)
+        self.lora: dict[str, np.ndarray] = {}
+        self.weight = np.zeros((len(labels), 0), dtype=np.float32)
+        self.bias = np.zeros(len(labels), dtype=np.float32)
+        self.temperature = 1.0
+        self.source: TextSource | None = None
+        self.layers: torch.nn.ModuleList | None = None  # merged copies of the top layers, once bound
+        self.metrics: dict[str, Any] = {}
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    # -- Head protocol ----------------------------------------------------------------------
+
+    def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> FinetuneHead:
+        raise TypeError("fine-tuning heads are trained with adapters.heads.finetune.fit_finetune")
+
+    def temper(self, temperature: float) -> None:
+        self.weight, self.bias = self.weight / temperature, self.bias / temperature
+        self._torch_classifier = None
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {**{f"lora.{k}": v for k, v in self.lora.items()}, "classifier.weight": self.weight, "classifier.bias": self.bias}
+
+    def params(self) -> dict[str, Any]:
+        return {"split": self.split, "n_layers": self.n_layers, "rank": self.rank, "alpha": self.alpha}
+
+    @classmethod
+    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> FinetuneHead:
+        head = cls(labels, params["split"], params["n_layers"], params["rank"], params["alpha"])
+        head.lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+        head.weight, head.bias = tensors["classifier.weight"], tensors["classifier.bias"]
+        if head.weight.shape[0] != len(labels) or head.bias.shape != (len(labels),):
+            raise ValueError("finetune head tensors do not match its labels")
+        if not 0 <= head.split < head.n_layers:
+            raise ValueError("finetune head split point out of range")
+        return head
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def bind(self, source: TextSource) -> FinetuneHead:
+        """Attach the backbone: copies of its top layers with this head's LoRA updates merged in."""
+        model = source.model
+        if len(encoder_layers(model)) != self.n_layers:
+            raise ValueError(f"the head was trained on a {self.n_layers}-layer backbone, this one has {len(encoder_layers(model))}")
+        layers = copy.deepcopy(encoder_layers(model)[self.split :]).float().eval()
+        for p in layers.parameters():
+            p.requires_grad_(False)
+        merge_lora(layers, self.lora, self.scaling)
+        self.source, self.layers = source, layers
+        return self
+
+    @property
+    def bound(self) -> bool:
+        return self.layers is not None
+
+    def resident_nbytes(self) -> int:
+        """Memory held once bound: the merged top layers plus the stored tensors."""
+        held = sum(int(t.nbytes) for t in self.tensors().values())
+        if self.layers is not None:
+            held += sum(p.numel() * p.element_size() for p in self.layers.parameters())
+        return held
+
+    def top(self, hidden: torch.Tensor, mask: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Probabilities from the hidden states at the split point (torch, float32)."""
+        assert self.layers is not None, "bind() the head to its backbone first"
+        pooled = pool(run_layers(self.layers, hidden.float(), mask), attention_mask)
+        w = torch.from_numpy(self.weight).to(pooled.device)
+        b = torch.from_numpy(self.bias).to(pooled.device)
+        return torch.softmax(pooled @ w.T + b, dim=1)
+
+    def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
+        """Probabilities for raw texts through this head's whole model (bound backbone required)."""
+        if raw is None:
+            from .base import MissingInputs
+
+            raise MissingInputs("the 'finetune' head needs the raw texts")
+        if self.source is None:
+            raise RuntimeError("bind() the head to its backbone first")
+        return predict_shared(self.source, list(raw), [self] * len(raw))
+
+    def torch_module(self) -> torch.nn.Module:
+        """The whole adapted model: (input_ids, attention_mask) → probabilities (for ONNX export)."""
+        assert self.source is not None and self.layers is not None, "bind() the head to its backbone first"
+        return FinetunedModel(self.source.model, self)
+
+
+class FinetunedModel(torch.nn.Module):
+    """Backbone lower layers + the head's merged top layers + classifier, as one module."""
+
+    def __init__(self, model: torch.nn.Module, head: FinetuneHead) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).float().eval()
+        self.split = head.split
+        self.top_layers = copy.deepcopy(head.layers)
+        self.register_buffer("weight", torch.from_numpy(np.ascontiguousarray(head.weight, dtype=np.float32).copy()))
+        self.register_buffer("bias", torch.from_numpy(np.ascontiguousarray(head.bias, dtype=np.float32).copy()))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden, mask = lower(self.model, input_ids, attention_mask, self.split)
+        pooled = pool(run_layers(self.top_layers, hidden, mask), attention_mask)
+        return torch.softmax(pooled @ self.weight.T + self.bias, dim=1)
+
+
+@torch.inference_mode()
+def predict_shared(source: TextSource, texts: Sequence[str], row_heads: Sequence[FinetuneHead], micro_batch: int = 32) -> np.ndarray:
+    """Probabilities for a mixed batch: row ``i`` is ``texts[i]`` for ``row_heads[i]``.
+
+    Per length-sorted micro-batch, the frozen layers below the lowest split point run once for
+    all rows; then rows are grouped by head, and each group runs the frozen layers up to its
+    head's split (if higher), the head's own top layers and its classifier. Rows are (n, max
+    labels), columns past a head's labels are 0.
+    """
+    width = max((len(h.labels) for h in row_heads), default=0)
+    out = np.zeros((len(texts), width), dtype=np.float32)
+    if not len(texts):
+        return out
+    model = source.model
+    device = next(model.parameters()).device
+    for idx, feeds in source.batches(texts, micro_batch):
+        ids = torch.from_numpy(feeds["input_ids"]).to(device)
+        am = torch.from_numpy(feeds["attention_mask"]).to(device)
+        heads_here = [row_heads[i] for i in idx]
+        start = min(h.split for h in heads_here)
+        hidden, mask = lower(model, ids, am, start)
+        hidden = hidden.float()
+        groups: dict[int, list[int]] = {}
+        for pos, head in enumerate(heads_here):
+            groups.setdefault(id(head), []).append(pos)
+        for positions in groups.values():
+            head = heads_here[positions[0]]
+            rows = torch.tensor(positions, device=device)
+            sub_am = am[rows]
+            sub_hidden = hidden[rows]
+            sub_mask = layer_mask(model, sub_hidden, sub_am)
+            sub_hidden = run_layers(encoder_layers(model)[start : head.split], sub_hidden, sub_mask)
+            proba = head.top(sub_hidden, sub_mask, sub_am).cpu().numpy()
+            out[np.asarray(idx)[positions], : proba.shape[1]] = proba
+    return out
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def _holdout(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, held-out) indices: ``fraction`` of each label, at least 1 when it has 2+."""
+    train, held = [], []
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        n = int(round(fraction * len(members))) if len(members) >= 2 else 0
+        n = max(n, 1) if len(members) >= 2 else 0
+        held.extend(members[:n])
+        train.extend(members[n:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+class _Cached:
+    """The hidden states at the split point of every example (unpadded), computed once."""
+
+    def __init__(self, source: TextSource, texts: Sequence[str], split: int, micro_batch: int = 32) -> None:
+        model = source.model
+        self.device = next(model.parameters()).device
+        self.hidden: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+        with torch.inference_mode():
+            for idx, feeds in source.batches(texts, micro_batch):
+                ids = torch.from_numpy(feeds["input_ids"]).to(self.device)
+                am = torch.from_numpy(feeds["attention_mask"]).to(self.device)
+                hidden, _ = lower(model, ids, am, split)
+                for row, i in enumerate(idx):
+                    self.hidden[i] = hidden[row, : int(am[row].sum())].float().clone()
+
+    def batch(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(self.hidden[i].shape[0] for i in rows)
+        dim = self.hidden[rows[0]].shape[1]
+        hidden = torch.zeros(len(rows), width, dim, device=self.device)
+        am = torch.zeros(len(rows), width, dtype=torch.int64, device=self.device)
+        for r, i in enumerate(rows):
+            n = self.hidden[i].shape[0]
+            hidden[r, :n] = self.hidden[i]
+            am[r, :n] = 1
+        return hidden, am
+
+
+class _Trainable(torch.nn.Module):
+    """Copies of the top layers with peft LoRA injected, plus the classifier."""
+
+    def __init__(self, model: torch.nn.Module, split: int, cfg: FinetuneConfig, weight: np.ndarray, bias: np.ndarray) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        super().__init__()
+        self.__dict__["backbone"] = model  # not a submodule: peft must not touch it, its weights are not trained
+        self.layer = copy.deepcopy(encoder_layers(model)[split:]).float().train(False)
+        for p in self.layer.parameters():
+            p.requires_grad_(False)
+        config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(TARGETS), bias="none")
+        inject_adapter_in_model(config, self)  # LoRA only on the top layers' projections (the only linears here)
+        self.classifier = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.classifier.weight.copy_(torch.from_numpy(weight))
+            self.classifier.bias.copy_(torch.from_numpy(bias))
+
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.named_parameters() if "lora_" in n]
+
+    def forward(self, hidden: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
+        mask = layer_mask(self.backbone, hidden, am)
+        return self.classifier(pool(run_layers(self.layer, hidden, mask), am))
+
+    def lora_state(self) -> dict[str, np.ndarray]:
+        return {
+            n.removeprefix("layer.").replace(".default", ""): p.detach().cpu().numpy().astype(np.float32).copy()
+            for n, p in self.layer.named_parameters() if "lora_" in n
+        }
+
+
+def _pooled_frozen(source: TextSource, cache: _Cached, split: int) -> np.ndarray:
+    """The backbone's own embeddings, from the cached hidden states (frozen top layers)."""
+    model = source.model
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(cache.hidden), 32):
+            rows = list(range(start, min(start + 32, len(cache.hidden))))
+            hidden, am = cache.batch(rows)
+            mask = layer_mask(model, hidden, am)
+            out.append(pool(run_layers(encoder_layers(model)[split:], hidden, mask), am).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+@dataclass
+class _Run:
+    lora: dict[str, np.ndarray]
+    weight: np.ndarray
+    bias: np.ndarray
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+def _train(
+    source: TextSource, cache: _Cached, pooled: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray,
+    held: np.ndarray | None, epochs: int, cfg: FinetuneConfig, split: int, seed: int,
+    tick: Callable[[], None],
+) -> _Run:
+    """One training run; with ``held``, early stopping (keeps the best epoch's weights)."""
+    torch.manual_seed(seed)
+    weight, bias = fit_logistic(pooled[train], y[train], n_labels, cfg.c)
+    net = _Trainable(source.model, split, cfg, weight, bias).to(cache.device)
+    optim = torch.optim.AdamW(
+        [{"params": net.lora_parameters(), "lr": cfg.lr}, {"params": list(net.classifier.parameters()), "lr": cfg.head_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    yt = torch.from_numpy(y).to(cache.device)
+    history: list[dict[str, float]] = []
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            logits = torch.cat([net(*cache.batch(held[s : s + 32].tolist())) for s in range(0, len(held), 32)])
+            target = yt[torch.from_numpy(held).to(cache.device)]
+            return {"loss": float(torch.nn.functional.cross_entropy(logits, target)), "accuracy": float((logits.argmax(1) == target).float().mean())}
+
+    def snapshot() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        return net.lora_state(), net.classifier.weight.detach().cpu().numpy().copy(), net.classifier.bias.detach().cpu().numpy().copy()
+
+    best = snapshot()
+    best_epoch, best_score = 0, None
+    if held is not None and len(held):
+        history.append({"epoch": 0, **evaluate()})
+        best_score = (history[-1]["accuracy"], -history[-1]["loss"])
+    for epoch in range(1, epochs + 1):
+        order = train[torch.randperm(len(train), generator=gen).numpy()]
+        for s in range(0, len(order), cfg.batch_size):
+            rows = order[s : s + cfg.batch_size].tolist()
+            loss = torch.nn.functional.cross_entropy(net(*cache.batch(rows)), yt[rows])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        tick()
+        if best_score is None:
+            best, best_epoch = snapshot(), epoch
+            continue
+        history.append({"epoch": epoch, **evaluate()})
+        score = (history[-1]["accuracy"], -history[-1]["loss"])
+        if score > best_score:
+            best, best_epoch, best_score = snapshot(), epoch, score
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    return _Run(*best, history=history, best_epoch=best_epoch)
+
+
+def fit_finetune(
+    source: TextSource, texts: Sequence[str], labels: Sequence[str], cfg: FinetuneConfig = FinetuneConfig(), seed: int = 0,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[FinetuneHead, dict[str, Any]]:
+    """Fine-tune the top ``cfg.layers`` layers of ``source`` on ``texts``; returns the bound head and metrics."""
+    from ..training import encode_labels  # training imports the head registry
+
+    started = time.perf_counter()
+    n_layers = len(encoder_layers(source.model))
+    if not 1 <= cfg.layers <= n_layers:
+        raise ValueError(f"layers must be between 1 and {n_layers}")
+    split = n_layers - cfg.layers
+    classes, y = encode_labels(labels)
+    report = progress or (lambda _: None)
+    cache = _Cached(source, texts, split)
+    pooled = _pooled_frozen(source, cache, split)
+    report(0.2)
+    train, held = _holdout(y, cfg.holdout, np.random.default_rng(seed))
+    total = cfg.max_epochs * (2 if cfg.refit else 1)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        report(0.2 + 0.8 * min(1.0, done[0] / total))
+
+    with torch.enable_grad():
+        if len(held):
+            stopped = _train(source, cache, pooled, y, len(classes), train, held, cfg.max_epochs, cfg, split, seed, tick)
+        else:  # too few examples to hold any out: a fixed small number of epochs
+            stopped = _train(source, cache, pooled, y, len(classes), np.arange(len(y)), None, 3, cfg, split, seed, tick)
+        final = stopped
+        if cfg.refit and len(held):
+            done[0] = max(done[0], cfg.max_epochs)
+            final = _train(source, cache, pooled, y, len(classes), np.arange(len(y)), None, stopped.best_epoch, cfg, split, seed, tick)
+    head = FinetuneHead(classes, split, n_layers, cfg.rank, cfg.alpha)
+    head.lora, head.weight, head.bias = final.lora, final.weight.astype(np.float32), final.bias.astype(np.float32)
+    head.bind(source)
+    held_best = next((h for h in stopped.history if h["epoch"] == stopped.best_epoch), None)
+    metrics = {
+        "evaluation": "holdout" if len(held) else "train",
+        "head": "finetune",
+        "finetune": {**asdict(cfg), "split": split, "best_epoch": stopped.best_epoch, "history": stopped.history,
+                     "held_out": int(len(held)), "seconds": round(time.perf_counter() - started, 3)},
+        "accuracy": held_best["accuracy"] if held_best else None,
+        "selected": {"layers": cfg.layers, "rank": cfg.rank},
+    }
+    report(1.0)
+    return head, metrics
