@@ -113,7 +113,8 @@ def _string_problem(label: Any) -> str | None:
         return "a label must be a non-empty string"
     if len(label) > LABEL_CHARS:
         return f"a label has at most {LABEL_CHARS} characters, got {len(label)}"
-    return None
+    problem = unstorable(label)
+    return f"a label {problem}" if problem else None
 
 
 def label_problem(kind: str, label: Any) -> str | None:

@@ -36,9 +36,12 @@ def accepted(body: dict) -> s.TaskCreate | None:
     it cannot decode)."""
     raw = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
     try:
-        return s.TaskCreate.model_validate_json(raw)
+        request = s.TaskCreate.model_validate_json(raw)
     except ValidationError:
         return None
+    if any(s.label_problem(request.kind, e.label) for e in request.examples):  # checked by the route, by kind
+        return None
+    return request
 
 
 @SETTINGS
