@@ -1,6 +1,7 @@
 """Schemathesis against Graft's own OpenAPI spec, on a real server: generated requests — valid
 (positive) and schema-violating (negative) — to every operation must never get a 5xx, and every
-answer must match the spec (status code, content type, body schema). Invalid data must be refused.
+answer must match the spec (status code, content type, body schema). Invalid data must be refused,
+and no error body may leak a stack trace, SQL, a file path or a key.
 
 ``GRAFT_FUZZ_CASES`` cases asked for (default 800, spread over operations and both modes; operations
 with few possible inputs run fewer, so at least 500 run);
@@ -11,6 +12,7 @@ admin. The server has no training workers, so generated tasks only ever queue.
 from __future__ import annotations
 
 import os
+import re
 
 import hypothesis
 import pytest
@@ -29,9 +31,19 @@ from tests.conftest import Server
 
 pytestmark = pytest.mark.integration
 
+LEAKS = re.compile(r"Traceback|File \"|/work/|/tmp/|site-packages|sqlalchemy|psycopg|SELECT |INSERT INTO|gft_[A-Za-z0-9_-]{20}", re.I)
+
+
+@schemathesis.check
+def no_leaks(ctx, response, case) -> None:
+    """Error bodies never carry stack traces, SQL, file paths or keys."""
+    if response.status_code >= 400:
+        assert not LEAKS.search(response.text), response.text[:500]
+
+
 TOTAL = int(os.environ.get("GRAFT_FUZZ_CASES", "800"))
 RANDOM = os.environ.get("GRAFT_FUZZ_RANDOM", "") == "1"
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance, no_leaks]
 
 
 @pytest.fixture(scope="module")
