@@ -181,3 +181,12 @@ def test_a_corrupt_head_blob_fails_its_version_and_the_service_serves_on(server:
     job = c.post("/v1/tasks/broken/examples", json={"examples": TOY[:2]}).json()["job"]["id"]
     assert wait_for_job(c, job)["status"] == "succeeded"
     assert c.post("/v1/tasks/broken/predict", json={"inputs": ["so happy"]}).json()["version"] == 2
+
+
+def test_errors_bentoml_answers_itself_are_json_too(server: Server, tenants: dict) -> None:
+    """A path with a newline never reaches Graft's app (BentoML's mount pattern does not match it):
+    BentoML's plain-text 404 is rewritten to the JSON error shape (found by schemathesis)."""
+    cb = tenants["cb"]
+    for path in ("/v1/tasks/a%0Ab", "/v1/tenants/x%0Ay/keys", "/nothing-here"):
+        assert error_of(cb.get(path), 404)["code"] == "not_found", path
+    assert error_of(cb.request("PUT", "/v1/tasks"), 405)["code"] == "method_not_allowed"
