@@ -233,3 +233,20 @@ def test_database_errors_never_quote_the_data_in_logs(store: Store, caplog) -> N
     formatted = "\n".join(logs.JsonFormatter().format(r) for r in caplog.records)
     assert "IntegrityError" in formatted or "NotNullViolation" in formatted, formatted
     assert "INSERT INTO tenants" in formatted and "secret-payload-4711" not in formatted
+
+
+def test_zip_expansion_limit_at_its_boundary() -> None:
+    """GRAFT_MAX_UPLOAD_UNCOMPRESSED_BYTES: a zip expanding to exactly the limit is read; one byte
+    more is refused (from its directory, before extracting) with the limit in the message."""
+    from service.datasets import DatasetError, read_image_folder
+
+    from .test_datasets import PNG, make_zip
+
+    def read(extra: bytes) -> None:
+        zipped = make_zip({"cat/a.png": PNG + b"\x00" * 500, "dog/b.png": PNG + extra})
+        read_image_folder(zipped, max_files=10, max_total_bytes=2 * len(PNG) + 1000, max_file_bytes=10_000)
+
+    read(b"\x00" * 500)
+    with pytest.raises(DatasetError, match=f"the limit is {2 * len(PNG) + 1000}") as refused:
+        read(b"\x00" * 501)
+    assert refused.value.status == 413
