@@ -44,6 +44,8 @@ def _opset(model: onnx.ModelProto) -> int:
 
 def head_graph(head: ExportableHead, dim: int, opset: int) -> onnx.ModelProto:
     """The head alone as ONNX: ``pooled_embedding`` (batch, dim) → ``probabilities`` (batch, labels)."""
+    if getattr(head, "kind", "") == "finetune":
+        raise ExportError("a 'finetune' head changes the backbone's top layers: export its whole model with finetune_graph")
     if not isinstance(head, ExportableHead):
         raise ExportError(f"heads of kind {getattr(head, 'kind', type(head).__name__)!r} have no ONNX form yet")
     buffer = io.BytesIO()

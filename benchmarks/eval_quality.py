@@ -453,6 +453,12 @@ def main() -> None:
                           f"{results[-1]['seconds']:.1f}s best epoch {results[-1]['best_epoch']}", flush=True)
                 rows[-1]["columns"]["finetune"] = summarise(results, "finetune")
             publish()
+    try:
+        import setfit  # noqa: F401
+    except ImportError:
+        if not args.quick and args.setfit_draws > 0:
+            skipped.append("setfit: not installed (pip install -e '.[bench]')")
+            args.setfit_draws = 0
     if not args.quick and args.setfit_draws > 0:  # the slow peer last, into the n = 8 rows
         for ds, emb in loaded:
             row = next((r for r in rows if r["dataset"] == ds.name and r["n"] == 8), None)

@@ -132,3 +132,10 @@ def test_onnx_export_of_merged_weights_matches_torch(text_backbone, second, bbc_
     feeds = text_backbone.feeds(text_backbone._tokenize(texts))
     (out,) = session.run([PROBABILITIES], feeds)
     np.testing.assert_allclose(out, second.predict_proba(None, raw=texts), atol=1e-4)
+
+
+def test_finetune_head_is_never_fused_behind_the_pooled_embedding(second):
+    from adapters.export import ExportError, head_graph
+
+    with pytest.raises(ExportError, match="finetune"):
+        head_graph(second, 384, 17)

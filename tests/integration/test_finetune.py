@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_finetune_task_trains_serves_and_exports(server_factory, bbc_train, bbc_test, tmp_path) -> None:
-    server = server_factory(GRAFT_FINETUNE_MAX_EPOCHS="2").start()
+    server = server_factory(GRAFT_FINETUNE_MAX_EPOCHS="2")
     tuned = server.new_tenant("tuned")
     plain = server.new_tenant("plain")
     examples = [{"input": r["input"], "label": r["label"]} for r in per_label(bbc_train, 5, seed=5)]
