@@ -24,6 +24,8 @@ router = APIRouter(prefix="/v1")
 
 @router.post("/tasks", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
 def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
+    if body.head == "finetune" and (body.modality != "text" or body.kind != labels.CLASSIFICATION):
+        raise ApiError(422, "validation_error", "head 'finetune' is available for text tasks only, of kind classification")
     if body.kind != labels.CLASSIFICATION and body.backbone == "auto":
         raise ApiError(422, "validation_error", f"backbone 'auto' is for classification tasks; name a {body.modality} backbone for a {body.kind} task")
     backbone = choose_backbone(rt, body.modality, body.backbone)
@@ -31,8 +33,6 @@ def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCrea
     check_labels([e.label for e in body.examples], body.labels, body.kind)
     examples = _examples(rt, body.modality, body.kind, backbone, body.examples)
     quotas.check_new_examples(rt.store, rt.settings, me.id, None, examples, body.kind)
-    if body.head == "finetune" and (body.modality != "text" or body.kind != labels.CLASSIFICATION):
-        raise ApiError(422, "validation_error", "head 'finetune' is available for text classification tasks only")
     task, job = rt.store.create_task(
         me.id, body.name, modality=body.modality, kind=body.kind, backbone=backbone, head=body.head or "auto", examples=examples
     )
