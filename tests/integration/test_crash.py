@@ -22,16 +22,10 @@ import httpx
 import pytest
 
 from tests.conftest import Server, wait_for_job
+from tests.integration.test_api import TOY
 from tests.postgres import temp_database
 
 pytestmark = pytest.mark.integration
-
-TOY = [
-    {"input": "I love this, it is wonderful", "label": "pos"},
-    {"input": "great value, very happy", "label": "pos"},
-    {"input": "terrible, it broke at once", "label": "neg"},
-    {"input": "awful service, never again", "label": "neg"},
-]
 
 
 def wait_for(path: Path, timeout: float = 120.0) -> None:

@@ -15,17 +15,11 @@ import httpx
 import pytest
 
 from tests.conftest import Server, wait_for_job
+from tests.integration.test_api import TOY
 
 pytestmark = pytest.mark.integration
 
 TTL_S = 1.0
-TOY = [
-    {"input": "I love this, it is wonderful", "label": "pos"},
-    {"input": "great value, very happy", "label": "pos"},
-    {"input": "terrible, it broke at once", "label": "neg"},
-    {"input": "awful service, never again", "label": "neg"},
-]
-
 
 @pytest.fixture(scope="module")
 def replica(server):
