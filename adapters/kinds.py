@@ -15,7 +15,6 @@ help is visible (and warned about in words):
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 

@@ -18,12 +18,13 @@ from collections.abc import Callable
 import numpy as np
 
 from adapters import heads, selection
-from adapters.kinds import fit_multilabel, fit_regression
 from adapters.heads.finetune import FinetuneConfig, fit_finetune
+from adapters.kinds import fit_multilabel, fit_regression
 from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
 from adapters.transfer import capped_sample, logme
 
-from . import faults, images, labels as stored_labels, logs, metrics
+from . import faults, images, logs, metrics
+from . import labels as stored_labels
 from .backbones.base import Backbone
 from .batching import Batcher, text_trunk
 from .config import Settings

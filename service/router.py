@@ -26,7 +26,6 @@ from .metrics import TenantLabels
 from .store.models import Task, Version
 from .store.repository import NotFound, Store
 
-
 log = logs.get("router")
 
 

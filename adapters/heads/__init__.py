@@ -1,7 +1,18 @@
 """Task heads: on frozen backbone embeddings (linear, prototype), on from-scratch features of the
 raw inputs (baseline), or on both (hybrid)."""
 
-from .base import EMBEDDING, RAW, TRUNK, Head, HeadFormatError, MissingInputs, from_bytes, read_metadata, require, to_bytes
+from .base import (
+    EMBEDDING,
+    RAW,
+    TRUNK,
+    Head,
+    HeadFormatError,
+    MissingInputs,
+    from_bytes,
+    read_metadata,
+    require,
+    to_bytes,
+)
 from .baseline import BaselineHead
 from .finetune import FinetuneHead
 from .hybrid import HybridHead

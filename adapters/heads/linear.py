@@ -10,7 +10,6 @@ from sklearn.linear_model import LogisticRegression
 
 from .base import EMBEDDING, softmax
 
-
 SPARSE_TOL = 1e-4  # sklearn's default; the wide sparse problems (TF-IDF) need no tighter fit
 
 

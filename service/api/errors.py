@@ -13,8 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.training import TrainingDataError
 
-from ..batching import Overloaded
 from .. import logs
+from ..batching import Overloaded
 from ..logs import get as get_logger
 from ..quotas import QuotaExceeded
 from ..router import NotTrained, VersionFailed

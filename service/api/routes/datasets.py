@@ -14,11 +14,12 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request
 
+from graft import schemas as s
+
 from ... import datasets, quotas
 from ...runtime import Runtime
 from ...store.models import Task, Tenant
 from ...store.repository import NotFound
-from graft import schemas as s
 from ..errors import ApiError
 from ..inputs import stored_examples, stored_image
 from ..uploads import Upload, is_multipart, read_body, read_form

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from graft import schemas as s
+
 from ... import logs
 from ...runtime import Runtime
 from ...store.models import Job, Task, Tenant, Version
 from ...tenancy import bearer
-from graft import schemas as s
 from ..errors import ApiError
 
 ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from graft import schemas as s
+
 from .deps import (
     ERRORS,
     RuntimeDep,

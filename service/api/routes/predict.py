@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
 
+from graft import schemas as s
+
 from ...router import AnyPrediction, MultiLabelPrediction, RegressionPrediction
 from ...runtime import Runtime
-from graft import schemas as s
 from ..errors import ApiError
 from ..inputs import Raw, predict_inputs
 from ..uploads import is_multipart, read_form

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from graft import schemas as s
+
 from ... import labels, quotas
 from ..errors import ApiError
 from ..inputs import stored_examples

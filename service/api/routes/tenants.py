@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
+from graft import schemas as s
+
 from ...store.models import ApiKey, Tenant
 from ...store.repository import NotFound
 from ...tenancy import bearer
-from graft import schemas as s
 from ..errors import ApiError
 from .deps import (
     ERRORS,

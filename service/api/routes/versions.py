@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ...store.models import Version
 from graft import schemas as s
+
+from ...store.models import Version
 from .deps import (
     ERRORS,
     RuntimeDep,
