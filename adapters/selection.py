@@ -64,9 +64,7 @@ def compare_on_unseen(truth: Sequence[str], new: Sequence[str], active: Sequence
         f"on the {n} examples added since version {active_number} (unseen by both), the new version got "
         f"{sum(new_right)} right (cross-validated), version {active_number} {sum(active_right)}"
     )
-    if b - c > Z * math.sqrt(b + c):
-        return Decision(False, f"kept as a candidate: worse than the active version beyond noise — {summary}", **counts)
-    return Decision(True, f"promoted: not worse than the active version beyond noise — {summary}", **counts)
+    return _paired_decision(b, c, summary, counts)
 
 
 def compare_errors_on_unseen(truth: Sequence[float], new: Sequence[float], active: Sequence[float], active_number: int) -> Decision:
@@ -83,6 +81,12 @@ def compare_errors_on_unseen(truth: Sequence[float], new: Sequence[float], activ
         f"on the {n} examples added since version {active_number} (unseen by both), the new version was closer on {c} "
         f"(cross-validated, MAE {sum(new_err) / n:.4g}), version {active_number} on {b} (MAE {sum(active_err) / n:.4g})"
     )
+    return _paired_decision(b, c, summary, counts)
+
+
+def _paired_decision(b: int, c: int, summary: str, counts: dict[str, int]) -> Decision:
+    """Keep the new version as a candidate only when the active one wins beyond noise: ``b`` examples
+    only the active version got right, ``c`` only the new one (a one-sided McNemar-style test)."""
     if b - c > Z * math.sqrt(b + c):
         return Decision(False, f"kept as a candidate: worse than the active version beyond noise — {summary}", **counts)
     return Decision(True, f"promoted: not worse than the active version beyond noise — {summary}", **counts)
