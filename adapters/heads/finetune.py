@@ -67,9 +67,14 @@ def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return model.encoder.layer  # type: ignore[union-attr,return-value]
 
 
-def layer_mask(model: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> Any:
-    """The attention mask as the model's layers take it (what ``model.forward`` builds)."""
-    return model._create_attention_masks(attention_mask, None, hidden, None, None)[0]  # type: ignore[operator]
+def layer_mask(model: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask as the encoder's layers take it: additive, shaped (batch, 1, 1, tokens), 0 where a
+    key token is real and the dtype's minimum where it is padding; eager and SDPA attention both add it to
+    the scores. Built here from the 0/1 mask rather than by the model's private helpers, whose signatures
+    change between transformers releases (``model`` is unused, kept so callers need not change)."""
+    del model
+    keep = attention_mask[:, None, None, :].to(hidden.dtype)
+    return (1.0 - keep) * torch.finfo(hidden.dtype).min
 
 
 def lower(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, stop: int) -> tuple[torch.Tensor, Any]:

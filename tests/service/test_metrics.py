@@ -62,7 +62,8 @@ def exported_names() -> set[str]:
     names = set()
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
-            names.add(value._name + ("_total" if isinstance(value, PromCounter) else ""))
+            (family,) = value.describe()  # public: the metric family this object exports
+            names.add(family.name + ("_total" if isinstance(value, PromCounter) else ""))
     return names
 
 
