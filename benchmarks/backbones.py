@@ -76,7 +76,7 @@ def model_flops(config, batches: Sequence[tuple[int, int]]) -> float:
 def padded_shapes(backbone: TorchTextBackbone, texts: Sequence[str], batch: int, per_call: int) -> list[tuple[int, int]]:
     shapes = []
     for start in range(0, len(texts), batch):
-        for idx, feeds in backbone.batches(texts[start : start + batch], min(batch, per_call)):
+        for _idx, feeds in backbone.batches(texts[start : start + batch], min(batch, per_call)):
             shapes.append(feeds["input_ids"].shape)
     return shapes
 

@@ -137,9 +137,9 @@ def main() -> None:
             row_heads = [heads[i % tasks] for i in range(len(texts))]
             shared = timed(lambda t=texts, rh=row_heads: predict_shared(source, t, rh), args.repeats)
 
-            def separate(t=texts, hs=heads) -> None:
+            def separate(t=texts, hs=heads, k=tasks) -> None:
                 for h, head in enumerate(hs):
-                    predict_shared(source, t[h::tasks], [head] * len(t[h::tasks]))
+                    predict_shared(source, t[h::k], [head] * len(t[h::k]))
 
             alone = timed(separate, args.repeats)
             top = sum(p.numel() for p in heads[0].layers.parameters())  # type: ignore[union-attr]

@@ -81,8 +81,8 @@ def main() -> None:
     rows = []
     for n in (int(v) for v in args.per_label.split(",")):
         train = per_label(load_jsonl("bbc_news.train.jsonl"), n, seed=0)
-        for method, run in (("finetune", lambda: finetune_row(source, train, test)),
-                            ("setfit", lambda: setfit_row(model_dir, args.device, train, test))):
+        for method, run in (("finetune", lambda tr=train: finetune_row(source, tr, test)),
+                            ("setfit", lambda tr=train: setfit_row(model_dir, args.device, tr, test))):
             rows.append({"per_label": n, "method": method, **run()})
             print(f"n={n}/label {method}: {rows[-1]['seconds']:.1f} s, accuracy {rows[-1]['accuracy']:.3f}", flush=True)
     print(f"\n| n per label | method | training s | accuracy on {len(test)} test articles |\n|---|---|---|---|")

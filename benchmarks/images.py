@@ -74,7 +74,7 @@ def throughput(backbones: dict[str, TorchImageBackbone], inputs: list[np.ndarray
     for batch in BATCH_SIZES:
         items = inputs[: max(batch, 8 if batch == 1 else 2 * batch)]
         best = {name: float("inf") for name in backbones}
-        for name, backbone in backbones.items():  # warm-up
+        for backbone in backbones.values():  # warm-up
             backbone.embed(items[:batch])
         for _ in range(reps):
             for name, backbone in backbones.items():

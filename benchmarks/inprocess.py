@@ -101,8 +101,8 @@ def head_step_table(backbone, reps: int = 200) -> list[dict]:
         parts = [(heads[i % distinct], i, i + 1) for i in range(64)]
         timings = {}
         for name, fn in (
-            ("stacked", lambda: apply_heads(x, parts)),
-            ("per_row_calls", lambda: [h.predict_proba(x[a:b]) for h, a, b in parts]),
+            ("stacked", lambda p=parts: apply_heads(x, p)),
+            ("per_row_calls", lambda p=parts: [h.predict_proba(x[a:b]) for h, a, b in p]),
         ):
             fn()
             started = time.perf_counter()

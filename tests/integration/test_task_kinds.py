@@ -190,7 +190,7 @@ def test_label_shapes_are_checked_per_kind(server) -> None:
     assert_error(post("regression", [1, 2], backbone="auto"), 422, "backbone 'auto' is for classification")
     assert_error(post("ranking", [1, 2]), 422, "kind")
     for bad in ("NaN", "Infinity", "-Infinity"):  # Python's JSON reads these; they are no targets
-        body = '{"name": "shapes", "kind": "regression", "examples": [{"input": "a", "label": 1}, {"input": "b", "label": %s}]}' % bad
+        body = '{"name": "shapes", "kind": "regression", "examples": [{"input": "a", "label": 1}, {"input": "b", "label": ' + bad + '}]}'
         resp = client.post("/v1/tasks", content=body, headers={"content-type": "application/json"})
         assert_error(resp, 422, "examples[1].label", "finite number")
 

@@ -64,7 +64,7 @@ def test_byte_budget_evicts_least_recently_used_and_reloads_silently() -> None:
     cache = HeadCache(load, budget)
     x = np.random.default_rng(1).normal(size=(3, 384)).astype(np.float32)
     expected = {i: heads.from_bytes(blobs[i]).predict_proba(x) for i in blobs}
-    for round_ in range(3):
+    for _round in range(3):
         for i in blobs:
             assert np.array_equal(cache.get(i).predict_proba(x), expected[i])
             assert cache.bytes <= budget

@@ -16,7 +16,9 @@ from ...store.models import Job, Task, Tenant, Version
 from ...tenancy import bearer
 from ..errors import ApiError
 
-ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+}
 
 
 def runtime(request: Request) -> Runtime:
