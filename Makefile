@@ -73,7 +73,8 @@ test-latest: browser
 	$(LATEST)/bin/pip install -q --require-hashes --no-deps -r requirements/no-deps.txt -r requirements/no-deps-dev.txt
 	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/ruff check . && $(LATEST)/bin/mypy
-	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
+	# the lock is not what this venv holds, by design: that one test is left out here
+	$(LATEST)/bin/python -m pytest --deselect tests/test_lock.py::test_the_environment_is_exactly_the_lock $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LATEST) .venv-lock var .pytest_cache .mypy_cache
