@@ -162,7 +162,7 @@ def fit_regression(x: np.ndarray, values: Sequence[float], *, folds: int = 5, se
         mean_pred[test] = y[train].mean()
         for a in GRID_ALPHA:
             oof[a][test] = RidgeHead(alpha=a).fit(x[train], y[train]).predict(x[test])
-    candidates = [{"params": {"alpha": a}, **_regression_scores(y, oof[a])} for a in GRID_ALPHA]
+    candidates: list[dict[str, Any]] = [{"params": {"alpha": a}, **_regression_scores(y, oof[a])} for a in GRID_ALPHA]
     best = min(candidates, key=lambda row: row["rmse"])
     baseline = {"method": "predict the mean target of the training folds", **_regression_scores(y, mean_pred)}
     metrics.update(

@@ -113,7 +113,7 @@ def cross_validate(
     needs_raw = any(RAW in HEADS[k].consumes for k in kinds)
     for train, test in splitter.split(np.zeros(len(y)), y):
         raw_train, raw_test = _take(raw, train), _take(raw, test)
-        features = FEATURIZERS[FOR_MODALITY[modality]]().fit(raw_train) if needs_raw else None
+        features = FEATURIZERS[FOR_MODALITY[modality]]().fit(raw_train) if needs_raw and raw_train is not None else None
         x_train = None if x is None else x[train]
         x_test = None if x is None else x[test]
         for kind in kinds:
@@ -258,7 +258,7 @@ def fit_head(
     oof = cross_validate(evaluated, classes, x, y, raw, splitter, modality)
     grid_rows, best_of = [], {}
     for kd in evaluated:
-        rows = [{"head": kd, "params": p, **_scores(y, proba)} for p, proba in zip(GRIDS[kd], oof[kd], strict=True)]
+        rows: list[dict[str, Any]] = [{"head": kd, "params": p, **_scores(y, proba)} for p, proba in zip(GRIDS[kd], oof[kd], strict=True)]
         grid_rows.extend(rows)
         i = max(range(len(rows)), key=lambda j: (rows[j]["accuracy"], -rows[j]["log_loss"]))
         best_of[kd] = (i, rows[i])

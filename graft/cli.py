@@ -23,7 +23,7 @@ import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from pydantic import BaseModel
 
@@ -276,11 +276,12 @@ def cmd_predict(args: argparse.Namespace) -> Any:
         for start in range(0, len(inputs), PREDICT_BATCH):
             answers.append(g.predict(args.task, inputs[start:start + PREDICT_BATCH], top_k=args.top_k))
     result = s.PredictResponse(task=answers[-1].task, version=answers[-1].version,
-                               predictions=[p for a in answers for p in a.predictions])
+                               predictions=cast(s.Predictions, [p for a in answers for p in a.predictions]))
 
     def human(r: s.PredictResponse) -> str:
+        rows: Sequence[s.AnyPredictionOut] = r.predictions
         shown = [x.name if isinstance(x, Path) else short(x) for x in inputs]
-        return table([{"input": i, **prediction_row(p)} for i, p in zip(shown, r.predictions, strict=True)],
+        return table([{"input": i, **prediction_row(p)} for i, p in zip(shown, rows, strict=True)],
                      ["input", *prediction_row(r.predictions[0])])
 
     emit(args, result, human)

@@ -24,10 +24,10 @@ import os
 import random
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import httpx
 from pydantic import TypeAdapter
@@ -85,8 +85,9 @@ def _encode(value: Input) -> tuple[str, bool]:
     return base64.b64encode(data).decode("ascii"), True
 
 
-def _examples(examples: Iterable[Example]) -> tuple[list[dict[str, str]], bool]:
+def _examples(examples: Iterable[Example]) -> tuple[list[dict[str, Any]], bool]:
     out, images = [], set()
+    raw: Input
     for example in examples:
         if isinstance(example, s.ExampleIn):
             raw, label = example.input, example.label
@@ -165,7 +166,7 @@ class _Core:
 
     def _model(self, model: type[T] | Any, call: Call) -> Op[T]:
         response = yield from self._request(call)
-        return _adapter(model).validate_json(response.content)
+        return _adapter(cast(Hashable, model)).validate_json(response.content)
 
     def _wait_for(self, job: s.JobOut, timeout: float | None, progress: bool | None) -> Op[s.JobOut]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -256,7 +257,7 @@ class _Core:
         """Add examples to a task: trains its next version on all of them (``wait`` as in create_task)."""
         rows, _ = _examples(examples)
         call = Call("POST", f"/v1/tasks/{name}/examples", json={"examples": rows})
-        created = yield from self._model(s.TaskCreated, call)
+        created: s.TaskCreated = yield from self._model(s.TaskCreated, call)
         return (yield from self._trained(created, wait, timeout, progress))
 
     def _list_tasks(self) -> Op[list[s.TaskOut]]:

@@ -24,6 +24,7 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters
 Modality = Literal["text", "image"]
 HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid", "finetune"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
+VersionStatus = Literal["active", "candidate", "previous", "failed"]
 TaskKind = Literal["classification", "multilabel", "regression"]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
 
@@ -247,7 +248,7 @@ class VersionOut(BaseModel):
 
 
 class VersionDetail(VersionOut):
-    status: Literal["active", "candidate", "previous", "failed"] = Field(
+    status: VersionStatus = Field(
         description="`active`: serving; `previous`: was active before; `candidate`: never promoted (see `promotion`); "
         "`failed`: its stored weights would not load (see `error`)."
     )
@@ -331,10 +332,14 @@ class RegressionPredictionOut(BaseModel):
     value: float = Field(description="The predicted number.")
 
 
+AnyPredictionOut = PredictionOut | MultiLabelPredictionOut | RegressionPredictionOut
+Predictions = list[PredictionOut] | list[MultiLabelPredictionOut] | list[RegressionPredictionOut]  # one task: one kind
+
+
 class PredictResponse(BaseModel):
     task: str
     version: int
-    predictions: list[PredictionOut] | list[MultiLabelPredictionOut] | list[RegressionPredictionOut] = Field(
+    predictions: Predictions = Field(
         description="Per input, by the task's kind: classification `{label, score, scores}`; multilabel "
         "`{labels, scores: [{label, probability, threshold, chosen}]}`; regression `{value}`."
     )

@@ -43,4 +43,4 @@ class Graft:
         self.runtime.close()
 
 
-Graft.add_asgi_middleware(JsonErrors)  # around BentoML's own routing: its errors are JSON too
+Graft.add_asgi_middleware(JsonErrors)  # type: ignore[attr-defined]  # a bentoml.Service at run time; bentoml's typing leaves type[Graft]. Around BentoML's own routing: its errors are JSON too

@@ -126,6 +126,7 @@ class HeadCache(Generic[K]):
             if owner:
                 pending = self._loading[key] = Future()
         metrics.HEAD_CACHE_MISSES.inc()
+        assert pending is not None  # another loader's, or the one just created
         if not owner:
             return pending.result()
         started = time.perf_counter()

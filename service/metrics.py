@@ -29,7 +29,7 @@ SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 QUEUE_SECONDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-JOB_SECONDS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+JOB_SECONDS_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 OTHER = "other"
 
 # -- HTTP ---------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ TENANT_INPUTS = Counter(
 
 JOBS = Counter("graft_training_jobs_total", "Training jobs finished by this process, by outcome.", ["status"])
 JOB_SECONDS = Histogram(
-    "graft_training_job_duration_seconds", "Wall time of a training job run, by outcome.", ["status"], buckets=JOB_SECONDS,
+    "graft_training_job_duration_seconds", "Wall time of a training job run, by outcome.", ["status"], buckets=JOB_SECONDS_BUCKETS,
 )
 
 # -- store-wide counts (refreshed periodically by every worker) ------------------------------

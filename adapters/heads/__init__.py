@@ -23,8 +23,8 @@ from .ridge import RidgeHead
 
 # Classification heads (what training selects among, plus "finetune", trained on request); the other
 # task kinds have one head each.
-HEADS: dict[str, type] = {cls.kind: cls for cls in (LinearHead, PrototypeHead, BaselineHead, HybridHead, FinetuneHead)}
-KIND_HEADS: dict[str, type] = {"multilabel": MultiLabelHead, "regression": RidgeHead}  # task kind -> head
+HEADS: dict[str, type[Head]] = {cls.kind: cls for cls in (LinearHead, PrototypeHead, BaselineHead, HybridHead, FinetuneHead)}
+KIND_HEADS: dict[str, type[Head]] = {"multilabel": MultiLabelHead, "regression": RidgeHead}  # task kind -> head
 TRANSFER_HEADS = frozenset(kind for kind, cls in HEADS.items() if cls.consumes == frozenset({EMBEDDING}))
 
 __all__ = [

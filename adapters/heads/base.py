@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -43,6 +43,9 @@ class Head(Protocol):
     exportable: ClassVar[bool]  # a pure function of the embedding (ONNX export can fuse it)
     labels: list[str]
 
+    def __init__(self, labels: list[str], **params: Any) -> None:
+        """A head for ``labels``; ``params`` as :meth:`params` returns them (plus ``modality``/``features`` for RAW heads)."""
+
     def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> Head:
         """Fit on embeddings ``x`` (n, dim) and/or ``raw`` inputs and integer targets ``y`` indexing ``labels``."""
 
@@ -55,6 +58,17 @@ class Head(Protocol):
     def tensors(self) -> dict[str, np.ndarray]: ...
 
     def params(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> Head:
+        """The head :func:`to_bytes` stored (its labels, ``params()`` and ``tensors()``)."""
+
+
+def embeddings(kind: str, x: np.ndarray | None) -> np.ndarray:
+    """``x``; :class:`MissingInputs` when a head of ``kind`` that consumes embeddings got none."""
+    if x is None:
+        raise MissingInputs(f"the {kind!r} head needs backbone embeddings")
+    return x
 
 
 def require(head: Head, x: np.ndarray | None, raw: Sequence[str] | None) -> None:
@@ -98,7 +112,7 @@ def from_bytes(blob: bytes) -> Head:
     except Exception as exc:  # safetensors raises its own error types for corrupt data
         raise HeadFormatError(f"corrupt safetensors data: {exc}") from None
     head = cls.restore(meta["labels"], meta["params"], tensors)
-    head.backbone = (meta.get("provenance") or {}).get("backbone")  # what it was trained on, if recorded
+    cast(Any, head).backbone = (meta.get("provenance") or {}).get("backbone")  # not a Head attribute; what it was trained on, if recorded
     return head
 
 

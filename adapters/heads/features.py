@@ -26,6 +26,9 @@ class Featurizer(Protocol):
 
     def tensors(self) -> dict[str, np.ndarray]: ...
 
+    @classmethod
+    def restore(cls, params: dict[str, Any], tensors: dict[str, np.ndarray]) -> Featurizer: ...
+
 
 class TfidfFeatures:
     """Word uni- and bigram TF-IDF (sublinear tf, L2-normalised rows): the classic text baseline."""
@@ -122,5 +125,5 @@ class PixelFeatures:
         return cls(params["size"], tensors["mean"])
 
 
-FEATURIZERS: dict[str, type] = {f.name: f for f in (TfidfFeatures, PixelFeatures)}
+FEATURIZERS: dict[str, type[Featurizer]] = {f.name: f for f in (TfidfFeatures, PixelFeatures)}
 FOR_MODALITY: dict[str, str] = {"text": TfidfFeatures.name, "image": PixelFeatures.name}

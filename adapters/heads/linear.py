@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from .base import EMBEDDING, softmax
+from .base import EMBEDDING, embeddings, softmax
 
 SPARSE_TOL = 1e-4  # sklearn's default; the wide sparse problems (TF-IDF) need no tighter fit
 
@@ -39,15 +39,16 @@ class LinearHead:
         self.weight = np.zeros((len(labels), 0), dtype=np.float32)
         self.bias = np.zeros(len(labels), dtype=np.float32)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, raw: Sequence[str] | None = None) -> LinearHead:
+    def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> LinearHead:
+        x = embeddings(self.kind, x)
         self.weight, self.bias = fit_logistic(x, y, len(self.labels), self.c)
         return self
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32, copy=False) @ self.weight.T + self.bias
 
-    def predict_proba(self, x: np.ndarray, raw: Sequence[str] | None = None) -> np.ndarray:
-        return softmax(self.logits(x))
+    def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
+        return softmax(self.logits(embeddings(self.kind, x)))
 
     def temper(self, temperature: float) -> None:
         self.weight, self.bias = self.weight / temperature, self.bias / temperature

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from .base import EMBEDDING
+from .base import EMBEDDING, embeddings
 
 PRIOR_CLIP = 1e-3  # a label constant in the training data gets a constant probability within [clip, 1 - clip]
 
@@ -33,7 +33,8 @@ class MultiLabelHead:
         self.bias = np.zeros(len(labels), dtype=np.float32)
         self.thresholds = np.full(len(labels), 0.5, dtype=np.float32)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, raw: Sequence[str] | None = None) -> MultiLabelHead:
+    def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> MultiLabelHead:
+        x = embeddings(self.kind, x)
         y = np.asarray(y)
         if y.ndim != 2 or y.shape != (len(x), len(self.labels)):
             raise ValueError(f"multilabel targets must be an (n, {len(self.labels)}) indicator matrix, got {y.shape}")
@@ -50,8 +51,8 @@ class MultiLabelHead:
         self.weight, self.bias = weight.astype(np.float32), bias.astype(np.float32)
         return self
 
-    def predict_proba(self, x: np.ndarray, raw: Sequence[str] | None = None) -> np.ndarray:
-        return sigmoid(x.astype(np.float32, copy=False) @ self.weight.T + self.bias)
+    def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
+        return sigmoid(embeddings(self.kind, x).astype(np.float32, copy=False) @ self.weight.T + self.bias)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.predict_proba(x) >= self.thresholds

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import EMBEDDING, softmax
+from .base import EMBEDDING, embeddings, softmax
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -25,8 +25,8 @@ class PrototypeHead:
         self.scale = float(scale)  # softmax temperature over cosine similarities
         self.centroids = np.zeros((len(labels), 0), dtype=np.float32)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, raw: Sequence[str] | None = None) -> PrototypeHead:
-        x = _normalise(x.astype(np.float64))
+    def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> PrototypeHead:
+        x = _normalise(embeddings(self.kind, x).astype(np.float64))
         centroids = np.zeros((len(self.labels), x.shape[1]))
         for k in range(len(self.labels)):
             if np.any(y == k):
@@ -34,8 +34,8 @@ class PrototypeHead:
         self.centroids = _normalise(centroids).astype(np.float32)
         return self
 
-    def predict_proba(self, x: np.ndarray, raw: Sequence[str] | None = None) -> np.ndarray:
-        sims = _normalise(x.astype(np.float32, copy=False)) @ self.centroids.T
+    def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
+        sims = _normalise(embeddings(self.kind, x).astype(np.float32, copy=False)) @ self.centroids.T
         return softmax(self.scale * sims)
 
     def temper(self, temperature: float) -> None:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from .base import EMBEDDING
+from .base import EMBEDDING, embeddings
 
 VALUE = "value"  # the head's one output column
 
@@ -28,7 +28,8 @@ class RidgeHead:
         self.weight = np.zeros((1, 0), dtype=np.float32)
         self.bias = np.zeros(1, dtype=np.float32)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, raw: Sequence[str] | None = None) -> RidgeHead:
+    def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> RidgeHead:
+        x = embeddings(self.kind, x)
         y = np.asarray(y, dtype=np.float64)
         if y.shape != (len(x),) or not np.isfinite(y).all():
             raise ValueError("regression targets must be (n,) finite numbers")
@@ -37,8 +38,8 @@ class RidgeHead:
         self.bias = np.array([model.intercept_], dtype=np.float32)
         return self
 
-    def predict_proba(self, x: np.ndarray, raw: Sequence[str] | None = None) -> np.ndarray:
-        return x.astype(np.float32, copy=False) @ self.weight.T + self.bias
+    def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
+        return embeddings(self.kind, x).astype(np.float32, copy=False) @ self.weight.T + self.bias
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.predict_proba(x)[:, 0]

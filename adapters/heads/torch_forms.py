@@ -13,6 +13,9 @@ def _const(array: np.ndarray) -> torch.Tensor:
 
 
 class LinearForm(torch.nn.Module):
+    weight: torch.Tensor  # buffers
+    bias: torch.Tensor
+
     def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("weight", _const(weight))
@@ -23,6 +26,8 @@ class LinearForm(torch.nn.Module):
 
 
 class PrototypeForm(torch.nn.Module):
+    centroids: torch.Tensor  # a buffer
+
     def __init__(self, centroids: np.ndarray, scale: float) -> None:
         super().__init__()
         self.register_buffer("centroids", _const(centroids))

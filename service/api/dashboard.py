@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 # Only the page's own files: no inline script, nothing from elsewhere, never framed.
@@ -22,7 +22,7 @@ class DashboardFiles(StaticFiles):
     """Static files with a strict Content-Security-Policy, and never cached stale (they change with Graft)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_with_headers(message: dict) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] += [

@@ -9,11 +9,12 @@ arrays for the batcher.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 
 from .. import images
+from ..backbones.base import ImageBackbone
 from ..router import Prepare, TaskRef
 from ..runtime import Runtime
 from .errors import ApiError
@@ -53,7 +54,7 @@ def stored_examples(
     ``names`` say where each input came from, for error messages (``examples[3].input``, a zip path)."""
     check_count(rt, len(inputs))
     if modality == "image":
-        preprocessing = rt.backbones.get(backbone).preprocessing
+        preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing
         return [
             (stored_image(rt, preprocessing, raw, name), label) for raw, label, name in zip(inputs, labels, names, strict=True)
         ]
@@ -66,7 +67,7 @@ def _prepared_images(
 ) -> tuple[list[Any], list[str] | None]:
     """Decoded images cropped for ``backbone``, and — for heads that read raw pixels — each image
     in the normalised form the store keeps, so such heads see at predict what they saw in training."""
-    preprocessing = rt.backbones.get(backbone).preprocessing
+    preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing
     decoded = [_decode(rt, raw, name) for raw, name in zip(inputs, names, strict=True)]
     stored = [images.to_stored(image, preprocessing) for image in decoded] if want_raw else None
     return [preprocessing(image) for image in decoded], stored

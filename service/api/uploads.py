@@ -7,7 +7,7 @@ from the same capped stream (``Request.form()`` would accept any size of file pa
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import IO
 
@@ -27,7 +27,7 @@ class Upload:
     content_type: str
 
 
-async def _capped(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _capped(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "too_large", f"the upload is {declared} bytes; the limit is {limit} bytes")

@@ -7,10 +7,13 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ..images import Preprocessing
 
 # torch runtimes: name → autocast dtype (None: plain fp32)
 TORCH_DTYPES: dict[str, torch.dtype | None] = {"torch": None, "torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}
@@ -25,8 +28,15 @@ class Backbone(Protocol):
     runtime: str  # "torch" | "onnx" | ...
     device: str
 
-    def embed(self, inputs: Sequence[str]) -> np.ndarray:
+    def embed(self, inputs: Sequence[Any]) -> np.ndarray:  # texts, or preprocessed images (image backbones)
         """L2-normalised float32 embeddings, shape (len(inputs), dim), in input order."""
+
+
+class ImageBackbone(Backbone, Protocol):
+    """A backbone of modality ``image``: it crops and normalises images its own way."""
+
+    @property
+    def preprocessing(self) -> Preprocessing: ...
 
 
 def cpu_quota() -> int:

@@ -8,14 +8,14 @@ is written on the device and copied back once per call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from .base import cpu_quota
+from .base import ImageBackbone, cpu_quota
 from .onnx_export import Exportable
 
 
@@ -111,7 +111,7 @@ class OrtBackbone:
         out = np.empty((len(inputs), self.dim), dtype=np.float32)
         batches = list(self.origin.batches(inputs, self.per_call)) if len(inputs) else []
         if self._pool is None or len(batches) < 2:
-            results = map(self._run, (feeds for _, feeds in batches))
+            results: Iterator[np.ndarray] = map(self._run, (feeds for _, feeds in batches))
         else:
             results = self._pool.map(self._run, (feeds for _, feeds in batches))
         for (idx, _), vectors in zip(batches, results, strict=True):
@@ -124,7 +124,7 @@ class OrtBackbone:
     @property
     def preprocessing(self) -> Any:
         """The image preprocessing of the backbone this graph was exported from (image backbones)."""
-        return self.origin.preprocessing
+        return cast(ImageBackbone, self.origin).preprocessing  # image origins only
 
     @property
     def real_tokens(self) -> int | None:

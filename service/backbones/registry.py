@@ -45,6 +45,10 @@ BUILTIN: dict[str, BackboneSpec] = {
 }
 
 
+def _constant(value: str) -> Callable[[], str]:
+    return lambda: value
+
+
 def parse_extra(spec: str) -> dict[str, BackboneSpec]:
     """Parse ``GRAFT_EXTRA_BACKBONES``: ``name=text:name_or_path`` or ``name=image:architecture[:checkpoint]``,
     comma-separated. An image backbone without a checkpoint path uses the one its package ships."""
@@ -57,11 +61,11 @@ def parse_extra(spec: str) -> dict[str, BackboneSpec]:
             if not name or architecture not in ARCHITECTURES:
                 raise ValueError(f"bad backbone spec {item!r}; expected name=image:architecture[:checkpoint_path] "
                                  f"with an architecture in {sorted(ARCHITECTURES)}")
-            out[name] = BackboneSpec(name, modality, lambda c=checkpoint: c, location, architecture=architecture)
+            out[name] = BackboneSpec(name, modality, _constant(checkpoint), location, architecture=architecture)
             continue
         if not name or modality not in {"text"} or not location:
             raise ValueError(f"bad backbone spec {item!r}; expected name=text:name_or_path or name=image:architecture")
-        out[name] = BackboneSpec(name, modality, lambda loc=location: loc, location)
+        out[name] = BackboneSpec(name, modality, _constant(location), location)
     return out
 
 

@@ -89,6 +89,21 @@ def test_missing_inputs_are_refused_clearly() -> None:
         heads.require(hybrid, fake_embeddings(9), None)
 
 
+def test_embedding_heads_refuse_missing_embeddings_clearly() -> None:
+    """Every head takes ``x=None`` as the Head protocol allows; those that read embeddings say so."""
+    _, y = encode_labels(LABELS)
+    x = fake_embeddings(9)
+    targets = {"multilabel": np.eye(3, dtype=np.int64)[y], "regression": y.astype(np.float64)}
+    for kind, cls in {**{k: HEADS[k] for k in ("linear", "prototype")}, **heads.KIND_HEADS}.items():
+        head = cls(sorted(set(LABELS)))
+        with pytest.raises(MissingInputs, match=f"the {cls.kind!r} head needs backbone embeddings"):
+            head.fit(None, targets.get(kind, y))
+        head.fit(x, targets.get(kind, y))
+        assert head.predict_proba(x).shape[0] == 9
+        with pytest.raises(MissingInputs, match="needs backbone embeddings"):
+            head.predict_proba(None)
+
+
 def test_every_candidate_is_scored_on_the_same_folds_and_auto_serves_the_best() -> None:
     x = fake_embeddings(len(TEXTS))  # embeddings that carry no signal: words must win
     result = fit_head("auto", x, LABELS, raw=TEXTS, folds=3)

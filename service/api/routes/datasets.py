@@ -9,7 +9,7 @@ anything is stored; the answer is a queued training job whose ``progress`` cover
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request
@@ -17,6 +17,7 @@ from fastapi import APIRouter, Path, Request
 from graft import schemas as s
 
 from ... import datasets, quotas
+from ...backbones.base import ImageBackbone
 from ...runtime import Runtime
 from ...store.models import Task, Tenant
 from ...store.repository import NotFound
@@ -106,7 +107,7 @@ def _read(
     """The parsed file and its examples as the store keeps them."""
     settings = rt.settings
     if kind == "zip":  # each image is checked and normalised as it is extracted
-        preprocessing = rt.backbones.get(backbone).preprocessing
+        preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing  # an image task's backbone
         data = datasets.read_image_folder(
             upload.file, max_files=settings.max_examples_per_request,
             max_total_bytes=settings.max_upload_uncompressed_bytes, max_file_bytes=settings.max_image_bytes,

@@ -4,7 +4,7 @@ that depends on configuration."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 
@@ -59,7 +59,7 @@ def task_out(task: Task) -> s.TaskOut:
 
 def job_out(job: Job) -> s.JobOut:
     return s.JobOut(
-        id=job.id, task=job.task_name, status=job.status, progress=job.progress, error=job.error, version=job.version,
+        id=job.id, task=job.task_name, status=cast(s.JobStatus, job.status), progress=job.progress, error=job.error, version=job.version,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
     )
 

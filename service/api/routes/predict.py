@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from fastapi import APIRouter, Request
 
@@ -27,7 +28,7 @@ async def _predict(
 ) -> s.PredictResponse:
     prepare = predict_inputs(rt, inputs, names)
     task, version, predictions = await rt.router.predict(tenant_id, name, inputs, top_k, prepare=prepare)
-    return s.PredictResponse(task=task.name, version=version, predictions=[_out(p) for p in predictions])
+    return s.PredictResponse(task=task.name, version=version, predictions=cast(s.Predictions, [_out(p) for p in predictions]))
 
 
 def _out(p: AnyPrediction) -> s.PredictionOut | s.MultiLabelPredictionOut | s.RegressionPredictionOut:

@@ -20,6 +20,7 @@ router = APIRouter(prefix="/v1")
 def version_detail(v: Version, active: int | None) -> s.VersionDetail:
     metrics = v.metrics or {}
     promotion = metrics.get("promotion")
+    status: s.VersionStatus
     if v.error:
         status = "failed"
     elif v.number == active:
