@@ -235,3 +235,35 @@ def test_yielding_is_bounded_so_training_still_advances(monkeypatch: pytest.Monk
         assert 0.15 <= time.perf_counter() - started < 2.0
     finally:
         SERVING.end()
+
+
+def test_fine_tune_steps_wait_while_predict_work_is_in_flight(bbc_train, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real fine-tune loop, with the hook the job runner gives it: no optimiser step runs while a
+    predict request is in flight; the first runs once it is answered."""
+    from adapters.heads.finetune import FinetuneConfig, fit_finetune
+    from service.backbones.registry import BUILTIN
+    from service.backbones.text import TorchTextBackbone
+    from tests.conftest import per_label
+
+    monkeypatch.setattr(jobs, "YIELD_MAX_S", 60.0)
+    backbone = TorchTextBackbone("minilm", BUILTIN["minilm"].source())
+    rows = per_label(bbc_train, 2, seed=4)
+    steps: list[float] = []
+
+    def between_steps() -> None:
+        yield_to_serving()
+        steps.append(time.perf_counter())
+
+    SERVING.begin()  # a predict request in flight
+    released = None
+    try:
+        fit = threading.Thread(target=fit_finetune, args=(backbone, [r["input"][:400] for r in rows], [r["label"] for r in rows],
+                               FinetuneConfig(max_epochs=1, patience=1)), kwargs={"between_steps": between_steps})
+        fit.start()
+        time.sleep(3.0)
+        assert steps == [], "a training step ran while predict work was in flight"
+    finally:
+        released = time.perf_counter()
+        SERVING.end()
+    fit.join(180)
+    assert not fit.is_alive() and steps and steps[0] >= released
