@@ -14,10 +14,17 @@ from service import jobs
 from service.batching import SERVING, Batcher
 from service.config import Settings
 from service.jobs import Heartbeat, JobLost, JobRunner, JobTimedOut, yield_to_serving
+from service.store.models import Job
 from service.store.repository import QueueFull, Store
 
 from . import store_replicas
 from .test_store import EXAMPLES
+
+
+def claim(store: Store, worker: str = "w", lease_s: float = 60, max_attempts: int = 3) -> Job:
+    job = store.claim_job(worker, lease_s=lease_s, max_attempts=max_attempts)
+    assert job is not None, "nothing to claim"
+    return job
 
 
 def _task(store: Store, tenant_id: str, name: str, head: str = "linear") -> str:
@@ -30,7 +37,7 @@ def test_claims_take_turns_across_tenants_then_oldest_first(store: Store) -> Non
     b, _ = store.create_tenant("b")
     a_jobs = [_task(store, a.id, f"a{i}") for i in range(3)]
     b_jobs = [_task(store, b.id, f"b{i}") for i in range(2)]
-    order = [store.claim_job("w", lease_s=60, max_attempts=3).id for _ in range(5)]
+    order = [claim(store).id for _ in range(5)]
     assert order == [a_jobs[0], b_jobs[0], a_jobs[1], b_jobs[1], a_jobs[2]]
     assert store.claim_job("w", lease_s=60, max_attempts=3) is None
 
@@ -39,10 +46,10 @@ def test_a_tenant_new_to_the_queue_goes_before_one_that_was_served(store: Store)
     a, _ = store.create_tenant("a")
     b, _ = store.create_tenant("b")
     first = _task(store, a.id, "a0")
-    assert store.claim_job("w", lease_s=60, max_attempts=3).id == first
+    assert claim(store).id == first
     second_a = _task(store, a.id, "a1")  # queued before b's job, but a was just served
     b_job = _task(store, b.id, "b0")
-    assert [store.claim_job("w", lease_s=60, max_attempts=3).id for _ in range(2)] == [b_job, second_a]
+    assert [claim(store).id for _ in range(2)] == [b_job, second_a]
 
 
 def test_a_new_job_replaces_the_tasks_queued_job(store: Store) -> None:
@@ -53,8 +60,8 @@ def test_a_new_job_replaces_the_tasks_queued_job(store: Store) -> None:
     for old, newer in ((first, second.id), (second.id, third.id)):
         job = store.get_job(tenant.id, old)
         assert job.status == "superseded" and job.finished_at is not None
-        assert newer in job.error and "replaced before it ran" in job.error
-    claimed = store.claim_job("w", lease_s=60, max_attempts=3)
+        assert job.error is not None and newer in job.error and "replaced before it ran" in job.error
+    claimed = claim(store)
     assert claimed.id == third.id  # trains on every example
     assert store.claim_job("w", lease_s=60, max_attempts=3) is None  # the replaced ones never run
     assert store.job_counts() == {"superseded": 2, "running": 1}
@@ -86,7 +93,7 @@ def test_disabled_tenants_jobs_are_not_claimed(store: Store) -> None:
     store.set_tenant_disabled(tenant.id, True)
     assert store.claim_job("w", lease_s=60, max_attempts=3) is None
     store.set_tenant_disabled(tenant.id, False)
-    assert store.claim_job("w", lease_s=60, max_attempts=3).id == job
+    assert claim(store).id == job
 
 
 def test_a_poison_job_fails_with_a_clear_error_and_is_never_reclaimed(store: Store) -> None:
@@ -95,14 +102,14 @@ def test_a_poison_job_fails_with_a_clear_error_and_is_never_reclaimed(store: Sto
     tenant, _ = store.create_tenant("acme")
     poison = _task(store, tenant.id, "poison")
     for attempt in (1, 2):
-        job = store.claim_job(f"w{attempt}", lease_s=0.2, max_attempts=2)
+        job = claim(store, f"w{attempt}", lease_s=0.2, max_attempts=2)
         assert job.id == poison and job.attempts == attempt
         store.heartbeat(poison, f"w{attempt}", 0.35)
         time.sleep(0.3)  # the worker died: no more heartbeats
     healthy = _task(store, tenant.id, "healthy")
-    assert store.claim_job("w3", lease_s=0.2, max_attempts=2).id == healthy
+    assert claim(store, "w3", lease_s=0.2, max_attempts=2).id == healthy
     failed = store.get_job(tenant.id, poison)
-    assert failed.status == "failed"
+    assert failed.status == "failed" and failed.error is not None
     assert failed.error.startswith("the job stopped its worker 2 times (e.g. out of memory")
     assert "it will not be retried" in failed.error and "at 35% progress" in failed.error
     time.sleep(0.3)
@@ -137,7 +144,7 @@ def test_fair_claims_race_real_processes(store_url: str) -> None:
 def test_the_heartbeat_stops_renewing_a_job_that_makes_no_progress(store: Store) -> None:
     tenant, _ = store.create_tenant("acme")
     job_id = _task(store, tenant.id, "t")
-    job = store.claim_job("a", lease_s=0.6, max_attempts=3)
+    job = claim(store, "a", lease_s=0.6)
     with Heartbeat(store, job, "a", interval_s=0.1, stall_s=0.3) as beat:
         beat.update(0.2)
         time.sleep(1.5)  # hung: progress stays at 0.2, so after 0.3 s the lease is no longer renewed
@@ -151,7 +158,7 @@ def test_a_job_that_keeps_moving_keeps_its_lease(store: Store) -> None:
     """Control for the stall test: steps count as progress even when the progress value stays put."""
     tenant, _ = store.create_tenant("acme")
     _task(store, tenant.id, "t")
-    job = store.claim_job("a", lease_s=0.6, max_attempts=3)
+    job = claim(store, "a", lease_s=0.6)
     with Heartbeat(store, job, "a", interval_s=0.1, stall_s=0.3) as beat:
         for _ in range(15):
             beat.step()
@@ -162,12 +169,12 @@ def test_a_job_that_keeps_moving_keeps_its_lease(store: Store) -> None:
 def test_a_job_past_its_time_limit_fails_with_a_clear_error(store: Store) -> None:
     tenant, _ = store.create_tenant("acme")
     job_id = _task(store, tenant.id, "t")
-    job = store.claim_job("a", lease_s=60, max_attempts=3)
+    job = claim(store, "a")
     with Heartbeat(store, job, "a", interval_s=0.1, time_limit_s=0.3, limit_setting="GRAFT_JOB_TIME_LIMIT_S") as beat:
         beat.update(0.5)
         time.sleep(0.6)  # stuck inside one step: the side thread fails the job
         failed = store.get_job(tenant.id, job_id)
-        assert failed.status == "failed"
+        assert failed.status == "failed" and failed.error is not None
         assert failed.error.startswith("the job hit its time limit of 0.3 s (GRAFT_JOB_TIME_LIMIT_S) at 50% progress")
         with pytest.raises(JobTimedOut):
             beat.step()  # the training notices at its next step
@@ -182,7 +189,7 @@ def test_the_time_limit_follows_the_head_kind(store: Store, tmp_path) -> None:
     runner = JobRunner(store, lambda _: None, settings)  # type: ignore[arg-type,return-value]
     limits = {}
     for _ in range(2):
-        job = store.claim_job("w", lease_s=60, max_attempts=3)
+        job = claim(store)
         beat = runner._heartbeat(job)
         limits[job.task_name] = (beat.time_limit_s, beat.limit_setting)
     assert limits == {"plain": (11.0, "GRAFT_JOB_TIME_LIMIT_S"), "tuned": (22.0, "GRAFT_JOB_TIME_LIMIT_FINETUNE_S")}
