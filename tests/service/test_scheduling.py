@@ -274,3 +274,10 @@ def test_fine_tune_steps_wait_while_predict_work_is_in_flight(bbc_train, monkeyp
         SERVING.end()
     fit.join(180)
     assert not fit.is_alive() and steps and steps[0] >= released
+
+
+def test_graft_role_is_checked() -> None:
+    assert Settings.from_env({}).role == "all"
+    assert Settings.from_env({"GRAFT_ROLE": "Worker"}).role == "worker"
+    with pytest.raises(ValueError, match=r"GRAFT_ROLE='trainer' is not valid: expected one of api, worker, all"):
+        Settings.from_env({"GRAFT_ROLE": "trainer"})
