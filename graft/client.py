@@ -173,7 +173,7 @@ class _Core:
         bar = _progress.JobBar(job, self.progress if progress is None else progress)
         pause = min(0.2, self.poll_interval)
         try:
-            while job.status not in ("succeeded", "failed"):
+            while job.status not in ("succeeded", "failed", "superseded"):
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job.id} still {job.status} after {timeout} s")
                 yield Sleep(pause)
@@ -184,6 +184,8 @@ class _Core:
             bar.close()
         if job.status == "failed":
             raise errors.JobFailed(job, f"training job {job.id} of task {job.task!r} failed: {job.error}")
+        if job.status == "superseded":  # a newer job of the task trains its examples: wait for that one instead
+            raise errors.JobFailed(job, f"training job {job.id} of task {job.task!r} was superseded: {job.error}")
         return job
 
     def _trained(self, created: T, wait: bool, timeout: float | None, progress: bool | None) -> Op[T]:

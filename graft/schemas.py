@@ -23,7 +23,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
 Modality = Literal["text", "image"]
 HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid", "finetune"]
-JobStatus = Literal["queued", "running", "succeeded", "failed"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "superseded"]
 VersionStatus = Literal["active", "candidate", "previous", "failed"]
 TaskKind = Literal["classification", "multilabel", "regression"]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number

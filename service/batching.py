@@ -165,6 +165,37 @@ def _apply_stacked(
         offset += n
 
 
+class ServingActivity:
+    """Predict requests in flight in this process, across every batcher. Training steps that do not go
+    through a batcher (fine-tuning) wait on it between steps, so predict passes get the cores first."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = 0
+
+    def begin(self) -> None:
+        with self._cond:
+            self._busy += 1
+
+    def end(self, _: object = None) -> None:
+        with self._cond:
+            self._busy -= 1
+            if self._busy <= 0:
+                self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no predict request is in flight, or ``timeout`` passed (False then)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._busy <= 0, timeout)
+
+
+SERVING = ServingActivity()
+
+
 class Batcher:
     def __init__(self, backbone: Backbone, max_batch: int = 64, max_delay_s: float = 0.002, max_queue: int = 4096) -> None:
         self.backbone = backbone
@@ -201,6 +232,9 @@ class Batcher:
                 raise Overloaded(f"{self._pending} inputs are queued for backbone {self.backbone.name!r}", wait)
             request = _Request(inputs, future, np.empty((len(inputs), width), dtype=np.float32), head)
             (self._low if background else self._high).append(request)
+            if not background:
+                SERVING.begin()
+                future.add_done_callback(SERVING.end)
             self._pending += len(inputs)
             metrics.QUEUE_INPUTS.labels(**self._labels).set(self._pending)
             self._cond.notify()

@@ -29,6 +29,16 @@ def _opt_str(value: str) -> str | None:
     return value or None
 
 
+ROLES = ("api", "worker", "all")
+
+
+def _role(value: str) -> str:
+    role = value.strip().lower()
+    if role not in ROLES:
+        raise ValueError(f"expected one of {', '.join(ROLES)}")
+    return role
+
+
 SETTINGS: dict[str, _Var] = {
     "host": _Var("GRAFT_HOST", "127.0.0.1", str, "Interface `make serve` binds to."),
     "port": _Var("GRAFT_PORT", 3000, int, "Port `make serve` listens on."),
@@ -63,9 +73,24 @@ SETTINGS: dict[str, _Var] = {
     "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most inputs (texts or images) embedded in one backbone pass."),
     "batch_max_delay_ms": _Var("GRAFT_BATCH_MAX_DELAY_MS", 10.0, float, "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging them into one pass)."),
     "batch_queue_size": _Var("GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."),
+    "role": _Var(
+        "GRAFT_ROLE", "all", _role,
+        "What this process does: `api` serves and queues training jobs but never runs them; `worker` runs training jobs "
+        "(and answers `/livez`, `/readyz`, `/metrics`; other routes answer 503); `all` does both (training yields to predict).",
+    ),
     "training_workers": _Var("GRAFT_TRAINING_WORKERS", 1, int, "Training jobs run at once by this process."),
     "job_lease_s": _Var("GRAFT_JOB_LEASE_S", 60.0, float, "A running job whose heartbeat is older than this is reclaimed."),
     "job_max_attempts": _Var("GRAFT_JOB_MAX_ATTEMPTS", 3, int, "Attempts before a repeatedly interrupted job is marked failed."),
+    "job_time_limit_s": _Var(
+        "GRAFT_JOB_TIME_LIMIT_S", 3600.0, float, "Longest one attempt of a training job may run before it fails (every head but `finetune`).",
+    ),
+    "job_time_limit_finetune_s": _Var(
+        "GRAFT_JOB_TIME_LIMIT_FINETUNE_S", 7200.0, float, "Longest one attempt of a `finetune` training job may run before it fails.",
+    ),
+    "job_stall_s": _Var(
+        "GRAFT_JOB_STALL_S", 600.0, float,
+        "The heartbeat renews a job's lease only while its progress moved within this many seconds: a hung job loses its lease.",
+    ),
     "shutdown_grace_s": _Var("GRAFT_SHUTDOWN_GRACE_S", 120.0, float, "How long shutdown waits for running training jobs."),
     "cv_folds": _Var("GRAFT_CV_FOLDS", 5, int, "Folds for cross-validated head selection and metrics."),
     "seed": _Var("GRAFT_SEED", 0, int, "Seed for training (fold splits, solvers)."),
@@ -106,6 +131,11 @@ SETTINGS: dict[str, _Var] = {
     "max_running_jobs_per_tenant": _Var(
         "GRAFT_MAX_RUNNING_JOBS_PER_TENANT", 2, int,
         "Quota: training jobs of one tenant running at once (across replicas); further jobs wait queued. 0 = no limit.",
+    ),
+    "max_queued_jobs_per_tenant": _Var(
+        "GRAFT_MAX_QUEUED_JOBS_PER_TENANT", 20, int,
+        "Quota: training jobs of one tenant waiting in the queue (a task has at most one: a newer job replaces it); "
+        "beyond it creating a task or adding examples answers 429. 0 = no limit.",
     ),
     "predict_rate_per_s": _Var(
         "GRAFT_PREDICT_RATE_PER_S", 100.0, float,
@@ -148,9 +178,13 @@ class Settings:
     batch_max_size: int
     batch_max_delay_ms: float
     batch_queue_size: int
+    role: str
     training_workers: int
     job_lease_s: float
     job_max_attempts: int
+    job_time_limit_s: float
+    job_time_limit_finetune_s: float
+    job_stall_s: float
     shutdown_grace_s: float
     cv_folds: int
     seed: int
@@ -172,6 +206,7 @@ class Settings:
     max_examples_per_task: int
     max_stored_bytes_per_tenant: int
     max_running_jobs_per_tenant: int
+    max_queued_jobs_per_tenant: int
     predict_rate_per_s: float
     predict_burst: int
     head_cache_mb: float

@@ -26,7 +26,7 @@ from adapters.transfer import capped_sample, logme
 from . import faults, images, logs, metrics
 from . import labels as stored_labels
 from .backbones.base import Backbone
-from .batching import Batcher, text_trunk
+from .batching import SERVING, Batcher, text_trunk
 from .config import Settings
 from .router import VersionFailed, head_of
 from .store.models import Job, Task
@@ -50,13 +50,33 @@ class JobLost(Exception):
     """The job is no longer ours (its task was deleted, or another worker reclaimed it)."""
 
 
-class Heartbeat:
-    """Renews a running job's lease from a side thread (so long fits keep it) and carries progress."""
+class JobTimedOut(Exception):
+    """The job ran past its time limit; the message says which and how far it got."""
 
-    def __init__(self, store: Store, job: Job, worker_id: str, interval_s: float) -> None:
+
+YIELD_MAX_S = 1.0  # longest a fine-tune step waits for predict work to drain: training slows, never stops
+
+
+class Heartbeat:
+    """Renews a running job's lease from a side thread (so long fits keep it) and carries progress.
+
+    The lease is renewed only while the job makes progress (its value changed within ``stall_s``): a
+    job that hangs stops renewing and loses its lease, and another worker takes it (or, after
+    ``max_attempts``, it fails as a poison job). Past ``time_limit_s`` the job fails with a clear
+    error: the side thread records it (even when training is stuck) and :meth:`update` raises
+    :class:`JobTimedOut` at the training's next step.
+    """
+
+    def __init__(
+        self, store: Store, job: Job, worker_id: str, interval_s: float, *,
+        stall_s: float = float("inf"), time_limit_s: float = float("inf"), limit_setting: str = "GRAFT_JOB_TIME_LIMIT_S",
+    ) -> None:
         self.store, self.job, self.worker_id, self.interval_s = store, job, worker_id, interval_s
+        self.stall_s, self.time_limit_s, self.limit_setting = stall_s, time_limit_s, limit_setting
         self.progress = 0.0
         self.lost = False
+        self.timed_out: str | None = None
+        self.started = self.moved_at = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id}", daemon=True)
 
@@ -68,7 +88,25 @@ class Heartbeat:
         self._stop.set()
         self._thread.join()
 
+    @property
+    def stalled(self) -> bool:
+        return time.monotonic() - self.moved_at > self.stall_s
+
+    def _check_time(self) -> None:
+        if self.timed_out is None and time.monotonic() - self.started > self.time_limit_s:
+            self.timed_out = (
+                f"the job hit its time limit of {self.time_limit_s:g} s ({self.limit_setting}) at {self.progress:.0%} "
+                "progress and was stopped; train on fewer examples or a lighter head, or raise the limit"
+            )
+            try:
+                self.store.fail_job(self.job.id, self.worker_id, self.timed_out)
+            except Exception:
+                log.warning("recording a timed-out job failed; its lease runs out instead", exc_info=True)
+
     def _beat(self) -> None:
+        self._check_time()
+        if self.timed_out is not None or self.stalled:
+            return  # no renewal: the lease runs out (a timed-out job is already failed)
         try:
             if not self.store.heartbeat(self.job.id, self.worker_id, round(self.progress, 4)):
                 self.lost = True
@@ -76,15 +114,36 @@ class Heartbeat:
             log.warning("heartbeat failed", exc_info=True)
 
     def _run(self) -> None:
+        warned = False
         while not self._stop.wait(self.interval_s):
+            if self.stalled and not warned:
+                log.warning("job made no progress; its lease is no longer renewed", extra={"stall_s": self.stall_s})
+                warned = True
             self._beat()
 
-    def update(self, progress: float) -> None:
-        """Record progress (written now); raise JobLost if the job stopped being ours."""
-        self.progress = progress
-        self._beat()
+    def step(self) -> None:
+        """A training step is about to run: that is progress (no store write); raise as :meth:`update` does."""
+        self.moved_at = time.monotonic()
+        self._raise_if_over()
+
+    def _raise_if_over(self) -> None:
+        if self.timed_out is not None:
+            raise JobTimedOut(self.timed_out)
         if self.lost:
             raise JobLost("lost the job's lease or its task was deleted")
+
+    def update(self, progress: float) -> None:
+        """Record progress (written now); raise JobTimedOut past the time limit, JobLost if the job
+        stopped being ours."""
+        if progress != self.progress:
+            self.progress, self.moved_at = progress, time.monotonic()
+        self._beat()
+        self._raise_if_over()
+
+
+def yield_to_serving() -> None:
+    """Between training steps: let predict requests in flight in this process finish first (bounded)."""
+    SERVING.wait_idle(YIELD_MAX_S)
 
 
 class JobRunner:
@@ -162,7 +221,7 @@ class JobRunner:
         outcome = "failed"
         try:
             log.info("job started", extra={"task_id": job.task_id, "attempt": job.attempts})
-            with Heartbeat(self.store, job, self.worker_id, self.settings.job_lease_s / 4) as beat:
+            with self._heartbeat(job) as beat:
                 number = self._train(job, beat)
             if number is None:
                 log.info("job result discarded: the job is no longer ours")
@@ -172,6 +231,9 @@ class JobRunner:
                 outcome = "succeeded"
                 if self.on_version is not None:
                     self.on_version(job)
+        except JobTimedOut as exc:
+            self.store.fail_job(job.id, self.worker_id, str(exc))
+            log.info("job failed", extra={"error": str(exc)})
         except JobLost as exc:
             log.info("job abandoned", extra={"reason": str(exc)})
             outcome = "abandoned"
@@ -187,6 +249,23 @@ class JobRunner:
                 self._running.discard(job.id)
             logs.job_id.reset(token)
             logs.tenant_id.reset(tenant)
+
+    def _heartbeat(self, job: Job) -> Heartbeat:
+        """The job's heartbeat, with the time limit of its head kind."""
+        finetune = False
+        if job.task_id is not None:
+            try:
+                finetune = self.store.get_task_by_id(job.task_id).head == "finetune"
+            except NotFound:
+                pass  # _train abandons it
+        limit, setting = (
+            (self.settings.job_time_limit_finetune_s, "GRAFT_JOB_TIME_LIMIT_FINETUNE_S") if finetune
+            else (self.settings.job_time_limit_s, "GRAFT_JOB_TIME_LIMIT_S")
+        )
+        return Heartbeat(
+            self.store, job, self.worker_id, self.settings.job_lease_s / 4,
+            stall_s=self.settings.job_stall_s, time_limit_s=limit, limit_setting=setting,
+        )
 
     def _embed(self, backbone: str, texts: list[str], beat: Heartbeat, done: float, share: float) -> np.ndarray:
         """Embed ``texts`` at training priority; progress moves from ``done`` to ``done + share``."""
@@ -312,7 +391,14 @@ class JobRunner:
         cfg = FinetuneConfig(
             layers=self.settings.finetune_layers, rank=self.settings.finetune_rank, max_epochs=self.settings.finetune_max_epochs
         )
-        head, fit_metrics = fit_finetune(source, texts, labels, cfg, seed=self.settings.seed, progress=lambda f: beat.update(0.9 * f))
+
+        def between_steps() -> None:
+            yield_to_serving()
+            beat.step()
+
+        head, fit_metrics = fit_finetune(
+            source, texts, labels, cfg, seed=self.settings.seed, progress=lambda f: beat.update(0.9 * f), between_steps=between_steps,
+        )
         backbone = self.batchers(name).backbone
         decision = selection.first_version() if task.active_version is None else selection.unconditional(
             "promoted without comparison: a fine-tuned head is compared on its held-out fold only"

@@ -105,7 +105,7 @@ TASKS = Gauge(
 )
 TENANTS = Gauge("graft_store_tenants", "Tenants in the store.", multiprocess_mode="livemostrecent")
 STORE_JOBS = Gauge("graft_store_jobs", "Training jobs in the store, by status.", ["status"], multiprocess_mode="livemostrecent")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "superseded")
 
 
 _RAW_PATH_SAMPLE = re.compile(r'^bentoml_[a-z_]+\{[^}]*endpoint="/v1/')

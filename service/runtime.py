@@ -25,7 +25,7 @@ log = logs.get("runtime")
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store(settings.resolved_database_url)
+        self.store = Store(settings.resolved_database_url, max_queued_jobs_per_tenant=settings.max_queued_jobs_per_tenant)
         self.store.migrate()  # under a lock: replicas starting together migrate once
         token, token_path = load_admin_token(settings)
         if token_path is not None:
@@ -52,11 +52,22 @@ class Runtime:
             self.store, self.batcher, head_cache, settings.task_cache_ttl_s, metrics.TenantLabels(settings.metrics_tenant_labels)
         )
         self.jobs = JobRunner(self.store, self.batcher, settings, self.backbones.names, on_version=lambda job: self.router.forget(job.tenant_id, job.task_name))
-        self.jobs.start()
+        if self.trains:
+            self.jobs.start()
         self.store_gauges = metrics.StoreGauges(self.store.totals)
         self.store_gauges.start()
         self.ready = True
-        log.info("graft ready", extra={"backbones": sorted(self._batchers), "device": self.backbones.device})
+        log.info("graft ready", extra={"role": settings.role, "backbones": sorted(self._batchers), "device": self.backbones.device})
+
+    @property
+    def trains(self) -> bool:
+        """Whether this process claims and runs training jobs (GRAFT_ROLE worker or all)."""
+        return self.settings.role in ("worker", "all")
+
+    @property
+    def serves(self) -> bool:
+        """Whether this process answers the API (GRAFT_ROLE api or all); a worker answers 503."""
+        return self.settings.role in ("api", "all")
 
     def batcher(self, backbone: str) -> Batcher:
         return self._batchers[backbone]

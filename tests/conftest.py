@@ -171,7 +171,7 @@ def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 300.0) -> d
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed"):
+        if job["status"] in ("succeeded", "failed", "superseded"):
             return job
         time.sleep(0.3)
     raise TimeoutError(f"job {job_id} did not finish in {timeout}s")

@@ -363,7 +363,7 @@ class _Run:
 def _train(
     source: TextSource, cache: _Cached, pooled: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray,
     held: np.ndarray | None, epochs: int, cfg: FinetuneConfig, split: int, seed: int,
-    tick: Callable[[], None],
+    tick: Callable[[], None], between_steps: Callable[[], None] | None = None,
 ) -> _Run:
     """One training run; with ``held``, early stopping (keeps the best epoch's weights)."""
     torch.manual_seed(seed)
@@ -394,6 +394,8 @@ def _train(
     for epoch in range(1, epochs + 1):
         order = train[torch.randperm(len(train), generator=gen).numpy()]
         for s in range(0, len(order), cfg.batch_size):
+            if between_steps is not None:
+                between_steps()
             rows = order[s : s + cfg.batch_size].tolist()
             loss = torch.nn.functional.cross_entropy(net(*cache.batch(rows)), yt[rows])
             optim.zero_grad()
@@ -414,9 +416,12 @@ def _train(
 
 def fit_finetune(
     source: TextSource, texts: Sequence[str], labels: Sequence[str], cfg: FinetuneConfig = FinetuneConfig(), seed: int = 0,
-    progress: Callable[[float], None] | None = None,
+    progress: Callable[[float], None] | None = None, between_steps: Callable[[], None] | None = None,
 ) -> tuple[FinetuneHead, dict[str, Any]]:
-    """Fine-tune the top ``cfg.layers`` layers of ``source`` on ``texts``; returns the bound head and metrics."""
+    """Fine-tune the top ``cfg.layers`` layers of ``source`` on ``texts``; returns the bound head and metrics.
+
+    ``between_steps`` is called before every optimiser step (the service waits there while predict
+    requests are in flight, so training yields the cores to serving)."""
     from ..training import encode_labels  # training imports the head registry
 
     started = time.perf_counter()
@@ -439,13 +444,13 @@ def fit_finetune(
 
     with torch.enable_grad():
         if len(held):
-            stopped = _train(source, cache, pooled, y, len(classes), train, held, cfg.max_epochs, cfg, split, seed, tick)
+            stopped = _train(source, cache, pooled, y, len(classes), train, held, cfg.max_epochs, cfg, split, seed, tick, between_steps)
         else:  # too few examples to hold any out: a fixed small number of epochs
-            stopped = _train(source, cache, pooled, y, len(classes), np.arange(len(y)), None, 3, cfg, split, seed, tick)
+            stopped = _train(source, cache, pooled, y, len(classes), np.arange(len(y)), None, 3, cfg, split, seed, tick, between_steps)
         final = stopped
         if cfg.refit and len(held):
             done[0] = max(done[0], cfg.max_epochs)
-            final = _train(source, cache, pooled, y, len(classes), np.arange(len(y)), None, stopped.best_epoch, cfg, split, seed, tick)
+            final = _train(source, cache, pooled, y, len(classes), np.arange(len(y)), None, stopped.best_epoch, cfg, split, seed, tick, between_steps)
     head = FinetuneHead(classes, split, n_layers, cfg.rank, cfg.alpha)
     head.lora, head.weight, head.bias = final.lora, final.weight.astype(np.float32), final.bias.astype(np.float32)
     head.bind(source)

@@ -19,7 +19,7 @@ from ..batching import Overloaded
 from ..logs import get as get_logger
 from ..quotas import QuotaExceeded
 from ..router import NotTrained, VersionFailed
-from ..store.repository import Conflict, NotFound
+from ..store.repository import Conflict, NotFound, QueueFull
 
 log = get_logger("api")
 
@@ -101,6 +101,10 @@ def install(app: FastAPI) -> None:
     async def _quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))} if exc.retry_after_s is not None else None
         return error_response(exc.status, exc.code, str(exc), headers)
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return error_response(429, "too_many_jobs", str(exc), {"Retry-After": str(math.ceil(exc.retry_after_s))})
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(SQLAlchemyTimeout)

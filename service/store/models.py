@@ -53,6 +53,8 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # when a worker last claimed one of its jobs: claims go round-robin, the longest-waiting tenant first
+    last_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ApiKey(Base):
@@ -111,7 +113,10 @@ class Version(Base):
 
 
 class Job(Base):
-    """A training job. State lives here (not in memory) so any process can report or resume it."""
+    """A training job. State lives here (not in memory) so any process can report or resume it.
+
+    ``status``: queued → running → succeeded | failed, or queued → superseded (a newer job of the same
+    task replaced it before it ran)."""
 
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)

@@ -33,6 +33,12 @@ class Conflict(Exception):
     pass
 
 
+class QueueFull(Exception):
+    """The tenant has as many training jobs queued as it may (answered 429)."""
+
+    retry_after_s = 30.0
+
+
 def new_id(prefix: str) -> str:
     """An unguessable id (128 random bits)."""
     return f"{prefix}_{secrets.token_urlsafe(16)}"
@@ -65,7 +71,8 @@ class StoreTotals:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, max_queued_jobs_per_tenant: int = 0) -> None:
+        self.max_queued_jobs_per_tenant = max_queued_jobs_per_tenant  # 0 = no limit
         self.engine: Engine = db.create(url)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(**db.WRITE), expire_on_commit=False)
@@ -212,10 +219,30 @@ class Store:
             job = self._add_examples_and_queue(s, task, examples)
         return task, job
 
-    @staticmethod
-    def _add_examples_and_queue(s: Session, task: Task, examples: Sequence[tuple[str, str]]) -> Job:
+    def _add_examples_and_queue(self, s: Session, task: Task, examples: Sequence[tuple[str, str]]) -> Job:
+        """Store the examples and queue a training job, which replaces the task's still-queued job (its
+        examples are a subset of the new one's): a task has at most one job waiting, never run twice."""
+        cap = self.max_queued_jobs_per_tenant
+        if cap > 0:
+            waiting = s.scalar(
+                select(func.count()).select_from(Job)
+                .where(Job.tenant_id == task.tenant_id, Job.status == "queued", Job.task_id != task.id)
+            ) or 0
+            if waiting >= cap:
+                raise QueueFull(
+                    f"{waiting} training jobs of this tenant are already queued (the limit is {cap}); nothing was "
+                    "stored: wait for some to finish (GET /v1/jobs/{job_id}) and send this again"
+                )
         s.add_all(Example(task_id=task.id, input=text, label=label) for text, label in examples)
         job = Job(id=new_id("job"), tenant_id=task.tenant_id, task_id=task.id, task_name=task.name, status="queued")
+        s.execute(
+            update(Job)
+            .where(Job.task_id == task.id, Job.status == "queued")
+            .values(
+                status="superseded", finished_at=utcnow(),
+                error=f"replaced before it ran by job {job.id}, which trains task {task.name!r} on these examples and newer ones",
+            )
+        )
         s.add(job)
         s.flush()
         faults.point("examples_commit")
@@ -307,20 +334,24 @@ class Store:
     def claim_job(
         self, worker_id: str, *, lease_s: float, max_attempts: int, max_running_per_tenant: int = 0
     ) -> Job | None:
-        """Claim the oldest runnable job: queued, or running with an expired lease (its worker died).
+        """Claim the next runnable job: queued, or running with an expired lease (its worker died or
+        the job stopped making progress).
 
-        The claim locks the row it takes inside one write transaction — ``FOR UPDATE SKIP LOCKED``
-        on PostgreSQL, so concurrent claimers take different jobs without waiting; SQLite's single
-        writer serialises them — so two workers never hold the same job. A job already interrupted
-        ``max_attempts`` times is failed instead, and the search goes on. With
-        ``max_running_per_tenant``, a tenant already running that many jobs (with live leases) gets
-        none: its other jobs stay queued until one finishes.
+        Fair: tenants take turns — the tenant whose last claim is oldest (or who never had one) goes
+        first — and within a tenant the oldest job goes first. Disabled tenants' jobs are not claimed.
+        The claim locks the row it takes inside one write transaction — ``FOR UPDATE OF jobs SKIP
+        LOCKED`` on PostgreSQL, so concurrent claimers take different jobs without waiting; SQLite's
+        single writer serialises them — so two workers never hold the same job. A job whose lease
+        expired ``max_attempts`` times (it stopped its worker each time: out of memory, a crash, a
+        hang) is a poison job: it is failed with that reason instead of being run again, and the
+        search goes on. With ``max_running_per_tenant``, a tenant already running that many jobs (with
+        live leases) gets none: its other jobs stay queued until one finishes.
         """
         with self.writing() as s:
             now = self._now(s)
             stale = now - timedelta(seconds=lease_s)
             expired = (Job.status == "running") & (Job.heartbeat_at < stale)
-            runnable = or_(Job.status == "queued", expired)
+            runnable = or_(Job.status == "queued", expired) & Tenant.disabled.is_(False)
             if max_running_per_tenant > 0:
                 live = aliased(Job)
                 busy = (
@@ -330,21 +361,28 @@ class Store:
                     .having(func.count() >= max_running_per_tenant)
                 )
                 runnable = runnable & Job.tenant_id.not_in(busy)
-            oldest = (
+            fairest = (
                 select(Job)
+                .join(Tenant, Tenant.id == Job.tenant_id)
                 .where(runnable)
-                .order_by(Job.created_at, Job.id)
+                .order_by(Tenant.last_claimed_at.asc().nulls_first(), Job.created_at, Job.id)
                 .limit(1)
-                .with_for_update(skip_locked=True)
+                .with_for_update(of=Job, skip_locked=True)
             )
-            while (job := s.scalar(oldest)) is not None:
+            while (job := s.scalar(fairest)) is not None:
                 if job.attempts < max_attempts:
                     job.status, job.worker_id, job.heartbeat_at = "running", worker_id, now
                     job.attempts += 1
                     job.started_at = job.started_at or now
                     job.progress = 0.0
+                    s.execute(update(Tenant).where(Tenant.id == job.tenant_id).values(last_claimed_at=now))
                     return job
-                job.status, job.error, job.finished_at = "failed", f"interrupted {job.attempts} times; giving up", now
+                job.status, job.finished_at = "failed", now
+                job.error = (
+                    f"the job stopped its worker {job.attempts} times (e.g. out of memory, or it hung without progress); "
+                    f"it will not be retried: its last worker stopped renewing the lease at {job.progress:.0%} progress. "
+                    "Check the examples (very large or malformed inputs) before training again"
+                )
                 s.flush()
         return None
 

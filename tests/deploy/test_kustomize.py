@@ -43,15 +43,15 @@ def test_overlay_renders_valid_kubernetes_1_30_objects(rendered, overlay: str) -
 
 def test_the_validation_can_fail(rendered) -> None:
     """Controls: a misspelt field, a wrong type and an unknown ServiceMonitor key are all caught."""
-    deployment = copy.deepcopy(one(rendered["cpu"], "Deployment"))
+    deployment = copy.deepcopy(one(rendered["cpu"], "Deployment", "graft"))
     deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {"httpGet": {"path": "/livez", "port": 3000}}
     with pytest.raises(ValidationError):
         validate(deployment)
-    hpa = copy.deepcopy(one(rendered["cpu"], "HorizontalPodAutoscaler"))
+    hpa = copy.deepcopy(one(rendered["cpu"], "HorizontalPodAutoscaler", "graft"))
     hpa["spec"]["minReplicas"] = "two"
     with pytest.raises(ValidationError):
         validate(hpa)
-    monitor = copy.deepcopy(one(rendered["cpu"], "ServiceMonitor"))
+    monitor = copy.deepcopy(one(rendered["cpu"], "ServiceMonitor", "graft"))
     monitor["spec"]["endpoints"][0]["intervall"] = "30s"
     with pytest.raises(AssertionError, match="unknown ServiceMonitor fields"):
         validate(monitor)
@@ -60,13 +60,16 @@ def test_the_validation_can_fail(rendered) -> None:
         validate(monitor)
 
 
-def container(docs: list[dict]) -> dict:
-    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+DEPLOYMENTS = ("graft", "graft-worker")  # the api and the training workers (GRAFT_ROLE), one image
 
 
-def environment(docs: list[dict]) -> dict[str, str]:
+def container(docs: list[dict], name: str = "graft") -> dict:
+    return one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def environment(docs: list[dict], name: str = "graft") -> dict[str, str]:
     """What the container sees: the ConfigMap it loads plus its literal env values."""
-    c = container(docs)
+    c = container(docs, name)
     names = [ref["configMapRef"]["name"] for ref in c.get("envFrom", []) if "configMapRef" in ref]
     env: dict[str, str] = {}
     for name in names:
@@ -75,11 +78,12 @@ def environment(docs: list[dict]) -> dict[str, str]:
     return env
 
 
+@pytest.mark.parametrize("name", DEPLOYMENTS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_pod_is_locked_down(rendered, overlay: str) -> None:
+def test_the_pod_is_locked_down(rendered, overlay: str, name: str) -> None:
     docs = rendered[overlay]
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    c = container(docs)
+    pod = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+    c = container(docs, name)
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -92,16 +96,17 @@ def test_the_pod_is_locked_down(rendered, overlay: str) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert all("emptyDir" in volumes[name] for name in mounts.values())
-    env = environment(docs)
+    env = environment(docs, name)
     for var in ("TMPDIR", "GRAFT_DATA_DIR", "BENTOML_HOME", "HF_HOME", "XDG_CACHE_HOME"):
         assert any(env[var] == path or env[var].startswith(path + "/") for path in mounts), f"{var}={env[var]} is not writable"
 
 
+@pytest.mark.parametrize("name", DEPLOYMENTS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_resources_probes_and_graceful_termination(rendered, overlay: str) -> None:
+def test_resources_probes_and_graceful_termination(rendered, overlay: str, name: str) -> None:
     docs = rendered[overlay]
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    c = container(docs)
+    pod = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+    c = container(docs, name)
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(c["resources"][kind]), kind
     port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
@@ -111,15 +116,17 @@ def test_resources_probes_and_graceful_termination(rendered, overlay: str) -> No
     assert startup["httpGet"]["path"] == "/readyz"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 180, "too little time to load the backbones"
 
-    env = environment(docs)
+    env = environment(docs, name)
     assert int(env["BENTOML_PORT"]) == port
     settings = Settings.from_env(env)  # every GRAFT_* value parses
     unknown = {k for k in env if k.startswith("GRAFT_")} - {v.env for v in SETTINGS.values()}
     assert not unknown, f"settings Graft does not have: {unknown}"
-    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    # the api sleeps in preStop while its endpoint leaves the Service; a worker takes no traffic
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"] if name == "graft" else ["sleep", "0"]
     assert pre_stop[0] == "sleep"
     # SIGTERM comes after the preStop sleep; shutdown then waits up to the grace for training jobs
     assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + settings.shutdown_grace_s + 10
+    assert settings.role == {"graft": "api", "graft-worker": "worker"}[name]
 
     secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
     assert set(secrets) == {"GRAFT_ADMIN_TOKEN", "GRAFT_DATABASE_URL"}
@@ -129,7 +136,7 @@ def test_resources_probes_and_graceful_termination(rendered, overlay: str) -> No
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_autoscaler_budget_policy_and_monitor_point_at_the_pods(rendered, overlay: str) -> None:
     docs = rendered[overlay]
-    deployment = one(docs, "Deployment")
+    deployment = one(docs, "Deployment", "graft")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
     selects = lambda selector: all(pod_labels.get(k) == v for k, v in selector.items())  # noqa: E731
@@ -137,13 +144,13 @@ def test_service_autoscaler_budget_policy_and_monitor_point_at_the_pods(rendered
     service = one(docs, "Service", "graft")
     assert selects(service["spec"]["selector"])
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
-    assert selects(one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
+    assert selects(one(docs, "PodDisruptionBudget", "graft")["spec"]["selector"]["matchLabels"])
     assert selects(one(docs, "NetworkPolicy", "graft")["spec"]["podSelector"]["matchLabels"])
-    hpa = one(docs, "HorizontalPodAutoscaler")
+    hpa = one(docs, "HorizontalPodAutoscaler", "graft")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "graft"}
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
-    monitor = one(docs, "ServiceMonitor")
+    monitor = one(docs, "ServiceMonitor", "graft")
     wanted = monitor["spec"]["selector"]["matchLabels"]
     assert [s["metadata"]["name"] for s in docs if s["kind"] == "Service"
             and all(s["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())] == ["graft"]
@@ -151,22 +158,24 @@ def test_service_autoscaler_budget_policy_and_monitor_point_at_the_pods(rendered
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
 
+@pytest.mark.parametrize("name", DEPLOYMENTS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policy_lets_in_http_and_out_only_dns_and_postgres(rendered, overlay: str) -> None:
-    policy = one(rendered[overlay], "NetworkPolicy", "graft")["spec"]
+def test_network_policy_lets_in_http_and_out_only_dns_and_postgres(rendered, overlay: str, name: str) -> None:
+    policy = one(rendered[overlay], "NetworkPolicy", name)["spec"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == ["http"]
     assert {p["port"] for rule in policy["egress"] for p in rule["ports"]} == {53, 5432}
 
 
-def test_gpu_overlay_takes_one_gpu_on_gpu_nodes(rendered) -> None:
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_gpu_overlay_takes_one_gpu_on_gpu_nodes(rendered, name: str) -> None:
     docs = rendered["gpu"]
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    c = container(docs)
+    pod = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+    c = container(docs, name)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" == c["resources"]["requests"]["nvidia.com/gpu"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    assert environment(docs)["GRAFT_DEVICE"] == "cuda"
+    assert environment(docs, name)["GRAFT_DEVICE"] == "cuda"
     assert c["image"].endswith("-gpu")
     assert container(rendered["cpu"])["image"].endswith("-cpu") and environment(rendered["cpu"])["GRAFT_DEVICE"] == "cpu"
 
@@ -181,8 +190,43 @@ def test_dev_overlay_brings_its_own_postgres(rendered) -> None:
     url = base64.b64decode(one(docs, "Secret", secret_name)["data"]["database-url"]).decode()
     service = one(docs, "Service", "graft-postgres")
     assert url.startswith("postgresql+psycopg://") and f"@{service['metadata']['name']}:5432/" in url
-    assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 1
+    assert one(docs, "HorizontalPodAutoscaler", "graft")["spec"]["minReplicas"] == 1
     # graft's pods may reach the database, nothing else may
     allowed = one(docs, "NetworkPolicy", "graft-postgres")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
-    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert all(pod_labels.get(k) == v for k, v in allowed.items())
+    for name in DEPLOYMENTS:
+        pod_labels = one(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert all(pod_labels.get(k) == v for k, v in allowed.items())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_are_apart_from_the_api_and_scale_on_the_job_queue(rendered, overlay: str) -> None:
+    """The worker Deployment takes no API traffic (the Service selects only api pods), has its own budget,
+    policy and scrape target, and its autoscaler follows the store's queued + running job gauge."""
+    docs = rendered[overlay]
+    api_labels = one(docs, "Deployment", "graft")["spec"]["template"]["metadata"]["labels"]
+    worker = one(docs, "Deployment", "graft-worker")
+    labels = worker["spec"]["template"]["metadata"]["labels"]
+    assert "replicas" not in worker["spec"], "the autoscaler owns the replica count"
+    selects = lambda selector, pod: all(pod.get(k) == v for k, v in selector.items())  # noqa: E731
+    service = one(docs, "Service", "graft")["spec"]["selector"]
+    assert selects(service, api_labels) and not selects(service, labels), "workers must not receive API requests"
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        spec = one(docs, kind, "graft-worker")["spec"]
+        selector = spec["selector"]["matchLabels"] if kind == "PodDisruptionBudget" else spec["podSelector"]["matchLabels"]
+        assert selects(selector, labels) and not selects(selector, api_labels)
+    scrape = one(docs, "Service", "graft-worker")
+    assert selects(scrape["spec"]["selector"], labels) and scrape["spec"]["clusterIP"] == "None"
+    wanted = one(docs, "ServiceMonitor", "graft-worker")["spec"]["selector"]["matchLabels"]
+    assert [s["metadata"]["name"] for s in docs if s["kind"] == "Service"
+            and selects(wanted, s["metadata"].get("labels", {}))] == ["graft-worker"]
+
+    hpa = one(docs, "HorizontalPodAutoscaler", "graft-worker")["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "graft-worker"}
+    (metric,) = hpa["metrics"]
+    assert metric["type"] == "External" and metric["external"]["metric"]["name"] == "graft_store_jobs"
+    assert metric["external"]["metric"]["selector"]["matchExpressions"] == [
+        {"key": "status", "operator": "In", "values": ["queued", "running"]}
+    ]
+    from service import metrics
+
+    assert metrics.STORE_JOBS.describe()[0].name == "graft_store_jobs" and {"queued", "running"} <= set(metrics.JOB_STATUSES)

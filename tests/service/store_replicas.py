@@ -58,3 +58,16 @@ def busy_replica(url: str, name: str, seed: int, results) -> None:  # type: igno
     finally:
         results.put((name, completed))
         store.close()
+
+
+def claim_all(url: str, name: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
+    """Claim jobs until the queue is empty (a fair-scheduling claimer racing others)."""
+    store = Store(url)
+    claimed: list[str] = []
+    try:
+        barrier.wait()
+        while (job := store.claim_job(name, lease_s=60, max_attempts=3)) is not None:
+            claimed.append(job.id)
+    finally:
+        results.put(claimed)
+        store.close()

@@ -136,7 +136,7 @@ def test_expired_lease_is_reclaimed_then_given_up(store: Store) -> None:
     time.sleep(0.3)
     assert store.claim_job("third", lease_s=0.2, max_attempts=2) is None
     failed = store.get_job(tenant.id, job.id)
-    assert failed.status == "failed" and "interrupted" in failed.error
+    assert failed.status == "failed" and "stopped its worker 2 times" in failed.error and "will not be retried" in failed.error
 
 
 def test_delete_removes_examples_versions_and_fails_open_jobs(store: Store) -> None:

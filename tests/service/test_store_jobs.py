@@ -58,7 +58,7 @@ def test_the_claim_statement_says_for_update_skip_locked(pg_url: str) -> None:
         store.claim_job("w", lease_s=60, max_attempts=3)
     finally:
         store.close()
-    assert any("FROM jobs" in sql and sql.rstrip().endswith("FOR UPDATE SKIP LOCKED") for sql in seen), seen
+    assert any("FROM jobs" in sql and sql.rstrip().endswith("FOR UPDATE OF jobs SKIP LOCKED") for sql in seen), seen
 
 
 def test_heartbeat_keeps_the_lease_and_its_end_lets_another_reclaim(store: Store) -> None:
@@ -79,8 +79,8 @@ def test_a_superseded_result_is_kept_but_not_activated(store: Store) -> None:
     version is stored, but the active version stays on the newer data."""
     tenant, _ = store.create_tenant("acme")
     task, older = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
-    _, newer = store.add_examples(tenant.id, "t", [("fine", "pos")])
     assert store.claim_job("a", lease_s=60, max_attempts=3).id == older.id
+    _, newer = store.add_examples(tenant.id, "t", [("fine", "pos")])  # the older one is running: not replaced
     assert store.claim_job("b", lease_s=60, max_attempts=3).id == newer.id
     assert store.complete_job(newer.id, "b", new_version(n_examples=5)) == 1
     assert store.complete_job(older.id, "a", new_version(n_examples=4)) == 2
