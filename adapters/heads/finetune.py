@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
+from ..encoding import encode_labels
 from .base import TRUNK
 from .linear import fit_logistic
 
@@ -417,8 +418,6 @@ def fit_finetune(
     progress: Callable[[float], None] | None = None,
 ) -> tuple[FinetuneHead, dict[str, Any]]:
     """Fine-tune the top ``cfg.layers`` layers of ``source`` on ``texts``; returns the bound head and metrics."""
-    from ..training import encode_labels  # training imports the head registry
-
     started = time.perf_counter()
     n_layers = len(encoder_layers(source.model))
     if not 1 <= cfg.layers <= n_layers:
