@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.training import TrainingDataError
 
-from .. import images, logs
+from .. import datasets, images, logs
 from ..batching import Overloaded
 from ..logs import get as get_logger
 from ..quotas import InvalidForLimits, QuotaExceeded, RateLimited
@@ -79,6 +79,9 @@ ERRORS: dict[type[Exception], Answer] = {
     Overloaded: Answer(503, "overloaded", _overloaded),
     OperationalError: _STORE_DOWN,
     SQLAlchemyTimeout: _STORE_DOWN,
+    datasets.DatasetError: Answer(422, datasets.DatasetError.code),
+    datasets.DatasetTooLarge: Answer(413, datasets.DatasetTooLarge.code),
+    datasets.UnsupportedDataset: Answer(415, datasets.UnsupportedDataset.code),
     images.ImageError: Answer(422, images.ImageError.code),
     images.UnsupportedFormat: Answer(415, images.UnsupportedFormat.code),
     images.ImageTooLarge: Answer(413, images.ImageTooLarge.code),

@@ -11,7 +11,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
 from adapters.training import TrainingDataError
 from graft import schemas
-from service import images, quotas
+from service import datasets, images, quotas
 from service.api import errors
 from service.batching import Overloaded
 from service.router import NotTrained, VersionFailed
@@ -52,6 +52,9 @@ STORE_DOWN = (503, b'{"error":{"code":"store_unavailable","message":"the store i
     (OperationalError("SELECT 1", {}, Exception("down")), STORE_DOWN),
     (SQLAlchemyTimeout("pool exhausted"), STORE_DOWN),
     (InvalidTask("unknown backbone 'x'"), (422, b'{"error":{"code":"validation_error","message":"unknown backbone \'x\'"}}', None)),
+    (datasets.DatasetError("CSV line 2: bad"), (422, b'{"error":{"code":"validation_error","message":"CSV line 2: bad"}}', None)),
+    (datasets.DatasetTooLarge("10 rows"), (413, b'{"error":{"code":"too_large","message":"10 rows"}}', None)),
+    (datasets.UnsupportedDataset("gif"), (415, b'{"error":{"code":"unsupported_media_type","message":"gif"}}', None)),
     (errors.ApiError(413, "too_large", "big", {"Retry-After": "7"}), (413, b'{"error":{"code":"too_large","message":"big"}}', "7")),
     (ValueError("bug"), (500, b'{"error":{"code":"internal_error","message":"internal error; the request id in '
                                 b'X-Request-ID identifies it in the logs"}}', None)),
@@ -74,13 +77,13 @@ def test_image_errors_take_their_status_from_the_table(exc: images.ImageError, s
 def test_domain_codes_agree_with_the_table() -> None:
     """A domain exception's own ``code`` is the table's; subclasses resolve to their nearest listed type."""
     ours = {t: row for t, row in errors.ERRORS.items() if t.__module__.split(".")[0] in ("service", "adapters")}
-    assert {quotas.QuotaExceeded, InvalidTask, images.ImageError} <= set(ours)
+    assert {quotas.QuotaExceeded, InvalidTask, images.ImageError, datasets.DatasetError} <= set(ours)
     for exc_type, row in ours.items():
         if hasattr(exc_type, "code"):
             assert exc_type.code == row.code, exc_type  # type: ignore[attr-defined]
     assert errors.answer_for(images.NotAnImage("x")) is errors.ERRORS[images.ImageError]
     assert errors.answer_for(KeyError("x")) is None
-    for raised in (quotas.QuotaExceeded("x"), quotas.InvalidForLimits("x"), quotas.RateLimited("x")):
+    for raised in (quotas.QuotaExceeded("x"), quotas.InvalidForLimits("x"), quotas.RateLimited("x"), datasets.DatasetTooLarge("x")):
         assert not hasattr(raised, "status")
 
 

@@ -238,6 +238,7 @@ def test_database_errors_never_quote_the_data_in_logs(store: Store, caplog) -> N
 def test_zip_expansion_limit_at_its_boundary() -> None:
     """GRAFT_MAX_UPLOAD_UNCOMPRESSED_BYTES: a zip expanding to exactly the limit is read; one byte
     more is refused (from its directory, before extracting) with the limit in the message."""
+    from service.api.errors import answer_for
     from service.datasets import DatasetError, read_image_folder
 
     from .test_datasets import PNG, make_zip
@@ -249,4 +250,4 @@ def test_zip_expansion_limit_at_its_boundary() -> None:
     read(b"\x00" * 500)
     with pytest.raises(DatasetError, match=f"the limit is {2 * len(PNG) + 1000}") as refused:
         read(b"\x00" * 501)
-    assert refused.value.status == 413
+    assert refused.value.code == "too_large" and answer_for(refused.value).status == 413
