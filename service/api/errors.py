@@ -66,7 +66,7 @@ _STORE_DOWN = Answer(503, "store_unavailable", lambda _: "the store is unavailab
 # THE table: every domain exception the API answers, by type (the most derived type listed wins). Only
 # this layer knows statuses; a domain exception that has a ``code`` must have the same one here
 # (tests/service/test_errors_table.py checks).
-ERRORS: dict[type[Exception], Answer] = {
+ANSWERS: dict[type[Exception], Answer] = {
     NotFound: Answer(404, "not_found"),
     Conflict: Answer(409, "conflict"),
     NotTrained: Answer(409, "not_trained"),
@@ -91,8 +91,8 @@ ERRORS: dict[type[Exception], Answer] = {
 def answer_for(exc: Exception) -> Answer | None:
     """The table's row for ``exc``: its own type's, else its nearest listed base class's."""
     for cls in type(exc).__mro__:
-        if cls in ERRORS:
-            return ERRORS[cls]
+        if cls in ANSWERS:
+            return ANSWERS[cls]
     return None
 
 
@@ -146,7 +146,7 @@ def install(app: FastAPI) -> None:
             message = "no such endpoint"
         return error_response(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), message, exc.headers)
 
-    for exc_type in ERRORS:
+    for exc_type in ANSWERS:
         app.add_exception_handler(exc_type, _from_table)
 
     @app.exception_handler(Exception)

@@ -76,12 +76,12 @@ def test_image_errors_take_their_status_from_the_table(exc: images.ImageError, s
 
 def test_domain_codes_agree_with_the_table() -> None:
     """A domain exception's own ``code`` is the table's; subclasses resolve to their nearest listed type."""
-    ours = {t: row for t, row in errors.ERRORS.items() if t.__module__.split(".")[0] in ("service", "adapters")}
+    ours = {t: row for t, row in errors.ANSWERS.items() if t.__module__.split(".")[0] in ("service", "adapters")}
     assert {quotas.QuotaExceeded, InvalidTask, images.ImageError, datasets.DatasetError} <= set(ours)
     for exc_type, row in ours.items():
         if hasattr(exc_type, "code"):
             assert exc_type.code == row.code, exc_type  # type: ignore[attr-defined]
-    assert errors.answer_for(images.NotAnImage("x")) is errors.ERRORS[images.ImageError]
+    assert errors.answer_for(images.NotAnImage("x")) is errors.ANSWERS[images.ImageError]
     assert errors.answer_for(KeyError("x")) is None
     for raised in (quotas.QuotaExceeded("x"), quotas.InvalidForLimits("x"), quotas.RateLimited("x"), datasets.DatasetTooLarge("x")):
         assert not hasattr(raised, "status")

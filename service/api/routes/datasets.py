@@ -130,7 +130,7 @@ def _ingest(
     if task is not None and task.kind != "classification":
         raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task; dataset uploads hold classification "
                        f"labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
-    kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)  # DatasetError: ERRORS
+    kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)  # DatasetError → errors.py
     upload.file.seek(0)
     target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head)
     data, examples = _read(rt, upload, kind, target, backbone_name)
