@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from . import diagnostics
 from .calibration import apply_temperature, calibrate, nll
+from .encoding import encode_labels
 from .heads import EMBEDDING, HEADS, RAW, TRANSFER_HEADS, Head
 from .heads.features import FEATURIZERS, FOR_MODALITY
 
@@ -69,12 +70,6 @@ class FitResult:
     @property
     def warnings(self) -> list[str]:
         return self.metrics.setdefault("warnings", [])
-
-
-def encode_labels(labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    classes = sorted(set(labels))
-    index = {label: i for i, label in enumerate(classes)}
-    return classes, np.array([index[label] for label in labels], dtype=np.int64)
 
 
 def _make(kind: str, classes: list[str], params: dict[str, float], modality: str, features: Any = None) -> Head:

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO, Literal
+from typing import IO, ClassVar, Literal
 
 Kind = Literal["zip", "csv", "jsonl"]
 MAX_LABEL_CHARS = 256
@@ -33,10 +33,21 @@ ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x
 
 
 class DatasetError(ValueError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = {413: "too_large", 415: "unsupported_media_type"}.get(status, "validation_error")
+    """A dataset file Graft will not take; ``code`` says why (service/api/errors.py maps it to a status)."""
+
+    code: ClassVar[str] = "validation_error"
+
+
+class DatasetTooLarge(DatasetError):
+    """Past a size limit: rows, a field's characters, a member's or the whole zip's expanded bytes."""
+
+    code: ClassVar[str] = "too_large"
+
+
+class UnsupportedDataset(DatasetError):
+    """Not a zip, CSV or JSON Lines file."""
+
+    code: ClassVar[str] = "unsupported_media_type"
 
 
 @dataclass
@@ -65,19 +76,19 @@ def detect_kind(head: bytes, content_type: str, filename: str) -> Kind:
             or suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     if media in ("application/zip", "application/x-zip-compressed") or suffix == ".zip":
-        raise DatasetError(422, "the upload claims to be a zip but is not one (no zip signature)")
+        raise DatasetError("the upload claims to be a zip but is not one (no zip signature)")
     shown = media or "none"
-    raise DatasetError(
-        415, f"unsupported dataset type ({shown!r}, file {filename or 'unnamed'!r}); send a zip in image-folder layout "
+    raise UnsupportedDataset(
+        f"unsupported dataset type ({shown!r}, file {filename or 'unnamed'!r}); send a zip in image-folder layout "
         "(<label>/<file>), a CSV or a JSON Lines file with input,label columns",
     )
 
 
 def _check_label(label: str, where: str) -> str:
     if not label.strip():
-        raise DatasetError(422, f"{where}: the label is empty")
+        raise DatasetError(f"{where}: the label is empty")
     if len(label) > MAX_LABEL_CHARS:
-        raise DatasetError(422, f"{where}: the label is {len(label)} characters; the limit is {MAX_LABEL_CHARS}")
+        raise DatasetError(f"{where}: the label is {len(label)} characters; the limit is {MAX_LABEL_CHARS}")
     return label
 
 
@@ -94,7 +105,7 @@ def _declared_entries(fh: IO[bytes]) -> int:
     tail = fh.read(tail_len)
     pos = tail.rfind(b"PK\x05\x06")
     if pos < 0 or pos + 22 > len(tail):
-        raise DatasetError(422, "the zip is damaged or truncated (no end-of-central-directory record)")
+        raise DatasetError("the zip is damaged or truncated (no end-of-central-directory record)")
     fh.seek(0)
     return struct.unpack("<H", tail[pos + 10 : pos + 12])[0]
 
@@ -102,10 +113,10 @@ def _declared_entries(fh: IO[bytes]) -> int:
 def _parts(name: str) -> tuple[str, ...]:
     """The path components of a member, refusing anything that could leave the archive's root."""
     if "\x00" in name or "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise DatasetError(422, f"zip member {name!r} has an absolute, Windows-style or invalid path")
+        raise DatasetError(f"zip member {name!r} has an absolute, Windows-style or invalid path")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
-        raise DatasetError(422, f"zip member {name!r} points outside the archive (path traversal with '..')")
+        raise DatasetError(f"zip member {name!r} points outside the archive (path traversal with '..')")
     return parts
 
 
@@ -130,15 +141,15 @@ def read_image_folder(
     ``convert(data, where)`` turns each member's bytes into what is kept (default: the bytes), one
     member at a time, so the whole archive is never held extracted in memory."""
     if _declared_entries(fh) > max_files:
-        raise DatasetError(422, f"the zip has more than {max_files} entries; the limit is {max_files} files per upload")
+        raise DatasetError(f"the zip has more than {max_files} entries; the limit is {max_files} files per upload")
     try:
         archive = zipfile.ZipFile(fh)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
-        raise DatasetError(422, "the upload is not a readable zip archive") from None
+        raise DatasetError("the upload is not a readable zip archive") from None
     with archive:
         infos = archive.infolist()
         if len(infos) > max_files:
-            raise DatasetError(422, f"the zip has {len(infos)} entries; the limit is {max_files} files per upload")
+            raise DatasetError(f"the zip has {len(infos)} entries; the limit is {max_files} files per upload")
         dataset = Dataset("zip")
         folders: set[tuple[str, ...]] = set()
         files: list[tuple[tuple[str, ...], zipfile.ZipInfo]] = []
@@ -146,7 +157,7 @@ def read_image_folder(
         for info in infos:
             parts = _parts(info.filename)
             if _is_symlink(info):
-                raise DatasetError(422, f"zip member {info.filename!r} is a symbolic link; links are not accepted")
+                raise DatasetError(f"zip member {info.filename!r} is a symbolic link; links are not accepted")
             if not parts:
                 continue
             if _ignored(parts):
@@ -156,20 +167,20 @@ def read_image_folder(
                 folders.add(parts)
                 continue
             if info.flag_bits & 0x1:
-                raise DatasetError(422, f"zip member {info.filename!r} is encrypted")
+                raise DatasetError(f"zip member {info.filename!r} is encrypted")
             if parts[-1].lower().endswith(ARCHIVE_SUFFIXES):
-                raise DatasetError(422, f"zip member {info.filename!r} is an archive; nested archives are not accepted")
+                raise DatasetError(f"zip member {info.filename!r} is an archive; nested archives are not accepted")
             if info.file_size > max_file_bytes:
-                raise DatasetError(
-                    413, f"zip member {info.filename!r} expands to {info.file_size} bytes; the limit is {max_file_bytes} "
+                raise DatasetTooLarge(
+                    f"zip member {info.filename!r} expands to {info.file_size} bytes; the limit is {max_file_bytes} "
                     "per image (checked before extracting anything)",
                 )
             files.append((parts, info))
             folders.update(parts[:i] for i in range(1, len(parts)))
         total = sum(info.file_size for _, info in files)
         if total > max_total_bytes:
-            raise DatasetError(
-                413, f"the zip expands to {total} bytes; the limit is {max_total_bytes} (checked before extracting anything)"
+            raise DatasetTooLarge(
+                f"the zip expands to {total} bytes; the limit is {max_total_bytes} (checked before extracting anything)"
             )
 
         # One wrapping folder (``dataset/<label>/<file>``) is stripped.
@@ -180,7 +191,7 @@ def read_image_folder(
         for parts, info in files:
             if len(parts) != depth:
                 raise DatasetError(
-                    422, f"zip member {info.filename!r} is not in image-folder layout: expected <label>/<file>, "
+                    f"zip member {info.filename!r} is not in image-folder layout: expected <label>/<file>, "
                     "each image directly inside a folder named after its label",
                 )
         if skipped:
@@ -193,11 +204,11 @@ def read_image_folder(
                 with archive.open(info) as member:
                     data = member.read(max_file_bytes + 1)
             except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-                raise DatasetError(422, f"zip member {info.filename!r} could not be extracted ({exc})") from None
+                raise DatasetError(f"zip member {info.filename!r} could not be extracted ({exc})") from None
             except NotImplementedError:
-                raise DatasetError(422, f"zip member {info.filename!r} uses an unsupported compression method") from None
+                raise DatasetError(f"zip member {info.filename!r} uses an unsupported compression method") from None
             if data.startswith(ARCHIVE_MAGIC) or data[257:262] == b"ustar":
-                raise DatasetError(422, f"zip member {info.filename!r} is an archive; nested archives are not accepted")
+                raise DatasetError(f"zip member {info.filename!r} is an archive; nested archives are not accepted")
             where = f"zip member {info.filename!r}"
             dataset.add(convert(data, where) if convert else data, label, where)
             by_label[label] += 1
@@ -205,7 +216,7 @@ def read_image_folder(
         for empty in sorted(label_folders - set(by_label)):
             dataset.warnings.append(f"label folder {empty!r} has no images; ignored")
         if not dataset.inputs:
-            raise DatasetError(422, "the zip has no images in image-folder layout (<label>/<file>)")
+            raise DatasetError("the zip has no images in image-folder layout (<label>/<file>)")
         return dataset
 
 
@@ -225,20 +236,20 @@ def read_table(fh: IO[bytes], kind: Literal["csv", "jsonl"], *, max_rows: int, m
         rows = _csv_rows(text, max_field_chars) if kind == "csv" else _jsonl_rows(text)
         for where, value, label in rows:
             if len(dataset.inputs) >= max_rows:
-                raise DatasetError(413, f"the file has more than {max_rows} examples; the limit is {max_rows} per upload")
+                raise DatasetTooLarge(f"the file has more than {max_rows} examples; the limit is {max_rows} per upload")
             if not isinstance(value, str) or not value.strip():
-                raise DatasetError(422, f"{where}: 'input' must be a non-empty string")
+                raise DatasetError(f"{where}: 'input' must be a non-empty string")
             if len(value) > max_field_chars:
-                raise DatasetError(413, f"{where}: 'input' is {len(value)} characters; the limit is {max_field_chars}")
+                raise DatasetTooLarge(f"{where}: 'input' is {len(value)} characters; the limit is {max_field_chars}")
             if not isinstance(label, str):
-                raise DatasetError(422, f"{where}: 'label' must be a string")
+                raise DatasetError(f"{where}: 'label' must be a string")
             dataset.add(value, _check_label(label, where), where)
     except UnicodeDecodeError:
-        raise DatasetError(422, "the file is not UTF-8 text") from None
+        raise DatasetError("the file is not UTF-8 text") from None
     finally:
         text.detach()
     if not dataset.inputs:
-        raise DatasetError(422, "the file has no examples")
+        raise DatasetError("the file has no examples")
     return dataset
 
 
@@ -248,18 +259,18 @@ def _csv_rows(text: io.TextIOWrapper, max_field_chars: int):  # type: ignore[no-
     try:
         header = next(reader, None)
         if header is None or "input" not in header or "label" not in header:
-            raise DatasetError(422, f"the CSV header must name the columns 'input' and 'label' (got {header})")
+            raise DatasetError(f"the CSV header must name the columns 'input' and 'label' (got {header})")
         i_input, i_label = header.index("input"), header.index("label")
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue
             where = f"CSV line {reader.line_num}"
             if len(row) != len(header):
-                raise DatasetError(422, f"{where}: {len(row)} fields, but the header has {len(header)}")
+                raise DatasetError(f"{where}: {len(row)} fields, but the header has {len(header)}")
             yield where, row[i_input], row[i_label]
     except csv.Error as exc:
-        status = 413 if "field larger than field limit" in str(exc) else 422
-        raise DatasetError(status, f"CSV line {reader.line_num}: {exc}") from None
+        error = DatasetTooLarge if "field larger than field limit" in str(exc) else DatasetError
+        raise error(f"CSV line {reader.line_num}: {exc}") from None
 
 
 def _jsonl_rows(text: io.TextIOWrapper):  # type: ignore[no-untyped-def]
@@ -270,7 +281,7 @@ def _jsonl_rows(text: io.TextIOWrapper):  # type: ignore[no-untyped-def]
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DatasetError(422, f"{where}: not valid JSON ({exc.msg})") from None
+            raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict) or "input" not in row or "label" not in row:
-            raise DatasetError(422, f"{where}: expected an object with 'input' and 'label'")
+            raise DatasetError(f"{where}: expected an object with 'input' and 'label'")
         yield where, row["input"], row["label"]

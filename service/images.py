@@ -34,9 +34,9 @@ _DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,")
 
 
 class ImageError(ValueError):
-    """An input Graft will not take as an image; ``status``/``code`` are what the API answers."""
+    """An input Graft will not take as an image; ``code`` says why (service/api/errors.py maps it to a status)."""
 
-    status, code = 422, "invalid_image"
+    code = "invalid_image"
 
 
 class NotAnImage(ImageError):
@@ -44,11 +44,11 @@ class NotAnImage(ImageError):
 
 
 class UnsupportedFormat(ImageError):
-    status, code = 415, "unsupported_media_type"
+    code = "unsupported_media_type"
 
 
 class ImageTooLarge(ImageError):
-    status, code = 413, "too_large"
+    code = "too_large"
 
 
 @dataclass(frozen=True)

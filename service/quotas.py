@@ -1,8 +1,9 @@
 """Per-tenant quotas: tasks, examples per task, labels per task, stored bytes, predict rate.
 
-Checks run before anything is written and raise :class:`QuotaExceeded`, whose message names the
-limit (the API answers it with its status and ``code``). Limits come from :mod:`service.config`;
-docs/security.md has the table.
+Checks run before anything is written and raise :class:`QuotaExceeded` (or a subclass), whose message
+names the limit and whose ``code`` says which kind of refusal it is; the status the API answers with
+is service/api/errors.py's business. Limits come from :mod:`service.config`; docs/security.md has the
+table.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from graft.schemas import unstorable
+from typing import ClassVar
 
 from . import labels as labels_
 from .config import Settings
@@ -22,17 +22,46 @@ from .store.repository import Store
 
 
 class QuotaExceeded(Exception):
-    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None) -> None:
+    """A tenant's limit (tasks, examples, stored bytes) would be passed."""
+
+    code: ClassVar[str] = "quota_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.retry_after_s = status, code, retry_after_s
+        self.retry_after_s = retry_after_s  # when trying again can succeed, if known
+
+
+class InvalidForLimits(QuotaExceeded):
+    """What the request holds breaks a per-item limit (a label too long, too many labels) or cannot be stored."""
+
+    code: ClassVar[str] = "validation_error"
+
+
+class RateLimited(QuotaExceeded):
+    """The tenant's predict rate is spent; ``retry_after_s`` says when a token is back."""
+
+    code: ClassVar[str] = "rate_limited"
+
+
+def unstorable(value: str) -> str | None:
+    """Why a string cannot be stored as is (None when it can): NUL characters (PostgreSQL text
+    cannot hold them) and lone surrogates (not encodable as UTF-8). graft/schemas.py checks the same
+    at the JSON edge (the client cannot import the server); tests/service/test_errors_table.py keeps them equal."""
+    if "\x00" in value:
+        return "must not contain NUL (\\u0000) characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid unicode (no lone surrogates)"
+    return None
 
 
 def check_labels(settings: Settings, labels: Sequence[str], field: str = "label") -> None:
-    """Each label's length (422 past ``max_label_chars``)."""
+    """Each label's length (:class:`InvalidForLimits` past ``max_label_chars``)."""
     limit = settings.max_label_chars
     for label in labels:
         if len(label) > limit:
-            raise QuotaExceeded(422, "validation_error", f"a {field} has {len(label)} characters; the limit is {limit}")
+            raise InvalidForLimits(f"a {field} has {len(label)} characters; the limit is {limit}")
 
 
 def check_new_examples(
@@ -47,28 +76,26 @@ def check_new_examples(
     for i, (text, label) in enumerate(examples):  # files (CSV, JSON Lines) reach here unvalidated
         problem = unstorable(text) or unstorable(label)
         if problem:
-            raise QuotaExceeded(422, "validation_error", f"example {i}: inputs and labels {problem}")
+            raise InvalidForLimits(f"example {i}: inputs and labels {problem}")
     tasks, stored = store.usage(tenant_id)
     if task is None and tasks >= settings.max_tasks_per_tenant:
         raise QuotaExceeded(
-            403, "quota_exceeded", f"this tenant has {tasks} tasks; the limit is {settings.max_tasks_per_tenant}. Delete one first."
+            f"this tenant has {tasks} tasks; the limit is {settings.max_tasks_per_tenant}. Delete one first."
         )
     have = store.example_count(task.id) if task else 0
     if have + len(examples) > settings.max_examples_per_task:
         raise QuotaExceeded(
-            403, "quota_exceeded",
             f"the task would hold {have + len(examples)} examples; the limit is {settings.max_examples_per_task} per task",
         )
     labels = set(labels_.per_label(kind, store.label_counts(task.id))) if task else set()
     labels.update(new_labels)
     if len(labels) > settings.max_labels_per_task:
-        raise QuotaExceeded(
-            422, "validation_error", f"the task would have {len(labels)} distinct labels; the limit is {settings.max_labels_per_task}"
+        raise InvalidForLimits(
+            f"the task would have {len(labels)} distinct labels; the limit is {settings.max_labels_per_task}"
         )
     adding = sum(len(text) + len(label) for text, label in examples)
     if stored + adding > settings.max_stored_bytes_per_tenant:
         raise QuotaExceeded(
-            403, "quota_exceeded",
             f"this tenant would store {stored + adding} bytes; the limit is {settings.max_stored_bytes_per_tenant} bytes",
         )
 
@@ -88,7 +115,7 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def take(self, tenant_id: str) -> None:
-        """Spend one token, or raise 429 with the seconds until one is back."""
+        """Spend one token, or raise :class:`RateLimited` with the seconds until one is back."""
         if self.rate <= 0:
             return
         with self._lock:
@@ -104,8 +131,7 @@ class RateLimiter:
                 bucket.tokens -= 1.0
                 return
             wait = (1.0 - bucket.tokens) / self.rate
-        raise QuotaExceeded(
-            429, "rate_limited",
+        raise RateLimited(
             f"predict rate limit of {self.rate:g} requests/s (burst {self.burst}) reached; retry after {math.ceil(wait)} s",
             retry_after_s=wait,
         )

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, cast, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -71,6 +72,44 @@ def embeddings(kind: str, x: np.ndarray | None) -> np.ndarray:
     return x
 
 
+@dataclass(frozen=True)
+class Registration:
+    """One registered head class: the task kind it serves and its place among that kind's heads."""
+
+    cls: type
+    task_kind: str
+    rank: int  # the order training evaluates and reports a task kind's heads in (lowest first)
+
+
+# Every head kind (``Head.kind``) → its registration. Filled by :func:`register` as the head modules are
+# imported; adapters/heads/__init__.py imports them all, so importing any part of ``adapters.heads``
+# fills it before anything can look a kind up.
+REGISTRY: dict[str, Registration] = {}
+
+H = TypeVar("H", bound=type)
+
+
+def register(task_kind: str = "classification", rank: int = 0) -> Callable[[H], H]:
+    """Class decorator: make a head class known under its ``kind`` (what :func:`from_bytes` reads back
+    and what training may choose), for tasks of ``task_kind``."""
+
+    def add(cls: H) -> H:
+        kind = cls.kind  # type: ignore[attr-defined]
+        known = REGISTRY.get(kind)
+        if known is not None and known.cls is not cls:
+            raise ValueError(f"head kind {kind!r} is already registered by {known.cls.__qualname__}")
+        REGISTRY[kind] = Registration(cls, task_kind, rank)
+        return cls
+
+    return add
+
+
+def heads_for(task_kind: str) -> dict[str, type[Head]]:
+    """The head classes registered for ``task_kind``, by kind, in rank order."""
+    found = sorted((r.rank, kind, r.cls) for kind, r in REGISTRY.items() if r.task_kind == task_kind)
+    return {kind: cast(type[Head], cls) for _, kind, cls in found}
+
+
 def require(head: Head, x: np.ndarray | None, raw: Sequence[str] | None) -> None:
     """Raise :class:`MissingInputs` unless the inputs ``head.consumes`` are present."""
     if EMBEDDING in head.consumes and x is None:
@@ -100,13 +139,11 @@ def read_metadata(blob: bytes) -> dict[str, Any]:
 
 
 def from_bytes(blob: bytes) -> Head:
-    from . import HEADS, KIND_HEADS  # the registries import the concrete heads
-
     meta = read_metadata(blob)
-    known = {**HEADS, **{cls.kind: cls for cls in KIND_HEADS.values()}}
-    cls = known.get(meta.get("kind", ""))
-    if cls is None:
+    registered = REGISTRY.get(meta.get("kind", ""))
+    if registered is None:
         raise HeadFormatError(f"unknown head kind {meta.get('kind')!r}")
+    cls: Any = registered.cls
     try:
         tensors = st_load(blob)
     except Exception as exc:  # safetensors raises its own error types for corrupt data

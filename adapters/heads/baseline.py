@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import RAW, MissingInputs, softmax
+from .base import RAW, MissingInputs, register, softmax
 from .features import FEATURIZERS, FOR_MODALITY, Featurizer
 from .linear import SPARSE_TOL, fit_logistic
 
@@ -25,6 +25,7 @@ def restore_featurizer(params: dict[str, Any], tensors: dict[str, np.ndarray]) -
     return cls.restore(params, split_tensors(tensors, "features."))
 
 
+@register(rank=2)
 class BaselineHead:
     kind: ClassVar[str] = "baseline"
     consumes: ClassVar[frozenset[str]] = frozenset({RAW})

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
+from ..encoding import encode_labels
 from .base import TRUNK
 from .linear import fit_logistic
 
@@ -422,8 +423,6 @@ def fit_finetune(
 
     ``between_steps`` is called before every optimiser step (the service waits there while predict
     requests are in flight, so training yields the cores to serving)."""
-    from ..training import encode_labels  # training imports the head registry
-
     started = time.perf_counter()
     n_layers = len(encoder_layers(source.model))
     if not 1 <= cfg.layers <= n_layers:

@@ -10,12 +10,13 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import sparse
 
-from .base import EMBEDDING, RAW, MissingInputs, softmax
+from .base import EMBEDDING, RAW, MissingInputs, register, softmax
 from .baseline import restore_featurizer
 from .features import FEATURIZERS, FOR_MODALITY, Featurizer
 from .linear import SPARSE_TOL, fit_logistic
 
 
+@register(rank=3)
 class HybridHead:
     kind: ClassVar[str] = "hybrid"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING, RAW})

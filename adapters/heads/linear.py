@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from .base import EMBEDDING, embeddings, softmax
+from .base import EMBEDDING, embeddings, register, softmax
 
 SPARSE_TOL = 1e-4  # sklearn's default; the wide sparse problems (TF-IDF) need no tighter fit
 
@@ -28,6 +28,7 @@ def fit_logistic(x: Any, y: np.ndarray, n_labels: int, c: float, tol: float = 1e
     return weight.astype(np.float32), bias.astype(np.float32)
 
 
+@register(rank=0)
 class LinearHead:
     kind: ClassVar[str] = "linear"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from .base import EMBEDDING, embeddings
+from .base import EMBEDDING, embeddings, register
 
 PRIOR_CLIP = 1e-3  # a label constant in the training data gets a constant probability within [clip, 1 - clip]
 
@@ -18,6 +18,7 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # numerically stable for large |z|
 
 
+@register("multilabel")
 class MultiLabelHead:
     """``fit(x, y)`` takes ``y`` as an (n, labels) 0/1 indicator matrix; ``predict_proba`` returns each
     label's own probability (rows do not sum to 1); ``predict`` the 0/1 decisions at the thresholds."""

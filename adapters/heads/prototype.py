@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import EMBEDDING, embeddings, softmax
+from .base import EMBEDDING, embeddings, register, softmax
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -15,6 +15,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+@register(rank=1)
 class PrototypeHead:
     kind: ClassVar[str] = "prototype"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})

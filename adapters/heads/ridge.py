@@ -8,11 +8,12 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from .base import EMBEDDING, embeddings
+from .base import EMBEDDING, embeddings, register
 
 VALUE = "value"  # the head's one output column
 
 
+@register("regression")
 class RidgeHead:
     """``fit(x, y)`` takes ``y`` as (n,) finite numbers. ``predict`` returns (n,) values;
     ``predict_proba`` returns them as an (n, 1) column so the batcher can carry them like probabilities

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,12 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.training import TrainingDataError
 
-from .. import logs
+from .. import datasets, images, logs
 from ..batching import Overloaded
 from ..logs import get as get_logger
-from ..quotas import QuotaExceeded
+from ..quotas import InvalidForLimits, QuotaExceeded, RateLimited
 from ..router import NotTrained, VersionFailed
 from ..store.repository import Conflict, NotFound, QueueFull
+from ..task_rules import InvalidTask
 
 log = get_logger("api")
 
@@ -36,6 +38,74 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _retry_after(exc: Exception) -> float | None:
+    return getattr(exc, "retry_after_s", None)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How the API answers one exception type: status, code, and optionally its own message and
+    Retry-After seconds (default: the exception's text, and its ``retry_after_s`` when it has one)."""
+
+    status: int
+    code: str
+    message: Callable[[Exception], str] = str
+    retry_after: Callable[[Exception], float | None] = _retry_after
+    log: str | None = None  # logged as an error with the exception's type (the client cannot fix it)
+
+
+def _overloaded(exc: Exception) -> str:
+    return f"Graft is overloaded ({exc}); retry after {max(1, math.ceil(_retry_after(exc) or 0))} s"
+
+
+_STORE_DOWN = Answer(503, "store_unavailable", lambda _: "the store is unavailable; nothing was changed, retry shortly",
+                     lambda _: 5, log="store unavailable")  # unreachable, full or read-only: nothing was committed
+
+# THE table: every domain exception the API answers, by type (the most derived type listed wins). Only
+# this layer knows statuses; a domain exception that has a ``code`` must have the same one here
+# (tests/service/test_errors_table.py checks).
+ANSWERS: dict[type[Exception], Answer] = {
+    NotFound: Answer(404, "not_found"),
+    Conflict: Answer(409, "conflict"),
+    NotTrained: Answer(409, "not_trained"),
+    VersionFailed: Answer(503, "version_failed"),
+    TrainingDataError: Answer(422, "validation_error"),
+    InvalidTask: Answer(422, InvalidTask.code),
+    QuotaExceeded: Answer(403, QuotaExceeded.code),
+    InvalidForLimits: Answer(422, InvalidForLimits.code),
+    RateLimited: Answer(429, RateLimited.code),
+    QueueFull: Answer(429, "too_many_jobs"),
+    Overloaded: Answer(503, "overloaded", _overloaded),
+    OperationalError: _STORE_DOWN,
+    SQLAlchemyTimeout: _STORE_DOWN,
+    datasets.DatasetError: Answer(422, datasets.DatasetError.code),
+    datasets.DatasetTooLarge: Answer(413, datasets.DatasetTooLarge.code),
+    datasets.UnsupportedDataset: Answer(415, datasets.UnsupportedDataset.code),
+    images.ImageError: Answer(422, images.ImageError.code),
+    images.UnsupportedFormat: Answer(415, images.UnsupportedFormat.code),
+    images.ImageTooLarge: Answer(413, images.ImageTooLarge.code),
+}
+
+
+def answer_for(exc: Exception) -> Answer | None:
+    """The table's row for ``exc``: its own type's, else its nearest listed base class's."""
+    for cls in type(exc).__mro__:
+        if cls in ANSWERS:
+            return ANSWERS[cls]
+    return None
+
+
+async def _from_table(_: Request, exc: Exception) -> JSONResponse:
+    answer = answer_for(exc)
+    if answer is None:  # registered for the table's types only
+        raise exc
+    if answer.log:
+        log.error(answer.log, extra={"error": type(exc).__name__})
+    retry = answer.retry_after(exc)
+    headers = {"Retry-After": str(max(1, math.ceil(retry)))} if retry is not None else None
+    return error_response(answer.status, answer.code, answer.message(exc), headers)
 
 
 def _location(loc: tuple) -> str:
@@ -77,46 +147,8 @@ def install(app: FastAPI) -> None:
             message = "no such endpoint"
         return error_response(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), message, exc.headers)
 
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return error_response(404, "not_found", str(exc))
-
-    @app.exception_handler(Conflict)
-    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return error_response(409, "conflict", str(exc))
-
-    @app.exception_handler(NotTrained)
-    async def _not_trained(_: Request, exc: NotTrained) -> JSONResponse:
-        return error_response(409, "not_trained", str(exc))
-
-    @app.exception_handler(VersionFailed)
-    async def _version_failed(_: Request, exc: VersionFailed) -> JSONResponse:
-        return error_response(503, "version_failed", str(exc))
-
-    @app.exception_handler(TrainingDataError)
-    async def _training_data(_: Request, exc: TrainingDataError) -> JSONResponse:
-        return error_response(422, "validation_error", str(exc))
-
-    @app.exception_handler(QuotaExceeded)
-    async def _quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))} if exc.retry_after_s is not None else None
-        return error_response(exc.status, exc.code, str(exc), headers)
-
-    @app.exception_handler(QueueFull)
-    async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
-        return error_response(429, "too_many_jobs", str(exc), {"Retry-After": str(math.ceil(exc.retry_after_s))})
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(SQLAlchemyTimeout)
-    async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
-        # the database is unreachable, full or read-only: nothing was committed (one transaction per write)
-        log.error("store unavailable", extra={"error": type(exc).__name__})
-        return error_response(503, "store_unavailable", "the store is unavailable; nothing was changed, retry shortly", {"Retry-After": "5"})
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        retry = str(max(1, math.ceil(exc.retry_after_s)))
-        return error_response(503, "overloaded", f"Graft is overloaded ({exc}); retry after {retry} s", {"Retry-After": retry})
+    for exc_type in ANSWERS:
+        app.add_exception_handler(exc_type, _from_table)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,7 @@ from .. import images
 from ..backbones.base import ImageBackbone
 from ..router import Prepare, TaskRef
 from ..runtime import Runtime
-from .errors import ApiError
+from .errors import ApiError, answer_for
 from .routes.deps import check_texts
 
 Raw = str | bytes  # JSON gives base64 strings; multipart and zip uploads give bytes
@@ -33,7 +33,9 @@ def _decode(rt: Runtime, raw: Raw, where: str) -> Any:
         return images.decode(data, image_limits(rt))
     except images.ImageError as exc:
         hint = " (this task's modality is 'image')" if isinstance(raw, str) and isinstance(exc, images.NotAnImage) else ""
-        raise ApiError(exc.status, exc.code, f"{where} {exc}{hint}") from None
+        answer = answer_for(exc)
+        assert answer is not None  # every ImageError is in the table
+        raise ApiError(answer.status, answer.code, f"{where} {exc}{hint}") from None
 
 
 def stored_image(rt: Runtime, preprocessing: images.Preprocessing, raw: Raw, where: str) -> str:

@@ -216,3 +216,29 @@ def test_bad_image_inputs_are_clear_4xx_and_store_nothing(server, digits_train) 
     assert sorted(t["name"] for t in c.get("/v1/tasks").json()["tasks"]) == ["img", "txt"]
     for name, detail in before.items():
         assert c.get(f"/v1/tasks/{name}").json() == detail
+
+
+def test_dataset_uploads_create_tasks_by_the_same_rules_as_post_tasks(server, digits_train) -> None:
+    """One set of rules for a new task (service/task_rules.py): a dataset upload defaults the head to
+    ``auto`` like ``POST /v1/tasks`` (it defaulted to ``linear``), and refuses ``head=finetune`` on an image
+    task up front with the same 422 (it accepted it, and the job failed)."""
+    c = server.new_tenant("same-rules")
+    small = [{"input": r["input"], "label": r["label"]} for r in per_label(digits_train, 3, seed=4) if r["label"] in "01"]
+
+    refused = assert_error(c.post("/v1/tasks/pics/dataset?head=finetune", content=image_zip(small),
+                                  headers={"content-type": "application/zip"}), 422, "text tasks only")
+    assert refused == assert_error(c.post("/v1/tasks", json={"name": "pics", "modality": "image", "head": "finetune",
+                                                             "examples": small}), 422)
+    assert_error(c.get("/v1/tasks/pics"), 404)  # nothing was stored
+    by_post = assert_error(c.post("/v1/tasks", json={"name": "b", "modality": "image", "backbone": "nope", "examples": small}), 422)
+    by_upload = assert_error(c.post("/v1/tasks/b/dataset?backbone=nope", content=image_zip(small),
+                                    headers={"content-type": "application/zip"}), 422, "unknown backbone 'nope'")
+    assert by_upload == by_post
+
+    csv_body = "input,label\n" + "".join(f"\"{r['input']}\",{r['label']}\n" for r in TOY)
+    resp = c.post("/v1/tasks/reviews/dataset", content=csv_body, headers={"content-type": "text/csv"})
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["task"]["head"] == "auto"
+    assert wait_for_job(c, resp.json()["job"]["id"])["status"] == "succeeded"
+    train(c, "posted", TOY)
+    assert c.get("/v1/tasks/posted").json()["head"] == "auto"

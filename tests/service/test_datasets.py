@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 
+from service.api.errors import answer_for
 from service.datasets import DatasetError, detect_kind, read_image_folder, read_table
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pretend image bytes"  # the zip reader does not decode images
@@ -34,7 +35,7 @@ def make_zip(entries: dict[str, bytes | None], **infos) -> io.BytesIO:
 def refuse(fh, status: int, fragment: str, **limits) -> None:
     with pytest.raises(DatasetError, match=fragment) as raised:
         read_image_folder(fh, **{**LIMITS, **limits})
-    assert raised.value.status == status
+    assert answer_for(raised.value).status == status
 
 
 def test_image_folder_layout_with_warnings() -> None:
@@ -131,10 +132,10 @@ def test_detect_kind() -> None:
     assert detect_kind(b'{"input"', "application/x-ndjson", "") == "jsonl"
     with pytest.raises(DatasetError, match="not one") as raised:
         detect_kind(b"GIF89a..", "application/zip", "")
-    assert raised.value.status == 422
+    assert answer_for(raised.value).status == 422
     with pytest.raises(DatasetError, match="unsupported dataset type") as raised:
         detect_kind(b"GIF89a..", "image/gif", "cat.gif")
-    assert raised.value.status == 415
+    assert answer_for(raised.value).status == 415
 
 
 def table(text: str | bytes, kind: str = "csv", **limits):
@@ -171,4 +172,4 @@ def test_csv_and_jsonl() -> None:
 def test_table_refusals(text, kind: str, status: int, fragment: str) -> None:
     with pytest.raises(DatasetError, match=fragment) as raised:
         table(text, kind)
-    assert raised.value.status == status
+    assert answer_for(raised.value).status == status

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from service import images
+from service.api.errors import answer_for
 
 LIMITS = images.Limits(max_bytes=5_000_000, max_pixels=40_000_000)
 PRE = images.Preprocessing()
@@ -73,7 +74,7 @@ def test_base64_and_data_urls() -> None:
 def test_rejects_with_the_right_status(data: bytes, error: type, message: str) -> None:
     with pytest.raises(error, match=message) as raised:
         images.decode(data, LIMITS)
-    assert raised.value.status == {images.NotAnImage: 422, images.UnsupportedFormat: 415, images.ImageTooLarge: 413}[error]
+    assert answer_for(raised.value).status == {images.NotAnImage: 422, images.UnsupportedFormat: 415, images.ImageTooLarge: 413}[error]
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])

@@ -95,4 +95,4 @@ def test_dataset_rows_that_cannot_be_stored_are_refused_with_422(store: Store) -
     for bad in [("a\x00", "x"), ("a", "x\x00"), ("\ud800", "x")]:
         with pytest.raises(QuotaExceeded, match="example 1") as refused:
             check_new_examples(store, Settings.from_env({}), tenant.id, None, [("ok", "y"), bad])
-        assert refused.value.status == 422
+        assert refused.value.code == "validation_error"

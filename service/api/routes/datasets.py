@@ -3,7 +3,8 @@
 ``POST /v1/tasks/{name}/dataset`` takes a zip in image-folder layout (``<label>/<file>``) or a
 CSV / JSON Lines file with ``input,label`` columns, as the raw body or as the one ``file`` part of
 a multipart form. When the task does not exist, query parameters ``modality`` (default: image
-for a zip, text otherwise), ``backbone`` and ``head`` create it. Everything is validated before
+for a zip, text otherwise), ``backbone`` and ``head`` (default ``auto``) create it, by the same rules as
+``POST /v1/tasks`` (service/task_rules.py). Everything is validated before
 anything is stored; the answer is a queued training job whose ``progress`` covers embedding.
 """
 
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Path, Request
 
 from graft import schemas as s
 
-from ... import datasets, quotas
+from ... import datasets, labels, quotas, task_rules
 from ...backbones.base import ImageBackbone
 from ...runtime import Runtime
 from ...store.models import Task, Tenant
@@ -24,7 +25,7 @@ from ...store.repository import NotFound
 from ..errors import ApiError
 from ..inputs import stored_examples, stored_image
 from ..uploads import Upload, is_multipart, read_body, read_form
-from .deps import ERRORS, RuntimeDep, TenantDep, check_labels, choose_backbone, job_out, task_out
+from .deps import ERRORS, RuntimeDep, TenantDep, check_labels, job_out, task_out
 
 router = APIRouter(prefix="/v1")
 
@@ -86,8 +87,9 @@ def _existing(rt: Runtime, tenant: Tenant, name: str) -> Task | None:
 
 def _target(
     rt: Runtime, name: str, task: Task | None, kind: datasets.Kind, modality: str | None, backbone: str | None, head: str | None
-) -> tuple[str, str]:
-    """The modality and backbone the upload goes to: the existing task's, or the new task's."""
+) -> tuple[str, str, str]:
+    """The modality, backbone and head the upload goes to: the existing task's, or the new task's (by the
+    same rules and defaults as ``POST /v1/tasks``, service/task_rules.py)."""
     if task is not None:
         given = {"modality": (modality, task.modality), "backbone": (backbone, task.backbone), "head": (head, task.head)}
         for param, (value, actual) in given.items():
@@ -98,7 +100,10 @@ def _target(
     if kind == "zip" and target != "image":
         raise ApiError(422, "validation_error", "a zip (image-folder layout) is for image tasks; "
                        "text tasks take CSV or JSON Lines with input,label columns")
-    return target, task.backbone if task else choose_backbone(rt, target, backbone)
+    if task is not None:
+        return target, task.backbone, task.head
+    new = task_rules.new_task(rt, target, labels.CLASSIFICATION, backbone, head)
+    return target, new.backbone, new.head
 
 
 def _read(
@@ -126,18 +131,15 @@ def _ingest(
     if task is not None and task.kind != "classification":
         raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task; dataset uploads hold classification "
                        f"labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
-    try:
-        kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)
-        upload.file.seek(0)
-        target, backbone_name = _target(rt, name, task, kind, modality, backbone, head)
-        data, examples = _read(rt, upload, kind, target, backbone_name)
-    except datasets.DatasetError as exc:
-        raise ApiError(exc.status, exc.code, str(exc)) from None
+    kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)  # DatasetError → errors.py
+    upload.file.seek(0)
+    target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head)
+    data, examples = _read(rt, upload, kind, target, backbone_name)
     quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples)
     if task is None:
         check_labels([label for _, label in examples], None)
         created, (task, job) = True, rt.store.create_task(
-            me.id, name, modality=target, backbone=backbone_name, head=head or "linear", examples=examples
+            me.id, name, modality=target, backbone=backbone_name, head=head_name, examples=examples
         )
     else:
         created, (task, job) = False, rt.store.add_examples(me.id, name, examples)

@@ -97,21 +97,3 @@ def check_labels(given: Sequence[Any], declared: Sequence[str] | None, kind: str
             raise ApiError(422, "validation_error", f"every label needs at least one example; none for {missing[:10]}")
     if len(present) < 2:
         raise ApiError(422, "validation_error", f"at least 2 distinct labels are needed; got {sorted(present)}")
-
-
-def choose_backbone(rt: Runtime, modality: str, requested: str | None) -> str:
-    """The backbone a task names: a configured one of its modality, or ``auto`` (chosen per training)."""
-    if requested == "auto":
-        if not rt.backbones.names(modality):
-            raise ApiError(422, "validation_error", f"no {modality} backbone is configured")
-        return requested
-    name = requested or rt.default_backbone(modality)
-    spec = rt.backbones.specs.get(name)
-    if spec is None:
-        raise ApiError(422, "validation_error", f"unknown backbone {name!r}; available: {rt.backbones.names()}")
-    if spec.modality != modality:
-        raise ApiError(
-            422, "validation_error",
-            f"backbone {name!r} embeds {spec.modality}, not {modality}; {modality} backbones: {rt.backbones.names(modality)}",
-        )
-    return name

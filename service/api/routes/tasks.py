@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from graft import schemas as s
 
-from ... import labels, quotas
+from ... import labels, quotas, task_rules
 from ..errors import ApiError
 from ..inputs import stored_examples
 from .deps import (
@@ -14,7 +14,6 @@ from .deps import (
     RuntimeDep,
     TenantDep,
     check_labels,
-    choose_backbone,
     job_out,
     task_out,
     version_out,
@@ -25,17 +24,14 @@ router = APIRouter(prefix="/v1")
 
 @router.post("/tasks", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
 def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
-    if body.head == "finetune" and (body.modality != "text" or body.kind != labels.CLASSIFICATION):
-        raise ApiError(422, "validation_error", "head 'finetune' is available for text tasks only, of kind classification")
-    if body.kind != labels.CLASSIFICATION and body.backbone == "auto":
-        raise ApiError(422, "validation_error", f"backbone 'auto' is for classification tasks; name a {body.modality} backbone for a {body.kind} task")
-    backbone = choose_backbone(rt, body.modality, body.backbone)
+    new = task_rules.new_task(rt, body.modality, body.kind, body.backbone, body.head)
+    backbone = new.backbone
     quotas.check_labels(rt.settings, body.labels or [], "declared label")
     check_labels([e.label for e in body.examples], body.labels, body.kind)
     examples = _examples(rt, body.modality, body.kind, backbone, body.examples)
     quotas.check_new_examples(rt.store, rt.settings, me.id, None, examples, body.kind)
     task, job = rt.store.create_task(
-        me.id, body.name, modality=body.modality, kind=body.kind, backbone=backbone, head=body.head or "auto", examples=examples
+        me.id, body.name, modality=new.modality, kind=new.kind, backbone=backbone, head=new.head, examples=examples
     )
     rt.jobs.notify()
     return s.TaskCreated(task=task_out(task), job=job_out(job))
