@@ -108,10 +108,12 @@ SETTINGS: dict[str, _Var] = {
         "Quota: training jobs of one tenant running at once (across replicas); further jobs wait queued. 0 = no limit.",
     ),
     "predict_rate_per_s": _Var(
-        "GRAFT_PREDICT_RATE_PER_S", 100.0, float,
-        "Quota: predict requests per second per tenant and process (token bucket); beyond it 429 with Retry-After. 0 = no limit.",
+        "GRAFT_PREDICT_RATE_PER_S", 1000.0, float,
+        "Quota: predict inputs (texts or images) per second per tenant and process (token bucket, one token per input); "
+        "beyond it 429 with Retry-After. 0 = no limit.",
     ),
-    "predict_burst": _Var("GRAFT_PREDICT_BURST", 200, int, "Token-bucket size of the predict rate: requests a tenant may send at once."),
+    "predict_burst": _Var("GRAFT_PREDICT_BURST", 2000, int,
+        "Token-bucket size of the predict rate: inputs a tenant may send at once (a request of more inputs than this needs a full bucket)."),
     "head_cache_mb": _Var(
         "GRAFT_HEAD_CACHE_MB", 256.0, float,
         "Memory budget of the per-process head cache, in MiB (least recently used heads are dropped and reload on demand).",

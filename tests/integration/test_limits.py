@@ -163,11 +163,11 @@ def test_stored_bytes_per_tenant(limited: Server) -> None:
 def test_predict_rate(limited: Server) -> None:
     c = tenant(limited)
     passed(c.post("/v1/tasks", json={"name": "t", "examples": TWO}))
-    for _ in range(3):  # the burst
-        passed(c.post("/v1/tasks/t/predict", json={"inputs": ["a"]}), 409)
-    resp = c.post("/v1/tasks/t/predict", json={"inputs": ["a"]})
+    passed(c.post("/v1/tasks/t/predict", json={"inputs": ["a", "b"]}), 409)  # 2 inputs: 2 tokens of the burst of 3
+    passed(c.post("/v1/tasks/t/predict", json={"inputs": ["a"]}), 409)
+    resp = c.post("/v1/tasks/t/predict", json={"inputs": ["a"]})  # one token per input, not per request
     assert resp.status_code == 429 and resp.json()["error"]["code"] == "rate_limited", resp.text
-    assert int(resp.headers["retry-after"]) >= 1 and "0.05 requests/s (burst 3)" in resp.text
+    assert int(resp.headers["retry-after"]) >= 1 and "0.05 inputs/s (burst 3)" in resp.text
     other = tenant(limited)  # buckets are per tenant
     passed(other.post("/v1/tasks/t/predict", json={"inputs": ["a"]}), 404)
 

@@ -93,11 +93,28 @@ def test_token_bucket_allows_the_burst_then_429_with_retry_after() -> None:
     with pytest.raises(QuotaExceeded) as refused:
         limiter.take("a")
     assert refused.value.status == 429 and refused.value.retry_after_s == pytest.approx(0.5)
-    assert "2 requests/s (burst 3)" in str(refused.value)
+    assert "2 inputs/s (burst 3)" in str(refused.value)
     limiter.take("b")  # buckets are per tenant
     now[0] = 0.5
     limiter.take("a")  # one token back after 1/rate s
     RateLimiter(rate=0, burst=1).take("a")  # 0 = no limit
+
+
+def test_token_bucket_charges_one_token_per_input() -> None:
+    """A request of n inputs costs n tokens: one tenant cannot send 200× the work for the price of one request."""
+    now = [0.0]
+    limiter = RateLimiter(rate=10.0, burst=100, clock=lambda: now[0])
+    limiter.take("a", 60)
+    with pytest.raises(QuotaExceeded) as refused:
+        limiter.take("a", 60)  # 40 tokens left
+    assert refused.value.retry_after_s == pytest.approx(2.0) and "by 60 input(s)" in str(refused.value)
+    limiter.take("a", 40)
+    with pytest.raises(QuotaExceeded):
+        limiter.take("a", 1)
+    now[0] = 100.0
+    limiter.take("a", 500)  # more than the burst: charged a full bucket, so it can pass at all
+    with pytest.raises(QuotaExceeded):
+        limiter.take("a", 1)
 
 
 @pytest.mark.parametrize("field,limit,make", [
