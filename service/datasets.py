@@ -279,6 +279,10 @@ def _jsonl_rows(text: io.TextIOWrapper):  # type: ignore[no-untyped-def]
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DatasetError(422, f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:  # the parser recurses per nesting level; a row is one flat object
+            raise DatasetError(
+                422, f"{where}: nested too deeply; each line must be one flat object {{\"input\": ..., \"label\": ...}}"
+            ) from None
         if not isinstance(row, dict) or "input" not in row or "label" not in row:
             raise DatasetError(422, f"{where}: expected an object with 'input' and 'label'")
         yield where, row["input"], row["label"]

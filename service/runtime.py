@@ -16,6 +16,7 @@ from .config import Settings
 from .jobs import JobRunner
 from .quotas import RateLimiter
 from .router import Router, store_head_loader
+from .store.db import private_dir
 from .store.repository import Store
 from .tenancy import Auth, load_admin_token
 
@@ -25,6 +26,7 @@ log = logs.get("runtime")
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        private_dir(settings.data_path)  # 0700: the database, admin token and caches live here
         self.store = Store(settings.resolved_database_url)
         self.store.migrate()  # under a lock: replicas starting together migrate once
         token, token_path = load_admin_token(settings)

@@ -451,6 +451,14 @@ class Store:
             previous = ((current.metrics if current else {}).get("promotion") or {}).get("previous_active")
             if previous is None:
                 raise Conflict(f"version {task.active_version} of task {name!r} replaced no earlier version; nothing to roll back to")
+            target = s.scalar(select(Version).where(Version.task_id == task.id, Version.number == previous))
+            if target is None:
+                raise Conflict(f"version {previous} of task {name!r}, the one to roll back to, no longer exists")
+            if target.error:  # marked when its weights failed to load: activating it would fail every predict
+                raise Conflict(
+                    f"version {previous} of task {name!r} failed to load ({target.error[:200]}); it cannot serve, so "
+                    f"rollback is refused. Promote a working version instead (GET /v1/tasks/{name}/versions lists them)."
+                )
             task.active_version = previous
             task.updated_at = utcnow()
             s.flush()

@@ -182,6 +182,8 @@ def test_csv_and_jsonl() -> None:
         ('{"input": "a", "label": 3}\n', "jsonl", 422, "'label' must be a string"),
         ('{"input": 3, "label": "x"}\n', "jsonl", 422, "'input' must be a non-empty string"),
         ('{"input": "a", "label": "' + "l" * 257 + '"}\n', "jsonl", 422, "the limit is 256"),
+        ('{"input": "a", "label": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "jsonl", 422,
+         "line 1: nested too deeply"),  # was RecursionError (500)
     ],
 )
 def test_table_refusals(text, kind: str, status: int, fragment: str) -> None:

@@ -267,3 +267,21 @@ def test_zip_expansion_limit_at_its_boundary() -> None:
     with pytest.raises(DatasetError, match=f"the limit is {2 * len(PNG) + 1000}") as refused:
         read(b"\x00" * 501)
     assert refused.value.status == 413
+
+
+def test_rollback_refuses_to_activate_a_version_that_failed_to_load(store: Store) -> None:
+    """v1 is active, then marked failed (its weights did not load); v2 replaces it. Rolling back would
+    activate v1 again and fail every predict: 409 with a message, the active version stays v2."""
+    tenant, _ = store.create_tenant("acme")
+    task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+    claimed = store.claim_job("w", lease_s=60, max_attempts=3)
+    first = store.complete_job(claimed.id, "w", new_version())
+    store.mark_version_failed(task.id, first, "HeadFormatError: corrupt")
+    store.add_examples(tenant.id, "t", EXAMPLES)
+    claimed = store.claim_job("w", lease_s=60, max_attempts=3)
+    second = store.complete_job(claimed.id, "w", new_version())
+    assert store.get_task(tenant.id, "t").active_version == second
+    assert store.version(task.id, second).metrics["promotion"]["previous_active"] == first
+    with pytest.raises(Conflict, match=f"version {first} of task 't' failed to load .*rollback is refused"):
+        store.rollback(tenant.id, "t")
+    assert store.get_task(tenant.id, "t").active_version == second
