@@ -86,6 +86,11 @@ SETTINGS: dict[str, _Var] = {
     "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
     "max_image_bytes": _Var("GRAFT_MAX_IMAGE_BYTES", 20_000_000, int, "Largest image input (encoded PNG/JPEG/WebP), in bytes."),
     "max_image_pixels": _Var("GRAFT_MAX_IMAGE_PIXELS", 40_000_000, int, "Most pixels (width × height) in one image; checked before decoding."),
+    "max_request_pixels": _Var(
+        "GRAFT_MAX_REQUEST_PIXELS", 1_000_000_000, int,
+        "Most decoded pixels (width × height, summed over its images) in one request: predict, examples or a dataset "
+        "upload; checked from each header before decoding, beyond it 413. Images are decoded one at a time.",
+    ),
     "max_upload_bytes": _Var("GRAFT_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, int, "Largest upload body (dataset file, multipart predict), in bytes."),
     "max_upload_uncompressed_bytes": _Var(
         "GRAFT_MAX_UPLOAD_UNCOMPRESSED_BYTES", 1024 * 1024 * 1024, int,
@@ -165,6 +170,7 @@ class Settings:
     max_text_chars: int
     max_image_bytes: int
     max_image_pixels: int
+    max_request_pixels: int
     max_upload_bytes: int
     max_upload_uncompressed_bytes: int
     max_request_bytes: int

@@ -21,7 +21,7 @@ from ...runtime import Runtime
 from ...store.models import Task, Tenant
 from ...store.repository import NotFound
 from ..errors import ApiError
-from ..inputs import stored_examples, stored_image
+from ..inputs import pixel_budget, stored_examples, stored_image
 from ..uploads import Upload, is_multipart, read_body, read_form
 from .deps import ERRORS, RuntimeDep, TenantDep, check_labels, choose_backbone, job_out, task_out
 
@@ -107,10 +107,11 @@ def _read(
     settings = rt.settings
     if kind == "zip":  # each image is checked and normalised as it is extracted
         preprocessing = rt.backbones.get(backbone).preprocessing
+        budget = pixel_budget(rt)
         data = datasets.read_image_folder(
             upload.file, max_files=settings.max_examples_per_request,
             max_total_bytes=settings.max_upload_uncompressed_bytes, max_file_bytes=settings.max_image_bytes,
-            convert=lambda raw, where: stored_image(rt, preprocessing, raw, where),
+            convert=lambda raw, where: stored_image(rt, preprocessing, raw, where, budget),
         )
         return data, list(zip(data.inputs, data.labels, strict=True))  # type: ignore[arg-type]
     field_chars = settings.max_image_bytes * 4 // 3 + 64 if modality == "image" else settings.max_text_chars
