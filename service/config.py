@@ -63,6 +63,11 @@ SETTINGS: dict[str, _Var] = {
     "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most inputs (texts or images) embedded in one backbone pass."),
     "batch_max_delay_ms": _Var("GRAFT_BATCH_MAX_DELAY_MS", 10.0, float, "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging them into one pass)."),
     "batch_queue_size": _Var("GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."),
+    "batch_tenant_queue_size": _Var(
+        "GRAFT_BATCH_TENANT_QUEUE_SIZE", 1024, int,
+        "Most inputs of one tenant waiting for a backbone; beyond it that tenant's predicts answer 503 while other tenants "
+        "are still admitted (tenants are served round-robin within each pass).",
+    ),
     "training_workers": _Var("GRAFT_TRAINING_WORKERS", 1, int, "Training jobs run at once by this process."),
     "job_lease_s": _Var("GRAFT_JOB_LEASE_S", 60.0, float, "A running job whose heartbeat is older than this is reclaimed."),
     "job_max_attempts": _Var("GRAFT_JOB_MAX_ATTEMPTS", 3, int, "Attempts before a repeatedly interrupted job is marked failed."),
@@ -155,6 +160,7 @@ class Settings:
     batch_max_size: int
     batch_max_delay_ms: float
     batch_queue_size: int
+    batch_tenant_queue_size: int
     training_workers: int
     job_lease_s: float
     job_max_attempts: int

@@ -46,7 +46,10 @@ class Runtime:
             if name not in self.backbones.loaded or self.backbones.specs[name].modality != modality:
                 raise ValueError(f"{env}={name!r} is not a configured {modality} backbone")
         self._batchers = {
-            name: Batcher(bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size)
+            name: Batcher(
+                bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size,
+                settings.batch_tenant_queue_size,
+            )
             for name, bb in self.backbones.loaded.items()
         }
         head_cache = HeadCache(store_head_loader(self.store, self.trunk), int(settings.head_cache_mb * 2**20))

@@ -189,7 +189,7 @@ def test_request_pixel_budget(limited: Server) -> None:
     passed(c.post("/v1/tasks", json={"name": "img", "modality": "image", "examples": three}))
     four = [*three, {"input": png(8, 8), "label": "b"}]
     refused(c.post("/v1/tasks/img/examples", json={"examples": four}), 413, "200 pixels per request")
-    assert c.get("/v1/tasks/img").json()["n_examples"] == 3
+    assert c.get("/v1/tasks/img").json()["examples_per_label"] == {"a": 2, "b": 1}
 
 
 def test_image_bytes(limited: Server) -> None:
