@@ -9,8 +9,8 @@ from pathlib import Path
 from .caching import TTLCache
 from .config import Settings
 from .logs import get as get_logger
-from .store.models import Tenant
 from .store.db import private_dir
+from .store.models import Tenant
 from .store.repository import Store, hash_key
 
 log = get_logger("tenancy")
