@@ -18,7 +18,7 @@ from graft.schemas import unstorable
 from . import labels as labels_
 from .config import Settings
 from .store.models import Task
-from .store.repository import Store
+from .store.repository import Guard, Reads, Store
 
 
 class QuotaExceeded(Exception):
@@ -36,7 +36,7 @@ def check_labels(settings: Settings, labels: Sequence[str], field: str = "label"
 
 
 def check_new_examples(
-    store: Store, settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]],
+    store: Store | Reads, settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]],
     kind: str = labels_.CLASSIFICATION,
 ) -> None:
     """May the tenant store ``examples`` (labels as stored, see service/labels.py) in ``task`` (None: a
@@ -71,6 +71,14 @@ def check_new_examples(
             403, "quota_exceeded",
             f"this tenant would store {stored + adding} bytes; the limit is {settings.max_stored_bytes_per_tenant} bytes",
         )
+
+
+def examples_guard(
+    settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]], kind: str = labels_.CLASSIFICATION,
+) -> Guard:
+    """:func:`check_new_examples` as the store runs it: inside the write's transaction, under the
+    tenant's lock (``Store.create_task(guard=...)``), so concurrent requests cannot overshoot a quota."""
+    return lambda reads: check_new_examples(reads, settings, tenant_id, task, examples, kind)
 
 
 @dataclass

@@ -3,10 +3,14 @@ tenants, per-tenant running-job limits, quotas, the predict token bucket, corrup
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 from adapters import heads
+from service import quotas
 from service.config import Settings
 from service.quotas import QuotaExceeded, RateLimiter, check_new_examples
 from service.router import VersionFailed, head_of, store_head_loader
@@ -285,3 +289,41 @@ def test_rollback_refuses_to_activate_a_version_that_failed_to_load(store: Store
     with pytest.raises(Conflict, match=f"version {first} of task 't' failed to load .*rollback is refused"):
         store.rollback(tenant.id, "t")
     assert store.get_task(tenant.id, "t").active_version == second
+
+
+def test_concurrent_requests_cannot_overshoot_a_quota(store: Store) -> None:
+    """Eight threads at once each add 2 examples to a task holding 2, quota 10 per task; eight more each
+    create a task, quota 3 per tenant. The quota check runs in the write's own transaction under the
+    tenant's lock (PostgreSQL: a row lock; SQLite: the write lock), so exactly the quota is reached,
+    never more (a check before the write let all k requests through: an overshoot of k−1)."""
+    settings = Settings.from_env({}, max_examples_per_task=10, max_tasks_per_tenant=3)
+    tenant, _ = store.create_tenant("acme")
+    task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES[:2])
+    barrier = threading.Barrier(8)
+
+    def add(i: int) -> str:
+        batch = [(f"text {i}a", "pos"), (f"text {i}b", "neg")]
+        barrier.wait()
+        try:
+            store.add_examples(tenant.id, "t", batch, guard=quotas.examples_guard(settings, tenant.id, task, batch))
+            return "ok"
+        except QuotaExceeded as exc:
+            return exc.code
+
+    def create(i: int) -> str:
+        barrier.wait()
+        try:
+            store.create_task(tenant.id, f"n{i}", modality="text", backbone="minilm", head="linear", examples=EXAMPLES,
+                              guard=quotas.examples_guard(settings, tenant.id, None, EXAMPLES))
+            return "ok"
+        except QuotaExceeded as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(8) as pool:
+        added = list(pool.map(add, range(8)))
+    assert store.example_count(task.id) == 10
+    assert sorted(added) == ["ok"] * 4 + ["quota_exceeded"] * 4
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(create, range(8)))
+    assert len(store.list_tasks(tenant.id)) == 3  # "t" and two new ones
+    assert sorted(created) == ["ok"] * 2 + ["quota_exceeded"] * 6

@@ -133,14 +133,14 @@ def _ingest(
         data, examples = _read(rt, upload, kind, target, backbone_name)
     except datasets.DatasetError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None
-    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples)
+    guard = quotas.examples_guard(rt.settings, me.id, task, examples)  # checked in the write's transaction
     if task is None:
         check_labels([label for _, label in examples], None)
         created, (task, job) = True, rt.store.create_task(
-            me.id, name, modality=target, backbone=backbone_name, head=head or "linear", examples=examples
+            me.id, name, modality=target, backbone=backbone_name, head=head or "linear", examples=examples, guard=guard
         )
     else:
-        created, (task, job) = False, rt.store.add_examples(me.id, name, examples)
+        created, (task, job) = False, rt.store.add_examples(me.id, name, examples, guard=guard)
     return s.DatasetAccepted(
         task=task_out(task), job=job_out(job), created=created, examples=len(examples), warnings=data.warnings,
     )
