@@ -12,8 +12,15 @@ Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see READ
 - Requests larger than a pass are split across passes; results always come back in input order.
 - Predict traffic goes before training traffic, but when both wait, training gets a quarter of a
   pass so a steady predict load cannot starve it.
-- The queue is bounded in inputs: a predict request that would overflow it (while other work is
-  queued) raises :class:`Overloaded` (the API answers 503 with Retry-After).
+- Tenants share the predict part of each pass fairly (:class:`FairQueue`): each tenant has its own
+  FIFO sub-queue, and the sub-queues are served round-robin, a tenant taking up to a quantum of
+  ``max_batch // 8`` inputs per turn (deficit round robin in inputs). A tenant that floods the
+  batcher therefore delays itself; another tenant's request waits for at most one turn of each busy
+  tenant, not for the whole backlog.
+- The queue is bounded in inputs, overall (``max_queue``) and per tenant (``max_tenant_queue``): a
+  predict request that would overflow either (while that queue holds other work) raises
+  :class:`Overloaded` (the API answers 503 with Retry-After). A flooding tenant hits its own bound
+  long before the shared one, so the others keep being admitted.
 - After the pass, rows are grouped by head: all linear heads of the pass are applied in one
   stacked matrix product, any other head once on all of its rows (:func:`apply_heads`).
 - Rows of fine-tuned heads (``finetune``) skip the pooled embedding: the torch text model's frozen
@@ -57,6 +64,7 @@ class _Request:
     future: Future
     out: np.ndarray  # embeddings (n, dim), or the head's probabilities (n, labels)
     head: Head | None = None
+    tenant: str = ""  # whose request (predict traffic is scheduled fairly per tenant)
     taken: int = 0  # inputs handed to a pass so far
     done: int = 0  # inputs finished so far
     enqueued_at: float = field(default_factory=time.perf_counter)
@@ -196,13 +204,90 @@ class ServingActivity:
 SERVING = ServingActivity()
 
 
+def _fill(queue: deque[_Request], room: int, batch: list[Slice]) -> tuple[int, int]:
+    """Move up to ``room`` inputs from the front of ``queue`` into ``batch``. Returns (inputs moved,
+    inputs dropped): a cancelled request (its caller went away) is removed with the rest of its inputs."""
+    moved = dropped = 0
+    while queue and moved < room:
+        req = queue[0]
+        if req.future.cancelled():
+            dropped += req.left
+            queue.popleft()
+            continue
+        n = min(room - moved, req.left)
+        batch.append((req, req.taken, req.taken + n))
+        req.taken += n
+        moved += n
+        if not req.left:
+            queue.popleft()
+    return moved, dropped
+
+
+class FairQueue:
+    """Predict requests, one FIFO sub-queue per tenant, served by deficit round robin in inputs.
+
+    Tenants with queued work form a ring. The tenant at its head gets ``quantum`` inputs of credit when
+    its turn starts and hands inputs to the pass until its credit or its sub-queue runs out, then goes
+    to the back of the ring (or leaves it, empty, forgetting its credit). A pass that fills up in the
+    middle of a turn leaves the tenant at the head with the rest of its credit, so the next pass
+    continues where this one stopped. Within a tenant, requests keep their FIFO order. Not thread-safe:
+    the :class:`Batcher` holds its lock around every call.
+    """
+
+    def __init__(self, quantum: int) -> None:
+        self.quantum = max(1, quantum)
+        self._queues: dict[str, deque[_Request]] = {}
+        self._ring: deque[str] = deque()  # tenants with queued requests, in serving order
+        self._credit: dict[str, int] = {}
+        self._queued: dict[str, int] = {}  # inputs queued per tenant, not yet handed to a pass
+
+    def __bool__(self) -> bool:
+        return bool(self._ring)
+
+    def queued(self, tenant: str) -> int:
+        return self._queued.get(tenant, 0)
+
+    def push(self, request: _Request) -> None:
+        tenant = request.tenant
+        if tenant not in self._queues:
+            self._queues[tenant] = deque()
+            self._credit[tenant] = 0
+            self._queued[tenant] = 0
+            self._ring.append(tenant)
+        self._queues[tenant].append(request)
+        self._queued[tenant] += request.left
+
+    def fill(self, room: int, batch: list[Slice]) -> tuple[int, int]:
+        """Hand up to ``room`` inputs to ``batch``, tenants in turn. Returns (moved, dropped) like :func:`_fill`."""
+        moved = dropped = 0
+        while self._ring and moved < room:
+            tenant = self._ring[0]
+            queue = self._queues[tenant]
+            if self._credit[tenant] <= 0:  # a new turn
+                self._credit[tenant] += self.quantum
+            m, d = _fill(queue, min(room - moved, self._credit[tenant]), batch)
+            self._credit[tenant] -= m
+            self._queued[tenant] -= m + d
+            moved, dropped = moved + m, dropped + d
+            if not queue:  # nothing left: out of the ring until its next request
+                del self._queues[tenant], self._credit[tenant], self._queued[tenant]
+                self._ring.popleft()
+            elif self._credit[tenant] <= 0:  # turn used up: to the back
+                self._ring.rotate(-1)
+        return moved, dropped
+
+
 class Batcher:
-    def __init__(self, backbone: Backbone, max_batch: int = 64, max_delay_s: float = 0.002, max_queue: int = 4096) -> None:
+    def __init__(
+        self, backbone: Backbone, max_batch: int = 64, max_delay_s: float = 0.002, max_queue: int = 4096,
+        max_tenant_queue: int | None = None,
+    ) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
-        self._high: deque[_Request] = deque()
+        self.max_tenant_queue = max_queue if max_tenant_queue is None else max_tenant_queue
+        self._high = FairQueue(quantum=max(1, max_batch // 8))  # predict traffic, fair across tenants
         self._low: deque[_Request] = deque()
         self._pending = 0
         self._cond = threading.Condition()
@@ -216,8 +301,9 @@ class Batcher:
 
     # -- submitting ------------------------------------------------------------------------
 
-    def submit(self, inputs: Sequence[str], *, background: bool = False, head: Head | None = None) -> Future:
-        """Queue ``inputs``; the future gets their embeddings, or ``head``'s probabilities when given."""
+    def submit(self, inputs: Sequence[str], *, background: bool = False, head: Head | None = None, tenant: str = "") -> Future:
+        """Queue ``inputs``; the future gets their embeddings, or ``head``'s probabilities when given.
+        Predict traffic (not ``background``) is scheduled fairly among ``tenant`` values."""
         future: Future = Future()
         width = self.backbone.dim if head is None else len(head.labels)
         if not inputs:
@@ -230,9 +316,19 @@ class Batcher:
                 metrics.REJECTED.labels(**self._labels).inc(len(inputs))
                 wait = max(1.0, self._pending * self._seconds_per_input)
                 raise Overloaded(f"{self._pending} inputs are queued for backbone {self.backbone.name!r}", wait)
-            request = _Request(inputs, future, np.empty((len(inputs), width), dtype=np.float32), head)
-            (self._low if background else self._high).append(request)
-            if not background:
+            mine = 0 if background else self._high.queued(tenant)
+            if mine and mine + len(inputs) > self.max_tenant_queue:  # this tenant's own backlog is full
+                metrics.REJECTED.labels(**self._labels).inc(len(inputs))
+                wait = max(1.0, mine * self._seconds_per_input)
+                raise Overloaded(
+                    f"{mine} of this tenant's inputs are already queued for backbone {self.backbone.name!r}; the limit is "
+                    f"{self.max_tenant_queue} per tenant. Wait for your earlier requests or send fewer inputs at once", wait,
+                )
+            request = _Request(inputs, future, np.empty((len(inputs), width), dtype=np.float32), head, tenant)
+            if background:
+                self._low.append(request)
+            else:
+                self._high.push(request)
                 SERVING.begin()
                 future.add_done_callback(SERVING.end)
             self._pending += len(inputs)
@@ -240,12 +336,12 @@ class Batcher:
             self._cond.notify()
         return future
 
-    async def embed(self, inputs: Sequence[str]) -> np.ndarray:
-        return await asyncio.wrap_future(self.submit(inputs))
+    async def embed(self, inputs: Sequence[str], tenant: str = "") -> np.ndarray:
+        return await asyncio.wrap_future(self.submit(inputs, tenant=tenant))
 
-    async def predict(self, inputs: Sequence[str], head: Head) -> np.ndarray:
+    async def predict(self, inputs: Sequence[str], head: Head, tenant: str = "") -> np.ndarray:
         """``head``'s probabilities for ``inputs``, computed in a shared backbone pass."""
-        return await asyncio.wrap_future(self.submit(inputs, head=head))
+        return await asyncio.wrap_future(self.submit(inputs, head=head, tenant=tenant))
 
     def embed_sync(self, inputs: Sequence[str], *, background: bool = False) -> np.ndarray:
         return self.submit(inputs, background=background).result()
@@ -263,31 +359,19 @@ class Batcher:
 
     # -- the worker ------------------------------------------------------------------------
 
-    def _fill(self, queue: deque[_Request], room: int, batch: list[Slice]) -> int:
-        """Move up to ``room`` inputs from the front of ``queue`` into ``batch``; returns how many."""
-        moved = 0
-        while queue and moved < room:
-            req = queue[0]
-            if req.future.cancelled():  # the caller went away: skip the rest of its inputs
-                self._pending -= req.left
-                queue.popleft()
-                continue
-            n = min(room - moved, req.left)
-            batch.append((req, req.taken, req.taken + n))
-            req.taken += n
-            moved += n
-            if not req.left:
-                queue.popleft()
-        return moved
-
     def _take(self) -> list[Slice]:
-        """Pop up to ``max_batch`` inputs: (request, start, stop) slices. Caller holds the lock."""
+        """Pop up to ``max_batch`` inputs: (request, start, stop) slices. Caller holds the lock.
+
+        Predict first (tenants in turn), keeping a quarter of the pass for training when it waits;
+        then training; then predict again into whatever training left unused."""
         batch: list[Slice] = []
         reserve = max(1, self.max_batch // TRAINING_SHARE) if self._low else 0
-        moved = self._fill(self._high, self.max_batch - reserve, batch)
-        moved += self._fill(self._low, self.max_batch - moved, batch)
-        moved += self._fill(self._high, self.max_batch - moved, batch)
-        self._pending -= moved
+        moved, dropped = self._high.fill(self.max_batch - reserve, batch)
+        m, d = _fill(self._low, self.max_batch - moved, batch)
+        moved, dropped = moved + m, dropped + d
+        m, d = self._high.fill(self.max_batch - moved, batch)
+        moved, dropped = moved + m, dropped + d
+        self._pending -= moved + dropped
         metrics.QUEUE_INPUTS.labels(**self._labels).set(self._pending)
         return batch
 

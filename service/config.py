@@ -78,6 +78,11 @@ SETTINGS: dict[str, _Var] = {
         "What this process does: `api` serves and queues training jobs but never runs them; `worker` runs training jobs "
         "(and answers `/livez`, `/readyz`, `/metrics`; other routes answer 503); `all` does both (training yields to predict).",
     ),
+    "batch_tenant_queue_size": _Var(
+        "GRAFT_BATCH_TENANT_QUEUE_SIZE", 1024, int,
+        "Most inputs of one tenant waiting for a backbone; beyond it that tenant's predicts answer 503 while other tenants "
+        "are still admitted (tenants are served round-robin within each pass).",
+    ),
     "training_workers": _Var("GRAFT_TRAINING_WORKERS", 1, int, "Training jobs run at once by this process."),
     "job_lease_s": _Var("GRAFT_JOB_LEASE_S", 60.0, float, "A running job whose heartbeat is older than this is reclaimed."),
     "job_max_attempts": _Var("GRAFT_JOB_MAX_ATTEMPTS", 3, int, "Attempts before a repeatedly interrupted job is marked failed."),
@@ -111,6 +116,11 @@ SETTINGS: dict[str, _Var] = {
     "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
     "max_image_bytes": _Var("GRAFT_MAX_IMAGE_BYTES", 20_000_000, int, "Largest image input (encoded PNG/JPEG/WebP), in bytes."),
     "max_image_pixels": _Var("GRAFT_MAX_IMAGE_PIXELS", 40_000_000, int, "Most pixels (width × height) in one image; checked before decoding."),
+    "max_request_pixels": _Var(
+        "GRAFT_MAX_REQUEST_PIXELS", 1_000_000_000, int,
+        "Most decoded pixels (width × height, summed over its images) in one request: predict, examples or a dataset "
+        "upload; checked from each header before decoding, beyond it 413. Images are decoded one at a time.",
+    ),
     "max_upload_bytes": _Var("GRAFT_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, int, "Largest upload body (dataset file, multipart predict), in bytes."),
     "max_upload_uncompressed_bytes": _Var(
         "GRAFT_MAX_UPLOAD_UNCOMPRESSED_BYTES", 1024 * 1024 * 1024, int,
@@ -138,10 +148,12 @@ SETTINGS: dict[str, _Var] = {
         "beyond it creating a task or adding examples answers 429. 0 = no limit.",
     ),
     "predict_rate_per_s": _Var(
-        "GRAFT_PREDICT_RATE_PER_S", 100.0, float,
-        "Quota: predict requests per second per tenant and process (token bucket); beyond it 429 with Retry-After. 0 = no limit.",
+        "GRAFT_PREDICT_RATE_PER_S", 1000.0, float,
+        "Quota: predict inputs (texts or images) per second per tenant and process (token bucket, one token per input); "
+        "beyond it 429 with Retry-After. 0 = no limit.",
     ),
-    "predict_burst": _Var("GRAFT_PREDICT_BURST", 200, int, "Token-bucket size of the predict rate: requests a tenant may send at once."),
+    "predict_burst": _Var("GRAFT_PREDICT_BURST", 2000, int,
+        "Token-bucket size of the predict rate: inputs a tenant may send at once (a request of more inputs than this needs a full bucket)."),
     "head_cache_mb": _Var(
         "GRAFT_HEAD_CACHE_MB", 256.0, float,
         "Memory budget of the per-process head cache, in MiB (least recently used heads are dropped and reload on demand).",
@@ -179,6 +191,7 @@ class Settings:
     batch_max_delay_ms: float
     batch_queue_size: int
     role: str
+    batch_tenant_queue_size: int
     training_workers: int
     job_lease_s: float
     job_max_attempts: int
@@ -197,6 +210,7 @@ class Settings:
     max_text_chars: int
     max_image_bytes: int
     max_image_pixels: int
+    max_request_pixels: int
     max_upload_bytes: int
     max_upload_uncompressed_bytes: int
     max_request_bytes: int

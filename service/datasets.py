@@ -95,9 +95,15 @@ def _check_label(label: str, where: str) -> str:
 # -- zip, image-folder layout --------------------------------------------------------------------
 
 
+CENTRAL_ENTRY_MIN_BYTES = 46  # a central-directory file header without name, extra field or comment
+
+
 def _declared_entries(fh: IO[bytes]) -> int:
-    """Entry count from the end-of-central-directory record, read before ``zipfile`` parses the directory.
-    Zip64 archives say 0xFFFF here (more than 65,534 entries)."""
+    """Most entries the zip can hold, read from its end-of-central-directory record before ``zipfile``
+    parses the directory: the larger of the declared count and what the directory's declared size has
+    room for (≥ 46 bytes per entry). ``zipfile`` keeps parsing until the directory's size is used up,
+    so a zip declaring 1 entry in a 1 MB directory would yield 20,000. Zip64 archives say 0xFFFF /
+    0xFFFFFFFF here (more than 65,534 entries or 4 GiB)."""
     fh.seek(0, io.SEEK_END)
     size = fh.tell()
     tail_len = min(size, 22 + 0xFFFF)
@@ -107,7 +113,9 @@ def _declared_entries(fh: IO[bytes]) -> int:
     if pos < 0 or pos + 22 > len(tail):
         raise DatasetError("the zip is damaged or truncated (no end-of-central-directory record)")
     fh.seek(0)
-    return struct.unpack("<H", tail[pos + 10 : pos + 12])[0]
+    count = struct.unpack("<H", tail[pos + 10 : pos + 12])[0]
+    directory_bytes = struct.unpack("<I", tail[pos + 12 : pos + 16])[0]
+    return max(count, directory_bytes // CENTRAL_ENTRY_MIN_BYTES)
 
 
 def _parts(name: str) -> tuple[str, ...]:
@@ -282,6 +290,10 @@ def _jsonl_rows(text: io.TextIOWrapper):  # type: ignore[no-untyped-def]
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:  # the parser recurses per nesting level; a row is one flat object
+            raise DatasetError(
+                f"{where}: nested too deeply; each line must be one flat object {{\"input\": ..., \"label\": ...}}"
+            ) from None
         if not isinstance(row, dict) or "input" not in row or "label" not in row:
             raise DatasetError(f"{where}: expected an object with 'input' and 'label'")
         yield where, row["input"], row["label"]

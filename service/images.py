@@ -57,6 +57,22 @@ class Limits:
     max_pixels: int  # width × height, checked from the header before decoding
 
 
+class PixelBudget:
+    """Decoded pixels one request may spend across all its images (``GRAFT_MAX_REQUEST_PIXELS``),
+    charged from each header before the image is decoded; beyond it :class:`ImageTooLarge` (413)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.spent = limit, 0
+
+    def spend(self, pixels: int) -> None:
+        if self.spent + pixels > self.limit:
+            raise ImageTooLarge(
+                f"would bring this request's images to {self.spent + pixels} pixels in all; the limit is {self.limit} "
+                "pixels per request (GRAFT_MAX_REQUEST_PIXELS): send fewer or smaller images per request"
+            )
+        self.spent += pixels
+
+
 def from_base64(text: str) -> bytes:
     """Strict base64 (a ``data:image/...;base64,`` prefix is allowed)."""
     try:
@@ -69,8 +85,9 @@ def to_base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def decode(data: bytes, limits: Limits) -> Image.Image:
-    """Decode a PNG, JPEG or WebP image fully, or raise an :class:`ImageError` saying why not."""
+def decode(data: bytes, limits: Limits, budget: PixelBudget | None = None) -> Image.Image:
+    """Decode a PNG, JPEG or WebP image fully, or raise an :class:`ImageError` saying why not.
+    Its pixels are charged to ``budget`` (the request's) from the header, before decoding."""
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"is {len(data)} bytes; the limit is {limits.max_bytes} bytes per image")
     if not data:
@@ -88,6 +105,8 @@ def decode(data: bytes, limits: Limits) -> Image.Image:
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageTooLarge(f"is {width}×{height} = {width * height} pixels; the limit is {limits.max_pixels}")
+    if budget is not None:
+        budget.spend(width * height)
     try:
         image.load()
     except Image.DecompressionBombError:
@@ -162,14 +181,22 @@ class Preprocessing:
         return image
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """uint8 array (crop, crop, 3): shorter side resized to ``resize``, then center-cropped."""
+        """uint8 array (crop, crop, 3): shorter side resized to ``resize``, then center-cropped.
+
+        Only the region that survives the crop is resized (``resize(box=...)``, the same sampling
+        positions and filter scale as resizing the whole image, then cropping), so the work is bounded
+        by the ``crop × crop`` output: a 2×2000 image is never blown up to 256×256,000 pixels."""
         image = self.normalise(image)
         width, height = image.size
-        if min(width, height) != self.resize:
-            image = image.resize(resized_size(width, height, self.resize), Image.Resampling.BILINEAR)
-            width, height = image.size
-        left, top = round((width - self.crop) / 2), round((height - self.crop) / 2)
-        image = image.crop((left, top, left + self.crop, top + self.crop))
+        if min(width, height) == self.resize:  # already at scale: crop only
+            left, top = round((width - self.crop) / 2), round((height - self.crop) / 2)
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+        else:
+            new_w, new_h = resized_size(width, height, self.resize)
+            left, top = round((new_w - self.crop) / 2), round((new_h - self.crop) / 2)
+            sx, sy = width / new_w, height / new_h  # source pixels per resized pixel
+            box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
+            image = image.resize((self.crop, self.crop), Image.Resampling.BILINEAR, box=box)
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
     def pixel_values(self, arrays: Sequence[np.ndarray]) -> np.ndarray:

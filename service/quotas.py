@@ -18,7 +18,7 @@ from typing import ClassVar
 from . import labels as labels_
 from .config import Settings
 from .store.models import Task
-from .store.repository import Store
+from .store.repository import Guard, Reads, Store
 
 
 class QuotaExceeded(Exception):
@@ -65,7 +65,7 @@ def check_labels(settings: Settings, labels: Sequence[str], field: str = "label"
 
 
 def check_new_examples(
-    store: Store, settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]],
+    store: Store | Reads, settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]],
     kind: str = labels_.CLASSIFICATION,
 ) -> None:
     """May the tenant store ``examples`` (labels as stored, see service/labels.py) in ``task`` (None: a
@@ -100,6 +100,14 @@ def check_new_examples(
         )
 
 
+def examples_guard(
+    settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]], kind: str = labels_.CLASSIFICATION,
+) -> Guard:
+    """:func:`check_new_examples` as the store runs it: inside the write's transaction, under the
+    tenant's lock (``Store.create_task(guard=...)``), so concurrent requests cannot overshoot a quota."""
+    return lambda reads: check_new_examples(reads, settings, tenant_id, task, examples, kind)
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -107,17 +115,22 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per tenant, in this process: ``rate`` tokens a second, at most ``burst`` saved."""
+    """A token bucket per tenant, in this process: ``rate`` tokens a second, at most ``burst`` saved.
+
+    Predict charges one token per input, so a request of 256 inputs costs what 256 one-input
+    requests cost. A request costing more than ``burst`` is charged ``burst`` (it needs a full
+    bucket), so every request the API accepts can eventually pass."""
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_tenants: int = 100_000) -> None:
         self.rate, self.burst, self.clock, self.max_tenants = rate, max(1, burst), clock, max_tenants
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def take(self, tenant_id: str) -> None:
-        """Spend one token, or raise :class:`RateLimited` with the seconds until one is back."""
+    def take(self, tenant_id: str, cost: int = 1) -> None:
+        """Spend ``cost`` tokens (one per input), or raise :class:`RateLimited` with the seconds until they are back."""
         if self.rate <= 0:
             return
+        need = float(min(max(1, cost), self.burst))
         with self._lock:
             now = self.clock()
             bucket = self._buckets.get(tenant_id)
@@ -127,11 +140,12 @@ class RateLimiter:
                 bucket = self._buckets[tenant_id] = _Bucket(float(self.burst), now)
             bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
             bucket.at = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+            if bucket.tokens >= need:
+                bucket.tokens -= need
                 return
-            wait = (1.0 - bucket.tokens) / self.rate
+            wait = (need - bucket.tokens) / self.rate
         raise RateLimited(
-            f"predict rate limit of {self.rate:g} requests/s (burst {self.burst}) reached; retry after {math.ceil(wait)} s",
+            f"predict rate limit of {self.rate:g} inputs/s (burst {self.burst}) reached by {cost} input(s); "
+            f"retry after {math.ceil(wait)} s or send fewer inputs",
             retry_after_s=wait,
         )

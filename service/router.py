@@ -215,10 +215,10 @@ class Router:
         wants_raw = heads.RAW in head.consumes
         model_inputs, raw = await prepare(ref, backbone, wants_raw) if prepare else (inputs, inputs)
         if wants_raw:  # from-scratch features of the raw inputs (baseline, hybrid)
-            vectors = await self.batchers(backbone).embed(model_inputs) if heads.EMBEDDING in head.consumes else None
+            vectors = await self.batchers(backbone).embed(model_inputs, tenant_id) if heads.EMBEDDING in head.consumes else None
             proba = await anyio.to_thread.run_sync(lambda: head.predict_proba(vectors, raw=raw))
         else:
-            proba = await self.batchers(backbone).predict(model_inputs, head)
+            proba = await self.batchers(backbone).predict(model_inputs, head, tenant_id)
         self.tenant_labels.count(tenant_id, len(inputs))
         return ref, number, kind_predictions(ref.kind, head, proba, top_k)
 

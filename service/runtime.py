@@ -16,6 +16,7 @@ from .config import Settings
 from .jobs import JobRunner
 from .quotas import RateLimiter
 from .router import Router, store_head_loader
+from .store.db import private_dir
 from .store.repository import Store
 from .tenancy import Auth, load_admin_token
 
@@ -25,6 +26,7 @@ log = logs.get("runtime")
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        private_dir(settings.data_path)  # 0700: the database, admin token and caches live here
         self.store = Store(settings.resolved_database_url, max_queued_jobs_per_tenant=settings.max_queued_jobs_per_tenant)
         self.store.migrate()  # under a lock: replicas starting together migrate once
         token, token_path = load_admin_token(settings)
@@ -44,7 +46,10 @@ class Runtime:
             if name not in self.backbones.loaded or self.backbones.specs[name].modality != modality:
                 raise ValueError(f"{env}={name!r} is not a configured {modality} backbone")
         self._batchers = {
-            name: Batcher(bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size)
+            name: Batcher(
+                bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size,
+                settings.batch_tenant_queue_size,
+            )
             for name, bb in self.backbones.loaded.items()
         }
         head_cache = HeadCache(store_head_loader(self.store, self.trunk), int(settings.head_cache_mb * 2**20))

@@ -9,6 +9,7 @@ from pathlib import Path
 from .caching import TTLCache
 from .config import Settings
 from .logs import get as get_logger
+from .store.db import private_dir
 from .store.models import Tenant
 from .store.repository import Store, hash_key
 
@@ -23,7 +24,7 @@ def load_admin_token(settings: Settings) -> tuple[str, Path | None]:
     if settings.admin_token:
         return settings.admin_token, None
     path = settings.data_path / "admin-token"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

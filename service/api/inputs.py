@@ -27,10 +27,15 @@ def image_limits(rt: Runtime) -> images.Limits:
     return images.Limits(max_bytes=rt.settings.max_image_bytes, max_pixels=rt.settings.max_image_pixels)
 
 
-def _decode(rt: Runtime, raw: Raw, where: str) -> Any:
+def pixel_budget(rt: Runtime) -> images.PixelBudget:
+    """A fresh budget of decoded pixels for one request (``GRAFT_MAX_REQUEST_PIXELS``)."""
+    return images.PixelBudget(rt.settings.max_request_pixels)
+
+
+def _decode(rt: Runtime, raw: Raw, where: str, budget: images.PixelBudget | None = None) -> Any:
     try:
         data = images.from_base64(raw) if isinstance(raw, str) else raw
-        return images.decode(data, image_limits(rt))
+        return images.decode(data, image_limits(rt), budget)
     except images.ImageError as exc:
         hint = " (this task's modality is 'image')" if isinstance(raw, str) and isinstance(exc, images.NotAnImage) else ""
         answer = answer_for(exc)
@@ -38,9 +43,12 @@ def _decode(rt: Runtime, raw: Raw, where: str) -> Any:
         raise ApiError(answer.status, answer.code, f"{where} {exc}{hint}") from None
 
 
-def stored_image(rt: Runtime, preprocessing: images.Preprocessing, raw: Raw, where: str) -> str:
-    """One image as the store keeps it (normalised, base64 PNG), or the request's 4xx."""
-    return images.to_stored(_decode(rt, raw, where), preprocessing)
+def stored_image(
+    rt: Runtime, preprocessing: images.Preprocessing, raw: Raw, where: str, budget: images.PixelBudget | None = None
+) -> str:
+    """One image as the store keeps it (normalised, base64 PNG), or the request's 4xx. Its pixels are
+    charged to the request's ``budget``."""
+    return images.to_stored(_decode(rt, raw, where, budget), preprocessing)
 
 
 def check_count(rt: Runtime, n: int) -> None:
@@ -57,8 +65,10 @@ def stored_examples(
     check_count(rt, len(inputs))
     if modality == "image":
         preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing
+        budget = pixel_budget(rt)  # one image decoded at a time; all of them within the request's budget
         return [
-            (stored_image(rt, preprocessing, raw, name), label) for raw, label, name in zip(inputs, labels, names, strict=True)
+            (stored_image(rt, preprocessing, raw, name, budget), label)
+            for raw, label, name in zip(inputs, labels, names, strict=True)
         ]
     check_texts(rt, inputs, "examples")  # type: ignore[arg-type]
     return list(zip(inputs, labels, strict=True))  # type: ignore[arg-type]
@@ -68,11 +78,19 @@ def _prepared_images(
     rt: Runtime, backbone: str, inputs: Sequence[Raw], names: Sequence[str], want_raw: bool
 ) -> tuple[list[Any], list[str] | None]:
     """Decoded images cropped for ``backbone``, and — for heads that read raw pixels — each image
-    in the normalised form the store keeps, so such heads see at predict what they saw in training."""
+    in the normalised form the store keeps, so such heads see at predict what they saw in training.
+    One image is decoded at a time (only its crop is kept), within the request's pixel budget."""
     preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing
-    decoded = [_decode(rt, raw, name) for raw, name in zip(inputs, names, strict=True)]
-    stored = [images.to_stored(image, preprocessing) for image in decoded] if want_raw else None
-    return [preprocessing(image) for image in decoded], stored
+    budget = pixel_budget(rt)
+    cropped: list[Any] = []
+    stored: list[str] | None = [] if want_raw else None
+    for raw, name in zip(inputs, names, strict=True):
+        image = _decode(rt, raw, name, budget)
+        cropped.append(preprocessing(image))
+        if stored is not None:
+            stored.append(images.to_stored(image, preprocessing))
+        del image
+    return cropped, stored
 
 
 def predict_inputs(rt: Runtime, inputs: Sequence[Raw], names: Sequence[str]) -> Prepare:

@@ -17,6 +17,12 @@ import torch
 from .base import autocast, weights_checksum
 from .onnx_export import ExportSpec
 
+# A token covers at least one character (special tokens aside), so the first ``max_length`` tokens of a
+# text lie in far fewer than ``max_length × CHARS_PER_TOKEN`` characters of ordinary text: texts are cut
+# there before tokenising, and a 100,000-character input costs what a 4,096-character one does. (Only a
+# text that is mostly whitespace or control characters, which tokenisers drop, could differ.)
+CHARS_PER_TOKEN = 16
+
 
 class SentenceEmbedder(torch.nn.Module):
     """Transformer → attention-masked mean pooling → L2 normalisation (what gets exported)."""
@@ -59,6 +65,7 @@ class TorchTextBackbone:
         self.module = SentenceEmbedder(self.model).eval()
         self.dim = int(self.model.config.hidden_size)
         self.max_length = self._max_length()
+        self.max_chars = self.max_length * CHARS_PER_TOKEN  # texts are cut here before tokenising
         local = Path(self.source)
         self.revision = (
             weights_checksum(local) if local.is_dir() else str(getattr(self.model.config, "_commit_hash", None) or self.source)
@@ -74,8 +81,11 @@ class TorchTextBackbone:
         return int(min(limit, tok_limit))
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text (special tokens included, truncated at ``max_length``), unpadded."""
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        """Token ids per text (special tokens included, truncated at ``max_length``), unpadded. Texts are
+        cut to ``max_chars`` characters first: tokenising the rest would cost time and memory for
+        tokens that truncation drops anyway."""
+        cut = [text[: self.max_chars] for text in texts]
+        return self.tokenizer(cut, truncation=True, max_length=self.max_length)["input_ids"]
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self._tokenize(texts)]

@@ -1,8 +1,11 @@
-"""Engine creation. SQLite gets WAL, a busy timeout, foreign keys and real transactions
-(``BEGIN IMMEDIATE`` for writers, so concurrent writers queue instead of failing)."""
+"""Engine creation. SQLite gets WAL, ``synchronous=FULL`` (a committed write — a just-issued key —
+survives power loss), a busy timeout, foreign keys and real transactions (``BEGIN IMMEDIATE`` for
+writers, so concurrent writers queue instead of failing). Its directory is created 0700 and the
+database file 0600 (SQLite gives its -wal and -shm files the database file's mode)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -13,6 +16,28 @@ from sqlalchemy.engine import make_url
 WRITE = {"graft_write": True}
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) readable by this user only (0700), whatever the umask.
+    An existing directory keeps its mode: it may be a volume whose permissions the operator set."""
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:  # another process created it first
+            pass
+        else:
+            os.chmod(path, 0o700)  # mkdir's mode is masked by the umask; make it exactly 0700
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist (SQLite would create it 0644)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def create(url: str) -> Engine:
     """An engine whose errors never quote statement parameters (examples, labels): a logged
     database error carries the SQL shape only (``hide_parameters``)."""
@@ -21,7 +46,8 @@ def create(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
 
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(parsed.database).parent)
+        private_file(Path(parsed.database))
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True, hide_parameters=True)
 
     @event.listens_for(engine, "connect")
@@ -29,7 +55,7 @@ def create(url: str) -> Engine:
         dbapi_conn.isolation_level = None  # let the "begin" hook below control transactions
         cur = dbapi_conn.cursor()
         _use_wal(cur)
-        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()

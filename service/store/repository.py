@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -68,6 +68,26 @@ class StoreTotals:
     trained_tasks: int
     untrained_tasks: int
     jobs: dict[str, int]
+
+
+class Reads:
+    """The reads quota checks make (:func:`service.quotas.check_new_examples`), answered inside a
+    writer's transaction: what they see cannot change before the writer commits."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def usage(self, tenant_id: str) -> tuple[int, int]:
+        return Store._usage(self.session, tenant_id)
+
+    def example_count(self, task_id: str) -> int:
+        return Store._example_count(self.session, task_id)
+
+    def label_counts(self, task_id: str) -> dict[str, int]:
+        return Store._label_counts(self.session, task_id)
+
+
+Guard = Callable[[Reads], None]  # a quota check, run under the tenant's lock before anything is written
 
 
 class Store:
@@ -171,20 +191,34 @@ class Store:
     def usage(self, tenant_id: str) -> tuple[int, int]:
         """The tenant's task count and stored bytes (example inputs and labels, head weights)."""
         with self.reading() as s:
-            tasks = s.scalar(select(func.count()).select_from(Task).where(Task.tenant_id == tenant_id)) or 0
-            examples = s.scalar(
-                select(func.coalesce(func.sum(func.length(Example.input) + func.length(Example.label)), 0))
-                .join(Task, Task.id == Example.task_id).where(Task.tenant_id == tenant_id)
-            ) or 0
-            weights = s.scalar(
-                select(func.coalesce(func.sum(func.length(Version.weights)), 0))
-                .join(Task, Task.id == Version.task_id).where(Task.tenant_id == tenant_id)
-            ) or 0
+            return self._usage(s, tenant_id)
+
+    @staticmethod
+    def _usage(s: Session, tenant_id: str) -> tuple[int, int]:
+        tasks = s.scalar(select(func.count()).select_from(Task).where(Task.tenant_id == tenant_id)) or 0
+        examples = s.scalar(
+            select(func.coalesce(func.sum(func.length(Example.input) + func.length(Example.label)), 0))
+            .join(Task, Task.id == Example.task_id).where(Task.tenant_id == tenant_id)
+        ) or 0
+        weights = s.scalar(
+            select(func.coalesce(func.sum(func.length(Version.weights)), 0))
+            .join(Task, Task.id == Version.task_id).where(Task.tenant_id == tenant_id)
+        ) or 0
         return int(tasks), int(examples) + int(weights)
 
     def example_count(self, task_id: str) -> int:
         with self.reading() as s:
-            return s.scalar(select(func.count()).select_from(Example).where(Example.task_id == task_id)) or 0
+            return self._example_count(s, task_id)
+
+    @staticmethod
+    def _example_count(s: Session, task_id: str) -> int:
+        return s.scalar(select(func.count()).select_from(Example).where(Example.task_id == task_id)) or 0
+
+    @staticmethod
+    def _lock_tenant(s: Session, tenant_id: str) -> None:
+        """Serialise this tenant's quota-checked writes: a row lock on PostgreSQL (held to commit); on
+        SQLite every writer already holds the database's write lock (``BEGIN IMMEDIATE``)."""
+        s.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -198,13 +232,19 @@ class Store:
         head: str,
         examples: Sequence[tuple[str, str]],
         kind: str = "classification",
+        guard: Guard | None = None,
     ) -> tuple[Task, Job]:
-        """Create a task, store its examples and queue its first training job, atomically."""
+        """Create a task, store its examples and queue its first training job, atomically. ``guard``
+        (the quota check) runs in the same transaction, under the tenant's lock, so concurrent
+        requests of one tenant cannot together overshoot a quota."""
         task = Task(
             id=new_id("task"), tenant_id=tenant_id, name=name, modality=modality, kind=kind, backbone=backbone, head=head
         )
         try:
             with self.writing() as s:
+                if guard is not None:
+                    self._lock_tenant(s, tenant_id)
+                    guard(Reads(s))
                 s.add(task)
                 s.flush()
                 job = self._add_examples_and_queue(s, task, examples)
@@ -212,8 +252,14 @@ class Store:
             raise Conflict(f"a task named {name!r} already exists") from None
         return task, job
 
-    def add_examples(self, tenant_id: str, name: str, examples: Sequence[tuple[str, str]]) -> tuple[Task, Job]:
+    def add_examples(
+        self, tenant_id: str, name: str, examples: Sequence[tuple[str, str]], guard: Guard | None = None
+    ) -> tuple[Task, Job]:
+        """Store more examples and queue a training job, atomically; ``guard`` as in :meth:`create_task`."""
         with self.writing() as s:
+            if guard is not None:
+                self._lock_tenant(s, tenant_id)
+                guard(Reads(s))
             task = self._task(s, tenant_id, name)
             task.updated_at = utcnow()
             job = self._add_examples_and_queue(s, task, examples)
@@ -286,8 +332,12 @@ class Store:
 
     def label_counts(self, task_id: str) -> dict[str, int]:
         with self.reading() as s:
-            rows = s.execute(select(Example.label, func.count()).where(Example.task_id == task_id).group_by(Example.label))
-            return {label: n for label, n in rows}
+            return self._label_counts(s, task_id)
+
+    @staticmethod
+    def _label_counts(s: Session, task_id: str) -> dict[str, int]:
+        rows = s.execute(select(Example.label, func.count()).where(Example.task_id == task_id).group_by(Example.label))
+        return {label: n for label, n in rows}
 
     def examples(self, task_id: str) -> list[tuple[str, str]]:
         with self.reading() as s:
@@ -489,6 +539,14 @@ class Store:
             previous = ((current.metrics if current else {}).get("promotion") or {}).get("previous_active")
             if previous is None:
                 raise Conflict(f"version {task.active_version} of task {name!r} replaced no earlier version; nothing to roll back to")
+            target = s.scalar(select(Version).where(Version.task_id == task.id, Version.number == previous))
+            if target is None:
+                raise Conflict(f"version {previous} of task {name!r}, the one to roll back to, no longer exists")
+            if target.error:  # marked when its weights failed to load: activating it would fail every predict
+                raise Conflict(
+                    f"version {previous} of task {name!r} failed to load ({target.error[:200]}); it cannot serve, so "
+                    f"rollback is refused. Promote a working version instead (GET /v1/tasks/{name}/versions lists them)."
+                )
             task.active_version = previous
             task.updated_at = utcnow()
             s.flush()

@@ -30,6 +30,35 @@ def test_long_texts_are_truncated_at_the_model_limit(minilm) -> None:
     assert minilm.embed([long]).shape == (1, 384)
 
 
+def test_a_100k_character_text_is_cut_before_tokenising_and_embeds_as_its_prefix(minilm, bbc_test, monkeypatch) -> None:
+    """A 100,000-character text is cut to ``max_length × 16`` characters before the tokenizer sees it
+    (every runtime tokenises through ``_tokenize``: torch, ONNX, the fine-tuned trunk), and its
+    embedding is that of its prefix: the characters cut off lay past the model's 256 tokens anyway."""
+    long = " ".join(r["input"] for r in bbc_test) * 3
+    long = long[:100_000]
+    assert len(long) == 100_000
+    prefix = long[: minilm.max_chars]
+    assert minilm.max_chars == 256 * 16
+    seen: list[int] = []
+    tokenizer = minilm.tokenizer
+
+    class Spy:  # the real tokenizer, recording the lengths it is given
+        def __call__(self, texts, **kwargs):
+            seen.extend(len(t) for t in texts)
+            return tokenizer(texts, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+    monkeypatch.setattr(minilm, "tokenizer", Spy())
+    vectors = minilm.embed([long, prefix])
+    assert max(seen) <= minilm.max_chars
+    assert np.abs(vectors[0] - vectors[1]).max() < 1e-6
+    monkeypatch.undo()
+    whole = minilm.tokenizer([long], truncation=True, max_length=minilm.max_length)["input_ids"]
+    assert minilm._tokenize([long]) == whole  # the same 256 token ids as tokenising all 100,000 characters
+
+
 def test_revision_is_a_weights_checksum(minilm) -> None:
     assert minilm.revision.startswith("sha256:") and len(minilm.revision) == 23
 

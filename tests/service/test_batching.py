@@ -162,3 +162,58 @@ def test_cancelled_requests_are_skipped(minilm) -> None:
         batcher.close()
     assert all("abandoned by its caller" not in batch for batch in gated.batches)
     assert batcher.pending == 0
+
+
+def test_a_flooding_tenant_delays_itself_not_the_others(minilm) -> None:
+    """Tenant A floods the batcher with 96 inputs, C sends 32, then B sends 2. Passes are shared fairly
+    (per-tenant sub-queues served round-robin, deficit round robin in inputs): B's inputs go in the very
+    next pass instead of after A's backlog (one FIFO: pass 8), A and C split each pass evenly, and A's
+    seventh request hits A's own queue bound (503 for A) while B and C are still admitted."""
+    gated = Gated(minilm)
+    batcher = Batcher(gated, max_batch=16, max_delay_s=0.0, max_queue=10_000, max_tenant_queue=100)
+    try:
+        batcher.submit(["held"], tenant="a")
+        assert gated.entered.wait(30)  # the worker is inside a pass; everything below queues
+        flood = [batcher.submit([f"a{i}-{j}" for j in range(16)], tenant="a") for i in range(6)]
+        with pytest.raises(Overloaded, match="96 of this tenant's inputs are already queued.*limit is 100 per tenant"):
+            batcher.submit([f"a6-{j}" for j in range(16)], tenant="a")
+        other = [batcher.submit([f"c{i}-{j}" for j in range(16)], tenant="c") for i in range(2)]
+        small = batcher.submit(["b0", "b1"], tenant="b")
+        gated.open.set()
+        assert small.result(60).shape == (2, minilm.dim)
+        for future in flood + other:
+            assert future.result(60).shape == (16, minilm.dim)
+    finally:
+        gated.open.set()
+        batcher.close()
+    passes = gated.batches[1:]
+    assert {"b0", "b1"} <= set(passes[0])  # served in the first pass after the one that was running
+    a, c = (sum(text.startswith(who) for text in passes[0]) for who in ("a", "c"))
+    assert a + c == 14 and abs(a - c) <= 2  # the rest of the pass split between A and C (quantum 2)
+    served_a = [text for batch in passes for text in batch if text.startswith("a")]
+    assert served_a == [f"a{i}-{j}" for i in range(6) for j in range(16)]  # a tenant's own requests stay in order
+    assert batcher.pending == 0
+
+
+def test_fair_queue_skips_cancelled_requests_and_keeps_the_training_share(minilm) -> None:
+    gated = Gated(minilm)
+    batcher = Batcher(gated, max_batch=8, max_delay_s=0.0, max_queue=1000)
+    try:
+        batcher.submit(["held"], tenant="a")
+        assert gated.entered.wait(30)
+        gone = batcher.submit(["abandoned"] * 5, tenant="a")
+        kept = [batcher.submit([f"{t}{j}" for j in range(8)], tenant=t) for t in ("a", "b")]
+        assert gone.cancel()
+        training = batcher.submit(["train"] * 4, background=True)
+        gated.open.set()
+        training.result(60)
+        for future in kept:
+            future.result(60)
+    finally:
+        gated.open.set()
+        batcher.close()
+    second = gated.batches[1]
+    assert "abandoned" not in {text for batch in gated.batches for text in batch}
+    assert second.count("train") == 2 and len(second) == 8  # training's quarter of the pass
+    assert sum(t.startswith("a") for t in second) == sum(t.startswith("b") for t in second) == 3  # tenants share the rest
+    assert batcher.pending == 0

@@ -84,6 +84,22 @@ def test_too_many_files_is_refused_from_the_directory_record() -> None:
     refuse(make_zip({f"cat/{i}.png": PNG for i in range(11)}), 422, "more than 10 entries", max_files=10)
 
 
+def test_a_zip_that_understates_its_entry_count_is_refused_before_zipfile_parses_it(monkeypatch) -> None:
+    """The end record says 1 entry, the directory holds 20,000: ``zipfile`` would parse all of them
+    (it reads until the directory's size is used up). The count is bounded from the directory's size
+    (≥ 46 bytes per entry), so the zip is refused without ``zipfile`` ever opening it."""
+    data = bytearray(make_zip({f"c/{i}": b"" for i in range(20_000)}).getvalue())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8 : end + 12] = struct.pack("<HH", 1, 1)  # entries on this disk, entries in all
+    assert len(zipfile.ZipFile(io.BytesIO(bytes(data))).infolist()) == 20_000  # what zipfile would do
+
+    def never(*args, **kwargs):
+        raise AssertionError("zipfile parsed the directory")
+
+    monkeypatch.setattr("service.datasets.zipfile.ZipFile", never)
+    refuse(io.BytesIO(bytes(data)), 422, "more than 10000 entries", max_files=10_000)
+
+
 def _lie_about_size(fh: io.BytesIO, size: int) -> io.BytesIO:
     """Rewrite the central directory so every member claims ``size`` uncompressed bytes."""
     data = bytearray(fh.getvalue())
@@ -167,6 +183,8 @@ def test_csv_and_jsonl() -> None:
         ('{"input": "a", "label": 3}\n', "jsonl", 422, "'label' must be a string"),
         ('{"input": 3, "label": "x"}\n', "jsonl", 422, "'input' must be a non-empty string"),
         ('{"input": "a", "label": "' + "l" * 257 + '"}\n', "jsonl", 422, "the limit is 256"),
+        ('{"input": "a", "label": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "jsonl", 422,
+         "line 1: nested too deeply"),  # was RecursionError (500)
     ],
 )
 def test_table_refusals(text, kind: str, status: int, fragment: str) -> None:

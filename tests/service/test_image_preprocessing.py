@@ -198,3 +198,58 @@ def test_stored_form_gives_the_same_pixels_as_the_original(size: tuple[int, int]
     from_stored = images.from_stored([stored], PRE)[0]
     assert (from_stored == PRE(images.decode(data, LIMITS))).all()
     assert min(Image.open(io.BytesIO(images.from_base64(stored))).size) == min(256, min(size))
+
+
+# -- thin images and the per-request pixel budget (issue 15) ---------------------------------------
+
+
+def thin_png(width: int, height: int) -> bytes:
+    return encode(Image.new("L", (width, height), 128), "PNG", optimize=True)
+
+
+@pytest.fixture
+def resize_sizes(monkeypatch) -> list[tuple[int, int]]:
+    """Output sizes of every ``Image.resize``; one over 1 M pixels fails at once instead of allocating it."""
+    sizes: list[tuple[int, int]] = []
+    real = Image.Image.resize
+
+    def recording(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        assert size[0] * size[1] <= 1_000_000, f"resize to {size} ({size[0] * size[1]} pixels)"
+        return real(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    return sizes
+
+
+def test_a_thin_image_is_cropped_before_it_is_resized(resize_sizes) -> None:
+    """The attacker's 86-byte 2×2000 PNG was blown up to 256×256,000 pixels (65 M) by the resize before the
+    crop; the 10×4,000,000 PNG (within the 40 M pixel limit) to 26 G pixels. Only the part that survives the
+    crop is resized now: work and memory are bounded by the 224×224 output."""
+    small = thin_png(2, 2000)
+    assert len(small) < 100
+    assert PRE(images.decode(small, LIMITS)).shape == (224, 224, 3)
+    big = thin_png(10, 4_000_000)
+    crop = PRE(images.decode(big, LIMITS))
+    assert crop.shape == (224, 224, 3) and (crop == 128).all()
+    assert max(w * h for w, h in resize_sizes) == 224 * 224
+    # The stored form (training reads it back) is the image itself (shorter side ≤ 256), and it crops the same.
+    assert (images.from_stored([images.to_stored(images.decode(small, LIMITS), PRE)], PRE)[0] == PRE(images.decode(small, LIMITS))).all()
+
+
+@pytest.mark.parametrize("size", [(8, 8), (100, 37), (255, 1000), (37, 1234), (640, 480), (3000, 2000)])
+def test_cropping_before_resizing_gives_the_pixels_of_resizing_then_cropping(size: tuple[int, int]) -> None:
+    image = PRE.normalise(gradient(*size))
+    whole = image.resize(images.resized_size(*image.size, PRE.resize), Image.Resampling.BILINEAR)
+    left, top = round((whole.width - PRE.crop) / 2), round((whole.height - PRE.crop) / 2)
+    expected = np.asarray(whole.crop((left, top, left + PRE.crop, top + PRE.crop)), dtype=np.int16)
+    assert np.abs(PRE(image).astype(np.int16) - expected).max() <= 1  # same sampling; rounding at most 1/255
+
+
+def test_the_request_pixel_budget_is_charged_from_headers_before_decoding() -> None:
+    budget = images.PixelBudget(300)
+    images.decode(encode(gradient(10, 10), "PNG"), LIMITS, budget)
+    images.decode(encode(gradient(10, 10), "PNG"), LIMITS, budget)
+    with pytest.raises(images.ImageTooLarge, match="300 pixels per request") as refused:
+        images.decode(png_header_only(10, 11), LIMITS, budget)  # 110 more: refused from its header alone
+    assert refused.value.code == "too_large" and budget.spent == 200

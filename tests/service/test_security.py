@@ -3,10 +3,14 @@ tenants, per-tenant running-job limits, quotas, the predict token bucket, corrup
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 from adapters import heads
+from service import quotas
 from service.config import Settings
 from service.quotas import QuotaExceeded, RateLimited, RateLimiter, check_new_examples
 from service.router import VersionFailed, head_of, store_head_loader
@@ -94,11 +98,28 @@ def test_token_bucket_allows_the_burst_then_429_with_retry_after() -> None:
     with pytest.raises(RateLimited) as refused:
         limiter.take("a")
     assert refused.value.code == "rate_limited" and refused.value.retry_after_s == pytest.approx(0.5)
-    assert "2 requests/s (burst 3)" in str(refused.value)
+    assert "2 inputs/s (burst 3)" in str(refused.value)
     limiter.take("b")  # buckets are per tenant
     now[0] = 0.5
     limiter.take("a")  # one token back after 1/rate s
     RateLimiter(rate=0, burst=1).take("a")  # 0 = no limit
+
+
+def test_token_bucket_charges_one_token_per_input() -> None:
+    """A request of n inputs costs n tokens: one tenant cannot send 200× the work for the price of one request."""
+    now = [0.0]
+    limiter = RateLimiter(rate=10.0, burst=100, clock=lambda: now[0])
+    limiter.take("a", 60)
+    with pytest.raises(QuotaExceeded) as refused:
+        limiter.take("a", 60)  # 40 tokens left
+    assert refused.value.retry_after_s == pytest.approx(2.0) and "by 60 input(s)" in str(refused.value)
+    limiter.take("a", 40)
+    with pytest.raises(QuotaExceeded):
+        limiter.take("a", 1)
+    now[0] = 100.0
+    limiter.take("a", 500)  # more than the burst: charged a full bucket, so it can pass at all
+    with pytest.raises(QuotaExceeded):
+        limiter.take("a", 1)
 
 
 @pytest.mark.parametrize("field,limit,make", [
@@ -252,3 +273,60 @@ def test_zip_expansion_limit_at_its_boundary() -> None:
     with pytest.raises(DatasetError, match=f"the limit is {2 * len(PNG) + 1000}") as refused:
         read(b"\x00" * 501)
     assert refused.value.code == "too_large" and answer_for(refused.value).status == 413
+
+
+
+def test_rollback_refuses_to_activate_a_version_that_failed_to_load(store: Store) -> None:
+    """v1 is active, then marked failed (its weights did not load); v2 replaces it. Rolling back would
+    activate v1 again and fail every predict: 409 with a message, the active version stays v2."""
+    tenant, _ = store.create_tenant("acme")
+    task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+    claimed = store.claim_job("w", lease_s=60, max_attempts=3)
+    first = store.complete_job(claimed.id, "w", new_version())
+    store.mark_version_failed(task.id, first, "HeadFormatError: corrupt")
+    store.add_examples(tenant.id, "t", EXAMPLES)
+    claimed = store.claim_job("w", lease_s=60, max_attempts=3)
+    second = store.complete_job(claimed.id, "w", new_version())
+    assert store.get_task(tenant.id, "t").active_version == second
+    assert store.version(task.id, second).metrics["promotion"]["previous_active"] == first
+    with pytest.raises(Conflict, match=f"version {first} of task 't' failed to load .*rollback is refused"):
+        store.rollback(tenant.id, "t")
+    assert store.get_task(tenant.id, "t").active_version == second
+
+
+def test_concurrent_requests_cannot_overshoot_a_quota(store: Store) -> None:
+    """Eight threads at once each add 2 examples to a task holding 2, quota 10 per task; eight more each
+    create a task, quota 3 per tenant. The quota check runs in the write's own transaction under the
+    tenant's lock (PostgreSQL: a row lock; SQLite: the write lock), so exactly the quota is reached,
+    never more (a check before the write let all k requests through: an overshoot of k−1)."""
+    settings = Settings.from_env({}, max_examples_per_task=10, max_tasks_per_tenant=3)
+    tenant, _ = store.create_tenant("acme")
+    task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES[:2])
+    barrier = threading.Barrier(8)
+
+    def add(i: int) -> str:
+        batch = [(f"text {i}a", "pos"), (f"text {i}b", "neg")]
+        barrier.wait()
+        try:
+            store.add_examples(tenant.id, "t", batch, guard=quotas.examples_guard(settings, tenant.id, task, batch))
+            return "ok"
+        except QuotaExceeded as exc:
+            return exc.code
+
+    def create(i: int) -> str:
+        barrier.wait()
+        try:
+            store.create_task(tenant.id, f"n{i}", modality="text", backbone="minilm", head="linear", examples=EXAMPLES,
+                              guard=quotas.examples_guard(settings, tenant.id, None, EXAMPLES))
+            return "ok"
+        except QuotaExceeded as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(8) as pool:
+        added = list(pool.map(add, range(8)))
+    assert store.example_count(task.id) == 10
+    assert sorted(added) == ["ok"] * 4 + ["quota_exceeded"] * 4
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(create, range(8)))
+    assert len(store.list_tasks(tenant.id)) == 3  # "t" and two new ones
+    assert sorted(created) == ["ok"] * 2 + ["quota_exceeded"] * 6

@@ -152,3 +152,37 @@ def test_delete_removes_examples_versions_and_fails_open_jobs(store: Store) -> N
     assert store.get_job(tenant.id, job2.id).status == "failed"
     assert store.get_job(tenant.id, job1.id).status == "succeeded"
     assert store.claim_job("w", lease_s=60, max_attempts=3) is None
+
+
+def test_sqlite_is_durable_and_private(tmp_path) -> None:
+    """SQLite commits with synchronous=FULL (a just-issued key survives power loss, not only a crash),
+    and the data directory it creates is 0700, the database file (and so its -wal, -shm files) 0600,
+    whatever the umask. The admin token's directory likewise."""
+    import os
+    import stat
+
+    from sqlalchemy import text
+
+    from service.config import Settings
+    from service.tenancy import load_admin_token
+
+    old = os.umask(0o022)
+    try:
+        data = tmp_path / "fresh" / "var"
+        s = Store(f"sqlite:///{data / 'graft.db'}")
+        s.migrate()
+        s.create_tenant("acme")
+        with s.reading() as session:
+            assert session.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL (NORMAL is 1)
+        s.close()
+        mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+        assert mode(data) == 0o700
+        assert mode(data / "graft.db") == 0o600
+        for extra in ("graft.db-wal", "graft.db-shm"):
+            if (data / extra).exists():
+                assert mode(data / extra) == 0o600
+        other = tmp_path / "token-dir"
+        load_admin_token(Settings.from_env({}, data_dir=str(other), admin_token=None))
+        assert mode(other) == 0o700 and mode(other / "admin-token") == 0o600
+    finally:
+        os.umask(old)

@@ -23,7 +23,7 @@ from ...runtime import Runtime
 from ...store.models import Task, Tenant
 from ...store.repository import NotFound
 from ..errors import ApiError
-from ..inputs import stored_examples, stored_image
+from ..inputs import pixel_budget, stored_examples, stored_image
 from ..uploads import Upload, is_multipart, read_body, read_form
 from .deps import ERRORS, RuntimeDep, TenantDep, check_labels, job_out, task_out
 
@@ -113,10 +113,11 @@ def _read(
     settings = rt.settings
     if kind == "zip":  # each image is checked and normalised as it is extracted
         preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing  # an image task's backbone
+        budget = pixel_budget(rt)
         data = datasets.read_image_folder(
             upload.file, max_files=settings.max_examples_per_request,
             max_total_bytes=settings.max_upload_uncompressed_bytes, max_file_bytes=settings.max_image_bytes,
-            convert=lambda raw, where: stored_image(rt, preprocessing, raw, where),
+            convert=lambda raw, where: stored_image(rt, preprocessing, raw, where, budget),
         )
         return data, list(zip(data.inputs, data.labels, strict=True))  # type: ignore[arg-type]
     field_chars = settings.max_image_bytes * 4 // 3 + 64 if modality == "image" else settings.max_text_chars
@@ -135,14 +136,14 @@ def _ingest(
     upload.file.seek(0)
     target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head)
     data, examples = _read(rt, upload, kind, target, backbone_name)
-    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples)
+    guard = quotas.examples_guard(rt.settings, me.id, task, examples)  # checked in the write's transaction
     if task is None:
         check_labels([label for _, label in examples], None)
         created, (task, job) = True, rt.store.create_task(
-            me.id, name, modality=target, backbone=backbone_name, head=head_name, examples=examples
+            me.id, name, modality=target, backbone=backbone_name, head=head_name, examples=examples, guard=guard
         )
     else:
-        created, (task, job) = False, rt.store.add_examples(me.id, name, examples)
+        created, (task, job) = False, rt.store.add_examples(me.id, name, examples, guard=guard)
     return s.DatasetAccepted(
         task=task_out(task), job=job_out(job), created=created, examples=len(examples), warnings=data.warnings,
     )

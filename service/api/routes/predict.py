@@ -43,10 +43,10 @@ def _out(p: AnyPrediction) -> s.PredictionOut | s.MultiLabelPredictionOut | s.Re
 
 @router.post("/tasks/{name}/predict", response_model=s.PredictResponse, responses=ERRORS)
 async def predict(name: str, body: s.PredictRequest, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
-    rt.predict_rate.take(me.id)
     limit = rt.settings.max_predict_inputs
     if len(body.inputs) > limit:
         raise ApiError(413, "too_large", f"{len(body.inputs)} inputs in one predict request; the limit is {limit}")
+    rt.predict_rate.take(me.id, len(body.inputs))  # one token per input
     return await _predict(rt, me.id, name, body.inputs, [f"inputs[{i}]" for i in range(len(body.inputs))], body.top_k)
 
 
@@ -69,7 +69,7 @@ FILES_BODY = {
 @router.post("/tasks/{name}/predict/files", response_model=s.PredictResponse, responses=ERRORS, openapi_extra=FILES_BODY)
 async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
     """Predict an image task from uploaded files: ``curl -F file=@a.jpg -F file=@b.png [-F top_k=3]``."""
-    rt.predict_rate.take(me.id)
+    rt.predict_rate.take(me.id)  # the first file's token, before the body is read
     if not is_multipart(request):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with one 'file' part per image")
     limit = rt.settings.max_predict_inputs
@@ -83,6 +83,8 @@ async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantD
         top_k = form.get("top_k")
         if top_k is not None and (not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1):
             raise ApiError(422, "validation_error", "top_k must be a positive integer")
+        if len(files) > 1:
+            rt.predict_rate.take(me.id, len(files) - 1)  # one token per input in all
         cap = rt.settings.max_image_bytes + 1  # decode() answers 413 for anything over the limit
         raw = [upload.file.read(cap) for upload in files]
         names = [f"file[{i}] ({upload.filename!r})" for i, upload in enumerate(files)]

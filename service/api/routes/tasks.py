@@ -29,9 +29,9 @@ def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCrea
     quotas.check_labels(rt.settings, body.labels or [], "declared label")
     check_labels([e.label for e in body.examples], body.labels, body.kind)
     examples = _examples(rt, body.modality, body.kind, backbone, body.examples)
-    quotas.check_new_examples(rt.store, rt.settings, me.id, None, examples, body.kind)
     task, job = rt.store.create_task(
-        me.id, body.name, modality=new.modality, kind=new.kind, backbone=backbone, head=new.head, examples=examples
+        me.id, body.name, modality=new.modality, kind=new.kind, backbone=backbone, head=new.head, examples=examples,
+        guard=quotas.examples_guard(rt.settings, me.id, None, examples, new.kind),  # quota check, in the write's transaction
     )
     rt.jobs.notify()
     return s.TaskCreated(task=task_out(task), job=job_out(job))
@@ -70,8 +70,7 @@ def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: TenantDe
         if problem:
             raise ApiError(422, "validation_error", f"examples[{i}].label: {problem} (task {name!r} is a {task.kind} task)")
     examples = _examples(rt, task.modality, task.kind, task.backbone, body.examples)
-    quotas.check_new_examples(rt.store, rt.settings, me.id, task, examples, task.kind)
-    task, job = rt.store.add_examples(me.id, name, examples)
+    task, job = rt.store.add_examples(me.id, name, examples, guard=quotas.examples_guard(rt.settings, me.id, task, examples, task.kind))
     rt.jobs.notify()
     return s.TaskCreated(task=task_out(task), job=job_out(job))
 
