@@ -17,7 +17,7 @@ from .jobs import JobRunner
 from .quotas import RateLimiter
 from .router import Router, store_head_loader
 from .store.repository import Store
-from .tenancy import Auth, load_admin_token
+from .tenancy import Auth, Throttle, load_admin_token
 
 log = logs.get("runtime")
 
@@ -32,6 +32,7 @@ class Runtime:
             print(f"graft: admin token is in {token_path}", file=sys.stderr, flush=True)
         self.predict_rate = RateLimiter(settings.predict_rate_per_s, settings.predict_burst)
         self.auth = Auth(self.store, token, cache_ttl_s=settings.task_cache_ttl_s)
+        self.auth_throttle = Throttle(settings.auth_failure_rate_per_s, settings.auth_failure_burst)
 
         specs = {**BUILTIN, **parse_extra(settings.extra_backbones)}
         runtimes = RuntimeConfig(settings.backbone_runtime, settings.onnx_cache_path, settings.onnx_threads)

@@ -23,7 +23,7 @@ from ...store.repository import NotFound
 from ..errors import ApiError
 from ..inputs import stored_examples, stored_image
 from ..uploads import Upload, is_multipart, read_body, read_form
-from .deps import ERRORS, RuntimeDep, TenantDep, check_labels, choose_backbone, job_out, task_out
+from .deps import ERRORS, RuntimeDep, WriterDep, check_labels, choose_backbone, job_out, task_out
 
 router = APIRouter(prefix="/v1")
 
@@ -51,7 +51,7 @@ async def upload_dataset(
     name: Annotated[str, Path(pattern=s.NAME_PATTERN)],
     request: Request,
     rt: RuntimeDep,
-    me: TenantDep,
+    me: WriterDep,
     modality: s.Modality | None = None,
     backbone: str | None = None,
     head: s.HeadKind | None = None,

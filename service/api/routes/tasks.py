@@ -13,6 +13,7 @@ from .deps import (
     ERRORS,
     RuntimeDep,
     TenantDep,
+    WriterDep,
     check_labels,
     choose_backbone,
     job_out,
@@ -24,7 +25,7 @@ router = APIRouter(prefix="/v1")
 
 
 @router.post("/tasks", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
-def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
+def create_task(body: s.TaskCreate, rt: RuntimeDep, me: WriterDep) -> s.TaskCreated:
     if body.head == "finetune" and (body.modality != "text" or body.kind != labels.CLASSIFICATION):
         raise ApiError(422, "validation_error", "head 'finetune' is available for text tasks only, of kind classification")
     if body.kind != labels.CLASSIFICATION and body.backbone == "auto":
@@ -60,14 +61,14 @@ def get_task(name: str, rt: RuntimeDep, me: TenantDep) -> s.TaskDetail:
 
 
 @router.delete("/tasks/{name}", status_code=204, responses=ERRORS)
-def delete_task(name: str, rt: RuntimeDep, me: TenantDep) -> Response:
+def delete_task(name: str, rt: RuntimeDep, me: WriterDep) -> Response:
     rt.store.delete_task(me.id, name)
     rt.router.forget(me.id, name)
     return Response(status_code=204)
 
 
 @router.post("/tasks/{name}/examples", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
-def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
+def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: WriterDep) -> s.TaskCreated:
     task = rt.store.get_task(me.id, name)
     for i, example in enumerate(body.examples):
         problem = s.label_problem(task.kind, example.label)
