@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
@@ -105,7 +105,8 @@ class Store:
             with self.writing() as s:
                 s.add(tenant)
                 s.flush()
-                s.add(ApiKey(id=new_id("key"), tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:8], role="owner"))
+                # role: owner, the column's server default (a plain insert, so a schema before 0004 takes it too)
+                s.execute(insert(ApiKey).values(id=new_id("key"), tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:8]))
         except IntegrityError:
             raise Conflict(f"a tenant named {name!r} already exists") from None
         return tenant, key
