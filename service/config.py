@@ -99,8 +99,9 @@ SETTINGS: dict[str, _Var] = {
     ),
     "upload_spool_dir": _Var(
         "GRAFT_UPLOAD_SPOOL_DIR", None, _opt_str,
-        "Where upload bodies past 8 MiB spool while they are read. Default: `<GRAFT_DATA_DIR>/spool`. Needs room for "
-        "`GRAFT_MAX_UPLOAD_BYTES` per concurrent upload (one per tenant at a time).",
+        "The process's temporary directory: upload bodies past 8 MiB (and multipart parts) spool here while they are "
+        "read. Default: `<GRAFT_DATA_DIR>/spool`. Needs room for `GRAFT_MAX_UPLOAD_BYTES` per concurrent upload (each "
+        "tenant sends one at a time; a second is 429).",
     ),
     "max_keys_per_tenant": _Var(
         "GRAFT_MAX_KEYS_PER_TENANT", 10, int, "Quota: most active (unrevoked) API keys one tenant may have; beyond it 409.",

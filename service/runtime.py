@@ -6,6 +6,7 @@ Built once per worker process by the BentoML service; routes reach it via ``app.
 from __future__ import annotations
 
 import sys
+import tempfile
 
 from . import logs, metrics
 from .backbones.registry import BUILTIN, Registry, parse_extra
@@ -25,6 +26,9 @@ log = logs.get("runtime")
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # upload bodies (and any other temporary file of this process) spool here: see GRAFT_UPLOAD_SPOOL_DIR
+        settings.spool_path.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(settings.spool_path)
         self.store = Store(settings.resolved_database_url)
         self.store.migrate()  # under a lock: replicas starting together migrate once
         token, token_path = load_admin_token(settings)

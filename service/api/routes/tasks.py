@@ -20,6 +20,7 @@ from .deps import (
     task_out,
     version_out,
 )
+from .export import forget_exports
 
 router = APIRouter(prefix="/v1")
 
@@ -62,8 +63,10 @@ def get_task(name: str, rt: RuntimeDep, me: TenantDep) -> s.TaskDetail:
 
 @router.delete("/tasks/{name}", status_code=204, responses=ERRORS)
 def delete_task(name: str, rt: RuntimeDep, me: WriterDep) -> Response:
+    task = rt.store.get_task(me.id, name)
     rt.store.delete_task(me.id, name)
     rt.router.forget(me.id, name)
+    forget_exports(rt, me.id, task.id)
     return Response(status_code=204)
 
 
