@@ -116,6 +116,15 @@ class Auth:
                 self._known.put(digest, caller, at=asked)
         return caller
 
+    def known(self, token: str | None) -> Caller | None:
+        """The caller if it is the admin or a key remembered from a recent lookup; None means "ask
+        :meth:`identify`" (no store query here, so the event loop may call it)."""
+        if not token:
+            return None
+        if self.is_admin(token):
+            return Caller(None)
+        return self._known.get(hash_key(token))
+
     def tenant(self, token: str | None) -> Tenant | None:
         caller = self.identify(token) if token and not self.is_admin(token) else None
         return caller.tenant if caller else None

@@ -115,7 +115,9 @@ class AuthGate:
                           f"too many failed authentications from this client or for this key; retry after {retry} s",
                           {"Retry-After": str(retry)})
             return
-        caller: Caller | None = await anyio.to_thread.run_sync(runtime.auth.identify, token)
+        caller: Caller | None = runtime.auth.known(token)  # the hot path: no thread hop, no query
+        if caller is None:
+            caller = await anyio.to_thread.run_sync(runtime.auth.identify, token)
         if caller is None:
             throttle.fail(*keys)
             await _refuse(send, 401, "unauthorized", UNAUTHORIZED[need])

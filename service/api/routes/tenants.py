@@ -59,6 +59,8 @@ Actor = Annotated[str, Depends(admin_or_owner)]
 @router.post("/tenants", status_code=201, response_model=s.TenantCreated, responses=ERRORS, dependencies=[Depends(admin)])
 def create_tenant(body: s.TenantCreate, rt: RuntimeDep) -> s.TenantCreated:
     created, key = rt.store.create_tenant(body.name)
+    first = rt.store.list_keys(created.id)[0]
+    audit.info("key issued", extra={"event": "key_issued", "tenant": created.id, "key_id": first.id, "role": "owner", "by": "admin"})
     return s.TenantCreated(id=created.id, name=created.name, api_key=key)
 
 
