@@ -78,7 +78,7 @@ def server_memory() -> dict:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as data:
-        env = {**os.environ, "GRAFT_DATA_DIR": data, "GRAFT_ADMIN_TOKEN": "sizing"}
+        env = {**os.environ, "GRAFT_DATA_DIR": data, "GRAFT_ADMIN_TOKEN": "sizing-admin-token-0123456789abcdef"}
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "bentoml"), "serve", "service.app:Graft", "--port", str(port)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,7 +1,7 @@
 """``graft``: Graft from the shell.
 
     graft tenants create NAME | list | disable ID | enable ID    (admin token: GRAFT_ADMIN_TOKEN)
-    graft keys create TENANT_ID | list TENANT_ID | revoke TENANT_ID KEY_ID
+    graft keys create TENANT_ID [--role owner|write|predict] | list TENANT_ID | revoke TENANT_ID KEY_ID
     graft tasks create NAME --data file.csv|file.jsonl|images_dir/|file.zip
     graft tasks list | show NAME | delete NAME | versions NAME | promote NAME N | rollback NAME
     graft predict TASK "some text" | image.png ... | --file inputs.jsonl
@@ -162,15 +162,15 @@ def cmd_tenants_disable(args: argparse.Namespace) -> Any:
 
 def cmd_keys_create(args: argparse.Namespace) -> Any:
     with client(args, admin=None) as g:
-        created = g.create_key(args.tenant_id)
-    emit(args, created, lambda k: f"key {k.id} ({k.prefix}…)\napi key (shown once): {k.api_key}")
+        created = g.create_key(args.tenant_id, args.role)
+    emit(args, created, lambda k: f"key {k.id} ({k.prefix}…, role {k.role})\napi key (shown once): {k.api_key}")
 
 
 def cmd_keys_list(args: argparse.Namespace) -> Any:
     with client(args, admin=None) as g:
         keys = g.list_keys(args.tenant_id)
-    emit(args, keys, lambda ks: table([{"id": k.id, "prefix": k.prefix, "created": when(k.created_at),
-                                        "revoked": when(k.revoked_at)} for k in ks], ["id", "prefix", "created", "revoked"]))
+    emit(args, keys, lambda ks: table([{"id": k.id, "prefix": k.prefix, "role": k.role, "created": when(k.created_at),
+                                        "revoked": when(k.revoked_at)} for k in ks], ["id", "prefix", "role", "created", "revoked"]))
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> Any:
@@ -338,7 +338,10 @@ def parser() -> argparse.ArgumentParser:
 
     keys = groups.add_parser("keys", help="a tenant's API keys (its own key, or the admin token)").add_subparsers(
         dest="action", required=True, parser_class=Parser)
-    leaf(keys, "create", cmd_keys_create, "issue a new API key (rotation)").add_argument("tenant_id")
+    create_key = leaf(keys, "create", cmd_keys_create, "issue a new API key (rotation, or a narrower key)")
+    create_key.add_argument("tenant_id")
+    create_key.add_argument("--role", choices=["owner", "write", "predict"], default="owner",
+                            help="owner: everything, keys included; write: tasks, no keys; predict: predict and read (default owner)")
     leaf(keys, "list", cmd_keys_list, "list a tenant's keys").add_argument("tenant_id")
     revoke = leaf(keys, "revoke", cmd_keys_revoke, "revoke a key")
     revoke.add_argument("tenant_id")

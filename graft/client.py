@@ -211,9 +211,11 @@ class _Core:
 
     # API keys (the admin token, or the tenant's own key for its own keys)
 
-    def _create_key(self, tenant_id: str) -> Op[s.ApiKeyCreated]:
-        """A new API key for the tenant (rotation: issue one, move clients to it, revoke the old one)."""
-        return (yield from self._model(s.ApiKeyCreated, Call("POST", f"/v1/tenants/{tenant_id}/keys")))
+    def _create_key(self, tenant_id: str, role: s.KeyRole = "owner") -> Op[s.ApiKeyCreated]:
+        """A new API key for the tenant (rotation: issue one, move clients to it, revoke the old one).
+        ``role``: ``owner`` (everything, keys included), ``write`` (tasks, no keys) or ``predict`` (predict and read)."""
+        call = Call("POST", f"/v1/tenants/{tenant_id}/keys", json={"role": role})
+        return (yield from self._model(s.ApiKeyCreated, call))
 
     def _list_keys(self, tenant_id: str) -> Op[list[s.ApiKeyOut]]:
         return (yield from self._model(s.ApiKeyList, Call("GET", f"/v1/tenants/{tenant_id}/keys"))).keys

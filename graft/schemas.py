@@ -94,9 +94,22 @@ class TenantUpdate(Request):
     disabled: bool = Field(description="True: every key of the tenant stops working at once; false: they work again.")
 
 
+KeyRole = Literal["owner", "write", "predict"]
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: KeyRole = Field(
+        "owner",
+        description="`predict`: predict and read; `write`: also manage tasks, examples, datasets and versions; "
+        "`owner`: also list, issue and revoke keys. Default `owner` (a tenant's first key is always `owner`).",
+    )
+
+
 class ApiKeyOut(BaseModel):
     id: str
     prefix: str = Field(description="The key's first characters, to recognise it; the key itself is never shown again.")
+    role: KeyRole = "owner"
     created_at: datetime
     revoked_at: datetime | None
 

@@ -127,8 +127,27 @@ SETTINGS: dict[str, _Var] = {
         "Most bytes a dataset zip may expand to (from its directory, checked before extracting anything).",
     ),
     "max_request_bytes": _Var(
-        "GRAFT_MAX_REQUEST_BYTES", 64 * 1024 * 1024, int,
-        "Largest JSON request body, in bytes; refused with 413 before it is parsed (uploads use `GRAFT_MAX_UPLOAD_BYTES`).",
+        "GRAFT_MAX_REQUEST_BYTES", 32 * 1024 * 1024, int,
+        "Largest JSON request body, in bytes; refused with 413 before it is parsed, and only after the caller is "
+        "authenticated (uploads use `GRAFT_MAX_UPLOAD_BYTES`). The default fits the largest text predict: "
+        "`GRAFT_MAX_PREDICT_INPUTS` × `GRAFT_MAX_TEXT_CHARS` ASCII characters (25.6 MB) plus JSON overhead.",
+    ),
+    "upload_spool_dir": _Var(
+        "GRAFT_UPLOAD_SPOOL_DIR", None, _opt_str,
+        "The process's temporary directory: upload bodies past 8 MiB (and multipart parts) spool here while they are "
+        "read. Default: `<GRAFT_DATA_DIR>/spool`. Needs room for `GRAFT_MAX_UPLOAD_BYTES` per concurrent upload (each "
+        "tenant sends one at a time; a second is 429).",
+    ),
+    "max_keys_per_tenant": _Var(
+        "GRAFT_MAX_KEYS_PER_TENANT", 10, int, "Quota: most active (unrevoked) API keys one tenant may have; beyond it 409.",
+    ),
+    "auth_failure_burst": _Var(
+        "GRAFT_AUTH_FAILURE_BURST", 30, int,
+        "Failed authentications a client address (or a key prefix) may make before it gets 429 with Retry-After (per process).",
+    ),
+    "auth_failure_rate_per_s": _Var(
+        "GRAFT_AUTH_FAILURE_RATE_PER_S", 0.5, float,
+        "How fast that allowance of failed authentications refills, per second. 0 = no throttling.",
     ),
     "max_labels_per_task": _Var("GRAFT_MAX_LABELS_PER_TASK", 1000, int, "Most distinct labels one task may have."),
     "max_label_chars": _Var("GRAFT_MAX_LABEL_CHARS", 256, int, "Longest label, in characters (at most 256, the store's column)."),
@@ -164,8 +183,10 @@ SETTINGS: dict[str, _Var] = {
         "by another process is seen within this time. 0 = query the store on every request.",
     ),
     "metrics_tenant_labels": _Var(
-        "GRAFT_METRICS_TENANT_LABELS", 20, int,
-        "Tenants per process that get their own label value in per-tenant metrics (the first to become busy); the rest are `other`.",
+        "GRAFT_METRICS_TENANT_LABELS", 0, int,
+        "Tenants per process that get their own label value in per-tenant metrics (the first to become busy); the rest are "
+        "`other`. 0 (default): none, so `/metrics` shows no tenant. Values are opaque: `t-` + the first 12 hex digits of "
+        "the SHA-256 of the tenant id, never the id itself.",
     ),
     "log_level": _Var("GRAFT_LOG_LEVEL", "INFO", str, "Log level of Graft's JSON logs."),
     "log_json": _Var("GRAFT_LOG_JSON", True, _bool, "Emit logs as JSON lines (set `false` for plain text)."),
@@ -214,6 +235,10 @@ class Settings:
     max_upload_bytes: int
     max_upload_uncompressed_bytes: int
     max_request_bytes: int
+    upload_spool_dir: str | None
+    max_keys_per_tenant: int
+    auth_failure_burst: int
+    auth_failure_rate_per_s: float
     max_labels_per_task: int
     max_label_chars: int
     max_tasks_per_tenant: int
@@ -249,6 +274,10 @@ class Settings:
     @property
     def onnx_cache_path(self) -> Path:
         return Path(self.onnx_cache_dir).expanduser().resolve() if self.onnx_cache_dir else self.data_path / "onnx"
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.upload_spool_dir).expanduser().resolve() if self.upload_spool_dir else self.data_path / "spool"
 
     @property
     def resolved_database_url(self) -> str:

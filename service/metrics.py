@@ -14,6 +14,7 @@ per-task label.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections.abc import Callable
@@ -108,16 +109,22 @@ STORE_JOBS = Gauge("graft_store_jobs", "Training jobs in the store, by status.",
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "superseded")
 
 
-_RAW_PATH_SAMPLE = re.compile(r'^bentoml_[a-z_]+\{[^}]*endpoint="/v1/')
+_ENDPOINT_LABEL = re.compile(r'^bentoml_[a-z_]+\{[^}]*endpoint="([^"]*)"')
+BENTOML_ENDPOINTS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})  # BentoML's own, fixed
 
 
 def without_raw_paths(exposition: str) -> str:
-    """Drop BentoML's own per-request samples for API paths from a /metrics page.
+    """Drop BentoML's own per-request samples for any path but its fixed endpoints from a /metrics page.
 
-    BentoML labels its ``bentoml_service_request_*`` series with the raw path (job ids, task
-    names): unbounded cardinality. ``graft_http_*`` counts the same requests by route template.
+    BentoML labels its ``bentoml_service_request_*`` series with the raw request path (job ids, task
+    names, or any random path a client sends): unbounded cardinality. ``graft_http_*`` counts the
+    same requests by route template (``unmatched`` for a path with no route).
     """
-    return "\n".join(line for line in exposition.split("\n") if not _RAW_PATH_SAMPLE.match(line))
+    def kept(line: str) -> bool:
+        found = _ENDPOINT_LABEL.match(line)
+        return found is None or found.group(1) in BENTOML_ENDPOINTS
+
+    return "\n".join(line for line in exposition.split("\n") if kept(line))
 
 
 def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
@@ -131,13 +138,20 @@ def job_finished(status: str, seconds: float) -> None:
     JOB_SECONDS.labels(status).observe(seconds)
 
 
+def opaque(tenant: str) -> str:
+    """A tenant's label value: not its id (``/metrics`` is unauthenticated), but stable, so an operator
+    who knows the id can find its series: ``t-`` + the first 12 hex digits of SHA-256(id)."""
+    return "t-" + hashlib.sha256(tenant.encode()).hexdigest()[:12]
+
+
 class TenantLabels:
     """Bounded label values for per-tenant metrics.
 
     A tenant gets its own value once it has sent ``admit_after`` inputs, while fewer than
     ``limit`` tenants have one; admission is sticky for the life of the process. So the first
     ``limit`` tenants to become busy are named and everything else is ``other``: cardinality
-    never exceeds ``limit + 1`` per process.
+    never exceeds ``limit + 1`` per process. Named values are :func:`opaque`, never the tenant id;
+    the default limit (``GRAFT_METRICS_TENANT_LABELS``) is 0: no tenant is named at all.
     """
 
     def __init__(self, limit: int, admit_after: int = 100) -> None:
@@ -149,7 +163,7 @@ class TenantLabels:
 
     def label(self, tenant: str, amount: int = 1) -> str:
         if tenant in self._named:
-            return tenant
+            return opaque(tenant)
         with self._lock:
             if len(self._named) >= self.limit:
                 self._pending.clear()
@@ -160,7 +174,7 @@ class TenantLabels:
                 return OTHER
             self._pending.pop(tenant, None)
             self._named.add(tenant)
-            return tenant
+            return opaque(tenant)
 
     def count(self, tenant: str, inputs: int) -> None:
         TENANT_INPUTS.labels(self.label(tenant, inputs)).inc(inputs)

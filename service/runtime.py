@@ -6,6 +6,7 @@ Built once per worker process by the BentoML service; routes reach it via ``app.
 from __future__ import annotations
 
 import sys
+import tempfile
 
 from . import logs, metrics
 from .backbones.registry import BUILTIN, Registry, parse_extra
@@ -18,7 +19,7 @@ from .quotas import RateLimiter
 from .router import Router, store_head_loader
 from .store.db import private_dir
 from .store.repository import Store
-from .tenancy import Auth, load_admin_token
+from .tenancy import Auth, Throttle, load_admin_token
 
 log = logs.get("runtime")
 
@@ -27,6 +28,9 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         private_dir(settings.data_path)  # 0700: the database, admin token and caches live here
+        # upload bodies (and any other temporary file of this process) spool here: see GRAFT_UPLOAD_SPOOL_DIR
+        settings.spool_path.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(settings.spool_path)
         self.store = Store(settings.resolved_database_url, max_queued_jobs_per_tenant=settings.max_queued_jobs_per_tenant)
         self.store.migrate()  # under a lock: replicas starting together migrate once
         token, token_path = load_admin_token(settings)
@@ -34,6 +38,7 @@ class Runtime:
             print(f"graft: admin token is in {token_path}", file=sys.stderr, flush=True)
         self.predict_rate = RateLimiter(settings.predict_rate_per_s, settings.predict_burst)
         self.auth = Auth(self.store, token, cache_ttl_s=settings.task_cache_ttl_s)
+        self.auth_throttle = Throttle(settings.auth_failure_rate_per_s, settings.auth_failure_burst)
 
         specs = {**BUILTIN, **parse_extra(settings.extra_backbones)}
         runtimes = RuntimeConfig(settings.backbone_runtime, settings.onnx_cache_path, settings.onnx_threads)

@@ -77,7 +77,7 @@ class Server:
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
-    admin_token: str = "test-admin-token"
+    admin_token: str = "test-admin-token-0123456789abcdef"
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     target: str = "service.app:Graft"  # what `bentoml serve` runs (benchmarks also serve a peer)

@@ -18,6 +18,11 @@ INTRO = """\
 
 Every endpoint is under `/v1`. Send `Authorization: Bearer <key>`: the admin token (`GRAFT_ADMIN_TOKEN`)
 for `/v1/tenants`, a tenant's API key for everything else; another tenant's tasks and jobs are 404.
+Keys have a role: `predict` keys predict and read; `write` keys also create, extend and delete tasks,
+upload datasets, promote and roll back; `owner` keys (and the admin token) also list, issue and revoke
+the tenant's keys. A key below the role a call needs gets 403 naming that role. The caller is
+authenticated before any request body is read (401 without reading it); repeated failed
+authentications from one address or for one key prefix get 429 with `Retry-After`.
 Errors are `{"error": {"code", "message"}}` ([ErrorResponse](#errorresponse)) with a 4xx/5xx status; 503
 (and 429, where quotas apply) carry `Retry-After`. A running server serves this spec at `/openapi.json`
 and interactive documentation at `/docs`. The Python client and the `graft` CLI wrap these endpoints

@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import logs, metrics
 from . import dashboard, errors, routes
+from .gate import AuthGate
 from .limits import BodyLimit
 
 log = logs.get("http")
@@ -61,5 +62,6 @@ def create() -> FastAPI:
     dashboard.install(app)
     errors.install(app)
     app.add_middleware(BodyLimit)  # inside RequestContext: a refused body still gets an id and a log line
+    app.add_middleware(AuthGate)  # before BodyLimit: nobody's body is read before they are authenticated
     app.add_middleware(RequestContext)
     return app

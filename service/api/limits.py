@@ -1,9 +1,11 @@
 """Request body size, enforced before anything parses the body.
 
-A raw ASGI middleware: a declared ``Content-Length`` over the limit is refused at once; a body
-without one (chunked) is counted as it streams — JSON bodies are read here up to the limit and
-replayed, uploads are passed on and capped by :mod:`.uploads` as they are read. Uploads (dataset,
-multipart predict) may be ``GRAFT_MAX_UPLOAD_BYTES``; every other body ``GRAFT_MAX_REQUEST_BYTES``.
+A raw ASGI middleware, after the auth gate (:mod:`.gate`): a declared ``Content-Length`` over the
+limit is refused at once; every body without one (chunked) is counted as it streams — JSON bodies
+are read here up to the limit and replayed, uploads are passed on and counted as they are read
+(413 past the limit). The limit is chosen by the *matched route* (never by how a path ends): the
+upload routes (dataset, multipart predict) may send ``GRAFT_MAX_UPLOAD_BYTES``; every other body,
+``GRAFT_MAX_REQUEST_BYTES``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Settings
+from .errors import ApiError
+from .gate import matched_route
 
-UPLOAD_SUFFIXES = ("/dataset", "/predict/files")
+UPLOAD_ROUTES = frozenset({"/v1/tasks/{name}/dataset", "/v1/tasks/{name}/predict/files"})  # route templates (POST)
+
+
+def is_upload(scope: Scope) -> bool:
+    route = matched_route(scope)
+    return route is not None and getattr(route, "path", None) in UPLOAD_ROUTES
 
 
 def _settings(scope: Scope) -> Settings:
@@ -40,7 +49,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         settings = _settings(scope)
-        upload = scope["path"].endswith(UPLOAD_SUFFIXES)
+        upload = is_upload(scope)
         limit = settings.max_upload_bytes if upload else settings.max_request_bytes
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"").decode("latin-1")
@@ -52,7 +61,7 @@ class BodyLimit:
                 await _too_large(send, limit, int(declared))
                 return
         if upload or declared:
-            await self.app(scope, receive, send)
+            await self.app(scope, _counted(receive, limit), send)
             return
         # no Content-Length: read the body here, counting, and replay it
         chunks: list[bytes] = []
@@ -90,3 +99,19 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def _counted(receive: Receive, limit: int) -> Receive:
+    """The client's messages, refusing (413) a body that grows past ``limit`` whatever it declared."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise ApiError(413, "too_large", f"the request body is larger than the limit of {limit} bytes")
+        return message
+
+    return counted

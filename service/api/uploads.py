@@ -1,13 +1,18 @@
 """Request bodies that carry files: read with a byte cap, so an upload can never outgrow the limit.
 
-Bodies spool to a temporary file past 8 MiB. Multipart bodies are parsed by Starlette's parser
-from the same capped stream (``Request.form()`` would accept any size of file part).
+Bodies spool to a temporary file past 8 MiB, in the process's temporary directory, which the runtime
+sets to ``GRAFT_UPLOAD_SPOOL_DIR`` (multipart parts spool there too). Multipart bodies are parsed by
+Starlette's parser from the same capped stream (``Request.form()`` would accept any size of file part).
+A tenant sends one upload at a time per process (:func:`one_upload`): a second one meanwhile is 429,
+so one tenant cannot fill the spool directory with many maximal bodies at once.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncGenerator
+import threading
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
@@ -18,6 +23,25 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from .errors import ApiError
 
 SPOOL_BYTES = 8 * 1024 * 1024
+UPLOAD_RETRY_S = 5
+
+_uploading: set[str] = set()
+_uploading_lock = threading.Lock()
+
+
+@contextmanager
+def one_upload(tenant_id: str) -> Iterator[None]:
+    """Hold the tenant's one upload slot of this process, or refuse with 429."""
+    with _uploading_lock:
+        if tenant_id in _uploading:
+            raise ApiError(429, "upload_in_progress", "this tenant is already sending an upload; send one upload at a "
+                           "time (wait for the other to be answered)", {"Retry-After": str(UPLOAD_RETRY_S)})
+        _uploading.add(tenant_id)
+    try:
+        yield
+    finally:
+        with _uploading_lock:
+            _uploading.discard(tenant_id)
 
 
 @dataclass

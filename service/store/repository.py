@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
@@ -37,6 +37,10 @@ class QueueFull(Exception):
     """The tenant has as many training jobs queued as it may (answered 429)."""
 
     retry_after_s = 30.0
+
+
+class KeyLimit(Exception):
+    """A tenant has as many active API keys as it may."""
 
 
 def new_id(prefix: str) -> str:
@@ -128,22 +132,28 @@ class Store:
             with self.writing() as s:
                 s.add(tenant)
                 s.flush()
-                s.add(ApiKey(id=new_id("key"), tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:8]))
+                # role: owner, the column's server default (a plain insert, so a schema before 0004 takes it too)
+                s.execute(insert(ApiKey).values(id=new_id("key"), tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:8]))
         except IntegrityError:
             raise Conflict(f"a tenant named {name!r} already exists") from None
         return tenant, key
 
     def tenant_for_key(self, key: str) -> Tenant | None:
+        found = self.key_for(key)
+        return found[0] if found else None
+
+    def key_for(self, key: str) -> tuple[Tenant, ApiKey] | None:
+        """The tenant and key row of an active key of an enabled tenant."""
         digest = hash_key(key)
         with self.reading() as s:
             row = s.execute(
-                select(Tenant, ApiKey.key_hash)
+                select(Tenant, ApiKey)
                 .join(ApiKey, ApiKey.tenant_id == Tenant.id)
                 .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None), Tenant.disabled.is_(False))
             ).first()
-        if row is None or not secrets.compare_digest(row[1], digest):
+        if row is None or not secrets.compare_digest(row[1].key_hash, digest):
             return None
-        return row[0]
+        return row[0], row[1]
 
     def list_tenants(self) -> list[Tenant]:
         with self.reading() as s:
@@ -165,13 +175,21 @@ class Store:
             tenant.disabled = disabled
         return tenant
 
-    def issue_key(self, tenant_id: str) -> tuple[ApiKey, str]:
-        """A new API key for the tenant (rotation: issue, switch clients, revoke the old one)."""
+    def issue_key(self, tenant_id: str, role: str = "owner", max_active: int | None = None) -> tuple[ApiKey, str]:
+        """A new API key for the tenant (rotation: issue, switch clients, revoke the old one). With
+        ``max_active``, refuses (:class:`Conflict`) when the tenant already has that many active keys."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.writing() as s:
-            if s.get(Tenant, tenant_id) is None:
+            tenant = s.get(Tenant, tenant_id, with_for_update=max_active is not None)
+            if tenant is None:
                 raise NotFound(f"no tenant {tenant_id!r}")
-            row = ApiKey(id=new_id("key"), tenant_id=tenant_id, key_hash=hash_key(key), prefix=key[:8])
+            if max_active is not None:
+                active = s.scalar(
+                    select(func.count()).select_from(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
+                ) or 0
+                if active >= max_active:
+                    raise KeyLimit(f"this tenant has {active} active keys; the limit is {max_active}. Revoke one first.")
+            row = ApiKey(id=new_id("key"), tenant_id=tenant_id, key_hash=hash_key(key), prefix=key[:8], role=role)
             s.add(row)
         return row, key
 

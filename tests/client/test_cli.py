@@ -149,6 +149,13 @@ def test_tenants_and_keys(server) -> None:
     assert enabled.returncode == 0 and "enabled" in enabled.stdout
     assert ok_json(graft("tasks", "list", "--json", env=env)) == []
     assert graft("keys", "list", "t_nope", env=env).returncode == cli.EXIT_NOT_FOUND  # another tenant's id: 404
+    narrow = ok_json(graft("keys", "create", tenant["id"], "--role", "predict", "--json", env=env))
+    assert narrow["role"] == "predict"
+    reader = {**env, "GRAFT_API_KEY": narrow["api_key"]}
+    assert ok_json(graft("tasks", "list", "--json", env=reader)) == []  # a predict key reads
+    refused = graft("keys", "create", tenant["id"], env=reader)  # but manages no keys
+    assert refused.returncode != 0 and "role 'owner'" in refused.stderr, refused
+    assert "predict" in graft("keys", "list", tenant["id"], env=env).stdout
 
 
 def test_settings_from_the_config_file(server, tmp_path) -> None:

@@ -145,7 +145,7 @@ def test_the_deployments_command_serves_the_built_bento(bentos, tmp_path) -> Non
                for k, v in env.items()}
     port = free_port()
     env.update({
-        "GRAFT_ADMIN_TOKEN": "bento-admin", "GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'graft.db'}",
+        "GRAFT_ADMIN_TOKEN": "bento-admin-token-0123456789abcdef", "GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'graft.db'}",
         "BENTOML_PORT": str(port), "BENTO_PATH": str(bentos["cpu"].path),
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
     })
@@ -169,7 +169,7 @@ def test_the_deployments_command_serves_the_built_bento(bentos, tmp_path) -> Non
             pytest.fail("the startup probe never passed:\n" + (tmp_path / "server.log").read_text()[-4000:])
         assert httpx.get(url + c["livenessProbe"]["httpGet"]["path"], timeout=5).status_code == 200
         assert httpx.get(url + "/metrics", timeout=5).status_code == 200
-        backbones = httpx.get(url + "/v1/tenants", headers={"Authorization": "Bearer bento-admin"}, timeout=10)
+        backbones = httpx.get(url + "/v1/tenants", headers={"Authorization": "Bearer bento-admin-token-0123456789abcdef"}, timeout=10)
         assert backbones.status_code == 200
         server_cmd = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
         assert b"serve" in server_cmd and str(bentos["cpu"].path).encode() in server_cmd  # entrypoint exec'd bentoml

@@ -230,3 +230,26 @@ def test_workers_are_apart_from_the_api_and_scale_on_the_job_queue(rendered, ove
     from service import metrics
 
     assert metrics.STORE_JOBS.describe()[0].name == "graft_store_jobs" and {"queued", "running"} <= set(metrics.JOB_STATUSES)
+
+
+def quantity_bytes(value: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+    for unit, factor in units.items():
+        if value.endswith(unit):
+            return int(value[: -len(unit)]) * factor
+    return int(value)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_upload_spool_volume_holds_several_maximal_uploads(rendered, overlay: str) -> None:
+    """Uploads spool to GRAFT_UPLOAD_SPOOL_DIR: its volume must hold more than the largest upload (a
+    full volume would fail the upload; 512Mi once held barely two 256 MiB bodies)."""
+    docs = rendered[overlay]
+    pod = one(docs, "Deployment", "graft")["spec"]["template"]["spec"]
+    env = environment(docs)
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("GRAFT_")})
+    spool = str(settings.spool_path)
+    mounts = {m["mountPath"]: m["name"] for m in container(docs)["volumeMounts"]}
+    holder = max((path for path in mounts if spool == path or spool.startswith(path + "/")), key=len)
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[holder])
+    assert quantity_bytes(volume["emptyDir"]["sizeLimit"]) >= 4 * settings.max_upload_bytes, (holder, volume)

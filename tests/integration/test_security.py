@@ -8,8 +8,14 @@ endpoint on A's task name, job id and tenant id and must get 404 with A's data u
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -190,3 +196,103 @@ def test_errors_bentoml_answers_itself_are_json_too(server: Server, tenants: dic
     for path in ("/v1/tasks/a%0Ab", "/v1/tenants/x%0Ay/keys", "/nothing-here"):
         assert error_of(cb.get(path), 404)["code"] == "not_found", path
     assert error_of(cb.request("PUT", "/v1/tasks"), 405)["code"] == "method_not_allowed"
+
+
+# -- issue 15, the HTTP layer ------------------------------------------------------------------
+
+
+def test_bodies_are_limited_by_route_and_keys_by_role(server: Server, tenants: dict) -> None:
+    a, ca = tenants["a"], tenants["ca"]
+    # the admin route PATCH /v1/tenants/{tenant_id} with the id "dataset": a chunked body over the
+    # JSON limit is counted (it once passed as an "upload" by its path's ending) and refused unparsed
+    limit = 32 * 1024 * 1024
+    chunks = iter([b'{"disabled": true' + b" " * (limit - 17), b" " * 16])  # limit + 16 bytes, the excess last
+    with server.admin() as admin:
+        big = admin.patch("/v1/tenants/dataset", content=chunks, headers={"content-type": "application/json"})
+    error_of(big, 413, f"the limit is {limit} bytes")
+    # anonymous: 401 before the body is read, whatever its size
+    with server.client() as anonymous:
+        error_of(anonymous.post("/v1/tasks", content=b"{" * 100_000, headers={"content-type": "application/json"}), 401)
+    # roles: the owner mints a predict key; it predicts and reads, and nothing more
+    issued = ca.post(f"/v1/tenants/{a['id']}/keys", json={"role": "predict"})
+    assert issued.status_code == 201 and issued.json()["role"] == "predict", issued.text
+    with server.client(issued.json()["api_key"]) as reader:
+        assert reader.post("/v1/tasks/secret/predict", json={"inputs": ["so happy"]}).status_code == 200
+        assert reader.get("/v1/tasks/secret/versions").status_code == 200
+        error_of(reader.post("/v1/tasks/secret/examples", json={"examples": TOY}), 403, "role 'write'")
+        error_of(reader.post("/v1/tasks/secret/rollback"), 403, "role 'write'")
+        error_of(reader.post(f"/v1/tenants/{a['id']}/keys", json={"role": "owner"}), 403, "role 'owner'")
+        error_of(reader.delete(f"/v1/tenants/{a['id']}/keys/{issued.json()['id']}"), 403, "role 'owner'")
+    assert ca.delete(f"/v1/tenants/{a['id']}/keys/{issued.json()['id']}").status_code == 204
+    audit = [json.loads(line) for line in server.logs().splitlines() if '"event": "key_' in line]
+    mine = [e for e in audit if e.get("key_id") == issued.json()["id"]]
+    assert [e["event"] for e in mine] == ["key_issued", "key_revoked"] and mine[0]["role"] == "predict"
+    assert all(e["by"].startswith("key_") for e in mine)  # by the owner's key id
+    assert issued.json()["api_key"] not in server.logs()
+
+
+def test_metrics_show_no_tenant_and_random_paths_make_no_series(server: Server, tenants: dict) -> None:
+    a, ca = tenants["a"], tenants["ca"]
+    assert ca.post("/v1/tasks/secret/predict", json={"inputs": ["fine"] * 120}).status_code == 200  # a busy tenant
+
+    def series() -> set[str]:
+        page = httpx.get(f"{server.url}/metrics").text
+        return {line.rsplit(" ", 1)[0] for line in page.splitlines() if line and not line.startswith("#")}
+
+    with server.client() as anonymous:
+        anonymous.get(f"/probe-{secrets.token_hex(8)}")  # the first unmatched path may add its series
+        before = series()
+        for _ in range(50):
+            anonymous.get(f"/{secrets.token_hex(8)}/{secrets.token_hex(4)}")
+        after = series()
+    assert after - before == set(), sorted(after - before)[:5]
+    page = httpx.get(f"{server.url}/metrics").text
+    assert a["id"] not in page and tenants["b"]["id"] not in page
+
+
+def test_exports_are_cached_built_one_at_a_time_and_deleted_with_their_task(server: Server) -> None:
+    c = server.new_tenant("exporter")
+    for step in (c.post("/v1/tasks", json={"name": "cached", "examples": TOY, "head": "linear"}),
+                 c.post("/v1/tasks/cached/examples", json={"examples": TOY[:2]})):
+        assert wait_for_job(c, step.json()["job"]["id"])["status"] == "succeeded"
+    with ThreadPoolExecutor(2) as pool:  # two builds of one tenant at once: one waits its turn
+        answers = list(pool.map(lambda v: c.get("/v1/tasks/cached/export", params={"version": v}), (1, 2)))
+    assert sorted(r.status_code for r in answers) == [200, 429], [r.text[:200] for r in answers]
+    busy = next(r for r in answers if r.status_code == 429)
+    error_of(busy, 429, "already building an export")
+    assert int(busy.headers["retry-after"]) >= 1
+    assert len(list((server.data_dir / "exports").rglob("*.zip"))) == 1  # the one built
+    for version in (1, 2):
+        first = c.get("/v1/tasks/cached/export", params={"version": version})
+        second = c.get("/v1/tasks/cached/export", params={"version": version})
+        assert first.status_code == second.status_code == 200
+        assert first.content == second.content  # served from the cache (its manifest's exported_at is the same)
+    assert len(list((server.data_dir / "exports").rglob("*.zip"))) == 2
+    assert c.delete("/v1/tasks/cached").status_code == 204
+    assert list((server.data_dir / "exports").rglob("*.zip")) == []
+
+
+def test_one_upload_per_tenant_at_a_time(server: Server) -> None:
+    c = server.new_tenant("uploader")
+    key = key_of(c)
+    started = threading.Event()
+
+    def slow() -> Iterator[bytes]:
+        yield b"input,label\n"
+        started.set()
+        time.sleep(3)
+        yield b"a,pos\nb,neg\n"
+
+    def first() -> httpx.Response:
+        with server.client(key) as mine:
+            return mine.post("/v1/tasks/slow/dataset", content=slow(), headers={"content-type": "text/csv"})
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(first)
+        assert started.wait(30)
+        time.sleep(0.5)
+        second = c.post("/v1/tasks/fast/dataset", content=b"input,label\na,pos\nb,neg\n", headers={"content-type": "text/csv"})
+        error_of(second, 429, "one upload at a time")
+        assert pending.result().status_code == 202
+    assert c.post("/v1/tasks/fast/dataset", content=b"input,label\na,pos\nb,neg\n",
+                  headers={"content-type": "text/csv"}).status_code == 202

@@ -7,3 +7,6 @@ from . import backbones, datasets, export, jobs, predict, tasks, tenants, versio
 router = APIRouter()
 for module in (tenants, tasks, datasets, jobs, predict, backbones, export, versions):
     router.include_router(module.router)
+
+# Every API route, flat (the auth gate and the body limit match requests against them before the app runs)
+ROUTES = [route for module in (tenants, tasks, datasets, jobs, predict, backbones, export, versions) for route in module.router.routes]

@@ -24,8 +24,8 @@ from ...store.models import Task, Tenant
 from ...store.repository import NotFound
 from ..errors import ApiError
 from ..inputs import pixel_budget, stored_examples, stored_image
-from ..uploads import Upload, is_multipart, read_body, read_form
-from .deps import ERRORS, RuntimeDep, TenantDep, check_labels, job_out, task_out
+from ..uploads import Upload, is_multipart, one_upload, read_body, read_form
+from .deps import ERRORS, RuntimeDep, WriterDep, check_labels, job_out, task_out
 
 router = APIRouter(prefix="/v1")
 
@@ -53,27 +53,28 @@ async def upload_dataset(
     name: Annotated[str, Path(pattern=s.NAME_PATTERN)],
     request: Request,
     rt: RuntimeDep,
-    me: TenantDep,
+    me: WriterDep,
     modality: s.Modality | None = None,
     backbone: str | None = None,
     head: s.HeadKind | None = None,
 ) -> s.DatasetAccepted:
-    limit = rt.settings.max_upload_bytes
-    form = None
-    if is_multipart(request):
-        files, form = await read_form(request, limit, max_files=1)
-        if len(files) != 1 or {key for key, _ in form.multi_items()} != {"file"}:
-            await form.close()
-            raise ApiError(422, "validation_error", "send the dataset as a multipart form with one 'file' part")
-        upload = files[0]
-    else:
-        upload = await read_body(request, limit)
-    try:
-        accepted = await anyio.to_thread.run_sync(_ingest, rt, me, name, upload, modality, backbone, head)
-    finally:
-        if form is not None:
-            await form.close()
-        upload.file.close()
+    with one_upload(me.id):  # one upload per tenant at a time: the spool holds at most one of its bodies
+        limit = rt.settings.max_upload_bytes
+        form = None
+        if is_multipart(request):
+            files, form = await read_form(request, limit, max_files=1)
+            if len(files) != 1 or {key for key, _ in form.multi_items()} != {"file"}:
+                await form.close()
+                raise ApiError(422, "validation_error", "send the dataset as a multipart form with one 'file' part")
+            upload = files[0]
+        else:
+            upload = await read_body(request, limit)
+        try:
+            accepted = await anyio.to_thread.run_sync(_ingest, rt, me, name, upload, modality, backbone, head)
+        finally:
+            if form is not None:
+                await form.close()
+            upload.file.close()
     rt.jobs.notify()
     return accepted
 

@@ -13,8 +13,9 @@ from graft import schemas as s
 from ... import logs
 from ...runtime import Runtime
 from ...store.models import Job, Task, Tenant, Version
-from ...tenancy import bearer
+from ...tenancy import Caller, bearer, role_allows
 from ..errors import ApiError
+from ..gate import CALLER
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
@@ -31,20 +32,44 @@ def runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
 
 
+def caller(request: Request, rt: Runtime) -> Caller | None:
+    """The caller the auth gate resolved (see :mod:`..gate`), else resolved here."""
+    found = request.scope.get("state", {}).get(CALLER)
+    return found if found is not None else rt.auth.identify(bearer(request.headers.get("authorization")))
+
+
 def admin(request: Request, rt: RuntimeDep) -> None:
-    if not rt.auth.is_admin(bearer(request.headers.get("authorization"))):
+    who = caller(request, rt)
+    if who is None or not who.is_admin:
         raise ApiError(401, "unauthorized", "this call needs the admin token as 'Authorization: Bearer <token>'")
 
 
-def tenant(request: Request, rt: RuntimeDep) -> Tenant:
-    found = rt.auth.tenant(bearer(request.headers.get("authorization")))
-    if found is None:
+def tenant_caller(request: Request, rt: Runtime, needed: str) -> Caller:
+    who = caller(request, rt)
+    if who is None or who.tenant is None:
         raise ApiError(401, "unauthorized", "missing or invalid API key; send 'Authorization: Bearer <api_key>'")
-    logs.tenant_id.set(found.id)
+    if not role_allows(who.role, needed):
+        raise ApiError(403, "forbidden", f"this call needs an API key with role '{needed}' (or higher); this key's role is '{who.role}'")
+    logs.tenant_id.set(who.tenant.id)
+    return who
+
+
+def tenant(request: Request, rt: RuntimeDep) -> Tenant:
+    """Any key of the tenant (role ``predict`` or higher): predict and read."""
+    found = tenant_caller(request, rt, "predict").tenant
+    assert found is not None
+    return found
+
+
+def writer(request: Request, rt: RuntimeDep) -> Tenant:
+    """A key of role ``write`` or ``owner``: manage tasks, examples, datasets and versions."""
+    found = tenant_caller(request, rt, "write").tenant
+    assert found is not None
     return found
 
 
 TenantDep = Annotated[Tenant, Depends(tenant)]
+WriterDep = Annotated[Tenant, Depends(writer)]
 
 
 # -- conversions -------------------------------------------------------------------------

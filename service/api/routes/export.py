@@ -1,12 +1,23 @@
-"""Export of an adapted model: backbone + pooling + the task's head as one ONNX graph, in a zip."""
+"""Export of an adapted model: backbone + pooling + the task's head as one ONNX graph, in a zip.
+
+Exports are cached on disk per (task id, version, format) under ``<GRAFT_DATA_DIR>/exports/<tenant>``
+and streamed from there (a version never changes, so neither does its export). A tenant builds at most
+one export at a time in a process: a second request while one builds gets 429 with Retry-After.
+Deleting a task deletes its cached exports.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse
 
 from adapters import heads
 from adapters.export import MODEL_FILE, PROBABILITIES, ExportError, bundle, finetune_graph, fuse
@@ -44,11 +55,70 @@ async def export_task(
     if format != "onnx":
         raise ApiError(422, "validation_error", f"unsupported export format {format!r}; supported: 'onnx'")
     task, v = await anyio.to_thread.run_sync(_version, rt, me.id, name, version)
-    data = await anyio.to_thread.run_sync(_build, rt, task, v)
-    return Response(
-        data, media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{task.name}-v{v.number}-onnx.zip"'},
-    )
+    path = cached_export(rt, me.id, task.id, v.number, format)
+    if not path.is_file():
+        if not _BUILDING.begin(me.id):
+            raise ApiError(429, "export_in_progress", "this tenant is already building an export; retry when it is done "
+                           "(finished exports are cached and served at once)", {"Retry-After": str(BUILD_RETRY_S)})
+        try:
+            if not path.is_file():  # built by a request that held the slot just before
+                data = await anyio.to_thread.run_sync(_build, rt, task, v)
+                await anyio.to_thread.run_sync(_store, path, data)
+        finally:
+            _BUILDING.end(me.id)
+    return FileResponse(path, media_type="application/zip", filename=f"{task.name}-v{v.number}-onnx.zip")
+
+
+BUILD_RETRY_S = 5
+
+
+class _Builds:
+    """Tenants building an export in this process (at most one build each)."""
+
+    def __init__(self) -> None:
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def begin(self, tenant_id: str) -> bool:
+        with self._lock:
+            if tenant_id in self._busy:
+                return False
+            self._busy.add(tenant_id)
+            return True
+
+    def end(self, tenant_id: str) -> None:
+        with self._lock:
+            self._busy.discard(tenant_id)
+
+
+_BUILDING = _Builds()
+
+
+def exports_dir(rt: Runtime, tenant_id: str) -> Path:
+    return rt.settings.data_path / "exports" / tenant_id
+
+
+def cached_export(rt: Runtime, tenant_id: str, task_id: str, version: int, fmt: str) -> Path:
+    return exports_dir(rt, tenant_id) / f"{task_id}-v{version}.{fmt}.zip"
+
+
+def forget_exports(rt: Runtime, tenant_id: str, task_id: str) -> None:
+    """Delete a (deleted) task's cached exports."""
+    for path in exports_dir(rt, tenant_id).glob(f"{task_id}-v*.zip"):
+        path.unlink(missing_ok=True)
+
+
+def _store(path: Path, data: bytes) -> None:
+    """Write the export whole or not at all (a temp file in the same directory, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".building-", suffix=".zip")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _version(rt: Runtime, tenant_id: str, name: str, number: int | None) -> tuple[Task, Version]:

@@ -13,7 +13,7 @@ from ...router import AnyPrediction, MultiLabelPrediction, RegressionPrediction
 from ...runtime import Runtime
 from ..errors import ApiError
 from ..inputs import Raw, predict_inputs
-from ..uploads import is_multipart, read_form
+from ..uploads import is_multipart, one_upload, read_form
 from .deps import (
     ERRORS,
     RuntimeDep,
@@ -73,21 +73,22 @@ async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantD
     if not is_multipart(request):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with one 'file' part per image")
     limit = rt.settings.max_predict_inputs
-    files, form = await read_form(request, rt.settings.max_upload_bytes, max_files=limit)
-    try:
-        unknown = sorted({key for key, _ in form.multi_items()} - {"file", "top_k"})
-        if unknown:
-            raise ApiError(422, "validation_error", f"unknown form fields {unknown}; send 'file' parts and optionally 'top_k'")
-        if not files:
-            raise ApiError(422, "validation_error", "no files: send one 'file' part per image")
-        top_k = form.get("top_k")
-        if top_k is not None and (not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1):
-            raise ApiError(422, "validation_error", "top_k must be a positive integer")
-        if len(files) > 1:
-            rt.predict_rate.take(me.id, len(files) - 1)  # one token per input in all
-        cap = rt.settings.max_image_bytes + 1  # decode() answers 413 for anything over the limit
-        raw = [upload.file.read(cap) for upload in files]
-        names = [f"file[{i}] ({upload.filename!r})" for i, upload in enumerate(files)]
-        return await _predict(rt, me.id, name, raw, names, int(top_k) if top_k else None)
-    finally:
-        await form.close()
+    with one_upload(me.id):  # one upload per tenant at a time: the spool holds at most one of its bodies
+        files, form = await read_form(request, rt.settings.max_upload_bytes, max_files=limit)
+        try:
+            unknown = sorted({key for key, _ in form.multi_items()} - {"file", "top_k"})
+            if unknown:
+                raise ApiError(422, "validation_error", f"unknown form fields {unknown}; send 'file' parts and optionally 'top_k'")
+            if not files:
+                raise ApiError(422, "validation_error", "no files: send one 'file' part per image")
+            top_k = form.get("top_k")
+            if top_k is not None and (not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1):
+                raise ApiError(422, "validation_error", "top_k must be a positive integer")
+            if len(files) > 1:
+                rt.predict_rate.take(me.id, len(files) - 1)  # one token per input in all
+            cap = rt.settings.max_image_bytes + 1  # decode() answers 413 for anything over the limit
+            raw = [upload.file.read(cap) for upload in files]
+            names = [f"file[{i}] ({upload.filename!r})" for i, upload in enumerate(files)]
+        finally:
+            await form.close()
+    return await _predict(rt, me.id, name, raw, names, int(top_k) if top_k else None)

@@ -13,17 +13,19 @@ from .deps import (
     ERRORS,
     RuntimeDep,
     TenantDep,
+    WriterDep,
     check_labels,
     job_out,
     task_out,
     version_out,
 )
+from .export import forget_exports
 
 router = APIRouter(prefix="/v1")
 
 
 @router.post("/tasks", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
-def create_task(body: s.TaskCreate, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
+def create_task(body: s.TaskCreate, rt: RuntimeDep, me: WriterDep) -> s.TaskCreated:
     new = task_rules.new_task(rt, body.modality, body.kind, body.backbone, body.head)
     backbone = new.backbone
     quotas.check_labels(rt.settings, body.labels or [], "declared label")
@@ -56,14 +58,16 @@ def get_task(name: str, rt: RuntimeDep, me: TenantDep) -> s.TaskDetail:
 
 
 @router.delete("/tasks/{name}", status_code=204, responses=ERRORS)
-def delete_task(name: str, rt: RuntimeDep, me: TenantDep) -> Response:
+def delete_task(name: str, rt: RuntimeDep, me: WriterDep) -> Response:
+    task = rt.store.get_task(me.id, name)
     rt.store.delete_task(me.id, name)
     rt.router.forget(me.id, name)
+    forget_exports(rt, me.id, task.id)
     return Response(status_code=204)
 
 
 @router.post("/tasks/{name}/examples", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
-def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: TenantDep) -> s.TaskCreated:
+def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: WriterDep) -> s.TaskCreated:
     task = rt.store.get_task(me.id, name)
     for i, example in enumerate(body.examples):
         problem = s.label_problem(task.kind, example.label)

@@ -1,5 +1,7 @@
 """Tenant administration: create, list, disable (admin token); API keys: issue, list, revoke
-(admin token, or the tenant's own key for its own keys)."""
+(admin token, or an ``owner`` key of the tenant for its own keys). Key events are logged as an
+audit trail: JSON lines with ``event`` (``key_issued``, ``key_revoked``), the tenant, the key id and
+who did it (``by``: a key id or ``admin``); never the key."""
 
 from __future__ import annotations
 
@@ -9,15 +11,18 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from graft import schemas as s
 
+from ... import logs
 from ...store.models import ApiKey, Tenant
-from ...store.repository import NotFound
-from ...tenancy import bearer
+from ...store.repository import KeyLimit, NotFound
 from ..errors import ApiError
 from .deps import (
     ERRORS,
     RuntimeDep,
     admin,
+    caller,
 )
+
+audit = logs.get("audit")
 
 router = APIRouter(prefix="/v1")
 
@@ -29,24 +34,33 @@ def tenant_out(t: Tenant) -> s.TenantOut:
 
 
 def key_out(k: ApiKey) -> s.ApiKeyOut:
-    return s.ApiKeyOut(id=k.id, prefix=k.prefix, created_at=k.created_at, revoked_at=k.revoked_at)
+    return s.ApiKeyOut(id=k.id, prefix=k.prefix, role=k.role, created_at=k.created_at, revoked_at=k.revoked_at)  # type: ignore[arg-type]
 
 
-def admin_or_owner(tenant_id: TenantId, request: Request, rt: RuntimeDep) -> None:
-    """The admin, or the tenant itself. Another tenant's id is 404, as if it did not exist."""
-    token = bearer(request.headers.get("authorization"))
-    if rt.auth.is_admin(token):
-        return
-    me = rt.auth.tenant(token)
-    if me is None:
+def admin_or_owner(tenant_id: TenantId, request: Request, rt: RuntimeDep) -> str:
+    """The admin, or an ``owner`` key of the tenant itself; returns who (``admin`` or the key id).
+    Another tenant's id is 404, as if it did not exist."""
+    who = caller(request, rt)
+    if who is None:
         raise ApiError(401, "unauthorized", "missing or invalid API key; send 'Authorization: Bearer <api_key>'")
-    if me.id != tenant_id:
+    if who.is_admin:
+        return "admin"
+    assert who.tenant is not None
+    if who.role != "owner":
+        raise ApiError(403, "forbidden", f"managing keys needs an API key with role 'owner'; this key's role is '{who.role}'")
+    if who.tenant.id != tenant_id:
         raise NotFound("no such tenant")
+    return who.key_id or "?"
+
+
+Actor = Annotated[str, Depends(admin_or_owner)]
 
 
 @router.post("/tenants", status_code=201, response_model=s.TenantCreated, responses=ERRORS, dependencies=[Depends(admin)])
 def create_tenant(body: s.TenantCreate, rt: RuntimeDep) -> s.TenantCreated:
     created, key = rt.store.create_tenant(body.name)
+    first = rt.store.list_keys(created.id)[0]
+    audit.info("key issued", extra={"event": "key_issued", "tenant": created.id, "key_id": first.id, "role": "owner", "by": "admin"})
     return s.TenantCreated(id=created.id, name=created.name, api_key=key)
 
 
@@ -63,11 +77,16 @@ def update_tenant(tenant_id: TenantId, body: s.TenantUpdate, rt: RuntimeDep) -> 
     return tenant_out(tenant)
 
 
-@router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=s.ApiKeyCreated, responses=ERRORS,
-             dependencies=[Depends(admin_or_owner)])
-def issue_key(tenant_id: TenantId, rt: RuntimeDep) -> s.ApiKeyCreated:
-    """A new API key (rotation: issue one, move clients to it, then revoke the old one)."""
-    row, key = rt.store.issue_key(tenant_id)
+@router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=s.ApiKeyCreated, responses=ERRORS)
+def issue_key(tenant_id: TenantId, rt: RuntimeDep, by: Actor, body: s.ApiKeyCreate | None = None) -> s.ApiKeyCreated:
+    """A new API key (rotation: issue one, move clients to it, then revoke the old one), or a narrower
+    one: ``{"role": "predict"}`` for a client that only predicts. No body: an ``owner`` key."""
+    role = body.role if body is not None else "owner"
+    try:
+        row, key = rt.store.issue_key(tenant_id, role, max_active=rt.settings.max_keys_per_tenant)
+    except KeyLimit as exc:
+        raise ApiError(409, "too_many_keys", str(exc)) from None
+    audit.info("key issued", extra={"event": "key_issued", "tenant": tenant_id, "key_id": row.id, "role": role, "by": by})
     return s.ApiKeyCreated(**key_out(row).model_dump(), api_key=key)
 
 
@@ -77,9 +96,10 @@ def list_keys(tenant_id: TenantId, rt: RuntimeDep) -> s.ApiKeyList:
     return s.ApiKeyList(keys=[key_out(k) for k in rt.store.list_keys(tenant_id)])
 
 
-@router.delete("/tenants/{tenant_id}/keys/{key_id}", status_code=204, responses=ERRORS, dependencies=[Depends(admin_or_owner)])
-def revoke_key(tenant_id: TenantId, key_id: Annotated[str, Path(max_length=64)], rt: RuntimeDep) -> Response:
+@router.delete("/tenants/{tenant_id}/keys/{key_id}", status_code=204, responses=ERRORS)
+def revoke_key(tenant_id: TenantId, key_id: Annotated[str, Path(max_length=64)], rt: RuntimeDep, by: Actor) -> Response:
     """Revoke a key: requests with it are refused from now on (other replicas within the cache TTL)."""
     rt.store.revoke_key(tenant_id, key_id)
     rt.auth.forget()
+    audit.info("key revoked", extra={"event": "key_revoked", "tenant": tenant_id, "key_id": key_id, "by": by})
     return Response(status_code=204)

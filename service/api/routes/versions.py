@@ -11,6 +11,7 @@ from .deps import (
     ERRORS,
     RuntimeDep,
     TenantDep,
+    WriterDep,
     version_out,
 )
 
@@ -50,7 +51,7 @@ def list_versions(name: str, rt: RuntimeDep, me: TenantDep) -> s.VersionList:
 
 
 @router.post("/tasks/{name}/promote", response_model=s.VersionList, responses=ERRORS)
-def promote(name: str, body: s.PromoteRequest, rt: RuntimeDep, me: TenantDep) -> s.VersionList:
+def promote(name: str, body: s.PromoteRequest, rt: RuntimeDep, me: WriterDep) -> s.VersionList:
     """Serve version ``body.version`` from now on (e.g. a candidate that auto-promotion kept back)."""
     rt.store.promote(me.id, name, body.version)
     rt.router.forget(me.id, name)  # this process serves the switch at once; others within the task cache TTL
@@ -58,7 +59,7 @@ def promote(name: str, body: s.PromoteRequest, rt: RuntimeDep, me: TenantDep) ->
 
 
 @router.post("/tasks/{name}/rollback", response_model=s.VersionList, responses=ERRORS)
-def rollback(name: str, rt: RuntimeDep, me: TenantDep) -> s.VersionList:
+def rollback(name: str, rt: RuntimeDep, me: WriterDep) -> s.VersionList:
     """Serve the version that was active before the current one again."""
     rt.store.rollback(me.id, name)
     rt.router.forget(me.id, name)

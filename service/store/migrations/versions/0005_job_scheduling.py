@@ -1,7 +1,7 @@
 """Fair job scheduling: ``tenants.last_claimed_at`` (claims go round-robin across tenants).
 
 Revision ID: 0005_job_scheduling
-Revises: 0003_task_kinds
+Revises: 0004_key_roles
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_job_scheduling"
-down_revision: str | None = "0003_task_kinds"
+down_revision: str | None = "0004_key_roles"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
