@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import cast
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -164,7 +165,7 @@ def _apply_stacked(
         head, start, stop = parts[i]
         n = stop - start
         if proba is not None:
-            results[i] = proba[offset : offset + n, : len(head.labels)]  # type: ignore[union-attr]
+            results[i] = proba[offset : offset + n, : len(cast(Head, head).labels)]
         else:
             try:
                 results[i] = head.predict_proba(vectors[start:stop])  # type: ignore[union-attr]
@@ -437,12 +438,12 @@ class Batcher:
         elapsed = time.perf_counter() - started
         self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / len(texts)
         self._observe(len(texts), elapsed, tokens_before)
-        for (req, start, stop), out in zip(batch, outputs, strict=True):
-            if isinstance(out, Exception):
+        for (req, start, stop), result in zip(batch, outputs, strict=True):
+            if isinstance(result, Exception):
                 if not req.future.done():
-                    req.future.set_exception(out)
+                    req.future.set_exception(result)
                 continue
-            req.out[start:stop] = out
+            req.out[start:stop] = result
             req.done += stop - start
             if req.done == len(req.inputs) and not req.future.done():
                 req.future.set_result(req.out)
@@ -466,7 +467,7 @@ class Batcher:
         row = 0
         for i in members:
             req, start, stop = batch[i]
-            outputs[i] = proba[row : row + stop - start, : len(req.head.labels)]  # type: ignore[union-attr]
+            outputs[i] = proba[row : row + stop - start, : len(cast(Head, req.head).labels)]
             row += stop - start
 
     def _observe(self, size: int, seconds: float, tokens_before: tuple[int, int] | None) -> None:

@@ -14,18 +14,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 
 from adapters import heads, selection
-from adapters.heads.finetune import FinetuneConfig, fit_finetune
+from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
 from adapters.kinds import fit_multilabel, fit_regression
 from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
 from adapters.transfer import capped_sample, logme
 
 from . import faults, images, logs, metrics
 from . import labels as stored_labels
-from .backbones.base import Backbone
+from .backbones.base import Backbone, ImageBackbone
 from .batching import SERVING, Batcher, text_trunk
 from .config import Settings
 from .router import VersionFailed, head_of
@@ -42,7 +43,7 @@ def backbone_inputs(backbone: Backbone, stored: list[str]) -> list:
     """Stored examples as a backbone takes them: texts as they are; images (stored as normalised
     PNG) decoded and cropped by the backbone's preprocessing."""
     if backbone.modality == "image":
-        return images.from_stored(stored, backbone.preprocessing)
+        return images.from_stored(stored, cast(ImageBackbone, backbone).preprocessing)
     return stored
 
 
@@ -359,6 +360,7 @@ class JobRunner:
             new_pred = as_sets(result.oof_pred[unseen], result.head.labels)  # type: ignore[index]
             return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
         active_pred = [head.labels[i] for i in head.predict_proba(vectors, raw=[texts[i] for i in unseen]).argmax(axis=1)]
+        assert result.oof_proba is not None  # checked above: the comparison needs CV predictions
         new_pred = [result.head.labels[i] for i in result.oof_proba[unseen].argmax(axis=1)]
         return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
 
@@ -397,7 +399,7 @@ class JobRunner:
             beat.step()
 
         head, fit_metrics = fit_finetune(
-            source, texts, labels, cfg, seed=self.settings.seed, progress=lambda f: beat.update(0.9 * f), between_steps=between_steps,
+            cast(TextSource, source), texts, labels, cfg, seed=self.settings.seed, progress=lambda f: beat.update(0.9 * f), between_steps=between_steps,
         )
         backbone = self.batchers(name).backbone
         decision = selection.first_version() if task.active_version is None else selection.unconditional(

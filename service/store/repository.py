@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy import CursorResult, Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
@@ -396,7 +397,9 @@ class Store:
         """The time leases are measured in. On PostgreSQL it is the database's clock, so replicas
         whose clocks disagree still agree on whose lease expired; SQLite lives on one host."""
         if self.engine.dialect.name == "postgresql":
-            return s.scalar(select(func.clock_timestamp()))
+            now = s.scalar(select(func.clock_timestamp()))
+            assert now is not None  # clock_timestamp() is never NULL
+            return cast(datetime, now)
         return utcnow()
 
     def claim_job(
@@ -462,7 +465,7 @@ class Store:
                 .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
                 .values(progress=progress, heartbeat_at=self._now(s))
             )
-            return result.rowcount == 1
+            return cast(CursorResult[Any], result).rowcount == 1
 
     def complete_job(
         self, job_id: str, worker_id: str, new: NewVersion, *, promote: bool = True, compared_with: int | None = None,
