@@ -35,9 +35,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import cast
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
