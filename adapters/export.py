@@ -36,7 +36,7 @@ RAW_INPUTS_FILE = "raw_inputs.py"  # adapters/raw_inputs.py, shipped with graphs
 __all__ = [
     "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PROBABILITIES", "RAW_INPUTS_FILE", "TOKENS", "VALUE",
     "ExportError", "ExportableHead", "bundle", "finetune_graph", "fuse", "head_graph", "needs_backbone", "output_of",
-    "raw_inputs",
+    "raw_inputs", "raw_inputs_source",
 ]
 
 
