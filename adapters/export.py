@@ -1,10 +1,12 @@
 """Export an adapted model: one ONNX graph fusing a backbone export and a tenant's head.
 
 The backbone graph maps preprocessed inputs (``input_ids``, ``attention_mask`` for text) to
-pooled, L2-normalised embeddings; a head maps embeddings to class probabilities. Any head
-that provides its torch form (``torch_module()``: embeddings → probabilities) is exported
-the same way, so the exporter knows nothing about head kinds. The bundle is a zip with the
-fused graph, the backbone's preprocessing files and a JSON description.
+pooled, L2-normalised embeddings; a head maps embeddings (and, for baseline and hybrid heads, the raw
+inputs' from-scratch features) to its output. Heads on embeddings provide their torch form
+(``torch_module()``: embeddings → output) and are exported the same way whatever their kind; heads
+on raw inputs get their featurizer and logistic regression built with ``onnx.helper``
+(``adapters/onnx_heads.py``), their raw input (``tokens`` or ``pixels``) becoming a graph input.
+The bundle is a zip with the fused graph, the preprocessing files and a JSON description.
 """
 
 from __future__ import annotations
@@ -19,10 +21,23 @@ import onnx
 import onnx.compose
 import torch
 
+from .heads import EMBEDDING as CONSUMES_EMBEDDING
+from .heads import RAW
+from .onnx_heads import PIXELS, TOKENS, raw_head_graph
+from .onnx_trace import OPSET, trace_onnx
+
 EMBEDDING = "pooled_embedding"  # the head graph's input, wired to the backbone's output
 PROBABILITIES = "probabilities"
+VALUE = "value"  # a regression head's output, (batch,)
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "graft-export.json"
+RAW_INPUTS_FILE = "raw_inputs.py"  # adapters/raw_inputs.py, shipped with graphs that read raw inputs
+
+__all__ = [
+    "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PROBABILITIES", "RAW_INPUTS_FILE", "TOKENS", "VALUE",
+    "ExportError", "ExportableHead", "bundle", "finetune_graph", "fuse", "head_graph", "needs_backbone", "output_of",
+    "raw_inputs", "raw_inputs_source",
+]
 
 
 class ExportError(ValueError):
@@ -35,33 +50,83 @@ class ExportableHead(Protocol):
     labels: list[str]
 
     def torch_module(self) -> torch.nn.Module:
-        """The head as a torch module: float32 embeddings (n, dim) → probabilities (n, len(labels))."""
+        """The head as a torch module: float32 embeddings (n, dim) → its output (n, len(labels)) or (n,)."""
 
 
 def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def head_graph(head: ExportableHead, dim: int, opset: int) -> onnx.ModelProto:
-    """The head alone as ONNX: ``pooled_embedding`` (batch, dim) → ``probabilities`` (batch, labels)."""
-    if getattr(head, "kind", "") == "finetune":
+def output_of(head: Any) -> str:
+    """The graph output's name: ``value`` for a regression head, else ``probabilities``."""
+    return VALUE if getattr(head, "kind", "") == "ridge" else PROBABILITIES
+
+
+def needs_backbone(head: Any) -> bool:
+    """Whether the head reads backbone embeddings (a baseline head's graph is its featurizer alone)."""
+    return CONSUMES_EMBEDDING in getattr(head, "consumes", frozenset({CONSUMES_EMBEDDING}))
+
+
+def raw_inputs(head: Any) -> dict[str, Any] | None:
+    """How the consumer prepares the graph's raw input (None when it has none): the function of
+    ``raw_inputs.py`` to call and its keyword arguments, for the manifest."""
+    if RAW not in getattr(head, "consumes", frozenset()):
+        return None
+    features = head.features
+    if features.name == "tfidf":
+        return {"input": TOKENS, "file": RAW_INPUTS_FILE, "function": "tokens",
+                "kwargs": {"analyzer": features.vectorizer.analyzer}, "dtype": "str", "pad": ""}
+    return {"input": PIXELS, "file": RAW_INPUTS_FILE, "function": "pixels", "kwargs": {"size": features.size},
+            "dtype": "float32"}
+
+
+def raw_inputs_source() -> bytes:
+    """The consumer's preprocessing code for raw inputs (this package's own ``raw_inputs.py``)."""
+    from pathlib import Path
+
+    from . import raw_inputs as module
+
+    return Path(module.__file__ or "").read_bytes()
+
+
+def head_graph(head: Any, dim: int, opset: int) -> onnx.ModelProto:
+    """The head alone as ONNX: ``pooled_embedding`` (batch, dim) and/or its raw input → its output."""
+    kind = getattr(head, "kind", type(head).__name__)
+    if kind == "finetune":
         raise ExportError("a 'finetune' head changes the backbone's top layers: export its whole model with finetune_graph")
+    output = output_of(head)
+    if RAW in getattr(head, "consumes", frozenset()):
+        try:
+            return raw_head_graph(head, EMBEDDING, dim, output, opset)
+        except ValueError as exc:
+            raise ExportError(f"heads of kind {kind!r}: {exc}") from None
     if not isinstance(head, ExportableHead):
-        raise ExportError(f"heads of kind {getattr(head, 'kind', type(head).__name__)!r} have no ONNX form yet")
+        raise ExportError(f"heads of kind {kind!r} have no ONNX form yet")
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             head.torch_module().float().eval(), (torch.zeros(2, dim),), buffer,
-            input_names=[EMBEDDING], output_names=[PROBABILITIES],
-            dynamic_axes={EMBEDDING: {0: "batch"}, PROBABILITIES: {0: "batch"}},
+            input_names=[EMBEDDING], output_names=[output],
+            dynamic_axes={EMBEDDING: {0: "batch"}, output: {0: "batch"}},
             opset_version=opset, dynamo=False,
         )
     return onnx.load_from_string(buffer.getvalue())
 
 
-def fuse(backbone: onnx.ModelProto, head: ExportableHead) -> onnx.ModelProto:
-    """One graph: the backbone's inputs → its (single) embedding output → the head → ``probabilities``."""
+def _label(model: onnx.ModelProto, head: Any) -> onnx.ModelProto:
+    onnx.helper.set_model_props(model, {"labels": json.dumps(head.labels, ensure_ascii=False), "head": head.kind})
+    return model
+
+
+def fuse(backbone: onnx.ModelProto | None, head: Any) -> onnx.ModelProto:
+    """One graph: the backbone's inputs → its (single) embedding output → the head → its output
+    (``probabilities``, or ``value`` for regression); a head's raw input (``tokens``/``pixels``) is a
+    graph input too. A head that reads no embedding (baseline) is exported alone (``backbone`` may be None)."""
+    if not needs_backbone(head):
+        return _label(head_graph(head, 0, _opset(backbone) if backbone is not None else OPSET), head)
+    if backbone is None:
+        raise ExportError(f"heads of kind {head.kind!r} read backbone embeddings: the export needs the backbone graph")
     (output,) = backbone.graph.output
     dim = output.type.tensor_type.shape.dim[-1].dim_value
     if not dim:
@@ -70,11 +135,10 @@ def fuse(backbone: onnx.ModelProto, head: ExportableHead) -> onnx.ModelProto:
     part = onnx.compose.add_prefix(part, "head/", rename_inputs=False, rename_outputs=False)
     part.ir_version = backbone.ir_version
     fused = onnx.compose.merge_models(
-        backbone, part, io_map=[(output.name, EMBEDDING)], outputs=[PROBABILITIES],
+        backbone, part, io_map=[(output.name, EMBEDDING)], outputs=[output_of(head)],
         producer_name="graft", producer_version="1",
     )
-    onnx.helper.set_model_props(fused, {"labels": json.dumps(head.labels, ensure_ascii=False), "head": head.kind})
-    return fused
+    return _label(fused, head)
 
 
 def bundle(fused: onnx.ModelProto, files: dict[str, bytes], manifest: dict[str, Any]) -> bytes:
@@ -91,20 +155,19 @@ def bundle(fused: onnx.ModelProto, files: dict[str, bytes], manifest: dict[str, 
 def finetune_graph(head: Any, spec: Any) -> onnx.ModelProto:
     """A fine-tuned head's whole model as one fp32 graph: the backbone's layers with the head's LoRA
     updates merged into its top layers, pooling and classifier: (input_ids, attention_mask) →
-    ``probabilities``. ``spec`` is the backbone's :class:`ExportSpec` (its eager-attention copy)."""
+    ``probabilities``. ``spec`` is the backbone's export spec (``module``: its eager-attention copy,
+    ``example_inputs``, ``dynamic_axes``), which the service passes in."""
     import tempfile
     from pathlib import Path
     from types import SimpleNamespace
 
-    from adapters.heads.finetune import FinetunedModel, FinetuneHead
-    from service.backbones.onnx_export import ExportSpec, export_fp32
+    from .heads.finetune import FinetunedModel, FinetuneHead
 
     eager = spec.module.model  # the SentenceEmbedder's transformer, eager attention (ORT-friendly)
     bound = FinetuneHead.restore(head.labels, head.params(), head.tensors()).bind(SimpleNamespace(model=eager))
     module = FinetunedModel(eager, bound).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / MODEL_FILE
-        export_fp32(ExportSpec(module=module, example_inputs=spec.example_inputs, dynamic_axes=spec.dynamic_axes, output=PROBABILITIES), path)
+        trace_onnx(module, spec.example_inputs, spec.dynamic_axes, PROBABILITIES, path)
         model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {"labels": json.dumps(head.labels, ensure_ascii=False), "head": head.kind})
-    return model
+    return _label(model, head)

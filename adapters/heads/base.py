@@ -5,7 +5,7 @@ A head maps inputs to class probabilities (n, labels). What it reads is declared
 inputs themselves, e.g. texts, for from-scratch features such as TF-IDF). Callers pass both via
 ``fit(x, y, raw=...)`` / ``predict_proba(x, raw=...)``; a head that does not consume embeddings
 ignores ``x`` (callers may pass ``None`` and skip the backbone). ``exportable`` says whether the
-head is a pure function of the embedding that an ONNX export can fuse behind the backbone.
+head has an ONNX form that an export fuses behind the backbone (adapters/export.py).
 
 A head is stored as one safetensors blob: arrays as tensors, everything else (kind, labels,
 params, provenance) as JSON in the header's ``__metadata__``. Nothing is ever pickled.
@@ -41,7 +41,7 @@ class MissingInputs(ValueError):
 class Head(Protocol):
     kind: ClassVar[str]
     consumes: ClassVar[frozenset[str]]  # subset of {EMBEDDING, RAW}
-    exportable: ClassVar[bool]  # a pure function of the embedding (ONNX export can fuse it)
+    exportable: ClassVar[bool]  # has an ONNX form (adapters/export.py fuses it behind the backbone)
     labels: list[str]
 
     def __init__(self, labels: list[str], **params: Any) -> None:

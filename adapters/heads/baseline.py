@@ -29,7 +29,7 @@ def restore_featurizer(params: dict[str, Any], tensors: dict[str, np.ndarray]) -
 class BaselineHead:
     kind: ClassVar[str] = "baseline"
     consumes: ClassVar[frozenset[str]] = frozenset({RAW})
-    exportable: ClassVar[bool] = False
+    exportable: ClassVar[bool] = True
 
     def __init__(self, labels: list[str], c: float = 10.0, modality: str = "text", features: Featurizer | None = None) -> None:
         self.labels = list(labels)

@@ -94,17 +94,9 @@ class PixelFeatures:
         self.mean = np.zeros(self.size * self.size, dtype=np.float32) if mean is None else np.asarray(mean, np.float32)
 
     def _pixels(self, raw: Sequence[str]) -> np.ndarray:
-        import base64
-        import io
+        from ..raw_inputs import pixels  # the same code an export's consumer runs (shipped in the zip)
 
-        from PIL import Image
-
-        out = np.empty((len(raw), self.size * self.size), dtype=np.float32)
-        for i, item in enumerate(raw):
-            with Image.open(io.BytesIO(base64.b64decode(item, validate=False))) as image:
-                gray = image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
-                out[i] = np.asarray(gray, dtype=np.float32).reshape(-1) / 255.0
-        return out
+        return pixels(raw, self.size)
 
     def fit(self, raw: Sequence[str]) -> PixelFeatures:
         self.mean = self._pixels(raw).mean(axis=0)

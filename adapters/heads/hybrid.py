@@ -20,7 +20,7 @@ from .linear import SPARSE_TOL, fit_logistic
 class HybridHead:
     kind: ClassVar[str] = "hybrid"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING, RAW})
-    exportable: ClassVar[bool] = False
+    exportable: ClassVar[bool] = True
 
     def __init__(
         self, labels: list[str], c: float = 10.0, weight_embedding: float = 1.0, modality: str = "text",

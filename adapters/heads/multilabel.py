@@ -25,7 +25,7 @@ class MultiLabelHead:
 
     kind: ClassVar[str] = "multilabel"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})
-    exportable: ClassVar[bool] = False
+    exportable: ClassVar[bool] = True
 
     def __init__(self, labels: list[str], c: float = 8.0) -> None:
         self.labels = list(labels)
@@ -60,6 +60,12 @@ class MultiLabelHead:
 
     def temper(self, temperature: float) -> None:
         """Not used: the thresholds, not a temperature, calibrate the decisions."""
+
+    def torch_module(self) -> Any:
+        """This head as a torch module, embeddings → each label's probability (for ONNX export)."""
+        from .torch_forms import SigmoidForm
+
+        return SigmoidForm(self.weight, self.bias)
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias, "thresholds": self.thresholds}

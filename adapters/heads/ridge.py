@@ -21,7 +21,7 @@ class RidgeHead:
 
     kind: ClassVar[str] = "ridge"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})
-    exportable: ClassVar[bool] = False
+    exportable: ClassVar[bool] = True
 
     def __init__(self, labels: list[str] | None = None, alpha: float = 1.0) -> None:
         self.labels = [VALUE]
@@ -47,6 +47,12 @@ class RidgeHead:
 
     def temper(self, temperature: float) -> None:
         """Not used: regression has no probabilities to calibrate."""
+
+    def torch_module(self) -> Any:
+        """This head as a torch module, embeddings → values (n,) (for ONNX export)."""
+        from .torch_forms import ValueForm
+
+        return ValueForm(self.weight, self.bias)
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}

@@ -36,3 +36,33 @@ class PrototypeForm(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sims = torch.nn.functional.normalize(x, p=2, dim=1, eps=1e-12) @ self.centroids.T
         return torch.softmax(self.scale * sims, dim=1)
+
+
+class SigmoidForm(torch.nn.Module):
+    """Multi-label: each label's own probability (the decision thresholds stay outside the graph)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("weight", _const(weight))
+        self.register_buffer("bias", _const(bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x @ self.weight.T + self.bias)
+
+
+class ValueForm(torch.nn.Module):
+    """Regression: one value per input, (n,)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("weight", _const(np.asarray(weight).reshape(-1)))
+        self.register_buffer("bias", _const(np.asarray(bias).reshape(())))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias

@@ -25,7 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-OPSET = 17
+from adapters.onnx_trace import OPSET, trace_onnx
+
 # Bump when the export or a variant recipe changes, so cached files made by older code are rebuilt.
 EXPORT_FORMAT = 2
 OUTPUT = "embedding"
@@ -65,42 +66,9 @@ VARIANTS = ("onnx", "onnx-int8", "onnx-fp16")
 
 
 def export_fp32(spec: ExportSpec, path: Path, opset: int = OPSET) -> None:
-    """Trace ``spec.module`` to one self-contained ONNX file with dynamic batch (and sequence) axes.
-
-    Uses the TorchScript-based exporter (``dynamo=False``): for these encoder graphs it is the
-    stable path, and its graphs are the ones ORT's transformer fusions recognise.
-    """
-    import warnings
-
-    names = list(spec.example_inputs)
-    axes = {**spec.dynamic_axes, spec.output: {0: "batch"}}
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-        torch.onnx.export(
-            spec.module.cpu().float().eval(),
-            tuple(spec.example_inputs.values()),
-            str(path),
-            input_names=names,
-            output_names=[spec.output],
-            dynamic_axes=axes,
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
-        )
-        width = spec.module(*spec.example_inputs.values()).shape[1:]
-    _set_static_output_dims(path, width)
-
-
-def _set_static_output_dims(path: Path, dims: Sequence[int]) -> None:
-    """The tracer can leave the embedding width symbolic; make it the static number it is."""
-    import onnx
-
-    model = onnx.load(str(path))
-    shape = model.graph.output[0].type.tensor_type.shape
-    for axis, size in enumerate(dims, start=1):
-        shape.dim[axis].Clear()
-        shape.dim[axis].dim_value = int(size)
-    onnx.save(model, str(path))
+    """Trace ``spec.module`` to one self-contained ONNX file with dynamic batch (and sequence) axes
+    (``adapters.onnx_trace.trace_onnx``: the TorchScript-based exporter, opset 17)."""
+    trace_onnx(spec.module, spec.example_inputs, spec.dynamic_axes, spec.output, path, opset)
 
 
 def quantize_int8(source: Path, path: Path) -> None:

@@ -28,7 +28,7 @@ def test_heads_declare_inputs_and_exportability() -> None:
         "linear": ["embedding"], "prototype": ["embedding"], "baseline": ["raw"], "hybrid": ["embedding", "raw"],
         "finetune": ["trunk"],
     }
-    assert {k for k, c in HEADS.items() if c.exportable} == {"linear", "prototype"}
+    assert {k for k, c in HEADS.items() if c.exportable} == {"linear", "prototype", "baseline", "hybrid"}
     assert available_heads(True, False) == ["linear", "prototype"]
     assert available_heads(False, True) == ["baseline"]
     assert available_heads(True, True, modality="image") == ["linear", "prototype", "baseline", "hybrid"]

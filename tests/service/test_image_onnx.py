@@ -76,3 +76,33 @@ def test_fused_image_graph_equals_backbone_then_head(tmp_path_factory, inputs) -
     assert [i.name for i in session.get_inputs()] == ["pixel_values"]
     got = np.concatenate([session.run(None, feeds)[0] for _, feeds in backbone.origin.batches(inputs, 4)])
     assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_fused_image_hybrid_graph_reads_pixel_values_and_pixels(tmp_path_factory) -> None:
+    """An image hybrid head: CNN embedding and raw pixels in one graph (pixel_values + pixels → probabilities)."""
+    import onnx
+    import onnxruntime as ort
+
+    from adapters import raw_inputs
+    from adapters.export import fuse
+    from adapters.heads import HybridHead, from_bytes, to_bytes
+    from adapters.training import encode_labels
+
+    backbone = load("onnx", tmp_path_factory.mktemp("onnx"))
+    pre = backbone.origin.preprocessing
+    train = per_label(load_jsonl("digits.train.jsonl"), 3, seed=3)
+    test = [r["input"] for r in load_jsonl("digits.test.jsonl")[:6]]
+    classes, y = encode_labels([r["label"] for r in train])
+    raw = [r["input"] for r in train]
+    head = HybridHead(classes, modality="image").fit(backbone.embed(list(images.from_stored(raw, pre))), y, raw=raw)
+    head = from_bytes(to_bytes(head))
+    arrays = list(images.from_stored(test, pre))
+    expected = head.predict_proba(backbone.embed(arrays), raw=test)
+
+    session = ort.InferenceSession(fuse(onnx.load(str(backbone.model_path)), head).SerializeToString())
+    assert [i.name for i in session.get_inputs()] == ["pixel_values", "pixels"]
+    got = np.concatenate([
+        session.run(None, {**feeds, "pixels": raw_inputs.pixels([test[i] for i in idx], head.features.size)})[0]
+        for idx, feeds in backbone.origin.batches(arrays, 4)
+    ])
+    assert np.abs(got - expected).max() <= 1e-5 and (got.argmax(1) == expected.argmax(1)).all()

@@ -20,7 +20,18 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
 from adapters import heads
-from adapters.export import MODEL_FILE, PROBABILITIES, ExportError, bundle, finetune_graph, fuse
+from adapters.export import (
+    MODEL_FILE,
+    RAW_INPUTS_FILE,
+    ExportError,
+    bundle,
+    finetune_graph,
+    fuse,
+    needs_backbone,
+    output_of,
+    raw_inputs,
+    raw_inputs_source,
+)
 
 from ...router import NotTrained, head_of
 from ...runtime import Runtime
@@ -123,9 +134,6 @@ def _store(path: Path, data: bytes) -> None:
 
 def _version(rt: Runtime, tenant_id: str, name: str, number: int | None) -> tuple[Task, Version]:
     task = rt.store.get_task(tenant_id, name)  # another tenant's task: NotFound → 404
-    if task.kind != "classification":
-        raise ApiError(422, "not_exportable", f"task {name!r} is a {task.kind} task: ONNX export covers classification "
-                       "tasks only for now; serve it through /predict")
     number = number or task.active_version
     if number is None:
         raise NotTrained(f"task {name!r} has no trained version yet; poll its job and export when it succeeds")
@@ -138,34 +146,45 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
 
     head = head_of(rt.store, v)
     finetuned = heads.TRUNK in head.consumes
-    name = v.backbone if finetuned else task.backbone
-    if name not in rt.backbones.loaded:
-        raise ApiError(422, "not_exportable", f"backbone {name!r} is not configured")
-    backbone = rt.backbones.get(name)
-    # A fine-tuned head changes the backbone's top layers: its whole model is exported in fp32, merged.
-    variant = "onnx" if finetuned or backbone.runtime not in PORTABLE else backbone.runtime
-    source = rt.backbones.exportable(name)
-    path = None if finetuned else rt.backbones.onnx_file(name, variant)
-    if source is None or (path is None and not finetuned):
-        raise ApiError(422, "not_exportable", f"backbone {name!r} has no ONNX export")
-    files = source.preprocessing_files()
+    files: dict[str, bytes] = {}
+    backbone, variant = None, None
     try:
-        fused = finetune_graph(head, source.export_spec()) if finetuned else fuse(onnx.load(str(path)), head)
+        if finetuned or needs_backbone(head):
+            name = v.backbone if finetuned else task.backbone
+            if name not in rt.backbones.loaded:
+                raise ApiError(422, "not_exportable", f"backbone {name!r} is not configured")
+            backbone = rt.backbones.get(name)
+            # A fine-tuned head changes the backbone's top layers: its whole model is exported in fp32, merged.
+            variant = "onnx" if finetuned or backbone.runtime not in PORTABLE else backbone.runtime
+            source = rt.backbones.exportable(name)
+            path = None if finetuned else rt.backbones.onnx_file(name, variant)
+            if source is None or (path is None and not finetuned):
+                raise ApiError(422, "not_exportable", f"backbone {name!r} has no ONNX export")
+            files = source.preprocessing_files()
+            fused = finetune_graph(head, source.export_spec()) if finetuned else fuse(onnx.load(str(path)), head)
+        else:  # a baseline head reads only the raw inputs: its graph is the featurizer and the regression
+            fused = fuse(None, head)
     except ExportError as exc:
         raise ApiError(422, "not_exportable", str(exc)) from None
+    raw = raw_inputs(head)
+    if raw is not None:
+        files[RAW_INPUTS_FILE] = raw_inputs_source()
+    dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name for i in fused.graph.input}
+    preprocessing = PREPROCESSING.get(task.modality, {}) if backbone is not None else {}
     manifest: dict[str, Any] = {
         "format": "graft-onnx-export/1",
         "task": task.name,
+        "kind": task.kind,
         "version": v.number,
         "head": v.head,
         "labels": head.labels,
-        "model": {"file": MODEL_FILE, "inputs": [i.name for i in fused.graph.input],
-                  "input_dtype": onnx.helper.tensor_dtype_to_np_dtype(fused.graph.input[0].type.tensor_type.elem_type).name,
-                  "output": PROBABILITIES, "output_order": "labels"},
-        "preprocessing": PREPROCESSING.get(task.modality, {}) | {"files": sorted(files)},
-        "backbone": {"name": backbone.name, "revision": backbone.revision, "graph_variant": variant,
-                     "serving_runtime": backbone.runtime, "trained_on_runtime": v.runtime,
-                     "trained_on_revision": v.backbone_revision, "dim": backbone.dim},
+        "model": {"file": MODEL_FILE, "inputs": list(dtypes), "input_dtype": next(iter(dtypes.values())),
+                  "input_dtypes": dtypes, "output": output_of(head), "output_order": "labels"},
+        "preprocessing": preprocessing | {"files": sorted(files)} | ({"raw": raw} if raw is not None else {}),
+        "backbone": None if backbone is None else {
+            "name": backbone.name, "revision": backbone.revision, "graph_variant": variant,
+            "serving_runtime": backbone.runtime, "trained_on_runtime": v.runtime,
+            "trained_on_revision": v.backbone_revision, "dim": backbone.dim},
         # int8 activations are quantised with one scale per call: to reproduce Graft's scores exactly,
         # run one input per call, as Graft does.
         "one_input_per_call": variant == "onnx-int8",
@@ -173,5 +192,7 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
                      "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if isinstance(head, heads.MultiLabelHead):  # a label is predicted when its probability reaches its threshold
+        manifest["thresholds"] = dict(zip(head.labels, (float(t) for t in head.thresholds), strict=True))
     return bundle(fused, files, manifest)
 
