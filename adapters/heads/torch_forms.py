@@ -38,16 +38,9 @@ class PrototypeForm(torch.nn.Module):
         return torch.softmax(self.scale * sims, dim=1)
 
 
-class SigmoidForm(torch.nn.Module):
-    """Multi-label: each label's own probability (the decision thresholds stay outside the graph)."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-    def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("weight", _const(weight))
-        self.register_buffer("bias", _const(bias))
+class SigmoidForm(LinearForm):
+    """Multi-label: each label's own probability (the decision thresholds stay outside the graph); the
+    linear form's buffers, a sigmoid per label instead of the softmax."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x @ self.weight.T + self.bias)
