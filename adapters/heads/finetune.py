@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -89,7 +89,7 @@ def lower(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch
     return hidden, mask
 
 
-def run_layers(layers: Sequence[torch.nn.Module], hidden: torch.Tensor, mask: Any) -> torch.Tensor:
+def run_layers(layers: Iterable[torch.nn.Module], hidden: torch.Tensor, mask: Any) -> torch.Tensor:
     for layer in layers:
         hidden = layer(hidden, mask)
     return hidden
@@ -415,6 +415,7 @@ def _train(
     history: list[dict[str, float]] = []
 
     def evaluate() -> dict[str, float]:
+        assert held is not None
         with torch.no_grad():
             batches = cache.sorted_batches(held)
             logits = torch.cat([net(*cache.batch(rows)) for rows in batches])
