@@ -405,7 +405,7 @@ class JobRunner:
         decision = selection.first_version() if task.active_version is None else selection.unconditional(
             "promoted without comparison: a fine-tuned head is compared on its held-out fold only"
         )
-        metrics = {**fit_metrics, "warnings": [], "examples_per_label": dict(sorted(Counter(labels).items()))}
+        metrics = {**fit_metrics, "warnings": list(fit_metrics.get("warnings", [])), "examples_per_label": dict(sorted(Counter(labels).items()))}
         provenance = {"backbone": name, "backbone_revision": backbone.revision, "runtime": "torch", "dim": backbone.dim}
         blob = heads.to_bytes(head, metrics=metrics, **provenance)
         beat.update(0.95)

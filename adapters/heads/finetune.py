@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -59,6 +59,9 @@ class FinetuneConfig:
     holdout: float = 0.2  # fraction of each label held out for early stopping
     c: float = 10.0  # the initial logistic regression's inverse regularisation (the linear head's default)
     refit: bool = True  # re-run the best number of epochs on all examples
+    bucket: bool = True  # batches of similar length (less padding); False: plain shuffled batches
+    warmup: float = 0.0  # fraction of the steps with a linear learning-rate warm-up
+    decay: bool = False  # linear decay to 0 over the run's steps after the warm-up
 
 
 # -- the split backbone -------------------------------------------------------------------------
@@ -87,7 +90,7 @@ def lower(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch
     return hidden, mask
 
 
-def run_layers(layers: Sequence[torch.nn.Module], hidden: torch.Tensor, mask: Any) -> torch.Tensor:
+def run_layers(layers: Iterable[torch.nn.Module], hidden: torch.Tensor, mask: Any) -> torch.Tensor:
     for layer in layers:
         hidden = layer(hidden, mask)
     return hidden
@@ -281,7 +284,10 @@ def _holdout(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[
 
 
 class _Cached:
-    """The hidden states at the split point of every example (unpadded), computed once."""
+    """The hidden states at the split point of every example (unpadded), computed once.
+
+    Every epoch and every held-out evaluation reads these: the frozen layers below the split never
+    run again during training (:func:`fit_finetune`)."""
 
     def __init__(self, source: TextSource, texts: Sequence[str], split: int, micro_batch: int = 32) -> None:
         model = source.model
@@ -294,17 +300,36 @@ class _Cached:
                 hidden, _ = lower(model, ids, am, split)
                 for row, i in enumerate(idx):
                     self.hidden[i] = hidden[row, : int(am[row].sum())].float().clone()
+        self.lengths = np.array([h.shape[0] for h in self.hidden], dtype=np.int64)
 
     def batch(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(self.hidden[i].shape[0] for i in rows)
-        dim = self.hidden[rows[0]].shape[1]
-        hidden = torch.zeros(len(rows), width, dim, device=self.device)
-        am = torch.zeros(len(rows), width, dtype=torch.int64, device=self.device)
+        """The rows' hidden states padded to the longest of them, and their 0/1 attention mask."""
+        hidden = torch.nn.utils.rnn.pad_sequence([self.hidden[i] for i in rows], batch_first=True)
+        am = torch.zeros(hidden.shape[:2], dtype=torch.int64, device=self.device)
         for r, i in enumerate(rows):
-            n = self.hidden[i].shape[0]
-            hidden[r, :n] = self.hidden[i]
-            am[r, :n] = 1
+            am[r, : self.hidden[i].shape[0]] = 1
         return hidden, am
+
+    def epoch_batches(self, rows: np.ndarray, size: int, gen: torch.Generator, bucket: bool = True) -> list[list[int]]:
+        """One epoch's batches of ``rows``, in a seeded random order. Bucketed: the shuffled rows are
+        cut into pools of 8 batches, each pool sorted by length and cut into batches, and the batches
+        shuffled — batches of similar lengths (little padding) whose composition still changes every
+        epoch."""
+        order = rows[torch.randperm(len(rows), generator=gen).numpy()]
+        if not bucket:
+            return [order[s : s + size].tolist() for s in range(0, len(order), size)]
+        batches: list[list[int]] = []
+        pool = 8 * size
+        for p in range(0, len(order), pool):
+            chunk = order[p : p + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[s : s + size].tolist() for s in range(0, len(chunk), size))
+        return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+    def sorted_batches(self, rows: np.ndarray, size: int = 32) -> list[list[int]]:
+        """``rows`` in length order, cut into batches (evaluation: order does not matter)."""
+        order = rows[np.argsort(self.lengths[rows], kind="stable")]
+        return [order[s : s + size].tolist() for s in range(0, len(order), size)]
 
 
 class _Trainable(torch.nn.Module):
@@ -342,14 +367,13 @@ class _Trainable(torch.nn.Module):
 def _pooled_frozen(source: TextSource, cache: _Cached, split: int) -> np.ndarray:
     """The backbone's own embeddings, from the cached hidden states (frozen top layers)."""
     model = source.model
-    out = []
+    out = np.zeros((len(cache.hidden), int(cache.hidden[0].shape[1]) if cache.hidden else 0), dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, len(cache.hidden), 32):
-            rows = list(range(start, min(start + 32, len(cache.hidden))))
+        for rows in cache.sorted_batches(np.arange(len(cache.hidden))):
             hidden, am = cache.batch(rows)
             mask = layer_mask(model, hidden, am)
-            out.append(pool(run_layers(encoder_layers(model)[split:], hidden, mask), am).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
+            out[rows] = pool(run_layers(encoder_layers(model)[split:], hidden, mask), am).cpu().numpy()
+    return out
 
 
 @dataclass
@@ -359,6 +383,17 @@ class _Run:
     bias: np.ndarray
     history: list[dict[str, float]]
     best_epoch: int
+
+
+def lr_factor(step: int, steps: int, warmup: float, decay: bool) -> float:
+    """The learning rate's multiplier at ``step`` of ``steps``: linear warm-up over the first
+    ``warmup`` fraction, then constant, or (``decay``) linear decay to 0 at the last step."""
+    ramp = int(round(warmup * steps))
+    if step < ramp:
+        return (step + 1) / ramp
+    if not decay:
+        return 1.0
+    return max(0.0, (steps - step) / max(1, steps - ramp))
 
 
 def _train(
@@ -374,14 +409,18 @@ def _train(
         [{"params": net.lora_parameters(), "lr": cfg.lr}, {"params": list(net.classifier.parameters()), "lr": cfg.head_lr}],
         weight_decay=cfg.weight_decay,
     )
+    steps = max(1, epochs * -(-len(train) // cfg.batch_size))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: lr_factor(step, steps, cfg.warmup, cfg.decay))
     gen = torch.Generator().manual_seed(seed)
     yt = torch.from_numpy(y).to(cache.device)
     history: list[dict[str, float]] = []
 
     def evaluate() -> dict[str, float]:
+        assert held is not None
         with torch.no_grad():
-            logits = torch.cat([net(*cache.batch(held[s : s + 32].tolist())) for s in range(0, len(held), 32)])
-            target = yt[torch.from_numpy(held).to(cache.device)]
+            batches = cache.sorted_batches(held)
+            logits = torch.cat([net(*cache.batch(rows)) for rows in batches])
+            target = yt[torch.tensor([i for rows in batches for i in rows], device=cache.device)]
             return {"loss": float(torch.nn.functional.cross_entropy(logits, target)), "accuracy": float((logits.argmax(1) == target).float().mean())}
 
     def snapshot() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -393,15 +432,14 @@ def _train(
         history.append({"epoch": 0, **evaluate()})
         best_score = (history[-1]["accuracy"], -history[-1]["loss"])
     for epoch in range(1, epochs + 1):
-        order = train[torch.randperm(len(train), generator=gen).numpy()]
-        for s in range(0, len(order), cfg.batch_size):
+        for rows in cache.epoch_batches(train, cfg.batch_size, gen, cfg.bucket):
             if between_steps is not None:
                 between_steps()
-            rows = order[s : s + cfg.batch_size].tolist()
             loss = torch.nn.functional.cross_entropy(net(*cache.batch(rows)), yt[rows])
             optim.zero_grad()
             loss.backward()
             optim.step()
+            schedule.step()
         tick()
         if best_score is None:
             best, best_epoch = snapshot(), epoch
@@ -413,6 +451,60 @@ def _train(
         elif epoch - best_epoch >= cfg.patience:
             break
     return _Run(*best, history=history, best_epoch=best_epoch)
+
+
+def compare_on_holdout(
+    texts: Sequence[str], y: np.ndarray, classes: list[str], train: np.ndarray, held: np.ndarray, run: _Run,
+) -> dict[str, dict[str, float]]:
+    """Held-out accuracy of the fine-tuned model and of the cheaper heads, all fitted on the same
+    training part and scored on the same held-out examples: ``linear`` is epoch 0 (the logistic
+    regression on the frozen embeddings the classifier starts from), ``baseline`` the from-scratch
+    TF-IDF + logistic regression. The fine-tuned figure is its best epoch's, chosen on these
+    examples, so it is optimistic; the others involve no choice on them."""
+    from .baseline import BaselineHead
+
+    epoch = {h["epoch"]: h for h in run.history}
+    out = {
+        "finetune": {"accuracy": epoch[run.best_epoch]["accuracy"], "epoch": float(run.best_epoch)},
+        "linear": {"accuracy": epoch[0]["accuracy"]},
+    }
+    try:
+        base = BaselineHead(classes, c=32.0).fit(None, y[train], raw=[texts[i] for i in train])
+        pred = base.predict_proba(None, raw=[texts[i] for i in held]).argmax(axis=1)
+        out["baseline"] = {"accuracy": float(np.mean(pred == y[held]))}
+    except ValueError:  # e.g. no token survives the vectoriser's vocabulary rules
+        pass
+    return out
+
+
+def holdout_warnings(compared: dict[str, dict[str, float]], n_held: int, best_epoch: int) -> list[str]:
+    """Plain-words warnings when fine-tuning did not beat the cheaper heads on the held-out examples."""
+    if not compared:
+        return [
+            "Too few examples per label to hold any out: fine-tuning ran a fixed 3 epochs and was not compared "
+            "with the cheaper heads. Add at least 2 examples per label (8 or more is better)."
+        ]
+    tuned = compared["finetune"]["accuracy"]
+    warnings = []
+    if tuned <= compared["linear"]["accuracy"]:
+        served = (
+            "No epoch improved on it, so the served model is that logistic regression (fine-tuning changed nothing)."
+            if best_epoch == 0 else "The fine-tuned model is served as pinned."
+        )
+        warnings.append(
+            f"Fine-tuning did not beat the linear head: on the same {n_held} held-out examples it scored "
+            f"{100 * tuned:.1f}% accuracy, the logistic regression on the frozen embeddings {100 * compared['linear']['accuracy']:.1f}%. "
+            f"{served} Head 'linear' (or 'auto') trains and serves for far less at this accuracy; fine-tuning tends "
+            "to pay off with more examples per label."
+        )
+    base = compared.get("baseline", {}).get("accuracy")
+    if base is not None and base > tuned:
+        warnings.append(
+            f"The from-scratch baseline (TF-IDF + logistic regression, no pretrained backbone) scored {100 * base:.1f}% on "
+            f"the same {n_held} held-out examples, better than fine-tuning ({100 * tuned:.1f}%): the pretrained backbone "
+            "may not suit this task. Head 'auto' compares them by cross-validation."
+        )
+    return warnings
 
 
 def fit_finetune(
@@ -454,6 +546,7 @@ def fit_finetune(
     head.lora, head.weight, head.bias = final.lora, final.weight.astype(np.float32), final.bias.astype(np.float32)
     head.bind(source)
     held_best = next((h for h in stopped.history if h["epoch"] == stopped.best_epoch), None)
+    compared = compare_on_holdout(texts, y, classes, train, held, stopped) if len(held) else {}
     metrics = {
         "evaluation": "holdout" if len(held) else "train",
         "head": "finetune",
@@ -461,6 +554,8 @@ def fit_finetune(
                      "held_out": int(len(held)), "seconds": round(time.perf_counter() - started, 3)},
         "accuracy": held_best["accuracy"] if held_best else None,
         "selected": {"layers": cfg.layers, "rank": cfg.rank},
+        "heads": compared,
+        "warnings": holdout_warnings(compared, int(len(held)), stopped.best_epoch),
     }
     report(1.0)
     return head, metrics

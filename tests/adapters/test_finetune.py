@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from adapters.heads import HEADS, from_bytes, to_bytes
-from adapters.heads.finetune import FinetuneConfig, FinetunedModel, fit_finetune, predict_shared
+from adapters.heads.finetune import (
+    FinetuneConfig,
+    FinetunedModel,
+    fit_finetune,
+    holdout_warnings,
+    lr_factor,
+    predict_shared,
+)
 from adapters.heads.linear import LinearHead
 from adapters.training import encode_labels
 from tests.conftest import per_label
@@ -139,3 +146,55 @@ def test_finetune_head_is_never_fused_behind_the_pooled_embedding(second):
 
     with pytest.raises(ExportError, match="finetune"):
         head_graph(second, 384, 17)
+
+
+def test_cached_split_states_reproduce_the_whole_encoder(text_backbone, bbc_test):
+    """The training cache (hidden states at the split, unpadded, re-padded per length bucket) run
+    through the remaining layers gives the backbone's own embedding of the texts."""
+    import torch
+
+    from adapters.heads.finetune import _Cached, _pooled_frozen
+
+    texts = [" ".join(r["input"].split()[: 3 + 17 * (i % 7)]) for i, r in enumerate(bbc_test[:40])]  # mixed lengths
+    cache = _Cached(text_backbone, texts, split=4)
+    assert [len(h) for h in cache.hidden] == [len(t) for t in text_backbone.tokenizer(texts, truncation=True)["input_ids"]]
+    np.testing.assert_allclose(_pooled_frozen(text_backbone, cache, 4), text_backbone.embed(texts), atol=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    rows = np.arange(len(texts))
+    bucketed = cache.epoch_batches(rows, 8, gen)
+    assert sorted(i for b in bucketed for i in b) == rows.tolist() and all(len(b) <= 8 for b in bucketed)
+    plain = cache.epoch_batches(rows, 8, torch.Generator().manual_seed(0), bucket=False)
+
+    def slots(batches: list[list[int]]) -> int:
+        return sum(len(b) * int(cache.lengths[b].max()) for b in batches)
+
+    assert slots(bucketed) < slots(plain)  # less padding
+    assert bucketed == cache.epoch_batches(rows, 8, torch.Generator().manual_seed(0))  # seeded
+    assert bucketed != cache.epoch_batches(rows, 8, gen)  # a new order every epoch
+
+
+def test_learning_rate_schedule():
+    assert [lr_factor(s, 10, 0.0, False) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(s, 10, 0.2, False) for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+    decayed = [lr_factor(s, 10, 0.2, True) for s in range(10)]
+    assert decayed[:2] == [0.5, 1.0] and decayed[2] == 1.0 and decayed[-1] == pytest.approx(1 / 8)
+    assert all(a >= b for a, b in zip(decayed[1:], decayed[2:], strict=False))
+
+
+def test_finetune_is_compared_with_the_cheaper_heads_on_its_held_out_examples(fitted):
+    _, metrics = fitted
+    compared = metrics["heads"]
+    assert set(compared) == {"finetune", "linear", "baseline"}
+    history = {h["epoch"]: h["accuracy"] for h in metrics["finetune"]["history"]}
+    assert compared["linear"]["accuracy"] == history[0]  # epoch 0: the logistic regression it starts from
+    assert compared["finetune"]["accuracy"] == history[metrics["finetune"]["best_epoch"]] == metrics["accuracy"]
+    assert metrics["warnings"] == holdout_warnings(compared, metrics["finetune"]["held_out"], metrics["finetune"]["best_epoch"])
+
+
+def test_a_finetune_that_does_not_win_says_so():
+    tie = holdout_warnings({"finetune": {"accuracy": 0.9}, "linear": {"accuracy": 0.9}, "baseline": {"accuracy": 0.5}}, 20, 0)
+    assert len(tie) == 1 and "did not beat the linear head" in tie[0] and "90.0%" in tie[0] and "changed nothing" in tie[0]
+    worse = holdout_warnings({"finetune": {"accuracy": 0.8}, "linear": {"accuracy": 0.85}, "baseline": {"accuracy": 0.9}}, 20, 3)
+    assert len(worse) == 2 and "served as pinned" in worse[0] and "from-scratch baseline" in worse[1]
+    assert holdout_warnings({"finetune": {"accuracy": 0.95}, "linear": {"accuracy": 0.9}, "baseline": {"accuracy": 0.9}}, 20, 2) == []
+    assert "Too few examples" in holdout_warnings({}, 0, 3)[0]

@@ -39,6 +39,11 @@ def test_finetune_task_trains_serves_and_exports(server_factory, bbc_train, bbc_
     version = tuned.get("/v1/tasks/news").json()["versions"][0]
     assert version["head"] == "finetune" and version["metrics"]["finetune"]["split"] == 5
     assert version["metrics"]["finetune"]["held_out"] == 5
+    # fine-tuning competed with the cheaper heads on the same held-out examples; a loss or tie is a warning
+    compared = version["metrics"]["heads"]
+    assert {"finetune", "linear"} <= set(compared), compared
+    lost = compared["finetune"]["accuracy"] <= compared["linear"]["accuracy"]
+    assert lost == any("did not beat the linear head" in w for w in version["metrics"]["warnings"]), version["metrics"]
 
     texts = [r["input"] for r in bbc_test[:20]]
     with ThreadPoolExecutor(4) as pool:  # both tenants at once: their rows share backbone passes
