@@ -106,7 +106,7 @@ def head_graph(head: Any, dim: int, opset: int) -> onnx.ModelProto:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            head.torch_module().float().eval(), (torch.zeros(2, dim),), buffer,
+            head.torch_module().float().eval(), (torch.zeros(2, dim),), buffer,  # type: ignore[arg-type]  # a file object works
             input_names=[EMBEDDING], output_names=[output],
             dynamic_axes={EMBEDDING: {0: "batch"}, output: {0: "batch"}},
             opset_version=opset, dynamo=False,

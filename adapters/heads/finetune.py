@@ -23,7 +23,7 @@ import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 import numpy as np
 import torch
@@ -217,11 +217,15 @@ class FinetuneHead:
 class FinetunedModel(torch.nn.Module):
     """Backbone lower layers + the head's merged top layers + classifier, as one module."""
 
+    weight: torch.Tensor  # buffers
+    bias: torch.Tensor
+
     def __init__(self, model: torch.nn.Module, head: FinetuneHead) -> None:
         super().__init__()
+        assert head.layers is not None, "bind() the head to its backbone first"
         self.model = copy.deepcopy(model).float().eval()
         self.split = head.split
-        self.top_layers = copy.deepcopy(head.layers)
+        self.top_layers: torch.nn.ModuleList = copy.deepcopy(head.layers)
         self.register_buffer("weight", torch.from_numpy(np.ascontiguousarray(head.weight, dtype=np.float32).copy()))
         self.register_buffer("bias", torch.from_numpy(np.ascontiguousarray(head.bias, dtype=np.float32).copy()))
 
@@ -273,7 +277,8 @@ def predict_shared(source: TextSource, texts: Sequence[str], row_heads: Sequence
 
 def _holdout(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Stratified (train, held-out) indices: ``fraction`` of each label, at least 1 when it has 2+."""
-    train, held = [], []
+    train: list[int] = []
+    held: list[int] = []
     for label in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == label))
         n = int(round(fraction * len(members))) if len(members) >= 2 else 0
@@ -343,7 +348,8 @@ class _Trainable(torch.nn.Module):
         self.layer = copy.deepcopy(encoder_layers(model)[split:]).float().train(False)
         for p in self.layer.parameters():
             p.requires_grad_(False)
-        config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(TARGETS), bias="none")
+        config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # typed int; a float scale works
+                            lora_dropout=0.0, target_modules=list(TARGETS), bias="none")
         inject_adapter_in_model(config, self)  # LoRA only on the top layers' projections (the only linears here)
         self.classifier = torch.nn.Linear(weight.shape[1], weight.shape[0])
         with torch.no_grad():
@@ -354,7 +360,7 @@ class _Trainable(torch.nn.Module):
         return [p for n, p in self.named_parameters() if "lora_" in n]
 
     def forward(self, hidden: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
-        mask = layer_mask(self.backbone, hidden, am)
+        mask = layer_mask(cast(torch.nn.Module, self.__dict__["backbone"]), hidden, am)
         return self.classifier(pool(run_layers(self.layer, hidden, mask), am))
 
     def lora_state(self) -> dict[str, np.ndarray]:

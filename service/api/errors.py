@@ -97,15 +97,24 @@ def answer_for(exc: Exception) -> Answer | None:
     return None
 
 
-async def _from_table(_: Request, exc: Exception) -> JSONResponse:
+def table_answer(exc: Exception) -> tuple[int, str, str, dict[str, str] | None] | None:
+    """(status, code, message, headers) of the table's row for ``exc`` (logged when the row says so),
+    or None when ``exc`` is not a domain error the table lists."""
     answer = answer_for(exc)
-    if answer is None:  # registered for the table's types only
-        raise exc
+    if answer is None:
+        return None
     if answer.log:
         log.error(answer.log, extra={"error": type(exc).__name__})
     retry = answer.retry_after(exc)
     headers = {"Retry-After": str(max(1, math.ceil(retry)))} if retry is not None else None
-    return error_response(answer.status, answer.code, answer.message(exc), headers)
+    return answer.status, answer.code, answer.message(exc), headers
+
+
+async def _from_table(_: Request, exc: Exception) -> JSONResponse:
+    found = table_answer(exc)
+    if found is None:  # registered for the table's types only
+        raise exc
+    return error_response(*found)
 
 
 def _location(loc: tuple) -> str:

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..tenancy import Caller, Throttle, bearer, role_allows
+from .errors import table_answer
 
 CALLER = "graft_caller"  # key of the resolved caller in the ASGI scope's state
 ROUTE = "graft_route"  # key of the matched route in the ASGI scope
@@ -117,7 +118,14 @@ class AuthGate:
             return
         caller: Caller | None = runtime.auth.known(token)  # the hot path: no thread hop, no query
         if caller is None:
-            caller = await anyio.to_thread.run_sync(runtime.auth.identify, token)
+            try:
+                caller = await anyio.to_thread.run_sync(runtime.auth.identify, token)
+            except Exception as exc:  # e.g. the store is unreachable: the table's answer (503), never a dropped connection
+                found = table_answer(exc)
+                if found is None:
+                    raise
+                await _refuse(send, *found)
+                return
         if caller is None:
             throttle.fail(*keys)
             await _refuse(send, 401, "unauthorized", UNAUTHORIZED[need])

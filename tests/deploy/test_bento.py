@@ -119,7 +119,7 @@ def test_the_deployment_runs_the_images_entrypoint_as_its_user(bentos) -> None:
     bento_path = image_bento_path(bentos["cpu"].path)
     uid = int(re.search(r"^ARG BENTO_USER_UID=(\d+)$", dockerfile, flags=re.M).group(1))
     for overlay in ("cpu", "gpu", "dev"):
-        pod = one(render(overlay), "Deployment")["spec"]["template"]["spec"]
+        pod = one(render(overlay), "Deployment", "graft")["spec"]["template"]["spec"]
         c = pod["containers"][0]
         assert c["command"] == entrypoint(bentos["cpu"].path) == entrypoint(bentos["gpu"].path)
         assert c["command"][0].startswith(bento_path + "/")
@@ -134,7 +134,7 @@ def test_the_deployments_command_serves_the_built_bento(bentos, tmp_path) -> Non
     directories), from outside the source tree; the probes answer and SIGTERM stops it within the
     termination grace period."""
     docs = render("cpu")
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = one(docs, "Deployment", "graft")["spec"]["template"]["spec"]
     c = pod["containers"][0]
     config = one(docs, "ConfigMap", c["envFrom"][0]["configMapRef"]["name"])["data"]
     env = {**config, **{e["name"]: e["value"] for e in c["env"] if "value" in e}}

@@ -273,7 +273,7 @@ def test_exports_are_cached_built_one_at_a_time_and_deleted_with_their_task(serv
 
 
 def test_one_upload_per_tenant_at_a_time(server: Server) -> None:
-    c = server.new_tenant("uploader")
+    c = server.new_tenant("one-upload-at-a-time")
     key = key_of(c)
     started = threading.Event()
 
