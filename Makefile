@@ -7,6 +7,8 @@ STAMP := $(VENV)/.graft-installed
 GRAFT_HOST ?= 127.0.0.1
 GRAFT_PORT ?= 3000
 PYTEST_ARGS ?=
+# The suite runs on two pytest-xdist workers (a file stays on one worker, so its servers start once).
+PYTEST_WORKERS ?= 2
 PIP_VERSION := 26.3
 
 export BENTOML_DO_NOT_TRACK := true
@@ -51,7 +53,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 test: $(STAMP) browser lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Schemathesis against the OpenAPI spec with many more cases and a random seed (the suite runs 800, derandomized).
 FUZZ_CASES ?= 10000
