@@ -127,10 +127,11 @@ SETTINGS: dict[str, _Var] = {
         "Most bytes a dataset zip may expand to (from its directory, checked before extracting anything).",
     ),
     "max_request_bytes": _Var(
-        "GRAFT_MAX_REQUEST_BYTES", 32 * 1024 * 1024, int,
+        "GRAFT_MAX_REQUEST_BYTES", 4 * 1024 * 1024, int,
         "Largest JSON request body, in bytes; refused with 413 before it is parsed, and only after the caller is "
-        "authenticated (uploads use `GRAFT_MAX_UPLOAD_BYTES`). The default fits the largest text predict: "
-        "`GRAFT_MAX_PREDICT_INPUTS` × `GRAFT_MAX_TEXT_CHARS` ASCII characters (25.6 MB) plus JSON overhead.",
+        "authenticated (parsing JSON costs ~24× its size in memory). 4 MiB holds 256 texts of 16 000 characters "
+        "(the text backbone reads at most ~4 000: longer texts are cut before tokenising); send more in several "
+        "requests, and large example sets or images as a dataset upload (`GRAFT_MAX_UPLOAD_BYTES`).",
     ),
     "upload_spool_dir": _Var(
         "GRAFT_UPLOAD_SPOOL_DIR", None, _opt_str,
