@@ -185,7 +185,11 @@ class _Core:
         if job.status == "failed":
             raise errors.JobFailed(job, f"training job {job.id} of task {job.task!r} failed: {job.error}")
         if job.status == "superseded":  # a newer job of the task trains its examples: wait for that one instead
-            raise errors.JobFailed(job, f"training job {job.id} of task {job.task!r} was superseded: {job.error}")
+            if job.superseded_by is None:
+                raise errors.JobFailed(job, f"training job {job.id} of task {job.task!r} was superseded: {job.error}")
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            newer: s.JobOut = yield from self._model(s.JobOut, Call("GET", f"/v1/jobs/{job.superseded_by}"))
+            return (yield from self._wait_for(newer, left, progress))
         return job
 
     def _trained(self, created: T, wait: bool, timeout: float | None, progress: bool | None) -> Op[T]:

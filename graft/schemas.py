@@ -245,6 +245,9 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    superseded_by: str | None = Field(
+        None, description="For a `superseded` job: the id of the newer job of the same task that trains its examples instead."
+    )
 
 
 class VersionOut(BaseModel):

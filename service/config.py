@@ -84,6 +84,12 @@ SETTINGS: dict[str, _Var] = {
         "are still admitted (tenants are served round-robin within each pass).",
     ),
     "training_workers": _Var("GRAFT_TRAINING_WORKERS", 1, int, "Training jobs run at once by this process."),
+    "training_yield_max_s": _Var(
+        "GRAFT_TRAINING_YIELD_MAX_S", 1.0, float,
+        "Longest a fine-tune step waits for this process's predict requests in flight to finish (training yields to "
+        "serving). Under steady predict load a step runs at most once per this many seconds: raise it to favour "
+        "predictions, lower it (0 = never wait) to favour training, or run training in `GRAFT_ROLE=worker` processes.",
+    ),
     "job_lease_s": _Var("GRAFT_JOB_LEASE_S", 60.0, float, "A running job whose heartbeat is older than this is reclaimed."),
     "job_max_attempts": _Var("GRAFT_JOB_MAX_ATTEMPTS", 3, int, "Attempts before a repeatedly interrupted job is marked failed."),
     "job_time_limit_s": _Var(
@@ -215,6 +221,7 @@ class Settings:
     role: str
     batch_tenant_queue_size: int
     training_workers: int
+    training_yield_max_s: float
     job_lease_s: float
     job_max_attempts: int
     job_time_limit_s: float

@@ -142,9 +142,12 @@ class Heartbeat:
         self._raise_if_over()
 
 
-def yield_to_serving() -> None:
-    """Between training steps: let predict requests in flight in this process finish first (bounded)."""
-    SERVING.wait_idle(YIELD_MAX_S)
+def yield_to_serving(max_s: float | None = None) -> None:
+    """Between training steps: let predict requests in flight in this process finish first, waiting at
+    most ``max_s`` seconds (default ``YIELD_MAX_S``; 0 = do not wait)."""
+    limit = YIELD_MAX_S if max_s is None else max_s
+    if limit > 0:
+        SERVING.wait_idle(limit)
 
 
 class JobRunner:
@@ -395,7 +398,7 @@ class JobRunner:
         )
 
         def between_steps() -> None:
-            yield_to_serving()
+            yield_to_serving(self.settings.training_yield_max_s)
             beat.step()
 
         head, fit_metrics = fit_finetune(

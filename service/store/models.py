@@ -129,6 +129,7 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    superseded_by: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the job that replaced this one
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

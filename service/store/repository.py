@@ -304,7 +304,7 @@ class Store:
             update(Job)
             .where(Job.task_id == task.id, Job.status == "queued")
             .values(
-                status="superseded", finished_at=utcnow(),
+                status="superseded", finished_at=utcnow(), superseded_by=job.id,
                 error=f"replaced before it ran by job {job.id}, which trains task {task.name!r} on these examples and newer ones",
             )
         )

@@ -61,6 +61,7 @@ def test_a_new_job_replaces_the_tasks_queued_job(store: Store) -> None:
         job = store.get_job(tenant.id, old)
         assert job.status == "superseded" and job.finished_at is not None
         assert job.error is not None and newer in job.error and "replaced before it ran" in job.error
+        assert job.superseded_by == newer  # what the client follows
     claimed = claim(store)
     assert claimed.id == third.id  # trains on every example
     assert store.claim_job("w", lease_s=60, max_attempts=3) is None  # the replaced ones never run
@@ -281,3 +282,17 @@ def test_graft_role_is_checked() -> None:
     assert Settings.from_env({"GRAFT_ROLE": "Worker"}).role == "worker"
     with pytest.raises(ValueError, match=r"GRAFT_ROLE='trainer' is not valid: expected one of api, worker, all"):
         Settings.from_env({"GRAFT_ROLE": "trainer"})
+
+
+def test_the_yield_bound_is_a_setting_and_zero_never_waits() -> None:
+    from service.config import Settings
+
+    assert Settings.from_env({}).training_yield_max_s == 1.0
+    assert Settings.from_env({"GRAFT_TRAINING_YIELD_MAX_S": "0"}).training_yield_max_s == 0.0
+    SERVING.begin()  # predict traffic that never ends
+    try:
+        started = time.perf_counter()
+        yield_to_serving(0.0)
+        assert time.perf_counter() - started < 0.1
+    finally:
+        SERVING.end()

@@ -85,7 +85,7 @@ def task_out(task: Task) -> s.TaskOut:
 def job_out(job: Job) -> s.JobOut:
     return s.JobOut(
         id=job.id, task=job.task_name, status=cast(s.JobStatus, job.status), progress=job.progress, error=job.error, version=job.version,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, superseded_by=job.superseded_by,
     )
 
 
