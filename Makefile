@@ -76,7 +76,8 @@ test-latest: browser
 	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/ruff check . && $(LATEST)/bin/mypy
 	# the lock is not what this venv holds, by design: that one test is left out here
-	$(LATEST)/bin/python -m pytest --deselect tests/test_lock.py::test_the_environment_is_exactly_the_lock $(PYTEST_ARGS)
+	$(LATEST)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile \
+	  --deselect tests/test_lock.py::test_the_environment_is_exactly_the_lock $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LATEST) .venv-lock var .pytest_cache .mypy_cache
