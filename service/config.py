@@ -135,7 +135,7 @@ SETTINGS: dict[str, _Var] = {
     "max_request_bytes": _Var(
         "GRAFT_MAX_REQUEST_BYTES", 4 * 1024 * 1024, int,
         "Largest JSON request body, in bytes; refused with 413 before it is parsed, and only after the caller is "
-        "authenticated (parsing JSON costs ~24× its size in memory). 4 MiB holds 256 texts of 16 000 characters "
+        "authenticated (parsing JSON costs many times its size in memory). 4 MiB holds 256 texts of 16 000 characters "
         "(the text backbone reads at most ~4 000: longer texts are cut before tokenising); send more in several "
         "requests, and large example sets or images as a dataset upload (`GRAFT_MAX_UPLOAD_BYTES`).",
     ),
