@@ -14,18 +14,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
-from adapters import heads, selection
+from adapters import heads, kinds, selection
 from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
-from adapters.kinds import fit_multilabel, fit_regression
-from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
+from adapters.training import FitResult, TrainingDataError
 from adapters.transfer import capped_sample, logme
 
 from . import faults, images, logs, metrics
-from . import labels as stored_labels
 from .backbones.base import Backbone, ImageBackbone
 from .batching import SERVING, Batcher, text_trunk
 from .config import Settings
@@ -281,7 +279,9 @@ class JobRunner:
             beat.update(done + share * min(1.0, (start + EMBED_CHUNK) / max(1, len(texts))))
         return np.concatenate(vectors)
 
-    def _embed_and_score(self, task: Task, texts: list[str], labels: list[str], beat: Heartbeat) -> tuple[str, np.ndarray, dict]:
+    def _embed_and_score(
+        self, task: Task, texts: list[str], labels: list[Any], beat: Heartbeat
+    ) -> tuple[str, np.ndarray, dict]:
         """Embed the examples with the task's backbone — for ``auto``, the backbone of the modality with
         the highest LogME on a capped, stratified sample — and score every backbone of the modality."""
         names = self.backbones_of(task.modality) if self.backbones_of else []
@@ -289,7 +289,8 @@ class JobRunner:
             names = [task.backbone, *names]
         if not names:
             raise TrainingDataError(f"no {task.modality} backbone is configured")
-        _, y = encode_labels(labels)
+        y = kinds.kind_of(task.kind).transfer_targets(labels)
+        assert y is not None  # called for kinds that choose their backbone by LogME on these targets
         sample = capped_sample(y, self.settings.transfer_sample, self.settings.seed)
         sample_texts = [texts[i] for i in sample]
         others = [n for n in names if n != task.backbone]
@@ -327,7 +328,8 @@ class JobRunner:
         if task.active_version is None:
             return selection.first_version(), None
         active = self.store.version(task.id, task.active_version, with_weights=True)
-        if (result.oof_proba if task.kind == stored_labels.CLASSIFICATION else result.oof_pred) is None:
+        task_kind = kinds.kind_of(task.kind)
+        if not task_kind.comparable(result):
             return selection.unconditional("promoted without comparison: too few examples to cross-validate"), active.number
         unseen = np.arange(active.n_examples, len(texts))
         try:
@@ -350,37 +352,18 @@ class JobRunner:
                         f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} is no longer configured"
                     ), active.number
         truth = [labels[i] for i in unseen]
-        if task.kind == stored_labels.REGRESSION:
-            values = stored_labels.decode_all(task.kind, truth)
-            active_values = head.predict_proba(vectors)[:, 0].tolist()
-            new_values = result.oof_pred[unseen].tolist()  # type: ignore[index]
-            return selection.compare_errors_on_unseen(values, new_values, active_values, active.number), active.number
-        if task.kind == stored_labels.MULTILABEL:  # right = exactly the example's label set (both stored-encoded)
-            def as_sets(decisions: np.ndarray, names: list[str]) -> list[str]:
-                return [stored_labels.encode(task.kind, [names[j] for j in np.flatnonzero(row)]) for row in decisions]
+        decision = task_kind.compare(head, vectors, [texts[i] for i in unseen], truth, result, unseen, active.number)
+        return decision, active.number
 
-            active_pred = as_sets(head.predict(vectors), head.labels)  # type: ignore[attr-defined]
-            new_pred = as_sets(result.oof_pred[unseen], result.head.labels)  # type: ignore[index]
-            return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
-        active_pred = [head.labels[i] for i in head.predict_proba(vectors, raw=[texts[i] for i in unseen]).argmax(axis=1)]
-        assert result.oof_proba is not None  # checked above: the comparison needs CV predictions
-        new_pred = [result.head.labels[i] for i in result.oof_proba[unseen].argmax(axis=1)]
-        return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
-
-    def _fit_kind(self, task: Task, texts: list[str], stored: list[str], beat: Heartbeat) -> tuple[str, np.ndarray, FitResult]:
-        """Multilabel and regression tasks: embed with the task's (pinned) backbone, fit the kind's head."""
-        name = task.backbone
-        if name == "auto":  # refused at the API; a hand-edited row falls back to the modality's first backbone
-            names = self.backbones_of(task.modality) if self.backbones_of else []
-            if not names:
-                raise TrainingDataError(f"no {task.modality} backbone is configured")
-            name = names[0]
-        x = self._embed(name, texts, beat, 0.0, EMBED_SHARE)
-        targets = stored_labels.decode_all(task.kind, stored)
-        fit = fit_multilabel if task.kind == stored_labels.MULTILABEL else fit_regression
-        result = fit(x, targets, folds=self.settings.cv_folds, seed=self.settings.seed)
-        beat.update(0.9)
-        return name, x, result
+    def _pinned_backbone(self, task: Task) -> str:
+        """The backbone of a kind that does not choose one by transferability (``auto`` is refused at the
+        API for those; a hand-edited row falls back to the modality's first backbone)."""
+        if task.backbone != "auto":
+            return task.backbone
+        names = self.backbones_of(task.modality) if self.backbones_of else []
+        if not names:
+            raise TrainingDataError(f"no {task.modality} backbone is configured")
+        return names[0]
 
     def _finetune(self, job: Job, task: Task, texts: list[str], labels: list[str], beat: Heartbeat) -> int | None:
         """LoRA on the top layers of the task's text backbone (``auto``: the first one configured)."""
@@ -430,20 +413,22 @@ class JobRunner:
         examples = self.store.examples(task.id)
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
-        if task.head == "finetune" and task.kind == stored_labels.CLASSIFICATION:
+        task_kind = kinds.kind_of(task.kind)
+        if task.head == "finetune" and "finetune" in task_kind.pinnable_heads:
             return self._finetune(job, task, texts, labels, beat)
-        if task.kind != stored_labels.CLASSIFICATION:
-            backbone_name, x, result = self._fit_kind(task, texts, labels, beat)
-            metrics = result.metrics
-            decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
+        targets = task_kind.decode_all(labels)
+        if task_kind.chooses_backbone:  # LogME over the modality's backbones (``auto``: the best is used)
+            backbone_name, x, transferability = self._embed_and_score(task, texts, targets, beat)
         else:
-            backbone_name, x, transferability = self._embed_and_score(task, texts, labels, beat)
-            result = fit_head(
-                task.head, x, labels, raw=texts, modality=task.modality, folds=self.settings.cv_folds, seed=self.settings.seed
-            )
-            beat.update(0.9)
-            metrics = {**result.metrics, "transferability": transferability}
-            decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
+            backbone_name = self._pinned_backbone(task)
+            x, transferability = self._embed(backbone_name, texts, beat, 0.0, EMBED_SHARE), None
+        result = task_kind.fit(
+            x, targets, head=task.head, raw=texts, modality=task.modality, folds=self.settings.cv_folds,
+            seed=self.settings.seed,
+        )
+        beat.update(0.9)
+        metrics = result.metrics if transferability is None else {**result.metrics, "transferability": transferability}
+        decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         backbone = self.batchers(backbone_name).backbone
         faults.point("training")
         beat.update(0.95)

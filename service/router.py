@@ -15,9 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
-import numpy as np
 
-from adapters import heads
+from adapters import heads, kinds
+from adapters.kinds import (
+    KindPrediction,
+    LabelScore,
+    MultiLabelPrediction,
+    Prediction,
+    RegressionPrediction,
+    top_predictions,
+)
 
 from . import logs
 from .batching import Batcher
@@ -53,74 +60,14 @@ class TaskRef:
     backbone: str
     head: str
     active_version: int | None
-    kind: str = "classification"
+    kind: str = kinds.DEFAULT
 
     @classmethod
     def of(cls, task: Task) -> TaskRef:
         return cls(task.id, task.tenant_id, task.name, task.modality, task.backbone, task.head, task.active_version, task.kind)
 
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    score: float
-    scores: dict[str, float]
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    label: str
-    probability: float
-    threshold: float
-    chosen: bool
-
-
-@dataclass(frozen=True)
-class MultiLabelPrediction:
-    labels: list[str]  # chosen (probability >= threshold), most probable first
-    scores: list[LabelScore]  # top_k by probability
-
-
-@dataclass(frozen=True)
-class RegressionPrediction:
-    value: float
-
-
-AnyPrediction = Prediction | MultiLabelPrediction | RegressionPrediction
-
-
-def multilabel_predictions(head: heads.Head, proba: np.ndarray, top_k: int | None) -> list[MultiLabelPrediction]:
-    labels, thresholds = head.labels, head.thresholds  # type: ignore[attr-defined]
-    k = len(labels) if top_k is None else min(top_k, len(labels))
-    out = []
-    for p in proba:
-        order = np.argsort(-p, kind="stable")
-        # thresholds are float32 grid points (0.05, 0.075, ...): shown rounded, which compares the same
-        scores = [LabelScore(labels[j], float(p[j]), round(float(thresholds[j]), 4), bool(p[j] >= thresholds[j])) for j in order]
-        out.append(MultiLabelPrediction(labels=[sc.label for sc in scores if sc.chosen], scores=scores[:k]))
-    return out
-
-
-def kind_predictions(kind: str, head: heads.Head, proba: np.ndarray, top_k: int | None) -> list[AnyPrediction]:
-    """The head's output as the task's kind answers it (``proba`` holds regression values as one column)."""
-    if kind == "multilabel":
-        return multilabel_predictions(head, proba, top_k)  # type: ignore[return-value]
-    if kind == "regression":
-        return [RegressionPrediction(float(v)) for v in proba[:, 0]]
-    return top_predictions(head.labels, proba, top_k)  # type: ignore[return-value]
-
-
-def top_predictions(labels: Sequence[str], proba: np.ndarray, top_k: int | None) -> list[Prediction]:
-    k = len(labels) if top_k is None else min(top_k, len(labels))
-    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-    return [
-        Prediction(
-            label=labels[row[0]],
-            score=float(p[row[0]]),
-            scores={labels[j]: float(p[j]) for j in row},
-        )
-        for row, p in zip(order, proba, strict=True)
-    ]
+AnyPrediction = KindPrediction  # one input's prediction, in its task kind's form (adapters/kinds/)
 
 
 def store_head_loader(store: Store, trunk_of: Callable[[str], Any] | None = None) -> Callable[[tuple[str, int]], heads.Head]:
@@ -220,7 +167,7 @@ class Router:
         else:
             proba = await self.batchers(backbone).predict(model_inputs, head, tenant_id)
         self.tenant_labels.count(tenant_id, len(inputs))
-        return ref, number, kind_predictions(ref.kind, head, proba, top_k)
+        return ref, number, kinds.kind_of(ref.kind).format(head, proba, top_k)
 
 
 def _active(ref: TaskRef) -> int:
@@ -229,4 +176,4 @@ def _active(ref: TaskRef) -> int:
     return ref.active_version
 
 
-__all__ = ["AnyPrediction", "HeadCache", "MultiLabelPrediction", "NotFound", "NotTrained", "Prediction", "RegressionPrediction", "Router", "TaskRef", "VersionFailed", "store_head_loader", "top_predictions"]
+__all__ = ["AnyPrediction", "HeadCache", "LabelScore", "MultiLabelPrediction", "NotFound", "NotTrained", "Prediction", "RegressionPrediction", "Router", "TaskRef", "VersionFailed", "store_head_loader", "top_predictions"]

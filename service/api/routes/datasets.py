@@ -15,9 +15,10 @@ from typing import Annotated, cast
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request
 
+from adapters import kinds
 from graft import schemas as s
 
-from ... import datasets, labels, quotas, task_rules
+from ... import datasets, quotas, task_rules
 from ...backbones.base import ImageBackbone
 from ...runtime import Runtime
 from ...store.models import Task, Tenant
@@ -103,7 +104,7 @@ def _target(
                        "text tasks take CSV or JSON Lines with input,label columns")
     if task is not None:
         return target, task.backbone, task.head
-    new = task_rules.new_task(rt, target, labels.CLASSIFICATION, backbone, head)
+    new = task_rules.new_task(rt, target, kinds.DEFAULT, backbone, head)
     return target, new.backbone, new.head
 
 
@@ -130,8 +131,8 @@ def _ingest(
     rt: Runtime, me: Tenant, name: str, upload: Upload, modality: str | None, backbone: str | None, head: str | None
 ) -> s.DatasetAccepted:
     task = _existing(rt, me, name)
-    if task is not None and task.kind != "classification":
-        raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task; dataset uploads hold classification "
+    if task is not None and not kinds.kind_of(task.kind).dataset_uploads:
+        raise ApiError(422, "validation_error", f"task {name!r} is a {task.kind} task; dataset uploads hold {kinds.DEFAULT} "
                        f"labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
     kind = datasets.detect_kind(upload.file.read(8), upload.content_type, upload.filename)  # DatasetError → errors.py
     upload.file.seek(0)
@@ -139,7 +140,7 @@ def _ingest(
     data, examples = _read(rt, upload, kind, target, backbone_name)
     guard = quotas.examples_guard(rt.settings, me.id, task, examples)  # checked in the write's transaction
     if task is None:
-        check_labels([label for _, label in examples], None)
+        check_labels([label for _, label in examples], None, kinds.DEFAULT)
         created, (task, job) = True, rt.store.create_task(
             me.id, name, modality=target, backbone=backbone_name, head=head_name, examples=examples, guard=guard
         )

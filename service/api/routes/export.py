@@ -19,7 +19,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
-from adapters import heads
+from adapters import heads, kinds
 from adapters.export import (
     MODEL_FILE,
     RAW_INPUTS_FILE,
@@ -192,7 +192,6 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
                      "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if isinstance(head, heads.MultiLabelHead):  # a label is predicted when its probability reaches its threshold
-        manifest["thresholds"] = dict(zip(head.labels, (float(t) for t in head.thresholds), strict=True))
+    manifest.update(kinds.kind_of(task.kind).manifest(head))  # e.g. a multilabel task's thresholds
     return bundle(fused, files, manifest)
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 from fastapi import APIRouter, Request
 
 from graft import schemas as s
 
-from ...router import AnyPrediction, MultiLabelPrediction, RegressionPrediction
 from ...runtime import Runtime
 from ..errors import ApiError
 from ..inputs import Raw, predict_inputs
@@ -28,17 +26,10 @@ async def _predict(
 ) -> s.PredictResponse:
     prepare = predict_inputs(rt, inputs, names)
     task, version, predictions = await rt.router.predict(tenant_id, name, inputs, top_k, prepare=prepare)
-    return s.PredictResponse(task=task.name, version=version, predictions=cast(s.Predictions, [_out(p) for p in predictions]))
-
-
-def _out(p: AnyPrediction) -> s.PredictionOut | s.MultiLabelPredictionOut | s.RegressionPredictionOut:
-    if isinstance(p, MultiLabelPrediction):
-        return s.MultiLabelPredictionOut(
-            labels=p.labels, scores=[s.LabelScoreOut(label=x.label, probability=x.probability, threshold=x.threshold, chosen=x.chosen) for x in p.scores],
-        )
-    if isinstance(p, RegressionPrediction):
-        return s.RegressionPredictionOut(value=p.value)
-    return s.PredictionOut(label=p.label, score=p.score, scores=p.scores)
+    # each prediction's JSON is in its task kind's form (adapters/kinds/); the response model validates it
+    return s.PredictResponse.model_validate(
+        {"task": task.name, "version": version, "predictions": [p.as_json() for p in predictions]}
+    )
 
 
 @router.post("/tasks/{name}/predict", response_model=s.PredictResponse, responses=ERRORS)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from adapters import kinds
 from graft import schemas as s
 
-from ... import labels, quotas, task_rules
+from ... import quotas, task_rules
 from ..errors import ApiError
 from ..inputs import stored_examples
 from .deps import (
@@ -52,7 +53,7 @@ def get_task(name: str, rt: RuntimeDep, me: TenantDep) -> s.TaskDetail:
     return s.TaskDetail(
         **task_out(task).model_dump(),
         labels=active.labels if active else [],
-        examples_per_label=labels.per_label(task.kind, rt.store.label_counts(task.id)),
+        examples_per_label=kinds.kind_of(task.kind).per_label(rt.store.label_counts(task.id)),
         versions=[version_out(v, task.active_version) for v in versions],
     )
 
@@ -69,8 +70,9 @@ def delete_task(name: str, rt: RuntimeDep, me: WriterDep) -> Response:
 @router.post("/tasks/{name}/examples", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
 def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: WriterDep) -> s.TaskCreated:
     task = rt.store.get_task(me.id, name)
+    task_kind = kinds.kind_of(task.kind)
     for i, example in enumerate(body.examples):
-        problem = s.label_problem(task.kind, example.label)
+        problem = task_kind.problem(example.label)
         if problem:
             raise ApiError(422, "validation_error", f"examples[{i}].label: {problem} (task {name!r} is a {task.kind} task)")
     examples = _examples(rt, task.modality, task.kind, task.backbone, body.examples)
@@ -80,8 +82,9 @@ def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: WriterDe
 
 
 def _examples(rt: RuntimeDep, modality: str, kind: str, backbone: str, examples: list[s.ExampleIn]) -> list[tuple[str, str]]:
-    """Examples as the store keeps them (labels encoded per kind, see service/labels.py)."""
+    """Examples as the store keeps them (labels encoded by their kind, see adapters/kinds/)."""
+    task_kind = kinds.kind_of(kind)
     return stored_examples(
-        rt, modality, backbone, [e.input for e in examples], [labels.encode(kind, e.label) for e in examples],
+        rt, modality, backbone, [e.input for e in examples], [task_kind.encode(e.label) for e in examples],
         [f"examples[{i}].input" for i in range(len(examples))],
     )
