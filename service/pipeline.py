@@ -22,7 +22,7 @@ from . import faults, images
 from .backbones.base import Backbone, ImageBackbone
 from .batching import Batcher, text_trunk
 from .config import Settings
-from .router import VersionFailed, head_of
+from .engine.head_store import VersionFailed, head_of
 from .store.models import Job, Task
 from .store.repository import NewVersion, NotFound, Store
 

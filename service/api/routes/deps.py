@@ -3,12 +3,10 @@ that depends on configuration."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 
-from adapters import kinds
 from graft import schemas as s
 
 from ... import logs
@@ -95,20 +93,3 @@ def version_out(v: Version, active: int | None) -> s.VersionOut:
         version=v.number, head=v.head, backbone=v.backbone, backbone_revision=v.backbone_revision, runtime=v.runtime,
         labels=v.labels, n_examples=v.n_examples, metrics=v.metrics, created_at=v.created_at, active=v.number == active,
     )
-
-
-# -- validation that depends on configuration -----------------------------------------------
-
-
-def check_texts(rt: Runtime, texts: Sequence[str], field: str) -> None:
-    limit = rt.settings.max_text_chars
-    for i, text in enumerate(texts):
-        if len(text) > limit:
-            raise ApiError(413, "too_large", f"{field}[{i}] has {len(text)} characters; the limit is {limit}")
-
-
-def check_labels(given: Sequence[Any], declared: Sequence[str] | None, kind: str) -> None:
-    """A new task's labels (each already valid for its kind): enough distinct ones, and the declared set if any."""
-    problem = kinds.kind_of(kind).examples_problem(given, declared)
-    if problem:
-        raise ApiError(422, "validation_error", problem)

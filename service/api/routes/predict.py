@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request
 
 from graft import schemas as s
 
+from ...application import predict as use
+from ...application.inputs import Raw
 from ...runtime import Runtime
 from ..errors import ApiError
-from ..inputs import Raw, predict_inputs
 from ..uploads import is_multipart, one_upload, read_form
 from .deps import (
     ERRORS,
@@ -24,8 +25,7 @@ router = APIRouter(prefix="/v1")
 async def _predict(
     rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Raw], names: Sequence[str], top_k: int | None
 ) -> s.PredictResponse:
-    prepare = predict_inputs(rt, inputs, names)
-    task, version, predictions = await rt.router.predict(tenant_id, name, inputs, top_k, prepare=prepare)
+    task, version, predictions = await use.predict(rt, tenant_id, name, inputs, names, top_k)
     # each prediction's JSON is in its task kind's form (adapters/kinds/); the response model validates it
     return s.PredictResponse.model_validate(
         {"task": task.name, "version": version, "predictions": [p.as_json() for p in predictions]}
@@ -34,10 +34,7 @@ async def _predict(
 
 @router.post("/tasks/{name}/predict", response_model=s.PredictResponse, responses=ERRORS)
 async def predict(name: str, body: s.PredictRequest, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
-    limit = rt.settings.max_predict_inputs
-    if len(body.inputs) > limit:
-        raise ApiError(413, "too_large", f"{len(body.inputs)} inputs in one predict request; the limit is {limit}")
-    rt.predict_rate.take(me.id, len(body.inputs))  # one token per input
+    use.check_inputs(rt, me.id, len(body.inputs))  # size, then one rate token per input
     return await _predict(rt, me.id, name, body.inputs, [f"inputs[{i}]" for i in range(len(body.inputs))], body.top_k)
 
 
