@@ -20,7 +20,9 @@ class VersionFailed(Exception):
     task answers 503 until it is rolled back, promoted past or retrained; other tasks serve on."""
 
 
-def store_head_loader(store: Store, trunk_of: Callable[[str], Any] | None = None) -> Callable[[tuple[str, int]], heads.Head]:
+def store_head_loader(
+    store: Store, trunk_of: Callable[[str], Any] | None = None
+) -> Callable[[tuple[str, int]], heads.Head]:
     """Heads from their safetensors blobs (never unpickled). A blob that does not load marks its
     version failed (logged with ids only) and raises :class:`VersionFailed`. Fine-tuned heads are bound
     to their backbone's torch text model (``trunk_of(backbone name)``), which merges their LoRA updates
@@ -44,7 +46,9 @@ def head_of(store: Store, version: Version) -> heads.Head:
     """The head of a version loaded with its weights; a corrupt one is marked failed (see above)."""
     advice = "roll back, promote another version or retrain"
     if version.error:
-        raise VersionFailed(f"version {version.number} failed to load earlier (its stored weights are corrupt); {advice}")
+        raise VersionFailed(
+            f"version {version.number} failed to load earlier (its stored weights are corrupt); {advice}"
+        )
     try:
         return heads.from_bytes(version.weights)
     except Exception as exc:  # any corruption: HeadFormatError, bad metadata, wrong shapes
@@ -52,4 +56,6 @@ def head_of(store: Store, version: Version) -> heads.Head:
         log.error("a head failed to load; its version is marked failed",
                   extra={"task_id": version.task_id, "version": version.number, "error": error})
         store.mark_version_failed(version.task_id, version.number, error)
-        raise VersionFailed(f"version {version.number} failed to load (its stored weights are corrupt); {advice}") from None
+        raise VersionFailed(
+            f"version {version.number} failed to load (its stored weights are corrupt); {advice}"
+        ) from None
