@@ -21,11 +21,10 @@ Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see READ
   predict request that would overflow either (while that queue holds other work) raises
   :class:`Overloaded` (the API answers 503 with Retry-After). A flooding tenant hits its own bound
   long before the shared one, so the others keep being admitted.
-- After the pass, rows are grouped by head: all linear heads of the pass are applied in one
-  stacked matrix product, any other head once on all of its rows (:func:`apply_heads`).
-- Rows of fine-tuned heads (``finetune``) skip the pooled embedding: the torch text model's frozen
-  layers below the split run once for all of them, then each task's own top layers run on its
-  rows (:func:`adapters.heads.finetune.predict_shared`).
+- After the pass, the head step (service/engine/heads_step.py) applies each request's head: all
+  linear heads of the pass in one stacked matrix product, any other head once on all of its rows;
+  rows of fine-tuned heads (``finetune``) skip the pooled embedding and go through the shared trunk.
+  The batcher only schedules: it knows which rows belong to which request, not how a head computes.
 """
 
 from __future__ import annotations
@@ -41,16 +40,18 @@ from typing import cast
 
 import numpy as np
 
-from adapters.heads import TRUNK, Head
+from adapters.heads import Head
 
 from . import metrics
 from .backbones.base import Backbone
+from .engine.heads_step import apply_heads, apply_trunk, on_trunk, text_trunk
 from .logs import get as get_logger
 
 log = get_logger("batching")
 
+__all__ = ["SERVING", "Batcher", "Overloaded", "ServingActivity", "apply_heads", "on_trunk", "text_trunk"]
+
 TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass
-STACK_LIMIT = 8_000_000  # most weight values gathered for one stacked product; beyond, heads go one by one
 
 
 class Overloaded(Exception):
@@ -76,102 +77,6 @@ class _Request:
 
 
 Slice = tuple[_Request, int, int]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
-def _stacked_linear(vectors: np.ndarray, heads: list[Head], row_head: np.ndarray) -> np.ndarray:
-    """Probabilities (rows, max labels) of many linear heads in one gathered batched product.
-
-    ``row_head[i]`` indexes ``heads`` for row ``i``; columns past a head's labels are 0.
-    """
-    affine = [head.softmax_affine() for head in heads]  # type: ignore[attr-defined]
-    width = max(w.shape[0] for w, _ in affine)
-    weights = np.zeros((len(heads), width, vectors.shape[1]), dtype=np.float32)
-    biases = np.full((len(heads), width), -np.inf, dtype=np.float32)
-    for h, (w, b) in enumerate(affine):
-        weights[h, : w.shape[0]] = w
-        biases[h, : b.shape[0]] = b
-    logits = np.matmul(weights[row_head], vectors[:, :, None])[:, :, 0] + biases[row_head]
-    return _softmax(logits)
-
-
-def apply_heads(vectors: np.ndarray, parts: Sequence[tuple[Head | None, int, int]]) -> list[np.ndarray | Exception]:
-    """Each part ``(head, start, stop)`` owns ``vectors[start:stop]``; returns its head's
-    probabilities (or the rows themselves when head is None, or the head's error).
-
-    Linear heads (those with ``softmax_affine``) are applied together: one stacked product for
-    all their rows. Any other head runs once on all of its rows in the batch.
-    """
-    results: list[np.ndarray | Exception | None] = [None] * len(parts)
-    groups: dict[int, list[int]] = {}
-    for i, (head, start, stop) in enumerate(parts):
-        if head is None:
-            results[i] = vectors[start:stop]
-        else:
-            groups.setdefault(id(head), []).append(i)
-    stack: list[Head] = []
-    stack_parts: list[int] = []
-    for members in groups.values():
-        head = parts[members[0]][0]
-        assert head is not None
-        if hasattr(head, "softmax_affine"):
-            stack.append(head)
-            stack_parts.extend(members)
-            continue
-        rows = np.concatenate([np.arange(parts[i][1], parts[i][2]) for i in members])
-        try:
-            proba = head.predict_proba(vectors[rows])
-        except Exception as exc:  # a broken head fails its own requests only
-            for i in members:
-                results[i] = exc
-            continue
-        offset = 0
-        for i in members:
-            n = parts[i][2] - parts[i][1]
-            results[i] = proba[offset : offset + n]
-            offset += n
-    if stack:
-        _apply_stacked(vectors, parts, stack, stack_parts, results)
-    return results  # type: ignore[return-value]
-
-
-def _apply_stacked(
-    vectors: np.ndarray, parts: Sequence[tuple[Head | None, int, int]], stack: list[Head], members: list[int],
-    results: list[np.ndarray | Exception | None],
-) -> None:
-    index = {id(head): h for h, head in enumerate(stack)}
-    starts = np.array([parts[i][1] for i in members])
-    lengths = np.array([parts[i][2] - parts[i][1] for i in members])
-    rows = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    row_head = np.repeat([index[id(parts[i][0])] for i in members], lengths)
-    width = max(len(head.labels) for head in stack)
-    try:
-        if len(rows) * width * vectors.shape[1] > STACK_LIMIT:
-            raise MemoryError("stack too large")  # fall back to one product per head below
-        proba = _stacked_linear(vectors[rows], stack, row_head)
-    except MemoryError:
-        proba = None
-    except Exception as exc:  # e.g. a head trained on another dimension: retry head by head
-        log.warning("stacked head step failed; applying heads one by one", extra={"error": str(exc)})
-        proba = None
-    offset = 0
-    for i in members:
-        head, start, stop = parts[i]
-        n = stop - start
-        if proba is not None:
-            results[i] = proba[offset : offset + n, : len(cast(Head, head).labels)]
-        else:
-            try:
-                results[i] = head.predict_proba(vectors[start:stop])  # type: ignore[union-attr]
-            except Exception as exc:
-                results[i] = exc
-        offset += n
 
 
 class ServingActivity:
@@ -450,15 +355,10 @@ class Batcher:
 
     def _apply_trunk(self, batch: list[Slice], members: list[int], outputs: list[np.ndarray | Exception | None]) -> None:
         """Fine-tuned rows of all tasks: the frozen lower layers once, then each task's top layers."""
-        from adapters.heads.finetune import predict_shared
-
         texts = [text for i in members for text in batch[i][0].inputs[batch[i][1] : batch[i][2]]]
-        row_heads = [batch[i][0].head for i in members for _ in range(batch[i][2] - batch[i][1])]
+        row_heads = [cast(Head, batch[i][0].head) for i in members for _ in range(batch[i][2] - batch[i][1])]
         try:
-            source = text_trunk(self.backbone)
-            if source is None:
-                raise ValueError(f"backbone {self.backbone.name!r} has no transformer trunk for fine-tuned heads")
-            proba = predict_shared(source, texts, row_heads, micro_batch=getattr(source, "micro_batch", 32))  # type: ignore[arg-type]
+            proba = apply_trunk(self.backbone, texts, row_heads)
         except Exception as exc:  # fails the fine-tuned requests only
             log.exception("fine-tuned heads failed", extra={"backbone": self.backbone.name})
             for i in members:
@@ -477,18 +377,6 @@ class Batcher:
         if tokens_before is not None and after is not None and after[1] > tokens_before[1]:
             real, padded = after[0] - tokens_before[0], after[1] - tokens_before[1]
             metrics.PADDING_RATIO.labels(**self._labels).observe(1.0 - real / padded)
-
-
-def on_trunk(head: Head | None) -> bool:
-    """Whether ``head`` reads the backbone's hidden states at a split layer (a fine-tuned head)."""
-    return head is not None and TRUNK in head.consumes
-
-
-def text_trunk(backbone: Backbone) -> object | None:
-    """The torch text model under any runtime (an ONNX runtime wraps the torch backbone it was
-    exported from), for the fine-tuned heads' shared trunk; None when the backbone has none."""
-    source = getattr(backbone, "origin", backbone)
-    return source if hasattr(source, "model") and hasattr(source, "batches") and getattr(source, "modality", "") == "text" else None
 
 
 def _token_counts(backbone: Backbone) -> tuple[int, int] | None:

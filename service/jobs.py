@@ -1,4 +1,6 @@
-"""Training jobs: claimed from the store by worker threads, run off the request path.
+"""Training jobs: claimed from the store by worker threads, run off the request path. This module is
+the worker (claim, lease, heartbeat, requeue, completion bookkeeping); what a job computes is the
+training pipeline's (service/pipeline.py).
 
 State lives in the store (status, progress, heartbeat, error), so any process can report a
 job and a job whose worker died is reclaimed once its lease expires. A job that fails leaves
@@ -12,43 +14,23 @@ import os
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from typing import cast
 
-import numpy as np
+from adapters.training import TrainingDataError
 
-from adapters import heads, selection
-from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
-from adapters.kinds import fit_multilabel, fit_regression
-from adapters.training import FitResult, TrainingDataError, encode_labels, fit_head
-from adapters.transfer import capped_sample, logme
-
-from . import faults, images, logs, metrics
-from . import labels as stored_labels
-from .backbones.base import Backbone, ImageBackbone
-from .batching import SERVING, Batcher, text_trunk
+from . import logs, metrics
+from .batching import SERVING, Batcher
 from .config import Settings
-from .router import VersionFailed, head_of
-from .store.models import Job, Task
-from .store.repository import NewVersion, NotFound, Store
+from .pipeline import EMBED_CHUNK, EMBED_SHARE, JobLost, TrainingPipeline, backbone_inputs
+from .store.models import Job
+from .store.repository import NotFound, Store
 
 log = logs.get("jobs")
 
-EMBED_SHARE = 0.7  # progress fraction spent embedding examples; the rest is fitting
-EMBED_CHUNK = 64
-
-
-def backbone_inputs(backbone: Backbone, stored: list[str]) -> list:
-    """Stored examples as a backbone takes them: texts as they are; images (stored as normalised
-    PNG) decoded and cropped by the backbone's preprocessing."""
-    if backbone.modality == "image":
-        return images.from_stored(stored, cast(ImageBackbone, backbone).preprocessing)
-    return stored
-
-
-class JobLost(Exception):
-    """The job is no longer ours (its task was deleted, or another worker reclaimed it)."""
+__all__ = [
+    "EMBED_CHUNK", "EMBED_SHARE", "Heartbeat", "JobLost", "JobRunner", "JobTimedOut", "backbone_inputs",
+    "yield_to_serving",
+]
 
 
 class JobTimedOut(Exception):
@@ -162,6 +144,7 @@ class JobRunner:
         self.settings = settings
         self.backbones_of = backbones_of  # modality -> configured backbone names
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.pipeline = TrainingPipeline(store, batchers, settings, self.worker_id, backbones_of)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -271,192 +254,21 @@ class JobRunner:
             stall_s=self.settings.job_stall_s, time_limit_s=limit, limit_setting=setting,
         )
 
-    def _embed(self, backbone: str, texts: list[str], beat: Heartbeat, done: float, share: float) -> np.ndarray:
-        """Embed ``texts`` at training priority; progress moves from ``done`` to ``done + share``."""
-        batcher = self.batchers(backbone)
-        vectors = [np.zeros((0, batcher.backbone.dim), dtype=np.float32)]
-        for start in range(0, len(texts), EMBED_CHUNK):
-            chunk = backbone_inputs(batcher.backbone, texts[start : start + EMBED_CHUNK])
-            vectors.append(batcher.embed_sync(chunk, background=True))
-            beat.update(done + share * min(1.0, (start + EMBED_CHUNK) / max(1, len(texts))))
-        return np.concatenate(vectors)
-
-    def _embed_and_score(self, task: Task, texts: list[str], labels: list[str], beat: Heartbeat) -> tuple[str, np.ndarray, dict]:
-        """Embed the examples with the task's backbone — for ``auto``, the backbone of the modality with
-        the highest LogME on a capped, stratified sample — and score every backbone of the modality."""
-        names = self.backbones_of(task.modality) if self.backbones_of else []
-        if task.backbone != "auto" and task.backbone not in names:
-            names = [task.backbone, *names]
-        if not names:
-            raise TrainingDataError(f"no {task.modality} backbone is configured")
-        _, y = encode_labels(labels)
-        sample = capped_sample(y, self.settings.transfer_sample, self.settings.seed)
-        sample_texts = [texts[i] for i in sample]
-        others = [n for n in names if n != task.backbone]
-        scores: dict[str, float] = {}
-        embedded: dict[str, np.ndarray] = {}
-        work = len(others) * len(sample) + len(texts)  # inputs to embed, for progress
-        done = 0
-
-        def share(count: int) -> tuple[float, float]:
-            return EMBED_SHARE * done / work, EMBED_SHARE * count / work
-
-        for name in others:  # the sample only
-            embedded[name] = self._embed(name, sample_texts, beat, *share(len(sample)))
-            if len(sample) >= 2:
-                scores[name] = logme(embedded[name], y[sample])
-            done += len(sample)
-        chosen = task.backbone if task.backbone != "auto" else max(others, key=lambda n: scores.get(n, 0.0))
-        if chosen in embedded:  # auto: embed the rest with the winner
-            x = np.empty((len(texts), embedded[chosen].shape[1]), dtype=np.float32)
-            x[sample] = embedded[chosen]
-            rest = np.setdiff1d(np.arange(len(texts)), sample)
-            x[rest] = self._embed(chosen, [texts[i] for i in rest], beat, *share(len(rest)))
-        else:
-            x = self._embed(chosen, texts, beat, *share(len(texts)))
-            if len(sample) >= 2:
-                scores[chosen] = logme(x[sample], y[sample])
-        transferability = {
-            "method": "LogME", "examples": int(len(sample)), "selection": "auto" if task.backbone == "auto" else "pinned",
-            "chosen": chosen, "scores": dict(sorted(scores.items(), key=lambda kv: -kv[1])),
-        }
-        return chosen, x, transferability
-
-    def _decide(self, task: Task, result: FitResult, x: np.ndarray, backbone: str, texts: list[str], labels: list[str]) -> tuple[selection.Decision, int | None]:
-        """Compare with the active version on the examples it never saw (see adapters/selection.py)."""
-        if task.active_version is None:
-            return selection.first_version(), None
-        active = self.store.version(task.id, task.active_version, with_weights=True)
-        if (result.oof_proba if task.kind == stored_labels.CLASSIFICATION else result.oof_pred) is None:
-            return selection.unconditional("promoted without comparison: too few examples to cross-validate"), active.number
-        unseen = np.arange(active.n_examples, len(texts))
-        try:
-            head = head_of(self.store, active)
-        except VersionFailed:  # a corrupt active version must not block the retrain that replaces it
-            return selection.unconditional(
-                f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
-            ), active.number
-        vectors = None
-        if heads.EMBEDDING in head.consumes:
-            if active.backbone == backbone:
-                vectors = x[unseen]
-            else:
-                try:
-                    batcher = self.batchers(active.backbone)
-                    unseen_inputs = backbone_inputs(batcher.backbone, [texts[i] for i in unseen])
-                    vectors = batcher.embed_sync(unseen_inputs, background=True)
-                except KeyError:
-                    return selection.unconditional(
-                        f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} is no longer configured"
-                    ), active.number
-        truth = [labels[i] for i in unseen]
-        if task.kind == stored_labels.REGRESSION:
-            values = stored_labels.decode_all(task.kind, truth)
-            active_values = head.predict_proba(vectors)[:, 0].tolist()
-            new_values = result.oof_pred[unseen].tolist()  # type: ignore[index]
-            return selection.compare_errors_on_unseen(values, new_values, active_values, active.number), active.number
-        if task.kind == stored_labels.MULTILABEL:  # right = exactly the example's label set (both stored-encoded)
-            def as_sets(decisions: np.ndarray, names: list[str]) -> list[str]:
-                return [stored_labels.encode(task.kind, [names[j] for j in np.flatnonzero(row)]) for row in decisions]
-
-            active_pred = as_sets(head.predict(vectors), head.labels)  # type: ignore[attr-defined]
-            new_pred = as_sets(result.oof_pred[unseen], result.head.labels)  # type: ignore[index]
-            return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
-        active_pred = [head.labels[i] for i in head.predict_proba(vectors, raw=[texts[i] for i in unseen]).argmax(axis=1)]
-        assert result.oof_proba is not None  # checked above: the comparison needs CV predictions
-        new_pred = [result.head.labels[i] for i in result.oof_proba[unseen].argmax(axis=1)]
-        return selection.compare_on_unseen(truth, new_pred, active_pred, active.number), active.number
-
-    def _fit_kind(self, task: Task, texts: list[str], stored: list[str], beat: Heartbeat) -> tuple[str, np.ndarray, FitResult]:
-        """Multilabel and regression tasks: embed with the task's (pinned) backbone, fit the kind's head."""
-        name = task.backbone
-        if name == "auto":  # refused at the API; a hand-edited row falls back to the modality's first backbone
-            names = self.backbones_of(task.modality) if self.backbones_of else []
-            if not names:
-                raise TrainingDataError(f"no {task.modality} backbone is configured")
-            name = names[0]
-        x = self._embed(name, texts, beat, 0.0, EMBED_SHARE)
-        targets = stored_labels.decode_all(task.kind, stored)
-        fit = fit_multilabel if task.kind == stored_labels.MULTILABEL else fit_regression
-        result = fit(x, targets, folds=self.settings.cv_folds, seed=self.settings.seed)
-        beat.update(0.9)
-        return name, x, result
-
-    def _finetune(self, job: Job, task: Task, texts: list[str], labels: list[str], beat: Heartbeat) -> int | None:
-        """LoRA on the top layers of the task's text backbone (``auto``: the first one configured)."""
-        if task.modality != "text":
-            raise TrainingDataError("head 'finetune' is available for text tasks only")
-        names = [task.backbone] if task.backbone != "auto" else (self.backbones_of("text") if self.backbones_of else [])
-        sources = [(n, text_trunk(self.batchers(n).backbone)) for n in names]
-        name, source = next(((n, s) for n, s in sources if s is not None), (None, None))
-        if source is None or name is None:
-            raise TrainingDataError("no text backbone with a transformer trunk is configured for head 'finetune'")
-        if len(set(labels)) < 2:
-            raise TrainingDataError("at least 2 distinct labels are needed to train a classifier")
-        cfg = FinetuneConfig(
-            layers=self.settings.finetune_layers, rank=self.settings.finetune_rank, max_epochs=self.settings.finetune_max_epochs
-        )
-
-        def between_steps() -> None:
-            yield_to_serving(self.settings.training_yield_max_s)
-            beat.step()
-
-        head, fit_metrics = fit_finetune(
-            cast(TextSource, source), texts, labels, cfg, seed=self.settings.seed, progress=lambda f: beat.update(0.9 * f), between_steps=between_steps,
-        )
-        backbone = self.batchers(name).backbone
-        decision = selection.first_version() if task.active_version is None else selection.unconditional(
-            "promoted without comparison: a fine-tuned head is compared on its held-out fold only"
-        )
-        metrics = {**fit_metrics, "warnings": list(fit_metrics.get("warnings", [])), "examples_per_label": dict(sorted(Counter(labels).items()))}
-        provenance = {"backbone": name, "backbone_revision": backbone.revision, "runtime": "torch", "dim": backbone.dim}
-        blob = heads.to_bytes(head, metrics=metrics, **provenance)
-        beat.update(0.95)
-        return self.store.complete_job(
-            job.id, self.worker_id,
-            NewVersion(
-                head="finetune", backbone=name, backbone_revision=backbone.revision, runtime="torch", labels=head.labels,
-                metrics={**metrics, "promotion": decision.as_dict()}, n_examples=len(texts), weights=blob,
-            ),
-            promote=decision.promote,
-            compared_with=task.active_version,
-        )
-
     def _train(self, job: Job, beat: Heartbeat) -> int | None:
-        try:
-            task = self.store.get_task_by_id(job.task_id or "")
-        except NotFound:
-            raise JobLost("the task was deleted") from None
-        examples = self.store.examples(task.id)
-        texts = [text for text, _ in examples]
-        labels = [label for _, label in examples]
-        if task.head == "finetune" and task.kind == stored_labels.CLASSIFICATION:
-            return self._finetune(job, task, texts, labels, beat)
-        if task.kind != stored_labels.CLASSIFICATION:
-            backbone_name, x, result = self._fit_kind(task, texts, labels, beat)
-            metrics = result.metrics
-            decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
-        else:
-            backbone_name, x, transferability = self._embed_and_score(task, texts, labels, beat)
-            result = fit_head(
-                task.head, x, labels, raw=texts, modality=task.modality, folds=self.settings.cv_folds, seed=self.settings.seed
-            )
-            beat.update(0.9)
-            metrics = {**result.metrics, "transferability": transferability}
-            decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
-        backbone = self.batchers(backbone_name).backbone
-        faults.point("training")
-        beat.update(0.95)
-        provenance = {"backbone": backbone.name, "backbone_revision": backbone.revision, "runtime": backbone.runtime, "dim": backbone.dim}
-        blob = heads.to_bytes(result.head, metrics=metrics, **provenance)
-        return self.store.complete_job(
-            job.id,
-            self.worker_id,
-            NewVersion(
-                head=result.metrics["head"], backbone=backbone.name, backbone_revision=backbone.revision,
-                runtime=backbone.runtime, labels=result.head.labels, metrics={**metrics, "promotion": decision.as_dict()},
-                n_examples=len(examples), weights=blob,
-            ),
-            promote=decision.promote,
-            compared_with=compared_with,
-        )
+        return self.pipeline.train(job, _Steps(beat, self.settings.training_yield_max_s))
+
+
+class _Steps:
+    """The heartbeat as the pipeline's :class:`Progress`: before each fine-tune step, training yields to
+    predict requests in flight (at most ``yield_max_s``), then the step counts as progress."""
+
+    def __init__(self, beat: Heartbeat, yield_max_s: float) -> None:
+        self.beat, self.yield_max_s = beat, yield_max_s
+
+    def update(self, progress: float) -> None:
+        self.beat.update(progress)
+
+    def step(self) -> None:
+        yield_to_serving(self.yield_max_s)
+        self.beat.step()
+

@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from . import labels as labels_
+from adapters import kinds
+from adapters.kinds import unstorable
+
 from .config import Settings
 from .store.models import Task
 from .store.repository import Guard, Reads, Store
@@ -43,19 +45,6 @@ class RateLimited(QuotaExceeded):
     code: ClassVar[str] = "rate_limited"
 
 
-def unstorable(value: str) -> str | None:
-    """Why a string cannot be stored as is (None when it can): NUL characters (PostgreSQL text
-    cannot hold them) and lone surrogates (not encodable as UTF-8). graft/schemas.py checks the same
-    at the JSON edge (the client cannot import the server); tests/service/test_errors_table.py keeps them equal."""
-    if "\x00" in value:
-        return "must not contain NUL (\\u0000) characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid unicode (no lone surrogates)"
-    return None
-
-
 def check_labels(settings: Settings, labels: Sequence[str], field: str = "label") -> None:
     """Each label's length (:class:`InvalidForLimits` past ``max_label_chars``)."""
     limit = settings.max_label_chars
@@ -66,12 +55,12 @@ def check_labels(settings: Settings, labels: Sequence[str], field: str = "label"
 
 def check_new_examples(
     store: Store | Reads, settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]],
-    kind: str = labels_.CLASSIFICATION,
+    kind: str = kinds.DEFAULT,
 ) -> None:
-    """May the tenant store ``examples`` (labels as stored, see service/labels.py) in ``task`` (None: a
+    """May the tenant store ``examples`` (labels as stored, see adapters/kinds/) in ``task`` (None: a
     task it is creating)? Checks the task count, examples per task, distinct labels per task and the
     tenant's stored bytes."""
-    new_labels = labels_.names(kind, [label for _, label in examples])
+    new_labels = kinds.kind_of(kind).names([label for _, label in examples])
     check_labels(settings, new_labels)
     for i, (text, label) in enumerate(examples):  # files (CSV, JSON Lines) reach here unvalidated
         problem = unstorable(text) or unstorable(label)
@@ -87,7 +76,7 @@ def check_new_examples(
         raise QuotaExceeded(
             f"the task would hold {have + len(examples)} examples; the limit is {settings.max_examples_per_task} per task",
         )
-    labels = set(labels_.per_label(kind, store.label_counts(task.id))) if task else set()
+    labels = set(kinds.kind_of(kind).per_label(store.label_counts(task.id))) if task else set()
     labels.update(new_labels)
     if len(labels) > settings.max_labels_per_task:
         raise InvalidForLimits(
@@ -101,7 +90,7 @@ def check_new_examples(
 
 
 def examples_guard(
-    settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]], kind: str = labels_.CLASSIFICATION,
+    settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]], kind: str = kinds.DEFAULT,
 ) -> Guard:
     """:func:`check_new_examples` as the store runs it: inside the write's transaction, under the
     tenant's lock (``Store.create_task(guard=...)``), so concurrent requests cannot overshoot a quota."""

@@ -1,6 +1,6 @@
 """What a new task may be: which kinds, heads and backbones go together. One function for every route
 that creates a task (``POST /v1/tasks`` and a dataset upload to a new name), so their guards and
-defaults cannot drift apart. Raises :class:`InvalidTask` (code ``validation_error``; the API answers 422).
+defaults cannot drift apart. What depends on the task's kind, the kind says (adapters/kinds/). Raises :class:`InvalidTask` (code ``validation_error``; the API answers 422).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from . import labels
+from adapters import kinds
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -31,17 +31,21 @@ class NewTask:
     head: str  # a head kind, or "auto"
 
 
-def new_task(rt: Runtime, modality: str, kind: str = labels.CLASSIFICATION, backbone: str | None = None,
+def new_task(rt: Runtime, modality: str, kind: str = kinds.DEFAULT, backbone: str | None = None,
              head: str | None = None) -> NewTask:
     """The task to create from what the request named (``None``: not named), or :class:`InvalidTask`.
     Defaults: head ``auto``, the modality's default backbone."""
     head = head or AUTO
-    if head == "finetune" and (modality not in FINETUNE_MODALITIES or kind != labels.CLASSIFICATION):
-        raise InvalidTask("head 'finetune' is available for text tasks only, of kind classification")
-    if kind != labels.CLASSIFICATION and head != AUTO:
-        raise InvalidTask(f"head {head!r} is for classification tasks; a {kind} task takes head 'auto' (or none)")
-    if kind != labels.CLASSIFICATION and backbone == AUTO:
-        raise InvalidTask(f"backbone 'auto' is for classification tasks; name a {modality} backbone for a {kind} task")
+    try:
+        task_kind = kinds.kind_of(kind)
+    except kinds.UnknownKind as exc:
+        raise InvalidTask(str(exc)) from None
+    if head == "finetune" and (modality not in FINETUNE_MODALITIES or head not in task_kind.pinnable_heads):
+        owners = " or ".join(k.name for k in kinds.KINDS.values() if head in k.pinnable_heads)
+        raise InvalidTask(f"head 'finetune' is available for text tasks only, of kind {owners}")
+    problem = task_kind.new_task_problem(modality, backbone, head)
+    if problem:
+        raise InvalidTask(problem)
     return NewTask(modality, kind, choose_backbone(rt, modality, backbone), head)
 
 

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.training import TrainingDataError
 
 from .. import datasets, images, logs
+from ..application.errors import ExportInProgress, Invalid, NotExportable, TooLarge
 from ..batching import Overloaded
 from ..logs import get as get_logger
 from ..quotas import InvalidForLimits, QuotaExceeded, RateLimited
@@ -73,6 +74,10 @@ ANSWERS: dict[type[Exception], Answer] = {
     VersionFailed: Answer(503, "version_failed"),
     TrainingDataError: Answer(422, "validation_error"),
     InvalidTask: Answer(422, InvalidTask.code),
+    Invalid: Answer(422, Invalid.code),
+    TooLarge: Answer(413, TooLarge.code),
+    NotExportable: Answer(422, NotExportable.code),
+    ExportInProgress: Answer(429, ExportInProgress.code),
     QuotaExceeded: Answer(403, QuotaExceeded.code),
     InvalidForLimits: Answer(422, InvalidForLimits.code),
     RateLimited: Answer(429, RateLimited.code),

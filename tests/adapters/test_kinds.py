@@ -20,11 +20,10 @@ import pytest
 
 from adapters import heads
 from adapters.heads import MultiLabelHead, RidgeHead
-from adapters.kinds import fit_multilabel, fit_regression, indicator, tune_thresholds
+from adapters.kinds import fit_multilabel, fit_regression, indicator, kind_of, tune_thresholds
 from adapters.selection import compare_errors_on_unseen
 from adapters.training import TrainingDataError
 from graft.schemas import TaskCreate, label_problem
-from service import labels as stored
 from tests.conftest import load_jsonl, per_label
 
 
@@ -156,16 +155,17 @@ def test_training_refuses_degenerate_targets(digits) -> None:
 )
 def test_label_shapes_per_kind(kind: str, label: object, fragment: str) -> None:
     assert fragment in (label_problem(kind, label) or "")
+    assert kind_of(kind).problem(label) == label_problem(kind, label)  # the server's check (the kind) and the client's agree
 
 
 def test_labels_that_fit_their_kind_pass_and_round_trip_through_the_store_encoding() -> None:
     for kind, label in [("classification", "sport"), ("multilabel", ["tech", "business"]), ("regression", 2.5), ("regression", 7)]:
-        assert label_problem(kind, label) is None
-        encoded = stored.encode(kind, label)
+        assert label_problem(kind, label) is None and kind_of(kind).problem(label) is None
+        encoded = kind_of(kind).encode(label)
         assert isinstance(encoded, str) and len(encoded) <= 256
-        decoded = stored.decode(kind, encoded)
+        decoded = kind_of(kind).decode(encoded)
         assert decoded == (sorted(label) if isinstance(label, list) else label)
-    assert stored.per_label("multilabel", {'["a","b"]': 2, '["b"]': 3}) == {"a": 2, "b": 5}
+    assert kind_of("multilabel").per_label({'["a","b"]': 2, '["b"]': 3}) == {"a": 2, "b": 5}
 
 
 def test_task_create_checks_every_example_against_its_kind() -> None:

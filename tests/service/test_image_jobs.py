@@ -3,7 +3,7 @@ with progress reported while embedding."""
 
 from __future__ import annotations
 
-from service import images, jobs
+from service import images, pipeline
 from service.backbones.image import TorchImageBackbone
 from service.batching import Batcher
 from service.config import Settings
@@ -13,7 +13,7 @@ from tests.conftest import load_jsonl, per_label
 
 
 def test_image_job_embeds_stored_examples_and_reports_progress(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(jobs, "EMBED_CHUNK", 16)
+    monkeypatch.setattr(pipeline, "EMBED_CHUNK", 16)
     backbone = TorchImageBackbone("mobilenet_v2", "mobilenet_v2")
     rows = [r for r in per_label(load_jsonl("digits.train.jsonl"), 10, seed=0) if r["label"] in "0123"]  # 40: 3 chunks
     examples = [

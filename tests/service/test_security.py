@@ -12,8 +12,8 @@ import pytest
 from adapters import heads
 from service import quotas
 from service.config import Settings
+from service.engine.head_store import VersionFailed, head_of, store_head_loader
 from service.quotas import QuotaExceeded, RateLimited, RateLimiter, check_new_examples
-from service.router import VersionFailed, head_of, store_head_loader
 from service.store.repository import Conflict, NotFound, Store
 from service.tenancy import Auth
 

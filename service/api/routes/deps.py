@@ -3,7 +3,6 @@ that depends on configuration."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
@@ -94,31 +93,3 @@ def version_out(v: Version, active: int | None) -> s.VersionOut:
         version=v.number, head=v.head, backbone=v.backbone, backbone_revision=v.backbone_revision, runtime=v.runtime,
         labels=v.labels, n_examples=v.n_examples, metrics=v.metrics, created_at=v.created_at, active=v.number == active,
     )
-
-
-# -- validation that depends on configuration -----------------------------------------------
-
-
-def check_texts(rt: Runtime, texts: Sequence[str], field: str) -> None:
-    limit = rt.settings.max_text_chars
-    for i, text in enumerate(texts):
-        if len(text) > limit:
-            raise ApiError(413, "too_large", f"{field}[{i}] has {len(text)} characters; the limit is {limit}")
-
-
-def check_labels(given: Sequence[Any], declared: Sequence[str] | None, kind: str = "classification") -> None:
-    """A new task's labels (already shape-checked per kind): enough distinct ones, and the declared set if any."""
-    if kind == "regression":
-        if len(set(given)) < 2:
-            raise ApiError(422, "validation_error", f"at least 2 distinct target values are needed; got {sorted(set(given))}")
-        return
-    present = {label for chosen in given for label in chosen} if kind == "multilabel" else set(given)
-    if declared is not None:
-        unknown = sorted(present - set(declared))
-        if unknown:
-            raise ApiError(422, "validation_error", f"examples use labels not in 'labels': {unknown[:10]}")
-        missing = sorted(set(declared) - present)
-        if missing:
-            raise ApiError(422, "validation_error", f"every label needs at least one example; none for {missing[:10]}")
-    if len(present) < 2:
-        raise ApiError(422, "validation_error", f"at least 2 distinct labels are needed; got {sorted(present)}")

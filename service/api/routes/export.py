@@ -1,59 +1,20 @@
-"""Export of an adapted model: backbone + pooling + the task's head as one ONNX graph, in a zip.
-
-Exports are cached on disk per (task id, version, format) under ``<GRAFT_DATA_DIR>/exports/<tenant>``
-and streamed from there (a version never changes, so neither does its export). A tenant builds at most
-one export at a time in a process: a second request while one builds gets 429 with Retry-After.
-Deleting a task deletes its cached exports.
-"""
+"""Export of an adapted model as a zip (the use case: service/application/exports.py)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-import threading
-import time
-from pathlib import Path
-from typing import Any
-
-import anyio.to_thread
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
-from adapters import heads
-from adapters.export import (
-    MODEL_FILE,
-    RAW_INPUTS_FILE,
-    ExportError,
-    bundle,
-    finetune_graph,
-    fuse,
-    needs_backbone,
-    output_of,
-    raw_inputs,
-    raw_inputs_source,
-)
-
-from ...router import NotTrained, head_of
-from ...runtime import Runtime
-from ...store.models import Task, Version
-from ..errors import ApiError
+from ...application import exports
 from .deps import ERRORS, RuntimeDep, TenantDep
 
 router = APIRouter(prefix="/v1")
 
-PREPROCESSING = {
-    "text": {"tokenizer": "tokenizer.json", "note": "truncation and padding are configured in tokenizer.json"},
-    "image": {"spec": "preprocessing.json", "note": "RGB; resize the shorter side to `resize`, center-crop `crop`, "
-              "scale to [0, 1], subtract `mean`, divide by `std`, layout NCHW float32"},
-}
-
-# Serving runtimes whose graph the bundle can carry as is; others (torch, CUDA fp16) export fp32.
-PORTABLE = ("onnx", "onnx-int8")
-
 
 @router.get(
     "/tasks/{name}/export",
-    responses={**ERRORS, 200: {"content": {"application/zip": {}}, "description": "zip: model.onnx, preprocessing files (tokenizer or image spec), graft-export.json"}},
+    responses={**ERRORS, 200: {"content": {"application/zip": {}}, "description": "zip: model.onnx, preprocessing files "
+               "(tokenizer or image spec), graft-export.json"}},
     response_class=Response,
 )
 async def export_task(
@@ -63,136 +24,5 @@ async def export_task(
     format: str = Query("onnx", description="Only `onnx`."),
     version: int | None = Query(None, ge=1, description="Version to export; default: the active one."),
 ) -> Response:
-    if format != "onnx":
-        raise ApiError(422, "validation_error", f"unsupported export format {format!r}; supported: 'onnx'")
-    task, v = await anyio.to_thread.run_sync(_version, rt, me.id, name, version)
-    path = cached_export(rt, me.id, task.id, v.number, format)
-    if not path.is_file():
-        if not _BUILDING.begin(me.id):
-            raise ApiError(429, "export_in_progress", "this tenant is already building an export; retry when it is done "
-                           "(finished exports are cached and served at once)", {"Retry-After": str(BUILD_RETRY_S)})
-        try:
-            if not path.is_file():  # built by a request that held the slot just before
-                data = await anyio.to_thread.run_sync(_build, rt, task, v)
-                await anyio.to_thread.run_sync(_store, path, data)
-        finally:
-            _BUILDING.end(me.id)
+    task, v, path = await exports.export(rt, me.id, name, format, version)
     return FileResponse(path, media_type="application/zip", filename=f"{task.name}-v{v.number}-onnx.zip")
-
-
-BUILD_RETRY_S = 5
-
-
-class _Builds:
-    """Tenants building an export in this process (at most one build each)."""
-
-    def __init__(self) -> None:
-        self._busy: set[str] = set()
-        self._lock = threading.Lock()
-
-    def begin(self, tenant_id: str) -> bool:
-        with self._lock:
-            if tenant_id in self._busy:
-                return False
-            self._busy.add(tenant_id)
-            return True
-
-    def end(self, tenant_id: str) -> None:
-        with self._lock:
-            self._busy.discard(tenant_id)
-
-
-_BUILDING = _Builds()
-
-
-def exports_dir(rt: Runtime, tenant_id: str) -> Path:
-    return rt.settings.data_path / "exports" / tenant_id
-
-
-def cached_export(rt: Runtime, tenant_id: str, task_id: str, version: int, fmt: str) -> Path:
-    return exports_dir(rt, tenant_id) / f"{task_id}-v{version}.{fmt}.zip"
-
-
-def forget_exports(rt: Runtime, tenant_id: str, task_id: str) -> None:
-    """Delete a (deleted) task's cached exports."""
-    for path in exports_dir(rt, tenant_id).glob(f"{task_id}-v*.zip"):
-        path.unlink(missing_ok=True)
-
-
-def _store(path: Path, data: bytes) -> None:
-    """Write the export whole or not at all (a temp file in the same directory, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".building-", suffix=".zip")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _version(rt: Runtime, tenant_id: str, name: str, number: int | None) -> tuple[Task, Version]:
-    task = rt.store.get_task(tenant_id, name)  # another tenant's task: NotFound → 404
-    number = number or task.active_version
-    if number is None:
-        raise NotTrained(f"task {name!r} has no trained version yet; poll its job and export when it succeeds")
-    return task, rt.store.version(task.id, number, with_weights=True)
-
-
-def _build(rt: Runtime, task: Task, v: Version) -> bytes:
-    import onnx
-    import onnxruntime
-
-    head = head_of(rt.store, v)
-    finetuned = heads.TRUNK in head.consumes
-    files: dict[str, bytes] = {}
-    backbone, variant = None, None
-    try:
-        if finetuned or needs_backbone(head):
-            name = v.backbone if finetuned else task.backbone
-            if name not in rt.backbones.loaded:
-                raise ApiError(422, "not_exportable", f"backbone {name!r} is not configured")
-            backbone = rt.backbones.get(name)
-            # A fine-tuned head changes the backbone's top layers: its whole model is exported in fp32, merged.
-            variant = "onnx" if finetuned or backbone.runtime not in PORTABLE else backbone.runtime
-            source = rt.backbones.exportable(name)
-            path = None if finetuned else rt.backbones.onnx_file(name, variant)
-            if source is None or (path is None and not finetuned):
-                raise ApiError(422, "not_exportable", f"backbone {name!r} has no ONNX export")
-            files = source.preprocessing_files()
-            fused = finetune_graph(head, source.export_spec()) if finetuned else fuse(onnx.load(str(path)), head)
-        else:  # a baseline head reads only the raw inputs: its graph is the featurizer and the regression
-            fused = fuse(None, head)
-    except ExportError as exc:
-        raise ApiError(422, "not_exportable", str(exc)) from None
-    raw = raw_inputs(head)
-    if raw is not None:
-        files[RAW_INPUTS_FILE] = raw_inputs_source()
-    dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name for i in fused.graph.input}
-    preprocessing = PREPROCESSING.get(task.modality, {}) if backbone is not None else {}
-    manifest: dict[str, Any] = {
-        "format": "graft-onnx-export/1",
-        "task": task.name,
-        "kind": task.kind,
-        "version": v.number,
-        "head": v.head,
-        "labels": head.labels,
-        "model": {"file": MODEL_FILE, "inputs": list(dtypes), "input_dtype": next(iter(dtypes.values())),
-                  "input_dtypes": dtypes, "output": output_of(head), "output_order": "labels"},
-        "preprocessing": preprocessing | {"files": sorted(files)} | ({"raw": raw} if raw is not None else {}),
-        "backbone": None if backbone is None else {
-            "name": backbone.name, "revision": backbone.revision, "graph_variant": variant,
-            "serving_runtime": backbone.runtime, "trained_on_runtime": v.runtime,
-            "trained_on_revision": v.backbone_revision, "dim": backbone.dim},
-        # int8 activations are quantised with one scale per call: to reproduce Graft's scores exactly,
-        # run one input per call, as Graft does.
-        "one_input_per_call": variant == "onnx-int8",
-        "versions": {"graft": "0.1.0", "opset": next(o.version for o in fused.opset_import if o.domain in ("", "ai.onnx")),
-                     "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if isinstance(head, heads.MultiLabelHead):  # a label is predicted when its probability reaches its threshold
-        manifest["thresholds"] = dict(zip(head.labels, (float(t) for t in head.thresholds), strict=True))
-    return bundle(fused, files, manifest)
-

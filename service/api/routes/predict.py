@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 from fastapi import APIRouter, Request
 
 from graft import schemas as s
 
-from ...router import AnyPrediction, MultiLabelPrediction, RegressionPrediction
+from ...application import predict as use
+from ...application.inputs import Raw
 from ...runtime import Runtime
 from ..errors import ApiError
-from ..inputs import Raw, predict_inputs
 from ..uploads import is_multipart, one_upload, read_form
 from .deps import (
     ERRORS,
@@ -26,27 +25,16 @@ router = APIRouter(prefix="/v1")
 async def _predict(
     rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Raw], names: Sequence[str], top_k: int | None
 ) -> s.PredictResponse:
-    prepare = predict_inputs(rt, inputs, names)
-    task, version, predictions = await rt.router.predict(tenant_id, name, inputs, top_k, prepare=prepare)
-    return s.PredictResponse(task=task.name, version=version, predictions=cast(s.Predictions, [_out(p) for p in predictions]))
-
-
-def _out(p: AnyPrediction) -> s.PredictionOut | s.MultiLabelPredictionOut | s.RegressionPredictionOut:
-    if isinstance(p, MultiLabelPrediction):
-        return s.MultiLabelPredictionOut(
-            labels=p.labels, scores=[s.LabelScoreOut(label=x.label, probability=x.probability, threshold=x.threshold, chosen=x.chosen) for x in p.scores],
-        )
-    if isinstance(p, RegressionPrediction):
-        return s.RegressionPredictionOut(value=p.value)
-    return s.PredictionOut(label=p.label, score=p.score, scores=p.scores)
+    task, version, predictions = await use.predict(rt, tenant_id, name, inputs, names, top_k)
+    # each prediction's JSON is in its task kind's form (adapters/kinds/); the response model validates it
+    return s.PredictResponse.model_validate(
+        {"task": task.name, "version": version, "predictions": [p.as_json() for p in predictions]}
+    )
 
 
 @router.post("/tasks/{name}/predict", response_model=s.PredictResponse, responses=ERRORS)
 async def predict(name: str, body: s.PredictRequest, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
-    limit = rt.settings.max_predict_inputs
-    if len(body.inputs) > limit:
-        raise ApiError(413, "too_large", f"{len(body.inputs)} inputs in one predict request; the limit is {limit}")
-    rt.predict_rate.take(me.id, len(body.inputs))  # one token per input
+    use.check_inputs(rt, me.id, len(body.inputs))  # size, then one rate token per input
     return await _predict(rt, me.id, name, body.inputs, [f"inputs[{i}]" for i in range(len(body.inputs))], body.top_k)
 
 

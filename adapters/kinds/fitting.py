@@ -1,4 +1,4 @@
-"""Training for the task kinds beyond single-label classification: multi-label and regression.
+"""Fitting for the task kinds beyond single-label classification: multi-label and regression.
 
 Both fit one head on the frozen embeddings, choose its regularisation by K-fold cross-validation
 and report cross-validated metrics next to a no-learning baseline, so a transfer that does not
@@ -22,8 +22,8 @@ import numpy as np
 from sklearn.metrics import f1_score, mean_absolute_error, r2_score
 from sklearn.model_selection import KFold
 
-from .heads import MultiLabelHead, RidgeHead
-from .training import FitResult, TrainingDataError, single_threaded_blas
+from ..heads import MultiLabelHead, RidgeHead
+from ..training import FitResult, TrainingDataError, single_threaded_blas
 
 GRID_C = (0.5, 2.0, 8.0, 32.0, 128.0)
 GRID_ALPHA = (0.001, 0.01, 0.1, 1.0, 10.0)

@@ -1,4 +1,4 @@
-"""Request inputs per modality: what the store keeps (examples) and what backbones take (predict).
+"""Request inputs per modality (the application layer's decoding; the router asks it through ``Prepare``): what the store keeps (examples) and what backbones take (predict).
 
 Text passes through with its length checked. Images are decoded and checked here, in the request
 that sent them (so one bad image is that request's 4xx, never a failed backbone batch):
@@ -13,12 +13,13 @@ from typing import Any, cast
 
 import anyio.to_thread
 
+from adapters.heads import RAW, Head
+
 from .. import images
 from ..backbones.base import ImageBackbone
 from ..router import Prepare, TaskRef
 from ..runtime import Runtime
-from .errors import ApiError, answer_for
-from .routes.deps import check_texts
+from .errors import Invalid, TooLarge
 
 Raw = str | bytes  # JSON gives base64 strings; multipart and zip uploads give bytes
 
@@ -36,11 +37,9 @@ def _decode(rt: Runtime, raw: Raw, where: str, budget: images.PixelBudget | None
     try:
         data = images.from_base64(raw) if isinstance(raw, str) else raw
         return images.decode(data, image_limits(rt), budget)
-    except images.ImageError as exc:
+    except images.ImageError as exc:  # the same error, saying which input
         hint = " (this task's modality is 'image')" if isinstance(raw, str) and isinstance(exc, images.NotAnImage) else ""
-        answer = answer_for(exc)
-        assert answer is not None  # every ImageError is in the table
-        raise ApiError(answer.status, answer.code, f"{where} {exc}{hint}") from None
+        raise type(exc)(f"{where} {exc}{hint}") from None
 
 
 def stored_image(
@@ -54,7 +53,14 @@ def stored_image(
 def check_count(rt: Runtime, n: int) -> None:
     limit = rt.settings.max_examples_per_request
     if n > limit:
-        raise ApiError(413, "too_large", f"{n} examples in one request; the limit is {limit}. Send them in parts.")
+        raise TooLarge(f"{n} examples in one request; the limit is {limit}. Send them in parts.")
+
+
+def check_texts(rt: Runtime, texts: Sequence[str], field: str) -> None:
+    limit = rt.settings.max_text_chars
+    for i, text in enumerate(texts):
+        if len(text) > limit:
+            raise TooLarge(f"{field}[{i}] has {len(text)} characters; the limit is {limit}")
 
 
 def stored_examples(
@@ -93,6 +99,15 @@ def _prepared_images(
     return cropped, stored
 
 
+async def prepare_inputs(
+    rt: Runtime, task: TaskRef, backbone: str, head: Head, inputs: Sequence[Raw], names: Sequence[str]
+) -> tuple[Sequence[Any], Sequence[Any] | None]:
+    """A predict request's inputs as ``backbone`` takes them and, for heads that read raw inputs, their raw
+    form: text is checked and passes through; images are decoded off the event loop (one bad image is
+    this request's 4xx, never a failed backbone batch)."""
+    return await predict_inputs(rt, inputs, names)(task, backbone, RAW in head.consumes)
+
+
 def predict_inputs(rt: Runtime, inputs: Sequence[Raw], names: Sequence[str]) -> Prepare:
     """How a predict request's inputs become what the task's backbone (and head) take: text is
     checked and passes through; images are decoded off the event loop (one bad image is this
@@ -102,7 +117,7 @@ def predict_inputs(rt: Runtime, inputs: Sequence[Raw], names: Sequence[str]) -> 
         if task.modality == "image":
             return await anyio.to_thread.run_sync(_prepared_images, rt, backbone, inputs, names, want_raw)
         if any(isinstance(raw, bytes) for raw in inputs):
-            raise ApiError(422, "validation_error", f"task {task.name!r} is a text task: send JSON {{\"inputs\": [texts]}} to /predict")
+            raise Invalid(f"task {task.name!r} is a text task: send JSON {{\"inputs\": [texts]}} to /predict")
         check_texts(rt, inputs, "inputs")  # type: ignore[arg-type]
         return inputs, inputs
 

@@ -1,0 +1,19 @@
+"""Task kinds as plug-ins: each kind's module registers one :class:`TaskKind` (``@register_kind``, see
+:mod:`.base`); importing this package imports them all, so :data:`KINDS` is full before anyone reads it.
+A new kind is one module here plus its import below.
+"""
+
+from .base import AUTO, KINDS, LABEL_CHARS, KindPrediction, TaskKind, UnknownKind, kind_of, register_kind, unstorable
+from .classification import Classification, Prediction, top_predictions
+from .fitting import fit_multilabel, fit_regression, indicator, tune_thresholds
+from .multilabel import LabelScore, MultiLabel, MultiLabelPrediction, multilabel_predictions
+from .regression import Regression, RegressionPrediction
+
+DEFAULT = Classification.name  # a task that names no kind; a dataset upload's new task
+
+__all__ = [
+    "AUTO", "DEFAULT", "KINDS", "LABEL_CHARS", "Classification", "KindPrediction", "LabelScore", "MultiLabel",
+    "MultiLabelPrediction", "Prediction", "Regression", "RegressionPrediction", "TaskKind", "UnknownKind",
+    "fit_multilabel", "fit_regression", "indicator", "kind_of", "multilabel_predictions", "register_kind",
+    "top_predictions", "tune_thresholds", "unstorable",
+]

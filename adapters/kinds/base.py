@@ -1,0 +1,222 @@
+"""A task kind: everything that depends on what an example's label is.
+
+One :class:`TaskKind` subclass per kind, registered with :func:`register_kind` (the way heads register
+with ``adapters.heads.register``), owns the kind's label validation and storage codec, which heads apply
+and how they are fitted, the promotion comparison, the prediction's form and what an export adds to its
+manifest. Nothing outside ``adapters/kinds/`` branches on a kind's name: the service and the HTTP layer
+look the kind up (:func:`kind_of`) and ask it. A new kind is one module with one registered subclass.
+
+Labels arrive as JSON values (a string, a list, a number, a dict…); :meth:`TaskKind.problem` says why
+one does not fit, :meth:`TaskKind.encode` turns a valid one into the one string the store keeps per
+example and :meth:`TaskKind.decode` reads it back. Predictions are objects with ``as_json()`` (the
+answer's JSON for one input), so a kind whose predictions are not a top-k label list (spans, answers)
+needs nothing from the predict route.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import numpy as np
+
+from ..heads import Head, heads_for
+from ..selection import Decision
+from ..training import FitResult
+
+AUTO = "auto"
+LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number (graft/schemas.py agrees)
+
+
+class UnknownKind(ValueError):
+    """No task kind of that name is registered."""
+
+    code: ClassVar[str] = "validation_error"
+
+
+class KindPrediction(Protocol):
+    """One input's prediction, as the kind answers it."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The prediction as the API's JSON answer for one input."""
+
+
+def unstorable(value: str) -> str | None:
+    """Why a string cannot be stored as is (None when it can): NUL characters (PostgreSQL text
+    cannot hold them) and lone surrogates (not encodable as UTF-8). graft/schemas.py checks the same
+    at the JSON edge (the client cannot import the server); tests/service/test_errors_table.py keeps them equal."""
+    if "\x00" in value:
+        return "must not contain NUL (\\u0000) characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid unicode (no lone surrogates)"
+    return None
+
+
+def shape(label: Any) -> str:
+    """A label's JSON type in words, for error messages."""
+    if label is None:
+        return "null"
+    if isinstance(label, bool):
+        return "a boolean"
+    if isinstance(label, list):
+        return "a list"
+    if isinstance(label, str):
+        return f"the string {label[:40]!r}"
+    return f"the number {label}" if isinstance(label, int | float) else type(label).__name__
+
+
+def string_problem(label: Any) -> str | None:
+    """Why ``label`` is not a storable label string (None when it is)."""
+    if not isinstance(label, str):
+        return f"labels are strings, got {shape(label)}"
+    if not label.strip():
+        return "a label must be a non-empty string"
+    if len(label) > LABEL_CHARS:
+        return f"a label has at most {LABEL_CHARS} characters, got {len(label)}"
+    problem = unstorable(label)
+    return f"a label {problem}" if problem else None
+
+
+def label_set_problem(present: set[str], declared: Sequence[str] | None) -> str | None:
+    """A new task's label names: the declared set (if any) covered exactly, and at least two."""
+    if declared is not None:
+        unknown = sorted(present - set(declared))
+        if unknown:
+            return f"examples use labels not in 'labels': {unknown[:10]}"
+        missing = sorted(set(declared) - present)
+        if missing:
+            return f"every label needs at least one example; none for {missing[:10]}"
+    if len(present) < 2:
+        return f"at least 2 distinct labels are needed; got {sorted(present)}"
+    return None
+
+
+class TaskKind(ABC):
+    """What a task's labels are, and everything that follows from it. Subclasses set the class
+    variables and implement the abstract methods; :func:`register_kind` makes one known."""
+
+    name: ClassVar[str]
+    modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+    # heads a task of this kind may pin besides "auto" (empty: the kind's own head, chosen by "auto")
+    pinnable_heads: ClassVar[tuple[str, ...]] = ()
+    # backbone "auto" (the modality's backbone with the best LogME on the labels, per training) applies
+    chooses_backbone: ClassVar[bool] = False
+    declares_labels: ClassVar[bool] = True  # a new task may declare its label set ("labels")
+    dataset_uploads: ClassVar[bool] = False  # dataset files (one label string per row or folder) hold its labels
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def problem(self, label: Any) -> str | None:
+        """Why ``label`` (a JSON value) does not fit this kind; None when it does."""
+
+    @abstractmethod
+    def encode(self, label: Any) -> str:
+        """A valid label as the one string the store keeps."""
+
+    @abstractmethod
+    def decode(self, stored: str) -> Any:
+        """A stored label back as the value it was (the store is trusted: labels are checked before)."""
+
+    def decode_all(self, stored: Sequence[str]) -> list[Any]:
+        return [self.decode(one) for one in stored]
+
+    @abstractmethod
+    def names(self, stored: Sequence[str]) -> list[str]:
+        """The label names in stored labels (a label-count quota counts these)."""
+
+    def per_label(self, counts: dict[str, int]) -> dict[str, int]:
+        """Examples per label from stored-label counts (``{stored label: examples}``)."""
+        return counts
+
+    @abstractmethod
+    def examples_problem(self, labels: Sequence[Any], declared: Sequence[str] | None) -> str | None:
+        """Why a new task's labels (each already valid) cannot make a task, e.g. fewer than two distinct
+        ones, or not the ``declared`` set; None when they can."""
+
+    # -- new tasks ------------------------------------------------------------------------------
+
+    def new_task_problem(self, modality: str, backbone: str | None, head: str) -> str | None:
+        """Why a new task of this kind cannot have this modality, backbone (None: the default) and
+        head (``auto`` or a head kind); None when it can."""
+        if modality not in self.modalities:
+            return f"a {self.name} task takes modality {' or '.join(map(repr, self.modalities))}, not {modality!r}"
+        if head != AUTO and head not in self.pinnable_heads:
+            owners = " or ".join(k.name for k in KINDS.values() if head in k.pinnable_heads) or "no"
+            return f"head {head!r} is for {owners} tasks; a {self.name} task takes head 'auto' (or none)"
+        if backbone == AUTO and not self.chooses_backbone:
+            owners = " or ".join(k.name for k in KINDS.values() if k.chooses_backbone) or "no"
+            return f"backbone 'auto' is for {owners} tasks; name a {modality} backbone for a {self.name} task"
+        return None
+
+    # -- heads and fitting --------------------------------------------------------------------
+
+    def heads(self) -> dict[str, type[Head]]:
+        """The head classes registered for this kind, in rank order."""
+        return heads_for(self.name)
+
+    def transfer_targets(self, labels: Sequence[Any]) -> np.ndarray | None:
+        """Integer class targets for LogME transferability scores (None: the kind is not scored)."""
+        return None
+
+    @abstractmethod
+    def fit(
+        self, x: np.ndarray, labels: Sequence[Any], *, head: str, raw: Sequence[str] | None, modality: str,
+        folds: int, seed: int,
+    ) -> FitResult:
+        """Fit the kind's head (``head``: ``auto`` or a pinned one) on embeddings ``x`` and decoded
+        ``labels`` (and the raw inputs, for heads that read them), cross-validated, with metrics and the
+        dashboard's figures in ``FitResult.metrics``."""
+
+    # -- promotion ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def comparable(self, result: FitResult) -> bool:
+        """Whether ``result`` has out-of-fold predictions to compare with the active version."""
+
+    @abstractmethod
+    def compare(
+        self, active: Head, vectors: np.ndarray | None, raw: Sequence[str], truth: Sequence[str], result: FitResult,
+        unseen: np.ndarray, active_number: int,
+    ) -> Decision:
+        """Promotion: the active version's ``active`` head on the examples it never saw (``vectors``, their
+        ``raw`` inputs, ``truth`` their stored labels) against ``result``'s out-of-fold predictions at
+        ``unseen`` (see adapters/selection.py)."""
+
+    # -- predictions and export -----------------------------------------------------------------
+
+    @abstractmethod
+    def format(self, head: Head, output: np.ndarray, top_k: int | None) -> list[KindPrediction]:
+        """The head's output (one row per input) as this kind answers it."""
+
+    def manifest(self, head: Head) -> dict[str, Any]:
+        """What an export's manifest adds for this kind (e.g. decision thresholds)."""
+        return {}
+
+
+# Every task kind by name. Filled by :func:`register_kind` as the kind modules are imported;
+# adapters/kinds/__init__.py imports them all, so importing any part of ``adapters.kinds`` fills it.
+KINDS: dict[str, TaskKind] = {}
+
+K = TypeVar("K", bound=type[TaskKind])
+
+
+def register_kind(cls: K) -> K:
+    """Class decorator: make a task kind known under its ``name``."""
+    known = KINDS.get(cls.name)
+    if known is not None and type(known) is not cls:
+        raise ValueError(f"task kind {cls.name!r} is already registered by {type(known).__qualname__}")
+    KINDS[cls.name] = cls()
+    return cls
+
+
+def kind_of(name: str) -> TaskKind:
+    """The registered task kind ``name``, or :class:`UnknownKind`."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UnknownKind(f"unknown task kind {name!r}; known: {sorted(KINDS)}") from None
+

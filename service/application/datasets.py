@@ -1,0 +1,100 @@
+"""The dataset-ingest use case: a whole labeled dataset in one file (an image-folder zip, CSV or JSON
+Lines) creates a task or extends one. A new task takes the same rules and defaults as ``POST /v1/tasks``
+(service/task_rules.py); everything is validated before anything is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, cast
+
+from adapters import kinds
+
+from .. import datasets, quotas, task_rules
+from ..backbones.base import ImageBackbone
+from ..runtime import Runtime
+from ..store.models import Job, Task
+from ..store.repository import NotFound
+from .errors import Invalid
+from .inputs import pixel_budget, stored_examples, stored_image
+from .tasks import check_new_labels
+
+
+@dataclass(frozen=True)
+class Ingested:
+    task: Task
+    job: Job
+    created: bool
+    examples: int
+    warnings: list[str]
+
+
+def _existing(rt: Runtime, tenant_id: str, name: str) -> Task | None:
+    try:
+        return rt.store.get_task(tenant_id, name)
+    except NotFound:
+        return None
+
+
+def _target(
+    rt: Runtime, name: str, task: Task | None, kind: datasets.Kind, modality: str | None, backbone: str | None, head: str | None
+) -> tuple[str, str, str]:
+    """The modality, backbone and head the upload goes to: the existing task's, or the new task's (by the
+    same rules and defaults as ``POST /v1/tasks``, service/task_rules.py)."""
+    if task is not None:
+        given = {"modality": (modality, task.modality), "backbone": (backbone, task.backbone), "head": (head, task.head)}
+        for param, (value, actual) in given.items():
+            if value is not None and value != actual:
+                raise Invalid(f"task {name!r} exists with {param} {actual!r}; "
+                               f"omit '{param}' to extend it, or upload to a new task name")
+    target = task.modality if task else modality or ("image" if kind == "zip" else "text")
+    if kind == "zip" and target != "image":
+        raise Invalid("a zip (image-folder layout) is for image tasks; "
+                       "text tasks take CSV or JSON Lines with input,label columns")
+    if task is not None:
+        return target, task.backbone, task.head
+    new = task_rules.new_task(rt, target, kinds.DEFAULT, backbone, head)
+    return target, new.backbone, new.head
+
+
+def _read(
+    rt: Runtime, file: IO[bytes], kind: datasets.Kind, modality: str, backbone: str
+) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
+    """The parsed file and its examples as the store keeps them."""
+    settings = rt.settings
+    if kind == "zip":  # each image is checked and normalised as it is extracted
+        preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing  # an image task's backbone
+        budget = pixel_budget(rt)
+        data = datasets.read_image_folder(
+            file, max_files=settings.max_examples_per_request,
+            max_total_bytes=settings.max_upload_uncompressed_bytes, max_file_bytes=settings.max_image_bytes,
+            convert=lambda raw, where: stored_image(rt, preprocessing, raw, where, budget),
+        )
+        return data, list(zip(data.inputs, data.labels, strict=True))  # type: ignore[arg-type]
+    field_chars = settings.max_image_bytes * 4 // 3 + 64 if modality == "image" else settings.max_text_chars
+    data = datasets.read_table(file, kind, max_rows=settings.max_examples_per_request, max_field_chars=field_chars)
+    return data, stored_examples(rt, modality, backbone, data.inputs, data.labels, data.names)
+
+
+def ingest(
+    rt: Runtime, tenant_id: str, name: str, file: IO[bytes], content_type: str, filename: str,
+    modality: str | None, backbone: str | None, head: str | None,
+) -> Ingested:
+    """Read, check and store the dataset ``file``; its training job is queued."""
+    task = _existing(rt, tenant_id, name)
+    if task is not None and not kinds.kind_of(task.kind).dataset_uploads:
+        raise Invalid(f"task {name!r} is a {task.kind} task; dataset uploads hold {kinds.DEFAULT} "
+                       f"labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
+    kind = datasets.detect_kind(file.read(8), content_type, filename)  # DatasetError: a domain error
+    file.seek(0)
+    target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head)
+    data, examples = _read(rt, file, kind, target, backbone_name)
+    guard = quotas.examples_guard(rt.settings, tenant_id, task, examples)  # checked in the write's transaction
+    if task is None:
+        check_new_labels(kinds.DEFAULT, [label for _, label in examples], None)
+        created, (task, job) = True, rt.store.create_task(
+            tenant_id, name, modality=target, backbone=backbone_name, head=head_name, examples=examples, guard=guard
+        )
+    else:
+        created, (task, job) = False, rt.store.add_examples(tenant_id, name, examples, guard=guard)
+    rt.jobs.notify()
+    return Ingested(task, job, created, len(examples), data.warnings)

@@ -1,0 +1,104 @@
+"""Use cases on tasks and their examples: create a task, add examples, describe a task, delete one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from adapters import kinds
+
+from .. import quotas, task_rules
+from ..runtime import Runtime
+from ..store.models import Job, Task, Version
+from .errors import Invalid
+from .exports import forget_exports
+from .inputs import Raw, stored_examples
+
+
+@dataclass(frozen=True)
+class Example:
+    input: Raw
+    label: Any  # a JSON value, checked against the task's kind
+
+
+@dataclass(frozen=True)
+class TaskView:
+    task: Task
+    labels: list[str]  # the active version's
+    examples_per_label: dict[str, int]
+    versions: list[Version]
+
+
+def check_new_labels(kind: str, labels: Sequence[Any], declared: Sequence[str] | None) -> None:
+    """A new task's labels (each already valid for its kind): enough distinct ones, and the declared set if any."""
+    task_kind = kinds.kind_of(kind)
+    if declared is not None and not task_kind.declares_labels:
+        raise Invalid(f"a {kind} task has no label set: omit 'labels'")
+    problem = task_kind.examples_problem(labels, declared)
+    if problem:
+        raise Invalid(problem)
+
+
+def check_labels(kind: str, examples: Sequence[Example], task_name: str | None = None) -> None:
+    """Each example's label fits the task's kind (the kind's own check, adapters/kinds/)."""
+    task_kind = kinds.kind_of(kind)
+    about = f" (task {task_name!r} is a {kind} task)" if task_name is not None else ""
+    for i, example in enumerate(examples):
+        problem = task_kind.problem(example.label)
+        if problem:
+            raise Invalid(f"examples[{i}].label: {problem}{about}")
+
+
+def _stored(rt: Runtime, kind: str, modality: str, backbone: str, examples: Sequence[Example]) -> list[tuple[str, str]]:
+    """Examples as the store keeps them: labels encoded by the task's kind, inputs checked (text) or
+    normalised (images)."""
+    task_kind = kinds.kind_of(kind)
+    return stored_examples(
+        rt, modality, backbone, [e.input for e in examples], [task_kind.encode(e.label) for e in examples],
+        [f"examples[{i}].input" for i in range(len(examples))],
+    )
+
+
+def create_task(
+    rt: Runtime, tenant_id: str, name: str, *, modality: str, kind: str, backbone: str | None, head: str | None,
+    declared: list[str] | None, examples: Sequence[Example],
+) -> tuple[Task, Job]:
+    """A new task with its examples and its first training job (queued), or a domain error."""
+    new = task_rules.new_task(rt, modality, kind, backbone, head)
+    quotas.check_labels(rt.settings, declared or [], "declared label")
+    check_labels(new.kind, examples)
+    check_new_labels(new.kind, [e.label for e in examples], declared)
+    stored = _stored(rt, new.kind, new.modality, new.backbone, examples)
+    task, job = rt.store.create_task(
+        tenant_id, name, modality=new.modality, kind=new.kind, backbone=new.backbone, head=new.head, examples=stored,
+        guard=quotas.examples_guard(rt.settings, tenant_id, None, stored, new.kind),  # in the write's transaction
+    )
+    rt.jobs.notify()
+    return task, job
+
+
+def add_examples(rt: Runtime, tenant_id: str, name: str, examples: Sequence[Example]) -> tuple[Task, Job]:
+    """More examples for a task, and a training job queued for them (superseding a queued one)."""
+    task = rt.store.get_task(tenant_id, name)
+    check_labels(task.kind, examples, task_name=name)
+    stored = _stored(rt, task.kind, task.modality, task.backbone, examples)
+    guard = quotas.examples_guard(rt.settings, tenant_id, task, stored, task.kind)
+    task, job = rt.store.add_examples(tenant_id, name, stored, guard=guard)
+    rt.jobs.notify()
+    return task, job
+
+
+def describe_task(rt: Runtime, tenant_id: str, name: str) -> TaskView:
+    task = rt.store.get_task(tenant_id, name)
+    versions = rt.store.versions(task.id)
+    active = next((v for v in versions if v.number == task.active_version), None)
+    per_label = kinds.kind_of(task.kind).per_label(rt.store.label_counts(task.id))
+    return TaskView(task, active.labels if active else [], per_label, versions)
+
+
+def delete_task(rt: Runtime, tenant_id: str, name: str) -> None:
+    task = rt.store.get_task(tenant_id, name)
+    rt.store.delete_task(tenant_id, name)
+    rt.router.forget(tenant_id, name)
+    forget_exports(rt, tenant_id, task.id)

@@ -1,0 +1,253 @@
+"""The training pipeline: a claimed job's examples → embeddings → the task kind's fit → a promotion
+decision → the new version, completed in the store in one transaction.
+
+The worker (service/jobs.py: claim, lease, heartbeat, requeue) runs it and hands it a :class:`Progress`
+to report to; everything that depends on the task's kind, the kind says (adapters/kinds/).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+import numpy as np
+
+from adapters import heads, kinds, selection
+from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
+from adapters.training import FitResult, TrainingDataError
+from adapters.transfer import capped_sample, logme
+
+from . import faults, images
+from .backbones.base import Backbone, ImageBackbone
+from .batching import Batcher, text_trunk
+from .config import Settings
+from .engine.head_store import VersionFailed, head_of
+from .store.models import Job, Task
+from .store.repository import NewVersion, NotFound, Store
+
+EMBED_SHARE = 0.7  # progress fraction spent embedding examples; the rest is fitting
+EMBED_CHUNK = 64
+
+
+def backbone_inputs(backbone: Backbone, stored: list[str]) -> list:
+    """Stored examples as a backbone takes them: texts as they are; images (stored as normalised
+    PNG) decoded and cropped by the backbone's preprocessing."""
+    if backbone.modality == "image":
+        return images.from_stored(stored, cast(ImageBackbone, backbone).preprocessing)
+    return stored
+
+
+class JobLost(Exception):
+    """The job is no longer ours (its task was deleted, or another worker reclaimed it)."""
+
+
+class Progress(Protocol):
+    """Where a training reports how far it got (the worker's heartbeat)."""
+
+    def update(self, progress: float) -> None:
+        """The job is ``progress`` (0..1) done; raises when the job must stop (lost, timed out)."""
+
+    def step(self) -> None:
+        """A training step is about to run (fine-tuning); may wait, and raises as :meth:`update` does."""
+
+
+class TrainingPipeline:
+    """Trains claimed jobs of worker ``worker_id`` (the store completes a job only for its owner)."""
+
+    def __init__(
+        self, store: Store, batchers: Callable[[str], Batcher], settings: Settings, worker_id: str,
+        backbones_of: Callable[[str], list[str]] | None = None,
+    ) -> None:
+        self.store, self.batchers, self.settings, self.worker_id = store, batchers, settings, worker_id
+        self.backbones_of = backbones_of  # modality -> configured backbone names
+
+    def _embed(self, backbone: str, texts: list[str], progress: Progress, done: float, share: float) -> np.ndarray:
+        """Embed ``texts`` at training priority; progress moves from ``done`` to ``done + share``."""
+        batcher = self.batchers(backbone)
+        vectors = [np.zeros((0, batcher.backbone.dim), dtype=np.float32)]
+        for start in range(0, len(texts), EMBED_CHUNK):
+            chunk = backbone_inputs(batcher.backbone, texts[start : start + EMBED_CHUNK])
+            vectors.append(batcher.embed_sync(chunk, background=True))
+            progress.update(done + share * min(1.0, (start + EMBED_CHUNK) / max(1, len(texts))))
+        return np.concatenate(vectors)
+
+    def _embed_and_score(
+        self, task: Task, texts: list[str], labels: list[Any], progress: Progress
+    ) -> tuple[str, np.ndarray, dict]:
+        """Embed the examples with the task's backbone — for ``auto``, the backbone of the modality with
+        the highest LogME on a capped, stratified sample — and score every backbone of the modality."""
+        names = self.backbones_of(task.modality) if self.backbones_of else []
+        if task.backbone != "auto" and task.backbone not in names:
+            names = [task.backbone, *names]
+        if not names:
+            raise TrainingDataError(f"no {task.modality} backbone is configured")
+        y = kinds.kind_of(task.kind).transfer_targets(labels)
+        assert y is not None  # called for kinds that choose their backbone by LogME on these targets
+        sample = capped_sample(y, self.settings.transfer_sample, self.settings.seed)
+        sample_texts = [texts[i] for i in sample]
+        others = [n for n in names if n != task.backbone]
+        scores: dict[str, float] = {}
+        embedded: dict[str, np.ndarray] = {}
+        work = len(others) * len(sample) + len(texts)  # inputs to embed, for progress
+        done = 0
+
+        def share(count: int) -> tuple[float, float]:
+            return EMBED_SHARE * done / work, EMBED_SHARE * count / work
+
+        for name in others:  # the sample only
+            embedded[name] = self._embed(name, sample_texts, progress, *share(len(sample)))
+            if len(sample) >= 2:
+                scores[name] = logme(embedded[name], y[sample])
+            done += len(sample)
+        chosen = task.backbone if task.backbone != "auto" else max(others, key=lambda n: scores.get(n, 0.0))
+        if chosen in embedded:  # auto: embed the rest with the winner
+            x = np.empty((len(texts), embedded[chosen].shape[1]), dtype=np.float32)
+            x[sample] = embedded[chosen]
+            rest = np.setdiff1d(np.arange(len(texts)), sample)
+            x[rest] = self._embed(chosen, [texts[i] for i in rest], progress, *share(len(rest)))
+        else:
+            x = self._embed(chosen, texts, progress, *share(len(texts)))
+            if len(sample) >= 2:
+                scores[chosen] = logme(x[sample], y[sample])
+        transferability = {
+            "method": "LogME", "examples": int(len(sample)),
+            "selection": "auto" if task.backbone == "auto" else "pinned",
+            "chosen": chosen, "scores": dict(sorted(scores.items(), key=lambda kv: -kv[1])),
+        }
+        return chosen, x, transferability
+
+    def _decide(
+        self, task: Task, result: FitResult, x: np.ndarray, backbone: str, texts: list[str], labels: list[str]
+    ) -> tuple[selection.Decision, int | None]:
+        """Compare with the active version on the examples it never saw (see adapters/selection.py)."""
+        if task.active_version is None:
+            return selection.first_version(), None
+        active = self.store.version(task.id, task.active_version, with_weights=True)
+        task_kind = kinds.kind_of(task.kind)
+        if not task_kind.comparable(result):
+            too_few = "promoted without comparison: too few examples to cross-validate"
+            return selection.unconditional(too_few), active.number
+        unseen = np.arange(active.n_examples, len(texts))
+        try:
+            head = head_of(self.store, active)
+        except VersionFailed:  # a corrupt active version must not block the retrain that replaces it
+            return selection.unconditional(
+                f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
+            ), active.number
+        vectors = None
+        if heads.EMBEDDING in head.consumes:
+            if active.backbone == backbone:
+                vectors = x[unseen]
+            else:
+                try:
+                    batcher = self.batchers(active.backbone)
+                    unseen_inputs = backbone_inputs(batcher.backbone, [texts[i] for i in unseen])
+                    vectors = batcher.embed_sync(unseen_inputs, background=True)
+                except KeyError:
+                    return selection.unconditional(
+                        f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} "
+                        "is no longer configured"
+                    ), active.number
+        truth = [labels[i] for i in unseen]
+        decision = task_kind.compare(head, vectors, [texts[i] for i in unseen], truth, result, unseen, active.number)
+        return decision, active.number
+
+    def _pinned_backbone(self, task: Task) -> str:
+        """The backbone of a kind that does not choose one by transferability (``auto`` is refused at the
+        API for those; a hand-edited row falls back to the modality's first backbone)."""
+        if task.backbone != "auto":
+            return task.backbone
+        names = self.backbones_of(task.modality) if self.backbones_of else []
+        if not names:
+            raise TrainingDataError(f"no {task.modality} backbone is configured")
+        return names[0]
+
+    def _finetune(self, job: Job, task: Task, texts: list[str], labels: list[str], progress: Progress) -> int | None:
+        """LoRA on the top layers of the task's text backbone (``auto``: the first one configured)."""
+        if task.modality != "text":
+            raise TrainingDataError("head 'finetune' is available for text tasks only")
+        names = [task.backbone] if task.backbone != "auto" else (self.backbones_of("text") if self.backbones_of else [])
+        sources = [(n, text_trunk(self.batchers(n).backbone)) for n in names]
+        name, source = next(((n, s) for n, s in sources if s is not None), (None, None))
+        if source is None or name is None:
+            raise TrainingDataError("no text backbone with a transformer trunk is configured for head 'finetune'")
+        if len(set(labels)) < 2:
+            raise TrainingDataError("at least 2 distinct labels are needed to train a classifier")
+        cfg = FinetuneConfig(
+            layers=self.settings.finetune_layers, rank=self.settings.finetune_rank,
+            max_epochs=self.settings.finetune_max_epochs,
+        )
+
+        head, fit_metrics = fit_finetune(
+            cast(TextSource, source), texts, labels, cfg, seed=self.settings.seed,
+            progress=lambda f: progress.update(0.9 * f), between_steps=progress.step,
+        )
+        backbone = self.batchers(name).backbone
+        decision = selection.first_version() if task.active_version is None else selection.unconditional(
+            "promoted without comparison: a fine-tuned head is compared on its held-out fold only"
+        )
+        metrics = {
+            **fit_metrics, "warnings": list(fit_metrics.get("warnings", [])),
+            "examples_per_label": dict(sorted(Counter(labels).items())),
+        }
+        provenance = {"backbone": name, "backbone_revision": backbone.revision, "runtime": "torch", "dim": backbone.dim}
+        blob = heads.to_bytes(head, metrics=metrics, **provenance)
+        progress.update(0.95)
+        return self.store.complete_job(
+            job.id, self.worker_id,
+            NewVersion(
+                head="finetune", backbone=name, backbone_revision=backbone.revision, runtime="torch",
+                labels=head.labels,
+                metrics={**metrics, "promotion": decision.as_dict()}, n_examples=len(texts), weights=blob,
+            ),
+            promote=decision.promote,
+            compared_with=task.active_version,
+        )
+
+    def train(self, job: Job, progress: Progress) -> int | None:
+        """Train ``job``'s task and complete the job with the new version: its number, or None when the job
+        is no longer this worker's (the store refused the completion)."""
+        try:
+            task = self.store.get_task_by_id(job.task_id or "")
+        except NotFound:
+            raise JobLost("the task was deleted") from None
+        examples = self.store.examples(task.id)
+        texts = [text for text, _ in examples]
+        labels = [label for _, label in examples]
+        task_kind = kinds.kind_of(task.kind)
+        if task.head == "finetune" and "finetune" in task_kind.pinnable_heads:
+            return self._finetune(job, task, texts, labels, progress)
+        targets = task_kind.decode_all(labels)
+        if task_kind.chooses_backbone:  # LogME over the modality's backbones (``auto``: the best is used)
+            backbone_name, x, transferability = self._embed_and_score(task, texts, targets, progress)
+        else:
+            backbone_name = self._pinned_backbone(task)
+            x, transferability = self._embed(backbone_name, texts, progress, 0.0, EMBED_SHARE), None
+        result = task_kind.fit(
+            x, targets, head=task.head, raw=texts, modality=task.modality, folds=self.settings.cv_folds,
+            seed=self.settings.seed,
+        )
+        progress.update(0.9)
+        metrics = result.metrics if transferability is None else {**result.metrics, "transferability": transferability}
+        decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
+        backbone = self.batchers(backbone_name).backbone
+        faults.point("training")
+        progress.update(0.95)
+        provenance = {
+            "backbone": backbone.name, "backbone_revision": backbone.revision, "runtime": backbone.runtime,
+            "dim": backbone.dim,
+        }
+        blob = heads.to_bytes(result.head, metrics=metrics, **provenance)
+        return self.store.complete_job(
+            job.id,
+            self.worker_id,
+            NewVersion(
+                head=result.metrics["head"], backbone=backbone.name, backbone_revision=backbone.revision,
+                runtime=backbone.runtime, labels=result.head.labels,
+                metrics={**metrics, "promotion": decision.as_dict()},
+                n_examples=len(examples), weights=blob,
+            ),
+            promote=decision.promote,
+            compared_with=compared_with,
+        )
