@@ -22,7 +22,7 @@ import onnx.compose
 import torch
 
 from .heads import EMBEDDING as CONSUMES_EMBEDDING
-from .heads import RAW
+from .heads import RAW, ValueHead
 from .onnx_heads import PIXELS, TOKENS, raw_head_graph
 from .onnx_trace import OPSET, trace_onnx
 
@@ -59,7 +59,7 @@ def _opset(model: onnx.ModelProto) -> int:
 
 def output_of(head: Any) -> str:
     """The graph output's name: ``value`` for a regression head, else ``probabilities``."""
-    return VALUE if getattr(head, "kind", "") == "ridge" else PROBABILITIES
+    return VALUE if isinstance(head, ValueHead) else PROBABILITIES
 
 
 def needs_backbone(head: Any) -> bool:

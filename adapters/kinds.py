@@ -151,7 +151,7 @@ def fit_regression(x: np.ndarray, values: Sequence[float], *, folds: int = 5, se
     metrics: dict[str, Any] = {"kind": "regression", "head": RidgeHead.kind, "examples": len(y), "target": summary, "warnings": []}
     if len(y) < MIN_CV_EXAMPLES:
         head = RidgeHead(alpha=GRID_ALPHA[len(GRID_ALPHA) // 2]).fit(x, y)
-        metrics.update(evaluation="train", too_small_to_fold=True, selected={"alpha": head.alpha}, **_regression_scores(y, head.predict(x)))
+        metrics.update(evaluation="train", too_small_to_fold=True, selected={"alpha": head.alpha}, **_regression_scores(y, head.predict_values(x)))
         metrics["warnings"].append(f"Fewer than {MIN_CV_EXAMPLES} examples: nothing was cross-validated, the errors shown are on the training examples.")
         return FitResult(head=head, metrics=metrics)
 
@@ -161,7 +161,7 @@ def fit_regression(x: np.ndarray, values: Sequence[float], *, folds: int = 5, se
     for train, test in splits:
         mean_pred[test] = y[train].mean()
         for a in GRID_ALPHA:
-            oof[a][test] = RidgeHead(alpha=a).fit(x[train], y[train]).predict(x[test])
+            oof[a][test] = RidgeHead(alpha=a).fit(x[train], y[train]).predict_values(x[test])
     candidates: list[dict[str, Any]] = [{"params": {"alpha": a}, **_regression_scores(y, oof[a])} for a in GRID_ALPHA]
     best = min(candidates, key=lambda row: row["rmse"])
     baseline = {"method": "predict the mean target of the training folds", **_regression_scores(y, mean_pred)}

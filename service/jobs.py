@@ -352,7 +352,7 @@ class JobRunner:
         truth = [labels[i] for i in unseen]
         if task.kind == stored_labels.REGRESSION:
             values = stored_labels.decode_all(task.kind, truth)
-            active_values = head.predict_proba(vectors)[:, 0].tolist()
+            active_values = head.predict_values(vectors).tolist()  # type: ignore[attr-defined]
             new_values = result.oof_pred[unseen].tolist()  # type: ignore[index]
             return selection.compare_errors_on_unseen(values, new_values, active_values, active.number), active.number
         if task.kind == stored_labels.MULTILABEL:  # right = exactly the example's label set (both stored-encoded)

@@ -102,11 +102,11 @@ def multilabel_predictions(head: heads.Head, proba: np.ndarray, top_k: int | Non
 
 
 def kind_predictions(kind: str, head: heads.Head, proba: np.ndarray, top_k: int | None) -> list[AnyPrediction]:
-    """The head's output as the task's kind answers it (``proba`` holds regression values as one column)."""
+    """The head's output as the task's kind answers it (``proba``: a regression head's values (n,))."""
     if kind == "multilabel":
         return multilabel_predictions(head, proba, top_k)  # type: ignore[return-value]
     if kind == "regression":
-        return [RegressionPrediction(float(v)) for v in proba[:, 0]]
+        return [RegressionPrediction(float(v)) for v in proba]
     return top_predictions(head.labels, proba, top_k)  # type: ignore[return-value]
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..encoding import encode_labels
-from .base import TRUNK
+from .base import TRUNK, Array, HeadFormatError, MissingInputs, StoredHead, register
 from .linear import fit_logistic
 
 TARGETS = ("query", "key", "value", "dense")  # suffixes: attention q/k/v, attention output, FFN in and out
@@ -119,15 +119,23 @@ def merge_lora(layers: torch.nn.ModuleList, lora: dict[str, np.ndarray], scaling
 # -- the head -----------------------------------------------------------------------------------
 
 
-class FinetuneHead:
+@register(rank=4)
+class FinetuneHead(StoredHead):
     kind: ClassVar[str] = "finetune"
     consumes: ClassVar[frozenset[str]] = frozenset({TRUNK})
     exportable: ClassVar[bool] = False  # exported with its own top layers (adapters/export.py: finetune_graph)
+    settings: ClassVar[tuple[str, ...]] = ("split", "n_layers", "rank", "alpha")
+    arrays: ClassVar[tuple[Array, ...]] = (
+        Array("weight", ("labels", "dim"), key="classifier.weight"), Array("bias", ("labels",), key="classifier.bias"),
+    )
 
-    def __init__(self, labels: list[str], split: int, n_layers: int, rank: int, alpha: float) -> None:
+    def __init__(
+        self, labels: list[str], split: int, n_layers: int, rank: int, alpha: float,
+        lora: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.labels = list(labels)
         self.split, self.n_layers, self.rank, self.alpha = int(split), int(n_layers), int(rank), float(alpha)
-        self.lora: dict[str, np.ndarray] = {}
+        self.lora: dict[str, np.ndarray] = dict(lora or {})
         self.weight = np.zeros((len(labels), 0), dtype=np.float32)
         self.bias = np.zeros(len(labels), dtype=np.float32)
         self.temperature = 1.0
@@ -148,22 +156,16 @@ class FinetuneHead:
         self.weight, self.bias = self.weight / temperature, self.bias / temperature
         self._torch_classifier = None
 
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {**{f"lora.{k}": v for k, v in self.lora.items()}, "classifier.weight": self.weight, "classifier.bias": self.bias}
-
-    def params(self) -> dict[str, Any]:
-        return {"split": self.split, "n_layers": self.n_layers, "rank": self.rank, "alpha": self.alpha}
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        return {f"lora.{k}": v for k, v in self.lora.items()}
 
     @classmethod
-    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> FinetuneHead:
-        head = cls(labels, params["split"], params["n_layers"], params["rank"], params["alpha"])
-        head.lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
-        head.weight, head.bias = tensors["classifier.weight"], tensors["classifier.bias"]
-        if head.weight.shape[0] != len(labels) or head.bias.shape != (len(labels),):
-            raise ValueError("finetune head tensors do not match its labels")
-        if not 0 <= head.split < head.n_layers:
-            raise ValueError("finetune head split point out of range")
-        return head
+    def restored_arguments(cls, params: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"lora": {k.removeprefix("lora."): v for k, v in tensors.items() if k.startswith("lora.")}}
+
+    def check(self) -> None:
+        if not 0 <= self.split < self.n_layers:
+            raise HeadFormatError("finetune head split point out of range")
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -201,8 +203,6 @@ class FinetuneHead:
     def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
         """Probabilities for raw texts through this head's whole model (bound backbone required)."""
         if raw is None:
-            from .base import MissingInputs
-
             raise MissingInputs("the 'finetune' head needs the raw texts")
         if self.source is None:
             raise RuntimeError("bind() the head to its backbone first")
