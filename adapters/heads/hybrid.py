@@ -23,7 +23,9 @@ class HybridHead(FeaturesHead):
     exportable: ClassVar[bool] = True
     settings: ClassVar[tuple[str, ...]] = ("c", "weight_embedding", "modality")
     arrays: ClassVar[tuple[Array, ...]] = (
-        Array("w_embedding", ("labels", "dim")), Array("w_features", ("labels", "features")), Array("bias", ("labels",)),
+        Array("w_embedding", ("labels", "dim")),
+        Array("w_features", ("labels", "features")),
+        Array("bias", ("labels",)),
     )
 
     def __init__(
