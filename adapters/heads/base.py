@@ -23,7 +23,7 @@ import json
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, TypeVar, cast, runtime_checkable
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -100,9 +100,9 @@ def embeddings(kind: str, x: np.ndarray | None) -> np.ndarray:
 @dataclass(frozen=True)
 class Array:
     """One array a head stores: the attribute holding it, its tensor's name in the blob (``key``, default
-    the attribute's name), dtype (what the head writes; a blob's other precision of the same kind loads
-    as stored) and shape. A shape entry is a size, ``"labels"`` (the head's number of
-    labels) or any other name, which every array of the head that names it must agree on (e.g. ``"dim"``)."""
+    the attribute's name), dtype (the head's; a blob holding another precision of the same kind loads as
+    stored) and shape. A shape entry is a size, ``"labels"`` (the head's number of labels) or any other
+    name, which every array of the head that names it must agree on (e.g. ``"dim"``)."""
 
     attr: str
     shape: tuple[int | str, ...]
@@ -154,7 +154,7 @@ class StoredHead:
         """Further checks on a restored head; raise :class:`HeadFormatError`."""
 
     @classmethod
-    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
+    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> Self:
         missing = [name for name in cls.settings if name not in params]
         missing += [a.name for a in cls.arrays if a.name not in tensors]
         if missing:
