@@ -11,7 +11,8 @@ Every figure here is computed from held-out predictions, never from the training
   the ECE).
 - ``learning_curve``: CV accuracy of the served head kind and hyper-parameters refitted, within
   each of the first ``CURVE_FOLDS`` folds, on a random ``s`` examples per label of the fold's
-  training part, for a few ``s``; the last point is the full cross-validated accuracy. It tells whether more examples would help.
+  training part, for a few ``s``; the last point is the full cross-validated accuracy. It tells whether
+  more examples would help.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ CURVE_POINTS = 3
 CURVE_FOLDS = 3
 
 
-def confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], dense_up_to: int = DENSE_LABELS) -> dict[str, Any]:
+def confusion(
+    y: np.ndarray, pred: np.ndarray, labels: Sequence[str], dense_up_to: int = DENSE_LABELS
+) -> dict[str, Any]:
     """Rows true labels, columns predictions. Past ``dense_up_to`` labels the k×k matrix would
     bloat every version's metrics, so only its non-zero cells are kept, as [row, column, count]."""
     matrix = confusion_matrix(y, pred, labels=list(range(len(labels)))).astype(int)
@@ -103,7 +106,9 @@ def learning_curve(
     for size in curve_sizes(smallest):
         correct = 0
         for train, test in folds:
-            subsample = np.concatenate([rng.choice(train[y[train] == k], size, replace=False) for k in range(n_classes)])
+            subsample = np.concatenate(
+                [rng.choice(train[y[train] == k], size, replace=False) for k in range(n_classes)]
+            )
             correct += int((fit_predict(np.sort(subsample), test) == y[test]).sum())
         points.append({"examples_per_label": size, "accuracy": correct / scored, "all": False})
     points.append({"examples_per_label": typical, "accuracy": full_accuracy, "all": True})

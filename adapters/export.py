@@ -22,7 +22,7 @@ import onnx.compose
 import torch
 
 from .heads import EMBEDDING as CONSUMES_EMBEDDING
-from .heads import RAW
+from .heads import RAW, ValueHead
 from .onnx_heads import PIXELS, TOKENS, raw_head_graph
 from .onnx_trace import OPSET, trace_onnx
 
@@ -59,7 +59,7 @@ def _opset(model: onnx.ModelProto) -> int:
 
 def output_of(head: Any) -> str:
     """The graph output's name: ``value`` for a regression head, else ``probabilities``."""
-    return VALUE if getattr(head, "kind", "") == "ridge" else PROBABILITIES
+    return VALUE if isinstance(head, ValueHead) else PROBABILITIES
 
 
 def needs_backbone(head: Any) -> bool:
@@ -93,7 +93,9 @@ def head_graph(head: Any, dim: int, opset: int) -> onnx.ModelProto:
     """The head alone as ONNX: ``pooled_embedding`` (batch, dim) and/or its raw input → its output."""
     kind = getattr(head, "kind", type(head).__name__)
     if kind == "finetune":
-        raise ExportError("a 'finetune' head changes the backbone's top layers: export its whole model with finetune_graph")
+        raise ExportError(
+            "a 'finetune' head changes the backbone's top layers: export its whole model with finetune_graph"
+        )
     output = output_of(head)
     if RAW in getattr(head, "consumes", frozenset()):
         try:
@@ -148,7 +150,9 @@ def bundle(fused: onnx.ModelProto, files: dict[str, bytes], manifest: dict[str, 
         zf.writestr(MODEL_FILE, fused.SerializeToString(), compress_type=zipfile.ZIP_STORED)
         for name, data in files.items():
             zf.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
-        zf.writestr(MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False), compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr(
+            MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False), compress_type=zipfile.ZIP_DEFLATED
+        )
     return out.getvalue()
 
 

@@ -67,7 +67,9 @@ def compare_on_unseen(truth: Sequence[str], new: Sequence[str], active: Sequence
     return _paired_decision(b, c, summary, counts)
 
 
-def compare_errors_on_unseen(truth: Sequence[float], new: Sequence[float], active: Sequence[float], active_number: int) -> Decision:
+def compare_errors_on_unseen(
+    truth: Sequence[float], new: Sequence[float], active: Sequence[float], active_number: int
+) -> Decision:
     """Regression: the same decision, where on each example the strictly closer prediction counts as right."""
     n = len(truth)
     if n == 0:

@@ -47,7 +47,9 @@ AUTO_HEADS = ("hybrid", "linear", "baseline", "prototype")
 HEAD_NAMES = {
     "linear": "logistic regression on the frozen embeddings",
     "prototype": "nearest class centroid on the frozen embeddings",
-    "baseline": "from-scratch features of the raw inputs (TF-IDF + logistic regression for text, no pretrained backbone)",
+    "baseline": (
+        "from-scratch features of the raw inputs (TF-IDF + logistic regression for text, no pretrained backbone)"
+    ),
     "hybrid": "frozen embeddings and from-scratch features in one logistic regression",
 }
 
@@ -166,9 +168,12 @@ def plots(
     return {
         "confusion_matrix": diagnostics.confusion(y, pred, classes),
         "per_label": diagnostics.per_label(y, pred, classes),
-        "reliability": diagnostics.reliability(apply_temperature(oof_proba, temperature) if temperature != 1.0 else oof_proba, y),
+        "reliability": diagnostics.reliability(
+            apply_temperature(oof_proba, temperature) if temperature != 1.0 else oof_proba, y
+        ),
         "learning_curve": {
-            **diagnostics.learning_curve(fit_predict, y, splitter, best["accuracy"], seed), "head": kind,
+            **diagnostics.learning_curve(fit_predict, y, splitter, best["accuracy"], seed),
+            "head": kind,
             "params": best["params"],
         },
     }
@@ -216,7 +221,9 @@ def fit_head(
     if kind != AUTO and kind not in available:
         known = sorted(HEADS) + [AUTO]
         raise TrainingDataError(
-            f"unknown head {kind!r}; choose one of {known}" if kind not in HEADS else f"head {kind!r} cannot be trained on these inputs"
+            f"unknown head {kind!r}; choose one of {known}"
+            if kind not in HEADS
+            else f"head {kind!r} cannot be trained on these inputs"
         )
     classes, y = encode_labels(labels)
     if len(classes) < 2:
@@ -253,11 +260,16 @@ def fit_head(
     oof = cross_validate(evaluated, classes, x, y, raw, splitter, modality)
     grid_rows, best_of = [], {}
     for kd in evaluated:
-        rows: list[dict[str, Any]] = [{"head": kd, "params": p, **_scores(y, proba)} for p, proba in zip(GRIDS[kd], oof[kd], strict=True)]
+        rows: list[dict[str, Any]] = [
+            {"head": kd, "params": p, **_scores(y, proba)} for p, proba in zip(GRIDS[kd], oof[kd], strict=True)
+        ]
         grid_rows.extend(rows)
         i = max(range(len(rows)), key=lambda j: (rows[j]["accuracy"], -rows[j]["log_loss"]))
         best_of[kd] = (i, rows[i])
-    heads = {kd: {key: row[key] for key in ("params", "accuracy", "macro_f1", "log_loss")} for kd, (_, row) in best_of.items()}
+    heads = {
+        kd: {key: row[key] for key in ("params", "accuracy", "macro_f1", "log_loss")}
+        for kd, (_, row) in best_of.items()
+    }
     served = choose(choosable, heads, len(y))
     index, best = best_of[served]
     oof_proba = oof[served][index]
@@ -268,7 +280,9 @@ def fit_head(
         calibration=calibration.as_dict(), ece=calibration.ece_calibrated,
     )
     metrics["warnings"].extend(transfer_warnings(heads, served))
-    metrics.update(plots(served, best, classes, x, y, raw, oof_proba, calibration.temperature, splitter, modality, seed))
+    metrics.update(
+        plots(served, best, classes, x, y, raw, oof_proba, calibration.temperature, splitter, modality, seed)
+    )
     head = _make(served, classes, best["params"], modality).fit(x, y, raw=raw)
     if calibration.applied:
         head.temper(calibration.temperature)

@@ -51,7 +51,9 @@ def cut_to_tokens(backbone: TorchTextBackbone, texts: Sequence[str], tokens: int
     return [tok.decode(x) for x in ids]
 
 
-def datasets(backbone: TorchTextBackbone, bbc: list[dict], n_short: int, n_128: int, n_bbc: int) -> dict[str, list[str]]:
+def datasets(
+    backbone: TorchTextBackbone, bbc: list[dict], n_short: int, n_128: int, n_bbc: int
+) -> dict[str, list[str]]:
     articles = [r["input"] for r in bbc]
     return {
         "short (~16 tok)": cut_to_tokens(backbone, articles[:n_short], 16),
@@ -73,7 +75,9 @@ def model_flops(config, batches: Sequence[tuple[int, int]]) -> float:
     return total
 
 
-def padded_shapes(backbone: TorchTextBackbone, texts: Sequence[str], batch: int, per_call: int) -> list[tuple[int, int]]:
+def padded_shapes(
+    backbone: TorchTextBackbone, texts: Sequence[str], batch: int, per_call: int
+) -> list[tuple[int, int]]:
     shapes = []
     for start in range(0, len(texts), batch):
         for _idx, feeds in backbone.batches(texts[start : start + batch], min(batch, per_call)):
@@ -218,7 +222,9 @@ def main() -> None:
     parser.add_argument("--test-per-label", type=int, default=0, help="0: the whole BBC test split")
     parser.add_argument("--threads", type=int, default=0, help="0: the container's CPU quota, as Graft does")
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--skip-accuracy", action="store_true", help="throughput only (accuracy does not depend on threads)")
+    parser.add_argument(
+        "--skip-accuracy", action="store_true", help="throughput only (accuracy does not depend on threads)"
+    )
     parser.add_argument("--experimental", action="store_true", help="also time variants that were not adopted")
     parser.add_argument("--cache", type=Path, default=ROOT / "var" / "onnx-bench", help="ONNX export cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "backbones.json")
@@ -237,7 +243,9 @@ def main() -> None:
     dependence = batch_dependence(backbones, data["BBC News (as is)"]) if args.experimental else {}
     train = per_label(bbc_train, args.train_per_label) if args.train_per_label else bbc_train
     test = per_label(bbc_test, args.test_per_label, seed=1) if args.test_per_label else bbc_test
-    quality = [] if args.skip_accuracy else accuracy({k: v for k, v in embedders.items() if "(exp.)" not in k}, train, test)
+    quality = (
+        [] if args.skip_accuracy else accuracy({k: v for k, v in embedders.items() if "(exp.)" not in k}, train, test)
+    )
 
     st = {(r["dataset"], r["batch"]): r["items_per_s"] for r in speed if r["runtime"] == "sentence-transformers"}
     for row in speed:
@@ -262,9 +270,21 @@ def main() -> None:
                           ("agreement with fp32", "agreement_with_fp32", ".4f"),
                           ("mean cos", "mean_cosine_to_fp32", ".5f"), ("min cos", "min_cosine_to_fp32", ".5f")]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "mean_tokens": mean_tokens, "throughput": speed,
-                                    "accuracy": quality, "batch_dependence": dependence, "train": len(train), "test": len(test),
-                                    "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "mean_tokens": mean_tokens,
+                "throughput": speed,
+                "accuracy": quality,
+                "batch_dependence": dependence,
+                "train": len(train),
+                "test": len(test),
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {args.out}")
 
 

@@ -17,7 +17,8 @@ Training wall time per column: (a) and (b) include embedding the training exampl
 backbone (the pool is embedded once; its measured seconds per example are charged per draw), (c)
 has no backbone, (d) is SetFit's ``train()``, (e) is ``fit_finetune`` (its own pass of the frozen
 layers over the training examples included; the test set's hidden states at the split point are
-computed once, like the frozen embeddings, since those layers are shared). The machine is shared: compare times within one run.
+computed once, like the frozen embeddings, since those layers are shared). The machine is shared: compare
+times within one run.
 
     .venv/bin/python -m benchmarks.eval_quality --write-docs docs/quality.md
 
@@ -92,7 +93,13 @@ def load_datasets(names: list[str]) -> list[Dataset]:
         "digits": ("image", "digits"),
     }
     return [
-        Dataset(name, known[name][0], "", load_jsonl(f"{known[name][1]}.train.jsonl"), load_jsonl(f"{known[name][1]}.test.jsonl"))
+        Dataset(
+            name,
+            known[name][0],
+            "",
+            load_jsonl(f"{known[name][1]}.train.jsonl"),
+            load_jsonl(f"{known[name][1]}.test.jsonl"),
+        )
         for name in names
     ]
 
@@ -185,8 +192,14 @@ def run_setfit(ds: Dataset, emb: Embeddings, train: list[dict], seed: int) -> di
     if SETFIT["max_length"]:
         model.model_body.max_seq_length = SETFIT["max_length"]
     args = TrainingArguments(  # checkpoints go to a temporary folder, never into the checkout
-        output_dir=tempfile.mkdtemp(prefix="graft-setfit-"), save_strategy="no",
-        batch_size=16, num_epochs=1, num_iterations=SETFIT["iterations"], seed=seed, report_to="none", show_progress_bar=False,
+        output_dir=tempfile.mkdtemp(prefix="graft-setfit-"),
+        save_strategy="no",
+        batch_size=16,
+        num_epochs=1,
+        num_iterations=SETFIT["iterations"],
+        seed=seed,
+        report_to="none",
+        show_progress_bar=False,
     )
     data = HFDataset.from_dict({"text": [r["input"] for r in train], "label": [r["label"] for r in train]})
     trainer = Trainer(model=model, args=args, train_dataset=data)
@@ -246,7 +259,12 @@ def run_finetune(ds: Dataset, emb: Embeddings, train: list[dict], seed: int) -> 
 
 SETFIT = {"iterations": 20, "max_length": 0}  # SetFit's paper recipe: 20 pair iterations; body's own length
 COLUMNS: dict[str, Callable] = {
-    "graft": run_graft, "linear": run_linear, "mteb": run_mteb, "scratch": run_scratch, "setfit": run_setfit, "finetune": run_finetune,
+    "graft": run_graft,
+    "linear": run_linear,
+    "mteb": run_mteb,
+    "scratch": run_scratch,
+    "setfit": run_setfit,
+    "finetune": run_finetune,
 }
 
 
@@ -343,8 +361,14 @@ def fmt(col: dict | None, key: str) -> str:
 
 
 def markdown(rows: list[dict], checks: dict, command: str, meta: dict) -> str:
-    names = {"graft": "(a) Graft default", "linear": "(a') Graft linear head", "mteb": "(b) LR(max_iter=100) on embeddings",
-             "scratch": "(c) from scratch", "setfit": "(d) SetFit", "finetune": "(e) finetune"}
+    names = {
+        "graft": "(a) Graft default",
+        "linear": "(a') Graft linear head",
+        "mteb": "(b) LR(max_iter=100) on embeddings",
+        "scratch": "(c) from scratch",
+        "setfit": "(d) SetFit",
+        "finetune": "(e) finetune",
+    }
     lines = [
         "| data set | n/label | draws | " + " | ".join(f"{names[c]} acc / macro-F1" for c in COLUMNS) + " | "
         + " | ".join(f"{c} train s" for c in COLUMNS) + " | (a) heads served |",
@@ -352,14 +376,17 @@ def markdown(rows: list[dict], checks: dict, command: str, meta: dict) -> str:
     ]
     for r in rows:
         cols = r["columns"]
-        cells = [f"{fmt(cols.get(c), 'accuracy')} / {fmt(cols.get(c), 'macro_f1')}" if c in cols else "—" for c in COLUMNS]
+        cells = [
+            f"{fmt(cols.get(c), 'accuracy')} / {fmt(cols.get(c), 'macro_f1')}" if c in cols else "—" for c in COLUMNS
+        ]
         times = [f"{cols[c]['seconds']:.2f}" if c in cols else "—" for c in COLUMNS]
         lines.append(f"| {r['dataset']} | {r['n']} | {r['draws']} | " + " | ".join(cells) + " | " + " | ".join(times)
                      + f" | {', '.join(cols['graft']['heads']) if 'graft' in cols else '—'} |")
     lines.append("")
     if "never_below_max_mteb_scratch_minus_0.5" in checks:
         lines += [
-            f"- (a) ≥ max((b), (c)) − 0.5 pt on every row: **{'yes' if checks['never_below_max_mteb_scratch_minus_0.5'] else 'no'}**",
+            "- (a) ≥ max((b), (c)) − 0.5 pt on every row: "
+            f"**{'yes' if checks['never_below_max_mteb_scratch_minus_0.5'] else 'no'}**",
             f"- mean gain of (a) over (b): **{checks['mean_gain_over_mteb_pt']:+.2f} pt** (target ≥ +1)",
         ]
     for f in checks.get("finetune", []):
@@ -368,7 +395,8 @@ def markdown(rows: list[dict], checks: dict, command: str, meta: dict) -> str:
                      f"{f['finetune_s']:.1f} s; same draws: {others}")
     for s in checks.get("setfit", []):
         lines.append(
-            f"- {s['dataset']}, n = 8, on SetFit's {s['draws']} draw(s): (a) {s['graft']:.1f} vs SetFit {s['setfit']:.1f} "
+            f"- {s['dataset']}, n = 8, on SetFit's {s['draws']} draw(s): (a) {s['graft']:.1f} vs SetFit "
+            f"{s['setfit']:.1f} "
             f"({'within' if s['within_2pt'] else 'NOT within'} 2 pt); SetFit trains {s['time_ratio']:.0f}× longer"
         )
     lines += ["", f"Run: `{command}` — {meta['when']}, {meta['machine']}."]
@@ -385,12 +413,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 draws, n = 8 and 64 only, no SetFit")
     parser.add_argument("--sizes", default="8,64,all", help="examples per label, comma-separated")
     parser.add_argument("--finetune", action="store_true", help="add column (e), Graft's finetune head (text)")
-    parser.add_argument("--finetune-draws", default="", help="draws for (e), one per size, comma-separated (default: --draws)")
+    parser.add_argument(
+        "--finetune-draws", default="", help="draws for (e), one per size, comma-separated (default: --draws)"
+    )
     parser.add_argument("--finetune-layers", type=int, default=0, help="(e): adapted top layers (0: the default)")
     parser.add_argument("--finetune-rank", type=int, default=0, help="(e): LoRA rank (0: the default)")
     parser.add_argument("--columns", default="", help="only these of graft,mteb,scratch (comma-separated; default all)")
-    parser.add_argument("--test-per-label", type=int, default=0, help="evaluate on a seeded stratified subset of the test split (0: all)")
-    parser.add_argument("--pool-per-label", type=int, default=0, help="draw from a seeded subset of the train pool (0: all)")
+    parser.add_argument(
+        "--test-per-label",
+        type=int,
+        default=0,
+        help="evaluate on a seeded stratified subset of the test split (0: all)",
+    )
+    parser.add_argument(
+        "--pool-per-label", type=int, default=0, help="draw from a seeded subset of the train pool (0: all)"
+    )
     parser.add_argument("--write-docs", type=Path, help="write the markdown table into this file (between markers)")
     args = parser.parse_args()
     sizes = [8, 64] if args.quick else [ALL if n == "all" else int(n) for n in args.sizes.split(",")]
@@ -418,7 +455,9 @@ def main() -> None:
         table = markdown(rows, checks, command, meta)
         print("\n" + table, flush=True)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "eval_quality.json").write_text(json.dumps({"rows": rows, "targets": checks, "skipped": skipped, **meta}, indent=2))
+        (RESULTS / "eval_quality.json").write_text(
+            json.dumps({"rows": rows, "targets": checks, "skipped": skipped, **meta}, indent=2)
+        )
         if args.write_docs:
             start, end = "<!-- eval-quality:start -->", "<!-- eval-quality:end -->"
             text = args.write_docs.read_text() if args.write_docs.exists() else f"{start}\n{end}\n"
@@ -451,8 +490,12 @@ def main() -> None:
                 results = []
                 for seed in range(1 if n == ALL else n_tuned):
                     results.append(run_finetune(ds, emb, draw(ds, n, seed), seed))
-                    print(f"  {ds.name} n={'all' if n == ALL else n} draw {seed} finetune: acc {results[-1]['accuracy']:.1f} "
-                          f"{results[-1]['seconds']:.1f}s best epoch {results[-1]['best_epoch']}", flush=True)
+                    print(
+                        f"  {ds.name} n={'all' if n == ALL else n} draw {seed} finetune: acc "
+                        f"{results[-1]['accuracy']:.1f} "
+                        f"{results[-1]['seconds']:.1f}s best epoch {results[-1]['best_epoch']}",
+                        flush=True,
+                    )
                 rows[-1]["columns"]["finetune"] = summarise(results, "finetune")
             publish()
     try:
@@ -469,7 +512,11 @@ def main() -> None:
             results = []
             for seed in range(args.setfit_draws):
                 results.append(run_setfit(ds, emb, draw(ds, 8, seed), seed))
-                print(f"  {ds.name} n=8 draw {seed} setfit: acc {results[-1]['accuracy']:.1f} {results[-1]['seconds']:.1f}s", flush=True)
+                print(
+                    f"  {ds.name} n=8 draw {seed} setfit: acc {results[-1]['accuracy']:.1f} "
+                    f"{results[-1]['seconds']:.1f}s",
+                    flush=True,
+                )
                 row["columns"]["setfit"] = summarise(results, "setfit")
                 publish()
     if skipped:

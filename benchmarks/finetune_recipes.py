@@ -77,7 +77,9 @@ def main() -> None:
                     fit = fit_head(kind, emb, y, raw=x, candidates=[kind], seed=draw)
                     seconds = time.perf_counter() - started + (embed_s if kind == "linear" else 0.0)
                     pred = np.asarray(fit.head.labels)[fit.head.predict_proba(test_emb, raw=test_x).argmax(axis=1)]
-                    rows.append({**base, "method": kind, "accuracy": float(np.mean(pred == test_y)), "seconds": seconds})
+                    rows.append(
+                        {**base, "method": kind, "accuracy": float(np.mean(pred == test_y)), "seconds": seconds}
+                    )
                     print(rows[-1], flush=True)
                 for variant in args.variants.split(","):
                     started = time.perf_counter()

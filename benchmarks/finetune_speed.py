@@ -51,7 +51,9 @@ def padding(cache: ft._Cached, batches: list[list[int]]) -> float:
     return slots / real
 
 
-def epoch(net: torch.nn.Module, optim: torch.optim.Optimizer, batches: list[list[int]], fetch, yt: torch.Tensor) -> float:
+def epoch(
+    net: torch.nn.Module, optim: torch.optim.Optimizer, batches: list[list[int]], fetch, yt: torch.Tensor
+) -> float:
     started = time.perf_counter()
     with torch.enable_grad():
         for rows in batches:
@@ -110,7 +112,11 @@ def main() -> None:
     plain = cache.epoch_batches(train, cfg.batch_size, gen, bucket=False)
     bucketed = cache.epoch_batches(train, cfg.batch_size, torch.Generator().manual_seed(0), bucket=True)
     results = {}
-    for name, batches, fetch in (("uncached", plain, uncached), ("cached", plain, cache.batch), ("bucketed", bucketed, cache.batch)):
+    for name, batches, fetch in (
+        ("uncached", plain, uncached),
+        ("cached", plain, cache.batch),
+        ("bucketed", bucketed, cache.batch),
+    ):
         net, optim = fresh()
         results[name] = epoch(net, optim, batches, fetch, yt)
         print(f"{name:>9} epoch: {results[name]:.1f} s", flush=True)
@@ -120,7 +126,10 @@ def main() -> None:
         _, metrics = ft.fit_finetune(source, texts, names, cfg, seed=0)
         fit_s = time.perf_counter() - started
         fit_epochs = metrics["finetune"]["best_epoch"]
-        print(f"fit_finetune: {fit_s:.1f} s (best epoch {fit_epochs}, held-out accuracy {metrics['accuracy']:.3f})", flush=True)
+        print(
+            f"fit_finetune: {fit_s:.1f} s (best epoch {fit_epochs}, held-out accuracy {metrics['accuracy']:.3f})",
+            flush=True,
+        )
     report = {
         "set": args.set, "n": len(texts), "labels": len(classes), "layers": cfg.layers,
         "median_tokens": float(np.median(cache.lengths)), "frozen_pass_s": frozen_s,
@@ -132,9 +141,12 @@ def main() -> None:
     print("\n| set | n | median tokens | frozen pass s | epoch uncached s | epoch cached s | epoch bucketed s | "
           "padded/real tokens (plain → bucketed) | fit_finetune s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.set} | {len(texts)} | {report['median_tokens']:.0f} | {frozen_s:.1f} | {results['uncached']:.1f} | "
-          f"{results['cached']:.1f} | {results['bucketed']:.1f} | {report['padding_plain']:.2f} → {report['padding_bucketed']:.2f} | "
-          f"{'-' if fit_s is None else f'{fit_s:.0f}'} |")
+    print(
+        f"| {args.set} | {len(texts)} | {report['median_tokens']:.0f} | {frozen_s:.1f} | {results['uncached']:.1f} | "
+        f"{results['cached']:.1f} | {results['bucketed']:.1f} | {report['padding_plain']:.2f} → "
+        f"{report['padding_bucketed']:.2f} | "
+        f"{'-' if fit_s is None else f'{fit_s:.0f}'} |"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"finetune_speed.{args.set}.json").write_text(json.dumps(report, indent=2))
 

@@ -88,10 +88,20 @@ def fit_row(source, per_label_n: int) -> dict:
     started = time.perf_counter()
     head, metrics = fit_finetune(source, [r["input"] for r in train], [r["label"] for r in train], seed=0)
     seconds = time.perf_counter() - started
-    predicted = np.asarray(head.labels)[predict_shared(source, [r["input"] for r in test], [head] * len(test)).argmax(axis=1)]
+    predicted = np.asarray(head.labels)[
+        predict_shared(source, [r["input"] for r in test], [head] * len(test)).argmax(axis=1)
+    ]
     accuracy = float(np.mean(predicted == np.asarray([r["label"] for r in test])))
-    print(f"fit_finetune n={per_label_n}/label: {seconds:.1f} s, accuracy {accuracy:.3f} on {len(test)} test articles", flush=True)
-    return {"per_label": per_label_n, "seconds": seconds, "accuracy": accuracy, "epochs": metrics.get("finetune", {}).get("best_epoch")}
+    print(
+        f"fit_finetune n={per_label_n}/label: {seconds:.1f} s, accuracy {accuracy:.3f} on {len(test)} test articles",
+        flush=True,
+    )
+    return {
+        "per_label": per_label_n,
+        "seconds": seconds,
+        "accuracy": accuracy,
+        "epochs": metrics.get("finetune", {}).get("best_epoch"),
+    }
 
 
 def main() -> None:
@@ -143,29 +153,55 @@ def main() -> None:
 
             alone = timed(separate, args.repeats)
             top = sum(p.numel() for p in heads[0].layers.parameters())  # type: ignore[union-attr]
-            rows.append({
-                "texts": regime, "tasks": tasks, "batch": len(texts), "layers": args.layers, "rank": args.rank,
-                "embed_only_ms": 1000 * plain, "shared_ms": 1000 * shared, "separate_ms": 1000 * alone,
-                "speedup": alone / shared,
-                "weights_shared_mb": 4 * (total + tasks * top) / 2**20, "weights_separate_mb": 4 * tasks * total / 2**20,
-            })
+            rows.append(
+                {
+                    "texts": regime,
+                    "tasks": tasks,
+                    "batch": len(texts),
+                    "layers": args.layers,
+                    "rank": args.rank,
+                    "embed_only_ms": 1000 * plain,
+                    "shared_ms": 1000 * shared,
+                    "separate_ms": 1000 * alone,
+                    "speedup": alone / shared,
+                    "weights_shared_mb": 4 * (total + tasks * top) / 2**20,
+                    "weights_separate_mb": 4 * tasks * total / 2**20,
+                }
+            )
             r = rows[-1]
             print(f"{regime:>20} T={tasks:>2}: embed only {r['embed_only_ms']:.0f} ms, shared {r['shared_ms']:.0f} ms, "
                   f"separate {r['separate_ms']:.0f} ms ({r['speedup']:.2f}x); weights {r['weights_shared_mb']:.0f} vs "
                   f"{r['weights_separate_mb']:.0f} MB", flush=True)
 
-    print("\n| texts | tasks | batch | embed only ms | shared trunk ms | whole model per task ms | speed-up | weights shared / separate MB |")
+    print(
+        "\n| texts | tasks | batch | embed only ms | shared trunk ms | whole model per task ms | speed-up | weights "
+        "shared / separate MB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['texts']} | {r['tasks']} | {r['batch']} | {r['embed_only_ms']:.0f} | {r['shared_ms']:.0f} | "
-              f"{r['separate_ms']:.0f} | {r['speedup']:.2f}× | {r['weights_shared_mb']:.0f} / {r['weights_separate_mb']:.0f} |")
+        print(
+            f"| {r['texts']} | {r['tasks']} | {r['batch']} | {r['embed_only_ms']:.0f} | {r['shared_ms']:.0f} | "
+            f"{r['separate_ms']:.0f} | {r['speedup']:.2f}× | {r['weights_shared_mb']:.0f} / "
+            f"{r['weights_separate_mb']:.0f} |"
+        )
     fits = [fit_row(source, int(n)) for n in args.fit.split(",") if n]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    print(f"\nLoading one task (cache miss): binding its adapters {bind_ms:.0f} ms vs a whole-model copy {copy_ms:.0f} ms")
-    meta = {"clock": "process CPU time" if args.cpu_time else "wall", "bind_ms": bind_ms, "whole_model_copy_ms": copy_ms, "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
-            "torch_threads": torch.get_num_threads(), "device": args.device,
-            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
-    (RESULTS / "finetune_trunk.json").write_text(json.dumps({"rows": rows, "fits": fits, **meta}, indent=2, ensure_ascii=False))
+    print(
+        f"\nLoading one task (cache miss): binding its adapters {bind_ms:.0f} ms vs a whole-model copy {copy_ms:.0f} ms"
+    )
+    meta = {
+        "clock": "process CPU time" if args.cpu_time else "wall",
+        "bind_ms": bind_ms,
+        "whole_model_copy_ms": copy_ms,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "torch_threads": torch.get_num_threads(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+    }
+    (RESULTS / "finetune_trunk.json").write_text(
+        json.dumps({"rows": rows, "fits": fits, **meta}, indent=2, ensure_ascii=False)
+    )
 
 
 if __name__ == "__main__":

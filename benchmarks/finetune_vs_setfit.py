@@ -50,7 +50,10 @@ def setfit_row(model_dir: str, device: str, train: list[dict], test: list[dict])
     _sync()
     seconds = time.perf_counter() - started
     predicted = [str(p) for p in model.predict([r["input"] for r in test], batch_size=64)]
-    return {"seconds": seconds, "accuracy": float(np.mean([p == r["label"] for p, r in zip(predicted, test, strict=True)]))}
+    return {
+        "seconds": seconds,
+        "accuracy": float(np.mean([p == r["label"] for p, r in zip(predicted, test, strict=True)])),
+    }
 
 
 def finetune_row(source, train: list[dict], test: list[dict]) -> dict:

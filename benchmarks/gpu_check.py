@@ -120,7 +120,9 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(runtime: str, device: str, cache: Path, texts: list, batches: list[int], reps: int, name: str = "minilm") -> dict:
+def measure(
+    runtime: str, device: str, cache: Path, texts: list, batches: list[int], reps: int, name: str = "minilm"
+) -> dict:
     before = gpu_used_mib()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -170,7 +172,9 @@ def main() -> None:
     if args.minilm:
         SPECS["minilm"] = BackboneSpec("minilm", "text", lambda: str(args.minilm))
     if args.mobilenet:
-        SPECS["mobilenet_v2"] = BackboneSpec("mobilenet_v2", "image", lambda: str(args.mobilenet), architecture="mobilenet_v2")
+        SPECS["mobilenet_v2"] = BackboneSpec(
+            "mobilenet_v2", "image", lambda: str(args.mobilenet), architecture="mobilenet_v2"
+        )
 
     env = environment(args.device)
     print(json.dumps(env, indent=2), flush=True)
@@ -231,10 +235,18 @@ def main() -> None:
     if ok:
         best = max(ok, key=lambda r: r["throughput"][big]["items_per_s"])
         print(f"\nverdict: fastest at batch {big} within 0.5 pt of fp32 accuracy: {best['runtime']}")
-    images = image_rows(args.device, args.cache, args.image_runtimes.split(","), batches, args.reps, args.texts) if args.images else []
+    images = (
+        image_rows(args.device, args.cache, args.image_runtimes.split(","), batches, args.reps, args.texts)
+        if args.images
+        else []
+    )
     if images:
         print(f"\nMobileNetV2, {args.texts} photos (224x224) per cell; difference to CPU torch fp32 embeddings\n")
-        header = ["runtime", "status"] + [f"b{b} items/s" for b in batches] + ["GPU MiB (torch peak / nvidia-smi Δ)", "min cos", "max |Δ|"]
+        header = (
+            ["runtime", "status"]
+            + [f"b{b} items/s" for b in batches]
+            + ["GPU MiB (torch peak / nvidia-smi Δ)", "min cos", "max |Δ|"]
+        )
         print(" | ".join(header))
         print(" | ".join("---" for _ in header))
         for row in images:
@@ -246,8 +258,19 @@ def main() -> None:
                              + [f"{row['torch_peak_mib'] or 0:.0f} / {row['gpu_used_delta_mib']}",
                                 f"{row['min_cosine']:.5f}", f"{row['max_abs_diff']:.1e}"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"environment": env, "reference_accuracy": ref_accuracy, "rows": rows, "images": images,
-                                    "args": {k: str(v) for k, v in vars(args).items()}}, indent=2, default=str))
+    args.out.write_text(
+        json.dumps(
+            {
+                "environment": env,
+                "reference_accuracy": ref_accuracy,
+                "rows": rows,
+                "images": images,
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(f"wrote {args.out}")
 
 

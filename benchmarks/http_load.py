@@ -105,7 +105,9 @@ def main() -> None:
             [[f"/v1/tasks/task-{i % args.tasks}/predict", json.dumps({"inputs": [t]})] for i, t in enumerate(texts)]))
         peer_reqs.write_text(json.dumps([["/encode", json.dumps({"sentences": [t]})] for t in texts]))
 
-        graft = Server(root / "graft", env={"GRAFT_PREDICT_RATE_PER_S": "0"}).start()  # one tenant, many clients: no rate quota
+        graft = Server(
+            root / "graft", env={"GRAFT_PREDICT_RATE_PER_S": "0"}
+        ).start()  # one tenant, many clients: no rate quota
         peer = Server(root / "peer", target=PEER).start()
         systems = {
             "graft": (graft, graft_reqs, [f"Authorization: Bearer {key}"]),
@@ -130,7 +132,9 @@ def main() -> None:
                             rows, passes = (a - b for a, b in zip(pass_totals(server), passes0, strict=True))
                             result["rows_per_pass"] = rows / max(1.0, passes)
                         # CPU per request (warm-up included on both sides): steadier than req/s on a busy machine
-                        result["server_cpu_ms_per_request"] = (cpu_seconds(server) - cpu0) * 1000 / max(1, result["ok_all"])
+                        result["server_cpu_ms_per_request"] = (
+                            (cpu_seconds(server) - cpu0) * 1000 / max(1, result["ok_all"])
+                        )
                         runs.setdefault((name, c), []).append(result)
                         print(f"  {name} c={c}: {result['throughput_rps']:.1f} req/s, p50 {result['p50_ms']} ms, "
                               f"statuses {result['statuses']}, errors {result['errors']}", flush=True)
@@ -162,10 +166,30 @@ def main() -> None:
     rows.sort(key=lambda r: (r["clients"], r["system"]))
     print(f"in-process backbone on the same texts: {inproc:.1f} texts/s, {inproc_cpu:.1f} CPU ms per text "
           f"(median of {len(reference)} runs)")
-    report("http_load", ["system", "clients", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "non_200", "cpu_ms_per_req", "rows_per_pass",
-                         "vs_peer", "vs_inprocess_backbone", "cpu_vs_peer", "cpu_vs_inprocess"], rows, args=vars(args),
-           inprocess_backbone_rps=inproc, inprocess_cpu_ms_per_text=inproc_cpu,
-           inprocess_runs=reference, raw={f"{k[0]}@{k[1]}": v for k, v in runs.items()})
+    report(
+        "http_load",
+        [
+            "system",
+            "clients",
+            "throughput_rps",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "non_200",
+            "cpu_ms_per_req",
+            "rows_per_pass",
+            "vs_peer",
+            "vs_inprocess_backbone",
+            "cpu_vs_peer",
+            "cpu_vs_inprocess",
+        ],
+        rows,
+        args=vars(args),
+        inprocess_backbone_rps=inproc,
+        inprocess_cpu_ms_per_text=inproc_cpu,
+        inprocess_runs=reference,
+        raw={f"{k[0]}@{k[1]}": v for k, v in runs.items()},
+    )
 
 
 if __name__ == "__main__":

@@ -81,7 +81,14 @@ def throughput(backbones: dict[str, TorchImageBackbone], inputs: list[np.ndarray
                 best[name] = min(best[name], time_embed(backbone, items, batch))
         for name, seconds in best.items():
             calls = -(-len(items) // batch)
-            rows.append({"runtime": name, "batch": batch, "items_per_s": len(items) / seconds, "ms_per_batch": 1000 * seconds / calls})
+            rows.append(
+                {
+                    "runtime": name,
+                    "batch": batch,
+                    "items_per_s": len(items) / seconds,
+                    "ms_per_batch": 1000 * seconds / calls,
+                }
+            )
     return rows
 
 
@@ -108,7 +115,9 @@ def held_out_accuracy(head, x: np.ndarray, y: np.ndarray) -> tuple[float, np.nda
     return float((predicted == y).mean()), predicted
 
 
-def accuracy(backbones: dict[str, TorchImageBackbone], shots: list[int], seeds: list[int], test_per_label: int) -> list[dict]:
+def accuracy(
+    backbones: dict[str, TorchImageBackbone], shots: list[int], seeds: list[int], test_per_label: int
+) -> list[dict]:
     """Linear-probe accuracy on held-out digits per draw (shots per label, seed): each runtime's
     features and raw pixels, all with Graft's own ``fit_head``."""
     pool = load_jsonl("digits.train.jsonl")
@@ -125,7 +134,14 @@ def accuracy(backbones: dict[str, TorchImageBackbone], shots: list[int], seeds: 
     for (n, seed), draw in draws.items():
         labels = [r["label"] for r in draw]
         raw = fit_head("linear", pixels(draw), labels, folds=5, seed=0).head
-        rows.append({"shots": n, "seed": seed, "features": "raw pixels", "accuracy": held_out_accuracy(raw, pixels(test), y_test)[0]})
+        rows.append(
+            {
+                "shots": n,
+                "seed": seed,
+                "features": "raw pixels",
+                "accuracy": held_out_accuracy(raw, pixels(test), y_test)[0],
+            }
+        )
         reference = None
         for name, (train_vectors, test_vectors) in features.items():
             head = fit_head("linear", train_vectors[[index[r["input"]] for r in draw]], labels, folds=5, seed=0).head
@@ -162,24 +178,45 @@ def main() -> None:
     quality = [] if args.no_accuracy else accuracy(backbones, args.shots, args.seeds, args.test_per_label)
 
     base = {r["batch"]: r["items_per_s"] for r in speed if r["runtime"] == "torch fp32"}
-    print(f"\n{args.architecture} on {platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads")
+    print(
+        f"\n{args.architecture} on {platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} "
+        "threads"
+    )
     print(f"{'runtime':<12} {'batch':>5} {'items/s':>9} {'ms/batch':>9} {'vs fp32':>8}")
     for r in speed:
-        print(f"{r['runtime']:<12} {r['batch']:>5} {r['items_per_s']:>9.1f} {r['ms_per_batch']:>9.1f} {r['items_per_s'] / base[r['batch']]:>7.2f}×")
-    print(f"\nrequest path: {prep['what']}: {prep['ms_per_image']:.1f} ms/image ({prep['items_per_s']:.0f}/s, one thread)")
+        print(
+            f"{r['runtime']:<12} {r['batch']:>5} {r['items_per_s']:>9.1f} {r['ms_per_batch']:>9.1f} "
+            f"{r['items_per_s'] / base[r['batch']]:>7.2f}×"
+        )
+    print(
+        f"\nrequest path: {prep['what']}: {prep['ms_per_image']:.1f} ms/image ({prep['items_per_s']:.0f}/s, one thread)"
+    )
     if quality:
         print(f"\ndigits, linear head on each feature ({args.test_per_label}/label held out)")
         print(f"{'shots':>5} {'seed':>4} {'features':<12} {'accuracy':>9} {'agree':>7} {'min cos':>8}")
     for r in quality:
-        extra = f"{r['agreement_with_fp32']:>7.3f} {r['min_cosine_to_fp32']:>8.4f}" if "agreement_with_fp32" in r else ""
+        extra = (
+            f"{r['agreement_with_fp32']:>7.3f} {r['min_cosine_to_fp32']:>8.4f}" if "agreement_with_fp32" in r else ""
+        )
         print(f"{r['shots']:>5} {r['seed']:>4} {r['features']:<12} {r['accuracy']:>9.3f} {extra}")
 
     out = ROOT / "benchmarks" / "results" / f"images-{args.architecture}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "architecture": args.architecture, "torch": torch.__version__, "threads": threads, "machine": platform.machine(),
-        "args": vars(args), "throughput": speed, "preprocessing": prep, "accuracy": quality,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "architecture": args.architecture,
+                "torch": torch.__version__,
+                "threads": threads,
+                "machine": platform.machine(),
+                "args": vars(args),
+                "throughput": speed,
+                "preprocessing": prep,
+                "accuracy": quality,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {out.relative_to(ROOT)}")
 
 

@@ -80,14 +80,23 @@ def tasks_table(backbone, args) -> list[dict]:
                 asyncio.run(drive(router, tenant.id, plans[config][start:stop], texts[start:stop], args.concurrency))
                 wall[config] += time.perf_counter() - w0
                 cpu[config] += time.process_time() - c0
-            print(f"  chunk {rep}: " + ", ".join(f"{n}/{p}: {(stop) / wall[(n, p)]:.1f}/s" for n, p in configs), flush=True)
+            print(
+                f"  chunk {rep}: " + ", ".join(f"{n}/{p}: {(stop) / wall[(n, p)]:.1f}/s" for n, p in configs),
+                flush=True,
+            )
         assert router.heads.misses == misses_before, "heads were evicted during the timed runs"
         batcher.close()
         store.close()
     single = (1, "single")
     return [
-        {"tasks": n, "traffic": p, "texts_per_s": len(texts) / wall[(n, p)], "vs_single_task": wall[single] / wall[(n, p)],
-         "cpu_ms_per_text": cpu[(n, p)] / len(texts) * 1000, "cpu_vs_single_task": cpu[single] / cpu[(n, p)]}
+        {
+            "tasks": n,
+            "traffic": p,
+            "texts_per_s": len(texts) / wall[(n, p)],
+            "vs_single_task": wall[single] / wall[(n, p)],
+            "cpu_ms_per_text": cpu[(n, p)] / len(texts) * 1000,
+            "cpu_vs_single_task": cpu[single] / cpu[(n, p)],
+        }
         for n, p in configs
     ]
 
@@ -109,8 +118,14 @@ def head_step_table(backbone, reps: int = 200) -> list[dict]:
             for _ in range(reps):
                 fn()
             timings[name] = (time.perf_counter() - started) / reps * 1e6
-        rows.append({"distinct_heads": distinct, "stacked_us": timings["stacked"], "per_row_us": timings["per_row_calls"],
-                     "speedup": timings["per_row_calls"] / timings["stacked"]})
+        rows.append(
+            {
+                "distinct_heads": distinct,
+                "stacked_us": timings["stacked"],
+                "per_row_us": timings["per_row_calls"],
+                "speedup": timings["per_row_calls"] / timings["stacked"],
+            }
+        )
     return rows
 
 
@@ -194,17 +209,29 @@ def main() -> None:
     meta = {"args": vars(args), "torch_threads": __import__("torch").get_num_threads()}
     if "tasks" not in skip:
         print("== predict throughput by number of tasks")
-        report("inprocess_tasks", ["tasks", "traffic", "texts_per_s", "vs_single_task", "cpu_ms_per_text", "cpu_vs_single_task"], tasks_table(backbone, args), **meta)
+        report(
+            "inprocess_tasks",
+            ["tasks", "traffic", "texts_per_s", "vs_single_task", "cpu_ms_per_text", "cpu_vs_single_task"],
+            tasks_table(backbone, args),
+            **meta,
+        )
     if "heads" not in skip:
         print("== head step for one 64-row pass")
-        report("inprocess_head_step", ["distinct_heads", "stacked_us", "per_row_us", "speedup"], head_step_table(backbone), **meta)
+        report(
+            "inprocess_head_step",
+            ["distinct_heads", "stacked_us", "per_row_us", "speedup"],
+            head_step_table(backbone),
+            **meta,
+        )
     if "padding" not in skip:
         print("== length-aware micro-batches (passes of 64 texts)")
         report("inprocess_padding", ["variant", "texts_per_s", "vs_arrival_order", "padding_share"],
                padding_table(backbone, args.requests, 64, args.reps), **meta)
     if "settings" not in skip:
         print("== batcher settings (one task, closed loop)")
-        report("inprocess_settings", ["max_batch", "max_delay_ms", "texts_per_s"], settings_table(backbone, args), **meta)
+        report(
+            "inprocess_settings", ["max_batch", "max_delay_ms", "texts_per_s"], settings_table(backbone, args), **meta
+        )
 
 
 if __name__ == "__main__":

@@ -102,7 +102,10 @@ def main() -> None:
     start = time.perf_counter()
     calibration = [r["input"] for r in per_label(bbc_train, max(1, args.calibration // 5), seed=11)]
     quantize_static_int8(Path(fp32.model_path), static_path, origin, calibration, args.method)
-    print(f"static int8 ({args.method}, {len(calibration)} calibration articles) built in {time.perf_counter() - start:.0f} s")
+    print(
+        f"static int8 ({args.method}, {len(calibration)} calibration articles) built in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
 
     runners = {
         "onnx fp32": Runner(Path(fp32.model_path), origin, None, args.threads),
@@ -112,7 +115,10 @@ def main() -> None:
     }
     articles = [r["input"] for r in bbc_test]
     tok = origin.tokenizer
-    short = [tok.decode(x) for x in tok(articles[: args.texts], add_special_tokens=False, truncation=True, max_length=34)["input_ids"]]
+    short = [
+        tok.decode(x)
+        for x in tok(articles[: args.texts], add_special_tokens=False, truncation=True, max_length=34)["input_ids"]
+    ]
     data = {"short (~36 tok)": short, "BBC News": articles[: args.texts]}
 
     rows = []
@@ -125,7 +131,9 @@ def main() -> None:
                     runner.embed(texts, batch)
                     best[name] = min(best[name], time.perf_counter() - t)
             for name in runners:
-                rows.append({"dataset": dataset, "batch": batch, "runtime": name, "items_per_s": len(texts) / best[name]})
+                rows.append(
+                    {"dataset": dataset, "batch": batch, "runtime": name, "items_per_s": len(texts) / best[name]}
+                )
 
     texts = articles[:32]
     reference = runners["onnx fp32"].embed(texts, 32)
@@ -159,9 +167,16 @@ def main() -> None:
     print("\n| runtime | row dependence (max abs) | min cosine to fp32 | linear-head accuracy | agreement with fp32 |")
     print("|---|---|---|---|---|")
     for name, q in quality.items():
-        print(f"| {name} | {q['row_dependence']:.2e} | {q['min_cosine_to_fp32']:.4f} | {q['accuracy']:.3f} | {q['agreement_with_fp32']:.3f} |")
+        print(
+            f"| {name} | {q['row_dependence']:.2e} | {q['min_cosine_to_fp32']:.4f} | {q['accuracy']:.3f} | "
+            f"{q['agreement_with_fp32']:.3f} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "throughput": rows, "quality": quality}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "throughput": rows, "quality": quality}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

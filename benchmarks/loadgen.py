@@ -81,8 +81,14 @@ async def run(url: str, requests: list[bytes], concurrency: int, duration: float
     lat = np.asarray(latencies) * 1000
     ok = statuses.get(200, 0)
     return {
-        "concurrency": concurrency, "seconds": duration, "requests": int(sum(statuses.values())), "ok": ok,
-        "ok_all": ok_all, "errors": errors, "statuses": {str(k): v for k, v in statuses.items()}, "throughput_rps": ok / duration,
+        "concurrency": concurrency,
+        "seconds": duration,
+        "requests": int(sum(statuses.values())),
+        "ok": ok,
+        "ok_all": ok_all,
+        "errors": errors,
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "throughput_rps": ok / duration,
         **{f"p{q}_ms": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 95, 99)},
     }
 

@@ -49,14 +49,27 @@ def install(store: Store, tenant_id: str, name: str, head: heads.Head, backbone:
     """Create task ``name`` and make ``head`` its active version, through the same store calls a
     training job makes (create → claim → complete). Returns (task id, version)."""
     examples = [(f"example of {label}", label) for label in head.labels]
-    task, _ = store.create_task(tenant_id, name, modality="text", backbone=backbone.name, head=head.kind, examples=examples)
+    task, _ = store.create_task(
+        tenant_id, name, modality="text", backbone=backbone.name, head=head.kind, examples=examples
+    )
     job = store.claim_job("benchmark-seeder", lease_s=600, max_attempts=3)
     assert job is not None and job.task_id == task.id, "another job was queued in the benchmark store"
-    blob = heads.to_bytes(head, backbone=backbone.name, backbone_revision=backbone.revision, runtime=backbone.runtime, dim=backbone.dim)
+    blob = heads.to_bytes(
+        head, backbone=backbone.name, backbone_revision=backbone.revision, runtime=backbone.runtime, dim=backbone.dim
+    )
     number = store.complete_job(
-        job.id, "benchmark-seeder",
-        NewVersion(head=head.kind, backbone=backbone.name, backbone_revision=backbone.revision, runtime=backbone.runtime,
-                   labels=head.labels, metrics={}, n_examples=len(examples), weights=blob),
+        job.id,
+        "benchmark-seeder",
+        NewVersion(
+            head=head.kind,
+            backbone=backbone.name,
+            backbone_revision=backbone.revision,
+            runtime=backbone.runtime,
+            labels=head.labels,
+            metrics={},
+            n_examples=len(examples),
+            weights=blob,
+        ),
     )
     assert number is not None
     return task.id, number
@@ -81,7 +94,11 @@ def report(name: str, columns: Sequence[str], rows: list[dict], **meta: object) 
         print("  ".join(_fmt(r.get(c)).rjust(w) for c, w in zip(columns, widths, strict=True)))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    env = {"python": platform.python_version(), "machine": platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    env = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     path.write_text(json.dumps({"benchmark": name, "env": env, **meta, "rows": rows}, indent=2, default=str))
     print(f"→ {path.relative_to(RESULTS.parents[1])}")
     return path

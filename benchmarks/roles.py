@@ -62,7 +62,9 @@ class Trainer:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> Trainer:
-        resp = self.client.post("/v1/tasks", json={"name": "tuned", "modality": "text", "head": "finetune", "examples": self.rows})
+        resp = self.client.post(
+            "/v1/tasks", json={"name": "tuned", "modality": "text", "head": "finetune", "examples": self.rows}
+        )
         assert resp.status_code == 202, resp.text
         self.job = resp.json()["job"]["id"]
         self._thread.start()
@@ -95,8 +97,12 @@ def main() -> None:
     serving = [int(c) for c in args.serving_cpus.split(",")]
     training = [int(c) for c in args.training_cpus.split(",")]
     texts = short_texts()
-    env = {"GRAFT_PREDICT_RATE_PER_S": "0", "GRAFT_TORCH_THREADS": str(len(serving)), "GRAFT_ONNX_THREADS": str(len(serving)),
-           "GRAFT_FINETUNE_MAX_EPOCHS": "4"}
+    env = {
+        "GRAFT_PREDICT_RATE_PER_S": "0",
+        "GRAFT_TORCH_THREADS": str(len(serving)),
+        "GRAFT_ONNX_THREADS": str(len(serving)),
+        "GRAFT_FINETUNE_MAX_EPOCHS": "4",
+    }
     rows: list[dict] = []
 
     with tempfile.TemporaryDirectory() as tmp, temp_database() as database:
@@ -110,9 +116,15 @@ def main() -> None:
         _, trainer_key = store.create_tenant("trainer")
         store.close()
         reqs = root / "requests.json"
-        reqs.write_text(json.dumps([[f"/v1/tasks/task-{i % TASKS}/predict", json.dumps({"inputs": [t]})] for i, t in enumerate(texts)]))
+        reqs.write_text(
+            json.dumps(
+                [[f"/v1/tasks/task-{i % TASKS}/predict", json.dumps({"inputs": [t]})] for i, t in enumerate(texts)]
+            )
+        )
         headers = [f"Authorization: Bearer {key}"]
-        finetune_rows = [{"input": r["input"][:600], "label": r["label"]} for r in per_label(load_jsonl("bbc_news.train.jsonl"), 8)]
+        finetune_rows = [
+            {"input": r["input"][:600], "label": r["label"]} for r in per_label(load_jsonl("bbc_news.train.jsonl"), 8)
+        ]
 
         def measure(label: str, server: Server, trainer: Trainer | None) -> None:
             before = trainer.finished if trainer else 0
@@ -123,8 +135,12 @@ def main() -> None:
                 "non_200": result["requests"] - result["ok"] + result["errors"],
                 "finetune_jobs_done": (trainer.finished - before) if trainer else None,
             })
-            print(f"  {label}: {result['throughput_rps']:.1f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-                  f"fine-tune jobs finished {rows[-1]['finetune_jobs_done']}", flush=True)
+            print(
+                f"  {label}: {result['throughput_rps']:.1f} req/s, p50 {result['p50_ms']:.1f} ms, p99 "
+                f"{result['p99_ms']:.1f} ms, "
+                f"fine-tune jobs finished {rows[-1]['finetune_jobs_done']}",
+                flush=True,
+            )
 
         base = {"GRAFT_DATABASE_URL": database, "GRAFT_ADMIN_TOKEN": ADMIN, **env}
         api = Server(root / "api", env={**base, "GRAFT_ROLE": "api"}, admin_token=ADMIN).start()
@@ -161,8 +177,25 @@ def main() -> None:
     for r in rows:
         r["p99_vs_idle"] = r["p99_ms"] / idle["p99_ms"]
         r["p50_vs_idle"] = r["p50_ms"] / idle["p50_ms"]
-    report("roles", ["setup", "clients", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "p50_vs_idle", "p99_vs_idle", "non_200",
-                     "finetune_jobs_done"], rows, args=vars(args), serving_cpus=serving, training_cpus=training)
+    report(
+        "roles",
+        [
+            "setup",
+            "clients",
+            "throughput_rps",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "p50_vs_idle",
+            "p99_vs_idle",
+            "non_200",
+            "finetune_jobs_done",
+        ],
+        rows,
+        args=vars(args),
+        serving_cpus=serving,
+        training_cpus=training,
+    )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,10 @@ def main() -> None:
         store = Store(f"sqlite:///{Path(tmp) / 'graft.db'}")
         store.create_schema()
         tenant, _ = store.create_tenant("scale")
-        ids = [install(store, tenant.id, f"t{j}", random_head(LABELS[j % len(LABELS)], j), backbone)[0] for j in range(args.stored)]
+        ids = [
+            install(store, tenant.id, f"t{j}", random_head(LABELS[j % len(LABELS)], j), backbone)[0]
+            for j in range(args.stored)
+        ]
         load = store_head_loader(store)
         cache = HeadCache(lambda k: load((ids[k % args.stored], 1)), budget)
 
@@ -104,13 +107,34 @@ def main() -> None:
     rate = len(measured) / elapsed
     backbone_seconds = len(measured) / backbone_rate
     row = {
-        "tasks": args.tasks, "budget_mib": budget / 2**20, "cached_heads": len(cache), "hit_rate": hits / (hits + misses),
-        "miss_p50_ms": percentile_ms(miss_seconds, 50), "miss_p99_ms": percentile_ms(miss_seconds, 99),
-        "head_side_rows_per_s": rate, "backbone_rows_per_s": backbone_rate,
-        "miss_time_vs_backbone": sum(miss_seconds) / backbone_seconds, "head_step_vs_backbone": head_step / backbone_seconds,
+        "tasks": args.tasks,
+        "budget_mib": budget / 2**20,
+        "cached_heads": len(cache),
+        "hit_rate": hits / (hits + misses),
+        "miss_p50_ms": percentile_ms(miss_seconds, 50),
+        "miss_p99_ms": percentile_ms(miss_seconds, 99),
+        "head_side_rows_per_s": rate,
+        "backbone_rows_per_s": backbone_rate,
+        "miss_time_vs_backbone": sum(miss_seconds) / backbone_seconds,
+        "head_step_vs_backbone": head_step / backbone_seconds,
     }
-    report("scale", ["tasks", "budget_mib", "cached_heads", "hit_rate", "miss_p50_ms", "miss_p99_ms", "head_side_rows_per_s",
-                     "backbone_rows_per_s", "miss_time_vs_backbone"], [row], args=vars(args), total_head_bytes=total_bytes)
+    report(
+        "scale",
+        [
+            "tasks",
+            "budget_mib",
+            "cached_heads",
+            "hit_rate",
+            "miss_p50_ms",
+            "miss_p99_ms",
+            "head_side_rows_per_s",
+            "backbone_rows_per_s",
+            "miss_time_vs_backbone",
+        ],
+        [row],
+        args=vars(args),
+        total_head_bytes=total_bytes,
+    )
     print(f"at the backbone's {backbone_rate:.0f} rows/s, cache misses add {100 * row['miss_time_vs_backbone']:.1f} % "
           f"and the head step {100 * row['head_step_vs_backbone']:.2f} % to the work per row")
 

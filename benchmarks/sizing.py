@@ -136,7 +136,10 @@ def main() -> None:
     results["heads"] = head_memory(dim)
     results["self_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    print("| Backbone | runtime RSS (MiB) | + backbone (MiB) | parameters (MiB) | after a 64-text batch (MiB) | peak (MiB) |")
+    print(
+        "| Backbone | runtime RSS (MiB) | + backbone (MiB) | parameters (MiB) | after a 64-text batch (MiB) | peak "
+        "(MiB) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, b in results["backbones"].items():
         print(f"| {name} (dim {b['dim']}, max {b['max_length']} tokens) | {b['runtime_rss'] / MiB:.0f} | "

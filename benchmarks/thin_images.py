@@ -57,7 +57,10 @@ def main() -> None:
                                   capture_output=True, text=True, check=True)
             row[variant] = json.loads(done.stdout)
         rows.append(row)
-    print(f"{'image':>14} {'PNG bytes':>10} {'before: resized px':>19} {'before s':>9} {'before MB':>10} {'now s':>7} {'now MB':>7}")
+    print(
+        f"{'image':>14} {'PNG bytes':>10} {'before: resized px':>19} {'before s':>9} {'before MB':>10} {'now s':>7} "
+        f"{'now MB':>7}"
+    )
     for row in rows:
         b, n = row["before"], row["now"]
         b_s = f"{b['seconds']:.3f}" if b else "OOM"

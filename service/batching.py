@@ -40,7 +40,7 @@ from typing import cast
 
 import numpy as np
 
-from adapters.heads import Head
+from adapters.heads import Head, ValueHead
 
 from . import metrics
 from .backbones.base import Backbone
@@ -212,8 +212,9 @@ class Batcher:
         Predict traffic (not ``background``) is scheduled fairly among ``tenant`` values."""
         future: Future = Future()
         width = self.backbone.dim if head is None else len(head.labels)
+        shape = (len(inputs),) if isinstance(head, ValueHead) else (len(inputs), width)  # regression: values (n,)
         if not inputs:
-            future.set_result(np.zeros((0, width), dtype=np.float32))
+            future.set_result(np.zeros(shape, dtype=np.float32))
             return future
         with self._cond:
             if self._closed:
@@ -230,7 +231,7 @@ class Batcher:
                     f"{mine} of this tenant's inputs are already queued for backbone {self.backbone.name!r}; the limit is "
                     f"{self.max_tenant_queue} per tenant. Wait for your earlier requests or send fewer inputs at once", wait,
                 )
-            request = _Request(inputs, future, np.empty((len(inputs), width), dtype=np.float32), head, tenant)
+            request = _Request(inputs, future, np.empty(shape, dtype=np.float32), head, tenant)
             if background:
                 self._low.append(request)
             else:

@@ -127,7 +127,7 @@ class Router:
         if heads.RAW in head.consumes:  # from-scratch features of the raw inputs (baseline, hybrid)
             embeds = heads.EMBEDDING in head.consumes
             vectors = await self.batchers(backbone).embed(model_inputs, ref.tenant_id) if embeds else None
-            proba = await anyio.to_thread.run_sync(lambda: head.predict_proba(vectors, raw=raw))
+            proba = await anyio.to_thread.run_sync(lambda: heads.predict(head, vectors, raw=raw))
         else:
             proba = await self.batchers(backbone).predict(model_inputs, head, ref.tenant_id)
         self.tenant_labels.count(ref.tenant_id, len(model_inputs))

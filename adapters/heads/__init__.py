@@ -10,11 +10,15 @@ from .base import (
     RAW,
     REGISTRY,
     TRUNK,
+    Array,
     Head,
     HeadFormatError,
     MissingInputs,
+    StoredHead,
+    ValueHead,
     from_bytes,
     heads_for,
+    predict,
     read_metadata,
     register,
     require,
@@ -28,10 +32,6 @@ from .multilabel import MultiLabelHead
 from .prototype import PrototypeHead
 from .ridge import RidgeHead
 
-# debt: finetune.py is owned by the fine-tuning work this round; its ``@register(rank=4)`` moves onto the
-# class there once that settles.
-register(rank=4)(FinetuneHead)
-
 # Classification heads (what training selects among, plus "finetune", trained on request); the other
 # task kinds have one head each.
 HEADS: dict[str, type[Head]] = heads_for("classification")
@@ -41,7 +41,8 @@ KIND_HEADS: dict[str, type[Head]] = {  # task kind -> its head
 TRANSFER_HEADS = frozenset(kind for kind, cls in HEADS.items() if cls.consumes == frozenset({EMBEDDING}))
 
 __all__ = [
-    "EMBEDDING", "HEADS", "RAW", "REGISTRY", "TRANSFER_HEADS", "TRUNK", "BaselineHead", "FinetuneHead", "Head",
+    "EMBEDDING", "HEADS", "RAW", "REGISTRY", "TRANSFER_HEADS", "TRUNK", "Array", "BaselineHead", "FinetuneHead", "Head",
     "HeadFormatError", "HybridHead", "KIND_HEADS", "LinearHead", "MissingInputs", "MultiLabelHead", "PrototypeHead",
-    "RidgeHead", "from_bytes", "heads_for", "read_metadata", "register", "require", "to_bytes",
+    "RidgeHead", "StoredHead", "ValueHead", "from_bytes", "heads_for", "predict", "read_metadata", "register",
+    "require", "to_bytes",
 ]

@@ -7,8 +7,14 @@ inputs themselves, e.g. texts, for from-scratch features such as TF-IDF). Caller
 ignores ``x`` (callers may pass ``None`` and skip the backbone). ``exportable`` says whether the
 head has an ONNX form that an export fuses behind the backbone (adapters/export.py).
 
+A regression head (:class:`ValueHead`) answers values instead, through ``predict_values(x) -> (n,)``;
+:func:`predict` is the one call that gets any head's answer (what the server's batcher carries).
+
 A head is stored as one safetensors blob: arrays as tensors, everything else (kind, labels,
-params, provenance) as JSON in the header's ``__metadata__``. Nothing is ever pickled.
+params, provenance) as JSON in the header's ``__metadata__``. Nothing is ever pickled. The heads
+here derive from :class:`StoredHead`, which does that plumbing from two declarations per head:
+``settings`` (the constructor arguments stored as params) and ``arrays`` (each stored array's
+attribute, tensor name, dtype and shape), checked on restore.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import json
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, TypeVar, cast, runtime_checkable
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -45,13 +51,16 @@ class Head(Protocol):
     labels: list[str]
 
     def __init__(self, labels: list[str], **params: Any) -> None:
-        """A head for ``labels``; ``params`` as :meth:`params` returns them (plus ``modality``/``features`` for RAW heads)."""
+        """A head for ``labels``; ``params`` as :meth:`params` returns them (plus ``modality``/``features``
+        for RAW heads)."""
 
     def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> Head:
-        """Fit on embeddings ``x`` (n, dim) and/or ``raw`` inputs and integer targets ``y`` indexing ``labels``."""
+        """Fit on embeddings ``x`` (n, dim) and/or ``raw`` inputs and integer targets ``y`` indexing
+        ``labels``."""
 
     def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
-        """Probabilities (n, len(labels)), rows summing to 1."""
+        """Probabilities (n, len(labels)): rows summing to 1 (a multilabel head: each label's own).
+        A :class:`ValueHead` has none and raises ``TypeError``: it answers through ``predict_values``."""
 
     def temper(self, temperature: float) -> None:
         """Divide the head's logits by ``temperature`` from now on (temperature scaling)."""
@@ -65,11 +74,107 @@ class Head(Protocol):
         """The head :func:`to_bytes` stored (its labels, ``params()`` and ``tensors()``)."""
 
 
+@runtime_checkable
+class ValueHead(Protocol):
+    """A head that answers a number per input (regression) rather than probabilities."""
+
+    def predict_values(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
+        """Values (n,)."""
+
+
+def predict(head: Head, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
+    """A head's answer per input: a :class:`ValueHead`'s values (n,), any other head's probabilities
+    (n, labels)."""
+    if isinstance(head, ValueHead):
+        return head.predict_values(x, raw=raw)
+    return head.predict_proba(x, raw=raw)
+
+
 def embeddings(kind: str, x: np.ndarray | None) -> np.ndarray:
     """``x``; :class:`MissingInputs` when a head of ``kind`` that consumes embeddings got none."""
     if x is None:
         raise MissingInputs(f"the {kind!r} head needs backbone embeddings")
     return x
+
+
+@dataclass(frozen=True)
+class Array:
+    """One array a head stores: the attribute holding it, its tensor's name in the blob (``key``, default
+    the attribute's name), dtype (the head's; a blob holding another precision of the same kind loads as
+    stored) and shape. A shape entry is a size, ``"labels"`` (the head's number of labels) or any other
+    name, which every array of the head that names it must agree on (e.g. ``"dim"``)."""
+
+    attr: str
+    shape: tuple[int | str, ...]
+    key: str = ""
+    dtype: type[np.generic] = np.float32
+
+    @property
+    def name(self) -> str:
+        return self.key or self.attr
+
+
+class StoredHead:
+    """The plumbing every head here shares: ``params()``/``tensors()`` for :func:`to_bytes` and
+    ``restore`` for :func:`from_bytes`, from the subclass's declarations:
+
+    - ``settings``: constructor arguments, kept as attributes of the same name, stored as params (in order);
+    - ``arrays``: the stored arrays (:class:`Array`); ``restore`` checks their dtypes and shapes against the
+      labels and one another (a blob whose arrays do not fit its labels raises :class:`HeadFormatError`).
+
+    A head with more to store (a featurizer, LoRA matrices) adds it through ``extra_params`` /
+    ``extra_tensors`` and reads it back in ``restored_arguments`` (further constructor arguments) and
+    ``check`` (further checks on the restored head)."""
+
+    kind: ClassVar[str]
+    consumes: ClassVar[frozenset[str]]
+    exportable: ClassVar[bool]
+    settings: ClassVar[tuple[str, ...]] = ()
+    arrays: ClassVar[tuple[Array, ...]] = ()
+    labels: list[str]
+
+    def params(self) -> dict[str, Any]:
+        return {**{name: getattr(self, name) for name in self.settings}, **self.extra_params()}
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {**{a.name: getattr(self, a.attr) for a in self.arrays}, **self.extra_tensors()}
+
+    def extra_params(self) -> dict[str, Any]:
+        return {}
+
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        return {}
+
+    @classmethod
+    def restored_arguments(cls, params: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Constructor arguments beyond ``settings`` rebuilt from what ``extra_params``/``extra_tensors`` stored."""
+        return {}
+
+    def check(self) -> None:
+        """Further checks on a restored head; raise :class:`HeadFormatError`."""
+
+    @classmethod
+    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> Self:
+        missing = [name for name in cls.settings if name not in params]
+        missing += [a.name for a in cls.arrays if a.name not in tensors]
+        if missing:
+            raise HeadFormatError(f"{cls.kind} head is missing {', '.join(map(repr, missing))}")
+        settings = {name: params[name] for name in cls.settings}
+        head = cls(labels, **settings, **cls.restored_arguments(params, tensors))  # type: ignore[call-arg]
+        sizes: dict[str, int] = {"labels": len(labels)}
+        for a in cls.arrays:
+            tensor = tensors[a.name]
+            if tensor.dtype.kind != np.dtype(a.dtype).kind:  # another precision loads as stored
+                raise HeadFormatError(f"{cls.kind} head tensor {a.name!r} is {tensor.dtype}, not {np.dtype(a.dtype)}")
+            want = tuple(sizes.setdefault(d, n) if isinstance(d, str) else d
+                         for d, n in zip(a.shape, tensor.shape, strict=False))
+            if tensor.ndim != len(a.shape) or tensor.shape != want:
+                shape = ", ".join(map(str, a.shape))
+                raise HeadFormatError(f"{cls.kind} head tensor {a.name!r} has shape {tensor.shape}, not ({shape}) "
+                                      f"for its {len(labels)} labels")
+            setattr(head, a.attr, tensor)
+        head.check()
+        return head
 
 
 @dataclass(frozen=True)
@@ -149,7 +254,8 @@ def from_bytes(blob: bytes) -> Head:
     except Exception as exc:  # safetensors raises its own error types for corrupt data
         raise HeadFormatError(f"corrupt safetensors data: {exc}") from None
     head = cls.restore(meta["labels"], meta["params"], tensors)
-    cast(Any, head).backbone = (meta.get("provenance") or {}).get("backbone")  # not a Head attribute; what it was trained on, if recorded
+    # not a Head attribute: what it was trained on, if recorded
+    cast(Any, head).backbone = (meta.get("provenance") or {}).get("backbone")
     return head
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..encoding import encode_labels
-from .base import TRUNK
+from .base import TRUNK, Array, HeadFormatError, MissingInputs, StoredHead, register
 from .linear import fit_logistic
 
 TARGETS = ("query", "key", "value", "dense")  # suffixes: attention q/k/v, attention output, FFN in and out
@@ -81,7 +81,9 @@ def layer_mask(model: torch.nn.Module, hidden: torch.Tensor, attention_mask: tor
     return (1.0 - keep) * torch.finfo(hidden.dtype).min
 
 
-def lower(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, stop: int) -> tuple[torch.Tensor, Any]:
+def lower(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, stop: int
+) -> tuple[torch.Tensor, Any]:
     """Hidden states after the first ``stop`` layers, and the layers' attention mask."""
     hidden = model.embeddings(input_ids=input_ids)  # type: ignore[operator]
     mask = layer_mask(model, hidden, attention_mask)
@@ -119,15 +121,23 @@ def merge_lora(layers: torch.nn.ModuleList, lora: dict[str, np.ndarray], scaling
 # -- the head -----------------------------------------------------------------------------------
 
 
-class FinetuneHead:
+@register(rank=4)
+class FinetuneHead(StoredHead):
     kind: ClassVar[str] = "finetune"
     consumes: ClassVar[frozenset[str]] = frozenset({TRUNK})
     exportable: ClassVar[bool] = False  # exported with its own top layers (adapters/export.py: finetune_graph)
+    settings: ClassVar[tuple[str, ...]] = ("split", "n_layers", "rank", "alpha")
+    arrays: ClassVar[tuple[Array, ...]] = (
+        Array("weight", ("labels", "dim"), key="classifier.weight"), Array("bias", ("labels",), key="classifier.bias"),
+    )
 
-    def __init__(self, labels: list[str], split: int, n_layers: int, rank: int, alpha: float) -> None:
+    def __init__(
+        self, labels: list[str], split: int, n_layers: int, rank: int, alpha: float,
+        lora: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.labels = list(labels)
         self.split, self.n_layers, self.rank, self.alpha = int(split), int(n_layers), int(rank), float(alpha)
-        self.lora: dict[str, np.ndarray] = {}
+        self.lora: dict[str, np.ndarray] = dict(lora or {})
         self.weight = np.zeros((len(labels), 0), dtype=np.float32)
         self.bias = np.zeros(len(labels), dtype=np.float32)
         self.temperature = 1.0
@@ -148,22 +158,16 @@ class FinetuneHead:
         self.weight, self.bias = self.weight / temperature, self.bias / temperature
         self._torch_classifier = None
 
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {**{f"lora.{k}": v for k, v in self.lora.items()}, "classifier.weight": self.weight, "classifier.bias": self.bias}
-
-    def params(self) -> dict[str, Any]:
-        return {"split": self.split, "n_layers": self.n_layers, "rank": self.rank, "alpha": self.alpha}
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        return {f"lora.{k}": v for k, v in self.lora.items()}
 
     @classmethod
-    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> FinetuneHead:
-        head = cls(labels, params["split"], params["n_layers"], params["rank"], params["alpha"])
-        head.lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
-        head.weight, head.bias = tensors["classifier.weight"], tensors["classifier.bias"]
-        if head.weight.shape[0] != len(labels) or head.bias.shape != (len(labels),):
-            raise ValueError("finetune head tensors do not match its labels")
-        if not 0 <= head.split < head.n_layers:
-            raise ValueError("finetune head split point out of range")
-        return head
+    def restored_arguments(cls, params: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"lora": {k.removeprefix("lora."): v for k, v in tensors.items() if k.startswith("lora.")}}
+
+    def check(self) -> None:
+        if not 0 <= self.split < self.n_layers:
+            raise HeadFormatError("finetune head split point out of range")
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -171,7 +175,9 @@ class FinetuneHead:
         """Attach the backbone: copies of its top layers with this head's LoRA updates merged in."""
         model = source.model
         if len(encoder_layers(model)) != self.n_layers:
-            raise ValueError(f"the head was trained on a {self.n_layers}-layer backbone, this one has {len(encoder_layers(model))}")
+            raise ValueError(
+                f"the head was trained on a {self.n_layers}-layer backbone, this one has {len(encoder_layers(model))}"
+            )
         layers = copy.deepcopy(encoder_layers(model)[self.split :]).float().eval()
         for p in layers.parameters():
             p.requires_grad_(False)
@@ -201,8 +207,6 @@ class FinetuneHead:
     def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
         """Probabilities for raw texts through this head's whole model (bound backbone required)."""
         if raw is None:
-            from .base import MissingInputs
-
             raise MissingInputs("the 'finetune' head needs the raw texts")
         if self.source is None:
             raise RuntimeError("bind() the head to its backbone first")
@@ -236,7 +240,9 @@ class FinetunedModel(torch.nn.Module):
 
 
 @torch.inference_mode()
-def predict_shared(source: TextSource, texts: Sequence[str], row_heads: Sequence[FinetuneHead], micro_batch: int = 32) -> np.ndarray:
+def predict_shared(
+    source: TextSource, texts: Sequence[str], row_heads: Sequence[FinetuneHead], micro_batch: int = 32
+) -> np.ndarray:
     """Probabilities for a mixed batch: row ``i`` is ``texts[i]`` for ``row_heads[i]``.
 
     Per length-sorted micro-batch, the frozen layers below the lowest split point run once for
@@ -340,7 +346,9 @@ class _Cached:
 class _Trainable(torch.nn.Module):
     """Copies of the top layers with peft LoRA injected, plus the classifier."""
 
-    def __init__(self, model: torch.nn.Module, split: int, cfg: FinetuneConfig, weight: np.ndarray, bias: np.ndarray) -> None:
+    def __init__(
+        self, model: torch.nn.Module, split: int, cfg: FinetuneConfig, weight: np.ndarray, bias: np.ndarray
+    ) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
         super().__init__()
@@ -412,7 +420,10 @@ def _train(
     weight, bias = fit_logistic(pooled[train], y[train], n_labels, cfg.c)
     net = _Trainable(source.model, split, cfg, weight, bias).to(cache.device)
     optim = torch.optim.AdamW(
-        [{"params": net.lora_parameters(), "lr": cfg.lr}, {"params": list(net.classifier.parameters()), "lr": cfg.head_lr}],
+        [
+            {"params": net.lora_parameters(), "lr": cfg.lr},
+            {"params": list(net.classifier.parameters()), "lr": cfg.head_lr},
+        ],
         weight_decay=cfg.weight_decay,
     )
     steps = max(1, epochs * -(-len(train) // cfg.batch_size))
@@ -427,10 +438,17 @@ def _train(
             batches = cache.sorted_batches(held)
             logits = torch.cat([net(*cache.batch(rows)) for rows in batches])
             target = yt[torch.tensor([i for rows in batches for i in rows], device=cache.device)]
-            return {"loss": float(torch.nn.functional.cross_entropy(logits, target)), "accuracy": float((logits.argmax(1) == target).float().mean())}
+            return {
+                "loss": float(torch.nn.functional.cross_entropy(logits, target)),
+                "accuracy": float((logits.argmax(1) == target).float().mean()),
+            }
 
     def snapshot() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        return net.lora_state(), net.classifier.weight.detach().cpu().numpy().copy(), net.classifier.bias.detach().cpu().numpy().copy()
+        return (
+            net.lora_state(),
+            net.classifier.weight.detach().cpu().numpy().copy(),
+            net.classifier.bias.detach().cpu().numpy().copy(),
+        )
 
     best = snapshot()
     best_epoch, best_score = 0, None
@@ -499,23 +517,31 @@ def holdout_warnings(compared: dict[str, dict[str, float]], n_held: int, best_ep
         )
         warnings.append(
             f"Fine-tuning did not beat the linear head: on the same {n_held} held-out examples it scored "
-            f"{100 * tuned:.1f}% accuracy, the logistic regression on the frozen embeddings {100 * compared['linear']['accuracy']:.1f}%. "
+            f"{100 * tuned:.1f}% accuracy, the logistic regression on the frozen embeddings "
+            f"{100 * compared['linear']['accuracy']:.1f}%. "
             f"{served} Head 'linear' (or 'auto') trains and serves for far less at this accuracy; fine-tuning tends "
             "to pay off with more examples per label."
         )
     base = compared.get("baseline", {}).get("accuracy")
     if base is not None and base > tuned:
         warnings.append(
-            f"The from-scratch baseline (TF-IDF + logistic regression, no pretrained backbone) scored {100 * base:.1f}% on "
-            f"the same {n_held} held-out examples, better than fine-tuning ({100 * tuned:.1f}%): the pretrained backbone "
+            "The from-scratch baseline (TF-IDF + logistic regression, no pretrained backbone) scored "
+            f"{100 * base:.1f}% on "
+            f"the same {n_held} held-out examples, better than fine-tuning ({100 * tuned:.1f}%): the pretrained "
+            "backbone "
             "may not suit this task. Head 'auto' compares them by cross-validation."
         )
     return warnings
 
 
 def fit_finetune(
-    source: TextSource, texts: Sequence[str], labels: Sequence[str], cfg: FinetuneConfig = FinetuneConfig(), seed: int = 0,
-    progress: Callable[[float], None] | None = None, between_steps: Callable[[], None] | None = None,
+    source: TextSource,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    cfg: FinetuneConfig = FinetuneConfig(),
+    seed: int = 0,
+    progress: Callable[[float], None] | None = None,
+    between_steps: Callable[[], None] | None = None,
 ) -> tuple[FinetuneHead, dict[str, Any]]:
     """Fine-tune the top ``cfg.layers`` layers of ``source`` on ``texts``; returns the bound head and metrics.
 
@@ -541,13 +567,22 @@ def fit_finetune(
 
     with torch.enable_grad():
         if len(held):
-            stopped = _train(source, cache, pooled, y, len(classes), train, held, cfg.max_epochs, cfg, split, seed, tick, between_steps)
+            stopped = _train(
+                source, cache, pooled, y, len(classes), train, held, cfg.max_epochs, cfg, split, seed, tick,
+                between_steps,
+            )
         else:  # too few examples to hold any out: a fixed small number of epochs
-            stopped = _train(source, cache, pooled, y, len(classes), np.arange(len(y)), None, 3, cfg, split, seed, tick, between_steps)
+            stopped = _train(
+                source, cache, pooled, y, len(classes), np.arange(len(y)), None, 3, cfg, split, seed, tick,
+                between_steps,
+            )
         final = stopped
         if cfg.refit and len(held):
             done[0] = max(done[0], cfg.max_epochs)
-            final = _train(source, cache, pooled, y, len(classes), np.arange(len(y)), None, stopped.best_epoch, cfg, split, seed, tick, between_steps)
+            final = _train(
+                source, cache, pooled, y, len(classes), np.arange(len(y)), None, stopped.best_epoch, cfg, split, seed,
+                tick, between_steps,
+            )
     head = FinetuneHead(classes, split, n_layers, cfg.rank, cfg.alpha)
     head.lora, head.weight, head.bias = final.lora, final.weight.astype(np.float32), final.bias.astype(np.float32)
     head.bind(source)

@@ -5,22 +5,28 @@ against the (unit-norm) feature block, i.e. how much less it is regularised."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from scipy import sparse
 
-from .base import EMBEDDING, RAW, MissingInputs, register, softmax
-from .baseline import restore_featurizer
-from .features import FEATURIZERS, FOR_MODALITY, Featurizer
+from .base import EMBEDDING, RAW, Array, MissingInputs, register, softmax
+from .baseline import FeaturesHead
+from .features import Featurizer
 from .linear import SPARSE_TOL, fit_logistic
 
 
 @register(rank=3)
-class HybridHead:
+class HybridHead(FeaturesHead):
     kind: ClassVar[str] = "hybrid"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING, RAW})
     exportable: ClassVar[bool] = True
+    settings: ClassVar[tuple[str, ...]] = ("c", "weight_embedding", "modality")
+    arrays: ClassVar[tuple[Array, ...]] = (
+        Array("w_embedding", ("labels", "dim")),
+        Array("w_features", ("labels", "features")),
+        Array("bias", ("labels",)),
+    )
 
     def __init__(
         self, labels: list[str], c: float = 10.0, weight_embedding: float = 1.0, modality: str = "text",
@@ -30,23 +36,17 @@ class HybridHead:
         self.c = float(c)
         self.weight_embedding = float(weight_embedding)
         self.modality = modality
-        self.features = features  # fitted already when given (CV shares one per fold)
+        self.features = features
         self.w_embedding = np.zeros((len(labels), 0), dtype=np.float32)  # already multiplied by weight_embedding
         self.w_features = np.zeros((len(labels), 0), dtype=np.float32)
         self.bias = np.zeros(len(labels), dtype=np.float32)
-
-    def _features(self, raw: Sequence[str] | None) -> Any:
-        if raw is None:
-            raise MissingInputs("the 'hybrid' head needs the raw inputs")
-        if self.features is None:
-            self.features = FEATURIZERS[FOR_MODALITY[self.modality]]().fit(raw)
-        return self.features.transform(raw)
 
     def fit(self, x: np.ndarray | None, y: np.ndarray, raw: Sequence[str] | None = None) -> HybridHead:
         if x is None:
             raise MissingInputs("the 'hybrid' head needs backbone embeddings")
         feats = self._features(raw)
-        joint = sparse.hstack([sparse.csr_matrix(self.weight_embedding * x.astype(np.float32)), feats], format="csr")
+        embedded = sparse.csr_matrix(self.weight_embedding * x.astype(np.float32))
+        joint = sparse.hstack([embedded, feats], format="csr")
         weight, self.bias = fit_logistic(joint, y, len(self.labels), self.c, tol=SPARSE_TOL)
         dim = x.shape[1]
         self.w_embedding, self.w_features = weight[:, :dim] * np.float32(self.weight_embedding), weight[:, dim:]
@@ -62,26 +62,3 @@ class HybridHead:
     def temper(self, temperature: float) -> None:
         self.w_embedding, self.w_features = self.w_embedding / temperature, self.w_features / temperature
         self.bias = self.bias / temperature
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        assert self.features is not None, "fit the head first"
-        return {
-            "w_embedding": self.w_embedding, "w_features": self.w_features, "bias": self.bias,
-            **{f"features.{k}": v for k, v in self.features.tensors().items()},
-        }
-
-    def params(self) -> dict[str, Any]:
-        assert self.features is not None, "fit the head first"
-        return {"c": self.c, "weight_embedding": self.weight_embedding, "modality": self.modality, **self.features.params()}
-
-    @classmethod
-    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> HybridHead:
-        head = cls(
-            labels, c=params["c"], weight_embedding=params["weight_embedding"], modality=params["modality"],
-            features=restore_featurizer(params, tensors),
-        )
-        head.w_embedding, head.w_features, head.bias = tensors["w_embedding"], tensors["w_features"], tensors["bias"]
-        n = len(labels)
-        if head.w_embedding.shape[0] != n or head.w_features.shape[0] != n or head.bias.shape != (n,):
-            raise ValueError("hybrid head tensors do not match its labels")
-        return head

@@ -8,12 +8,14 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from .base import EMBEDDING, embeddings, register, softmax
+from .base import EMBEDDING, Array, StoredHead, embeddings, register, softmax
 
 SPARSE_TOL = 1e-4  # sklearn's default; the wide sparse problems (TF-IDF) need no tighter fit
 
 
-def fit_logistic(x: Any, y: np.ndarray, n_labels: int, c: float, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def fit_logistic(
+    x: Any, y: np.ndarray, n_labels: int, c: float, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
     """Fit multinomial logistic regression on ``x`` (dense or sparse); return float32 ``(weight
     (n_labels, dim), bias (n_labels,))`` with one row per label, also for labels absent from ``y``."""
     model = LogisticRegression(C=c, max_iter=2000, tol=tol)
@@ -29,10 +31,12 @@ def fit_logistic(x: Any, y: np.ndarray, n_labels: int, c: float, tol: float = 1e
 
 
 @register(rank=0)
-class LinearHead:
+class LinearHead(StoredHead):
     kind: ClassVar[str] = "linear"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})
     exportable: ClassVar[bool] = True
+    settings: ClassVar[tuple[str, ...]] = ("c",)
+    arrays: ClassVar[tuple[Array, ...]] = (Array("weight", ("labels", "dim")), Array("bias", ("labels",)))
 
     def __init__(self, labels: list[str], c: float = 10.0) -> None:
         self.labels = list(labels)
@@ -59,22 +63,8 @@ class LinearHead:
         server apply the linear heads of a whole batch in one stacked product."""
         return self.weight, self.bias
 
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {"weight": self.weight, "bias": self.bias}
-
     def torch_module(self) -> Any:
         """This head as a torch module, embeddings → probabilities (for ONNX export)."""
         from .torch_forms import LinearForm
 
         return LinearForm(self.weight, self.bias)
-
-    def params(self) -> dict[str, Any]:
-        return {"c": self.c}
-
-    @classmethod
-    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearHead:
-        head = cls(labels, c=params["c"])
-        head.weight, head.bias = tensors["weight"], tensors["bias"]
-        if head.weight.shape[0] != len(labels) or head.bias.shape != (len(labels),):
-            raise ValueError("linear head tensors do not match its labels")
-        return head

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from .base import EMBEDDING, embeddings, register
+from .base import EMBEDDING, Array, StoredHead, embeddings, register
 
 PRIOR_CLIP = 1e-3  # a label constant in the training data gets a constant probability within [clip, 1 - clip]
 
@@ -19,13 +19,17 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 @register("multilabel")
-class MultiLabelHead:
+class MultiLabelHead(StoredHead):
     """``fit(x, y)`` takes ``y`` as an (n, labels) 0/1 indicator matrix; ``predict_proba`` returns each
     label's own probability (rows do not sum to 1); ``predict`` the 0/1 decisions at the thresholds."""
 
     kind: ClassVar[str] = "multilabel"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})
     exportable: ClassVar[bool] = True
+    settings: ClassVar[tuple[str, ...]] = ("c",)
+    arrays: ClassVar[tuple[Array, ...]] = (
+        Array("weight", ("labels", "dim")), Array("bias", ("labels",)), Array("thresholds", ("labels",)),
+    )
 
     def __init__(self, labels: list[str], c: float = 8.0) -> None:
         self.labels = list(labels)
@@ -38,7 +42,9 @@ class MultiLabelHead:
         x = embeddings(self.kind, x)
         y = np.asarray(y)
         if y.ndim != 2 or y.shape != (len(x), len(self.labels)):
-            raise ValueError(f"multilabel targets must be an (n, {len(self.labels)}) indicator matrix, got {y.shape}")
+            raise ValueError(
+                f"multilabel targets must be an (n, {len(self.labels)}) indicator matrix, got {y.shape}"
+            )
         weight = np.zeros((len(self.labels), x.shape[1]), dtype=np.float64)
         bias = np.zeros(len(self.labels), dtype=np.float64)
         for j in range(len(self.labels)):
@@ -66,17 +72,3 @@ class MultiLabelHead:
         from .torch_forms import SigmoidForm
 
         return SigmoidForm(self.weight, self.bias)
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {"weight": self.weight, "bias": self.bias, "thresholds": self.thresholds}
-
-    def params(self) -> dict[str, Any]:
-        return {"c": self.c}
-
-    @classmethod
-    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> MultiLabelHead:
-        head = cls(labels, c=params["c"])
-        head.weight, head.bias, head.thresholds = tensors["weight"], tensors["bias"], tensors["thresholds"]
-        if head.weight.shape[0] != len(labels) or head.bias.shape != (len(labels),) or head.thresholds.shape != (len(labels),):
-            raise ValueError("multilabel head tensors do not match its labels")
-        return head

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import EMBEDDING, embeddings, register, softmax
+from .base import EMBEDDING, Array, StoredHead, embeddings, register, softmax
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -16,10 +16,12 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 @register(rank=1)
-class PrototypeHead:
+class PrototypeHead(StoredHead):
     kind: ClassVar[str] = "prototype"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})
     exportable: ClassVar[bool] = True
+    settings: ClassVar[tuple[str, ...]] = ("scale",)
+    arrays: ClassVar[tuple[Array, ...]] = (Array("centroids", ("labels", "dim")),)
 
     def __init__(self, labels: list[str], scale: float = 20.0) -> None:
         self.labels = list(labels)
@@ -42,22 +44,8 @@ class PrototypeHead:
     def temper(self, temperature: float) -> None:
         self.scale /= temperature
 
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {"centroids": self.centroids}
-
     def torch_module(self) -> Any:
         """This head as a torch module, embeddings → probabilities (for ONNX export)."""
         from .torch_forms import PrototypeForm
 
         return PrototypeForm(self.centroids, self.scale)
-
-    def params(self) -> dict[str, Any]:
-        return {"scale": self.scale}
-
-    @classmethod
-    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> PrototypeHead:
-        head = cls(labels, scale=params["scale"])
-        head.centroids = tensors["centroids"]
-        if head.centroids.shape[0] != len(labels):
-            raise ValueError("prototype centroids do not match its labels")
-        return head

@@ -8,20 +8,21 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from .base import EMBEDDING, embeddings, register
+from .base import EMBEDDING, Array, StoredHead, embeddings, register
 
 VALUE = "value"  # the head's one output column
 
 
 @register("regression")
-class RidgeHead:
-    """``fit(x, y)`` takes ``y`` as (n,) finite numbers. ``predict`` returns (n,) values;
-    ``predict_proba`` returns them as an (n, 1) column so the batcher can carry them like probabilities
-    (they are not probabilities)."""
+class RidgeHead(StoredHead):
+    """``fit(x, y)`` takes ``y`` as (n,) finite numbers; ``predict_values`` returns (n,) values (a
+    :class:`~.base.ValueHead`: it has no probabilities)."""
 
     kind: ClassVar[str] = "ridge"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})
     exportable: ClassVar[bool] = True
+    settings: ClassVar[tuple[str, ...]] = ("alpha",)
+    arrays: ClassVar[tuple[Array, ...]] = (Array("weight", (1, "dim")), Array("bias", (1,)))
 
     def __init__(self, labels: list[str] | None = None, alpha: float = 1.0) -> None:
         self.labels = [VALUE]
@@ -39,11 +40,12 @@ class RidgeHead:
         self.bias = np.array([model.intercept_], dtype=np.float32)
         return self
 
-    def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
-        return embeddings(self.kind, x).astype(np.float32, copy=False) @ self.weight.T + self.bias
+    def predict_values(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
+        """Values (n,)."""
+        return (embeddings(self.kind, x).astype(np.float32, copy=False) @ self.weight.T + self.bias)[:, 0]
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.predict_proba(x)[:, 0]
+    def predict_proba(self, x: np.ndarray | None, raw: Sequence[str] | None = None) -> np.ndarray:
+        raise TypeError("a regression head has no probabilities: its answer is predict_values(x)")
 
     def temper(self, temperature: float) -> None:
         """Not used: regression has no probabilities to calibrate."""
@@ -53,17 +55,3 @@ class RidgeHead:
         from .torch_forms import ValueForm
 
         return ValueForm(self.weight, self.bias)
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {"weight": self.weight, "bias": self.bias}
-
-    def params(self) -> dict[str, Any]:
-        return {"alpha": self.alpha}
-
-    @classmethod
-    def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> RidgeHead:
-        head = cls(labels, alpha=params["alpha"])
-        head.weight, head.bias = tensors["weight"], tensors["bias"]
-        if head.weight.ndim != 2 or head.weight.shape[0] != 1 or head.bias.shape != (1,):
-            raise ValueError("ridge head tensors have the wrong shapes")
-        return head

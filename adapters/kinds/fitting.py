@@ -85,14 +85,22 @@ def fit_multilabel(x: np.ndarray, label_sets: Sequence[Sequence[str]], *, folds:
         raise TrainingDataError("at least 2 distinct labels are needed to train a multilabel task")
     y = indicator(label_sets, labels)
     counts = dict(zip(labels, (int(v) for v in y.sum(axis=0)), strict=True))
-    metrics: dict[str, Any] = {"kind": "multilabel", "head": MultiLabelHead.kind, "examples_per_label": counts, "warnings": []}
+    metrics: dict[str, Any] = {
+        "kind": "multilabel",
+        "head": MultiLabelHead.kind,
+        "examples_per_label": counts,
+        "warnings": [],
+    }
     always = [label for label, n in counts.items() if n == len(y)]
     if always:
         metrics["warnings"].append(f"Labels on every example carry no information and are always predicted: {always}.")
     if len(y) < MIN_CV_EXAMPLES:
         head = MultiLabelHead(labels, c=GRID_C[len(GRID_C) // 2]).fit(x, y)
         metrics.update(evaluation="train", too_small_to_fold=True, selected={"c": head.c}, **_f1s(y, head.predict(x)))
-        metrics["warnings"].append(f"Fewer than {MIN_CV_EXAMPLES} examples: nothing was cross-validated, the F1 shown is on the training examples.")
+        metrics["warnings"].append(
+            f"Fewer than {MIN_CV_EXAMPLES} examples: nothing was cross-validated, the F1 shown is on the training "
+            "examples."
+        )
         return FitResult(head=head, metrics=metrics)
 
     splits = _splits(len(y), folds, seed)
@@ -110,13 +118,28 @@ def fit_multilabel(x: np.ndarray, label_sets: Sequence[Sequence[str]], *, folds:
     scores = _f1s(y, pred)
     thresholds = tune_thresholds(proba, y)
     per_label_f1 = f1_score(y, pred, average=None, zero_division=0)
-    baseline = {"method": "predict every label on every example (the best constant predictor)", **_f1s(y, np.ones_like(y))}
+    baseline = {
+        "method": "predict every label on every example (the best constant predictor)",
+        **_f1s(y, np.ones_like(y)),
+    }
     metrics.update(
-        evaluation="cv", folds=len(splits), selected={"c": c}, **scores, log_loss=best["log_loss"],
-        micro_f1_at_0_5=best["micro_f1"], macro_f1_at_0_5=best["macro_f1"],
-        per_label={label: {"f1": float(per_label_f1[j]), "threshold": round(float(thresholds[j]), 4), "examples": counts[label]}
-                   for j, label in enumerate(labels)},
-        baseline=baseline, candidates=candidates,
+        evaluation="cv",
+        folds=len(splits),
+        selected={"c": c},
+        **scores,
+        log_loss=best["log_loss"],
+        micro_f1_at_0_5=best["micro_f1"],
+        macro_f1_at_0_5=best["macro_f1"],
+        per_label={
+            label: {
+                "f1": float(per_label_f1[j]),
+                "threshold": round(float(thresholds[j]), 4),
+                "examples": counts[label],
+            }
+            for j, label in enumerate(labels)
+        },
+        baseline=baseline,
+        candidates=candidates,
     )
     if scores["micro_f1"] <= baseline["micro_f1"]:
         metrics["warnings"].append(
@@ -148,11 +171,25 @@ def fit_regression(x: np.ndarray, values: Sequence[float], *, folds: int = 5, se
     if len(set(y.tolist())) < 2:
         raise TrainingDataError("at least 2 distinct target values are needed to train a regression task")
     summary = {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
-    metrics: dict[str, Any] = {"kind": "regression", "head": RidgeHead.kind, "examples": len(y), "target": summary, "warnings": []}
+    metrics: dict[str, Any] = {
+        "kind": "regression",
+        "head": RidgeHead.kind,
+        "examples": len(y),
+        "target": summary,
+        "warnings": [],
+    }
     if len(y) < MIN_CV_EXAMPLES:
         head = RidgeHead(alpha=GRID_ALPHA[len(GRID_ALPHA) // 2]).fit(x, y)
-        metrics.update(evaluation="train", too_small_to_fold=True, selected={"alpha": head.alpha}, **_regression_scores(y, head.predict(x)))
-        metrics["warnings"].append(f"Fewer than {MIN_CV_EXAMPLES} examples: nothing was cross-validated, the errors shown are on the training examples.")
+        metrics.update(
+            evaluation="train",
+            too_small_to_fold=True,
+            selected={"alpha": head.alpha},
+            **_regression_scores(y, head.predict_values(x)),
+        )
+        metrics["warnings"].append(
+            f"Fewer than {MIN_CV_EXAMPLES} examples: nothing was cross-validated, the errors shown are on the training "
+            "examples."
+        )
         return FitResult(head=head, metrics=metrics)
 
     splits = _splits(len(y), folds, seed)
@@ -161,7 +198,7 @@ def fit_regression(x: np.ndarray, values: Sequence[float], *, folds: int = 5, se
     for train, test in splits:
         mean_pred[test] = y[train].mean()
         for a in GRID_ALPHA:
-            oof[a][test] = RidgeHead(alpha=a).fit(x[train], y[train]).predict(x[test])
+            oof[a][test] = RidgeHead(alpha=a).fit(x[train], y[train]).predict_values(x[test])
     candidates: list[dict[str, Any]] = [{"params": {"alpha": a}, **_regression_scores(y, oof[a])} for a in GRID_ALPHA]
     best = min(candidates, key=lambda row: row["rmse"])
     baseline = {"method": "predict the mean target of the training folds", **_regression_scores(y, mean_pred)}
@@ -171,7 +208,8 @@ def fit_regression(x: np.ndarray, values: Sequence[float], *, folds: int = 5, se
     )
     if best["mae"] >= baseline["mae"]:
         metrics["warnings"].append(
-            f"The head did not beat predicting the mean: cross-validated MAE {best['mae']:.4g} vs {baseline['mae']:.4g} "
+            f"The head did not beat predicting the mean: cross-validated MAE {best['mae']:.4g} vs "
+            f"{baseline['mae']:.4g} "
             "for the mean. Transfer from this backbone does not help yet; add examples or try another backbone."
         )
     head = RidgeHead(alpha=best["params"]["alpha"]).fit(x, y)

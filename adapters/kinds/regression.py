@@ -70,9 +70,9 @@ class Regression(TaskKind):
         unseen: np.ndarray, active_number: int,
     ) -> Decision:
         values = self.decode_all(truth)
-        active_values = active.predict_proba(vectors)[:, 0].tolist()
+        active_values = active.predict_values(vectors).tolist()  # type: ignore[attr-defined]
         new_values = result.oof_pred[unseen].tolist()  # type: ignore[index]
         return compare_errors_on_unseen(values, new_values, active_values, active_number)
 
     def format(self, head: Head, output: np.ndarray, top_k: int | None) -> list[Any]:
-        return [RegressionPrediction(float(v)) for v in output[:, 0]]
+        return [RegressionPrediction(float(v)) for v in np.asarray(output).reshape(-1)]  # values (n,)

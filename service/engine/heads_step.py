@@ -16,7 +16,7 @@ from typing import cast
 
 import numpy as np
 
-from adapters.heads import TRUNK, Head
+from adapters.heads import TRUNK, Head, predict
 from adapters.heads.finetune import predict_shared
 
 from ..backbones.base import Backbone
@@ -75,7 +75,7 @@ def apply_heads(vectors: np.ndarray, parts: Sequence[tuple[Head | None, int, int
             continue
         rows = np.concatenate([np.arange(parts[i][1], parts[i][2]) for i in members])
         try:
-            proba = head.predict_proba(vectors[rows])
+            proba = predict(head, vectors[rows])  # a regression head's values (n,)
         except Exception as exc:  # a broken head fails its own requests only
             for i in members:
                 results[i] = exc

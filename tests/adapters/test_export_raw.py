@@ -18,8 +18,16 @@ from tests.conftest import load_jsonl, per_label
 # What a consumer may send: empty, blank, punctuation only, accents and compatibility forms (NFKD), other
 # scripts, emoji, whitespace runs, one letter, a dotted capital İ (lower-cases to i + a combining dot), ß.
 ODD = [
-    "", "   ", "!!! ??? ...", "Ünïcödé: le café, résumé naïve 🙂", "東京 株式 市場が 上昇", "ﬁnance ｆｕｌｌｗｉｄｔｈ ½",
-    "tab\tand\nnewline   spaces", "x", "İstanbul STRASSE Straße", "don't stop-words_with_underscores 1990s £5",
+    "",
+    "   ",
+    "!!! ??? ...",
+    "Ünïcödé: le café, résumé naïve 🙂",
+    "東京 株式 市場が 上昇",
+    "ﬁnance ｆｕｌｌｗｉｄｔｈ ½",
+    "tab\tand\nnewline   spaces",
+    "x",
+    "İstanbul STRASSE Straße",
+    "don't stop-words_with_underscores 1990s £5",
 ]
 
 

@@ -67,7 +67,10 @@ def test_learns_well_above_chance(fitted, bbc_test):
     assert accuracy >= 0.7, accuracy  # 5 labels: chance is 0.2
     assert head.split == 5 and metrics["finetune"]["split"] == 5
     assert metrics["finetune"]["history"][0]["epoch"] == 0 and metrics["finetune"]["held_out"] == 5
-    assert any(np.abs(b).max() > 0 for k, b in head.lora.items() if "lora_B" in k) or metrics["finetune"]["best_epoch"] == 0
+    assert (
+        any(np.abs(b).max() > 0 for k, b in head.lora.items() if "lora_B" in k)
+        or metrics["finetune"]["best_epoch"] == 0
+    )
 
 
 def test_seeded_runs_are_identical(text_backbone, few, fitted):
@@ -88,7 +91,9 @@ def test_stores_only_adapters_and_classifier(text_backbone, fitted, few):
     with pytest.raises(RuntimeError):
         restored.predict_proba(None, raw=few[0][:2])
     restored.bind(text_backbone)
-    np.testing.assert_allclose(restored.predict_proba(None, raw=few[0][:6]), head.predict_proba(None, raw=few[0][:6]), atol=1e-6)
+    np.testing.assert_allclose(
+        restored.predict_proba(None, raw=few[0][:6]), head.predict_proba(None, raw=few[0][:6]), atol=1e-6
+    )
     from service.caching import head_nbytes
 
     assert head_nbytes(restored) > 7_000_000  # the merged copy of one layer is what the cache budget counts
@@ -157,7 +162,9 @@ def test_cached_split_states_reproduce_the_whole_encoder(text_backbone, bbc_test
 
     texts = [" ".join(r["input"].split()[: 3 + 17 * (i % 7)]) for i, r in enumerate(bbc_test[:40])]  # mixed lengths
     cache = _Cached(text_backbone, texts, split=4)
-    assert [len(h) for h in cache.hidden] == [len(t) for t in text_backbone.tokenizer(texts, truncation=True)["input_ids"]]
+    assert [len(h) for h in cache.hidden] == [
+        len(t) for t in text_backbone.tokenizer(texts, truncation=True)["input_ids"]
+    ]
     np.testing.assert_allclose(_pooled_frozen(text_backbone, cache, 4), text_backbone.embed(texts), atol=1e-5)
     gen = torch.Generator().manual_seed(0)
     rows = np.arange(len(texts))
@@ -188,13 +195,26 @@ def test_finetune_is_compared_with_the_cheaper_heads_on_its_held_out_examples(fi
     history = {h["epoch"]: h["accuracy"] for h in metrics["finetune"]["history"]}
     assert compared["linear"]["accuracy"] == history[0]  # epoch 0: the logistic regression it starts from
     assert compared["finetune"]["accuracy"] == history[metrics["finetune"]["best_epoch"]] == metrics["accuracy"]
-    assert metrics["warnings"] == holdout_warnings(compared, metrics["finetune"]["held_out"], metrics["finetune"]["best_epoch"])
+    assert metrics["warnings"] == holdout_warnings(
+        compared, metrics["finetune"]["held_out"], metrics["finetune"]["best_epoch"]
+    )
 
 
 def test_a_finetune_that_does_not_win_says_so():
-    tie = holdout_warnings({"finetune": {"accuracy": 0.9}, "linear": {"accuracy": 0.9}, "baseline": {"accuracy": 0.5}}, 20, 0)
-    assert len(tie) == 1 and "did not beat the linear head" in tie[0] and "90.0%" in tie[0] and "changed nothing" in tie[0]
-    worse = holdout_warnings({"finetune": {"accuracy": 0.8}, "linear": {"accuracy": 0.85}, "baseline": {"accuracy": 0.9}}, 20, 3)
+    tie = holdout_warnings(
+        {"finetune": {"accuracy": 0.9}, "linear": {"accuracy": 0.9}, "baseline": {"accuracy": 0.5}}, 20, 0
+    )
+    assert (
+        len(tie) == 1 and "did not beat the linear head" in tie[0] and "90.0%" in tie[0] and "changed nothing" in tie[0]
+    )
+    worse = holdout_warnings(
+        {"finetune": {"accuracy": 0.8}, "linear": {"accuracy": 0.85}, "baseline": {"accuracy": 0.9}}, 20, 3
+    )
     assert len(worse) == 2 and "served as pinned" in worse[0] and "from-scratch baseline" in worse[1]
-    assert holdout_warnings({"finetune": {"accuracy": 0.95}, "linear": {"accuracy": 0.9}, "baseline": {"accuracy": 0.9}}, 20, 2) == []
+    assert (
+        holdout_warnings(
+            {"finetune": {"accuracy": 0.95}, "linear": {"accuracy": 0.9}, "baseline": {"accuracy": 0.9}}, 20, 2
+        )
+        == []
+    )
     assert "Too few examples" in holdout_warnings({}, 0, 3)[0]

@@ -11,9 +11,15 @@ from adapters.training import available_heads, encode_labels, fit_head
 from tests.conftest import per_label
 
 TEXTS = [
-    "the match ended two nil after extra time", "a late goal won the cup final", "the striker signed for the club",
-    "shares fell as profits missed forecasts", "the central bank raised interest rates", "quarterly revenue beat estimates",
-    "the new phone has a faster chip", "software update fixes the security flaw", "the laptop battery lasts all day",
+    "the match ended two nil after extra time",
+    "a late goal won the cup final",
+    "the striker signed for the club",
+    "shares fell as profits missed forecasts",
+    "the central bank raised interest rates",
+    "quarterly revenue beat estimates",
+    "the new phone has a faster chip",
+    "software update fixes the security flaw",
+    "the laptop battery lasts all day",
 ]
 LABELS = ["sport"] * 3 + ["business"] * 3 + ["tech"] * 3
 
@@ -52,7 +58,9 @@ def test_raw_input_heads_round_trip_exactly(kind: str) -> None:
 
 def test_baseline_learns_from_words_alone() -> None:
     result = fit_head("baseline", None, LABELS, raw=TEXTS, folds=3)
-    proba = result.head.predict_proba(None, raw=["the cup final goal", "interest rates and profits", "a faster laptop chip"])
+    proba = result.head.predict_proba(
+        None, raw=["the cup final goal", "interest rates and profits", "a faster laptop chip"]
+    )
     assert [result.head.labels[i] for i in proba.argmax(axis=1)] == ["sport", "business", "tech"]
 
 
@@ -99,9 +107,9 @@ def test_embedding_heads_refuse_missing_embeddings_clearly() -> None:
         with pytest.raises(MissingInputs, match=f"the {cls.kind!r} head needs backbone embeddings"):
             head.fit(None, targets.get(kind, y))
         head.fit(x, targets.get(kind, y))
-        assert head.predict_proba(x).shape[0] == 9
+        assert heads.predict(head, x).shape[0] == 9  # probabilities, or a regression head's values
         with pytest.raises(MissingInputs, match="needs backbone embeddings"):
-            head.predict_proba(None)
+            heads.predict(head, None)
 
 
 def test_every_candidate_is_scored_on_the_same_folds_and_auto_serves_the_best() -> None:

@@ -45,20 +45,32 @@ def pixels(rows: list[dict]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    train, test = per_label(load_jsonl("digits.train.jsonl"), 20, seed=0), per_label(load_jsonl("digits.test.jsonl"), 30, seed=1)
-    return pixels(train), np.array([int(r["label"]) for r in train]), pixels(test), np.array([int(r["label"]) for r in test])
+    train, test = (
+        per_label(load_jsonl("digits.train.jsonl"), 20, seed=0),
+        per_label(load_jsonl("digits.test.jsonl"), 30, seed=1),
+    )
+    return (
+        pixels(train),
+        np.array([int(r["label"]) for r in train]),
+        pixels(test),
+        np.array([int(r["label"]) for r in test]),
+    )
 
 
 def test_multilabel_digits_beat_the_constant_predictor_and_round_trip_exactly(digits) -> None:
     x, d, x_test, d_test = digits
     result = fit_multilabel(x, [digit_tags(v) for v in d], folds=5, seed=0)
     m = result.metrics
-    assert m["evaluation"] == "cv" and m["folds"] == 5 and result.head.labels == ["even", "five-or-more", "odd", "prime"]
+    assert (
+        m["evaluation"] == "cv" and m["folds"] == 5 and result.head.labels == ["even", "five-or-more", "odd", "prime"]
+    )
     assert m["examples_per_label"] == {"even": 100, "five-or-more": 100, "odd": 100, "prime": 80}
     # The all-labels constant gets about 0.63 micro-F1 here; the pixels get far more (measured 0.93).
     assert m["micro_f1"] > m["baseline"]["micro_f1"] + 0.2 and m["macro_f1"] > m["baseline"]["macro_f1"] + 0.2
     assert m["warnings"] == []
-    assert set(m["per_label"]) == set(result.head.labels) and all(0.05 <= v["threshold"] <= 0.95 for v in m["per_label"].values())
+    assert set(m["per_label"]) == set(result.head.labels) and all(
+        0.05 <= v["threshold"] <= 0.95 for v in m["per_label"].values()
+    )
 
     y_test = indicator([digit_tags(v) for v in d_test], result.head.labels)
     predicted = result.head.predict(x_test)
@@ -155,11 +167,18 @@ def test_training_refuses_degenerate_targets(digits) -> None:
 )
 def test_label_shapes_per_kind(kind: str, label: object, fragment: str) -> None:
     assert fragment in (label_problem(kind, label) or "")
-    assert kind_of(kind).problem(label) == label_problem(kind, label)  # the server's check (the kind) and the client's agree
+    assert kind_of(kind).problem(label) == label_problem(
+        kind, label
+    )  # the server's check (the kind) and the client's agree
 
 
 def test_labels_that_fit_their_kind_pass_and_round_trip_through_the_store_encoding() -> None:
-    for kind, label in [("classification", "sport"), ("multilabel", ["tech", "business"]), ("regression", 2.5), ("regression", 7)]:
+    for kind, label in [
+        ("classification", "sport"),
+        ("multilabel", ["tech", "business"]),
+        ("regression", 2.5),
+        ("regression", 7),
+    ]:
         assert label_problem(kind, label) is None and kind_of(kind).problem(label) is None
         encoded = kind_of(kind).encode(label)
         assert isinstance(encoded, str) and len(encoded) <= 256
@@ -185,7 +204,9 @@ def test_regression_promotion_is_a_sign_test_on_unseen_examples() -> None:
     worse = compare_errors_on_unseen(truth, [v + 1.0 for v in truth], [v + 0.1 for v in truth], 1)
     assert not worse.promote and "kept as a candidate" in worse.reason and "MAE 1" in worse.reason
     # 11 vs 9: within noise (|11 - 9| < 1.96 * sqrt(20)), promoted
-    mixed = compare_errors_on_unseen(truth, [v + (0.1 if i < 9 else 1.0) for i, v in enumerate(truth)], [v + 0.5 for v in truth], 1)
+    mixed = compare_errors_on_unseen(
+        truth, [v + (0.1 if i < 9 else 1.0) for i, v in enumerate(truth)], [v + 0.5 for v in truth], 1
+    )
     assert mixed.promote and (mixed.only_new_right, mixed.only_active_right) == (9, 11)
     assert compare_errors_on_unseen([], [], [], 3).promote
 

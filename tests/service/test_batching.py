@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from adapters.heads import LinearHead, PrototypeHead
+from adapters.heads import LinearHead, PrototypeHead, RidgeHead
 from service.batching import Batcher, Overloaded, apply_heads
 from tests.conftest import per_label
 
@@ -80,6 +80,24 @@ def test_heads_are_applied_per_request_in_shared_passes(minilm, bbc_heads) -> No
     for (head, inputs), got in zip(jobs, results, strict=True):
         assert got.shape == (len(inputs), len(head.labels))
         assert np.abs(got - head.predict_proba(minilm.embed(inputs))).max() < 1e-5
+
+
+def test_a_regression_head_answers_its_values_in_shared_passes(minilm, bbc_train, bbc_heads) -> None:
+    """A regression head's answer is its values (n,), not probabilities; it shares passes with
+    classification heads and a request split across passes gets its values in order."""
+    train = bbc_train[:40]
+    lengths = np.array([len(r["input"]) / 1000 for r in train])
+    ridge = RidgeHead().fit(minilm.embed([r["input"] for r in train]), lengths)
+    texts = [f"the {w} market reacted to the election result" for w in ("bond", "stock", "film", "tech", "music")]
+    batcher = Batcher(minilm, max_batch=4, max_delay_s=0.02)
+    try:
+        futures = [batcher.submit(texts, head=ridge), batcher.submit(texts[:2], head=bbc_heads[0])]
+        values, proba = (f.result() for f in futures)
+        empty = batcher.submit([], head=ridge).result()
+    finally:
+        batcher.close()
+    assert values.shape == (5,) and empty.shape == (0,) and proba.shape == (2, len(bbc_heads[0].labels))
+    assert np.abs(values - ridge.predict_values(minilm.embed(texts))).max() < 1e-5
 
 
 def test_stacked_linear_heads_match_each_heads_own_predict_proba(minilm, bbc_heads) -> None:
