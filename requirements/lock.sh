@@ -26,8 +26,8 @@ local_client() {  # drop the local package's line (no hash) and pip-compile's wa
 import re, sys
 for path in sys.argv[1:]:
     text = open(path).read()
-    text = re.sub(r"^# WARNING: pip install will require the following package to be hashed\.\n# Consider using a hashable "
-                  r"URL like .*\n(?=graft-client @ )|^graft-client @ .*\n", "", text, flags=re.M)
+    warning = r"^# WARNING: pip install will require the following package to be hashed\.\n# Consider using .*\n"
+    text = re.sub(warning + r"(?=graft-client @ )|^graft-client @ .*\n", "", text, flags=re.M)
     open(path, "w").write(text)
 PY
 }
@@ -47,7 +47,9 @@ deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
 name = lambda r: re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower()
 torch = next(l.split("+")[0] for l in open("constraints/cpu.txt") if l.startswith("torch=="))
 client = open(f"{work}/client.in").read().strip()  # first: see client.in above
-lines = [client, torch, "onnxruntime-gpu"] + [d for d in deps if name(d) not in ("torch", "onnxruntime", "graft-client")]
+lines = [client, torch, "onnxruntime-gpu"] + [
+    d for d in deps if name(d) not in ("torch", "onnxruntime", "graft-client")
+]
 open(f"{work}/gpu.in", "w").write("\n".join(lines) + "\n")
 # the CPU lock's versions as constraints (hashes dropped; torch and onnxruntime left out)
 pins = [l.split(" ")[0] for l in open("requirements/runtime-cpu.txt") if re.match(r"^[A-Za-z0-9].*==", l)]

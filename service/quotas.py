@@ -15,6 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+# The one storability rule (NUL, lone surrogates), shared with the JSON edge: the server depends on the client
+# distribution, and this import is the one the DTO contract allows outside service/api (pyproject.toml).
+from graft.schemas import unstorable
+
 from . import labels as labels_
 from .config import Settings
 from .store.models import Task
@@ -41,19 +45,6 @@ class RateLimited(QuotaExceeded):
     """The tenant's predict rate is spent; ``retry_after_s`` says when a token is back."""
 
     code: ClassVar[str] = "rate_limited"
-
-
-def unstorable(value: str) -> str | None:
-    """Why a string cannot be stored as is (None when it can): NUL characters (PostgreSQL text
-    cannot hold them) and lone surrogates (not encodable as UTF-8). graft/schemas.py checks the same
-    at the JSON edge (the client cannot import the server); tests/service/test_errors_table.py keeps them equal."""
-    if "\x00" in value:
-        return "must not contain NUL (\\u0000) characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid unicode (no lone surrogates)"
-    return None
 
 
 def check_labels(settings: Settings, labels: Sequence[str], field: str = "label") -> None:
