@@ -46,8 +46,9 @@ class Bar:
     ``leave``: keep the last state on its line when closed (else the line is cleared).
     """
 
-    def __init__(self, desc: str, total: int, enabled: bool | None, leave: bool = True) -> None:
-        self.desc, self.total, self.n, self.postfix, self.leave = desc, total, 0, "", leave
+    def __init__(self, desc: str, total: int, enabled: bool | None, leave: bool = True, n: int = 0,
+                 postfix: str = "") -> None:
+        self.desc, self.total, self.n, self.postfix, self.leave = desc, total, n, postfix, leave
         self._stream = sys.stderr
         self._on = _shown(enabled, self._stream)
         self._start = time.monotonic()
@@ -120,8 +121,7 @@ class JobBar:
     """A 0–100 % bar that follows a training job's ``progress`` and ``status``."""
 
     def __init__(self, job: s.JobOut, enabled: bool | None) -> None:
-        self._bar = _JobLine(f"training {job.task}", 100, enabled)
-        self.update(job)
+        self._bar = _JobLine(f"training {job.task}", 100, enabled, n=round(job.progress * 100), postfix=job.status)
 
     def update(self, job: s.JobOut) -> None:
         self._bar.n = max(self._bar.n, round(job.progress * 100))

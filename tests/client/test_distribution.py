@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -33,9 +34,11 @@ def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`pip wheel --no-deps --no-build-isolation ./client`: the lock's setuptools, nothing fetched."""
-    out = tmp_path_factory.mktemp("wheel")
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, CLIENT)
+    """`pip wheel --no-deps --no-build-isolation ./client`: the lock's setuptools, nothing fetched. Built
+    from a copy, so setuptools' build/ folder never lands in (or goes stale in) the checkout."""
+    source, out = tmp_path_factory.mktemp("client") / "client", tmp_path_factory.mktemp("wheel")
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, source)
     (found,) = out.glob("graft_client-*.whl")
     return found
 
