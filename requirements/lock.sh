@@ -16,11 +16,28 @@ COMPILE=("$TOOLS/bin/pip-compile" -q --generate-hashes --allow-unsafe --strip-ex
          --no-header --annotation-style=line)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# The client distribution (client/, `graft-client`) is a local package the server depends on: it is resolved from
+# ./client, never looked up on an index, and its own line is dropped from the lock files (the Makefile installs
+# `-e ./client`; the Bento carries client/graft/). Its dependencies (httpx, pydantic) are locked like the others.
+# pip-tools keeps the local link only when this requirement comes first, so it is the first source file.
+printf 'graft-client @ file://%s/client\n' "$PWD" > "$work/client.in"
+local_client() {  # drop the local package's line (no hash) and pip-compile's warning that it has none
+  python3 - "$@" <<'PY'
+import re, sys
+for path in sys.argv[1:]:
+    text = open(path).read()
+    warning = r"^# WARNING: pip install will require the following package to be hashed\.\n# Consider using .*\n"
+    text = re.sub(warning + r"(?=graft-client @ )|^graft-client @ .*\n", "", text, flags=re.M)
+    open(path, "w").write(text)
+PY
+}
 
 # the service's runtime, CPU
-"${COMPILE[@]}" --upgrade -c constraints/cpu.txt -o requirements/runtime-cpu.txt pyproject.toml
+"${COMPILE[@]}" --upgrade -c constraints/cpu.txt -o requirements/runtime-cpu.txt "$work/client.in" pyproject.toml
 # + dev extra, the runtime versions kept
-"${COMPILE[@]}" --upgrade -c constraints/cpu.txt -c requirements/runtime-cpu.txt --extra dev -o requirements/cpu.txt pyproject.toml
+"${COMPILE[@]}" --upgrade -c constraints/cpu.txt -c requirements/runtime-cpu.txt --extra dev -o requirements/cpu.txt \
+  "$work/client.in" pyproject.toml
+local_client requirements/runtime-cpu.txt requirements/cpu.txt
 
 # GPU image: resolved against the public index only (no local CPU wheels), torch and onnxruntime swapped
 python3 - "$work" <<'PY'
@@ -29,7 +46,10 @@ work = sys.argv[1]
 deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
 name = lambda r: re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower()
 torch = next(l.split("+")[0] for l in open("constraints/cpu.txt") if l.startswith("torch=="))
-lines = [torch, "onnxruntime-gpu"] + [d for d in deps if name(d) not in ("torch", "onnxruntime")]
+client = open(f"{work}/client.in").read().strip()  # first: see client.in above
+lines = [client, torch, "onnxruntime-gpu"] + [
+    d for d in deps if name(d) not in ("torch", "onnxruntime", "graft-client")
+]
 open(f"{work}/gpu.in", "w").write("\n".join(lines) + "\n")
 # the CPU lock's versions as constraints (hashes dropped; torch and onnxruntime left out)
 pins = [l.split(" ")[0] for l in open("requirements/runtime-cpu.txt") if re.match(r"^[A-Za-z0-9].*==", l)]
@@ -37,6 +57,7 @@ open(f"{work}/same.txt", "w").write("\n".join(p for p in pins if name(p) not in 
 PY
 env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "${COMPILE[@]}" --upgrade -c "$work/same.txt" -o requirements/runtime-gpu.txt "$work/gpu.in"
 sed -i "s|$work/gpu.in|requirements/lock.sh (GPU)|; s|-c $work/same.txt|-c runtime-cpu.txt|" requirements/runtime-gpu.txt
+local_client requirements/runtime-gpu.txt
 
 # --no-deps packages: exact version and the hash of every file the index has for it
 "$TOOLS/bin/python" - "$work" <<'PY'

@@ -43,8 +43,12 @@ def test_every_locked_package_is_pinned_exactly_with_hashes() -> None:
 
 def test_the_locks_cover_pyproject_and_agree_with_each_other() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    runtime, dev = entries(REQ / "runtime-cpu.txt"), entries(REQ / "cpu.txt")
-    assert {name_of(r) for r in project["dependencies"]} <= set(runtime)
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    runtime, dev, gpu = entries(REQ / "runtime-cpu.txt"), entries(REQ / "cpu.txt"), entries(REQ / "runtime-gpu.txt")
+    # the client distribution is local (client/, `make install` installs it): never in a lock, its dependencies are
+    assert "graft-client" in {name_of(r) for r in project["dependencies"]}
+    assert not {"graft-client"} & (set(runtime) | set(dev) | set(gpu))
+    assert {name_of(r) for r in project["dependencies"] + client["dependencies"]} - {"graft-client"} <= set(runtime)
     assert {name_of(r) for r in project["optional-dependencies"]["dev"]} <= set(dev)
     assert {n: v for n, (v, _) in runtime.items()} == {n: dev[n][0] for n in runtime}, "runtime and dev locks disagree"
     assert runtime["torch"][0] == "2.13.0+cpu"  # the CPU wheel on disk, never a resolved CUDA build
@@ -55,7 +59,10 @@ def test_the_makefile_installs_from_the_locks_only() -> None:
     install = makefile[makefile.index("$(STAMP):"):makefile.index("serve:")]
     pip_lines = [line.strip() for line in install.splitlines() if "$(PIP) install" in line]
     for line in pip_lines:
-        assert "--require-hashes" in line or line.endswith("--no-build-isolation -e .") or re.search(r"pip==\$\(PIP_VERSION\)", line), line
+        assert "--require-hashes" in line or re.search(r"--no-deps --no-build-isolation -e \.(/client)?$", line) \
+            or re.search(r"pip==\$\(PIP_VERSION\)", line), line
+    # the client distribution (a local package the server depends on) before the server
+    assert install.index("-e ./client") < install.index("-e .\n")
     no_deps = {**entries(REQ / "no-deps.txt"), **entries(REQ / "no-deps-dev.txt")}
     for variable in ("RUNTIME_NO_DEPS", "DEV_NO_DEPS"):
         for spec in re.search(rf"^{variable} := (.+)$", makefile, flags=re.M).group(1).split():

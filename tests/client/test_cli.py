@@ -169,7 +169,7 @@ def test_settings_from_the_config_file(server, tmp_path) -> None:
 
 
 def test_the_entry_point_is_declared() -> None:
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"graft": "graft.cli:main"} and callable(cli.main)
 
 

@@ -30,17 +30,21 @@ def name_of(requirement: str) -> str:
     return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower()
 
 
+CODE = ("service", "adapters", "client/graft")  # client/graft: the client distribution's package, `graft`
+
+
 def test_bento_holds_the_service_the_adapters_and_the_migrations(bentos) -> None:
     files = bentos["cpu"].files()
     sources = {f.removeprefix("src/") for f in files if f.startswith("src/")}
-    tracked = set(subprocess.run(["git", "ls-files", "service", "adapters", "graft"], cwd=ROOT, capture_output=True, text=True,
+    tracked = set(subprocess.run(["git", "ls-files", *CODE], cwd=ROOT, capture_output=True, text=True,
                                  check=True).stdout.split())
-    untracked = set(subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "service", "adapters", "graft"], cwd=ROOT,
+    untracked = set(subprocess.run(["git", "ls-files", "--others", "--exclude-standard", *CODE], cwd=ROOT,
                                    capture_output=True, text=True, check=True).stdout.split())
     wanted = {f for f in tracked | untracked if (ROOT / f).exists()}
     assert wanted <= sources, f"missing from the Bento: {sorted(wanted - sources)}"
     for needed in ("service/app.py", "service/store/migrations/env.py", "service/store/migrations/script.py.mako",
-                   "service/store/migrations/versions/0001_initial_schema.py", "adapters/heads/linear.py"):
+                   "service/store/migrations/versions/0001_initial_schema.py", "adapters/heads/linear.py",
+                   "client/graft/schemas.py"):
         assert needed in sources
     assert sources - wanted == {"bentofile.yaml"}, f"unexpected files: {sorted(sources - wanted)}"  # no tests, caches, weights
     assert {"bento.yaml", "env/docker/Dockerfile", "env/docker/entrypoint.sh", "env/python/requirements.txt"} <= files
@@ -49,6 +53,26 @@ def test_bento_holds_the_service_the_adapters_and_the_migrations(bentos) -> None
     assert info["service"] == "service.app:Graft" and info["labels"]["variant"] == "cpu"
     assert info["models"] == []  # weights come in pip packages, nothing is fetched at start
     assert {e["name"]: e["value"] for e in info["envs"]}["HF_HUB_OFFLINE"] == "1"
+
+
+def test_the_image_imports_the_client_package_from_the_bento(bentos, tmp_path) -> None:
+    """The setup script's .pth line (the image's BENTO_PATH swapped for the built Bento's path) puts the
+    Bento's client/graft on sys.path: `graft.schemas` is the Bento's copy, importable with the service's."""
+    script = SETUP_SCRIPT.read_text()
+    line = re.search(r'^echo "\$BENTO_PATH/(\S+)" > .*/graft-client\.pth"$', script, flags=re.M)
+    assert line, "deploy/bento/setup.sh writes no graft-client.pth"
+    folder = bentos["cpu"].path / line.group(1)
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "graft-client.pth").write_text(f"{folder}\n")
+    code = ("import site, sys; site.addsitedir(sys.argv[1]); import graft.schemas, graft.client; "
+            "print(graft.schemas.__file__)")
+    out = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()) == folder / "graft" / "schemas.py"
+    dockerfile = (bentos["cpu"].path / "env" / "docker" / "Dockerfile").read_text()
+    assert "ENV BENTO_PATH=" in dockerfile.split("script__", 1)[0], "the setup script runs before BENTO_PATH is set"
 
 
 def pins(text: str) -> dict[str, str]:
@@ -66,7 +90,10 @@ def test_the_cpu_bento_installs_the_lock_file(bentos) -> None:
     assert requirements.count("--hash=sha256:") == lock.count("--hash=sha256:") > 0
     assert pins(lock)["torch"].endswith("+cpu")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert {name_of(r) for r in project} <= set(pins(lock))
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]["dependencies"]
+    # graft-client itself is local (the Bento carries client/graft/); its dependencies are locked
+    assert "graft-client" in {name_of(r) for r in project} and "graft-client" not in pins(lock)
+    assert {name_of(r) for r in project + client} - {"graft-client"} <= set(pins(lock))
     assert any(line.startswith("--extra-index-url") and line.endswith("/whl/cpu") for line in requirements.splitlines())
 
 

@@ -87,8 +87,15 @@ def test_domain_codes_agree_with_the_table() -> None:
         assert not hasattr(raised, "status")
 
 
-@pytest.mark.parametrize("value", ["fine", "", "é ü 漢字 🙂", "a\x00b", "\x00", "\ud800", "x\udfffy", "tab\tnew\nline"])
-def test_the_quota_check_refuses_what_the_json_edge_refuses(value: str) -> None:
-    """service/quotas.py keeps its own copy of the storability check (it may not import the client's
-    schemas); both must say the same."""
-    assert quotas.unstorable(value) == schemas.unstorable(value)
+NUL, SURROGATE = "must not contain NUL (\\u0000) characters", "must be valid unicode (no lone surrogates)"
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("fine", None), ("", None), ("é ü 漢字 🙂", None), ("tab\tnew\nline", None),
+    ("a\x00b", NUL), ("\x00", NUL), ("\ud800", SURROGATE), ("x\udfffy", SURROGATE),
+])
+def test_the_quota_check_refuses_what_the_json_edge_refuses(value: str, problem: str | None) -> None:
+    """One storability rule for both: the quota check (files that never pass the JSON edge) applies the
+    client schemas' own function (the server depends on the client distribution)."""
+    assert quotas.unstorable is schemas.unstorable
+    assert quotas.unstorable(value) == problem

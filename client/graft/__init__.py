@@ -1,6 +1,6 @@
 """Graft's Python client and the API schemas it shares with the server.
 
-Importing this package must stay light (pydantic, httpx and tqdm only, never torch): the schemas
+Importing this package must stay light (pydantic and httpx only, never torch): the schemas
 module is the one source of truth for request and response bodies on both sides of the wire.
 ``from graft import Graft, AsyncGraft`` loads the client on first use, so the server, which imports
 only ``graft.schemas``, never loads httpx.
