@@ -171,7 +171,7 @@ class TokenTagger:
 
     def predict(self, texts: Sequence[str], encoded: Sequence[Encoded]) -> list[list[tuple[Span, float]]]:
         assert self.model is not None, "fit the head first"
-        out = []
+        out: list[list[tuple[Span, float]]] = []
         for e in encoded:
             if not len(e.offsets):
                 out.append([])
@@ -243,7 +243,7 @@ class WordTagger:
 
     def predict(self, texts: Sequence[str], encoded: Any = None) -> list[list[tuple[Span, float]]]:
         assert self.model is not None and self.vocab is not None, "fit the head first"
-        out = []
+        out: list[list[tuple[Span, float]]] = []
         for text in texts:
             feats, offsets = self._rows(text)
             if not feats:

@@ -27,7 +27,7 @@ def words(text: str) -> tuple[list[str], np.ndarray]:
 
 def shape(word: str) -> str:
     """``Xxxx``-style shape, repeats collapsed: "Lyon" → "Xx", "B2B" → "XdX", "é" → "x"."""
-    out = []
+    out: list[str] = []
     for ch in word:
         c = "X" if ch.isupper() else "x" if ch.islower() else "d" if ch.isdigit() else ch
         if not out or out[-1] != c:
