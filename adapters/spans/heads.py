@@ -125,7 +125,8 @@ class _Linear:
         else:
             model = LogisticRegression(C=c, max_iter=500).fit(z, y)
             rows = model.coef_ if len(present) > 2 else np.vstack([-model.coef_ / 2, model.coef_ / 2])
-            icpt = model.intercept_ if len(present) > 2 else np.array([-model.intercept_[0] / 2, model.intercept_[0] / 2])
+            half = model.intercept_[0] / 2
+            icpt = model.intercept_ if len(present) > 2 else np.array([-half, half])
             coef[present] = rows
             bias[present] = icpt
         return cls(np.asarray(mean, np.float32), np.asarray(scale, np.float32), coef, bias)

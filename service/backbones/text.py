@@ -157,8 +157,8 @@ class TorchTextBackbone:
         tokens' character offsets into the caller's string. A text longer than the window is cut into
         windows sharing ``overlap`` tokens; each token keeps its state from the window where it has the most
         context. With ``questions``, each window is question + text (the question cut to half the window)
-        and ``query`` holds the question's token states (n_question_tokens, dim), averaged over the windows. All windows of all texts
-        run as one length-sorted, micro-batched pass."""
+        and ``query`` holds the question's token states (n_question_tokens, dim), averaged over the
+        windows. All windows of all texts run as one length-sorted, micro-batched pass."""
         if questions is not None and len(questions) != len(texts):
             raise ValueError(f"{len(questions)} questions for {len(texts)} texts")
         tok = self.tokenizer
