@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from adapters.spans.codec import window_owners
+from adapters.spans.heads import Encoded
 
 from .base import autocast, weights_checksum
 from .onnx_export import ExportSpec
@@ -142,6 +146,87 @@ class TorchTextBackbone:
         for idx, feeds in self.batches(inputs, self.micro_batch):
             out[idx] = self._embed_batch(feeds).float().cpu().numpy()
         return out
+
+    # -- per-token states (entities, answers) ---------------------------------------------------
+
+    @torch.inference_mode()
+    def token_states(
+        self, texts: Sequence[str], questions: Sequence[str] | None = None, overlap: int = 64
+    ) -> list[Encoded]:
+        """The encoder's last hidden state of every token of each text (special tokens left out), with the
+        tokens' character offsets into the caller's string. A text longer than the window is cut into
+        windows sharing ``overlap`` tokens; each token keeps its state from the window where it has the most
+        context. With ``questions``, each window is question + text (the question cut to half the window)
+        and ``query`` holds the question's token states (n_question_tokens, dim), averaged over the
+        windows. All windows of all texts run as one length-sorted, micro-batched pass."""
+        if questions is not None and len(questions) != len(texts):
+            raise ValueError(f"{len(questions)} questions for {len(texts)} texts")
+        tok = self.tokenizer
+        texts = list(texts)
+        pair = questions is not None
+        if questions is not None:  # a question keeps at most half the window
+            cut = tok(list(questions), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            half = self.max_length // 2
+            questions = [q if len(o) <= half else q[: o[half - 1][1]] for q, o in zip(questions, cut, strict=True)]
+        room = self.max_length - tok.num_special_tokens_to_add(pair=pair)
+        windowed = tok(
+            *((questions, texts) if questions is not None else (texts,)),
+            truncation="only_second" if pair else True,
+            max_length=self.max_length,
+            stride=min(overlap, room // 4),
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        owner_of = windowed["overflow_to_sample_mapping"]
+        full = tok(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        sequences = windowed["input_ids"]
+        hidden: list[np.ndarray] = [np.zeros(0)] * len(sequences)
+        for idx in length_buckets([len(s) for s in sequences], self.micro_batch, self.length_ratio):
+            feeds = self.feeds([sequences[j] for j in idx])
+            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}
+            with autocast(self.device, self.runtime):
+                out = self.model(**tensors).last_hidden_state.float().cpu().numpy()
+            for row, j in enumerate(idx):
+                hidden[j] = out[row]
+        # Windows of one text, in order: (text positions in the window, query positions, first token).
+        per_text: list[list[tuple[np.ndarray, np.ndarray, int]]] = [[] for _ in texts]
+        for j, sample in enumerate(owner_of):
+            ids = windowed.sequence_ids(j)
+            mine = np.array([p for p, s in enumerate(ids) if s == (1 if pair else 0)], dtype=np.int64)
+            query = np.array([p for p, s in enumerate(ids) if pair and s == 0], dtype=np.int64)
+            found = per_text[sample]
+            first = 0 if not found else found[-1][2] + len(found[-1][0]) - self._overlap_of(windowed, j, found)
+            found.append((mine, query, first))
+        results: list[Encoded] = []
+        for i, parts in enumerate(per_text):
+            offsets = np.asarray(full[i], dtype=np.int64).reshape(-1, 2)
+            spans = [(first, first + len(mine)) for mine, _, first in parts]
+            if spans[-1][1] != len(offsets):
+                raise RuntimeError(f"windows cover {spans[-1][1]} of the text's {len(offsets)} tokens")
+            owners = window_owners(spans, len(offsets))
+            states = np.zeros((len(offsets), self.dim), dtype=np.float32)
+            queries = []
+            rows = [j for j, sample in enumerate(owner_of) if sample == i]
+            for k, ((mine, query, first), j) in enumerate(zip(parts, rows, strict=True)):
+                keep = np.flatnonzero(owners[first : first + len(mine)] == k)
+                states[first + keep] = hidden[j][mine[keep]]
+                if len(query):
+                    queries.append(hidden[j][query])
+            query_state = np.mean(queries, axis=0).astype(np.float32) if queries else None  # same question each window
+            results.append(Encoded(states, offsets, query_state))
+        return results
+
+    @staticmethod
+    def _overlap_of(windowed: Any, j: int, found: list[tuple[np.ndarray, np.ndarray, int]]) -> int:
+        """How many text tokens window ``j`` shares with the window before it (the tokenizer's stride,
+        read from the offsets so that a short last window is placed right)."""
+        prev_first_offsets = windowed["offset_mapping"][j - 1]
+        mine = found[-1][0]
+        prev_text = [tuple(prev_first_offsets[p]) for p in mine]
+        ids = windowed.sequence_ids(j)
+        text_side = 1 if any(s == 1 for s in ids if s is not None) else 0
+        first = next(tuple(o) for o, s in zip(windowed["offset_mapping"][j], ids, strict=True) if s == text_side)
+        return len(prev_text) - prev_text.index(first) if first in prev_text else 0
 
     # -- export ------------------------------------------------------------------------------
 
