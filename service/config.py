@@ -127,6 +127,19 @@ SETTINGS: dict[str, _Var] = {
         "Most decoded pixels (width × height, summed over its images) in one request: predict, examples or a dataset "
         "upload; checked from each header before decoding, beyond it 413. Images are decoded one at a time.",
     ),
+    "max_audio_bytes": _Var(
+        "GRAFT_MAX_AUDIO_BYTES", 16_000_000, int, "Largest audio input (a WAV file, before base64), in bytes.",
+    ),
+    "max_audio_seconds": _Var(
+        "GRAFT_MAX_AUDIO_SECONDS", 30.0, float,
+        "Longest audio input, in seconds (frames ÷ sample rate, read from the WAV header before decoding).",
+    ),
+    "max_audio_channels": _Var("GRAFT_MAX_AUDIO_CHANNELS", 2, int, "Most channels in one audio input (mixed to mono)."),
+    "max_request_audio_seconds": _Var(
+        "GRAFT_MAX_REQUEST_AUDIO_SECONDS", 600.0, float,
+        "Most seconds of audio (summed over its clips) in one request: predict, examples or a dataset upload; "
+        "checked from each header before decoding, beyond it 413.",
+    ),
     "max_upload_bytes": _Var("GRAFT_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, int, "Largest upload body (dataset file, multipart predict), in bytes."),
     "max_upload_uncompressed_bytes": _Var(
         "GRAFT_MAX_UPLOAD_UNCOMPRESSED_BYTES", 1024 * 1024 * 1024, int,
@@ -240,6 +253,10 @@ class Settings:
     max_image_bytes: int
     max_image_pixels: int
     max_request_pixels: int
+    max_audio_bytes: int
+    max_audio_seconds: float
+    max_audio_channels: int
+    max_request_audio_seconds: float
     max_upload_bytes: int
     max_upload_uncompressed_bytes: int
     max_request_bytes: int

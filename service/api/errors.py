@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.training import TrainingDataError
 
-from .. import datasets, images, logs
+from .. import audio, datasets, images, logs
 from ..application.errors import ExportInProgress, Invalid, NotExportable, TooLarge
 from ..batching import Overloaded
 from ..logs import get as get_logger
@@ -91,6 +91,9 @@ ANSWERS: dict[type[Exception], Answer] = {
     images.ImageError: Answer(422, images.ImageError.code),
     images.UnsupportedFormat: Answer(415, images.UnsupportedFormat.code),
     images.ImageTooLarge: Answer(413, images.ImageTooLarge.code),
+    audio.AudioError: Answer(422, audio.AudioError.code),
+    audio.UnsupportedAudio: Answer(415, audio.UnsupportedAudio.code),
+    audio.AudioTooLarge: Answer(413, audio.AudioTooLarge.code),
 }
 
 

