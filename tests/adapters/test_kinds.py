@@ -111,14 +111,16 @@ def test_ridge_predicts_the_digit_value_better_than_the_mean(digits) -> None:
     # Measured: CV MAE 1.70 vs 2.50 for the mean, R² 0.44 (a digit's value is not linear in its pixels).
     assert m["mae"] < 0.8 * m["baseline"]["mae"] and m["r2"] > 0.3 and m["baseline"]["r2"] <= 0.01
     assert m["warnings"] == []
-    pred = result.head.predict(x_test)
+    pred = result.head.predict_values(x_test)
     assert np.mean(np.abs(pred - d_test)) < 0.8 * np.mean(np.abs(d_test - d.mean()))
 
     restored = heads.from_bytes(heads.to_bytes(result.head, backbone="pixels", dim=64))
     assert type(restored) is RidgeHead and restored.labels == ["value"] and restored.alpha == result.head.alpha
     for name, tensor in result.head.tensors().items():
         assert np.array_equal(restored.tensors()[name], tensor), name
-    assert np.array_equal(restored.predict(x_test), pred)
+    assert np.array_equal(restored.predict_values(x_test), pred)
+    with pytest.raises(TypeError, match="predict_values"):  # values are not probabilities
+        restored.predict_proba(x_test)
 
 
 def test_a_target_the_features_do_not_carry_is_flagged(digits) -> None:

@@ -96,6 +96,5 @@ NUL, SURROGATE = "must not contain NUL (\\u0000) characters", "must be valid uni
 ])
 def test_the_quota_check_refuses_what_the_json_edge_refuses(value: str, problem: str | None) -> None:
     """One storability rule for both: the quota check (files that never pass the JSON edge) applies the
-    client schemas' own function (the server depends on the client distribution)."""
-    assert quotas.unstorable is schemas.unstorable
-    assert quotas.unstorable(value) == problem
+    core's copy (adapters.kinds: the core may not import the client), which must answer as the client's does."""
+    assert quotas.unstorable(value) == schemas.unstorable(value) == problem
