@@ -30,8 +30,10 @@ class WorkerOnly:
         runtime = getattr(api.state, "runtime", None)
         if scope["type"] == "http" and runtime is not None and not runtime.serves:
             response = error_response(
-                503, "worker_process",
-                "this process is a training worker (GRAFT_ROLE=worker) and serves no API; send requests to the api service",
+                503,
+                "worker_process",
+                "this process is a training worker (GRAFT_ROLE=worker) and serves no API; send requests to the api "
+                "service",
             )
             await response(scope, receive, send)
             return

@@ -143,8 +143,9 @@ def _parse_fmt(body: bytes) -> Format:
         valid_bits = struct.unpack_from("<H", body, 18)[0]
         guid = body[24:40]
         if guid[2:] != _GUID_TAIL:
-            raise UnsupportedAudio("is a WAVE_FORMAT_EXTENSIBLE file of an unknown sub-format; "
-                                   "Graft takes PCM or float")
+            raise UnsupportedAudio(
+                "is a WAVE_FORMAT_EXTENSIBLE file of an unknown sub-format; Graft takes PCM or float"
+            )
         tag = struct.unpack_from("<H", guid)[0]
         if valid_bits and valid_bits != bits and not (tag == _PCM and bits in _INT_BITS and valid_bits <= bits):
             raise NotAudio(f"declares {valid_bits} valid bits in {bits}-bit samples")
@@ -157,15 +158,19 @@ def _parse_fmt(body: bytes) -> Format:
     elif tag in (_PCM, _FLOAT):
         kind = "PCM" if tag == _PCM else "float"
         supported = _INT_BITS if tag == _PCM else _FLOAT_BITS
-        raise UnsupportedAudio(f"has {bits}-bit {kind} samples; Graft takes {kind} of "
-                               f"{', '.join(map(str, supported))} bits")
+        raise UnsupportedAudio(
+            f"has {bits}-bit {kind} samples; Graft takes {kind} of {', '.join(map(str, supported))} bits"
+        )
     else:
-        raise UnsupportedAudio(f"is encoded with WAVE format 0x{tag:04x}; Graft takes PCM (16/24/32-bit) or float "
-                               "(32/64-bit) WAV")
+        raise UnsupportedAudio(
+            f"is encoded with WAVE format 0x{tag:04x}; Graft takes PCM (16/24/32-bit) or float (32/64-bit) WAV"
+        )
     fmt = Format(encoding, channels, rate, bits)
     if block_align != fmt.block_align:
-        raise NotAudio(f"declares a block alignment of {block_align} bytes; {channels} channel(s) of {bits} bits "
-                       f"take {fmt.block_align}")
+        raise NotAudio(
+            f"declares a block alignment of {block_align} bytes; {channels} channel(s) of {bits} bits "
+            f"take {fmt.block_align}"
+        )
     if not MIN_RATE <= rate <= MAX_RATE:
         raise UnsupportedAudio(f"has a sample rate of {rate} Hz; Graft takes {MIN_RATE} to {MAX_RATE} Hz")
     return fmt
@@ -190,7 +195,7 @@ def read_header(data: bytes, limits: Limits) -> tuple[Format, memoryview]:
         if offset + 8 > len(data):
             what = "has no 'fmt ' chunk" if fmt is None else "has no 'data' chunk"
             raise NotAudio(f"{what} (the file ends after {len(data)} bytes)")
-        chunk_id, size = bytes(view[offset:offset + 4]), struct.unpack_from("<I", data, offset + 4)[0]
+        chunk_id, size = bytes(view[offset : offset + 4]), struct.unpack_from("<I", data, offset + 4)[0]
         body_start = offset + 8
         chunks += 1
         if chunks > _MAX_CHUNKS:
@@ -199,8 +204,9 @@ def read_header(data: bytes, limits: Limits) -> tuple[Format, memoryview]:
             if fmt is None:
                 raise NotAudio("has its 'data' chunk before the 'fmt ' chunk")
             if size > len(data) - body_start:
-                raise NotAudio(f"is truncated: its 'data' chunk declares {size} bytes but {len(data) - body_start} "
-                               "follow")
+                raise NotAudio(
+                    f"is truncated: its 'data' chunk declares {size} bytes but {len(data) - body_start} follow"
+                )
             usable = size - size % fmt.block_align  # a trailing partial frame is dropped
             frames = usable // fmt.block_align
             seconds = frames / fmt.rate
@@ -210,14 +216,15 @@ def read_header(data: bytes, limits: Limits) -> tuple[Format, memoryview]:
                 raise AudioTooLarge(f"lasts {seconds:.1f} s; the limit is {limits.max_seconds:g} s per clip")
             if frames == 0:
                 raise NotAudio("has no samples")
-            return fmt, view[body_start:body_start + usable]
+            return fmt, view[body_start : body_start + usable]
         if size > len(data) - body_start:
-            raise NotAudio(f"is truncated: its {chunk_id!r} chunk declares {size} bytes but "
-                           f"{len(data) - body_start} follow")
+            raise NotAudio(
+                f"is truncated: its {chunk_id!r} chunk declares {size} bytes but {len(data) - body_start} follow"
+            )
         if chunk_id == b"fmt ":
             if fmt is not None:
                 raise NotAudio("has two 'fmt ' chunks")
-            fmt = _parse_fmt(bytes(view[body_start:body_start + size]))
+            fmt = _parse_fmt(bytes(view[body_start : body_start + size]))
         offset = body_start + size + (size & 1)  # chunks are padded to an even size
 
 

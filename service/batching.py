@@ -185,7 +185,11 @@ class FairQueue:
 
 class Batcher:
     def __init__(
-        self, backbone: Backbone, max_batch: int = 64, max_delay_s: float = 0.002, max_queue: int = 4096,
+        self,
+        backbone: Backbone,
+        max_batch: int = 64,
+        max_delay_s: float = 0.002,
+        max_queue: int = 4096,
         max_tenant_queue: int | None = None,
     ) -> None:
         self.backbone = backbone
@@ -207,7 +211,9 @@ class Batcher:
 
     # -- submitting ------------------------------------------------------------------------
 
-    def submit(self, inputs: Sequence[str], *, background: bool = False, head: Head | None = None, tenant: str = "") -> Future:
+    def submit(
+        self, inputs: Sequence[str], *, background: bool = False, head: Head | None = None, tenant: str = ""
+    ) -> Future:
         """Queue ``inputs``; the future gets their embeddings, or ``head``'s probabilities when given.
         Predict traffic (not ``background``) is scheduled fairly among ``tenant`` values."""
         future: Future = Future()
@@ -228,8 +234,10 @@ class Batcher:
                 metrics.REJECTED.labels(**self._labels).inc(len(inputs))
                 wait = max(1.0, mine * self._seconds_per_input)
                 raise Overloaded(
-                    f"{mine} of this tenant's inputs are already queued for backbone {self.backbone.name!r}; the limit is "
-                    f"{self.max_tenant_queue} per tenant. Wait for your earlier requests or send fewer inputs at once", wait,
+                    f"{mine} of this tenant's inputs are already queued for backbone {self.backbone.name!r}; the "
+                    "limit is "
+                    f"{self.max_tenant_queue} per tenant. Wait for your earlier requests or send fewer inputs at once",
+                    wait,
                 )
             request = _Request(inputs, future, np.empty(shape, dtype=np.float32), head, tenant)
             if background:
@@ -354,7 +362,9 @@ class Batcher:
             if req.done == len(req.inputs) and not req.future.done():
                 req.future.set_result(req.out)
 
-    def _apply_trunk(self, batch: list[Slice], members: list[int], outputs: list[np.ndarray | Exception | None]) -> None:
+    def _apply_trunk(
+        self, batch: list[Slice], members: list[int], outputs: list[np.ndarray | Exception | None]
+    ) -> None:
         """Fine-tuned rows of all tasks: the frozen lower layers once, then each task's top layers."""
         texts = [text for i in members for text in batch[i][0].inputs[batch[i][1] : batch[i][2]]]
         row_heads = [cast(Head, batch[i][0].head) for i in members for _ in range(batch[i][2] - batch[i][1])]

@@ -92,7 +92,9 @@ class HeadCache(Generic[K]):
     once at a time per key. A head larger than the whole budget is served but not kept.
     """
 
-    def __init__(self, load: Callable[[K], Head], budget_bytes: int, size_of: Callable[[Head], int] = head_nbytes) -> None:
+    def __init__(
+        self, load: Callable[[K], Head], budget_bytes: int, size_of: Callable[[Head], int] = head_nbytes
+    ) -> None:
         self._load = load
         self.budget_bytes = budget_bytes
         self._size_of = size_of

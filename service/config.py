@@ -42,170 +42,292 @@ def _role(value: str) -> str:
 SETTINGS: dict[str, _Var] = {
     "host": _Var("GRAFT_HOST", "127.0.0.1", str, "Interface `make serve` binds to."),
     "port": _Var("GRAFT_PORT", 3000, int, "Port `make serve` listens on."),
-    "data_dir": _Var("GRAFT_DATA_DIR", "./var", str, "Directory for the SQLite database, the generated admin token and caches."),
+    "data_dir": _Var(
+        "GRAFT_DATA_DIR", "./var", str, "Directory for the SQLite database, the generated admin token and caches."
+    ),
     "database_url": _Var(
-        "GRAFT_DATABASE_URL", None, _opt_str,
+        "GRAFT_DATABASE_URL",
+        None,
+        _opt_str,
         "SQLAlchemy URL of the store. Default: SQLite file `<GRAFT_DATA_DIR>/graft.db`.",
     ),
     "admin_token": _Var(
-        "GRAFT_ADMIN_TOKEN", None, _opt_str,
-        "Admin bearer token. If unset, one is generated on first start into `<GRAFT_DATA_DIR>/admin-token` (mode 0600).",
+        "GRAFT_ADMIN_TOKEN",
+        None,
+        _opt_str,
+        "Admin bearer token. If unset, one is generated on first start into `<GRAFT_DATA_DIR>/admin-token` (mode "
+        "0600).",
     ),
     "device": _Var("GRAFT_DEVICE", "auto", str, "`auto` (CUDA when present, else CPU), `cpu` or `cuda[:n]`."),
-    "default_text_backbone": _Var("GRAFT_DEFAULT_TEXT_BACKBONE", "minilm", str, "Backbone used by text tasks that name none."),
-    "default_image_backbone": _Var("GRAFT_DEFAULT_IMAGE_BACKBONE", "mobilenet_v2", str, "Backbone used by image tasks that name none."),
+    "default_text_backbone": _Var(
+        "GRAFT_DEFAULT_TEXT_BACKBONE", "minilm", str, "Backbone used by text tasks that name none."
+    ),
+    "default_image_backbone": _Var(
+        "GRAFT_DEFAULT_IMAGE_BACKBONE", "mobilenet_v2", str, "Backbone used by image tasks that name none."
+    ),
     "extra_backbones": _Var(
-        "GRAFT_EXTRA_BACKBONES", "", str,
+        "GRAFT_EXTRA_BACKBONES",
+        "",
+        str,
         "More backbones, comma-separated: `name=text:name_or_path` (e.g. `mpnet=text:/models/all-mpnet-base-v2`) or "
         "`name=image:architecture[:checkpoint.pth]` (e.g. `effnet=image:efficientnet_lite0`, its packaged weights).",
     ),
     "torch_threads": _Var("GRAFT_TORCH_THREADS", 0, int, "Intra-op threads for torch; 0 = the container's CPU quota."),
     "backbone_runtime": _Var(
-        "GRAFT_BACKBONE_RUNTIME", "auto", str,
-        "Backbone runtime: `auto`, `torch`, `torch-bf16`, `torch-fp16` (CUDA), `onnx`, `onnx-int8` or `onnx-fp16` (CUDA), "
-        "optionally with per-backbone overrides (`auto,mpnet=torch`). `auto`: on CPU `onnx-int8` for text, `onnx` for images; on CUDA `onnx-fp16` for text, `onnx` for images "
+        "GRAFT_BACKBONE_RUNTIME",
+        "auto",
+        str,
+        "Backbone runtime: `auto`, `torch`, `torch-bf16`, `torch-fp16` (CUDA), `onnx`, `onnx-int8` or `onnx-fp16` "
+        "(CUDA), "
+        "optionally with per-backbone overrides (`auto,mpnet=torch`). `auto`: on CPU `onnx-int8` for text, `onnx` "
+        "for images; on CUDA `onnx-fp16` for text, `onnx` for images "
         "(see docs/onnx.md).",
     ),
     "onnx_cache_dir": _Var(
-        "GRAFT_ONNX_CACHE_DIR", None, _opt_str, "Where ONNX exports are cached. Default: `<GRAFT_DATA_DIR>/onnx`.",
+        "GRAFT_ONNX_CACHE_DIR",
+        None,
+        _opt_str,
+        "Where ONNX exports are cached. Default: `<GRAFT_DATA_DIR>/onnx`.",
     ),
-    "onnx_threads": _Var("GRAFT_ONNX_THREADS", 0, int, "Intra-op threads for ONNX Runtime; 0 = the container's CPU quota."),
-    "batch_max_size": _Var("GRAFT_BATCH_MAX_SIZE", 64, int, "Most inputs (texts or images) embedded in one backbone pass."),
-    "batch_max_delay_ms": _Var("GRAFT_BATCH_MAX_DELAY_MS", 10.0, float, "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging them into one pass)."),
-    "batch_queue_size": _Var("GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."),
+    "onnx_threads": _Var(
+        "GRAFT_ONNX_THREADS", 0, int, "Intra-op threads for ONNX Runtime; 0 = the container's CPU quota."
+    ),
+    "batch_max_size": _Var(
+        "GRAFT_BATCH_MAX_SIZE", 64, int, "Most inputs (texts or images) embedded in one backbone pass."
+    ),
+    "batch_max_delay_ms": _Var(
+        "GRAFT_BATCH_MAX_DELAY_MS",
+        10.0,
+        float,
+        "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging "
+        "them into one pass).",
+    ),
+    "batch_queue_size": _Var(
+        "GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."
+    ),
     "role": _Var(
-        "GRAFT_ROLE", "all", _role,
-        "What this process does: `api` serves and queues training jobs but never runs them; `worker` runs training jobs "
-        "(and answers `/livez`, `/readyz`, `/metrics`; other routes answer 503); `all` does both (training yields to predict).",
+        "GRAFT_ROLE",
+        "all",
+        _role,
+        "What this process does: `api` serves and queues training jobs but never runs them; `worker` runs training "
+        "jobs "
+        "(and answers `/livez`, `/readyz`, `/metrics`; other routes answer 503); `all` does both (training yields "
+        "to predict).",
     ),
     "batch_tenant_queue_size": _Var(
-        "GRAFT_BATCH_TENANT_QUEUE_SIZE", 1024, int,
-        "Most inputs of one tenant waiting for a backbone; beyond it that tenant's predicts answer 503 while other tenants "
+        "GRAFT_BATCH_TENANT_QUEUE_SIZE",
+        1024,
+        int,
+        "Most inputs of one tenant waiting for a backbone; beyond it that tenant's predicts answer 503 while other "
+        "tenants "
         "are still admitted (tenants are served round-robin within each pass).",
     ),
     "training_workers": _Var("GRAFT_TRAINING_WORKERS", 1, int, "Training jobs run at once by this process."),
     "training_yield_max_s": _Var(
-        "GRAFT_TRAINING_YIELD_MAX_S", 1.0, float,
+        "GRAFT_TRAINING_YIELD_MAX_S",
+        1.0,
+        float,
         "Longest a fine-tune step waits for this process's predict requests in flight to finish (training yields to "
         "serving). Under steady predict load a step runs at most once per this many seconds: raise it to favour "
         "predictions, lower it (0 = never wait) to favour training, or run training in `GRAFT_ROLE=worker` processes.",
     ),
-    "job_lease_s": _Var("GRAFT_JOB_LEASE_S", 60.0, float, "A running job whose heartbeat is older than this is reclaimed."),
-    "job_max_attempts": _Var("GRAFT_JOB_MAX_ATTEMPTS", 3, int, "Attempts before a repeatedly interrupted job is marked failed."),
+    "job_lease_s": _Var(
+        "GRAFT_JOB_LEASE_S", 60.0, float, "A running job whose heartbeat is older than this is reclaimed."
+    ),
+    "job_max_attempts": _Var(
+        "GRAFT_JOB_MAX_ATTEMPTS", 3, int, "Attempts before a repeatedly interrupted job is marked failed."
+    ),
     "job_time_limit_s": _Var(
-        "GRAFT_JOB_TIME_LIMIT_S", 3600.0, float, "Longest one attempt of a training job may run before it fails (every head but `finetune`).",
+        "GRAFT_JOB_TIME_LIMIT_S",
+        3600.0,
+        float,
+        "Longest one attempt of a training job may run before it fails (every head but `finetune`).",
     ),
     "job_time_limit_finetune_s": _Var(
-        "GRAFT_JOB_TIME_LIMIT_FINETUNE_S", 7200.0, float, "Longest one attempt of a `finetune` training job may run before it fails.",
+        "GRAFT_JOB_TIME_LIMIT_FINETUNE_S",
+        7200.0,
+        float,
+        "Longest one attempt of a `finetune` training job may run before it fails.",
     ),
     "job_stall_s": _Var(
-        "GRAFT_JOB_STALL_S", 600.0, float,
-        "The heartbeat renews a job's lease only while its progress moved within this many seconds: a hung job loses its lease.",
+        "GRAFT_JOB_STALL_S",
+        600.0,
+        float,
+        "The heartbeat renews a job's lease only while its progress moved within this many seconds: a hung job "
+        "loses its lease.",
     ),
-    "shutdown_grace_s": _Var("GRAFT_SHUTDOWN_GRACE_S", 120.0, float, "How long shutdown waits for running training jobs."),
+    "shutdown_grace_s": _Var(
+        "GRAFT_SHUTDOWN_GRACE_S", 120.0, float, "How long shutdown waits for running training jobs."
+    ),
     "cv_folds": _Var("GRAFT_CV_FOLDS", 5, int, "Folds for cross-validated head selection and metrics."),
     "seed": _Var("GRAFT_SEED", 0, int, "Seed for training (fold splits, solvers)."),
     "finetune_layers": _Var(
-        "GRAFT_FINETUNE_LAYERS", 1, int,
+        "GRAFT_FINETUNE_LAYERS",
+        1,
+        int,
         "Top transformer layers a `finetune` head adapts (LoRA); the layers below are the trunk every tenant shares.",
     ),
     "finetune_rank": _Var("GRAFT_FINETUNE_RANK", 8, int, "LoRA rank of `finetune` heads."),
     "finetune_max_epochs": _Var(
-        "GRAFT_FINETUNE_MAX_EPOCHS", 8, int, "Most epochs of a `finetune` head (early stopping on a held-out fold ends it sooner).",
+        "GRAFT_FINETUNE_MAX_EPOCHS",
+        8,
+        int,
+        "Most epochs of a `finetune` head (early stopping on a held-out fold ends it sooner).",
     ),
     "transfer_sample": _Var(
-        "GRAFT_TRANSFER_SAMPLE", 512, int,
+        "GRAFT_TRANSFER_SAMPLE",
+        512,
+        int,
         "Most examples (stratified sample) embedded by each backbone of the modality to score transferability (LogME).",
     ),
-    "max_examples_per_request": _Var("GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."),
+    "max_examples_per_request": _Var(
+        "GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."
+    ),
     "max_predict_inputs": _Var("GRAFT_MAX_PREDICT_INPUTS", 256, int, "Most inputs in one predict request."),
     "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
-    "max_image_bytes": _Var("GRAFT_MAX_IMAGE_BYTES", 20_000_000, int, "Largest image input (encoded PNG/JPEG/WebP), in bytes."),
-    "max_image_pixels": _Var("GRAFT_MAX_IMAGE_PIXELS", 40_000_000, int, "Most pixels (width × height) in one image; checked before decoding."),
+    "max_image_bytes": _Var(
+        "GRAFT_MAX_IMAGE_BYTES", 20_000_000, int, "Largest image input (encoded PNG/JPEG/WebP), in bytes."
+    ),
+    "max_image_pixels": _Var(
+        "GRAFT_MAX_IMAGE_PIXELS", 40_000_000, int, "Most pixels (width × height) in one image; checked before decoding."
+    ),
     "max_request_pixels": _Var(
-        "GRAFT_MAX_REQUEST_PIXELS", 1_000_000_000, int,
+        "GRAFT_MAX_REQUEST_PIXELS",
+        1_000_000_000,
+        int,
         "Most decoded pixels (width × height, summed over its images) in one request: predict, examples or a dataset "
         "upload; checked from each header before decoding, beyond it 413. Images are decoded one at a time.",
     ),
     "max_audio_bytes": _Var(
-        "GRAFT_MAX_AUDIO_BYTES", 16_000_000, int, "Largest audio input (a WAV file, before base64), in bytes.",
+        "GRAFT_MAX_AUDIO_BYTES",
+        16_000_000,
+        int,
+        "Largest audio input (a WAV file, before base64), in bytes.",
     ),
     "max_audio_seconds": _Var(
-        "GRAFT_MAX_AUDIO_SECONDS", 30.0, float,
+        "GRAFT_MAX_AUDIO_SECONDS",
+        30.0,
+        float,
         "Longest audio input, in seconds (frames ÷ sample rate, read from the WAV header before decoding).",
     ),
     "max_audio_channels": _Var("GRAFT_MAX_AUDIO_CHANNELS", 2, int, "Most channels in one audio input (mixed to mono)."),
     "max_request_audio_seconds": _Var(
-        "GRAFT_MAX_REQUEST_AUDIO_SECONDS", 600.0, float,
+        "GRAFT_MAX_REQUEST_AUDIO_SECONDS",
+        600.0,
+        float,
         "Most seconds of audio (summed over its clips) in one request: predict, examples or a dataset upload; "
         "checked from each header before decoding, beyond it 413.",
     ),
-    "max_upload_bytes": _Var("GRAFT_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, int, "Largest upload body (dataset file, multipart predict), in bytes."),
+    "max_upload_bytes": _Var(
+        "GRAFT_MAX_UPLOAD_BYTES",
+        256 * 1024 * 1024,
+        int,
+        "Largest upload body (dataset file, multipart predict), in bytes.",
+    ),
     "max_upload_uncompressed_bytes": _Var(
-        "GRAFT_MAX_UPLOAD_UNCOMPRESSED_BYTES", 1024 * 1024 * 1024, int,
+        "GRAFT_MAX_UPLOAD_UNCOMPRESSED_BYTES",
+        1024 * 1024 * 1024,
+        int,
         "Most bytes a dataset zip may expand to (from its directory, checked before extracting anything).",
     ),
     "max_request_bytes": _Var(
-        "GRAFT_MAX_REQUEST_BYTES", 4 * 1024 * 1024, int,
+        "GRAFT_MAX_REQUEST_BYTES",
+        4 * 1024 * 1024,
+        int,
         "Largest JSON request body, in bytes; refused with 413 before it is parsed, and only after the caller is "
         "authenticated (parsing JSON costs many times its size in memory). 4 MiB holds 256 texts of 16 000 characters "
         "(the text backbone reads at most ~4 000: longer texts are cut before tokenising); send more in several "
         "requests, and large example sets or images as a dataset upload (`GRAFT_MAX_UPLOAD_BYTES`).",
     ),
     "upload_spool_dir": _Var(
-        "GRAFT_UPLOAD_SPOOL_DIR", None, _opt_str,
+        "GRAFT_UPLOAD_SPOOL_DIR",
+        None,
+        _opt_str,
         "The process's temporary directory: upload bodies past 8 MiB (and multipart parts) spool here while they are "
         "read. Default: `<GRAFT_DATA_DIR>/spool`. Needs room for `GRAFT_MAX_UPLOAD_BYTES` per concurrent upload (each "
         "tenant sends one at a time; a second is 429).",
     ),
     "max_keys_per_tenant": _Var(
-        "GRAFT_MAX_KEYS_PER_TENANT", 10, int, "Quota: most active (unrevoked) API keys one tenant may have; beyond it 409.",
+        "GRAFT_MAX_KEYS_PER_TENANT",
+        10,
+        int,
+        "Quota: most active (unrevoked) API keys one tenant may have; beyond it 409.",
     ),
     "auth_failure_burst": _Var(
-        "GRAFT_AUTH_FAILURE_BURST", 30, int,
-        "Failed authentications a client address (or a key prefix) may make before it gets 429 with Retry-After (per process).",
+        "GRAFT_AUTH_FAILURE_BURST",
+        30,
+        int,
+        "Failed authentications a client address (or a key prefix) may make before it gets 429 with Retry-After "
+        "(per process).",
     ),
     "auth_failure_rate_per_s": _Var(
-        "GRAFT_AUTH_FAILURE_RATE_PER_S", 0.5, float,
+        "GRAFT_AUTH_FAILURE_RATE_PER_S",
+        0.5,
+        float,
         "How fast that allowance of failed authentications refills, per second. 0 = no throttling.",
     ),
     "max_labels_per_task": _Var("GRAFT_MAX_LABELS_PER_TASK", 1000, int, "Most distinct labels one task may have."),
-    "max_label_chars": _Var("GRAFT_MAX_LABEL_CHARS", 256, int, "Longest label, in characters (at most 256, the store's column)."),
+    "max_label_chars": _Var(
+        "GRAFT_MAX_LABEL_CHARS", 256, int, "Longest label, in characters (at most 256, the store's column)."
+    ),
     "max_tasks_per_tenant": _Var("GRAFT_MAX_TASKS_PER_TENANT", 100, int, "Quota: most tasks one tenant may have."),
     "max_examples_per_task": _Var("GRAFT_MAX_EXAMPLES_PER_TASK", 100_000, int, "Quota: most stored examples per task."),
     "max_stored_bytes_per_tenant": _Var(
-        "GRAFT_MAX_STORED_BYTES_PER_TENANT", 1024 * 1024 * 1024, int,
+        "GRAFT_MAX_STORED_BYTES_PER_TENANT",
+        1024 * 1024 * 1024,
+        int,
         "Quota: most bytes one tenant may store (example inputs and labels, plus head weights).",
     ),
     "max_running_jobs_per_tenant": _Var(
-        "GRAFT_MAX_RUNNING_JOBS_PER_TENANT", 2, int,
+        "GRAFT_MAX_RUNNING_JOBS_PER_TENANT",
+        2,
+        int,
         "Quota: training jobs of one tenant running at once (across replicas); further jobs wait queued. 0 = no limit.",
     ),
     "max_queued_jobs_per_tenant": _Var(
-        "GRAFT_MAX_QUEUED_JOBS_PER_TENANT", 20, int,
+        "GRAFT_MAX_QUEUED_JOBS_PER_TENANT",
+        20,
+        int,
         "Quota: training jobs of one tenant waiting in the queue (a task has at most one: a newer job replaces it); "
         "beyond it creating a task or adding examples answers 429. 0 = no limit.",
     ),
     "predict_rate_per_s": _Var(
-        "GRAFT_PREDICT_RATE_PER_S", 1000.0, float,
-        "Quota: predict inputs (texts or images) per second per tenant and process (token bucket, one token per input); "
+        "GRAFT_PREDICT_RATE_PER_S",
+        1000.0,
+        float,
+        "Quota: predict inputs (texts or images) per second per tenant and process (token bucket, one token per "
+        "input); "
         "beyond it 429 with Retry-After. 0 = no limit.",
     ),
-    "predict_burst": _Var("GRAFT_PREDICT_BURST", 2000, int,
-        "Token-bucket size of the predict rate: inputs a tenant may send at once (a request of more inputs than this needs a full bucket)."),
+    "predict_burst": _Var(
+        "GRAFT_PREDICT_BURST",
+        2000,
+        int,
+        "Token-bucket size of the predict rate: inputs a tenant may send at once (a request of more inputs than "
+        "this needs a full bucket).",
+    ),
     "head_cache_mb": _Var(
-        "GRAFT_HEAD_CACHE_MB", 256.0, float,
-        "Memory budget of the per-process head cache, in MiB (least recently used heads are dropped and reload on demand).",
+        "GRAFT_HEAD_CACHE_MB",
+        256.0,
+        float,
+        "Memory budget of the per-process head cache, in MiB (least recently used heads are dropped and reload on "
+        "demand).",
     ),
     "task_cache_ttl_s": _Var(
-        "GRAFT_TASK_CACHE_TTL_S", 1.0, float,
+        "GRAFT_TASK_CACHE_TTL_S",
+        1.0,
+        float,
         "Longest a process serves a cached task → active version (and API key → tenant) lookup: a version switch made "
         "by another process is seen within this time. 0 = query the store on every request.",
     ),
     "metrics_tenant_labels": _Var(
-        "GRAFT_METRICS_TENANT_LABELS", 0, int,
-        "Tenants per process that get their own label value in per-tenant metrics (the first to become busy); the rest are "
-        "`other`. 0 (default): none, so `/metrics` shows no tenant. Values are opaque: `t-` + the first 12 hex digits of "
+        "GRAFT_METRICS_TENANT_LABELS",
+        0,
+        int,
+        "Tenants per process that get their own label value in per-tenant metrics (the first to become busy); the "
+        "rest are "
+        "`other`. 0 (default): none, so `/metrics` shows no tenant. Values are opaque: `t-` + the first 12 hex "
+        "digits of "
         "the SHA-256 of the tenant id, never the id itself.",
     ),
     "log_level": _Var("GRAFT_LOG_LEVEL", "INFO", str, "Log level of Graft's JSON logs."),

@@ -28,8 +28,16 @@ MAX_LABEL_CHARS = 256
 
 ARCHIVE_SUFFIXES = (".zip", ".jar", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".lz", ".lzma", ".cab")
 # Magic bytes of archive and compressed formats: zip, gzip, bzip2, xz, zstd, 7z, rar.
-ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd",
-                 b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
+ARCHIVE_MAGIC = (
+    b"PK\x03\x04",
+    b"PK\x05\x06",
+    b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ\x00",
+    b"\x28\xb5\x2f\xfd",
+    b"7z\xbc\xaf\x27\x1c",
+    b"Rar!\x1a\x07",
+)
 
 
 class DatasetError(ValueError):
@@ -72,8 +80,12 @@ def detect_kind(head: bytes, content_type: str, filename: str) -> Kind:
         return "zip"
     if media in ("text/csv", "application/csv") or suffix == ".csv":
         return "csv"
-    if media in ("application/jsonl", "application/x-ndjson", "application/x-jsonlines", "application/json-lines") \
-            or suffix in (".jsonl", ".ndjson"):
+    if media in (
+        "application/jsonl",
+        "application/x-ndjson",
+        "application/x-jsonlines",
+        "application/json-lines",
+    ) or suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     if media in ("application/zip", "application/x-zip-compressed") or suffix == ".zip":
         raise DatasetError("the upload claims to be a zip but is not one (no zip signature)")
@@ -292,7 +304,7 @@ def _jsonl_rows(text: io.TextIOWrapper):  # type: ignore[no-untyped-def]
             raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from None
         except RecursionError:  # the parser recurses per nesting level; a row is one flat object
             raise DatasetError(
-                f"{where}: nested too deeply; each line must be one flat object {{\"input\": ..., \"label\": ...}}"
+                f'{where}: nested too deeply; each line must be one flat object {{"input": ..., "label": ...}}'
             ) from None
         if not isinstance(row, dict) or "input" not in row or "label" not in row:
             raise DatasetError(f"{where}: expected an object with 'input' and 'label'")

@@ -28,7 +28,13 @@ from .store.repository import NotFound, Store
 log = logs.get("jobs")
 
 __all__ = [
-    "EMBED_CHUNK", "EMBED_SHARE", "Heartbeat", "JobLost", "JobRunner", "JobTimedOut", "backbone_inputs",
+    "EMBED_CHUNK",
+    "EMBED_SHARE",
+    "Heartbeat",
+    "JobLost",
+    "JobRunner",
+    "JobTimedOut",
+    "backbone_inputs",
     "yield_to_serving",
 ]
 
@@ -51,8 +57,15 @@ class Heartbeat:
     """
 
     def __init__(
-        self, store: Store, job: Job, worker_id: str, interval_s: float, *,
-        stall_s: float = float("inf"), time_limit_s: float = float("inf"), limit_setting: str = "GRAFT_JOB_TIME_LIMIT_S",
+        self,
+        store: Store,
+        job: Job,
+        worker_id: str,
+        interval_s: float,
+        *,
+        stall_s: float = float("inf"),
+        time_limit_s: float = float("inf"),
+        limit_setting: str = "GRAFT_JOB_TIME_LIMIT_S",
     ) -> None:
         self.store, self.job, self.worker_id, self.interval_s = store, job, worker_id, interval_s
         self.stall_s, self.time_limit_s, self.limit_setting = stall_s, time_limit_s, limit_setting
@@ -134,7 +147,10 @@ def yield_to_serving(max_s: float | None = None) -> None:
 
 class JobRunner:
     def __init__(
-        self, store: Store, batchers: Callable[[str], Batcher], settings: Settings,
+        self,
+        store: Store,
+        batchers: Callable[[str], Batcher],
+        settings: Settings,
         backbones_of: Callable[[str], list[str]] | None = None,
         on_version: Callable[[Job], None] | None = None,
     ) -> None:
@@ -187,7 +203,9 @@ class JobRunner:
         while not self._stop.is_set():
             try:
                 job = self.store.claim_job(
-                    self.worker_id, lease_s=self.settings.job_lease_s, max_attempts=self.settings.job_max_attempts,
+                    self.worker_id,
+                    lease_s=self.settings.job_lease_s,
+                    max_attempts=self.settings.job_max_attempts,
                     max_running_per_tenant=self.settings.max_running_jobs_per_tenant,
                 )
             except Exception:
@@ -246,12 +264,18 @@ class JobRunner:
             except NotFound:
                 pass  # _train abandons it
         limit, setting = (
-            (self.settings.job_time_limit_finetune_s, "GRAFT_JOB_TIME_LIMIT_FINETUNE_S") if finetune
+            (self.settings.job_time_limit_finetune_s, "GRAFT_JOB_TIME_LIMIT_FINETUNE_S")
+            if finetune
             else (self.settings.job_time_limit_s, "GRAFT_JOB_TIME_LIMIT_S")
         )
         return Heartbeat(
-            self.store, job, self.worker_id, self.settings.job_lease_s / 4,
-            stall_s=self.settings.job_stall_s, time_limit_s=limit, limit_setting=setting,
+            self.store,
+            job,
+            self.worker_id,
+            self.settings.job_lease_s / 4,
+            stall_s=self.settings.job_stall_s,
+            time_limit_s=limit,
+            limit_setting=setting,
         )
 
     def _train(self, job: Job, beat: Heartbeat) -> int | None:
@@ -271,4 +295,3 @@ class _Steps:
     def step(self) -> None:
         yield_to_serving(self.yield_max_s)
         self.beat.step()
-

@@ -42,7 +42,9 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "INFO", as_json: bool = True) -> None:
     """Route Graft's loggers (and BentoML's) through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
     for name in ("graft", "bentoml", "bentoml.access", "_bentoml_impl", "_bentoml_sdk"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

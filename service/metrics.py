@@ -36,51 +36,70 @@ OTHER = "other"
 # -- HTTP ---------------------------------------------------------------------------------
 
 HTTP_REQUESTS = Counter(
-    "graft_http_requests_total", "HTTP requests answered, by route template, method and status.",
+    "graft_http_requests_total",
+    "HTTP requests answered, by route template, method and status.",
     ["endpoint", "method", "status"],
 )
 HTTP_SECONDS = Histogram(
-    "graft_http_request_duration_seconds", "Time from request to the end of the response, by route template, method and status.",
-    ["endpoint", "method", "status"], buckets=SECONDS,
+    "graft_http_request_duration_seconds",
+    "Time from request to the end of the response, by route template, method and status.",
+    ["endpoint", "method", "status"],
+    buckets=SECONDS,
 )
 
 # -- backbones and batching ---------------------------------------------------------------
 
 BATCH_SIZE = Histogram(
-    "graft_backbone_batch_size", "Inputs per backbone pass (predict and training traffic of all tenants together).",
-    ["backbone"], buckets=BATCH_SIZES,
+    "graft_backbone_batch_size",
+    "Inputs per backbone pass (predict and training traffic of all tenants together).",
+    ["backbone"],
+    buckets=BATCH_SIZES,
 )
 QUEUE_DELAY = Histogram(
-    "graft_backbone_queue_delay_seconds", "Time a request waited in the batch queue before its first inputs entered a backbone pass.",
-    ["backbone"], buckets=QUEUE_SECONDS,
+    "graft_backbone_queue_delay_seconds",
+    "Time a request waited in the batch queue before its first inputs entered a backbone pass.",
+    ["backbone"],
+    buckets=QUEUE_SECONDS,
 )
 INFERENCE_SECONDS = Histogram(
-    "graft_backbone_inference_seconds", "Duration of one backbone pass (tokenise, forward, pool) plus the batch's head step.",
-    ["backbone"], buckets=SECONDS,
+    "graft_backbone_inference_seconds",
+    "Duration of one backbone pass (tokenise, forward, pool) plus the batch's head step.",
+    ["backbone"],
+    buckets=SECONDS,
 )
 PADDING_RATIO = Histogram(
-    "graft_backbone_padding_ratio", "Share of the token positions in a backbone pass that were padding (0 = none wasted).",
-    ["backbone"], buckets=RATIOS,
+    "graft_backbone_padding_ratio",
+    "Share of the token positions in a backbone pass that were padding (0 = none wasted).",
+    ["backbone"],
+    buckets=RATIOS,
 )
 QUEUE_INPUTS = Gauge(
-    "graft_backbone_queue_inputs", "Inputs waiting for a backbone pass.", ["backbone"], multiprocess_mode="livesum",
+    "graft_backbone_queue_inputs",
+    "Inputs waiting for a backbone pass.",
+    ["backbone"],
+    multiprocess_mode="livesum",
 )
 REJECTED = Counter(
-    "graft_backbone_rejected_inputs_total", "Predict inputs refused with 503 because the backbone's queue was full.", ["backbone"],
+    "graft_backbone_rejected_inputs_total",
+    "Predict inputs refused with 503 because the backbone's queue was full.",
+    ["backbone"],
 )
 
 # -- head cache ---------------------------------------------------------------------------
 
 HEAD_CACHE_HITS = Counter("graft_head_cache_hits_total", "Predict requests whose head was already in memory.")
 HEAD_CACHE_MISSES = Counter(
-    "graft_head_cache_misses_total", "Predict requests that waited for their head to load from the store (own or shared load).",
+    "graft_head_cache_misses_total",
+    "Predict requests that waited for their head to load from the store (own or shared load).",
 )
 HEAD_CACHE_EVICTIONS = Counter("graft_head_cache_evictions_total", "Heads dropped to stay within the byte budget.")
 HEAD_CACHE_BYTES = Gauge("graft_head_cache_bytes", "Bytes of heads held in memory.", multiprocess_mode="livesum")
 HEAD_CACHE_HEADS = Gauge("graft_head_cache_heads", "Heads held in memory.", multiprocess_mode="livesum")
 HEAD_CACHE_BUDGET = Gauge("graft_head_cache_budget_bytes", "The head cache's byte budget.", multiprocess_mode="livesum")
 HEAD_LOAD_SECONDS = Histogram(
-    "graft_head_load_seconds", "Time to read a head from the store and decode it (one per cache miss load).", buckets=SECONDS,
+    "graft_head_load_seconds",
+    "Time to read a head from the store and decode it (one per cache miss load).",
+    buckets=SECONDS,
 )
 
 # -- predict traffic by tenant (bounded) -----------------------------------------------------
@@ -95,17 +114,24 @@ TENANT_INPUTS = Counter(
 
 JOBS = Counter("graft_training_jobs_total", "Training jobs finished by this process, by outcome.", ["status"])
 JOB_SECONDS = Histogram(
-    "graft_training_job_duration_seconds", "Wall time of a training job run, by outcome.", ["status"], buckets=JOB_SECONDS_BUCKETS,
+    "graft_training_job_duration_seconds",
+    "Wall time of a training job run, by outcome.",
+    ["status"],
+    buckets=JOB_SECONDS_BUCKETS,
 )
 
 # -- store-wide counts (refreshed periodically by every worker) ------------------------------
 
 TASKS = Gauge(
-    "graft_store_tasks", "Tasks in the store, by whether they have a trained version.", ["trained"],
+    "graft_store_tasks",
+    "Tasks in the store, by whether they have a trained version.",
+    ["trained"],
     multiprocess_mode="livemostrecent",
 )
 TENANTS = Gauge("graft_store_tenants", "Tenants in the store.", multiprocess_mode="livemostrecent")
-STORE_JOBS = Gauge("graft_store_jobs", "Training jobs in the store, by status.", ["status"], multiprocess_mode="livemostrecent")
+STORE_JOBS = Gauge(
+    "graft_store_jobs", "Training jobs in the store, by status.", ["status"], multiprocess_mode="livemostrecent"
+)
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "superseded")
 
 
@@ -120,6 +146,7 @@ def without_raw_paths(exposition: str) -> str:
     names, or any random path a client sends): unbounded cardinality. ``graft_http_*`` counts the
     same requests by route template (``unmatched`` for a path with no route).
     """
+
     def kept(line: str) -> bool:
         found = _ENDPOINT_LABEL.match(line)
         return found is None or found.group(1) in BENTOML_ENDPOINTS

@@ -56,7 +56,11 @@ class TrainingPipeline:
     """Trains claimed jobs of worker ``worker_id`` (the store completes a job only for its owner)."""
 
     def __init__(
-        self, store: Store, batchers: Callable[[str], Batcher], settings: Settings, worker_id: str,
+        self,
+        store: Store,
+        batchers: Callable[[str], Batcher],
+        settings: Settings,
+        worker_id: str,
         backbones_of: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.store, self.batchers, self.settings, self.worker_id = store, batchers, settings, worker_id
@@ -111,9 +115,11 @@ class TrainingPipeline:
             if len(sample) >= 2:
                 scores[chosen] = logme(x[sample], y[sample])
         transferability = {
-            "method": "LogME", "examples": int(len(sample)),
+            "method": "LogME",
+            "examples": int(len(sample)),
             "selection": "auto" if task.backbone == "auto" else "pinned",
-            "chosen": chosen, "scores": dict(sorted(scores.items(), key=lambda kv: -kv[1])),
+            "chosen": chosen,
+            "scores": dict(sorted(scores.items(), key=lambda kv: -kv[1])),
         }
         return chosen, x, transferability
 
@@ -175,31 +181,48 @@ class TrainingPipeline:
         if len(set(labels)) < 2:
             raise TrainingDataError("at least 2 distinct labels are needed to train a classifier")
         cfg = FinetuneConfig(
-            layers=self.settings.finetune_layers, rank=self.settings.finetune_rank,
+            layers=self.settings.finetune_layers,
+            rank=self.settings.finetune_rank,
             max_epochs=self.settings.finetune_max_epochs,
         )
 
         head, fit_metrics = fit_finetune(
-            cast(TextSource, source), texts, labels, cfg, seed=self.settings.seed,
-            progress=lambda f: progress.update(0.9 * f), between_steps=progress.step,
+            cast(TextSource, source),
+            texts,
+            labels,
+            cfg,
+            seed=self.settings.seed,
+            progress=lambda f: progress.update(0.9 * f),
+            between_steps=progress.step,
         )
         backbone = self.batchers(name).backbone
-        decision = selection.first_version() if task.active_version is None else selection.unconditional(
-            "promoted without comparison: a fine-tuned head is compared on its held-out fold only"
+        decision = (
+            selection.first_version()
+            if task.active_version is None
+            else selection.unconditional(
+                "promoted without comparison: a fine-tuned head is compared on its held-out fold only"
+            )
         )
         metrics = {
-            **fit_metrics, "warnings": list(fit_metrics.get("warnings", [])),
+            **fit_metrics,
+            "warnings": list(fit_metrics.get("warnings", [])),
             "examples_per_label": dict(sorted(Counter(labels).items())),
         }
         provenance = {"backbone": name, "backbone_revision": backbone.revision, "runtime": "torch", "dim": backbone.dim}
         blob = heads.to_bytes(head, metrics=metrics, **provenance)
         progress.update(0.95)
         return self.store.complete_job(
-            job.id, self.worker_id,
+            job.id,
+            self.worker_id,
             NewVersion(
-                head="finetune", backbone=name, backbone_revision=backbone.revision, runtime="torch",
+                head="finetune",
+                backbone=name,
+                backbone_revision=backbone.revision,
+                runtime="torch",
                 labels=head.labels,
-                metrics={**metrics, "promotion": decision.as_dict()}, n_examples=len(texts), weights=blob,
+                metrics={**metrics, "promotion": decision.as_dict()},
+                n_examples=len(texts),
+                weights=blob,
             ),
             promote=decision.promote,
             compared_with=task.active_version,
@@ -225,7 +248,12 @@ class TrainingPipeline:
             backbone_name = self._pinned_backbone(task)
             x, transferability = self._embed(backbone_name, texts, progress, 0.0, EMBED_SHARE), None
         result = task_kind.fit(
-            x, targets, head=task.head, raw=texts, modality=task.modality, folds=self.settings.cv_folds,
+            x,
+            targets,
+            head=task.head,
+            raw=texts,
+            modality=task.modality,
+            folds=self.settings.cv_folds,
             seed=self.settings.seed,
         )
         progress.update(0.9)
@@ -235,7 +263,9 @@ class TrainingPipeline:
         faults.point("training")
         progress.update(0.95)
         provenance = {
-            "backbone": backbone.name, "backbone_revision": backbone.revision, "runtime": backbone.runtime,
+            "backbone": backbone.name,
+            "backbone_revision": backbone.revision,
+            "runtime": backbone.runtime,
             "dim": backbone.dim,
         }
         blob = heads.to_bytes(result.head, metrics=metrics, **provenance)
@@ -243,10 +273,14 @@ class TrainingPipeline:
             job.id,
             self.worker_id,
             NewVersion(
-                head=result.metrics["head"], backbone=backbone.name, backbone_revision=backbone.revision,
-                runtime=backbone.runtime, labels=result.head.labels,
+                head=result.metrics["head"],
+                backbone=backbone.name,
+                backbone_revision=backbone.revision,
+                runtime=backbone.runtime,
+                labels=result.head.labels,
                 metrics={**metrics, "promotion": decision.as_dict()},
-                n_examples=len(examples), weights=blob,
+                n_examples=len(examples),
+                weights=blob,
             ),
             promote=decision.promote,
             compared_with=compared_with,

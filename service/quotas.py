@@ -54,7 +54,11 @@ def check_labels(settings: Settings, labels: Sequence[str], field: str = "label"
 
 
 def check_new_examples(
-    store: Store | Reads, settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]],
+    store: Store | Reads,
+    settings: Settings,
+    tenant_id: str,
+    task: Task | None,
+    examples: Sequence[tuple[str, str]],
     kind: str = kinds.DEFAULT,
 ) -> None:
     """May the tenant store ``examples`` (labels as stored, see adapters/kinds/) in ``task`` (None: a
@@ -74,7 +78,8 @@ def check_new_examples(
     have = store.example_count(task.id) if task else 0
     if have + len(examples) > settings.max_examples_per_task:
         raise QuotaExceeded(
-            f"the task would hold {have + len(examples)} examples; the limit is {settings.max_examples_per_task} per task",
+            f"the task would hold {have + len(examples)} examples; the limit is {settings.max_examples_per_task} "
+            "per task",
         )
     labels = set(kinds.kind_of(kind).per_label(store.label_counts(task.id))) if task else set()
     labels.update(new_labels)
@@ -85,12 +90,17 @@ def check_new_examples(
     adding = sum(len(text) + len(label) for text, label in examples)
     if stored + adding > settings.max_stored_bytes_per_tenant:
         raise QuotaExceeded(
-            f"this tenant would store {stored + adding} bytes; the limit is {settings.max_stored_bytes_per_tenant} bytes",
+            f"this tenant would store {stored + adding} bytes; the limit is {settings.max_stored_bytes_per_tenant} "
+            "bytes",
         )
 
 
 def examples_guard(
-    settings: Settings, tenant_id: str, task: Task | None, examples: Sequence[tuple[str, str]], kind: str = kinds.DEFAULT,
+    settings: Settings,
+    tenant_id: str,
+    task: Task | None,
+    examples: Sequence[tuple[str, str]],
+    kind: str = kinds.DEFAULT,
 ) -> Guard:
     """:func:`check_new_examples` as the store runs it: inside the write's transaction, under the
     tenant's lock (``Store.create_task(guard=...)``), so concurrent requests cannot overshoot a quota."""
@@ -110,7 +120,9 @@ class RateLimiter:
     requests cost. A request costing more than ``burst`` is charged ``burst`` (it needs a full
     bucket), so every request the API accepts can eventually pass."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_tenants: int = 100_000) -> None:
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_tenants: int = 100_000
+    ) -> None:
         self.rate, self.burst, self.clock, self.max_tenants = rate, max(1, burst), clock, max_tenants
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()

@@ -60,7 +60,9 @@ class TaskRef:
 
     @classmethod
     def of(cls, task: Task) -> TaskRef:
-        return cls(task.id, task.tenant_id, task.name, task.modality, task.backbone, task.head, task.active_version, task.kind)
+        return cls(
+            task.id, task.tenant_id, task.name, task.modality, task.backbone, task.head, task.active_version, task.kind
+        )
 
 
 AnyPrediction = KindPrediction  # one input's prediction, in its task kind's form (adapters/kinds/)
@@ -118,7 +120,11 @@ class Router:
         return getattr(head, "backbone", None) or ref.backbone
 
     async def run(
-        self, ref: TaskRef, head: heads.Head, model_inputs: Sequence[Any], raw: Sequence[Any] | None,
+        self,
+        ref: TaskRef,
+        head: heads.Head,
+        model_inputs: Sequence[Any],
+        raw: Sequence[Any] | None,
         top_k: int | None = None,
     ) -> list[AnyPrediction]:
         """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form.
@@ -156,4 +162,18 @@ def _active(ref: TaskRef) -> int:
     return ref.active_version
 
 
-__all__ = ["AnyPrediction", "HeadCache", "LabelScore", "MultiLabelPrediction", "NotFound", "NotTrained", "Prediction", "RegressionPrediction", "Router", "TaskRef", "VersionFailed", "store_head_loader", "top_predictions"]
+__all__ = [
+    "AnyPrediction",
+    "HeadCache",
+    "LabelScore",
+    "MultiLabelPrediction",
+    "NotFound",
+    "NotTrained",
+    "Prediction",
+    "RegressionPrediction",
+    "Router",
+    "TaskRef",
+    "VersionFailed",
+    "store_head_loader",
+    "top_predictions",
+]

@@ -31,7 +31,9 @@ class Runtime:
         # upload bodies (and any other temporary file of this process) spool here: see GRAFT_UPLOAD_SPOOL_DIR
         settings.spool_path.mkdir(parents=True, exist_ok=True)
         tempfile.tempdir = str(settings.spool_path)
-        self.store = Store(settings.resolved_database_url, max_queued_jobs_per_tenant=settings.max_queued_jobs_per_tenant)
+        self.store = Store(
+            settings.resolved_database_url, max_queued_jobs_per_tenant=settings.max_queued_jobs_per_tenant
+        )
         self.store.migrate()  # under a lock: replicas starting together migrate once
         token, token_path = load_admin_token(settings)
         if token_path is not None:
@@ -52,22 +54,38 @@ class Runtime:
                 raise ValueError(f"{env}={name!r} is not a configured {modality} backbone")
         self._batchers = {
             name: Batcher(
-                bb, settings.batch_max_size, settings.batch_max_delay_ms / 1000, settings.batch_queue_size,
+                bb,
+                settings.batch_max_size,
+                settings.batch_max_delay_ms / 1000,
+                settings.batch_queue_size,
                 settings.batch_tenant_queue_size,
             )
             for name, bb in self.backbones.loaded.items()
         }
         head_cache = HeadCache(store_head_loader(self.store, self.trunk), int(settings.head_cache_mb * 2**20))
         self.router = Router(
-            self.store, self.batcher, head_cache, settings.task_cache_ttl_s, metrics.TenantLabels(settings.metrics_tenant_labels)
+            self.store,
+            self.batcher,
+            head_cache,
+            settings.task_cache_ttl_s,
+            metrics.TenantLabels(settings.metrics_tenant_labels),
         )
-        self.jobs = JobRunner(self.store, self.batcher, settings, self.backbones.names, on_version=lambda job: self.router.forget(job.tenant_id, job.task_name))
+        self.jobs = JobRunner(
+            self.store,
+            self.batcher,
+            settings,
+            self.backbones.names,
+            on_version=lambda job: self.router.forget(job.tenant_id, job.task_name),
+        )
         if self.trains:
             self.jobs.start()
         self.store_gauges = metrics.StoreGauges(self.store.totals)
         self.store_gauges.start()
         self.ready = True
-        log.info("graft ready", extra={"role": settings.role, "backbones": sorted(self._batchers), "device": self.backbones.device})
+        log.info(
+            "graft ready",
+            extra={"role": settings.role, "backbones": sorted(self._batchers), "device": self.backbones.device},
+        )
 
     @property
     def trains(self) -> bool:

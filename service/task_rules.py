@@ -1,6 +1,7 @@
 """What a new task may be: which kinds, heads and backbones go together. One function for every route
 that creates a task (``POST /v1/tasks`` and a dataset upload to a new name), so their guards and
-defaults cannot drift apart. What depends on the task's kind, the kind says (adapters/kinds/). Raises :class:`InvalidTask` (code ``validation_error``; the API answers 422).
+defaults cannot drift apart. What depends on the task's kind, the kind says (adapters/kinds/). Raises
+:class:`InvalidTask` (code ``validation_error``; the API answers 422).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ class NewTask:
     head: str  # a head kind, or "auto"
 
 
-def new_task(rt: Runtime, modality: str, kind: str = kinds.DEFAULT, backbone: str | None = None,
-             head: str | None = None) -> NewTask:
+def new_task(
+    rt: Runtime, modality: str, kind: str = kinds.DEFAULT, backbone: str | None = None, head: str | None = None
+) -> NewTask:
     """The task to create from what the request named (``None``: not named), or :class:`InvalidTask`.
     Defaults: head ``auto``, the modality's default backbone."""
     head = head or AUTO
@@ -61,6 +63,7 @@ def choose_backbone(rt: Runtime, modality: str, requested: str | None) -> str:
         raise InvalidTask(f"unknown backbone {name!r}; available: {rt.backbones.names()}")
     if spec.modality != modality:
         raise InvalidTask(
-            f"backbone {name!r} embeds {spec.modality}, not {modality}; {modality} backbones: {rt.backbones.names(modality)}"
+            f"backbone {name!r} embeds {spec.modality}, not {modality}; {modality} backbones: "
+            f"{rt.backbones.names(modality)}"
         )
     return name

@@ -134,7 +134,9 @@ class Auth:
 class Throttle:
     """Token buckets of failures: ``burst`` failures at once, refilled at ``rate`` a second."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000
+    ) -> None:
         self.rate, self.burst, self.clock, self.max_keys = rate, max(1, burst), clock, max_keys
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         self._lock = threading.Lock()

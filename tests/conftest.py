@@ -105,7 +105,11 @@ class Server:
         bentoml = Path(sys.executable).parent / "bentoml"
         self.proc = subprocess.Popen(
             [str(bentoml), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -56,11 +56,14 @@ def test_the_locks_cover_pyproject_and_agree_with_each_other() -> None:
 
 def test_the_makefile_installs_from_the_locks_only() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    install = makefile[makefile.index("$(STAMP):"):makefile.index("serve:")]
+    install = makefile[makefile.index("$(STAMP):") : makefile.index("serve:")]
     pip_lines = [line.strip() for line in install.splitlines() if "$(PIP) install" in line]
     for line in pip_lines:
-        assert "--require-hashes" in line or re.search(r"--no-deps --no-build-isolation -e \.(/client)?$", line) \
-            or re.search(r"pip==\$\(PIP_VERSION\)", line), line
+        assert (
+            "--require-hashes" in line
+            or re.search(r"--no-deps --no-build-isolation -e \.(/client)?$", line)
+            or re.search(r"pip==\$\(PIP_VERSION\)", line)
+        ), line
     # the client distribution (a local package the server depends on) before the server
     assert install.index("-e ./client") < install.index("-e .\n")
     no_deps = {**entries(REQ / "no-deps.txt"), **entries(REQ / "no-deps-dev.txt")}
@@ -77,7 +80,9 @@ def test_the_locked_environment_is_consistent() -> None:
     installed with --no-deps on purpose (their metadata pins torch 1.6, numpy 1.19, ...)."""
     no_deps = {*entries(REQ / "no-deps.txt"), *entries(REQ / "no-deps-dev.txt")}
     out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout.splitlines()
-    broken = [line for line in out if line.strip() and name_of(line.split()[0]) not in no_deps and "No broken" not in line]
+    broken = [
+        line for line in out if line.strip() and name_of(line.split()[0]) not in no_deps and "No broken" not in line
+    ]
     assert not broken, broken
 
 

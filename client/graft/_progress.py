@@ -46,8 +46,9 @@ class Bar:
     ``leave``: keep the last state on its line when closed (else the line is cleared).
     """
 
-    def __init__(self, desc: str, total: int, enabled: bool | None, leave: bool = True, n: int = 0,
-                 postfix: str = "") -> None:
+    def __init__(
+        self, desc: str, total: int, enabled: bool | None, leave: bool = True, n: int = 0, postfix: str = ""
+    ) -> None:
         self.desc, self.total, self.n, self.postfix, self.leave = desc, total, n, postfix, leave
         self._stream = sys.stderr
         self._on = _shown(enabled, self._stream)
@@ -100,7 +101,7 @@ def chunks(data: bytes, desc: str, enabled: bool | None) -> Iterator[bytes]:
     bar = _UploadBar(desc, len(data), enabled, leave=False)
     try:
         for start in range(0, len(data), CHUNK):
-            piece = data[start:start + CHUNK]
+            piece = data[start : start + CHUNK]
             yield piece
             bar.update(len(piece))
     finally:

@@ -73,11 +73,16 @@ def client(args: argparse.Namespace, admin: bool | None = False) -> Graft:
     api_key, token = setting(args, "api_key", "GRAFT_API_KEY"), setting(args, "admin_token", "GRAFT_ADMIN_TOKEN")
     key = token if admin else api_key if admin is False else api_key or token
     if not key:
-        what = {True: "an admin token (--admin-token or GRAFT_ADMIN_TOKEN)", False: "an API key (--api-key or GRAFT_API_KEY)",
-                None: "an API key or the admin token"}[admin]
+        what = {
+            True: "an admin token (--admin-token or GRAFT_ADMIN_TOKEN)",
+            False: "an API key (--api-key or GRAFT_API_KEY)",
+            None: "an API key or the admin token",
+        }[admin]
         raise errors.Unauthorized(f"this command needs {what}, or set it in the config file", code="unauthorized")
     url = setting(args, "url", "GRAFT_URL") or DEFAULT_URL
-    return Graft(url, key, progress=False if getattr(args, "quiet", False) else None, max_retries=getattr(args, "retries", 4))
+    return Graft(
+        url, key, progress=False if getattr(args, "quiet", False) else None, max_retries=getattr(args, "retries", 4)
+    )
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -121,22 +126,54 @@ def emit(args: argparse.Namespace, result: Any, human: Callable[[Any], str]) -> 
 
 
 def tasks_table(tasks: Sequence[s.TaskOut]) -> str:
-    rows = [{"name": t.name, "modality": t.modality, "kind": t.kind, "backbone": t.backbone, "head": t.head,
-             "version": t.active_version, "updated": when(t.updated_at)} for t in tasks]
+    rows = [
+        {
+            "name": t.name,
+            "modality": t.modality,
+            "kind": t.kind,
+            "backbone": t.backbone,
+            "head": t.head,
+            "version": t.active_version,
+            "updated": when(t.updated_at),
+        }
+        for t in tasks
+    ]
     return table(rows, ["name", "modality", "kind", "backbone", "head", "version", "updated"]) if rows else "no tasks"
 
 
 def versions_table(vl: s.VersionList) -> str:
-    rows = [{"version": v.version, "status": v.status, "head": v.head, "backbone": v.backbone, "examples": v.n_examples,
-             "accuracy": None if v.accuracy is None else f"{v.accuracy:.3f}", "created": when(v.created_at)}
-            for v in vl.versions]
-    return table(rows, ["version", "status", "head", "backbone", "examples", "accuracy", "created"]) if rows else "no versions"
+    rows = [
+        {
+            "version": v.version,
+            "status": v.status,
+            "head": v.head,
+            "backbone": v.backbone,
+            "examples": v.n_examples,
+            "accuracy": None if v.accuracy is None else f"{v.accuracy:.3f}",
+            "created": when(v.created_at),
+        }
+        for v in vl.versions
+    ]
+    return (
+        table(rows, ["version", "status", "head", "backbone", "examples", "accuracy", "created"])
+        if rows
+        else "no versions"
+    )
 
 
 def task_detail(t: s.TaskDetail) -> str:
-    lines = [f"{k}: {v}" for k, v in (("name", t.name), ("modality", t.modality), ("kind", t.kind), ("backbone", t.backbone),
-                                       ("head", t.head), ("active version", t.active_version),
-                                       ("labels", ", ".join(t.labels)))]
+    lines = [
+        f"{k}: {v}"
+        for k, v in (
+            ("name", t.name),
+            ("modality", t.modality),
+            ("kind", t.kind),
+            ("backbone", t.backbone),
+            ("head", t.head),
+            ("active version", t.active_version),
+            ("labels", ", ".join(t.labels)),
+        )
+    ]
     lines.append("examples: " + ", ".join(f"{k}={v}" for k, v in sorted(t.examples_per_label.items())))
     return "\n".join(lines)
 
@@ -150,8 +187,14 @@ def cmd_tenants_create(args: argparse.Namespace) -> Any:
 def cmd_tenants_list(args: argparse.Namespace) -> Any:
     with client(args, admin=True) as g:
         tenants = g.list_tenants()
-    emit(args, tenants, lambda ts: table([{"name": t.name, "id": t.id, "disabled": t.disabled, "created": when(t.created_at)}
-                                          for t in ts], ["name", "id", "disabled", "created"]))
+    emit(
+        args,
+        tenants,
+        lambda ts: table(
+            [{"name": t.name, "id": t.id, "disabled": t.disabled, "created": when(t.created_at)} for t in ts],
+            ["name", "id", "disabled", "created"],
+        ),
+    )
 
 
 def cmd_tenants_disable(args: argparse.Namespace) -> Any:
@@ -169,8 +212,23 @@ def cmd_keys_create(args: argparse.Namespace) -> Any:
 def cmd_keys_list(args: argparse.Namespace) -> Any:
     with client(args, admin=None) as g:
         keys = g.list_keys(args.tenant_id)
-    emit(args, keys, lambda ks: table([{"id": k.id, "prefix": k.prefix, "role": k.role, "created": when(k.created_at),
-                                        "revoked": when(k.revoked_at)} for k in ks], ["id", "prefix", "role", "created", "revoked"]))
+    emit(
+        args,
+        keys,
+        lambda ks: table(
+            [
+                {
+                    "id": k.id,
+                    "prefix": k.prefix,
+                    "role": k.role,
+                    "created": when(k.created_at),
+                    "revoked": when(k.revoked_at),
+                }
+                for k in ks
+            ],
+            ["id", "prefix", "role", "created", "revoked"],
+        ),
+    )
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> Any:
@@ -183,8 +241,15 @@ def cmd_tasks_create(args: argparse.Namespace) -> Any:
     if not Path(args.data).exists():
         raise UsageError(f"--data {args.data}: no such file or folder")
     with client(args) as g:
-        created = g.create_task(args.name, Path(args.data), modality=args.modality, backbone=args.backbone, head=args.head,
-                                wait=not args.no_wait, timeout=args.timeout)
+        created = g.create_task(
+            args.name,
+            Path(args.data),
+            modality=args.modality,
+            backbone=args.backbone,
+            head=args.head,
+            wait=not args.no_wait,
+            timeout=args.timeout,
+        )
 
     def human(c: s.TaskCreated) -> str:
         extra = [f"warning: {w}" for w in getattr(c, "warnings", [])]
@@ -249,7 +314,9 @@ def predict_inputs(args: argparse.Namespace) -> list[str | Path]:
                 raise UsageError(f"--file {args.file}, line {n}: not JSON") from None
             value = row.get("input") if isinstance(row, dict) else row
             if not isinstance(value, str):
-                raise UsageError(f"--file {args.file}, line {n}: want a JSON string or an object with an 'input' string")
+                raise UsageError(
+                    f"--file {args.file}, line {n}: want a JSON string or an object with an 'input' string"
+                )
             inputs.append(value)
     if not inputs:
         raise UsageError("nothing to predict: give texts or image files, or --file inputs.jsonl")
@@ -261,8 +328,10 @@ def prediction_row(p: s.PredictionOut | s.MultiLabelPredictionOut | s.Regression
     if isinstance(p, s.RegressionPredictionOut):
         return {"value": f"{p.value:.4g}"}
     if isinstance(p, s.MultiLabelPredictionOut):
-        return {"labels": ", ".join(p.labels) or "(none)",
-                "probabilities": ", ".join(f"{x.label}={x.probability:.2f}" for x in p.scores[:3])}
+        return {
+            "labels": ", ".join(p.labels) or "(none)",
+            "probabilities": ", ".join(f"{x.label}={x.probability:.2f}" for x in p.scores[:3]),
+        }
     return {"label": p.label, "score": f"{p.score:.3f}"}
 
 
@@ -274,15 +343,20 @@ def cmd_predict(args: argparse.Namespace) -> Any:
     answers = []
     with client(args) as g:
         for start in range(0, len(inputs), PREDICT_BATCH):
-            answers.append(g.predict(args.task, inputs[start:start + PREDICT_BATCH], top_k=args.top_k))
-    result = s.PredictResponse(task=answers[-1].task, version=answers[-1].version,
-                               predictions=cast(s.Predictions, [p for a in answers for p in a.predictions]))
+            answers.append(g.predict(args.task, inputs[start : start + PREDICT_BATCH], top_k=args.top_k))
+    result = s.PredictResponse(
+        task=answers[-1].task,
+        version=answers[-1].version,
+        predictions=cast(s.Predictions, [p for a in answers for p in a.predictions]),
+    )
 
     def human(r: s.PredictResponse) -> str:
         rows: Sequence[s.AnyPredictionOut] = r.predictions
         shown = [x.name if isinstance(x, Path) else short(x) for x in inputs]
-        return table([{"input": i, **prediction_row(p)} for i, p in zip(shown, rows, strict=True)],
-                     ["input", *prediction_row(r.predictions[0])])
+        return table(
+            [{"input": i, **prediction_row(p)} for i, p in zip(shown, rows, strict=True)],
+            ["input", *prediction_row(r.predictions[0])],
+        )
 
     emit(args, result, human)
 
@@ -290,14 +364,20 @@ def cmd_predict(args: argparse.Namespace) -> Any:
 def cmd_export(args: argparse.Namespace) -> Any:
     with client(args) as g:
         out = g.export(args.task, args.output, version=args.version)
-    emit(args, {"task": args.task, "path": str(out), "bytes": out.stat().st_size},
-         lambda r: f"wrote {r['path']} ({r['bytes']:,} bytes)")
+    emit(
+        args,
+        {"task": args.task, "path": str(out), "bytes": out.stat().st_size},
+        lambda r: f"wrote {r['path']} ({r['bytes']:,} bytes)",
+    )
 
 
 def cmd_backbones(args: argparse.Namespace) -> Any:
     with client(args) as g:
-        emit(args, g.backbones(), lambda bs: table([b.model_dump() for b in bs],
-                                                   ["name", "modality", "dim", "runtime", "device", "default"]))
+        emit(
+            args,
+            g.backbones(),
+            lambda bs: table([b.model_dump() for b in bs], ["name", "modality", "dim", "runtime", "device", "default"]),
+        )
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -315,12 +395,21 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--api-key", default=argparse.SUPPRESS, help="tenant API key (GRAFT_API_KEY)")
     common.add_argument("--admin-token", default=argparse.SUPPRESS, help="admin token, for tenants (GRAFT_ADMIN_TOKEN)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON, for scripts")
-    common.add_argument("--retries", type=int, default=argparse.SUPPRESS,
-                        help="retries of 429/503 answers and refused connections (default 4)")
+    common.add_argument(
+        "--retries",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="retries of 429/503 answers and refused connections (default 4)",
+    )
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     codes = "\n".join(f"  {code}  {what}" for code, what in EXIT_CODES.items())
-    top = Parser(prog="graft", description="Graft from the shell.", parents=[common],
-                 epilog=f"exit codes:\n{codes}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = Parser(
+        prog="graft",
+        description="Graft from the shell.",
+        parents=[common],
+        epilog=f"exit codes:\n{codes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     groups = top.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def leaf(sub: Any, name: str, func: Callable[[argparse.Namespace], Any], help: str) -> argparse.ArgumentParser:
@@ -328,20 +417,32 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    tenants = groups.add_parser("tenants", help="tenants (admin)").add_subparsers(dest="action", required=True, parser_class=Parser)
+    tenants = groups.add_parser("tenants", help="tenants (admin)").add_subparsers(
+        dest="action", required=True, parser_class=Parser
+    )
     leaf(tenants, "create", cmd_tenants_create, "create a tenant and print its API key").add_argument("name")
     leaf(tenants, "list", cmd_tenants_list, "list tenants")
     for action, disabled in (("disable", True), ("enable", False)):
-        p = leaf(tenants, action, cmd_tenants_disable, f"{action} a tenant (its keys {'stop' if disabled else 'start'} working)")
+        p = leaf(
+            tenants,
+            action,
+            cmd_tenants_disable,
+            f"{action} a tenant (its keys {'stop' if disabled else 'start'} working)",
+        )
         p.add_argument("tenant_id")
         p.set_defaults(disabled=disabled)
 
     keys = groups.add_parser("keys", help="a tenant's API keys (its own key, or the admin token)").add_subparsers(
-        dest="action", required=True, parser_class=Parser)
+        dest="action", required=True, parser_class=Parser
+    )
     create_key = leaf(keys, "create", cmd_keys_create, "issue a new API key (rotation, or a narrower key)")
     create_key.add_argument("tenant_id")
-    create_key.add_argument("--role", choices=["owner", "write", "predict"], default="owner",
-                            help="owner: everything, keys included; write: tasks, no keys; predict: predict and read (default owner)")
+    create_key.add_argument(
+        "--role",
+        choices=["owner", "write", "predict"],
+        default="owner",
+        help="owner: everything, keys included; write: tasks, no keys; predict: predict and read (default owner)",
+    )
     leaf(keys, "list", cmd_keys_list, "list a tenant's keys").add_argument("tenant_id")
     revoke = leaf(keys, "revoke", cmd_keys_revoke, "revoke a key")
     revoke.add_argument("tenant_id")
@@ -350,7 +451,9 @@ def parser() -> argparse.ArgumentParser:
     tasks = groups.add_parser("tasks", help="tasks").add_subparsers(dest="action", required=True, parser_class=Parser)
     create = leaf(tasks, "create", cmd_tasks_create, "create (or extend) a task from a dataset and train it")
     create.add_argument("name")
-    create.add_argument("--data", required=True, help="file.csv, file.jsonl (input,label), file.zip or a folder <label>/<image>")
+    create.add_argument(
+        "--data", required=True, help="file.csv, file.jsonl (input,label), file.zip or a folder <label>/<image>"
+    )
     create.add_argument("--modality", choices=["text", "image"])
     create.add_argument("--backbone")
     create.add_argument("--head", choices=list(get_args(s.HeadKind)))
@@ -368,7 +471,7 @@ def parser() -> argparse.ArgumentParser:
     predict = leaf(groups, "predict", cmd_predict, "predict texts or images")
     predict.add_argument("task")
     predict.add_argument("inputs", nargs="*", help="texts, or image files (.png, .jpg, .webp)")
-    predict.add_argument("--file", help="JSON Lines: one JSON string or {\"input\": ...} per line")
+    predict.add_argument("--file", help='JSON Lines: one JSON string or {"input": ...} per line')
     predict.add_argument("--top-k", type=int)
 
     export = leaf(groups, "export", cmd_export, "download a task's ONNX export (zip)")

@@ -37,7 +37,12 @@ from . import schemas as s
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 RETRY_STATUSES = frozenset({429, 503})
-DATASET_TYPES = {".csv": "text/csv", ".jsonl": "application/jsonl", ".ndjson": "application/jsonl", ".zip": "application/zip"}
+DATASET_TYPES = {
+    ".csv": "text/csv",
+    ".jsonl": "application/jsonl",
+    ".ndjson": "application/jsonl",
+    ".zip": "application/zip",
+}
 
 Input = str | bytes | os.PathLike  # text, or an image as bytes or a file path
 Example = s.ExampleIn | Mapping[str, Any] | tuple[Input, Any]  # label: a string, a list of strings, or a number
@@ -126,8 +131,16 @@ class _Core:
     """Configuration and the operations (generators) both clients run."""
 
     def __init__(
-        self, url: str | None = None, api_key: str | None = None, *, timeout: float = 300.0, max_retries: int = 4,
-        backoff: float = 0.5, max_backoff: float = 60.0, poll_interval: float = 0.5, progress: bool | None = None,
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 300.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 60.0,
+        poll_interval: float = 0.5,
+        progress: bool | None = None,
     ) -> None:
         self.url = (url or os.environ.get("GRAFT_URL") or DEFAULT_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("GRAFT_API_KEY")
@@ -217,7 +230,8 @@ class _Core:
 
     def _create_key(self, tenant_id: str, role: s.KeyRole = "owner") -> Op[s.ApiKeyCreated]:
         """A new API key for the tenant (rotation: issue one, move clients to it, revoke the old one).
-        ``role``: ``owner`` (everything, keys included), ``write`` (tasks, no keys) or ``predict`` (predict and read)."""
+        ``role``: ``owner`` (everything, keys included), ``write`` (tasks, no keys) or ``predict``
+        (predict and read)."""
         call = Call("POST", f"/v1/tenants/{tenant_id}/keys", json={"role": role})
         return (yield from self._model(s.ApiKeyCreated, call))
 
@@ -230,9 +244,18 @@ class _Core:
     # tasks
 
     def _create_task(
-        self, name: str, examples: Iterable[Example] | str | os.PathLike, *, modality: s.Modality | None = None,
-        kind: s.TaskKind | None = None, backbone: str | None = None, head: s.HeadKind | None = None, labels: Sequence[str] | None = None,
-        wait: bool = True, timeout: float | None = None, progress: bool | None = None,
+        self,
+        name: str,
+        examples: Iterable[Example] | str | os.PathLike,
+        *,
+        modality: s.Modality | None = None,
+        kind: s.TaskKind | None = None,
+        backbone: str | None = None,
+        head: s.HeadKind | None = None,
+        labels: Sequence[str] | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        progress: bool | None = None,
     ) -> Op[s.TaskCreated]:
         """Create a task from labeled examples — ``[(input, label)]``, ``[{"input", "label"}]`` or
         :class:`~graft.schemas.ExampleIn` — or from a dataset path (CSV, JSON Lines, zip, or a folder of
@@ -246,12 +269,22 @@ class _Core:
                 raise ValueError(f"dataset files make classification tasks; send {kind} examples as a list")
             body, content_type, filename = dataset_file(examples)
             params = {k: v for k, v in {"modality": modality, "backbone": backbone, "head": head}.items() if v}
-            call = Call("POST", f"/v1/tasks/{name}/dataset", params=params, content=body, content_type=content_type,
-                        upload=f"uploading {filename}")
+            call = Call(
+                "POST",
+                f"/v1/tasks/{name}/dataset",
+                params=params,
+                content=body,
+                content_type=content_type,
+                upload=f"uploading {filename}",
+            )
             created: s.TaskCreated = yield from self._model(s.DatasetAccepted, call)
         else:
             rows, images = _examples(examples)
-            body_json: dict[str, Any] = {"name": name, "modality": modality or ("image" if images else "text"), "examples": rows}
+            body_json: dict[str, Any] = {
+                "name": name,
+                "modality": modality or ("image" if images else "text"),
+                "examples": rows,
+            }
             body_json.update({k: v for k, v in {"kind": kind, "backbone": backbone, "head": head}.items() if v})
             if labels is not None:
                 body_json["labels"] = list(labels)
@@ -259,7 +292,12 @@ class _Core:
         return (yield from self._trained(created, wait, timeout, progress))
 
     def _add_examples(
-        self, name: str, examples: Iterable[Example], *, wait: bool = True, timeout: float | None = None,
+        self,
+        name: str,
+        examples: Iterable[Example],
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
         progress: bool | None = None,
     ) -> Op[s.TaskCreated]:
         """Add examples to a task: trains its next version on all of them (``wait`` as in create_task)."""
@@ -291,7 +329,9 @@ class _Core:
 
     # predict
 
-    def _predict(self, task: str, inputs: Input | Sequence[Input], *, top_k: int | None = None) -> Op[s.PredictResponse]:
+    def _predict(
+        self, task: str, inputs: Input | Sequence[Input], *, top_k: int | None = None
+    ) -> Op[s.PredictResponse]:
         """Predict one input or a list: texts go as JSON; images (bytes or file paths) as multipart files."""
         items = [inputs] if isinstance(inputs, str | bytes | os.PathLike) else list(inputs)
         if all(isinstance(x, str) for x in items):
@@ -304,7 +344,9 @@ class _Core:
             data = item if isinstance(item, bytes) else Path(item).read_bytes()
             filename = f"input-{i}" if isinstance(item, bytes) else Path(item).name
             files.append(("file", (filename, data, "application/octet-stream")))
-        call = Call("POST", f"/v1/tasks/{task}/predict/files", files=files, data={"top_k": str(top_k)} if top_k else None)
+        call = Call(
+            "POST", f"/v1/tasks/{task}/predict/files", files=files, data={"top_k": str(top_k)} if top_k else None
+        )
         return (yield from self._model(s.PredictResponse, call))
 
     # versions
@@ -315,7 +357,9 @@ class _Core:
 
     def _promote(self, task: str, version: int) -> Op[s.VersionList]:
         """Serve ``version`` from now on."""
-        return (yield from self._model(s.VersionList, Call("POST", f"/v1/tasks/{task}/promote", json={"version": version})))
+        return (
+            yield from self._model(s.VersionList, Call("POST", f"/v1/tasks/{task}/promote", json={"version": version}))
+        )
 
     def _rollback(self, task: str) -> Op[s.VersionList]:
         """Serve the version that was active before the current one."""
@@ -373,20 +417,37 @@ class Graft(_Core):
     """Synchronous client. ``Graft(url, api_key)``; url and key default to ``GRAFT_URL`` and
     ``GRAFT_API_KEY``. Use it as a context manager, or call :meth:`close`."""
 
-    def __init__(self, url: str | None = None, api_key: str | None = None, *, transport: httpx.BaseTransport | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(url, api_key, **options)
         self._http = httpx.Client(base_url=self.url, headers=self._headers(), timeout=self.timeout, transport=transport)
 
     def _send(self, call: Call) -> httpx.Response:
         headers, content = {}, call.content
         if call.content is not None:
-            headers = {"Content-Type": call.content_type or "application/octet-stream", "Content-Length": str(len(call.content))}
+            headers = {
+                "Content-Type": call.content_type or "application/octet-stream",
+                "Content-Length": str(len(call.content)),
+            }
             if call.upload:
                 content = _progress.chunks(call.content, call.upload, self.progress)  # type: ignore[assignment]
         try:
-            return self._http.request(call.method, call.path, json=call.json, params=call.params, content=content,
-                                      files=call.files, data=call.data, headers=headers)
+            return self._http.request(
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params,
+                content=content,
+                files=call.files,
+                data=call.data,
+                headers=headers,
+            )
         except httpx.TransportError as exc:
             raise _transport_error(exc, self.url) from exc
 
@@ -442,21 +503,40 @@ class Graft(_Core):
 class AsyncGraft(_Core):
     """Asyncio client: the same methods as :class:`Graft`, as coroutines. ``async with AsyncGraft(...)``."""
 
-    def __init__(self, url: str | None = None, api_key: str | None = None, *,
-                 transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(url, api_key, **options)
-        self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers(), timeout=self.timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=self._headers(), timeout=self.timeout, transport=transport
+        )
 
     async def _send(self, call: Call) -> httpx.Response:
         headers: dict[str, str] = {}
         content: bytes | AsyncIterator[bytes] | None = call.content
         if call.content is not None:
-            headers = {"Content-Type": call.content_type or "application/octet-stream", "Content-Length": str(len(call.content))}
+            headers = {
+                "Content-Type": call.content_type or "application/octet-stream",
+                "Content-Length": str(len(call.content)),
+            }
             if call.upload:
                 content = _progress.achunks(call.content, call.upload, self.progress)
         try:
-            return await self._http.request(call.method, call.path, json=call.json, params=call.params, content=content,
-                                            files=call.files, data=call.data, headers=headers)
+            return await self._http.request(
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params,
+                content=content,
+                files=call.files,
+                data=call.data,
+                headers=headers,
+            )
         except httpx.TransportError as exc:
             raise _transport_error(exc, self.url) from exc
 
@@ -507,4 +587,3 @@ class AsyncGraft(_Core):
     rollback = _async(_Core._rollback)
     export = _async(_Core._export)
     backbones = _async(_Core._backbones)
-

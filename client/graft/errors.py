@@ -15,8 +15,15 @@ class GraftError(Exception):
 
     status: int | None = None
 
-    def __init__(self, message: str, *, code: str = "error", status: int | None = None, request_id: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "error",
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message, self.code, self.request_id, self.retry_after = message, code, request_id, retry_after
         if status is not None:
@@ -111,8 +118,18 @@ class JobFailed(GraftError):
 
 BY_STATUS: dict[int, type[GraftError]] = {
     cls.status: cls  # type: ignore[misc]
-    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge, UnsupportedMediaType,
-                ValidationError, RateLimited, Unavailable)
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        TooLarge,
+        UnsupportedMediaType,
+        ValidationError,
+        RateLimited,
+        Unavailable,
+    )
 }
 
 BY_CODE: dict[str, type[GraftError]] = {"quota_exceeded": QuotaExceeded, "not_trained": NotTrained}
@@ -151,5 +168,10 @@ def from_response(status: int, body: bytes, headers: dict[str, str] | None = Non
     cls = BY_STATUS.get(status) or (ServerError if status >= 500 else GraftError)
     if code in BY_CODE and issubclass(BY_CODE[code], cls):
         cls = BY_CODE[code]
-    return cls(message, code=code, status=status, request_id=headers.get("x-request-id"),
-               retry_after=parse_retry_after(headers.get("retry-after")))
+    return cls(
+        message,
+        code=code,
+        status=status,
+        request_id=headers.get("x-request-id"),
+        retry_after=parse_retry_after(headers.get("retry-after")),
+    )

@@ -211,10 +211,12 @@ class TaskCreate(Request):
         description="`auto` (default): whichever head cross-validation scores best among `linear` (logistic "
         "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
         "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
-        "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a background job.",
+        "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a "
+        "background job.",
     )
     labels: list[Label] | None = Field(
-        default=None, description="Optional declared label set: every label must then have an example (not for regression)."
+        default=None,
+        description="Optional declared label set: every label must then have an example (not for regression).",
     )
     examples: list[ExampleIn] = Field(min_length=1)
 
@@ -225,7 +227,9 @@ class TaskCreate(Request):
             if problem:
                 raise ValueError(f"examples[{i}].label: {problem}")
         if self.kind != "classification" and self.head not in (None, "auto"):
-            raise ValueError(f"head {self.head!r} is for classification tasks; a {self.kind} task takes head 'auto' (or none)")
+            raise ValueError(
+                f"head {self.head!r} is for classification tasks; a {self.kind} task takes head 'auto' (or none)"
+            )
         if self.kind == "regression" and self.labels is not None:
             raise ValueError("a regression task has no label set: omit 'labels'")
         return self
@@ -246,7 +250,10 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     superseded_by: str | None = Field(
-        None, description="For a `superseded` job: the id of the newer job of the same task that trains its examples instead."
+        None,
+        description=(
+            "For a `superseded` job: the id of the newer job of the same task that trains its examples instead."
+        ),
     )
 
 
@@ -269,8 +276,12 @@ class VersionDetail(VersionOut):
         "`failed`: its stored weights would not load (see `error`)."
     )
     error: str | None = Field(default=None, description="Why a failed version could not be loaded.")
-    accuracy: float | None = Field(description="Cross-validated accuracy of the served head (see `metrics.evaluation`).")
-    ece: float | None = Field(description="Expected calibration error of the cross-validated probabilities, after temperature scaling.")
+    accuracy: float | None = Field(
+        description="Cross-validated accuracy of the served head (see `metrics.evaluation`)."
+    )
+    ece: float | None = Field(
+        description="Expected calibration error of the cross-validated probabilities, after temperature scaling."
+    )
     transferability: dict | None = Field(description="LogME of the examples on each backbone of the modality.")
     warnings: list[str]
     promotion: dict | None = Field(description="Whether and why this version was (not) promoted.")
@@ -322,7 +333,9 @@ class DatasetAccepted(TaskCreated):
 
 
 class PredictRequest(Request):
-    inputs: list[Text] = Field(min_length=1, description="Texts, or base64-encoded PNG/JPEG/WebP images for image tasks.")
+    inputs: list[Text] = Field(
+        min_length=1, description="Texts, or base64-encoded PNG/JPEG/WebP images for image tasks."
+    )
     top_k: int | None = Field(default=None, ge=1, description="How many labels `scores` lists; default all.")
 
 
@@ -340,7 +353,9 @@ class LabelScoreOut(BaseModel):
 
 
 class MultiLabelPredictionOut(BaseModel):
-    labels: list[str] = Field(description="The chosen labels (probability ≥ threshold), most probable first; may be empty.")
+    labels: list[str] = Field(
+        description="The chosen labels (probability ≥ threshold), most probable first; may be empty."
+    )
     scores: list[LabelScoreOut] = Field(description="The top_k labels by probability, most probable first.")
 
 

@@ -64,8 +64,13 @@ def typ(schema: dict[str, Any]) -> str:
 
 
 def constraints(schema: dict[str, Any]) -> str:
-    keys = {"minimum": "≥ {}", "maximum": "≤ {}", "minItems": "at least {} items", "maxLength": "at most {} characters",
-            "pattern": "pattern `{}`"}
+    keys = {
+        "minimum": "≥ {}",
+        "maximum": "≤ {}",
+        "minItems": "at least {} items",
+        "maxLength": "at most {} characters",
+        "pattern": "pattern `{}`",
+    }
     found = [fmt.format(schema[k]) for k, fmt in keys.items() if k in schema]
     for option in schema.get("anyOf", []):
         found += [fmt.format(option[k]) for k, fmt in keys.items() if k in option]
@@ -82,14 +87,22 @@ def describe(schema: dict[str, Any], required: bool) -> str:
 
 
 def operation(path: str, method: str, op: dict[str, Any]) -> list[str]:
-    out = [f"### `{method.upper()} {path}`", "", f"**{op.get('summary', '')}.** {cell(op.get('description', ''))}".rstrip(), ""]
+    out = [
+        f"### `{method.upper()} {path}`",
+        "",
+        f"**{op.get('summary', '')}.** {cell(op.get('description', ''))}".rstrip(),
+        "",
+    ]
     params = op.get("parameters", [])
     if params:
         out += ["| parameter | in | type | required | description |", "|---|---|---|---|---|"]
         for p in params:
             schema = p.get("schema", {})
-            out.append(f"| `{p['name']}` | {p['in']} | {typ(schema)} | {'yes' if p.get('required') else 'no'} | "
-                       f"{describe({**schema, **({'description': p['description']} if 'description' in p else {})}, p.get('required', False))} |")
+            described = {**schema, **({"description": p["description"]} if "description" in p else {})}
+            out.append(
+                f"| `{p['name']}` | {p['in']} | {typ(schema)} | {'yes' if p.get('required') else 'no'} | "
+                f"{describe(described, p.get('required', False))} |"
+            )
         out.append("")
     body = op.get("requestBody")
     if body:
@@ -101,9 +114,17 @@ def operation(path: str, method: str, op: dict[str, Any]) -> list[str]:
     errors = [code for code in op["responses"] if not code.startswith("2")]
     for code, response in ok:
         content = response.get("content", {})
-        shown = ", ".join(f"`{media}`" + (f" {typ(c['schema'])}" if c.get("schema") else "") for media, c in content.items())
-        out.append(f"- **{code}** {shown or 'no body'}" + (f" — {cell(response['description'])}"
-                                                   if response.get("description") not in (None, "Successful Response") else ""))
+        shown = ", ".join(
+            f"`{media}`" + (f" {typ(c['schema'])}" if c.get("schema") else "") for media, c in content.items()
+        )
+        out.append(
+            f"- **{code}** {shown or 'no body'}"
+            + (
+                f" — {cell(response['description'])}"
+                if response.get("description") not in (None, "Successful Response")
+                else ""
+            )
+        )
     if errors:
         out.append(f"- errors: {', '.join(errors)} ([ErrorResponse](#errorresponse))")
     return [*out, ""]
@@ -117,8 +138,10 @@ def schema_section(name: str, schema: dict[str, Any]) -> list[str]:
     fields = schema.get("properties", {})
     if fields:
         out += ["| field | type | required | description |", "|---|---|---|---|"]
-        out += [f"| `{field}` | {typ(s)} | {'yes' if field in required else 'no'} | {describe(s, field in required)} |"
-                for field, s in fields.items()]
+        out += [
+            f"| `{field}` | {typ(s)} | {'yes' if field in required else 'no'} | {describe(s, field in required)} |"
+            for field, s in fields.items()
+        ]
         out.append("")
     return out
 

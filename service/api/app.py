@@ -44,11 +44,17 @@ class RequestContext:
         finally:
             log.info(
                 "request",
-                extra={"method": scope["method"], "path": scope["path"], "status": status,
-                       "ms": round((time.perf_counter() - started) * 1000, 2)},
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
             )
             route = scope.get("route")  # set by the router: its template keeps the label set bounded
-            metrics.observe_request(getattr(route, "path", "unmatched"), scope["method"], status, time.perf_counter() - started)
+            metrics.observe_request(
+                getattr(route, "path", "unmatched"), scope["method"], status, time.perf_counter() - started
+            )
             logs.request_id.reset(token)
 
 

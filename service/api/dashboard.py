@@ -26,8 +26,10 @@ class DashboardFiles(StaticFiles):
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] += [
-                    (b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-cache"),
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"cache-control", b"no-cache"),
                 ]
             await send(message)
 

@@ -26,9 +26,19 @@ from ..task_rules import InvalidTask
 
 log = get_logger("api")
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-                 409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "validation_error",
-                 429: "rate_limited", 503: "unavailable"}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "unavailable",
+}
 
 
 class ApiError(Exception):
@@ -61,8 +71,13 @@ def _overloaded(exc: Exception) -> str:
     return f"Graft is overloaded ({exc}); retry after {max(1, math.ceil(_retry_after(exc) or 0))} s"
 
 
-_STORE_DOWN = Answer(503, "store_unavailable", lambda _: "the store is unavailable; nothing was changed, retry shortly",
-                     lambda _: 5, log="store unavailable")  # unreachable, full or read-only: nothing was committed
+_STORE_DOWN = Answer(
+    503,
+    "store_unavailable",
+    lambda _: "the store is unavailable; nothing was changed, retry shortly",
+    lambda _: 5,
+    log="store unavailable",
+)  # unreachable, full or read-only: nothing was committed
 
 # THE table: every domain exception the API answers, by type (the most derived type listed wins). Only
 # this layer knows statuses; a domain exception that has a ``code`` must have the same one here
@@ -152,8 +167,17 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
         about_body = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
-        if about_body and request.method in ("POST", "PUT", "PATCH") and "json" not in content_type and "multipart" not in content_type:
-            return error_response(415, "unsupported_media_type", f"send a JSON body with 'Content-Type: application/json' (got {content_type or 'none'!r})")
+        if (
+            about_body
+            and request.method in ("POST", "PUT", "PATCH")
+            and "json" not in content_type
+            and "multipart" not in content_type
+        ):
+            return error_response(
+                415,
+                "unsupported_media_type",
+                f"send a JSON body with 'Content-Type: application/json' (got {content_type or 'none'!r})",
+            )
         status, code, message = _validation_message(exc)
         return error_response(status, code, message)
 
@@ -170,4 +194,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logs.exception(log, "unhandled error", exc)
-        return error_response(500, "internal_error", "internal error; the request id in X-Request-ID identifies it in the logs")
+        return error_response(
+            500, "internal_error", "internal error; the request id in X-Request-ID identifies it in the logs"
+        )

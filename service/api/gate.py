@@ -78,7 +78,11 @@ def _calls(dependant: Any) -> set[Any]:
 
 async def _refuse(send: Send, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
@@ -112,15 +116,21 @@ class AuthGate:
         wait = throttle.blocked(*keys)
         if wait is not None:
             retry = max(1, math.ceil(wait))
-            await _refuse(send, 429, "rate_limited",
-                          f"too many failed authentications from this client or for this key; retry after {retry} s",
-                          {"Retry-After": str(retry)})
+            await _refuse(
+                send,
+                429,
+                "rate_limited",
+                f"too many failed authentications from this client or for this key; retry after {retry} s",
+                {"Retry-After": str(retry)},
+            )
             return
         caller: Caller | None = runtime.auth.known(token)  # the hot path: no thread hop, no query
         if caller is None:
             try:
                 caller = await anyio.to_thread.run_sync(runtime.auth.identify, token)
-            except Exception as exc:  # e.g. the store is unreachable: the table's answer (503), never a dropped connection
+            except (
+                Exception
+            ) as exc:  # e.g. the store is unreachable: the table's answer (503), never a dropped connection
                 found = table_answer(exc)
                 if found is None:
                     raise
@@ -137,8 +147,12 @@ class AuthGate:
             await _refuse(send, 401, "unauthorized", "this call needs a tenant's API key, not the admin token")
             return
         if need in ("owner", "write", "predict") and not caller.is_admin and not role_allows(caller.role, need):
-            await _refuse(send, 403, "forbidden",
-                          f"this call needs an API key with role '{need}' (or higher); this key's role is '{caller.role}'")
+            await _refuse(
+                send,
+                403,
+                "forbidden",
+                f"this call needs an API key with role '{need}' (or higher); this key's role is '{caller.role}'",
+            )
             return
         scope.setdefault("state", {})[CALLER] = caller
         await self.app(scope, receive, send)

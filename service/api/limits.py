@@ -34,9 +34,17 @@ def _settings(scope: Scope) -> Settings:
 async def _too_large(send: Send, limit: int, size: int | None) -> None:
     said = f"the request body is {size} bytes" if size is not None else "the request body is larger than the limit"
     body = json.dumps({"error": {"code": "too_large", "message": f"{said}; the limit is {limit} bytes"}}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

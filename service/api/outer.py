@@ -39,9 +39,21 @@ class JsonErrors:
                 status = rewriting["status"]
                 text = MESSAGES.get(status, "request failed" if status < 500 else "internal error")
                 body = json.dumps({"error": {"code": _STATUS_CODES.get(status, "error"), "message": text}}).encode()
-                kept = [(k, v) for k, v in rewriting.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")]
-                await send({**rewriting, "headers": [*kept, (b"content-type", b"application/json"),
-                                                     (b"content-length", str(len(body)).encode())]})
+                kept = [
+                    (k, v)
+                    for k, v in rewriting.get("headers") or []
+                    if k.lower() not in (b"content-type", b"content-length")
+                ]
+                await send(
+                    {
+                        **rewriting,
+                        "headers": [
+                            *kept,
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
             await send(message)

@@ -34,8 +34,13 @@ def one_upload(tenant_id: str) -> Iterator[None]:
     """Hold the tenant's one upload slot of this process, or refuse with 429."""
     with _uploading_lock:
         if tenant_id in _uploading:
-            raise ApiError(429, "upload_in_progress", "this tenant is already sending an upload; send one upload at a "
-                           "time (wait for the other to be answered)", {"Retry-After": str(UPLOAD_RETRY_S)})
+            raise ApiError(
+                429,
+                "upload_in_progress",
+                "this tenant is already sending an upload; send one upload at a "
+                "time (wait for the other to be answered)",
+                {"Retry-After": str(UPLOAD_RETRY_S)},
+            )
         _uploading.add(tenant_id)
     try:
         yield
@@ -79,10 +84,14 @@ async def read_body(request: Request, limit: int) -> Upload:
 async def read_form(request: Request, limit: int, max_files: int) -> tuple[list[Upload], FormData]:
     """Files (in order) and the form, from a multipart body of at most ``limit`` bytes."""
     try:
-        form = await MultiPartParser(request.headers, _capped(request, limit), max_files=max_files, max_fields=16).parse()
+        form = await MultiPartParser(
+            request.headers, _capped(request, limit), max_files=max_files, max_fields=16
+        ).parse()
     except MultiPartException as exc:
         if "Too many files" in exc.message:
-            raise ApiError(413, "too_large", f"more than {max_files} files in one request; the limit is {max_files}") from None
+            raise ApiError(
+                413, "too_large", f"more than {max_files} files in one request; the limit is {max_files}"
+            ) from None
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc.message}") from None
     files = [
         Upload(value.file, value.filename or "", value.content_type or "")

@@ -36,20 +36,33 @@ def _existing(rt: Runtime, tenant_id: str, name: str) -> Task | None:
 
 
 def _target(
-    rt: Runtime, name: str, task: Task | None, kind: datasets.Kind, modality: str | None, backbone: str | None, head: str | None
+    rt: Runtime,
+    name: str,
+    task: Task | None,
+    kind: datasets.Kind,
+    modality: str | None,
+    backbone: str | None,
+    head: str | None,
 ) -> tuple[str, str, str]:
     """The modality, backbone and head the upload goes to: the existing task's, or the new task's (by the
     same rules and defaults as ``POST /v1/tasks``, service/task_rules.py)."""
     if task is not None:
-        given = {"modality": (modality, task.modality), "backbone": (backbone, task.backbone), "head": (head, task.head)}
+        given = {
+            "modality": (modality, task.modality),
+            "backbone": (backbone, task.backbone),
+            "head": (head, task.head),
+        }
         for param, (value, actual) in given.items():
             if value is not None and value != actual:
-                raise Invalid(f"task {name!r} exists with {param} {actual!r}; "
-                               f"omit '{param}' to extend it, or upload to a new task name")
+                raise Invalid(
+                    f"task {name!r} exists with {param} {actual!r}; "
+                    f"omit '{param}' to extend it, or upload to a new task name"
+                )
     target = task.modality if task else modality or ("image" if kind == "zip" else "text")
     if kind == "zip" and target != "image":
-        raise Invalid("a zip (image-folder layout) is for image tasks; "
-                       "text tasks take CSV or JSON Lines with input,label columns")
+        raise Invalid(
+            "a zip (image-folder layout) is for image tasks; text tasks take CSV or JSON Lines with input,label columns"
+        )
     if task is not None:
         return target, task.backbone, task.head
     new = task_rules.new_task(rt, target, kinds.DEFAULT, backbone, head)
@@ -65,8 +78,10 @@ def _read(
         preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing  # an image task's backbone
         budget = pixel_budget(rt)
         data = datasets.read_image_folder(
-            file, max_files=settings.max_examples_per_request,
-            max_total_bytes=settings.max_upload_uncompressed_bytes, max_file_bytes=settings.max_image_bytes,
+            file,
+            max_files=settings.max_examples_per_request,
+            max_total_bytes=settings.max_upload_uncompressed_bytes,
+            max_file_bytes=settings.max_image_bytes,
             convert=lambda raw, where: stored_image(rt, preprocessing, raw, where, budget),
         )
         return data, list(zip(data.inputs, data.labels, strict=True))  # type: ignore[arg-type]
@@ -76,14 +91,23 @@ def _read(
 
 
 def ingest(
-    rt: Runtime, tenant_id: str, name: str, file: IO[bytes], content_type: str, filename: str,
-    modality: str | None, backbone: str | None, head: str | None,
+    rt: Runtime,
+    tenant_id: str,
+    name: str,
+    file: IO[bytes],
+    content_type: str,
+    filename: str,
+    modality: str | None,
+    backbone: str | None,
+    head: str | None,
 ) -> Ingested:
     """Read, check and store the dataset ``file``; its training job is queued."""
     task = _existing(rt, tenant_id, name)
     if task is not None and not kinds.kind_of(task.kind).dataset_uploads:
-        raise Invalid(f"task {name!r} is a {task.kind} task; dataset uploads hold {kinds.DEFAULT} "
-                       f"labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples")
+        raise Invalid(
+            f"task {name!r} is a {task.kind} task; dataset uploads hold {kinds.DEFAULT} "
+            f"labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples"
+        )
     kind = datasets.detect_kind(file.read(8), content_type, filename)  # DatasetError: a domain error
     file.seek(0)
     target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head)
@@ -91,8 +115,11 @@ def ingest(
     guard = quotas.examples_guard(rt.settings, tenant_id, task, examples)  # checked in the write's transaction
     if task is None:
         check_new_labels(kinds.DEFAULT, [label for _, label in examples], None)
-        created, (task, job) = True, rt.store.create_task(
-            tenant_id, name, modality=target, backbone=backbone_name, head=head_name, examples=examples, guard=guard
+        created, (task, job) = (
+            True,
+            rt.store.create_task(
+                tenant_id, name, modality=target, backbone=backbone_name, head=head_name, examples=examples, guard=guard
+            ),
         )
     else:
         created, (task, job) = False, rt.store.add_examples(tenant_id, name, examples, guard=guard)

@@ -42,13 +42,15 @@ FORMATS = ("onnx",)
 
 PREPROCESSING = {
     "text": {"tokenizer": "tokenizer.json", "note": "truncation and padding are configured in tokenizer.json"},
-    "image": {"spec": "preprocessing.json", "note": "RGB; resize the shorter side to `resize`, center-crop `crop`, "
-              "scale to [0, 1], subtract `mean`, divide by `std`, layout NCHW float32"},
+    "image": {
+        "spec": "preprocessing.json",
+        "note": "RGB; resize the shorter side to `resize`, center-crop `crop`, "
+        "scale to [0, 1], subtract `mean`, divide by `std`, layout NCHW float32",
+    },
 }
 
 # Serving runtimes whose graph the bundle can carry as is; others (torch, CUDA fp16) export fp32.
 PORTABLE = ("onnx", "onnx-int8")
-
 
 
 async def export(rt: Runtime, tenant_id: str, name: str, fmt: str, version: int | None) -> tuple[Task, Version, Path]:
@@ -60,8 +62,11 @@ async def export(rt: Runtime, tenant_id: str, name: str, fmt: str, version: int 
     path = cached_export(rt, tenant_id, task.id, v.number, fmt)
     if not path.is_file():
         if not _BUILDING.begin(tenant_id):
-            raise ExportInProgress("this tenant is already building an export; retry when it is done "
-                                   "(finished exports are cached and served at once)", BUILD_RETRY_S)
+            raise ExportInProgress(
+                "this tenant is already building an export; retry when it is done "
+                "(finished exports are cached and served at once)",
+                BUILD_RETRY_S,
+            )
         try:
             if not path.is_file():  # built by a request that held the slot just before
                 data = await anyio.to_thread.run_sync(_build, rt, task, v)
@@ -160,7 +165,9 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     raw = raw_inputs(head)
     if raw is not None:
         files[RAW_INPUTS_FILE] = raw_inputs_source()
-    dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name for i in fused.graph.input}
+    dtypes = {
+        i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name for i in fused.graph.input
+    }
     preprocessing = PREPROCESSING.get(task.modality, {}) if backbone is not None else {}
     manifest: dict[str, Any] = {
         "format": "graft-onnx-export/1",
@@ -169,20 +176,36 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
         "version": v.number,
         "head": v.head,
         "labels": head.labels,
-        "model": {"file": MODEL_FILE, "inputs": list(dtypes), "input_dtype": next(iter(dtypes.values())),
-                  "input_dtypes": dtypes, "output": output_of(head), "output_order": "labels"},
+        "model": {
+            "file": MODEL_FILE,
+            "inputs": list(dtypes),
+            "input_dtype": next(iter(dtypes.values())),
+            "input_dtypes": dtypes,
+            "output": output_of(head),
+            "output_order": "labels",
+        },
         "preprocessing": preprocessing | {"files": sorted(files)} | ({"raw": raw} if raw is not None else {}),
-        "backbone": None if backbone is None else {
-            "name": backbone.name, "revision": backbone.revision, "graph_variant": variant,
-            "serving_runtime": backbone.runtime, "trained_on_runtime": v.runtime,
-            "trained_on_revision": v.backbone_revision, "dim": backbone.dim},
+        "backbone": None
+        if backbone is None
+        else {
+            "name": backbone.name,
+            "revision": backbone.revision,
+            "graph_variant": variant,
+            "serving_runtime": backbone.runtime,
+            "trained_on_runtime": v.runtime,
+            "trained_on_revision": v.backbone_revision,
+            "dim": backbone.dim,
+        },
         # int8 activations are quantised with one scale per call: to reproduce Graft's scores exactly,
         # run one input per call, as Graft does.
         "one_input_per_call": variant == "onnx-int8",
-        "versions": {"graft": "0.1.0", "opset": next(o.version for o in fused.opset_import if o.domain in ("", "ai.onnx")),
-                     "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
+        "versions": {
+            "graft": "0.1.0",
+            "opset": next(o.version for o in fused.opset_import if o.domain in ("", "ai.onnx")),
+            "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__,
+        },
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     manifest.update(kinds.kind_of(task.kind).manifest(head))  # e.g. a multilabel task's thresholds
     return bundle(fused, files, manifest)
-

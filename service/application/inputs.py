@@ -1,4 +1,5 @@
-"""Request inputs per modality (the application layer's decoding; the router asks it through ``Prepare``): what the store keeps (examples) and what backbones take (predict).
+"""Request inputs per modality (the application layer's decoding; the router asks it through ``Prepare``):
+what the store keeps (examples) and what backbones take (predict).
 
 Text passes through with its length checked. Images are decoded and checked here, in the request
 that sent them (so one bad image is that request's 4xx, never a failed backbone batch):
@@ -38,7 +39,9 @@ def _decode(rt: Runtime, raw: Raw, where: str, budget: images.PixelBudget | None
         data = images.from_base64(raw) if isinstance(raw, str) else raw
         return images.decode(data, image_limits(rt), budget)
     except images.ImageError as exc:  # the same error, saying which input
-        hint = " (this task's modality is 'image')" if isinstance(raw, str) and isinstance(exc, images.NotAnImage) else ""
+        hint = (
+            " (this task's modality is 'image')" if isinstance(raw, str) and isinstance(exc, images.NotAnImage) else ""
+        )
         raise type(exc)(f"{where} {exc}{hint}") from None
 
 
@@ -117,7 +120,7 @@ def predict_inputs(rt: Runtime, inputs: Sequence[Raw], names: Sequence[str]) -> 
         if task.modality == "image":
             return await anyio.to_thread.run_sync(_prepared_images, rt, backbone, inputs, names, want_raw)
         if any(isinstance(raw, bytes) for raw in inputs):
-            raise Invalid(f"task {task.name!r} is a text task: send JSON {{\"inputs\": [texts]}} to /predict")
+            raise Invalid(f'task {task.name!r} is a text task: send JSON {{"inputs": [texts]}} to /predict')
         check_texts(rt, inputs, "inputs")  # type: ignore[arg-type]
         return inputs, inputs
 

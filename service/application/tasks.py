@@ -55,14 +55,26 @@ def _stored(rt: Runtime, kind: str, modality: str, backbone: str, examples: Sequ
     normalised (images)."""
     task_kind = kinds.kind_of(kind)
     return stored_examples(
-        rt, modality, backbone, [e.input for e in examples], [task_kind.encode(e.label) for e in examples],
+        rt,
+        modality,
+        backbone,
+        [e.input for e in examples],
+        [task_kind.encode(e.label) for e in examples],
         [f"examples[{i}].input" for i in range(len(examples))],
     )
 
 
 def create_task(
-    rt: Runtime, tenant_id: str, name: str, *, modality: str, kind: str, backbone: str | None, head: str | None,
-    declared: list[str] | None, examples: Sequence[Example],
+    rt: Runtime,
+    tenant_id: str,
+    name: str,
+    *,
+    modality: str,
+    kind: str,
+    backbone: str | None,
+    head: str | None,
+    declared: list[str] | None,
+    examples: Sequence[Example],
 ) -> tuple[Task, Job]:
     """A new task with its examples and its first training job (queued), or a domain error."""
     new = task_rules.new_task(rt, modality, kind, backbone, head)
@@ -71,7 +83,13 @@ def create_task(
     check_new_labels(new.kind, [e.label for e in examples], declared)
     stored = _stored(rt, new.kind, new.modality, new.backbone, examples)
     task, job = rt.store.create_task(
-        tenant_id, name, modality=new.modality, kind=new.kind, backbone=new.backbone, head=new.head, examples=stored,
+        tenant_id,
+        name,
+        modality=new.modality,
+        kind=new.kind,
+        backbone=new.backbone,
+        head=new.head,
+        examples=stored,
         guard=quotas.examples_guard(rt.settings, tenant_id, None, stored, new.kind),  # in the write's transaction
     )
     rt.jobs.notify()

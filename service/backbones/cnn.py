@@ -131,8 +131,15 @@ class EfficientNetLite0(CNN):
     """EfficientNet-Lite0 (no squeeze-excitation, ReLU6, fixed stem and head; Tan & Le 2019)."""
 
     # repeats, kernel, stride, expand, input channels, output channels
-    BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+    BLOCKS = (
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    )
     dim = 1280
 
     def __init__(self, num_classes: int = 1000) -> None:

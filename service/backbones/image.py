@@ -103,7 +103,9 @@ class TorchImageBackbone:
         self.model = ImageEmbedder(network).to(device=device).eval()
         self.revision = weights_checksum(self.checkpoint.parent, (self.checkpoint.name,))
 
-    def batches(self, inputs: Sequence[np.ndarray], max_items: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    def batches(
+        self, inputs: Sequence[np.ndarray], max_items: int
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Micro-batches in input order: (positions, {"pixel_values": float32 (n, 3, crop, crop)})."""
         for start in range(0, len(inputs), max_items):
             chunk = inputs[start : start + max_items]

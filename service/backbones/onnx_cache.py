@@ -64,8 +64,13 @@ class OnnxCache:
 
     def identity(self, backbone: Exportable, variant: str) -> dict[str, Any]:
         """What an entry must have been built from."""
-        return {"backbone": backbone.name, "revision": backbone.revision, "opset": OPSET, "variant": variant,
-                "format": EXPORT_FORMAT}
+        return {
+            "backbone": backbone.name,
+            "revision": backbone.revision,
+            "opset": OPSET,
+            "variant": variant,
+            "format": EXPORT_FORMAT,
+        }
 
     def entry(self, backbone: Exportable, variant: str) -> Path:
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", backbone.name)[:48]
@@ -84,7 +89,7 @@ class OnnxCache:
             return "unreadable manifest (not an object)"
         stale = {k: manifest.get(k) for k, v in identity.items() if manifest.get(k) != v}
         if stale:
-            return f"stale (built for {stale}, need {({k: identity[k] for k in stale})})"
+            return f"stale (built for {stale}, need { ({k: identity[k] for k in stale}) })"
         model = entry / MODEL
         if not model.is_file():
             return "model file missing"
@@ -120,12 +125,23 @@ class OnnxCache:
         try:
             build_variant(variant, source, tmp / MODEL, fusion=fusion)
             model = tmp / MODEL
-            manifest = {**identity, "sha256": file_sha256(model), "bytes": model.stat().st_size,
-                        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tools": _versions()}
+            manifest = {
+                **identity,
+                "sha256": file_sha256(model),
+                "bytes": model.stat().st_size,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "tools": _versions(),
+            }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
             shutil.rmtree(entry, ignore_errors=True)
             os.rename(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        log.info("onnx export built", extra={"entry": entry.name, "seconds": round(time.perf_counter() - started, 2),
-                                             "bytes": (entry / MODEL).stat().st_size})
+        log.info(
+            "onnx export built",
+            extra={
+                "entry": entry.name,
+                "seconds": round(time.perf_counter() - started, 2),
+                "bytes": (entry / MODEL).stat().st_size,
+            },
+        )

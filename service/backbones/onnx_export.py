@@ -97,7 +97,9 @@ def convert_fp16(source: Path, path: Path, fusion: dict[str, Any] | None) -> Non
         onnx.save(float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(path))
 
 
-def build_variant(variant: str, spec_or_fp32: ExportSpec | Path, path: Path, *, fusion: dict[str, Any] | None = None) -> None:
+def build_variant(
+    variant: str, spec_or_fp32: ExportSpec | Path, path: Path, *, fusion: dict[str, Any] | None = None
+) -> None:
     """Write ``variant`` to ``path``: ``onnx`` from an ExportSpec, the others from the fp32 file."""
     if variant == "onnx":
         assert isinstance(spec_or_fp32, ExportSpec)

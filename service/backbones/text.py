@@ -72,7 +72,9 @@ class TorchTextBackbone:
         self.max_chars = self.max_length * CHARS_PER_TOKEN  # texts are cut here before tokenising
         local = Path(self.source)
         self.revision = (
-            weights_checksum(local) if local.is_dir() else str(getattr(self.model.config, "_commit_hash", None) or self.source)
+            weights_checksum(local)
+            if local.is_dir()
+            else str(getattr(self.model.config, "_commit_hash", None) or self.source)
         )
 
     def _max_length(self) -> int:

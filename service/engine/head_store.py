@@ -53,8 +53,10 @@ def head_of(store: Store, version: Version) -> heads.Head:
         return heads.from_bytes(version.weights)
     except Exception as exc:  # any corruption: HeadFormatError, bad metadata, wrong shapes
         error = f"{type(exc).__name__}: {exc}"[:500]
-        log.error("a head failed to load; its version is marked failed",
-                  extra={"task_id": version.task_id, "version": version.number, "error": error})
+        log.error(
+            "a head failed to load; its version is marked failed",
+            extra={"task_id": version.task_id, "version": version.number, "error": error},
+        )
         store.mark_version_failed(version.task_id, version.number, error)
         raise VersionFailed(
             f"version {version.number} failed to load (its stored weights are corrupt); {advice}"

@@ -91,7 +91,10 @@ def apply_heads(vectors: np.ndarray, parts: Sequence[tuple[Head | None, int, int
 
 
 def _apply_stacked(
-    vectors: np.ndarray, parts: Sequence[tuple[Head | None, int, int]], stack: list[Head], members: list[int],
+    vectors: np.ndarray,
+    parts: Sequence[tuple[Head | None, int, int]],
+    stack: list[Head],
+    members: list[int],
     results: list[np.ndarray | Exception | None],
 ) -> None:
     index = {id(head): h for h, head in enumerate(stack)}

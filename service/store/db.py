@@ -48,7 +48,9 @@ def create(url: str) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         private_dir(Path(parsed.database).parent)
         private_file(Path(parsed.database))
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True, hide_parameters=True)
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30}, future=True, hide_parameters=True
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -134,7 +134,9 @@ class Store:
                 s.add(tenant)
                 s.flush()
                 # role: owner, the column's server default (a plain insert, so a schema before 0004 takes it too)
-                s.execute(insert(ApiKey).values(id=new_id("key"), tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:8]))
+                s.execute(
+                    insert(ApiKey).values(id=new_id("key"), tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:8])
+                )
         except IntegrityError:
             raise Conflict(f"a tenant named {name!r} already exists") from None
         return tenant, key
@@ -185,18 +187,27 @@ class Store:
             if tenant is None:
                 raise NotFound(f"no tenant {tenant_id!r}")
             if max_active is not None:
-                active = s.scalar(
-                    select(func.count()).select_from(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
-                ) or 0
+                active = (
+                    s.scalar(
+                        select(func.count())
+                        .select_from(ApiKey)
+                        .where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
+                    )
+                    or 0
+                )
                 if active >= max_active:
-                    raise KeyLimit(f"this tenant has {active} active keys; the limit is {max_active}. Revoke one first.")
+                    raise KeyLimit(
+                        f"this tenant has {active} active keys; the limit is {max_active}. Revoke one first."
+                    )
             row = ApiKey(id=new_id("key"), tenant_id=tenant_id, key_hash=hash_key(key), prefix=key[:8], role=role)
             s.add(row)
         return row, key
 
     def list_keys(self, tenant_id: str) -> list[ApiKey]:
         with self.reading() as s:
-            return list(s.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id)))
+            return list(
+                s.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id))
+            )
 
     def revoke_key(self, tenant_id: str, key_id: str) -> ApiKey:
         """Revoke one of the tenant's keys (idempotent); it stops authenticating at once."""
@@ -215,14 +226,22 @@ class Store:
     @staticmethod
     def _usage(s: Session, tenant_id: str) -> tuple[int, int]:
         tasks = s.scalar(select(func.count()).select_from(Task).where(Task.tenant_id == tenant_id)) or 0
-        examples = s.scalar(
-            select(func.coalesce(func.sum(func.length(Example.input) + func.length(Example.label)), 0))
-            .join(Task, Task.id == Example.task_id).where(Task.tenant_id == tenant_id)
-        ) or 0
-        weights = s.scalar(
-            select(func.coalesce(func.sum(func.length(Version.weights)), 0))
-            .join(Task, Task.id == Version.task_id).where(Task.tenant_id == tenant_id)
-        ) or 0
+        examples = (
+            s.scalar(
+                select(func.coalesce(func.sum(func.length(Example.input) + func.length(Example.label)), 0))
+                .join(Task, Task.id == Example.task_id)
+                .where(Task.tenant_id == tenant_id)
+            )
+            or 0
+        )
+        weights = (
+            s.scalar(
+                select(func.coalesce(func.sum(func.length(Version.weights)), 0))
+                .join(Task, Task.id == Version.task_id)
+                .where(Task.tenant_id == tenant_id)
+            )
+            or 0
+        )
         return int(tasks), int(examples) + int(weights)
 
     def example_count(self, task_id: str) -> int:
@@ -257,7 +276,13 @@ class Store:
         (the quota check) runs in the same transaction, under the tenant's lock, so concurrent
         requests of one tenant cannot together overshoot a quota."""
         task = Task(
-            id=new_id("task"), tenant_id=tenant_id, name=name, modality=modality, kind=kind, backbone=backbone, head=head
+            id=new_id("task"),
+            tenant_id=tenant_id,
+            name=name,
+            modality=modality,
+            kind=kind,
+            backbone=backbone,
+            head=head,
         )
         try:
             with self.writing() as s:
@@ -289,10 +314,14 @@ class Store:
         examples are a subset of the new one's): a task has at most one job waiting, never run twice."""
         cap = self.max_queued_jobs_per_tenant
         if cap > 0:
-            waiting = s.scalar(
-                select(func.count()).select_from(Job)
-                .where(Job.tenant_id == task.tenant_id, Job.status == "queued", Job.task_id != task.id)
-            ) or 0
+            waiting = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(Job.tenant_id == task.tenant_id, Job.status == "queued", Job.task_id != task.id)
+                )
+                or 0
+            )
             if waiting >= cap:
                 raise QueueFull(
                     f"{waiting} training jobs of this tenant are already queued (the limit is {cap}); nothing was "
@@ -304,8 +333,13 @@ class Store:
             update(Job)
             .where(Job.task_id == task.id, Job.status == "queued")
             .values(
-                status="superseded", finished_at=utcnow(), superseded_by=job.id,
-                error=f"replaced before it ran by job {job.id}, which trains task {task.name!r} on these examples and newer ones",
+                status="superseded",
+                finished_at=utcnow(),
+                superseded_by=job.id,
+                error=(
+                    f"replaced before it ran by job {job.id}, which trains task {task.name!r} "
+                    "on these examples and newer ones"
+                ),
             )
         )
         s.add(job)
@@ -360,7 +394,9 @@ class Store:
 
     def examples(self, task_id: str) -> list[tuple[str, str]]:
         with self.reading() as s:
-            rows = s.execute(select(Example.input, Example.label).where(Example.task_id == task_id).order_by(Example.id))
+            rows = s.execute(
+                select(Example.input, Example.label).where(Example.task_id == task_id).order_by(Example.id)
+            )
             return [(text, label) for text, label in rows]
 
     # -- versions --------------------------------------------------------------------------
@@ -382,7 +418,9 @@ class Store:
     def mark_version_failed(self, task_id: str, number: int, error: str) -> None:
         """Record that a version's weights could not be loaded (it cannot serve until replaced)."""
         with self.writing() as s:
-            s.execute(update(Version).where(Version.task_id == task_id, Version.number == number).values(error=error[:2000]))
+            s.execute(
+                update(Version).where(Version.task_id == task_id, Version.number == number).values(error=error[:2000])
+            )
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -450,8 +488,10 @@ class Store:
                     return job
                 job.status, job.finished_at = "failed", now
                 job.error = (
-                    f"the job stopped its worker {job.attempts} times (e.g. out of memory, or it hung without progress); "
-                    f"it will not be retried: its last worker stopped renewing the lease at {job.progress:.0%} progress. "
+                    f"the job stopped its worker {job.attempts} times (e.g. out of memory, or it hung without "
+                    "progress); "
+                    f"it will not be retried: its last worker stopped renewing the lease at {job.progress:.0%} "
+                    "progress. "
                     "Check the examples (very large or malformed inputs) before training again"
                 )
                 s.flush()
@@ -468,7 +508,13 @@ class Store:
             return cast(CursorResult[Any], result).rowcount == 1
 
     def complete_job(
-        self, job_id: str, worker_id: str, new: NewVersion, *, promote: bool = True, compared_with: int | None = None,
+        self,
+        job_id: str,
+        worker_id: str,
+        new: NewVersion,
+        *,
+        promote: bool = True,
+        compared_with: int | None = None,
     ) -> int | None:
         """Store a new version, finish the job and — when ``promote`` — make the version active, all in
         one transaction.
@@ -509,12 +555,22 @@ class Store:
                     "kept as a candidate: a training job queued after this one (with newer examples) already "
                     "finished, so this version would move the task back to older data"
                 )
-            promotion.update(promoted=promote, activated=promote, previous_active=task.active_version if promote else None)
+            promotion.update(
+                promoted=promote, activated=promote, previous_active=task.active_version if promote else None
+            )
             s.add(
                 Version(
-                    id=new_id("ver"), task_id=task.id, number=number, head=new.head, backbone=new.backbone,
-                    backbone_revision=new.backbone_revision, runtime=new.runtime, labels=new.labels,
-                    metrics={**new.metrics, "promotion": promotion}, n_examples=new.n_examples, job_id=job.id,
+                    id=new_id("ver"),
+                    task_id=task.id,
+                    number=number,
+                    head=new.head,
+                    backbone=new.backbone,
+                    backbone_revision=new.backbone_revision,
+                    runtime=new.runtime,
+                    labels=new.labels,
+                    metrics={**new.metrics, "promotion": promotion},
+                    n_examples=new.n_examples,
+                    job_id=job.id,
                     weights=new.weights,
                 )
             )
@@ -535,13 +591,17 @@ class Store:
             if version is None:
                 raise NotFound(f"task {name!r} has no version {number}")
             if version.error:
-                raise Conflict(f"version {number} of task {name!r} failed to load ({version.error[:200]}); it cannot serve")
+                raise Conflict(
+                    f"version {number} of task {name!r} failed to load ({version.error[:200]}); it cannot serve"
+                )
             if task.active_version != number:
                 version.metrics = {
                     **version.metrics,
                     "promotion": {
-                        **(version.metrics.get("promotion") or {}), "activated": True,
-                        "previous_active": task.active_version, "reason": "promoted by hand",
+                        **(version.metrics.get("promotion") or {}),
+                        "activated": True,
+                        "previous_active": task.active_version,
+                        "reason": "promoted by hand",
                     },
                 }
                 task.active_version = number
@@ -559,14 +619,18 @@ class Store:
             current = s.scalar(select(Version).where(Version.task_id == task.id, Version.number == task.active_version))
             previous = ((current.metrics if current else {}).get("promotion") or {}).get("previous_active")
             if previous is None:
-                raise Conflict(f"version {task.active_version} of task {name!r} replaced no earlier version; nothing to roll back to")
+                raise Conflict(
+                    f"version {task.active_version} of task {name!r} replaced no earlier version; nothing to roll "
+                    "back to"
+                )
             target = s.scalar(select(Version).where(Version.task_id == task.id, Version.number == previous))
             if target is None:
                 raise Conflict(f"version {previous} of task {name!r}, the one to roll back to, no longer exists")
             if target.error:  # marked when its weights failed to load: activating it would fail every predict
                 raise Conflict(
                     f"version {previous} of task {name!r} failed to load ({target.error[:200]}); it cannot serve, so "
-                    f"rollback is refused. Promote a working version instead (GET /v1/tasks/{name}/versions lists them)."
+                    f"rollback is refused. Promote a working version instead (GET /v1/tasks/{name}/versions lists "
+                    "them)."
                 )
             task.active_version = previous
             task.updated_at = utcnow()
@@ -593,12 +657,20 @@ class Store:
 
     def job_counts(self) -> Counter[str]:
         with self.reading() as s:
-            return Counter({status: n for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status))})
+            return Counter(
+                {status: n for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status))}
+            )
 
     def totals(self) -> StoreTotals:
         """Store-wide counts for the metrics gauges (three cheap aggregate queries)."""
         with self.reading() as s:
             tenants = s.scalar(select(func.count()).select_from(Tenant)) or 0
-            trained = dict(s.execute(select(Task.active_version.is_not(None), func.count()).group_by(Task.active_version.is_not(None))).all())
+            trained = dict(
+                s.execute(
+                    select(Task.active_version.is_not(None), func.count()).group_by(Task.active_version.is_not(None))
+                ).all()
+            )
             jobs = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        return StoreTotals(tenants=tenants, trained_tasks=trained.get(True, 0), untrained_tasks=trained.get(False, 0), jobs=jobs)
+        return StoreTotals(
+            tenants=tenants, trained_tasks=trained.get(True, 0), untrained_tasks=trained.get(False, 0), jobs=jobs
+        )

@@ -15,8 +15,21 @@ from tests.adapters.test_heads import clusters
 from tests.conftest import per_label
 
 OLD_KEYS = {
-    "examples_per_label", "majority_baseline_accuracy", "selection", "warnings", "evaluation", "folds", "head",
-    "selected", "accuracy", "macro_f1", "log_loss", "heads", "candidates", "calibration", "ece",
+    "examples_per_label",
+    "majority_baseline_accuracy",
+    "selection",
+    "warnings",
+    "evaluation",
+    "folds",
+    "head",
+    "selected",
+    "accuracy",
+    "macro_f1",
+    "log_loss",
+    "heads",
+    "candidates",
+    "calibration",
+    "ece",
 }
 
 

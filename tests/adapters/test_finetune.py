@@ -45,8 +45,13 @@ def fitted(text_backbone, few):
 def second(text_backbone, bbc_train):
     """Another tenant's task: 3 labels, two adapted layers (a different split point)."""
     rows = [r for r in per_label(bbc_train, 4, seed=2) if r["label"] in {"business", "sports", "tech"}]
-    head, _ = fit_finetune(text_backbone, [r["input"] for r in rows], [r["label"] for r in rows],
-                           FinetuneConfig(layers=2, rank=4, max_epochs=1, patience=1), seed=3)
+    head, _ = fit_finetune(
+        text_backbone,
+        [r["input"] for r in rows],
+        [r["label"] for r in rows],
+        FinetuneConfig(layers=2, rank=4, max_epochs=1, patience=1),
+        seed=3,
+    )
     return head
 
 
@@ -112,7 +117,7 @@ def test_mixed_batch_equals_each_tasks_whole_model(text_backbone, fitted, second
         with torch.no_grad():
             whole = FinetunedModel(text_backbone.model, head)(*(torch.from_numpy(v) for v in feeds.values())).numpy()
         np.testing.assert_allclose(mixed[rows, : len(head.labels)], whole, atol=1e-4)
-        assert np.all(mixed[rows, len(head.labels):] == 0)
+        assert np.all(mixed[rows, len(head.labels) :] == 0)
 
 
 def test_batcher_serves_finetuned_and_linear_rows_in_one_pass(text_backbone, fitted, second, few, bbc_test):

@@ -31,7 +31,10 @@ def fake_embeddings(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
 
 def test_heads_declare_inputs_and_exportability() -> None:
     assert {k: sorted(c.consumes) for k, c in HEADS.items()} == {
-        "linear": ["embedding"], "prototype": ["embedding"], "baseline": ["raw"], "hybrid": ["embedding", "raw"],
+        "linear": ["embedding"],
+        "prototype": ["embedding"],
+        "baseline": ["raw"],
+        "hybrid": ["embedding", "raw"],
         "finetune": ["trunk"],
     }
     assert {k for k, c in HEADS.items() if c.exportable} == {"linear", "prototype", "baseline", "hybrid"}

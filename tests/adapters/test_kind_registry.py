@@ -89,15 +89,32 @@ class SpanKind(TaskKind):
     def examples_problem(self, labels: Sequence[Any], declared: Sequence[str] | None) -> str | None:
         return label_set_problem({span["label"] for one in labels for span in one}, declared)
 
-    def fit(self, x: np.ndarray, labels: Sequence[Any], *, head: str, raw: Sequence[str] | None, modality: str,
-            folds: int, seed: int) -> FitResult:
+    def fit(
+        self,
+        x: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        head: str,
+        raw: Sequence[str] | None,
+        modality: str,
+        folds: int,
+        seed: int,
+    ) -> FitResult:
         raise NotImplementedError
 
     def comparable(self, result: FitResult) -> bool:
         return False
 
-    def compare(self, active: Head, vectors: np.ndarray | None, raw: Sequence[str], truth: Sequence[str],
-                result: FitResult, unseen: np.ndarray, active_number: int) -> Decision:
+    def compare(
+        self,
+        active: Head,
+        vectors: np.ndarray | None,
+        raw: Sequence[str],
+        truth: Sequence[str],
+        result: FitResult,
+        unseen: np.ndarray,
+        active_number: int,
+    ) -> Decision:
         return unconditional("no comparison")
 
     def format(self, head: Head, output: np.ndarray, top_k: int | None) -> list[Any]:

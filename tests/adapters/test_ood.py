@@ -74,8 +74,18 @@ def test_news_model_flags_python_documentation_on_real_embeddings(minilm) -> Non
     """Measured in development (full articles, 16-64 per label): 1-3 % of BBC test flagged, 100 % of docstrings."""
     news = per_label(load_jsonl("bbc_news.train.jsonl"), 16, seed=0)
     test = [r["input"][:600] for r in load_jsonl("bbc_news.test.jsonl")[:60]]
-    docs = [inspect.getdoc(obj) or "" for obj in (json.dumps, json.loads, zipfile.ZipFile, inspect.getdoc,
-                                                  inspect.signature, np.linalg.eigh, pytest.raises)]
+    docs = [
+        inspect.getdoc(obj) or ""
+        for obj in (
+            json.dumps,
+            json.loads,
+            zipfile.ZipFile,
+            inspect.getdoc,
+            inspect.signature,
+            np.linalg.eigh,
+            pytest.raises,
+        )
+    ]
     docs = [d[:600] for d in docs if len(d) > 100]
     model = fit_ood(minilm.embed([r["input"][:600] for r in news]), [r["label"] for r in news])
     assert model.flags(minilm.embed(test)).mean() <= 0.15

@@ -50,9 +50,12 @@ def constant_head() -> Iterator[type[ConstantHead]]:
 def test_every_head_module_registers_its_head() -> None:
     by_task_kind = {kind: (r.task_kind, r.cls.__name__) for kind, r in REGISTRY.items()}
     assert by_task_kind == {
-        "linear": ("classification", "LinearHead"), "prototype": ("classification", "PrototypeHead"),
-        "baseline": ("classification", "BaselineHead"), "hybrid": ("classification", "HybridHead"),
-        "finetune": ("classification", "FinetuneHead"), "multilabel": ("multilabel", "MultiLabelHead"),
+        "linear": ("classification", "LinearHead"),
+        "prototype": ("classification", "PrototypeHead"),
+        "baseline": ("classification", "BaselineHead"),
+        "hybrid": ("classification", "HybridHead"),
+        "finetune": ("classification", "FinetuneHead"),
+        "multilabel": ("multilabel", "MultiLabelHead"),
         "ridge": ("regression", "RidgeHead"),
     }
     assert list(heads.HEADS) == ["linear", "prototype", "baseline", "hybrid", "finetune"]  # rank order

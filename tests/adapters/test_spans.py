@@ -48,8 +48,10 @@ def offsets(tokenizer, text: str) -> np.ndarray:  # type: ignore[no-untyped-def]
     [
         ("Maria Lopez joined Siemens in Lyon.", [(0, 11, "PER"), (19, 26, "ORG"), (30, 34, "LOC")]),
         ("  Zoë  Müller\tflew to\n\nKraków ", [(2, 13, "PER"), (23, 29, "LOC")]),  # unicode, odd whitespace
-        ("Łukasz Nowak-Kowalski 🎉 met 李小龍 at Médecins Sans Frontières", [(0, 21, "PER"), (28, 31, "PER"),
-                                                                          (35, 59, "ORG")]),
+        (
+            "Łukasz Nowak-Kowalski 🎉 met 李小龍 at Médecins Sans Frontières",
+            [(0, 21, "PER"), (28, 31, "PER"), (35, 59, "ORG")],
+        ),
         ("No entities here at all.", []),
     ],
 )
@@ -77,8 +79,12 @@ def test_decoding_follows_conlleval_and_viterbi_keeps_bio_valid() -> None:
     names = tag_names(["PER", "LOC"])  # O B-PER I-PER B-LOC I-LOC
     offs = np.array([[i * 2, i * 2 + 1] for i in range(6)])
     tags = [names.index(t) for t in ["I-PER", "I-PER", "O", "B-LOC", "I-PER", "I-LOC"]]
-    assert decode_bio(tags, offs, ["PER", "LOC"]) == [Span(0, 3, "PER"), Span(6, 7, "LOC"), Span(8, 9, "PER"),
-                                                     Span(10, 11, "LOC")]
+    assert decode_bio(tags, offs, ["PER", "LOC"]) == [
+        Span(0, 3, "PER"),
+        Span(6, 7, "LOC"),
+        Span(8, 9, "PER"),
+        Span(10, 11, "LOC"),
+    ]
     log_probs = np.log(np.full((3, 5), 0.01))
     log_probs[:, names.index("I-PER")] = np.log(0.9)  # most likely per token: I-PER everywhere, invalid
     best = viterbi_bio(log_probs, 2)
@@ -118,8 +124,9 @@ def test_entity_metrics_against_hand_computed_values() -> None:
     assert scores["per_label"]["MISC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert scores["per_label"]["PER"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
     # 3 gold, 2 predicted, 1 right: P = 1/2, R = 1/3, F1 = 2·(1/6)/(5/6) = 0.4; a label only predicted
-    scores = entity_scores([[Span(0, 4, "A"), Span(5, 9, "B"), Span(10, 12, "A")]],
-                           [[Span(0, 4, "A"), Span(5, 9, "C")]])
+    scores = entity_scores(
+        [[Span(0, 4, "A"), Span(5, 9, "B"), Span(10, 12, "A")]], [[Span(0, 4, "A"), Span(5, 9, "C")]]
+    )
     assert scores["precision"] == 0.5 and scores["recall"] == pytest.approx(1 / 3)
     assert scores["f1"] == pytest.approx(0.4)
     assert scores["per_label"]["C"]["support"] == 0 and scores["per_label"]["B"]["recall"] == 0.0
@@ -179,8 +186,11 @@ def test_word_pointer_finds_answers_in_held_out_contexts() -> None:
     train, test = answer_rows(120, 0, seed=4, unanswerable=0), answer_rows(40, 1, seed=5, unanswerable=0)
 
     def unpack(rows: list[dict]) -> tuple[list[str], list[str], list[tuple[int, int]]]:
-        return ([r["input"]["question"] for r in rows], [r["input"]["context"] for r in rows],
-                [(r["label"]["start"], r["label"]["end"]) for r in rows])
+        return (
+            [r["input"]["question"] for r in rows],
+            [r["input"]["context"] for r in rows],
+            [(r["label"]["start"], r["label"]["end"]) for r in rows],
+        )
 
     q, c, a = unpack(train)
     head = WordPointer().fit(q, c, a)

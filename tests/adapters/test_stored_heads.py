@@ -21,9 +21,14 @@ from adapters.heads import HeadFormatError
 STORED = Path(__file__).parent / "fixtures" / "stored_heads"
 ANSWERS = json.loads((STORED / "answers.json").read_text())
 KINDS = {
-    "linear": heads.LinearHead, "prototype": heads.PrototypeHead, "multilabel": heads.MultiLabelHead,
-    "ridge": heads.RidgeHead, "baseline": heads.BaselineHead, "hybrid": heads.HybridHead,
-    "finetune": heads.FinetuneHead, "baseline-pixels": heads.BaselineHead,
+    "linear": heads.LinearHead,
+    "prototype": heads.PrototypeHead,
+    "multilabel": heads.MultiLabelHead,
+    "ridge": heads.RidgeHead,
+    "baseline": heads.BaselineHead,
+    "hybrid": heads.HybridHead,
+    "finetune": heads.FinetuneHead,
+    "baseline-pixels": heads.BaselineHead,
 }
 
 

@@ -23,8 +23,12 @@ def evidence(f: np.ndarray, t: np.ndarray, alpha: float, beta: float) -> float:
     m = beta * np.linalg.solve(a, f.T @ t)
     _, logdet = np.linalg.slogdet(a)
     value = (
-        d / 2 * np.log(alpha) + n / 2 * np.log(beta) - n / 2 * np.log(2 * np.pi)
-        - beta / 2 * np.sum((f @ m - t) ** 2) - alpha / 2 * m @ m - logdet / 2
+        d / 2 * np.log(alpha)
+        + n / 2 * np.log(beta)
+        - n / 2 * np.log(2 * np.pi)
+        - beta / 2 * np.sum((f @ m - t) ** 2)
+        - alpha / 2 * m @ m
+        - logdet / 2
     )
     return float(value / n)
 
@@ -54,8 +58,12 @@ def test_fixed_point_reaches_the_maximum_evidence(shape: tuple[int, int]) -> Non
         t = (y == k).astype(float)
         assert found.evidence == pytest.approx(evidence(f, t, found.alpha, found.beta), abs=1e-9)
         for start in ((0.0, 0.0), (3.0, -2.0), (-3.0, 3.0)):
-            best = minimize(lambda p, t=t: -evidence(f, t, np.exp(p[0]), np.exp(p[1])), start, method="Nelder-Mead",
-                            options={"xatol": 1e-8, "fatol": 1e-12, "maxiter": 4000})
+            best = minimize(
+                lambda p, t=t: -evidence(f, t, np.exp(p[0]), np.exp(p[1])),
+                start,
+                method="Nelder-Mead",
+                options={"xatol": 1e-8, "fatol": 1e-12, "maxiter": 4000},
+            )
             assert -best.fun <= found.evidence + 1e-7
         assert found.iterations < 100  # converged, not cut off
 

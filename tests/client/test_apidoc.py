@@ -8,7 +8,9 @@ from service.api.app import create
 
 def test_api_reference_is_current() -> None:
     spec = create().openapi()
-    assert apidoc.DOC.read_text(encoding="utf-8") == apidoc.render(spec), "docs/api.md is stale: run python -m service.api.apidoc"
+    assert apidoc.DOC.read_text(encoding="utf-8") == apidoc.render(spec), (
+        "docs/api.md is stale: run python -m service.api.apidoc"
+    )
 
 
 def test_api_reference_covers_every_endpoint_and_schema() -> None:

@@ -26,8 +26,14 @@ pytestmark = pytest.mark.integration
 def graft(*args: str, env: dict[str, str] | None = None, config: Path | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}
     clean["GRAFT_CONFIG"] = str(config or ROOT / "var" / "no-such-graft-config.toml")  # never the developer's own
-    return subprocess.run([sys.executable, "-m", "graft", *args], cwd=ROOT, env={**clean, **(env or {})},
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "graft", *args],
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def ok_json(result: subprocess.CompletedProcess) -> object:
@@ -57,7 +63,12 @@ def test_every_command(server, news_train, news_test, tmp_path) -> None:
     assert (created["job"]["status"], created["task"]["active_version"]) == ("succeeded", 1)
 
     human = graft("tasks", "list", env=env)
-    assert human.returncode == 0 and human.stdout.splitlines()[0].split()[:4] == ["NAME", "MODALITY", "KIND", "BACKBONE"]
+    assert human.returncode == 0 and human.stdout.splitlines()[0].split()[:4] == [
+        "NAME",
+        "MODALITY",
+        "KIND",
+        "BACKBONE",
+    ]
     assert human.stdout.splitlines()[1].split()[:3] == ["news", "text", "classification"]
     assert [t["name"] for t in ok_json(graft("tasks", "list", "--json", env=env))] == ["news"]
     shown = ok_json(graft("--json", "tasks", "show", "news", env=env))  # global options go before or after the command
@@ -94,7 +105,9 @@ def test_every_command(server, news_train, news_test, tmp_path) -> None:
 def test_image_folder_and_image_files(server, tmp_path) -> None:
     env = {"GRAFT_URL": server.url, "GRAFT_API_KEY": new_key(server, "cli-images")}
     folder = write_image_folder(tmp_path / "digits", per_label(load_jsonl("digits.train.jsonl"), 8, seed=0))
-    created = ok_json(graft("tasks", "create", "digits", "--data", str(folder), "--head", "prototype", "--json", env=env))
+    created = ok_json(
+        graft("tasks", "create", "digits", "--data", str(folder), "--head", "prototype", "--json", env=env)
+    )
     assert (created["task"]["modality"], created["examples"], created["job"]["status"]) == ("image", 80, "succeeded")
     test = per_label(load_jsonl("digits.test.jsonl"), 3, seed=1)
     files = []
@@ -125,8 +138,12 @@ def test_exit_codes(server, tmp_path) -> None:
     one_label = write_csv(tmp_path / "one.csv", [{"input": "a text", "label": "x"}, {"input": "another", "label": "x"}])
     rejected = graft("tasks", "create", "one", "--data", str(one_label), "--json", env=env)
     assert rejected.returncode == cli.EXIT_REJECTED
-    assert json.loads(rejected.stdout)["error"] == {"code": "validation_error", "message": json.loads(rejected.stdout)["error"]["message"],
-                                                    "status": 422, "exit_code": cli.EXIT_REJECTED}
+    assert json.loads(rejected.stdout)["error"] == {
+        "code": "validation_error",
+        "message": json.loads(rejected.stdout)["error"]["message"],
+        "status": 422,
+        "exit_code": cli.EXIT_REJECTED,
+    }
 
     down = graft("tasks", "list", "--retries", "0", env={**env, "GRAFT_URL": f"http://127.0.0.1:{free_port()}"})
     assert down.returncode == cli.EXIT_SERVER and "connect_error" in down.stderr
@@ -139,7 +156,9 @@ def test_tenants_and_keys(server) -> None:
     fresh = ok_json(graft("keys", "create", tenant["id"], "--json", env=env))  # the tenant's own key will do
     listed = graft("keys", "list", tenant["id"], env=admin)  # so will the admin token
     assert listed.returncode == 0 and listed.stdout.count("\n") == 3 and fresh["id"] in listed.stdout
-    old = next(k["id"] for k in ok_json(graft("keys", "list", tenant["id"], "--json", env=env)) if k["id"] != fresh["id"])
+    old = next(
+        k["id"] for k in ok_json(graft("keys", "list", tenant["id"], "--json", env=env)) if k["id"] != fresh["id"]
+    )
     assert graft("keys", "revoke", tenant["id"], old, env={**env, "GRAFT_API_KEY": fresh["api_key"]}).returncode == 0
     assert graft("tasks", "list", env=env).returncode == cli.EXIT_AUTH
     env["GRAFT_API_KEY"] = fresh["api_key"]

@@ -97,8 +97,11 @@ def test_image_task_from_a_folder(server, key, tmp_path) -> None:
         from_paths = g.predict("digits", files)
         from_bytes = g.predict("digits", [base64.b64decode(r["input"]) for r in test])
         from_base64 = g.predict("digits", [r["input"] for r in test])  # strings go as JSON: base64 images
-        assert [p.label for p in from_paths.predictions] == [p.label for p in from_bytes.predictions] \
+        assert (
+            [p.label for p in from_paths.predictions]
+            == [p.label for p in from_bytes.predictions]
             == [p.label for p in from_base64.predictions]
+        )
         assert accuracy(from_paths.predictions, test) >= 0.6  # chance is 0.1; 8×8 glyphs, 10 per label, prototypes
         with pytest.raises(ValueError, match="not both"):
             g.predict("digits", [files[0], "text"])
@@ -131,7 +134,9 @@ def test_errors_are_typed_with_the_servers_code_and_message(server, key) -> None
 def test_async_client(server, key, news_train, news_test) -> None:
     async def run() -> tuple[s.TaskCreated, list[s.PredictResponse], list[s.TaskOut]]:
         async with AsyncGraft(server.url, key) as g:
-            created = await g.create_task("async-news", [(r["input"], r["label"]) for r in news_train], head="prototype")
+            created = await g.create_task(
+                "async-news", [(r["input"], r["label"]) for r in news_train], head="prototype"
+            )
             texts = [r["input"] for r in news_test]
             answers = await asyncio.gather(*(g.predict("async-news", texts[i::2]) for i in range(2)))
             tasks = await g.list_tasks()
@@ -153,9 +158,15 @@ def test_multilabel_and_regression_tasks_answer_typed_predictions(server, key) -
     test = per_label(load_jsonl("digits.test.jsonl"), 4, seed=1)
     inputs = [r["input"] for r in test]
     with Graft(server.url, key) as g:
-        reg = g.create_task("digit-value", [(r["input"], int(r["label"])) for r in train], modality="image", kind="regression")
-        multi = g.create_task("digit-tags", [(r["input"], digit_tags(int(r["label"]))) for r in train], modality="image",
-                              kind="multilabel")
+        reg = g.create_task(
+            "digit-value", [(r["input"], int(r["label"])) for r in train], modality="image", kind="regression"
+        )
+        multi = g.create_task(
+            "digit-tags",
+            [(r["input"], digit_tags(int(r["label"]))) for r in train],
+            modality="image",
+            kind="multilabel",
+        )
         assert (reg.task.kind, multi.task.kind) == ("regression", "multilabel")
         values = g.predict("digit-value", inputs).predictions
         tags = g.predict("digit-tags", inputs, top_k=2).predictions

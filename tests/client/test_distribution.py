@@ -91,10 +91,12 @@ def test_a_clean_virtualenv_gets_a_working_client_and_nothing_heavy(wheel, tmp_p
     locked = entries(ROOT / "requirements" / "cpu.txt")
     assert needed <= set(locked), f"not in the lock: {needed - set(locked)}"
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("".join(
-        f"{name}=={locked[name][0]} " + " ".join(f"--hash={h}" for h in locked[name][1]) + "\n"
-        for name in sorted(needed)
-    ))
+    requirements.write_text(
+        "".join(
+            f"{name}=={locked[name][0]} " + " ".join(f"--hash={h}" for h in locked[name][1]) + "\n"
+            for name in sorted(needed)
+        )
+    )
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python"
@@ -108,8 +110,10 @@ def test_a_clean_virtualenv_gets_a_working_client_and_nothing_heavy(wheel, tmp_p
     assert not installed & HEAVY
 
     # outside the checkout, so `graft` can only come from the installed wheel
-    code = ("import graft, graft.cli, graft.errors, graft.schemas; c = graft.Graft('http://127.0.0.1:9', 'key'); "
-            "print(graft.__file__, type(c).__name__); c.close()")
+    code = (
+        "import graft, graft.cli, graft.errors, graft.schemas; c = graft.Graft('http://127.0.0.1:9', 'key'); "
+        "print(graft.__file__, type(c).__name__); c.close()"
+    )
     answer = run(python, "-c", code, cwd=tmp_path).stdout.split()
     assert answer[1] == "Graft" and Path(answer[0]).is_relative_to(venv), answer
     usage = run(venv / "bin" / "graft", "--help", cwd=tmp_path).stdout

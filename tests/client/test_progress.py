@@ -17,10 +17,19 @@ class Terminal(io.StringIO):
 
 
 def job(status: str, progress: float) -> s.JobOut:
-    return s.JobOut.model_validate({
-        "id": "j1", "task": "news", "status": status, "progress": progress, "error": None, "version": None,
-        "created_at": datetime.now(UTC), "started_at": None, "finished_at": None,
-    })
+    return s.JobOut.model_validate(
+        {
+            "id": "j1",
+            "task": "news",
+            "status": status,
+            "progress": progress,
+            "error": None,
+            "version": None,
+            "created_at": datetime.now(UTC),
+            "started_at": None,
+            "finished_at": None,
+        }
+    )
 
 
 def test_an_upload_bar_counts_bytes_and_clears_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,11 +61,18 @@ def test_a_job_bar_follows_progress_and_status_and_stays(monkeypatch: pytest.Mon
     assert lines[-1].endswith("succeeded") and err.getvalue().endswith("\n")
 
 
-@pytest.mark.parametrize(("enabled", "stream", "shown"), [
-    (None, io.StringIO(), False), (None, Terminal(), True), (False, Terminal(), False), (True, io.StringIO(), True),
-])
-def test_bars_show_on_a_terminal_unless_told(monkeypatch: pytest.MonkeyPatch, enabled: bool | None,
-                                             stream: io.StringIO, shown: bool) -> None:
+@pytest.mark.parametrize(
+    ("enabled", "stream", "shown"),
+    [
+        (None, io.StringIO(), False),
+        (None, Terminal(), True),
+        (False, Terminal(), False),
+        (True, io.StringIO(), True),
+    ],
+)
+def test_bars_show_on_a_terminal_unless_told(
+    monkeypatch: pytest.MonkeyPatch, enabled: bool | None, stream: io.StringIO, shown: bool
+) -> None:
     monkeypatch.setattr("sys.stderr", stream)
     list(_progress.chunks(b"x" * 10, "uploading x", enabled))
     bar = _progress.JobBar(job("running", 0.5), enabled)

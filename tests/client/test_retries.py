@@ -38,7 +38,9 @@ def stub() -> Iterator[tuple[str, Script]]:
             self.rfile.read(length)
             script.seen.append((time.monotonic(), self.command, self.headers.get("authorization", "")))
             status, headers = script.answers[min(len(script.seen), len(script.answers)) - 1]
-            body = json.dumps(TASKS if status < 400 else {"error": {"code": f"code_{status}", "message": f"status {status}"}})
+            body = json.dumps(
+                TASKS if status < 400 else {"error": {"code": f"code_{status}", "message": f"status {status}"}}
+            )
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -136,9 +138,13 @@ def test_retry_after_as_an_http_date() -> None:
 
 def test_error_classes_by_status_and_code() -> None:
     def parse(status: int, code: str) -> errors.GraftError:
-        return errors.from_response(status, json.dumps({"error": {"code": code, "message": "m"}}).encode(), {"X-Request-ID": "r1"})
+        return errors.from_response(
+            status, json.dumps({"error": {"code": code, "message": "m"}}).encode(), {"X-Request-ID": "r1"}
+        )
 
-    assert type(parse(403, "quota_exceeded")) is errors.QuotaExceeded and type(parse(403, "forbidden")) is errors.Forbidden
+    assert (
+        type(parse(403, "quota_exceeded")) is errors.QuotaExceeded and type(parse(403, "forbidden")) is errors.Forbidden
+    )
     assert type(parse(409, "not_trained")) is errors.NotTrained and type(parse(409, "conflict")) is errors.Conflict
     assert type(parse(503, "overloaded")) is errors.Unavailable and type(parse(502, "error")) is errors.ServerError
     assert type(parse(418, "teapot")) is errors.GraftError and parse(418, "teapot").status == 418

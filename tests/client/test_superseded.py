@@ -15,9 +15,18 @@ from tests.conftest import free_port
 
 
 def job(job_id: str, status: str, **extra: object) -> dict:
-    return {"id": job_id, "task": "news", "status": status, "progress": 1.0 if status == "succeeded" else 0.0,
-            "error": None, "version": 2 if status == "succeeded" else None, "created_at": "2026-12-04T00:00:00Z",
-            "started_at": None, "finished_at": None, **extra}
+    return {
+        "id": job_id,
+        "task": "news",
+        "status": status,
+        "progress": 1.0 if status == "succeeded" else 0.0,
+        "error": None,
+        "version": 2 if status == "succeeded" else None,
+        "created_at": "2026-12-04T00:00:00Z",
+        "started_at": None,
+        "finished_at": None,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -31,8 +40,11 @@ def jobs() -> Iterator[tuple[str, dict[str, list[dict]]]]:
             job_id = self.path.rsplit("/", 1)[-1]
             asked[job_id] = asked.get(job_id, 0) + 1
             found = states.get(job_id)
-            status, body = (200, found[min(asked[job_id], len(found)) - 1]) if found else (
-                404, {"error": {"code": "not_found", "message": f"no job {job_id}"}})
+            status, body = (
+                (200, found[min(asked[job_id], len(found)) - 1])
+                if found
+                else (404, {"error": {"code": "not_found", "message": f"no job {job_id}"}})
+            )
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -52,7 +64,10 @@ def jobs() -> Iterator[tuple[str, dict[str, list[dict]]]]:
 
 def test_waiting_follows_the_job_that_superseded_it(jobs) -> None:
     url, states = jobs
-    states["job_a"] = [job("job_a", "queued"), job("job_a", "superseded", superseded_by="job_b", error="replaced by job_b")]
+    states["job_a"] = [
+        job("job_a", "queued"),
+        job("job_a", "superseded", superseded_by="job_b", error="replaced by job_b"),
+    ]
     states["job_b"] = [job("job_b", "running"), job("job_b", "succeeded")]
     with Graft(url, "k", poll_interval=0.01, progress=False) as g:
         done = g.wait("job_a", timeout=10)

@@ -30,7 +30,9 @@ def kubectl() -> str:
 def render(overlay: str) -> list[dict]:
     out = subprocess.run(
         [kubectl(), "kustomize", str(ROOT / "deploy" / "overlays" / overlay)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
@@ -66,7 +68,11 @@ def bentos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuiltBento]:
     for variant, bentofile in BENTOFILES.items():
         out = subprocess.run(
             [bentoml, "build", "-f", str(bentofile), "-o", "tag", str(ROOT)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")

@@ -36,17 +36,32 @@ CODE = ("service", "adapters", "client/graft")  # client/graft: the client distr
 def test_bento_holds_the_service_the_adapters_and_the_migrations(bentos) -> None:
     files = bentos["cpu"].files()
     sources = {f.removeprefix("src/") for f in files if f.startswith("src/")}
-    tracked = set(subprocess.run(["git", "ls-files", *CODE], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout.split())
-    untracked = set(subprocess.run(["git", "ls-files", "--others", "--exclude-standard", *CODE], cwd=ROOT,
-                                   capture_output=True, text=True, check=True).stdout.split())
+    tracked = set(
+        subprocess.run(["git", "ls-files", *CODE], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    )
+    untracked = set(
+        subprocess.run(
+            ["git", "ls-files", "--others", "--exclude-standard", *CODE],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    )
     wanted = {f for f in tracked | untracked if (ROOT / f).exists()}
     assert wanted <= sources, f"missing from the Bento: {sorted(wanted - sources)}"
-    for needed in ("service/app.py", "service/store/migrations/env.py", "service/store/migrations/script.py.mako",
-                   "service/store/migrations/versions/0001_initial_schema.py", "adapters/heads/linear.py",
-                   "client/graft/schemas.py"):
+    for needed in (
+        "service/app.py",
+        "service/store/migrations/env.py",
+        "service/store/migrations/script.py.mako",
+        "service/store/migrations/versions/0001_initial_schema.py",
+        "adapters/heads/linear.py",
+        "client/graft/schemas.py",
+    ):
         assert needed in sources
-    assert sources - wanted == {"bentofile.yaml"}, f"unexpected files: {sorted(sources - wanted)}"  # no tests, caches, weights
+    assert sources - wanted == {"bentofile.yaml"}, (
+        f"unexpected files: {sorted(sources - wanted)}"
+    )  # no tests, caches, weights
     assert {"bento.yaml", "env/docker/Dockerfile", "env/docker/entrypoint.sh", "env/python/requirements.txt"} <= files
 
     info = yaml.safe_load((bentos["cpu"].path / "bento.yaml").read_text())
@@ -65,10 +80,13 @@ def test_the_image_imports_the_client_package_from_the_bento(bentos, tmp_path) -
     site = tmp_path / "site-packages"
     site.mkdir()
     (site / "graft-client.pth").write_text(f"{folder}\n")
-    code = ("import site, sys; site.addsitedir(sys.argv[1]); import graft.schemas, graft.client; "
-            "print(graft.schemas.__file__)")
-    out = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=60)
+    code = (
+        "import site, sys; site.addsitedir(sys.argv[1]); import graft.schemas, graft.client; "
+        "print(graft.schemas.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(site)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == folder / "graft" / "schemas.py"
     dockerfile = (bentos["cpu"].path / "env" / "docker" / "Dockerfile").read_text()
@@ -83,7 +101,9 @@ def pins(text: str) -> dict[str, str]:
 def test_the_cpu_bento_installs_the_lock_file(bentos) -> None:
     """The image installs exactly the CPU lock (every package at its version, with hashes), whose
     packages cover pyproject.toml's runtime dependencies; torch is the CPU wheel."""
-    assert yaml.safe_load(BENTOFILES["cpu"].read_text())["python"]["requirements_txt"] == "./requirements/runtime-cpu.txt"
+    assert (
+        yaml.safe_load(BENTOFILES["cpu"].read_text())["python"]["requirements_txt"] == "./requirements/runtime-cpu.txt"
+    )
     lock = (ROOT / "requirements" / "runtime-cpu.txt").read_text()
     requirements = (bentos["cpu"].path / "env" / "python" / "requirements.txt").read_text()
     assert pins(requirements) == pins(lock)
@@ -101,13 +121,17 @@ def test_gpu_bento_swaps_in_the_gpu_runtimes_only(bentos) -> None:
     cpu, gpu = (yaml.safe_load(BENTOFILES[v].read_text()) for v in ("cpu", "gpu"))
     for key in ("service", "include", "exclude", "docker", "envs"):
         assert gpu[key] == cpu[key], key
-    assert gpu["python"]["requirements_txt"] == "./requirements/runtime-gpu.txt" and "extra_index_url" not in gpu["python"]
+    assert (
+        gpu["python"]["requirements_txt"] == "./requirements/runtime-gpu.txt" and "extra_index_url" not in gpu["python"]
+    )
     requirements = (bentos["gpu"].path / "env" / "python" / "requirements.txt").read_text()
     gpu_pins, cpu_pins = pins(requirements), pins((ROOT / "requirements" / "runtime-cpu.txt").read_text())
     assert "onnxruntime-gpu" in gpu_pins and "onnxruntime" not in gpu_pins and "whl/cpu" not in requirements
     assert gpu_pins["torch"] == cpu_pins["torch"].removesuffix("+cpu")  # PyPI's wheel: the CUDA build
     shared = set(cpu_pins) & set(gpu_pins) - {"torch"}
-    assert {n: gpu_pins[n] for n in shared} == {n: cpu_pins[n] for n in shared}, "the GPU lock drifted from the CPU lock"
+    assert {n: gpu_pins[n] for n in shared} == {n: cpu_pins[n] for n in shared}, (
+        "the GPU lock drifted from the CPU lock"
+    )
     assert set(cpu_pins) - {"onnxruntime"} <= set(gpu_pins)
 
 
@@ -123,9 +147,13 @@ def test_no_deps_packages_are_installed_after_the_others(bentos) -> None:
     assert runtime
     for word in shlex.split(runtime.group(1)):
         name, version = word.split("==")
-        assert pins(embedded).get(name_of(name)) == version, f"{word} is installed --no-deps by the Makefile but not by {SETUP_SCRIPT}"
+        assert pins(embedded).get(name_of(name)) == version, (
+            f"{word} is installed --no-deps by the Makefile but not by {SETUP_SCRIPT}"
+        )
     dockerfile = (bentos["cpu"].path / "env" / "docker" / "Dockerfile").read_text()
-    script_in_bento = next(p.name for p in (bentos["cpu"].path / "env" / "docker").iterdir() if p.name.startswith("script__"))
+    script_in_bento = next(
+        p.name for p in (bentos["cpu"].path / "env" / "docker").iterdir() if p.name.startswith("script__")
+    )
     assert (bentos["cpu"].path / "env" / "docker" / script_in_bento).read_text() == script
     assert dockerfile.index("requirements.txt") < dockerfile.index(script_in_bento)
 
@@ -168,18 +196,29 @@ def test_the_deployments_command_serves_the_built_bento(bentos, tmp_path) -> Non
     for mount in c["volumeMounts"]:  # each scratch volume becomes a temporary directory
         local = tmp_path / mount["name"]
         local.mkdir()
-        env = {k: v.replace(mount["mountPath"], str(local), 1) if v.startswith(mount["mountPath"]) else v
-               for k, v in env.items()}
+        env = {
+            k: v.replace(mount["mountPath"], str(local), 1) if v.startswith(mount["mountPath"]) else v
+            for k, v in env.items()
+        }
     port = free_port()
-    env.update({
-        "GRAFT_ADMIN_TOKEN": "bento-admin-token-0123456789abcdef", "GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'graft.db'}",
-        "BENTOML_PORT": str(port), "BENTO_PATH": str(bentos["cpu"].path),
-        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
-    })
+    env.update(
+        {
+            "GRAFT_ADMIN_TOKEN": "bento-admin-token-0123456789abcdef",
+            "GRAFT_DATABASE_URL": f"sqlite:///{tmp_path / 'graft.db'}",
+            "BENTOML_PORT": str(port),
+            "BENTO_PATH": str(bentos["cpu"].path),
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+        }
+    )
     log = (tmp_path / "server.log").open("wb")
-    command = [c["command"][0].replace(image_bento_path(bentos["cpu"].path), str(bentos["cpu"].path), 1), *c["command"][1:]]
-    proc = subprocess.Popen([*command, *c["args"]], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    command = [
+        c["command"][0].replace(image_bento_path(bentos["cpu"].path), str(bentos["cpu"].path), 1),
+        *c["command"][1:],
+    ]
+    proc = subprocess.Popen(
+        [*command, *c["args"]], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     probe = c["startupProbe"]
     try:
@@ -196,7 +235,9 @@ def test_the_deployments_command_serves_the_built_bento(bentos, tmp_path) -> Non
             pytest.fail("the startup probe never passed:\n" + (tmp_path / "server.log").read_text()[-4000:])
         assert httpx.get(url + c["livenessProbe"]["httpGet"]["path"], timeout=5).status_code == 200
         assert httpx.get(url + "/metrics", timeout=5).status_code == 200
-        backbones = httpx.get(url + "/v1/tenants", headers={"Authorization": "Bearer bento-admin-token-0123456789abcdef"}, timeout=10)
+        backbones = httpx.get(
+            url + "/v1/tenants", headers={"Authorization": "Bearer bento-admin-token-0123456789abcdef"}, timeout=10
+        )
         assert backbones.status_code == 200
         server_cmd = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
         assert b"serve" in server_cmd and str(bentos["cpu"].path).encode() in server_cmd  # entrypoint exec'd bentoml

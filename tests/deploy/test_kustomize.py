@@ -15,8 +15,16 @@ from service.config import SETTINGS, Settings
 from .conftest import OVERLAYS, one
 
 K8S_VERSION = "1.30.0"
-BASE_KINDS = {"ServiceAccount", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
-              "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"}
+BASE_KINDS = {
+    "ServiceAccount",
+    "ConfigMap",
+    "Deployment",
+    "Service",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+    "ServiceMonitor",
+}
 
 
 def validate(doc: dict) -> None:
@@ -44,7 +52,9 @@ def test_overlay_renders_valid_kubernetes_1_30_objects(rendered, overlay: str) -
 def test_the_validation_can_fail(rendered) -> None:
     """Controls: a misspelt field, a wrong type and an unknown ServiceMonitor key are all caught."""
     deployment = copy.deepcopy(one(rendered["cpu"], "Deployment", "graft"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {"httpGet": {"path": "/livez", "port": 3000}}
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {
+        "httpGet": {"path": "/livez", "port": 3000}
+    }
     with pytest.raises(ValidationError):
         validate(deployment)
     hpa = copy.deepcopy(one(rendered["cpu"], "HorizontalPodAutoscaler", "graft"))
@@ -86,8 +96,11 @@ def test_the_pod_is_locked_down(rendered, overlay: str, name: str) -> None:
     c = container(docs, name)
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert pod["automountServiceAccountToken"] is False
     account = one(docs, "ServiceAccount", pod["serviceAccountName"])
     assert account["automountServiceAccountToken"] is False
@@ -98,7 +111,9 @@ def test_the_pod_is_locked_down(rendered, overlay: str, name: str) -> None:
     assert all("emptyDir" in volumes[name] for name in mounts.values())
     env = environment(docs, name)
     for var in ("TMPDIR", "GRAFT_DATA_DIR", "BENTOML_HOME", "HF_HOME", "XDG_CACHE_HOME"):
-        assert any(env[var] == path or env[var].startswith(path + "/") for path in mounts), f"{var}={env[var]} is not writable"
+        assert any(env[var] == path or env[var].startswith(path + "/") for path in mounts), (
+            f"{var}={env[var]} is not writable"
+        )
 
 
 @pytest.mark.parametrize("name", DEPLOYMENTS)
@@ -152,8 +167,11 @@ def test_service_autoscaler_budget_policy_and_monitor_point_at_the_pods(rendered
 
     monitor = one(docs, "ServiceMonitor", "graft")
     wanted = monitor["spec"]["selector"]["matchLabels"]
-    assert [s["metadata"]["name"] for s in docs if s["kind"] == "Service"
-            and all(s["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())] == ["graft"]
+    assert [
+        s["metadata"]["name"]
+        for s in docs
+        if s["kind"] == "Service" and all(s["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
+    ] == ["graft"]
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
@@ -177,14 +195,18 @@ def test_gpu_overlay_takes_one_gpu_on_gpu_nodes(rendered, name: str) -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert environment(docs, name)["GRAFT_DEVICE"] == "cuda"
     assert c["image"].endswith("-gpu")
-    assert container(rendered["cpu"])["image"].endswith("-cpu") and environment(rendered["cpu"])["GRAFT_DEVICE"] == "cpu"
+    assert (
+        container(rendered["cpu"])["image"].endswith("-cpu") and environment(rendered["cpu"])["GRAFT_DEVICE"] == "cpu"
+    )
 
 
 def test_dev_overlay_brings_its_own_postgres(rendered) -> None:
     docs = rendered["dev"]
     postgres = one(docs, "StatefulSet", "graft-postgres")["spec"]
     assert postgres["replicas"] == 1 and postgres["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
-    secret_name = next(e["valueFrom"]["secretKeyRef"]["name"] for e in container(docs)["env"] if e["name"] == "GRAFT_DATABASE_URL")
+    secret_name = next(
+        e["valueFrom"]["secretKeyRef"]["name"] for e in container(docs)["env"] if e["name"] == "GRAFT_DATABASE_URL"
+    )
     import base64
 
     url = base64.b64decode(one(docs, "Secret", secret_name)["data"]["database-url"]).decode()
@@ -192,7 +214,9 @@ def test_dev_overlay_brings_its_own_postgres(rendered) -> None:
     assert url.startswith("postgresql+psycopg://") and f"@{service['metadata']['name']}:5432/" in url
     assert one(docs, "HorizontalPodAutoscaler", "graft")["spec"]["minReplicas"] == 1
     # graft's pods may reach the database, nothing else may
-    allowed = one(docs, "NetworkPolicy", "graft-postgres")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    allowed = one(docs, "NetworkPolicy", "graft-postgres")["spec"]["ingress"][0]["from"][0]["podSelector"][
+        "matchLabels"
+    ]
     for name in DEPLOYMENTS:
         pod_labels = one(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
         assert all(pod_labels.get(k) == v for k, v in allowed.items())
@@ -212,13 +236,18 @@ def test_workers_are_apart_from_the_api_and_scale_on_the_job_queue(rendered, ove
     assert selects(service, api_labels) and not selects(service, labels), "workers must not receive API requests"
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
         spec = one(docs, kind, "graft-worker")["spec"]
-        selector = spec["selector"]["matchLabels"] if kind == "PodDisruptionBudget" else spec["podSelector"]["matchLabels"]
+        selector = (
+            spec["selector"]["matchLabels"] if kind == "PodDisruptionBudget" else spec["podSelector"]["matchLabels"]
+        )
         assert selects(selector, labels) and not selects(selector, api_labels)
     scrape = one(docs, "Service", "graft-worker")
     assert selects(scrape["spec"]["selector"], labels) and scrape["spec"]["clusterIP"] == "None"
     wanted = one(docs, "ServiceMonitor", "graft-worker")["spec"]["selector"]["matchLabels"]
-    assert [s["metadata"]["name"] for s in docs if s["kind"] == "Service"
-            and selects(wanted, s["metadata"].get("labels", {}))] == ["graft-worker"]
+    assert [
+        s["metadata"]["name"]
+        for s in docs
+        if s["kind"] == "Service" and selects(wanted, s["metadata"].get("labels", {}))
+    ] == ["graft-worker"]
 
     hpa = one(docs, "HorizontalPodAutoscaler", "graft-worker")["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "graft-worker"}
@@ -229,7 +258,9 @@ def test_workers_are_apart_from_the_api_and_scale_on_the_job_queue(rendered, ove
     ]
     from service import metrics
 
-    assert metrics.STORE_JOBS.describe()[0].name == "graft_store_jobs" and {"queued", "running"} <= set(metrics.JOB_STATUSES)
+    assert metrics.STORE_JOBS.describe()[0].name == "graft_store_jobs" and {"queued", "running"} <= set(
+        metrics.JOB_STATUSES
+    )
 
 
 def quantity_bytes(value: str) -> int:

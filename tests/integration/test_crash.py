@@ -52,6 +52,7 @@ def restart_at(srv: Server, point: str | None, marker: Path) -> None:
 
 def in_background(call) -> threading.Thread:
     """A request the fault point will stop forever (until the kill): fire it and move on."""
+
     def run() -> None:
         with contextlib.suppress(httpx.HTTPError):
             call()
@@ -168,8 +169,9 @@ def test_database_unavailable_is_a_503_and_the_service_recovers(server_factory, 
         real = make_url(url)
         proxy = Proxy((real.host or "127.0.0.1", real.port or 5432))
         via_proxy = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        srv = server_factory(tmp_path / "data", GRAFT_DATABASE_URL=via_proxy, GRAFT_TRAINING_WORKERS="0",
-                             GRAFT_TASK_CACHE_TTL_S="0")
+        srv = server_factory(
+            tmp_path / "data", GRAFT_DATABASE_URL=via_proxy, GRAFT_TRAINING_WORKERS="0", GRAFT_TASK_CACHE_TTL_S="0"
+        )
         c = srv.new_tenant("outage")
         assert c.post("/v1/tasks", json={"name": "kept", "examples": TOY}).status_code == 202
         proxy.cut()

@@ -56,8 +56,17 @@ def run_consumer(data: bytes, texts: list[str], tmp_path) -> dict:
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     (tmp_path / "consumer.py").write_text(CONSUMER)
     done = subprocess.run(
-        [sys.executable, "-I", str(tmp_path / "consumer.py"), str(tmp_path / "model.zip"), str(tmp_path / "texts.json")],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            "-I",
+            str(tmp_path / "consumer.py"),
+            str(tmp_path / "model.zip"),
+            str(tmp_path / "texts.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -84,9 +93,15 @@ def test_exported_zip_reproduces_the_service(server, bbc_train, bbc_test, tmp_pa
     with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
         files = set(zf.namelist())
     assert {"model.onnx", "graft-export.json"} <= files
-    assert ("tokenizer.json" in files) == (head != "baseline") and ("raw_inputs.py" in files) == (head in ("hybrid", "baseline"))
+    assert ("tokenizer.json" in files) == (head != "baseline") and ("raw_inputs.py" in files) == (
+        head in ("hybrid", "baseline")
+    )
 
-    texts = [r["input"] for r in bbc_test[:6]] + ["Shares fell sharply on Monday.", "Ünïcödé: le match de football 🙂", *ODD]
+    texts = [r["input"] for r in bbc_test[:6]] + [
+        "Shares fell sharply on Monday.",
+        "Ünïcödé: le match de football 🙂",
+        *ODD,
+    ]
     served = predict(acme, "news", texts)
     bare = run_consumer(resp.content, texts, tmp_path)
     assert bare["graft_modules"] == []
@@ -95,7 +110,9 @@ def test_exported_zip_reproduces_the_service(server, bbc_train, bbc_test, tmp_pa
     if head == "baseline":  # TF-IDF + logistic regression: no backbone in the graph
         assert manifest["backbone"] is None and manifest["model"]["inputs"] == ["tokens"]
     else:
-        assert manifest["backbone"]["serving_runtime"] == runtime and manifest["backbone"]["trained_on_runtime"] == runtime
+        assert (
+            manifest["backbone"]["serving_runtime"] == runtime and manifest["backbone"]["trained_on_runtime"] == runtime
+        )
     labels = manifest["labels"]
     assert sorted(labels) == sorted({e["label"] for e in examples})
     for prediction, proba in zip(served["predictions"], bare["probabilities"], strict=True):
@@ -121,8 +138,20 @@ def test_multilabel_and_regression_tasks_export(server, bbc_train, bbc_test, tmp
     client = server.new_tenant("export-kinds")
     train = per_label(bbc_train, 6, seed=7)
     jobs = [
-        create(client, "tags", "text", "multilabel", [{"input": r["input"], "label": bbc_tags(r["input"], r["label"])} for r in train]),
-        create(client, "figures", "text", "regression", [{"input": r["input"], "label": digit_share(r["input"])} for r in train]),
+        create(
+            client,
+            "tags",
+            "text",
+            "multilabel",
+            [{"input": r["input"], "label": bbc_tags(r["input"], r["label"])} for r in train],
+        ),
+        create(
+            client,
+            "figures",
+            "text",
+            "regression",
+            [{"input": r["input"], "label": digit_share(r["input"])} for r in train],
+        ),
     ]
     for job in jobs:
         assert wait_for_job(client, job["id"])["status"] == "succeeded"
@@ -138,7 +167,9 @@ def test_multilabel_and_regression_tasks_export(server, bbc_train, bbc_test, tmp
         for label, p in zip(manifest["labels"], proba, strict=True):
             assert abs(scores[label]["probability"] - p) <= 1e-4
             assert abs(manifest["thresholds"][label] - scores[label]["threshold"]) <= 1e-6
-        chosen = [label for label, p in zip(manifest["labels"], proba, strict=True) if p >= manifest["thresholds"][label]]
+        chosen = [
+            label for label, p in zip(manifest["labels"], proba, strict=True) if p >= manifest["thresholds"][label]
+        ]
         assert sorted(chosen) == sorted(served["labels"])
 
     resp = client.get("/v1/tasks/figures/export")

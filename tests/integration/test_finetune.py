@@ -67,7 +67,15 @@ def test_finetune_task_trains_serves_and_exports(server_factory, bbc_train, bbc_
             assert abs(prediction["scores"][label] - p) <= 1e-4, (label, prediction["scores"][label], p)
 
     assert_error(
-        tuned.post("/v1/tasks", json={"name": "pics", "modality": "image", "head": "finetune",
-                                      "examples": [{"input": "x", "label": "a"}, {"input": "y", "label": "b"}]}),
-        422, "text tasks only",
+        tuned.post(
+            "/v1/tasks",
+            json={
+                "name": "pics",
+                "modality": "image",
+                "head": "finetune",
+                "examples": [{"input": "x", "label": "a"}, {"input": "y", "label": "b"}],
+            },
+        ),
+        422,
+        "text tasks only",
     )

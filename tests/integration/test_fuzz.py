@@ -31,7 +31,9 @@ from tests.conftest import Server
 
 pytestmark = pytest.mark.integration
 
-LEAKS = re.compile(r"Traceback|File \"|/work/|/tmp/|site-packages|sqlalchemy|psycopg|SELECT |INSERT INTO|gft_[A-Za-z0-9_-]{20}", re.I)
+LEAKS = re.compile(
+    r"Traceback|File \"|/work/|/tmp/|site-packages|sqlalchemy|psycopg|SELECT |INSERT INTO|gft_[A-Za-z0-9_-]{20}", re.I
+)
 
 
 @schemathesis.check
@@ -70,7 +72,11 @@ def test_no_5xx_and_every_answer_matches_the_spec(fuzzed: Server) -> None:
 
             @given(case=operation.as_strategy(generation_mode=mode))
             @hypothesis.settings(
-                max_examples=per, deadline=None, database=None, derandomize=not RANDOM, phases=[hypothesis.Phase.generate],
+                max_examples=per,
+                deadline=None,
+                database=None,
+                derandomize=not RANDOM,
+                phases=[hypothesis.Phase.generate],
                 suppress_health_check=list(HealthCheck),
             )
             def run(case) -> None:  # called below, inside this iteration (B023 does not apply)

@@ -41,12 +41,16 @@ def digits_test() -> list[dict]:
 def pixels(rows: list[dict]) -> np.ndarray:
     from PIL import Image
 
-    return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(r["input"]))), np.float32).ravel() / 255 for r in rows])
+    return np.stack(
+        [np.asarray(Image.open(io.BytesIO(base64.b64decode(r["input"]))), np.float32).ravel() / 255 for r in rows]
+    )
 
 
 def image_zip(rows: list[dict], **extra: bytes | None) -> bytes:
     """Image-folder layout ``<label>/<n>.png`` from digits rows, plus ``extra`` entries."""
-    entries: dict[str, bytes | None] = {f"{r['label']}/{i}.png": base64.b64decode(r["input"]) for i, r in enumerate(rows)}
+    entries: dict[str, bytes | None] = {
+        f"{r['label']}/{i}.png": base64.b64decode(r["input"]) for i, r in enumerate(rows)
+    }
     return make_zip({**entries, **extra}).getvalue()
 
 
@@ -54,13 +58,20 @@ def test_digits_from_16_examples_per_label_against_raw_pixels(server, digits_tra
     client = server.new_tenant("digits")
     backbones = {b["name"]: b for b in client.get("/v1/backbones").json()["backbones"]}
     mnv2 = backbones["mobilenet_v2"]
-    assert (mnv2["modality"], mnv2["dim"], mnv2["runtime"], mnv2["default"]) == ("image", 1280, "onnx", True)  # CPU auto
+    assert (mnv2["modality"], mnv2["dim"], mnv2["runtime"], mnv2["default"]) == (
+        "image",
+        1280,
+        "onnx",
+        True,
+    )  # CPU auto
 
     train_rows = per_label(digits_train, 16, seed=0)
     examples = [{"input": r["input"], "label": r["label"]} for r in train_rows]
     resp = client.post("/v1/tasks", json={"name": "digits", "modality": "image", "examples": examples})
     assert resp.status_code == 202, resp.text
-    job = wait_for_job(client, resp.json()["job"]["id"], timeout=900)  # CV of the linear head on 1280-d is the slow part
+    job = wait_for_job(
+        client, resp.json()["job"]["id"], timeout=900
+    )  # CV of the linear head on 1280-d is the slow part
     assert (job["status"], job["progress"]) == ("succeeded", 1.0), job
     task = client.get("/v1/tasks/digits").json()
     assert (task["modality"], task["backbone"]) == ("image", "mobilenet_v2")
@@ -94,15 +105,21 @@ def test_dataset_uploads_create_and_extend_tasks(server, digits_train) -> None:
     extra = {"9/": None, "__MACOSX/0/._0.png": b"resource fork"}
 
     # A zip, as the raw body: creates an image task (modality inferred from the zip).
-    resp = client.post("/v1/tasks/zipped/dataset", content=image_zip(first, **extra), headers={"content-type": "application/zip"})
+    resp = client.post(
+        "/v1/tasks/zipped/dataset", content=image_zip(first, **extra), headers={"content-type": "application/zip"}
+    )
     assert resp.status_code == 202, resp.text
     body = resp.json()
     assert body["created"] is True and body["examples"] == 18 and body["task"]["modality"] == "image"
-    assert any("'9'" in w and "no images" in w for w in body["warnings"]) and any("__MACOSX" in w for w in body["warnings"])
+    assert any("'9'" in w and "no images" in w for w in body["warnings"]) and any(
+        "__MACOSX" in w for w in body["warnings"]
+    )
     assert wait_for_job(client, body["job"]["id"])["status"] == "succeeded"
 
     # Another zip, as a multipart file: extends it with a new label.
-    resp = client.post("/v1/tasks/zipped/dataset", files={"file": ("more.zip", image_zip([r for r in rows if r["label"] == "3"]))})
+    resp = client.post(
+        "/v1/tasks/zipped/dataset", files={"file": ("more.zip", image_zip([r for r in rows if r["label"] == "3"]))}
+    )
     assert resp.status_code == 202, resp.text
     assert resp.json()["created"] is False and resp.json()["examples"] == 6
     job = wait_for_job(client, resp.json()["job"]["id"])
@@ -112,14 +129,18 @@ def test_dataset_uploads_create_and_extend_tasks(server, digits_train) -> None:
 
     # Another tenant: the task is invisible (404), and the same name is theirs to create.
     other = server.new_tenant("other-uploader")
-    assert_error(other.post("/v1/tasks/zipped/predict/files", files={"file": ("a.png", base64.b64decode(rows[0]["input"]))}), 404)
+    assert_error(
+        other.post("/v1/tasks/zipped/predict/files", files={"file": ("a.png", base64.b64decode(rows[0]["input"]))}), 404
+    )
     resp = other.post("/v1/tasks/zipped/dataset", content=image_zip(first), headers={"content-type": "application/zip"})
     assert resp.status_code == 202 and resp.json()["created"] is True, resp.text
     assert client.get("/v1/tasks/zipped").json()["examples_per_label"] == {"0": 6, "1": 6, "2": 6, "3": 6}
 
     # CSV creates a text task (query parameters choose the head); JSON Lines extends it.
-    csv_body = "input,label\n" + "".join(f"\"{r['input']}\",{r['label']}\n" for r in TOY)
-    resp = client.post("/v1/tasks/reviews/dataset?head=prototype", content=csv_body, headers={"content-type": "text/csv"})
+    csv_body = "input,label\n" + "".join(f'"{r["input"]}",{r["label"]}\n' for r in TOY)
+    resp = client.post(
+        "/v1/tasks/reviews/dataset?head=prototype", content=csv_body, headers={"content-type": "text/csv"}
+    )
     assert resp.status_code == 202, resp.text
     assert (resp.json()["task"]["modality"], resp.json()["task"]["head"]) == ("text", "prototype")
     assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
@@ -131,7 +152,9 @@ def test_dataset_uploads_create_and_extend_tasks(server, digits_train) -> None:
 
     # JSON Lines of base64 images (the shared data's own format) for an image task.
     lines = "\n".join(json.dumps({"input": r["input"], "label": r["label"]}) for r in first).encode()
-    resp = client.post("/v1/tasks/from-jsonl/dataset?modality=image", content=lines, headers={"content-type": "application/jsonl"})
+    resp = client.post(
+        "/v1/tasks/from-jsonl/dataset?modality=image", content=lines, headers={"content-type": "application/jsonl"}
+    )
     assert resp.status_code == 202, resp.text
     assert resp.json()["task"]["modality"] == "image"
     assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
@@ -156,16 +179,34 @@ def test_bad_image_inputs_are_clear_4xx_and_store_nothing(server, digits_train) 
         "bomb": (b64(png_header_only(30000, 30000)), 413, "pixels"),
     }
     for name, (value, status, fragment) in bad.items():
-        assert_error(c.post("/v1/tasks/img/predict", json={"inputs": [small[0]["input"], value]}), status, "inputs[1]", fragment)
-        assert_error(c.post("/v1/tasks/img/examples", json={"examples": [*small[:2], {"input": value, "label": "0"}]}), status, "examples[2]")
-        assert_error(c.post("/v1/tasks", json={"name": f"new-{name.replace(' ', '-')}", "modality": "image",
-                                               "examples": [*small, {"input": value, "label": "1"}]}), status, fragment)
+        assert_error(
+            c.post("/v1/tasks/img/predict", json={"inputs": [small[0]["input"], value]}), status, "inputs[1]", fragment
+        )
+        assert_error(
+            c.post("/v1/tasks/img/examples", json={"examples": [*small[:2], {"input": value, "label": "0"}]}),
+            status,
+            "examples[2]",
+        )
+        assert_error(
+            c.post(
+                "/v1/tasks",
+                json={
+                    "name": f"new-{name.replace(' ', '-')}",
+                    "modality": "image",
+                    "examples": [*small, {"input": value, "label": "1"}],
+                },
+            ),
+            status,
+            fragment,
+        )
         files = [("file", ("ok.png", base64.b64decode(small[0]["input"]), "image/png"))]
         if name != "text":
             files.append(("file", ("bad.img", base64.b64decode(value), "application/octet-stream")))
             assert_error(c.post("/v1/tasks/img/predict/files", files=files), status, "file[1] ('bad.img')", fragment)
             zipped = image_zip(small, **{"1/bad.png": base64.b64decode(value)})
-            assert_error(c.post("/v1/tasks/img/dataset", files={"file": ("d.zip", zipped)}), status, "'1/bad.png'", fragment)
+            assert_error(
+                c.post("/v1/tasks/img/dataset", files={"file": ("d.zip", zipped)}), status, "'1/bad.png'", fragment
+            )
 
     # Files for a text task, text for an image task, and other wrong shapes.
     files = [("file", ("ok.png", png, "image/png"))]
@@ -173,18 +214,42 @@ def test_bad_image_inputs_are_clear_4xx_and_store_nothing(server, digits_train) 
     assert_error(c.post("/v1/tasks/img/predict/files", json={"inputs": ["x"]}), 415, "multipart")
     assert_error(c.post("/v1/tasks/img/predict/files", files=files, data={"top_k": "zero"}), 422, "top_k")
     assert_error(c.post("/v1/tasks/img/predict/files", files={"top_k": (None, "1")}), 422, "no files")
-    assert_error(c.post("/v1/tasks/img/predict/files", files={**dict(files), "other": (None, "1")}), 422, "unknown form fields")
+    assert_error(
+        c.post("/v1/tasks/img/predict/files", files={**dict(files), "other": (None, "1")}), 422, "unknown form fields"
+    )
     too_many = [("file", (f"{i}.png", png, "image/png")) for i in range(257)]
     assert_error(c.post("/v1/tasks/img/predict/files", files=too_many), 413, "256")
-    assert_error(c.post("/v1/tasks/txt/dataset", files={"file": ("d.zip", image_zip(small))}), 422, "text tasks take CSV")
-    assert_error(c.post("/v1/tasks/img/dataset", content="input,label\nhello,0\nworld,1\n", headers={"content-type": "text/csv"}),
-                 422, "CSV line 2", "modality")
-    assert_error(c.post("/v1/tasks/img/dataset?modality=text", files={"file": ("d.zip", image_zip(small))}), 422, "modality 'image'")
-    assert_error(c.post("/v1/tasks/new/dataset", content=encode(gradient(8, 8), "GIF"), headers={"content-type": "image/gif"}),
-                 415, "unsupported dataset type")
-    assert_error(c.post("/v1/tasks/new/dataset", content="text,category\na,b\n", headers={"content-type": "text/csv"}),
-                 422, "'input' and 'label'")
-    assert_error(c.post("/v1/tasks/bad%20name!/dataset", content=image_zip(small), headers={"content-type": "application/zip"}), 422, "name")
+    assert_error(
+        c.post("/v1/tasks/txt/dataset", files={"file": ("d.zip", image_zip(small))}), 422, "text tasks take CSV"
+    )
+    assert_error(
+        c.post(
+            "/v1/tasks/img/dataset", content="input,label\nhello,0\nworld,1\n", headers={"content-type": "text/csv"}
+        ),
+        422,
+        "CSV line 2",
+        "modality",
+    )
+    assert_error(
+        c.post("/v1/tasks/img/dataset?modality=text", files={"file": ("d.zip", image_zip(small))}),
+        422,
+        "modality 'image'",
+    )
+    assert_error(
+        c.post("/v1/tasks/new/dataset", content=encode(gradient(8, 8), "GIF"), headers={"content-type": "image/gif"}),
+        415,
+        "unsupported dataset type",
+    )
+    assert_error(
+        c.post("/v1/tasks/new/dataset", content="text,category\na,b\n", headers={"content-type": "text/csv"}),
+        422,
+        "'input' and 'label'",
+    )
+    assert_error(
+        c.post("/v1/tasks/bad%20name!/dataset", content=image_zip(small), headers={"content-type": "application/zip"}),
+        422,
+        "name",
+    )
 
     # Hostile zips: every one refused before anything is stored.
     digit = base64.b64decode(small[0]["input"])
@@ -223,19 +288,36 @@ def test_dataset_uploads_create_tasks_by_the_same_rules_as_post_tasks(server, di
     ``auto`` like ``POST /v1/tasks`` (it defaulted to ``linear``), and refuses ``head=finetune`` on an image
     task up front with the same 422 (it accepted it, and the job failed)."""
     c = server.new_tenant("same-rules")
-    small = [{"input": r["input"], "label": r["label"]} for r in per_label(digits_train, 3, seed=4) if r["label"] in "01"]
+    small = [
+        {"input": r["input"], "label": r["label"]} for r in per_label(digits_train, 3, seed=4) if r["label"] in "01"
+    ]
 
-    refused = assert_error(c.post("/v1/tasks/pics/dataset?head=finetune", content=image_zip(small),
-                                  headers={"content-type": "application/zip"}), 422, "text tasks only")
-    assert refused == assert_error(c.post("/v1/tasks", json={"name": "pics", "modality": "image", "head": "finetune",
-                                                             "examples": small}), 422)
+    refused = assert_error(
+        c.post(
+            "/v1/tasks/pics/dataset?head=finetune",
+            content=image_zip(small),
+            headers={"content-type": "application/zip"},
+        ),
+        422,
+        "text tasks only",
+    )
+    assert refused == assert_error(
+        c.post("/v1/tasks", json={"name": "pics", "modality": "image", "head": "finetune", "examples": small}), 422
+    )
     assert_error(c.get("/v1/tasks/pics"), 404)  # nothing was stored
-    by_post = assert_error(c.post("/v1/tasks", json={"name": "b", "modality": "image", "backbone": "nope", "examples": small}), 422)
-    by_upload = assert_error(c.post("/v1/tasks/b/dataset?backbone=nope", content=image_zip(small),
-                                    headers={"content-type": "application/zip"}), 422, "unknown backbone 'nope'")
+    by_post = assert_error(
+        c.post("/v1/tasks", json={"name": "b", "modality": "image", "backbone": "nope", "examples": small}), 422
+    )
+    by_upload = assert_error(
+        c.post(
+            "/v1/tasks/b/dataset?backbone=nope", content=image_zip(small), headers={"content-type": "application/zip"}
+        ),
+        422,
+        "unknown backbone 'nope'",
+    )
     assert by_upload == by_post
 
-    csv_body = "input,label\n" + "".join(f"\"{r['input']}\",{r['label']}\n" for r in TOY)
+    csv_body = "input,label\n" + "".join(f'"{r["input"]}",{r["label"]}\n' for r in TOY)
     resp = c.post("/v1/tasks/reviews/dataset", content=csv_body, headers={"content-type": "text/csv"})
     assert resp.status_code == 202, resp.text
     assert resp.json()["task"]["head"] == "auto"

@@ -16,6 +16,7 @@ from tests.conftest import Server
 
 pytestmark = pytest.mark.integration
 
+
 def png_bytes(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (200, 10, 10)).save(buf, "PNG")
@@ -177,7 +178,9 @@ def test_image_pixels(limited: Server) -> None:
     c = tenant(limited)
     ok = [{"input": png(8, 8), "label": "a"}, {"input": png(8, 8), "label": "b"}]
     passed(c.post("/v1/tasks", json={"name": "img", "modality": "image", "examples": ok}))
-    refused(c.post("/v1/tasks/img/examples", json={"examples": [{"input": png(65, 1), "label": "a"}]}), 413, "64")  # 65 px, 72 bytes
+    refused(
+        c.post("/v1/tasks/img/examples", json={"examples": [{"input": png(65, 1), "label": "a"}]}), 413, "64"
+    )  # 65 px, 72 bytes
 
 
 def test_request_pixel_budget(limited: Server) -> None:

@@ -21,12 +21,17 @@ pytestmark = pytest.mark.integration
 
 TTL_S = 1.0
 
+
 @pytest.fixture(scope="module")
 def replica(server):
     srv = Server(
         server.data_dir,
-        env={"GRAFT_TRAINING_WORKERS": "0", "GRAFT_BATCH_QUEUE_SIZE": "8", "GRAFT_BATCH_MAX_SIZE": "4",
-             "GRAFT_TASK_CACHE_TTL_S": str(TTL_S)},
+        env={
+            "GRAFT_TRAINING_WORKERS": "0",
+            "GRAFT_BATCH_QUEUE_SIZE": "8",
+            "GRAFT_BATCH_MAX_SIZE": "4",
+            "GRAFT_TASK_CACHE_TTL_S": str(TTL_S),
+        },
     ).start()
     yield srv
     srv.stop()
@@ -110,13 +115,21 @@ def test_metrics_are_exported_with_bounded_labels(server) -> None:
         assert tenant.post("/v1/tasks/mood/predict", json={"inputs": ["lovely", "dreadful"]}).status_code == 200
     assert tenant.get("/v1/jobs/job_does-not-exist").status_code == 404
     scraped = httpx.get(f"{server.url}/metrics").text
-    assert metric(scraped, "graft_http_requests_total", endpoint="/v1/tasks/{name}/predict", method="POST", status="200") >= 3
+    assert (
+        metric(scraped, "graft_http_requests_total", endpoint="/v1/tasks/{name}/predict", method="POST", status="200")
+        >= 3
+    )
     assert metric(scraped, "graft_http_requests_total", endpoint="/v1/jobs/{job_id}", status="404") >= 1
     assert "job_does-not-exist" not in scraped  # raw paths never become label values
     assert metric(scraped, "graft_backbone_batch_size_count", backbone="minilm") >= 3
     assert metric(scraped, "graft_head_cache_hits_total") >= 2 and metric(scraped, "graft_head_cache_misses_total") >= 1
     assert metric(scraped, "graft_training_jobs_total", status="succeeded") >= 1
     assert metric(scraped, "graft_tenant_predict_inputs_total") >= 6
-    for name in ("graft_backbone_padding_ratio_bucket", "graft_backbone_queue_delay_seconds_bucket",
-                 "graft_head_cache_bytes", "graft_store_tenants", "graft_training_job_duration_seconds_bucket"):
+    for name in (
+        "graft_backbone_padding_ratio_bucket",
+        "graft_backbone_queue_delay_seconds_bucket",
+        "graft_head_cache_bytes",
+        "graft_store_tenants",
+        "graft_training_job_duration_seconds_bucket",
+    ):
         assert name in scraped, name

@@ -39,7 +39,10 @@ def database() -> Iterator[str]:
 def replicas(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     """Replicas A and B, started at the same moment, so both migrate the empty database at once."""
     env = {"GRAFT_DATABASE_URL": database, "GRAFT_JOB_LEASE_S": str(LEASE_S)}
-    pair = (Server(tmp_path_factory.mktemp("replica-a"), env=env), Server(tmp_path_factory.mktemp("replica-b"), env=env))
+    pair = (
+        Server(tmp_path_factory.mktemp("replica-a"), env=env),
+        Server(tmp_path_factory.mktemp("replica-b"), env=env),
+    )
     errors: list[BaseException] = []
 
     def start(server: Server) -> None:
@@ -128,9 +131,13 @@ def _holder(engine, job_id: str, replicas: tuple[Server, Server]) -> tuple[Serve
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT status, progress, worker_id, attempts FROM jobs WHERE id = :id"), {"id": job_id}
-            ).mappings().one()
+            row = (
+                conn.execute(
+                    text("SELECT status, progress, worker_id, attempts FROM jobs WHERE id = :id"), {"id": job_id}
+                )
+                .mappings()
+                .one()
+            )
         assert row["status"] in ("queued", "running"), f"the job ended before a replica could be killed: {dict(row)}"
         if row["status"] == "running" and row["progress"] > 0:
             pid = int(row["worker_id"].split(":")[1])
@@ -163,7 +170,11 @@ def test_kill_9_the_training_replica_and_the_other_finishes_the_job(replicas, ap
         assert job["status"] == "succeeded" and job["version"] == 1, job
         assert took >= LEASE_S - 0.5, f"reclaimed {took:.1f}s after the kill, before the {LEASE_S}s lease expired"
         with engine.connect() as conn:
-            after = conn.execute(text("SELECT worker_id, attempts FROM jobs WHERE id = :id"), {"id": job_id}).mappings().one()
+            after = (
+                conn.execute(text("SELECT worker_id, attempts FROM jobs WHERE id = :id"), {"id": job_id})
+                .mappings()
+                .one()
+            )
         assert before["attempts"] == 1 and after["attempts"] == 2
         assert after["worker_id"] != before["worker_id"] and int(after["worker_id"].split(":")[1]) in survivor.pids()
 

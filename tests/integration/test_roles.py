@@ -22,14 +22,21 @@ def test_the_api_queues_and_the_worker_trains(server_factory, bbc_train, bbc_tes
     with temp_database() as database:
         api = server_factory(GRAFT_DATABASE_URL=database, GRAFT_ROLE="api", GRAFT_MAX_QUEUED_JOBS_PER_TENANT="1")
         client = api.new_tenant("acme")
-        resp = client.post("/v1/tasks", json={"name": "news", "modality": "text", "examples": rows(per_label(bbc_train, 8))})
+        resp = client.post(
+            "/v1/tasks", json={"name": "news", "modality": "text", "examples": rows(per_label(bbc_train, 8))}
+        )
         assert resp.status_code == 202, resp.text
         first = resp.json()["job"]["id"]
 
         # the queue cap: a second task's job would be the tenant's second queued one
-        refused = client.post("/v1/tasks", json={"name": "other", "modality": "text", "examples": rows(per_label(bbc_train, 2))})
+        refused = client.post(
+            "/v1/tasks", json={"name": "other", "modality": "text", "examples": rows(per_label(bbc_train, 2))}
+        )
         assert refused.status_code == 429, refused.text
-        assert refused.json()["error"]["code"] == "too_many_jobs" and "the limit is 1" in refused.json()["error"]["message"]
+        assert (
+            refused.json()["error"]["code"] == "too_many_jobs"
+            and "the limit is 1" in refused.json()["error"]["message"]
+        )
         assert int(refused.headers["Retry-After"]) > 0
         assert client.get("/v1/tasks/other").status_code == 404  # nothing half-written
 

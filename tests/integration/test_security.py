@@ -31,7 +31,9 @@ TOY = [
     {"input": f"terrible, it broke at once {MARKER}", "label": "neg"},
     {"input": f"awful service, never again {MARKER}", "label": "neg"},
 ]
-LEAKS = re.compile(r"Traceback|File \"|/work/|/tmp/|site-packages|sqlalchemy|SELECT |INSERT |UPDATE |sqlite|psycopg", re.I)
+LEAKS = re.compile(
+    r"Traceback|File \"|/work/|/tmp/|site-packages|sqlalchemy|SELECT |INSERT |UPDATE |sqlite|psycopg", re.I
+)
 
 
 def key_of(client: httpx.Client) -> str:
@@ -72,8 +74,11 @@ def tenants(server: Server) -> dict:
 def snapshot(client: httpx.Client) -> dict:
     task = client.get("/v1/tasks/secret").json()
     versions = client.get("/v1/tasks/secret/versions").json()
-    return {"active": task["active_version"], "examples": task["examples_per_label"],
-            "versions": [(v["version"], v["status"]) for v in versions["versions"]]}
+    return {
+        "active": task["active_version"],
+        "examples": task["examples_per_label"],
+        "versions": [(v["version"], v["status"]) for v in versions["versions"]],
+    }
 
 
 def test_every_endpoint_is_404_for_another_tenant_and_leaves_the_data_untouched(server: Server, tenants: dict) -> None:
@@ -85,7 +90,9 @@ def test_every_endpoint_is_404_for_another_tenant_and_leaves_the_data_untouched(
         "get task": lambda: cb.get("/v1/tasks/secret"),
         "append examples": lambda: cb.post("/v1/tasks/secret/examples", json={"examples": TOY}),
         "predict": lambda: cb.post("/v1/tasks/secret/predict", json={"inputs": ["hello"]}),
-        "predict files": lambda: cb.post("/v1/tasks/secret/predict/files", files=[("file", ("a.png", png, "image/png"))]),
+        "predict files": lambda: cb.post(
+            "/v1/tasks/secret/predict/files", files=[("file", ("a.png", png, "image/png"))]
+        ),
         "export": lambda: cb.get("/v1/tasks/secret/export"),
         "export version": lambda: cb.get("/v1/tasks/secret/export", params={"version": 1}),
         "versions": lambda: cb.get("/v1/tasks/secret/versions"),
@@ -175,8 +182,11 @@ def test_a_corrupt_head_blob_fails_its_version_and_the_service_serves_on(server:
     # nothing has predicted yet, so no process holds the head: the next predict loads the blob
     tenant_id = next(t["id"] for t in server.admin().get("/v1/tenants").json() if t["name"] == "corrupted")
     with sqlite3.connect(server.data_dir / "graft.db") as db:
-        db.execute("UPDATE versions SET weights = ? WHERE task_id = (SELECT id FROM tasks WHERE name = 'broken' AND tenant_id = ?)",
-                   (b"\x00not-safetensors" * 8, tenant_id))
+        db.execute(
+            "UPDATE versions SET weights = ? WHERE task_id = (SELECT id FROM tasks WHERE name = 'broken' AND "
+            "tenant_id = ?)",
+            (b"\x00not-safetensors" * 8, tenant_id),
+        )
     error_of(c.post("/v1/tasks/broken/predict", json={"inputs": ["hi"]}), 503, "version 1 failed to load", "corrupt")
     error_of(c.get("/v1/tasks/broken/export"), 503, "failed to load")
     versions = c.get("/v1/tasks/broken/versions").json()["versions"]
@@ -260,8 +270,10 @@ def test_exports_are_cached_built_one_at_a_time_and_deleted_with_their_task(serv
     def mine() -> list:
         return sorted(set(exports.rglob("*.zip")) - others)
 
-    for step in (c.post("/v1/tasks", json={"name": "cached", "examples": TOY, "head": "linear"}),
-                 c.post("/v1/tasks/cached/examples", json={"examples": TOY[:2]})):
+    for step in (
+        c.post("/v1/tasks", json={"name": "cached", "examples": TOY, "head": "linear"}),
+        c.post("/v1/tasks/cached/examples", json={"examples": TOY[:2]}),
+    ):
         assert wait_for_job(c, step.json()["job"]["id"])["status"] == "succeeded"
     with ThreadPoolExecutor(2) as pool:  # two builds of one tenant at once: one waits its turn
         answers = list(pool.map(lambda v: c.get("/v1/tasks/cached/export", params={"version": v}), (1, 2)))
@@ -299,8 +311,14 @@ def test_one_upload_per_tenant_at_a_time(server: Server) -> None:
         pending = pool.submit(first)
         assert started.wait(30)
         time.sleep(0.5)
-        second = c.post("/v1/tasks/fast/dataset", content=b"input,label\na,pos\nb,neg\n", headers={"content-type": "text/csv"})
+        second = c.post(
+            "/v1/tasks/fast/dataset", content=b"input,label\na,pos\nb,neg\n", headers={"content-type": "text/csv"}
+        )
         error_of(second, 429, "one upload at a time")
         assert pending.result().status_code == 202
-    assert c.post("/v1/tasks/fast/dataset", content=b"input,label\na,pos\nb,neg\n",
-                  headers={"content-type": "text/csv"}).status_code == 202
+    assert (
+        c.post(
+            "/v1/tasks/fast/dataset", content=b"input,label\na,pos\nb,neg\n", headers={"content-type": "text/csv"}
+        ).status_code
+        == 202
+    )

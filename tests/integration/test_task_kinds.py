@@ -45,7 +45,9 @@ def digit_share(text: str) -> float:
 
 
 def create(client, name: str, modality: str, kind: str, examples: list[dict], **extra) -> dict:
-    resp = client.post("/v1/tasks", json={"name": name, "modality": modality, "kind": kind, "examples": examples, **extra})
+    resp = client.post(
+        "/v1/tasks", json={"name": name, "modality": modality, "kind": kind, "examples": examples, **extra}
+    )
     assert resp.status_code == 202, resp.text
     body = resp.json()
     assert body["task"]["kind"] == kind
@@ -90,23 +92,35 @@ def check_multilabel(client, name: str, test_inputs: list[str], truth: list[list
         pred[i, [index[label] for label in p["labels"]]] = 1
     held_out = f1_score(y, pred, average="micro")
     constant = f1_score(y, np.ones_like(y), average="micro")
-    print(f"{name}: CV micro/macro-F1 {m['micro_f1']:.3f}/{m['macro_f1']:.3f} (constant {m['baseline']['micro_f1']:.3f}/"
-          f"{m['baseline']['macro_f1']:.3f}); held-out micro-F1 {held_out:.3f} vs constant {constant:.3f}")
+    print(
+        f"{name}: CV micro/macro-F1 {m['micro_f1']:.3f}/{m['macro_f1']:.3f} (constant {m['baseline']['micro_f1']:.3f}/"
+        f"{m['baseline']['macro_f1']:.3f}); held-out micro-F1 {held_out:.3f} vs constant {constant:.3f}"
+    )
     assert held_out > constant + margin, (held_out, constant)
     return held_out
 
 
-def check_regression(client, name: str, test_inputs: list[str], truth: list[float], train_mean: float, ratio: float) -> float:
+def check_regression(
+    client, name: str, test_inputs: list[str], truth: list[float], train_mean: float, ratio: float
+) -> float:
     version = active_version(client, name)
     m = version["metrics"]
-    assert version["head"] == "ridge" and m["kind"] == "regression" and m["evaluation"] == "cv" and version["labels"] == ["value"]
+    assert (
+        version["head"] == "ridge"
+        and m["kind"] == "regression"
+        and m["evaluation"] == "cv"
+        and version["labels"] == ["value"]
+    )
     assert m["mae"] < m["baseline"]["mae"] and m["r2"] > m["baseline"]["r2"] and math.isfinite(m["rmse"])
     preds = predictions(client, name, test_inputs)
     assert all(set(p) == {"value"} and math.isfinite(p["value"]) for p in preds)
     values = np.array([p["value"] for p in preds])
     mae, mean_mae = np.mean(np.abs(values - truth)), np.mean(np.abs(np.array(truth) - train_mean))
-    print(f"{name}: CV MAE {m['mae']:.3f} R² {m['r2']:.3f} (mean: MAE {m['baseline']['mae']:.3f} R² {m['baseline']['r2']:.3f}); "
-          f"held-out MAE {mae:.3f} vs mean {mean_mae:.3f}")
+    print(
+        f"{name}: CV MAE {m['mae']:.3f} R² {m['r2']:.3f} (mean: MAE {m['baseline']['mae']:.3f} R² "
+        f"{m['baseline']['r2']:.3f}); "
+        f"held-out MAE {mae:.3f} vs mean {mean_mae:.3f}"
+    )
     assert mae < ratio * mean_mae, (mae, mean_mae)
     return mae
 
@@ -114,22 +128,36 @@ def check_regression(client, name: str, test_inputs: list[str], truth: list[floa
 def test_text_tasks_of_each_kind_on_bbc_news(server, bbc_train, bbc_test) -> None:
     client = server.new_tenant("kinds-text")
     train, test = per_label(bbc_train, 30, seed=0), per_label(bbc_test, 20, seed=1)
-    ml_job = create(client, "bbc-tags", "text", "multilabel",
-                    [{"input": r["input"], "label": bbc_tags(r["input"], r["label"])} for r in train])
-    reg_job = create(client, "bbc-figures", "text", "regression",
-                     [{"input": r["input"], "label": digit_share(r["input"])} for r in train])
+    ml_job = create(
+        client,
+        "bbc-tags",
+        "text",
+        "multilabel",
+        [{"input": r["input"], "label": bbc_tags(r["input"], r["label"])} for r in train],
+    )
+    reg_job = create(
+        client,
+        "bbc-figures",
+        "text",
+        "regression",
+        [{"input": r["input"], "label": digit_share(r["input"])} for r in train],
+    )
     assert wait_for_job(client, ml_job["id"])["status"] == "succeeded"
     assert wait_for_job(client, reg_job["id"])["status"] == "succeeded"
 
     task = client.get("/v1/tasks/bbc-tags").json()
     assert task["kind"] == "multilabel" and task["examples_per_label"]["sports"] == 30
-    assert task["examples_per_label"]["mentions-us"] == sum("mentions-us" in bbc_tags(r["input"], r["label"]) for r in train)
+    assert task["examples_per_label"]["mentions-us"] == sum(
+        "mentions-us" in bbc_tags(r["input"], r["label"]) for r in train
+    )
     assert client.get("/v1/tasks/bbc-figures").json()["examples_per_label"] == {"value": 150}
     inputs = [r["input"] for r in test]
     # Measured (10 articles per label): held-out micro-F1 ~0.8 vs ~0.36 for predicting every label.
     check_multilabel(client, "bbc-tags", inputs, [bbc_tags(r["input"], r["label"]) for r in test], margin=0.25)
     truth = [digit_share(r["input"]) for r in test]
-    check_regression(client, "bbc-figures", inputs, truth, float(np.mean([digit_share(r["input"]) for r in train])), ratio=0.95)
+    check_regression(
+        client, "bbc-figures", inputs, truth, float(np.mean([digit_share(r["input"]) for r in train])), ratio=0.95
+    )
     # Both kinds export as one ONNX graph: tests/integration/test_export.py checks them against a bare consumer.
 
 
@@ -137,8 +165,16 @@ def test_image_tasks_of_each_kind_on_digits(server) -> None:
     client = server.new_tenant("kinds-image")
     train = per_label(load_jsonl("digits.train.jsonl"), 8, seed=0)
     test = per_label(load_jsonl("digits.test.jsonl"), 10, seed=1)
-    ml_job = create(client, "digit-tags", "image", "multilabel", [{"input": r["input"], "label": digit_tags(int(r["label"]))} for r in train])
-    reg_job = create(client, "digit-value", "image", "regression", [{"input": r["input"], "label": int(r["label"])} for r in train])
+    ml_job = create(
+        client,
+        "digit-tags",
+        "image",
+        "multilabel",
+        [{"input": r["input"], "label": digit_tags(int(r["label"]))} for r in train],
+    )
+    reg_job = create(
+        client, "digit-value", "image", "regression", [{"input": r["input"], "label": int(r["label"])} for r in train]
+    )
     assert wait_for_job(client, ml_job["id"])["status"] == "succeeded"
     assert wait_for_job(client, reg_job["id"])["status"] == "succeeded"
     inputs = [r["input"] for r in test]
@@ -153,8 +189,13 @@ def test_image_tasks_of_each_kind_on_digits(server) -> None:
     # version never saw: exact label sets (multilabel), a sign test on the errors (regression).
     more = random.Random(0).sample([r for r in load_jsonl("digits.train.jsonl") if r not in train], 20)
     jobs = {}
-    for name, label in (("digit-tags", lambda r: digit_tags(int(r["label"]))), ("digit-value", lambda r: float(r["label"]))):
-        resp = client.post(f"/v1/tasks/{name}/examples", json={"examples": [{"input": r["input"], "label": label(r)} for r in more]})
+    for name, label in (
+        ("digit-tags", lambda r: digit_tags(int(r["label"]))),
+        ("digit-value", lambda r: float(r["label"])),
+    ):
+        resp = client.post(
+            f"/v1/tasks/{name}/examples", json={"examples": [{"input": r["input"], "label": label(r)} for r in more]}
+        )
         assert resp.status_code == 202, resp.text
         jobs[name] = resp.json()["job"]["id"]
     for name, words in (("digit-tags", "got"), ("digit-value", "closer on")):
@@ -188,7 +229,11 @@ def test_label_shapes_are_checked_per_kind(server) -> None:
     assert_error(post("regression", [1, 2], backbone="auto"), 422, "backbone 'auto' is for classification")
     assert_error(post("ranking", [1, 2]), 422, "kind")
     for bad in ("NaN", "Infinity", "-Infinity"):  # Python's JSON reads these; they are no targets
-        body = '{"name": "shapes", "kind": "regression", "examples": [{"input": "a", "label": 1}, {"input": "b", "label": ' + bad + '}]}'
+        body = (
+            '{"name": "shapes", "kind": "regression", "examples": [{"input": "a", "label": 1}, {"input": "b", "label": '
+            + bad
+            + "}]}"
+        )
         resp = client.post("/v1/tasks", content=body, headers={"content-type": "application/json"})
         assert_error(resp, 422, "examples[1].label", "finite number")
 

@@ -47,8 +47,9 @@ def fmt_chunk(tag: int = 1, channels: int = 1, rate: int = 16_000, bits: int = 1
 def extensible_fmt(sub_tag: int, channels: int, rate: int, bits: int, valid_bits: int | None = None) -> bytes:
     block = channels * bits // 8
     guid = struct.pack("<H", sub_tag) + bytes.fromhex("000000001000800000aa00389b71")
-    body = struct.pack("<HHIIHHHHI", 0xFFFE, channels, rate, rate * block, block, bits, 22,
-                       valid_bits or bits, 0) + guid
+    body = (
+        struct.pack("<HHIIHHHHI", 0xFFFE, channels, rate, rate * block, block, bits, 22, valid_bits or bits, 0) + guid
+    )
     return chunk(b"fmt ", body)
 
 
@@ -107,7 +108,7 @@ def test_stereo_is_mixed_to_mono() -> None:
 def test_wave_format_extensible_decodes(sub_tag: int, bits: int, valid: int) -> None:
     x = tone(16_000, 0.25)
     plain = audio.encode_wav(x, 16_000, bits, "float" if sub_tag == 3 else "pcm")
-    samples = plain[plain.index(b"data") + 8:]
+    samples = plain[plain.index(b"data") + 8 :]
     data = riff(extensible_fmt(sub_tag, 1, 16_000, bits, valid), chunk(b"data", samples))
     assert np.allclose(audio.decode(data, LIMITS).samples, x, atol=1e-4)
 
@@ -115,10 +116,15 @@ def test_wave_format_extensible_decodes(sub_tag: int, bits: int, valid: int) -> 
 def test_other_chunks_odd_padding_and_a_lying_riff_size_are_tolerated() -> None:
     x = tone(16_000, 0.25)
     plain = audio.encode_wav(x, 16_000)
-    samples = plain[plain.index(b"data") + 8:]
+    samples = plain[plain.index(b"data") + 8 :]
     for declared in (0, 0xFFFFFFFF, 12):  # streaming writers leave the RIFF size 0 or -1
-        data = riff(chunk(b"LIST", b"INFOabc"), fmt_chunk(), chunk(b"fact", b"\0" * 4), chunk(b"data", samples),
-                    declared=declared)
+        data = riff(
+            chunk(b"LIST", b"INFOabc"),
+            fmt_chunk(),
+            chunk(b"fact", b"\0" * 4),
+            chunk(b"data", samples),
+            declared=declared,
+        )
         assert np.allclose(audio.decode(data, LIMITS).samples, x, atol=1e-4)
 
 
@@ -139,42 +145,54 @@ def test_base64_with_and_without_a_data_url() -> None:
 SAMPLES = audio.encode_wav(tone(16_000, 0.1), 16_000)[44:]
 
 
-@pytest.mark.parametrize("data,error,message", [
-    (b"", audio.NotAudio, "empty"),
-    (b"hello world, not a wav", audio.NotAudio, "not a WAV"),
-    (b"RIFF\x00\x00\x00\x00AVI LIST", audio.NotAudio, "not a WAV"),
-    (b"RF64\xff\xff\xff\xffWAVEds64", audio.UnsupportedAudio, "RF64"),
-    (riff(), audio.NotAudio, "no 'fmt '"),
-    (riff(fmt_chunk()), audio.NotAudio, "no 'data'"),
-    (riff(chunk(b"data", SAMPLES), fmt_chunk()), audio.NotAudio, "before the 'fmt '"),
-    (riff(fmt_chunk(), fmt_chunk(), chunk(b"data", SAMPLES)), audio.NotAudio, "two 'fmt '"),
-    (riff(chunk(b"fmt ", b"\x01\x00\x01\x00"), chunk(b"data", SAMPLES)), audio.NotAudio, "at least 16"),
-    (riff(fmt_chunk(channels=0, block=0), chunk(b"data", SAMPLES)), audio.NotAudio, "0 channels"),
-    (riff(fmt_chunk(block=3), chunk(b"data", SAMPLES)), audio.NotAudio, "block alignment"),
-    (riff(fmt_chunk(bits=8), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "8-bit PCM"),
-    (riff(fmt_chunk(tag=3, bits=16), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "16-bit float"),
-    (riff(fmt_chunk(tag=6, bits=8), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "0x0006"),  # A-law
-    (riff(fmt_chunk(tag=0x11, bits=4, block=256), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "0x0011"),
-    (riff(extensible_fmt(2, 1, 16_000, 16), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "0x0002"),
-    (riff(fmt_chunk(rate=0), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "sample rate of 0"),
-    (riff(fmt_chunk(rate=10_000_000), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "sample rate"),
-    (riff(fmt_chunk(), chunk(b"data", b"")), audio.NotAudio, "no samples"),
-    (riff(fmt_chunk(), chunk(b"data", b"\x01")), audio.NotAudio, "no samples"),
-    # lying sizes: a chunk that declares more than the file holds, however much
-    (riff(fmt_chunk(), chunk(b"data", SAMPLES, declared=len(SAMPLES) + 2)), audio.NotAudio, "truncated"),
-    (riff(fmt_chunk(), chunk(b"data", SAMPLES, declared=0xFFFFFFF0)), audio.NotAudio, "truncated"),
-    (riff(chunk(b"LIST", b"abcd", declared=0x7FFFFFFF), fmt_chunk(), chunk(b"data", SAMPLES)), audio.NotAudio,
-     "truncated"),
-    (riff(fmt_chunk())[:-4], audio.NotAudio, "truncated"),
-    (riff(*[chunk(b"junk", b"")] * 1_001, fmt_chunk(), chunk(b"data", SAMPLES)), audio.NotAudio, "chunks"),
-    (riff(fmt_chunk(channels=6), chunk(b"data", SAMPLES[:1200])), audio.AudioTooLarge, "6 channels"),
-    # 31 s at 1 kHz: few bytes, a long clip
-    (riff(fmt_chunk(rate=1_000), chunk(b"data", b"\0" * 62_000)), audio.AudioTooLarge, "31.0 s"),
-    (riff(fmt_chunk(tag=3, bits=32), chunk(b"data", struct.pack("<3f", 0.1, float("nan"), 0.2))), audio.NotAudio,
-     "NaN"),
-    (riff(fmt_chunk(tag=3, bits=64), chunk(b"data", struct.pack("<2d", float("inf"), 0.2))), audio.NotAudio,
-     "infinite"),
-])
+@pytest.mark.parametrize(
+    "data,error,message",
+    [
+        (b"", audio.NotAudio, "empty"),
+        (b"hello world, not a wav", audio.NotAudio, "not a WAV"),
+        (b"RIFF\x00\x00\x00\x00AVI LIST", audio.NotAudio, "not a WAV"),
+        (b"RF64\xff\xff\xff\xffWAVEds64", audio.UnsupportedAudio, "RF64"),
+        (riff(), audio.NotAudio, "no 'fmt '"),
+        (riff(fmt_chunk()), audio.NotAudio, "no 'data'"),
+        (riff(chunk(b"data", SAMPLES), fmt_chunk()), audio.NotAudio, "before the 'fmt '"),
+        (riff(fmt_chunk(), fmt_chunk(), chunk(b"data", SAMPLES)), audio.NotAudio, "two 'fmt '"),
+        (riff(chunk(b"fmt ", b"\x01\x00\x01\x00"), chunk(b"data", SAMPLES)), audio.NotAudio, "at least 16"),
+        (riff(fmt_chunk(channels=0, block=0), chunk(b"data", SAMPLES)), audio.NotAudio, "0 channels"),
+        (riff(fmt_chunk(block=3), chunk(b"data", SAMPLES)), audio.NotAudio, "block alignment"),
+        (riff(fmt_chunk(bits=8), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "8-bit PCM"),
+        (riff(fmt_chunk(tag=3, bits=16), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "16-bit float"),
+        (riff(fmt_chunk(tag=6, bits=8), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "0x0006"),  # A-law
+        (riff(fmt_chunk(tag=0x11, bits=4, block=256), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "0x0011"),
+        (riff(extensible_fmt(2, 1, 16_000, 16), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "0x0002"),
+        (riff(fmt_chunk(rate=0), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "sample rate of 0"),
+        (riff(fmt_chunk(rate=10_000_000), chunk(b"data", SAMPLES)), audio.UnsupportedAudio, "sample rate"),
+        (riff(fmt_chunk(), chunk(b"data", b"")), audio.NotAudio, "no samples"),
+        (riff(fmt_chunk(), chunk(b"data", b"\x01")), audio.NotAudio, "no samples"),
+        # lying sizes: a chunk that declares more than the file holds, however much
+        (riff(fmt_chunk(), chunk(b"data", SAMPLES, declared=len(SAMPLES) + 2)), audio.NotAudio, "truncated"),
+        (riff(fmt_chunk(), chunk(b"data", SAMPLES, declared=0xFFFFFFF0)), audio.NotAudio, "truncated"),
+        (
+            riff(chunk(b"LIST", b"abcd", declared=0x7FFFFFFF), fmt_chunk(), chunk(b"data", SAMPLES)),
+            audio.NotAudio,
+            "truncated",
+        ),
+        (riff(fmt_chunk())[:-4], audio.NotAudio, "truncated"),
+        (riff(*[chunk(b"junk", b"")] * 1_001, fmt_chunk(), chunk(b"data", SAMPLES)), audio.NotAudio, "chunks"),
+        (riff(fmt_chunk(channels=6), chunk(b"data", SAMPLES[:1200])), audio.AudioTooLarge, "6 channels"),
+        # 31 s at 1 kHz: few bytes, a long clip
+        (riff(fmt_chunk(rate=1_000), chunk(b"data", b"\0" * 62_000)), audio.AudioTooLarge, "31.0 s"),
+        (
+            riff(fmt_chunk(tag=3, bits=32), chunk(b"data", struct.pack("<3f", 0.1, float("nan"), 0.2))),
+            audio.NotAudio,
+            "NaN",
+        ),
+        (
+            riff(fmt_chunk(tag=3, bits=64), chunk(b"data", struct.pack("<2d", float("inf"), 0.2))),
+            audio.NotAudio,
+            "infinite",
+        ),
+    ],
+)
 def test_hostile_and_unsupported_files_are_refused_with_a_reason(data: bytes, error: type, message: str) -> None:
     with pytest.raises(error, match=message) as raised:
         audio.decode(data, LIMITS)
@@ -225,11 +243,14 @@ def test_random_corruption_never_escapes_as_anything_but_an_audio_error() -> Non
     assert outcomes["decoded"] and outcomes["refused"]
 
 
-@pytest.mark.parametrize("exc,status,code", [
-    (audio.NotAudio("not a WAV"), 422, "invalid_audio"),
-    (audio.UnsupportedAudio("A-law"), 415, "unsupported_media_type"),
-    (audio.AudioTooLarge("31 s"), 413, "too_large"),
-])
+@pytest.mark.parametrize(
+    "exc,status,code",
+    [
+        (audio.NotAudio("not a WAV"), 422, "invalid_audio"),
+        (audio.UnsupportedAudio("A-law"), 415, "unsupported_media_type"),
+        (audio.AudioTooLarge("31 s"), 413, "too_large"),
+    ],
+)
 def test_audio_errors_take_their_status_from_the_table(exc: audio.AudioError, status: int, code: str) -> None:
     found = errors.answer_for(exc)
     assert found is not None and (found.status, found.code) == (status, code)

@@ -8,7 +8,9 @@ from service.backbones.registry import BUILTIN
 def test_matches_sentence_transformers(minilm, bbc_test) -> None:
     from sentence_transformers import SentenceTransformer
 
-    texts = ["short", "Ünïcödé — 日本語のテキスト", bbc_test[0]["input"], "a " * 1000] + [r["input"][:200] for r in bbc_test[1:6]]
+    texts = ["short", "Ünïcödé — 日本語のテキスト", bbc_test[0]["input"], "a " * 1000] + [
+        r["input"][:200] for r in bbc_test[1:6]
+    ]
     reference = SentenceTransformer(BUILTIN["minilm"].source(), device="cpu").encode(texts, normalize_embeddings=True)
     ours = minilm.embed(texts)
     assert ours.shape == (len(texts), 384) and ours.dtype == np.float32

@@ -70,7 +70,10 @@ def test_heads_are_applied_per_request_in_shared_passes(minilm, bbc_heads) -> No
     """Requests with different heads share passes (and are split across them); each gets exactly
     its own head's probabilities, in input order."""
     batcher = Batcher(minilm, max_batch=8, max_delay_s=0.02)
-    texts = [f"shares rose as the {w} market reacted to the election result" for w in ("bond", "stock", "film", "tech", "music")]
+    texts = [
+        f"shares rose as the {w} market reacted to the election result"
+        for w in ("bond", "stock", "film", "tech", "music")
+    ]
     jobs = [(bbc_heads[i % len(bbc_heads)], texts[: 1 + i % 5] * (1 + i % 3)) for i in range(18)]
     try:
         with ThreadPoolExecutor(9) as pool:
@@ -233,5 +236,7 @@ def test_fair_queue_skips_cancelled_requests_and_keeps_the_training_share(minilm
     second = gated.batches[1]
     assert "abandoned" not in {text for batch in gated.batches for text in batch}
     assert second.count("train") == 2 and len(second) == 8  # training's quarter of the pass
-    assert sum(t.startswith("a") for t in second) == sum(t.startswith("b") for t in second) == 3  # tenants share the rest
+    assert (
+        sum(t.startswith("a") for t in second) == sum(t.startswith("b") for t in second) == 3
+    )  # tenants share the rest
     assert batcher.pending == 0

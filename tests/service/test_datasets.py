@@ -39,11 +39,16 @@ def refuse(fh, status: int, fragment: str, **limits) -> None:
 
 
 def test_image_folder_layout_with_warnings() -> None:
-    fh = make_zip({
-        "cat/a.png": PNG, "cat/b.png": PNG + b"b", "dog/c.png": PNG + b"c",
-        "empty/": None,  # an empty label folder: ignored, with a warning
-        "__MACOSX/cat/._a.png": b"resource fork", "cat/.DS_Store": b"finder",
-    })
+    fh = make_zip(
+        {
+            "cat/a.png": PNG,
+            "cat/b.png": PNG + b"b",
+            "dog/c.png": PNG + b"c",
+            "empty/": None,  # an empty label folder: ignored, with a warning
+            "__MACOSX/cat/._a.png": b"resource fork",
+            "cat/.DS_Store": b"finder",
+        }
+    )
     data = read_image_folder(fh, **LIMITS)
     assert data.labels == ["cat", "cat", "dog"] and data.inputs[1] == PNG + b"b"
     assert data.names == ["zip member 'cat/a.png'", "zip member 'cat/b.png'", "zip member 'dog/c.png'"]
@@ -164,7 +169,11 @@ def test_csv_and_jsonl() -> None:
     assert data.inputs == ["great, really", "multi\nline"] and data.labels == ["pos", "neg"]
     assert data.names == ["CSV line 2", "CSV line 5"]
     data = table('{"input": "a", "label": "x"}\n\n{"input": "b", "label": "y", "extra": 1}\n', "jsonl")
-    assert (data.inputs, data.labels, data.names) == (["a", "b"], ["x", "y"], ["JSON Lines line 1", "JSON Lines line 3"])
+    assert (data.inputs, data.labels, data.names) == (
+        ["a", "b"],
+        ["x", "y"],
+        ["JSON Lines line 1", "JSON Lines line 3"],
+    )
 
 
 @pytest.mark.parametrize(
@@ -183,8 +192,12 @@ def test_csv_and_jsonl() -> None:
         ('{"input": "a", "label": 3}\n', "jsonl", 422, "'label' must be a string"),
         ('{"input": 3, "label": "x"}\n', "jsonl", 422, "'input' must be a non-empty string"),
         ('{"input": "a", "label": "' + "l" * 257 + '"}\n', "jsonl", 422, "the limit is 256"),
-        ('{"input": "a", "label": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "jsonl", 422,
-         "line 1: nested too deeply"),  # was RecursionError (500)
+        (
+            '{"input": "a", "label": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+            "jsonl",
+            422,
+            "line 1: nested too deeply",
+        ),  # was RecursionError (500)
     ],
 )
 def test_table_refusals(text, kind: str, status: int, fragment: str) -> None:

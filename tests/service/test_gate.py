@@ -42,8 +42,14 @@ class GateRuntime:
 def rt(tmp_path: Path) -> Iterator[GateRuntime]:
     store = Store(f"sqlite:///{tmp_path / 'graft.db'}")
     store.migrate()
-    settings = Settings.from_env({}, data_dir=str(tmp_path), max_request_bytes=1000, max_upload_bytes=5000,
-                                 auth_failure_burst=3, auth_failure_rate_per_s=0.01)
+    settings = Settings.from_env(
+        {},
+        data_dir=str(tmp_path),
+        max_request_bytes=1000,
+        max_upload_bytes=5000,
+        auth_failure_burst=3,
+        auth_failure_rate_per_s=0.01,
+    )
     yield GateRuntime(settings, store)
     store.close()
 
@@ -63,17 +69,36 @@ class Answer:
     chunks_read: int  # how many body chunks the server took from the client
 
 
-def call(app, method: str, path: str, token: str | None = None, chunks: tuple[bytes, ...] = (), length: int | None = None,
-         content_type: str = "application/json", client: str = "10.0.0.1") -> Answer:
+def call(
+    app,
+    method: str,
+    path: str,
+    token: str | None = None,
+    chunks: tuple[bytes, ...] = (),
+    length: int | None = None,
+    content_type: str = "application/json",
+    client: str = "10.0.0.1",
+) -> Answer:
     """One raw ASGI request; the body comes in ``chunks`` (chunked unless ``length`` is given)."""
     headers = [(b"content-type", content_type.encode())]
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
     if length is not None:
         headers.append((b"content-length", str(length).encode()))
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
-             "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"", "headers": headers,
-             "client": (client, 1234), "server": ("127.0.0.1", 3000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": headers,
+        "client": (client, 1234),
+        "server": ("127.0.0.1", 3000),
+    }
     read = 0
     empty_sent = False
     sent: list[dict] = []
@@ -99,16 +124,22 @@ def call(app, method: str, path: str, token: str | None = None, chunks: tuple[by
     anyio.run(run)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return Answer(start["status"], json.loads(body) if body else {},
-                  {k.decode(): v.decode() for k, v in start["headers"]}, read)
+    return Answer(
+        start["status"], json.loads(body) if body else {}, {k.decode(): v.decode() for k, v in start["headers"]}, read
+    )
 
 
 BIG = (b'{"examples": [' + b" " * 900, b" " * 900, b" " * 900)  # 2700 bytes, chunked
 
 
 def test_anonymous_bodies_are_refused_before_a_byte_is_read(app) -> None:
-    for method, path in [("POST", "/v1/tasks"), ("PATCH", "/v1/tenants/ten_x"), ("POST", "/v1/tasks/t/dataset"),
-                         ("POST", "/v1/tasks/t/predict"), ("POST", "/v1/tenants/ten_x/keys")]:
+    for method, path in [
+        ("POST", "/v1/tasks"),
+        ("PATCH", "/v1/tenants/ten_x"),
+        ("POST", "/v1/tasks/t/dataset"),
+        ("POST", "/v1/tasks/t/predict"),
+        ("POST", "/v1/tenants/ten_x/keys"),
+    ]:
         for token in (None, f"gft_{len(path):04d}wrong"):
             answer = call(app, method, path, token, BIG, client=f"10.1.{len(path)}.{token is None}")
             assert answer.status == 401, (method, path, answer)
@@ -145,14 +176,23 @@ def test_key_roles(app, rt: GateRuntime) -> None:
     default = call(app, "POST", f"/v1/tenants/{tenant.id}/keys", owner)
     assert default.status == 201 and default.body["role"] == "owner"
     for key in (predict, writer):  # only owners (and the admin) manage keys; the body is not read
-        for method, path in [("POST", f"/v1/tenants/{tenant.id}/keys"), ("GET", f"/v1/tenants/{tenant.id}/keys"),
-                             ("DELETE", f"/v1/tenants/{tenant.id}/keys/{issued.body['id']}")]:
+        for method, path in [
+            ("POST", f"/v1/tenants/{tenant.id}/keys"),
+            ("GET", f"/v1/tenants/{tenant.id}/keys"),
+            ("DELETE", f"/v1/tenants/{tenant.id}/keys/{issued.body['id']}"),
+        ]:
             answer = call(app, method, path, key, (b'{"role": "owner"}',) if method == "POST" else ())
             assert answer.status == 403 and "role 'owner'" in answer.body["error"]["message"], (method, answer)
             assert answer.chunks_read == 0
     # predict keys may not write: 403 naming the role, before the body is read
-    for method, path in [("POST", "/v1/tasks"), ("DELETE", "/v1/tasks/t"), ("POST", "/v1/tasks/t/examples"),
-                         ("POST", "/v1/tasks/t/dataset"), ("POST", "/v1/tasks/t/promote"), ("POST", "/v1/tasks/t/rollback")]:
+    for method, path in [
+        ("POST", "/v1/tasks"),
+        ("DELETE", "/v1/tasks/t"),
+        ("POST", "/v1/tasks/t/examples"),
+        ("POST", "/v1/tasks/t/dataset"),
+        ("POST", "/v1/tasks/t/promote"),
+        ("POST", "/v1/tasks/t/rollback"),
+    ]:
         answer = call(app, method, path, predict, (b"{}",))
         assert answer.status == 403 and "role 'write'" in answer.body["error"]["message"], (method, path, answer)
         assert answer.chunks_read == 0
@@ -222,13 +262,15 @@ def test_metrics_name_no_tenant_by_default_and_drop_raw_paths() -> None:
     on = metrics.TenantLabels(2, admit_after=1)
     value = on.label("ten_secret", 5)
     assert value.startswith("t-") and "ten_secret" not in value and value == metrics.opaque("ten_secret")
-    page = "\n".join([
-        'bentoml_service_request_total{endpoint="/x8f7a",http_response_code="404"} 1.0',
-        'bentoml_service_request_duration_seconds_bucket{endpoint="/robots.txt",le="0.1"} 1.0',
-        'bentoml_service_request_total{endpoint="/v1/jobs/job_abc",http_response_code="200"} 3.0',
-        'bentoml_service_request_total{endpoint="/readyz",http_response_code="200"} 9.0',
-        'bentoml_service_request_in_progress{endpoint="/metrics"} 1.0',
-    ])
+    page = "\n".join(
+        [
+            'bentoml_service_request_total{endpoint="/x8f7a",http_response_code="404"} 1.0',
+            'bentoml_service_request_duration_seconds_bucket{endpoint="/robots.txt",le="0.1"} 1.0',
+            'bentoml_service_request_total{endpoint="/v1/jobs/job_abc",http_response_code="200"} 3.0',
+            'bentoml_service_request_total{endpoint="/readyz",http_response_code="200"} 9.0',
+            'bentoml_service_request_in_progress{endpoint="/metrics"} 1.0',
+        ]
+    )
     kept = metrics.without_raw_paths(page)
     assert "/x8f7a" not in kept and "robots" not in kept and "job_abc" not in kept
     assert "/readyz" in kept and 'endpoint="/metrics"' in kept

@@ -105,7 +105,12 @@ def test_embedder_is_an_exportable_module(mobilenet) -> None:
 
 
 def test_identity_and_registry(mobilenet) -> None:
-    assert (mobilenet.name, mobilenet.modality, mobilenet.dim, mobilenet.runtime) == ("mobilenet_v2", "image", 1280, "torch")
+    assert (mobilenet.name, mobilenet.modality, mobilenet.dim, mobilenet.runtime) == (
+        "mobilenet_v2",
+        "image",
+        1280,
+        "torch",
+    )
     assert mobilenet.revision.startswith("sha256:") and len(mobilenet.revision) == 23
     assert BUILTIN["mobilenet_v2"].modality == "image" and BUILTIN["mobilenet_v2"].architecture == "mobilenet_v2"
     extra = parse_extra("effnet=image:efficientnet_lite0, mine=image:mobilenet_v2:/models/mnv2.pth, t=text:/m")

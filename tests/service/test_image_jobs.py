@@ -17,7 +17,12 @@ def test_image_job_embeds_stored_examples_and_reports_progress(tmp_path, monkeyp
     backbone = TorchImageBackbone("mobilenet_v2", "mobilenet_v2")
     rows = [r for r in per_label(load_jsonl("digits.train.jsonl"), 10, seed=0) if r["label"] in "0123"]  # 40: 3 chunks
     examples = [
-        (images.to_stored(images.decode(images.from_base64(r["input"]), images.STORED_LIMITS), backbone.preprocessing), r["label"])
+        (
+            images.to_stored(
+                images.decode(images.from_base64(r["input"]), images.STORED_LIMITS), backbone.preprocessing
+            ),
+            r["label"],
+        )
         for r in rows
     ]
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
@@ -34,12 +39,18 @@ def test_image_job_embeds_stored_examples_and_reports_progress(tmp_path, monkeyp
     store.heartbeat = recording  # type: ignore[method-assign]
     try:
         tenant, _ = store.create_tenant("acme")
-        task, job = store.create_task(tenant.id, "digits", modality="image", backbone="mobilenet_v2", head="linear", examples=examples)
+        task, job = store.create_task(
+            tenant.id, "digits", modality="image", backbone="mobilenet_v2", head="linear", examples=examples
+        )
         runner.run(store.claim_job(runner.worker_id, lease_s=60, max_attempts=3))
         done = store.get_job(tenant.id, job.id)
         assert (done.status, done.version, done.progress) == ("succeeded", 1, 1.0), done.error
         version = store.version(task.id, 1)
-        assert (version.backbone, version.backbone_revision, version.n_examples) == ("mobilenet_v2", backbone.revision, len(rows))
+        assert (version.backbone, version.backbone_revision, version.n_examples) == (
+            "mobilenet_v2",
+            backbone.revision,
+            len(rows),
+        )
         assert version.metrics["accuracy"] > 0.6  # 4 digits, 10 each: far above chance (0.25)
         embedding = [p for p in progress if 0 < p <= EMBED_SHARE]
         assert embedding == sorted(embedding) and len(set(embedding)) == 3, progress  # one step per chunk

@@ -101,8 +101,10 @@ def test_fused_image_hybrid_graph_reads_pixel_values_and_pixels(tmp_path_factory
 
     session = ort.InferenceSession(fuse(onnx.load(str(backbone.model_path)), head).SerializeToString())
     assert [i.name for i in session.get_inputs()] == ["pixel_values", "pixels"]
-    got = np.concatenate([
-        session.run(None, {**feeds, "pixels": raw_inputs.pixels([test[i] for i in idx], head.features.size)})[0]
-        for idx, feeds in backbone.origin.batches(arrays, 4)
-    ])
+    got = np.concatenate(
+        [
+            session.run(None, {**feeds, "pixels": raw_inputs.pixels([test[i] for i in idx], head.features.size)})[0]
+            for idx, feeds in backbone.origin.batches(arrays, 4)
+        ]
+    )
     assert np.abs(got - expected).max() <= 1e-5 and (got.argmax(1) == expected.argmax(1)).all()

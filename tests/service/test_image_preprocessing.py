@@ -37,7 +37,9 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 # -- decoding ------------------------------------------------------------------------------------
@@ -74,7 +76,10 @@ def test_base64_and_data_urls() -> None:
 def test_rejects_with_the_right_status(data: bytes, error: type, message: str) -> None:
     with pytest.raises(error, match=message) as raised:
         images.decode(data, LIMITS)
-    assert answer_for(raised.value).status == {images.NotAnImage: 422, images.UnsupportedFormat: 415, images.ImageTooLarge: 413}[error]
+    assert (
+        answer_for(raised.value).status
+        == {images.NotAnImage: 422, images.UnsupportedFormat: 415, images.ImageTooLarge: 413}[error]
+    )
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
@@ -116,8 +121,14 @@ def in_mode(mode: str) -> Image.Image:
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [
-        ("L", "L"), ("1", "L"), ("LA", "L"), ("I;16", "L"),
-        ("RGB", "RGB"), ("RGBA", "RGB"), ("P", "RGB"), ("CMYK", "RGB"),
+        ("L", "L"),
+        ("1", "L"),
+        ("LA", "L"),
+        ("I;16", "L"),
+        ("RGB", "RGB"),
+        ("RGBA", "RGB"),
+        ("P", "RGB"),
+        ("CMYK", "RGB"),
     ],
 )
 def test_every_mode_becomes_l_or_rgb_and_a_3_channel_crop(mode: str, expected: str) -> None:
@@ -154,7 +165,9 @@ def test_transparent_pixels_become_white(mode: str) -> None:
 
 
 def test_palette_without_transparency_keeps_its_colours() -> None:
-    image = Image.fromarray(np.full((6, 6, 3), (10, 200, 30), dtype=np.uint8)).convert("P", palette=Image.Palette.ADAPTIVE)
+    image = Image.fromarray(np.full((6, 6, 3), (10, 200, 30), dtype=np.uint8)).convert(
+        "P", palette=Image.Palette.ADAPTIVE
+    )
     assert tuple(np.asarray(PRE.normalise(image))[0, 0]) == (10, 200, 30)
 
 
@@ -234,7 +247,10 @@ def test_a_thin_image_is_cropped_before_it_is_resized(resize_sizes) -> None:
     assert crop.shape == (224, 224, 3) and (crop == 128).all()
     assert max(w * h for w, h in resize_sizes) == 224 * 224
     # The stored form (training reads it back) is the image itself (shorter side ≤ 256), and it crops the same.
-    assert (images.from_stored([images.to_stored(images.decode(small, LIMITS), PRE)], PRE)[0] == PRE(images.decode(small, LIMITS))).all()
+    assert (
+        images.from_stored([images.to_stored(images.decode(small, LIMITS), PRE)], PRE)[0]
+        == PRE(images.decode(small, LIMITS))
+    ).all()
 
 
 @pytest.mark.parametrize("size", [(8, 8), (100, 37), (255, 1000), (37, 1234), (640, 480), (3000, 2000)])

@@ -18,7 +18,9 @@ def test_failed_job_keeps_previous_version_and_records_error(tmp_path, minilm) -
     runner = JobRunner(store, lambda _: batcher, Settings.from_env({}, data_dir=str(tmp_path)))
     try:
         tenant, _ = store.create_tenant("acme")
-        task, job1 = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        task, job1 = store.create_task(
+            tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES
+        )
         runner.run(store.claim_job(runner.worker_id, lease_s=60, max_attempts=3))
         done = store.get_job(tenant.id, job1.id)
         assert (done.status, done.version, done.progress) == ("succeeded", 1, 1.0)

@@ -29,8 +29,16 @@ def test_requests_are_counted_by_route_template() -> None:
     metrics.observe_request("/v1/tasks/{name}/predict", "POST", 503, 0.02)
     after = sample("graft_http_requests_total", endpoint="/v1/tasks/{name}/predict", method="POST", status="503")
     assert after == before + 1
-    assert sample("graft_http_request_duration_seconds_bucket", endpoint="/v1/tasks/{name}/predict", method="POST",
-                  status="503", le="0.025") >= 1
+    assert (
+        sample(
+            "graft_http_request_duration_seconds_bucket",
+            endpoint="/v1/tasks/{name}/predict",
+            method="POST",
+            status="503",
+            le="0.025",
+        )
+        >= 1
+    )
 
 
 def test_head_cache_reports_hits_misses_evictions_and_bytes() -> None:
@@ -45,12 +53,14 @@ def test_head_cache_reports_hits_misses_evictions_and_bytes() -> None:
 
 
 def test_bentoml_raw_path_samples_are_dropped() -> None:
-    page = "\n".join([
-        "# TYPE bentoml_service_request_total counter",
-        'bentoml_service_request_total{endpoint="/v1/jobs/job_abc",http_response_code="200"} 3.0',
-        'bentoml_service_request_total{endpoint="/readyz",http_response_code="200"} 9.0',
-        'graft_http_requests_total{endpoint="/v1/jobs/{job_id}",method="GET",status="200"} 3.0',
-    ])
+    page = "\n".join(
+        [
+            "# TYPE bentoml_service_request_total counter",
+            'bentoml_service_request_total{endpoint="/v1/jobs/job_abc",http_response_code="200"} 3.0',
+            'bentoml_service_request_total{endpoint="/readyz",http_response_code="200"} 9.0',
+            'graft_http_requests_total{endpoint="/v1/jobs/{job_id}",method="GET",status="200"} 3.0',
+        ]
+    )
     kept = metrics.without_raw_paths(page)
     assert "job_abc" not in kept and "/readyz" in kept and "{job_id}" in kept
 

@@ -48,7 +48,9 @@ def test_fused_graph_equals_backbone_then_head(kind, variant, request, bbc_train
 
     fused = fuse(onnx.load(str(backbone.model_path)), head)
     session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
-    inputs = {"baseline": [TOKENS], "hybrid": ["input_ids", "attention_mask", TOKENS]}.get(kind, ["input_ids", "attention_mask"])
+    inputs = {"baseline": [TOKENS], "hybrid": ["input_ids", "attention_mask", TOKENS]}.get(
+        kind, ["input_ids", "attention_mask"]
+    )
     assert [i.name for i in session.get_inputs()] == inputs
     assert [o.name for o in session.get_outputs()] == ["probabilities"]
     got = run_fused(session, backbone, texts)
@@ -62,7 +64,9 @@ def test_multilabel_and_regression_graphs(onnx_fp32, bbc_train, bbc_test) -> Non
     train = per_label(bbc_train, 4, seed=6)
     x = onnx_fp32.embed([r["input"] for r in train])
     classes = sorted({r["label"] for r in train})
-    indicator = np.array([[r["label"] == c or (c == classes[0] and i % 3 == 0) for c in classes] for i, r in enumerate(train)])
+    indicator = np.array(
+        [[r["label"] == c or (c == classes[0] and i % 3 == 0) for c in classes] for i, r in enumerate(train)]
+    )
     texts = [r["input"] for r in bbc_test[:6]] + ODD
     z = onnx_fp32.embed(texts)
     for head, output in [
@@ -70,8 +74,9 @@ def test_multilabel_and_regression_graphs(onnx_fp32, bbc_train, bbc_test) -> Non
         (KIND_HEADS["regression"]().fit(x, np.array([len(r["input"]) / 1000 for r in train])), "value"),
     ]:
         head = heads.from_bytes(heads.to_bytes(head))
-        session = ort.InferenceSession(fuse(onnx.load(str(onnx_fp32.model_path)), head).SerializeToString(),
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            fuse(onnx.load(str(onnx_fp32.model_path)), head).SerializeToString(), providers=["CPUExecutionProvider"]
+        )
         assert [o.name for o in session.get_outputs()] == [output]
         got = run_fused(session, onnx_fp32, texts)
         expected = heads.predict(head, z)  # a regression head's values (n,)

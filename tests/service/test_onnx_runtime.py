@@ -142,7 +142,10 @@ def test_runtime_setting() -> None:
     assert config.choose("minilm", "text", "cuda") == "onnx-fp16" and config.choose("minilm", "image", "cuda") == "onnx"
     with pytest.raises(ValueError, match="needs CUDA"):
         RuntimeConfig("onnx-fp16").choose("minilm", "text", "cpu")
-    assert RuntimeConfig.torch_runtime("onnx-int8") == "torch" and RuntimeConfig.torch_runtime("torch-bf16") == "torch-bf16"
+    assert (
+        RuntimeConfig.torch_runtime("onnx-int8") == "torch"
+        and RuntimeConfig.torch_runtime("torch-bf16") == "torch-bf16"
+    )
 
 
 def test_registry_loads_the_configured_runtime(onnx_cache_dir, onnx_fp32) -> None:

@@ -32,7 +32,9 @@ def test_store_keeps_a_rejected_or_stale_version_as_candidate(tmp_path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     store.create_schema()
     tenant, _ = store.create_tenant("acme")
-    task, job = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="auto", examples=[("a", "x"), ("b", "y")])
+    task, job = store.create_task(
+        tenant.id, "t", modality="text", backbone="minilm", head="auto", examples=[("a", "x"), ("b", "y")]
+    )
     store.claim_job("w", lease_s=60, max_attempts=3)
     assert store.complete_job(job.id, "w", new_version()) == 1
     _, job = store.add_examples(tenant.id, "t", [("c", "x")])
@@ -62,7 +64,11 @@ def test_worse_retrain_stays_a_candidate(tmp_path, minilm, bbc_train) -> None:
         tenant, _ = store.create_tenant("acme")
         articles = per_label(bbc_train, 16, seed=31)
         task, _ = store.create_task(
-            tenant.id, "t", modality="text", backbone="minilm", head="linear",
+            tenant.id,
+            "t",
+            modality="text",
+            backbone="minilm",
+            head="linear",
             examples=[(r["input"], r["label"]) for r in articles],
         )
         runner.run(store.claim_job(runner.worker_id, lease_s=60, max_attempts=3))

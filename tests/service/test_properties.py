@@ -19,10 +19,17 @@ from adapters import heads
 from graft import schemas as s
 from service.store.repository import Store
 
-SETTINGS = settings(max_examples=60, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-text = st.text(st.characters(codec=None), max_size=40) | st.sampled_from(["", " ", "a", "A", " a", "a ", "\t", "x" * 300])
+text = st.text(st.characters(codec=None), max_size=40) | st.sampled_from(
+    ["", " ", "a", "A", " a", "a ", "\t", "x" * 300]
+)
 # near-duplicates of one another: case, surrounding whitespace, unicode normalisation forms
 near_duplicates = st.sampled_from(["label", "Label", "LABEL", " label", "label ", "labe\u0301l", "ǆ", "Ǆ", "ǅ"])
 labels = st.lists(text | near_duplicates, min_size=2, max_size=6)
@@ -64,7 +71,10 @@ def test_examples_and_labels_round_trip_through_the_store_or_are_refused(store: 
 
 
 @settings(max_examples=100, deadline=None, database=None, derandomize=True)
-@given(labels=st.lists(text | near_duplicates, min_size=2, max_size=8, unique=True), kind=st.sampled_from(["linear", "prototype"]))
+@given(
+    labels=st.lists(text | near_duplicates, min_size=2, max_size=8, unique=True),
+    kind=st.sampled_from(["linear", "prototype"]),
+)
 def test_heads_round_trip_exactly_with_any_labels(labels, kind) -> None:
     rng = np.random.default_rng(len(labels))
     x = rng.normal(size=(len(labels) * 2, 8)).astype(np.float32)

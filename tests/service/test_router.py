@@ -94,7 +94,9 @@ def test_concurrent_requests_across_tasks_match_sequential_single_requests(world
 
 def test_a_tiny_head_budget_keeps_answers_correct(world, bbc_test, fitted) -> None:
     store, tenant, router = world
-    calls = [(f"task-{random.Random(i).randrange(N_TASKS)}", inputs) for i, inputs in enumerate(texts(bbc_test, 60, seed=2))]
+    calls = [
+        (f"task-{random.Random(i).randrange(N_TASKS)}", inputs) for i, inputs in enumerate(texts(bbc_test, 60, seed=2))
+    ]
     roomy = router()
     tiny = router(budget=2 * max(head_nbytes(h) for h in fitted))
     expected = asyncio.run(one_by_one(roomy, tenant, calls))
@@ -117,9 +119,20 @@ def test_a_version_switch_by_another_process_is_seen_within_the_ttl(world, minil
         claimed = other.claim_job("replica-2", lease_s=60, max_attempts=3)
         assert claimed.id == job.id
         head = fitted[1]
-        other.complete_job(job.id, "replica-2", NewVersion(
-            head=head.kind, backbone="minilm", backbone_revision=minilm.revision, runtime="torch", labels=head.labels,
-            metrics={}, n_examples=1, weights=heads.to_bytes(head)))
+        other.complete_job(
+            job.id,
+            "replica-2",
+            NewVersion(
+                head=head.kind,
+                backbone="minilm",
+                backbone_revision=minilm.revision,
+                runtime="torch",
+                labels=head.labels,
+                metrics={},
+                n_examples=1,
+                weights=heads.to_bytes(head),
+            ),
+        )
         switched = time.monotonic()
         seen = None
         while time.monotonic() - switched < 5:
@@ -149,6 +162,8 @@ def test_local_changes_are_seen_at_once(world) -> None:
     r.forget(tenant, "task-2")
     with pytest.raises(NotFound):
         asyncio.run(r.predict(tenant, "task-2", ["hello"]))
-    store.create_task(tenant, "fresh", modality="text", backbone="minilm", head="linear", examples=[("a", "x"), ("b", "y")])
+    store.create_task(
+        tenant, "fresh", modality="text", backbone="minilm", head="linear", examples=[("a", "x"), ("b", "y")]
+    )
     with pytest.raises(NotTrained):
         asyncio.run(r.predict(tenant, "fresh", ["hello"]))

@@ -128,7 +128,9 @@ def test_fair_claims_race_real_processes(store_url: str) -> None:
         queued = sorted(_task(store, t, f"task{j}") for t in tenants for j in range(4))
         ctx = multiprocessing.get_context("spawn")
         barrier, results = ctx.Barrier(4), ctx.Queue()
-        procs = [ctx.Process(target=store_replicas.claim_all, args=(store_url, f"w{i}", barrier, results)) for i in range(4)]
+        procs = [
+            ctx.Process(target=store_replicas.claim_all, args=(store_url, f"w{i}", barrier, results)) for i in range(4)
+        ]
         for p in procs:
             p.start()
         claimed = [job for _ in procs for job in results.get(timeout=120)]
@@ -219,7 +221,7 @@ def test_a_training_step_waits_while_predict_work_is_in_flight(minilm, monkeypat
         predict.result(timeout=120)
         answered = time.perf_counter()
         step.join(30)
-        (busy, returned), = seen
+        ((busy, returned),) = seen
         assert busy == 1, "the predict request was already answered: the test proves nothing"
         assert returned >= answered - 0.05, "the training step ran while predict work was queued"
         assert SERVING.busy == 0
@@ -265,8 +267,16 @@ def test_fine_tune_steps_wait_while_predict_work_is_in_flight(bbc_train, monkeyp
     SERVING.begin()  # a predict request in flight
     released = None
     try:
-        fit = threading.Thread(target=fit_finetune, args=(backbone, [r["input"][:400] for r in rows], [r["label"] for r in rows],
-                               FinetuneConfig(max_epochs=1, patience=1)), kwargs={"between_steps": between_steps})
+        fit = threading.Thread(
+            target=fit_finetune,
+            args=(
+                backbone,
+                [r["input"][:400] for r in rows],
+                [r["label"] for r in rows],
+                FinetuneConfig(max_epochs=1, patience=1),
+            ),
+            kwargs={"between_steps": between_steps},
+        )
         fit.start()
         time.sleep(3.0)
         assert steps == [], "a training step ran while predict work was in flight"

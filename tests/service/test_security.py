@@ -74,7 +74,9 @@ def test_corrupt_head_blob_marks_its_version_failed_and_nothing_else(store: Stor
     blobs = {"bad": b"\x00garbage" * 10, "good": heads.to_bytes(good)}
     numbers = {}
     for name in ("bad", "good"):
-        task, job = store.create_task(tenant.id, name, modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        task, job = store.create_task(
+            tenant.id, name, modality="text", backbone="minilm", head="linear", examples=EXAMPLES
+        )
         claimed = store.claim_job("w", lease_s=60, max_attempts=3)
         numbers[name] = (task.id, store.complete_job(claimed.id, "w", new_version(weights=blobs[name])))
     load = store_head_loader(store)
@@ -122,12 +124,15 @@ def test_token_bucket_charges_one_token_per_input() -> None:
         limiter.take("a", 1)
 
 
-@pytest.mark.parametrize("field,limit,make", [
-    ("max_tasks_per_tenant", 2, "tasks"),
-    ("max_examples_per_task", 6, "examples"),
-    ("max_labels_per_task", 3, "labels"),
-    ("max_label_chars", 5, "label_chars"),
-])
+@pytest.mark.parametrize(
+    "field,limit,make",
+    [
+        ("max_tasks_per_tenant", 2, "tasks"),
+        ("max_examples_per_task", 6, "examples"),
+        ("max_labels_per_task", 3, "labels"),
+        ("max_label_chars", 5, "label_chars"),
+    ],
+)
 def test_quota_boundaries(store: Store, field: str, limit: int, make: str) -> None:
     """The limit passes; limit + 1 is refused with the limit in the message."""
     settings = Settings.from_env({}, **{field: limit})
@@ -140,12 +145,16 @@ def test_quota_boundaries(store: Store, field: str, limit: int, make: str) -> No
         with pytest.raises(QuotaExceeded, match=f"the limit is {limit}") as refused:
             check(None, EXAMPLES)
     elif make == "examples":
-        task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        task, _ = store.create_task(
+            tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES
+        )
         check(task, [("x", "pos")] * (limit - 4))
         with pytest.raises(QuotaExceeded, match=f"the limit is {limit}") as refused:
             check(task, [("x", "pos")] * (limit - 3))
     elif make == "labels":
-        task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+        task, _ = store.create_task(
+            tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES
+        )
         check(task, [("x", "third")])
         with pytest.raises(QuotaExceeded, match=f"the limit is {limit}") as refused:
             check(task, [("x", "third"), ("y", "fourth")])
@@ -192,7 +201,9 @@ def test_nothing_is_ever_unpickled() -> None:
     assert len(sources) > 30
     for path in sources:
         code = path.read_text()
-        assert not re.search(r"\bimport pickle\b|\bpickle\.loads?\(|\bjoblib\b|\bdill\b|allow_pickle\s*=\s*True", code), path
+        assert not re.search(
+            r"\bimport pickle\b|\bpickle\.loads?\(|\bjoblib\b|\bdill\b|allow_pickle\s*=\s*True", code
+        ), path
         for call in re.findall(r"torch\.load\([^)]*\)", code):
             assert "weights_only=True" in call, (path, call)
 
@@ -245,8 +256,10 @@ def test_database_errors_never_quote_the_data_in_logs(store: Store, caplog) -> N
 
     with pytest.raises(IntegrityError) as failed:
         with store.writing() as s:
-            s.execute(text("INSERT INTO tenants (id, name, disabled, created_at) VALUES (:id, NULL, false, :at)"),
-                      {"id": "secret-payload-4711", "at": "2026-01-01"})
+            s.execute(
+                text("INSERT INTO tenants (id, name, disabled, created_at) VALUES (:id, NULL, false, :at)"),
+                {"id": "secret-payload-4711", "at": "2026-01-01"},
+            )
     assert "hidden due to hide_parameters" in str(failed.value)
     logger = logging.getLogger("graft.test-security")
     with caplog.at_level(logging.ERROR, logger="graft.test-security"):
@@ -275,7 +288,6 @@ def test_zip_expansion_limit_at_its_boundary() -> None:
     assert refused.value.code == "too_large" and answer_for(refused.value).status == 413
 
 
-
 def test_rollback_refuses_to_activate_a_version_that_failed_to_load(store: Store) -> None:
     """v1 is active, then marked failed (its weights did not load); v2 replaces it. Rolling back would
     activate v1 again and fail every predict: 409 with a message, the active version stays v2."""
@@ -301,7 +313,9 @@ def test_concurrent_requests_cannot_overshoot_a_quota(store: Store) -> None:
     never more (a check before the write let all k requests through: an overshoot of k−1)."""
     settings = Settings.from_env({}, max_examples_per_task=10, max_tasks_per_tenant=3)
     tenant, _ = store.create_tenant("acme")
-    task, _ = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES[:2])
+    task, _ = store.create_task(
+        tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES[:2]
+    )
     barrier = threading.Barrier(8)
 
     def add(i: int) -> str:
@@ -316,8 +330,15 @@ def test_concurrent_requests_cannot_overshoot_a_quota(store: Store) -> None:
     def create(i: int) -> str:
         barrier.wait()
         try:
-            store.create_task(tenant.id, f"n{i}", modality="text", backbone="minilm", head="linear", examples=EXAMPLES,
-                              guard=quotas.examples_guard(settings, tenant.id, None, EXAMPLES))
+            store.create_task(
+                tenant.id,
+                f"n{i}",
+                modality="text",
+                backbone="minilm",
+                head="linear",
+                examples=EXAMPLES,
+                guard=quotas.examples_guard(settings, tenant.id, None, EXAMPLES),
+            )
             return "ok"
         except QuotaExceeded as exc:
             return exc.code

@@ -14,8 +14,16 @@ EXAMPLES = [("good", "pos"), ("great", "pos"), ("bad", "neg"), ("awful", "neg")]
 
 
 def new_version(**overrides) -> NewVersion:
-    fields = dict(head="linear", backbone="minilm", backbone_revision="sha256:x", runtime="torch",
-                  labels=["neg", "pos"], metrics={"accuracy": 1.0}, n_examples=4, weights=b"blob")
+    fields = dict(
+        head="linear",
+        backbone="minilm",
+        backbone_revision="sha256:x",
+        runtime="torch",
+        labels=["neg", "pos"],
+        metrics={"accuracy": 1.0},
+        n_examples=4,
+        weights=b"blob",
+    )
     return NewVersion(**{**fields, **overrides})
 
 
@@ -42,7 +50,9 @@ def test_duplicate_names_conflict(store: Store) -> None:
 def test_tasks_are_scoped_by_tenant(store: Store) -> None:
     a, _ = store.create_tenant("a")
     b, _ = store.create_tenant("b")
-    task, job = store.create_task(a.id, "shared-name", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+    task, job = store.create_task(
+        a.id, "shared-name", modality="text", backbone="minilm", head="linear", examples=EXAMPLES
+    )
     with pytest.raises(NotFound):
         store.get_task(b.id, "shared-name")
     with pytest.raises(NotFound):
@@ -106,8 +116,12 @@ def test_a_job_completes_only_for_its_owner(store: Store) -> None:
 
 def test_concurrent_claims_never_share_a_job(store: Store) -> None:
     tenant, _ = store.create_tenant("acme")
-    jobs = {store.create_task(tenant.id, f"t{i}", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)[1].id
-            for i in range(20)}
+    jobs = {
+        store.create_task(tenant.id, f"t{i}", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)[
+            1
+        ].id
+        for i in range(20)
+    }
     claimed: list[str] = []
     lock = threading.Lock()
 
@@ -136,7 +150,11 @@ def test_expired_lease_is_reclaimed_then_given_up(store: Store) -> None:
     time.sleep(0.3)
     assert store.claim_job("third", lease_s=0.2, max_attempts=2) is None
     failed = store.get_job(tenant.id, job.id)
-    assert failed.status == "failed" and "stopped its worker 2 times" in failed.error and "will not be retried" in failed.error
+    assert (
+        failed.status == "failed"
+        and "stopped its worker 2 times" in failed.error
+        and "will not be retried" in failed.error
+    )
 
 
 def test_delete_removes_examples_versions_and_fails_open_jobs(store: Store) -> None:

@@ -20,8 +20,12 @@ from .test_store import EXAMPLES, new_version
 
 def _tasks(store: Store, n: int) -> tuple[str, list[str]]:
     tenant, _ = store.create_tenant("acme")
-    jobs = [store.create_task(tenant.id, f"t{i}", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)[1].id
-            for i in range(n)]
+    jobs = [
+        store.create_task(tenant.id, f"t{i}", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)[
+            1
+        ].id
+        for i in range(n)
+    ]
     return tenant.id, jobs
 
 
@@ -78,7 +82,9 @@ def test_a_superseded_result_is_kept_but_not_activated(store: Store) -> None:
     """Two replicas train the same task; the job queued later finishes first. The earlier job's
     version is stored, but the active version stays on the newer data."""
     tenant, _ = store.create_tenant("acme")
-    task, older = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
+    task, older = store.create_task(
+        tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES
+    )
     assert store.claim_job("a", lease_s=60, max_attempts=3).id == older.id
     _, newer = store.add_examples(tenant.id, "t", [("fine", "pos")])  # the older one is running: not replaced
     assert store.claim_job("b", lease_s=60, max_attempts=3).id == newer.id
@@ -101,7 +107,10 @@ def test_the_stalled_owner_and_the_reclaimer_complete_at_the_same_instant(store_
         assert store.claim_job("B", lease_s=0.2, max_attempts=3).id == job_id
         ctx = multiprocessing.get_context("spawn")
         barrier, results = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=store_replicas.complete_together, args=(store_url, w, job_id, barrier, results)) for w in "AB"]
+        procs = [
+            ctx.Process(target=store_replicas.complete_together, args=(store_url, w, job_id, barrier, results))
+            for w in "AB"
+        ]
         for p in procs:
             p.start()
         outcome = dict(results.get(timeout=120) for _ in procs)
@@ -125,7 +134,9 @@ def test_many_replicas_racing_finish_every_job_exactly_once(store_url: str) -> N
         tenant_id, jobs = _tasks(store, 16)
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
-        procs = [ctx.Process(target=store_replicas.busy_replica, args=(store_url, f"r{i}", i, results)) for i in range(4)]
+        procs = [
+            ctx.Process(target=store_replicas.busy_replica, args=(store_url, f"r{i}", i, results)) for i in range(4)
+        ]
         for p in procs:
             p.start()
         by_replica = dict(results.get(timeout=180) for _ in procs)

@@ -87,7 +87,9 @@ def test_replicas_starting_together_migrate_once(store_url: str) -> None:
     Without the lock, PostgreSQL fails the losers' CREATE TABLE and SQLite's their version insert."""
     ctx = multiprocessing.get_context("spawn")
     barrier, errors = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=store_replicas.migrate_when_all_ready, args=(store_url, barrier, errors)) for _ in range(4)]
+    procs = [
+        ctx.Process(target=store_replicas.migrate_when_all_ready, args=(store_url, barrier, errors)) for _ in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -113,7 +115,9 @@ def test_migrate_command_upgrades_and_checks(store_url: str, tmp_path) -> None:
     check = [sys.executable, "-m", "service.store.migrate", "check"]
     before = subprocess.run(check, env=env, capture_output=True, text=True, timeout=120)
     assert before.returncode == 1 and "schema at None" in before.stdout, before.stdout + before.stderr
-    up = subprocess.run([sys.executable, "-m", "service.store.migrate"], env=env, capture_output=True, text=True, timeout=120)
+    up = subprocess.run(
+        [sys.executable, "-m", "service.store.migrate"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert up.returncode == 0 and f"schema at {migrate.head()}" in up.stdout, up.stderr
     after = subprocess.run(check, env=env, capture_output=True, text=True, timeout=120)
     assert after.returncode == 0 and "0 difference(s)" in after.stdout, after.stdout + after.stderr
@@ -123,6 +127,7 @@ def test_switching_a_new_sqlite_file_to_wal_retries_while_another_process_holds_
     """SQLite answers "database is locked" at once (no busy wait) to one of two connections switching
     a new file to WAL together — seen as a failed start when replicas share a new file. The switch
     retries; any other error is raised as is."""
+
     class Cursor:
         def __init__(self, failures: list[str]) -> None:
             self.failures, self.calls = failures, 0

@@ -23,8 +23,13 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 TEXT = (
@@ -38,7 +43,11 @@ def browser() -> Iterator[BrowserContext]:
     """A fresh Chromium profile (its own --user-data-dir) for this module."""
     with tempfile.TemporaryDirectory(prefix="graft-chromium-") as profile, sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900},
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
         )
         yield context
         context.close()
@@ -100,15 +109,15 @@ def test_log_in_open_a_task_see_its_plots_and_try_a_text(server, trained, browse
     cells = page.locator("svg.confusion rect.cm-cell")
     k = len(cm["labels"])
     expect(cells).to_have_count(k * k)
-    drawn = cells.evaluate_all(
-        "cells => cells.map(c => [c.dataset.true, c.dataset.pred, Number(c.dataset.count)])"
-    )
+    drawn = cells.evaluate_all("cells => cells.map(c => [c.dataset.true, c.dataset.pred, Number(c.dataset.count)])")
     expected = [[cm["labels"][i], cm["labels"][j], cm["matrix"][i][j]] for i in range(k) for j in range(k)]
     assert drawn == expected
     assert sum(count for _, _, count in drawn) == task["versions"][-1]["n_examples"] == 40
     expect(page.locator("#plot-per-label rect.pr-recall")).to_have_count(k)
     expect(page.locator("#plot-learning circle.lc-point")).to_have_count(len(metrics["learning_curve"]["points"]))
-    assert page.locator("#plot-reliability rect.rel-bin").count() == sum(1 for b in metrics["reliability"]["bins"] if b["count"])
+    assert page.locator("#plot-reliability rect.rel-bin").count() == sum(
+        1 for b in metrics["reliability"]["bins"] if b["count"]
+    )
     expect(page.locator("#plot-baselines rect.bar")).to_have_count(len(metrics["heads"]) + 1)  # + majority label
     expect(page.locator("#plot-transfer rect.bar")).to_have_count(len(metrics["transferability"]["scores"]))
     expect(page.locator("#other-metrics")).to_contain_text("calibration")  # not plotted: shown as a table
@@ -150,8 +159,9 @@ def test_image_task_try_it_uploads_a_file(server, browser, tmp_path: Path) -> No
     image = tmp_path / "three.png"
     image.write_bytes(base64.b64decode(digit["input"]))
     with image.open("rb") as fh:
-        expected = client.post("/v1/tasks/digits/predict/files", files={"file": ("three.png", fh, "image/png")},
-                               data={"top_k": "5"})
+        expected = client.post(
+            "/v1/tasks/digits/predict/files", files={"file": ("three.png", fh, "image/png")}, data={"top_k": "5"}
+        )
     assert expected.status_code == 200, expected.text
 
     page, problems = open_page(browser, f"{server.url}/ui/#/tasks/digits")
@@ -216,7 +226,9 @@ def test_other_task_kinds_get_their_metrics_as_a_table_and_a_try_it(server, bbc_
 
     client = server.new_tenant(f"dashboard-{kind}")
     rows = per_label(bbc_train, 6, seed=11)
-    label = (lambda r: bbc_tags(r["input"], r["label"])) if kind == "multilabel" else (lambda r: digit_share(r["input"]))
+    label = (
+        (lambda r: bbc_tags(r["input"], r["label"])) if kind == "multilabel" else (lambda r: digit_share(r["input"]))
+    )
     examples = [{"input": r["input"][:600], "label": label(r)} for r in rows]
     resp = client.post("/v1/tasks", json={"name": kind, "kind": kind, "examples": examples})
     assert resp.status_code == 202, resp.text

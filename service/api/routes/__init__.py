@@ -9,4 +9,8 @@ for module in (tenants, tasks, datasets, jobs, predict, backbones, export, versi
     router.include_router(module.router)
 
 # Every API route, flat (the auth gate and the body limit match requests against them before the app runs)
-ROUTES = [route for module in (tenants, tasks, datasets, jobs, predict, backbones, export, versions) for route in module.router.routes]
+ROUTES = [
+    route
+    for module in (tenants, tasks, datasets, jobs, predict, backbones, export, versions)
+    for route in module.router.routes
+]

@@ -21,8 +21,13 @@ def list_backbones(rt: RuntimeDep, _: TenantDep) -> s.BackboneList:
     return s.BackboneList(
         backbones=[
             s.BackboneOut(
-                name=bb.name, modality=bb.modality, dim=bb.dim, runtime=bb.runtime, revision=bb.revision,
-                device=bb.device, default=bb.name in defaults,
+                name=bb.name,
+                modality=bb.modality,
+                dim=bb.dim,
+                runtime=bb.runtime,
+                revision=bb.revision,
+                device=bb.device,
+                default=bb.name in defaults,
             )
             for bb in rt.backbones.loaded.values()
         ]

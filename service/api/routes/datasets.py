@@ -33,16 +33,24 @@ UPLOAD_BODY = {
             "application/zip": {"schema": {"type": "string", "format": "binary"}},
             "text/csv": {"schema": {"type": "string"}},
             "application/jsonl": {"schema": {"type": "string"}},
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}},
-            }},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
         },
     }
 }
 
 
 @router.post(
-    "/tasks/{name}/dataset", status_code=202, response_model=s.DatasetAccepted, responses=ERRORS, openapi_extra=UPLOAD_BODY
+    "/tasks/{name}/dataset",
+    status_code=202,
+    response_model=s.DatasetAccepted,
+    responses=ERRORS,
+    openapi_extra=UPLOAD_BODY,
 )
 async def upload_dataset(
     name: Annotated[str, Path(pattern=s.NAME_PATTERN)],
@@ -73,6 +81,9 @@ async def upload_dataset(
                 await form.close()
             upload.file.close()
     return s.DatasetAccepted(
-        task=task_out(done.task), job=job_out(done.job), created=done.created, examples=done.examples,
+        task=task_out(done.task),
+        job=job_out(done.job),
+        created=done.created,
+        examples=done.examples,
         warnings=done.warnings,
     )

@@ -48,7 +48,11 @@ def tenant_caller(request: Request, rt: Runtime, needed: str) -> Caller:
     if who is None or who.tenant is None:
         raise ApiError(401, "unauthorized", "missing or invalid API key; send 'Authorization: Bearer <api_key>'")
     if not role_allows(who.role, needed):
-        raise ApiError(403, "forbidden", f"this call needs an API key with role '{needed}' (or higher); this key's role is '{who.role}'")
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this call needs an API key with role '{needed}' (or higher); this key's role is '{who.role}'",
+        )
     logs.tenant_id.set(who.tenant.id)
     return who
 
@@ -76,20 +80,42 @@ WriterDep = Annotated[Tenant, Depends(writer)]
 
 def task_out(task: Task) -> s.TaskOut:
     return s.TaskOut(
-        name=task.name, modality=task.modality, kind=task.kind, backbone=task.backbone, head=task.head,
-        active_version=task.active_version, created_at=task.created_at, updated_at=task.updated_at,
+        name=task.name,
+        modality=task.modality,
+        kind=task.kind,
+        backbone=task.backbone,
+        head=task.head,
+        active_version=task.active_version,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
     )
 
 
 def job_out(job: Job) -> s.JobOut:
     return s.JobOut(
-        id=job.id, task=job.task_name, status=cast(s.JobStatus, job.status), progress=job.progress, error=job.error, version=job.version,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, superseded_by=job.superseded_by,
+        id=job.id,
+        task=job.task_name,
+        status=cast(s.JobStatus, job.status),
+        progress=job.progress,
+        error=job.error,
+        version=job.version,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        superseded_by=job.superseded_by,
     )
 
 
 def version_out(v: Version, active: int | None) -> s.VersionOut:
     return s.VersionOut(
-        version=v.number, head=v.head, backbone=v.backbone, backbone_revision=v.backbone_revision, runtime=v.runtime,
-        labels=v.labels, n_examples=v.n_examples, metrics=v.metrics, created_at=v.created_at, active=v.number == active,
+        version=v.number,
+        head=v.head,
+        backbone=v.backbone,
+        backbone_revision=v.backbone_revision,
+        runtime=v.runtime,
+        labels=v.labels,
+        n_examples=v.n_examples,
+        metrics=v.metrics,
+        created_at=v.created_at,
+        active=v.number == active,
     )

@@ -13,8 +13,13 @@ router = APIRouter(prefix="/v1")
 
 @router.get(
     "/tasks/{name}/export",
-    responses={**ERRORS, 200: {"content": {"application/zip": {}}, "description": "zip: model.onnx, preprocessing files "
-               "(tokenizer or image spec), graft-export.json"}},
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"application/zip": {}},
+            "description": "zip: model.onnx, preprocessing files (tokenizer or image spec), graft-export.json",
+        },
+    },
     response_class=Response,
 )
 async def export_task(

@@ -41,20 +41,29 @@ async def predict(name: str, body: s.PredictRequest, rt: RuntimeDep, me: TenantD
 FILES_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["file"],
-            "properties": {
-                "file": {"type": "array", "items": {"type": "string", "format": "binary"},
-                         "description": "One part per image (PNG, JPEG or WebP), all named `file`."},
-                "top_k": {"type": "integer", "minimum": 1},
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One part per image (PNG, JPEG or WebP), all named `file`.",
+                        },
+                        "top_k": {"type": "integer", "minimum": 1},
+                    },
+                }
+            }
+        },
     }
 }
 
 
-@router.post("/tasks/{name}/predict/files", response_model=s.PredictResponse, responses=ERRORS, openapi_extra=FILES_BODY)
+@router.post(
+    "/tasks/{name}/predict/files", response_model=s.PredictResponse, responses=ERRORS, openapi_extra=FILES_BODY
+)
 async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
     """Predict an image task from uploaded files: ``curl -F file=@a.jpg -F file=@b.png [-F top_k=3]``."""
     rt.predict_rate.take(me.id)  # the first file's token, before the body is read
@@ -66,7 +75,9 @@ async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantD
         try:
             unknown = sorted({key for key, _ in form.multi_items()} - {"file", "top_k"})
             if unknown:
-                raise ApiError(422, "validation_error", f"unknown form fields {unknown}; send 'file' parts and optionally 'top_k'")
+                raise ApiError(
+                    422, "validation_error", f"unknown form fields {unknown}; send 'file' parts and optionally 'top_k'"
+                )
             if not files:
                 raise ApiError(422, "validation_error", "no files: send one 'file' part per image")
             top_k = form.get("top_k")

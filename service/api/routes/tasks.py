@@ -23,8 +23,15 @@ router = APIRouter(prefix="/v1")
 @router.post("/tasks", status_code=202, response_model=s.TaskCreated, responses=ERRORS)
 def create_task(body: s.TaskCreate, rt: RuntimeDep, me: WriterDep) -> s.TaskCreated:
     task, job = use.create_task(
-        rt, me.id, body.name, modality=body.modality, kind=body.kind, backbone=body.backbone, head=body.head,
-        declared=body.labels, examples=_examples(body.examples),
+        rt,
+        me.id,
+        body.name,
+        modality=body.modality,
+        kind=body.kind,
+        backbone=body.backbone,
+        head=body.head,
+        declared=body.labels,
+        examples=_examples(body.examples),
     )
     return s.TaskCreated(task=task_out(task), job=job_out(job))
 
@@ -38,7 +45,9 @@ def list_tasks(rt: RuntimeDep, me: TenantDep) -> s.TaskList:
 def get_task(name: str, rt: RuntimeDep, me: TenantDep) -> s.TaskDetail:
     view = use.describe_task(rt, me.id, name)
     return s.TaskDetail(
-        **task_out(view.task).model_dump(), labels=view.labels, examples_per_label=view.examples_per_label,
+        **task_out(view.task).model_dump(),
+        labels=view.labels,
+        examples_per_label=view.examples_per_label,
         versions=[version_out(v, view.task.active_version) for v in view.versions],
     )
 

@@ -47,7 +47,9 @@ def admin_or_owner(tenant_id: TenantId, request: Request, rt: RuntimeDep) -> str
         return "admin"
     assert who.tenant is not None
     if who.role != "owner":
-        raise ApiError(403, "forbidden", f"managing keys needs an API key with role 'owner'; this key's role is '{who.role}'")
+        raise ApiError(
+            403, "forbidden", f"managing keys needs an API key with role 'owner'; this key's role is '{who.role}'"
+        )
     if who.tenant.id != tenant_id:
         raise NotFound("no such tenant")
     return who.key_id or "?"
@@ -56,11 +58,16 @@ def admin_or_owner(tenant_id: TenantId, request: Request, rt: RuntimeDep) -> str
 Actor = Annotated[str, Depends(admin_or_owner)]
 
 
-@router.post("/tenants", status_code=201, response_model=s.TenantCreated, responses=ERRORS, dependencies=[Depends(admin)])
+@router.post(
+    "/tenants", status_code=201, response_model=s.TenantCreated, responses=ERRORS, dependencies=[Depends(admin)]
+)
 def create_tenant(body: s.TenantCreate, rt: RuntimeDep) -> s.TenantCreated:
     created, key = rt.store.create_tenant(body.name)
     first = rt.store.list_keys(created.id)[0]
-    audit.info("key issued", extra={"event": "key_issued", "tenant": created.id, "key_id": first.id, "role": "owner", "by": "admin"})
+    audit.info(
+        "key issued",
+        extra={"event": "key_issued", "tenant": created.id, "key_id": first.id, "role": "owner", "by": "admin"},
+    )
     return s.TenantCreated(id=created.id, name=created.name, api_key=key)
 
 
@@ -86,11 +93,15 @@ def issue_key(tenant_id: TenantId, rt: RuntimeDep, by: Actor, body: s.ApiKeyCrea
         row, key = rt.store.issue_key(tenant_id, role, max_active=rt.settings.max_keys_per_tenant)
     except KeyLimit as exc:
         raise ApiError(409, "too_many_keys", str(exc)) from None
-    audit.info("key issued", extra={"event": "key_issued", "tenant": tenant_id, "key_id": row.id, "role": role, "by": by})
+    audit.info(
+        "key issued", extra={"event": "key_issued", "tenant": tenant_id, "key_id": row.id, "role": role, "by": by}
+    )
     return s.ApiKeyCreated(**key_out(row).model_dump(), api_key=key)
 
 
-@router.get("/tenants/{tenant_id}/keys", response_model=s.ApiKeyList, responses=ERRORS, dependencies=[Depends(admin_or_owner)])
+@router.get(
+    "/tenants/{tenant_id}/keys", response_model=s.ApiKeyList, responses=ERRORS, dependencies=[Depends(admin_or_owner)]
+)
 def list_keys(tenant_id: TenantId, rt: RuntimeDep) -> s.ApiKeyList:
     rt.store.get_tenant(tenant_id)
     return s.ApiKeyList(keys=[key_out(k) for k in rt.store.list_keys(tenant_id)])

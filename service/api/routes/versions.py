@@ -26,13 +26,20 @@ def version_detail(v: Version, active: int | None) -> s.VersionDetail:
         status = "failed"
     elif v.number == active:
         status = "active"
-    elif (promotion or {"activated": True}).get("activated", True):  # versions from before promotion existed were active
+    elif (promotion or {"activated": True}).get(
+        "activated", True
+    ):  # versions from before promotion existed were active
         status = "previous"
     else:
         status = "candidate"
     return s.VersionDetail(
-        **version_out(v, active).model_dump(), status=status, accuracy=metrics.get("accuracy"), ece=metrics.get("ece"),
-        transferability=metrics.get("transferability"), warnings=metrics.get("warnings", []), promotion=promotion,
+        **version_out(v, active).model_dump(),
+        status=status,
+        accuracy=metrics.get("accuracy"),
+        ece=metrics.get("ece"),
+        transferability=metrics.get("transferability"),
+        warnings=metrics.get("warnings", []),
+        promotion=promotion,
         error=v.error,
     )
 
@@ -40,7 +47,8 @@ def version_detail(v: Version, active: int | None) -> s.VersionDetail:
 def version_list(rt: RuntimeDep, tenant_id: str, name: str) -> s.VersionList:
     task = rt.store.get_task(tenant_id, name)
     return s.VersionList(
-        task=task.name, active_version=task.active_version,
+        task=task.name,
+        active_version=task.active_version,
         versions=[version_detail(v, task.active_version) for v in rt.store.versions(task.id)],
     )
 
