@@ -15,7 +15,7 @@ from .batching import Batcher, text_trunk
 from .caching import HeadCache
 from .config import Settings
 from .jobs import JobRunner
-from .quotas import RateLimiter
+from .ratelimit import RateLimiter
 from .router import Router, store_head_loader
 from .store.db import private_dir
 from .store.repository import Store

@@ -17,12 +17,13 @@ from adapters.training import TrainingDataError
 
 from .. import audio, datasets, images, logs
 from ..application.errors import ExportInProgress, Invalid, NotExportable, TooLarge
+from ..application.quotas import InvalidForLimits, QuotaExceeded
+from ..application.task_rules import InvalidTask
 from ..batching import Overloaded
 from ..logs import get as get_logger
-from ..quotas import InvalidForLimits, QuotaExceeded, RateLimited
+from ..ratelimit import RateLimited
 from ..router import NotTrained, VersionFailed
-from ..store.repository import Conflict, NotFound, QueueFull
-from ..task_rules import InvalidTask
+from ..store.repository import Conflict, KeyLimit, NotFound, QueueFull
 
 log = get_logger("api")
 
@@ -85,6 +86,7 @@ _STORE_DOWN = Answer(
 ANSWERS: dict[type[Exception], Answer] = {
     NotFound: Answer(404, "not_found"),
     Conflict: Answer(409, "conflict"),
+    KeyLimit: Answer(409, "too_many_keys"),
     NotTrained: Answer(409, "not_trained"),
     VersionFailed: Answer(503, "version_failed"),
     TrainingDataError: Answer(422, "validation_error"),

@@ -1,6 +1,6 @@
 """The dataset-ingest use case: a whole labeled dataset in one file (an image-folder zip, CSV or JSON
 Lines) creates a task or extends one. A new task takes the same rules and defaults as ``POST /v1/tasks``
-(service/task_rules.py); everything is validated before anything is stored."""
+(service/application/task_rules.py); everything is validated before anything is stored."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import IO, cast
 
 from adapters import kinds
 
-from .. import datasets, quotas, task_rules
+from .. import datasets
 from ..backbones.base import ImageBackbone
 from ..runtime import Runtime
 from ..store.models import Job, Task
 from ..store.repository import NotFound
+from . import quotas, task_rules
 from .errors import Invalid
 from .inputs import pixel_budget, stored_examples, stored_image
 from .tasks import check_new_labels
@@ -45,7 +46,7 @@ def _target(
     head: str | None,
 ) -> tuple[str, str, str]:
     """The modality, backbone and head the upload goes to: the existing task's, or the new task's (by the
-    same rules and defaults as ``POST /v1/tasks``, service/task_rules.py)."""
+    same rules and defaults as ``POST /v1/tasks``, service/application/task_rules.py)."""
     if task is not None:
         given = {
             "modality": (modality, task.modality),

@@ -8,9 +8,9 @@ from typing import Any
 
 from adapters import kinds
 
-from .. import quotas, task_rules
 from ..runtime import Runtime
 from ..store.models import Job, Task, Version
+from . import quotas, task_rules
 from .errors import Invalid
 from .exports import forget_exports
 from .inputs import Raw, stored_examples

@@ -76,7 +76,7 @@ class StoreTotals:
 
 
 class Reads:
-    """The reads quota checks make (:func:`service.quotas.check_new_examples`), answered inside a
+    """The reads quota checks make (:func:`service.application.quotas.check_new_examples`), answered inside a
     writer's transaction: what they see cannot change before the writer commits."""
 
     def __init__(self, session: Session) -> None:

@@ -284,7 +284,7 @@ def test_bad_image_inputs_are_clear_4xx_and_store_nothing(server, digits_train) 
 
 
 def test_dataset_uploads_create_tasks_by_the_same_rules_as_post_tasks(server, digits_train) -> None:
-    """One set of rules for a new task (service/task_rules.py): a dataset upload defaults the head to
+    """One set of rules for a new task (service/application/task_rules.py): a dataset upload defaults the head to
     ``auto`` like ``POST /v1/tasks`` (it defaulted to ``linear``), and refuses ``head=finetune`` on an image
     task up front with the same 422 (it accepted it, and the job failed)."""
     c = server.new_tenant("same-rules")

@@ -11,12 +11,13 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
 from adapters.training import TrainingDataError
 from graft import schemas
-from service import datasets, images, quotas
+from service import datasets, images, ratelimit
 from service.api import errors
+from service.application import quotas
+from service.application.task_rules import InvalidTask
 from service.batching import Overloaded
 from service.router import NotTrained, VersionFailed
 from service.store.repository import Conflict, NotFound
-from service.task_rules import InvalidTask
 
 
 def answer(exc: Exception) -> tuple[int, bytes, str | None]:
@@ -53,11 +54,11 @@ STORE_DOWN = (
             (422, '{"error":{"code":"validation_error","message":"label é"}}'.encode(), None),
         ),
         (
-            quotas.RateLimited("rate", retry_after_s=0.2),
+            ratelimit.RateLimited("rate", retry_after_s=0.2),
             (429, b'{"error":{"code":"rate_limited","message":"rate"}}', "1"),
         ),
         (
-            quotas.RateLimited("rate", retry_after_s=2.01),
+            ratelimit.RateLimited("rate", retry_after_s=2.01),
             (429, b'{"error":{"code":"rate_limited","message":"rate"}}', "3"),
         ),
         (
@@ -136,7 +137,7 @@ def test_domain_codes_agree_with_the_table() -> None:
     for raised in (
         quotas.QuotaExceeded("x"),
         quotas.InvalidForLimits("x"),
-        quotas.RateLimited("x"),
+        ratelimit.RateLimited("x"),
         datasets.DatasetTooLarge("x"),
     ):
         assert not hasattr(raised, "status")

@@ -98,8 +98,8 @@ def test_arbitrary_bytes_never_load_as_a_head(blob) -> None:
 
 def test_dataset_rows_that_cannot_be_stored_are_refused_with_422(store: Store) -> None:
     """Uploaded files skip the request schema: the quota check refuses what the store cannot hold."""
+    from service.application.quotas import QuotaExceeded, check_new_examples
     from service.config import Settings
-    from service.quotas import QuotaExceeded, check_new_examples
 
     tenant, _ = store.create_tenant("files")
     for bad in [("a\x00", "x"), ("a", "x\x00"), ("\ud800", "x")]:

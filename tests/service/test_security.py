@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from adapters import heads
-from service import quotas
+from service.application import quotas
+from service.application.quotas import QuotaExceeded, check_new_examples
 from service.config import Settings
 from service.engine.head_store import VersionFailed, head_of, store_head_loader
-from service.quotas import QuotaExceeded, RateLimited, RateLimiter, check_new_examples
+from service.ratelimit import RateLimited, RateLimiter
 from service.store.repository import Conflict, NotFound, Store
 from service.tenancy import Auth
 
@@ -112,15 +113,15 @@ def test_token_bucket_charges_one_token_per_input() -> None:
     now = [0.0]
     limiter = RateLimiter(rate=10.0, burst=100, clock=lambda: now[0])
     limiter.take("a", 60)
-    with pytest.raises(QuotaExceeded) as refused:
+    with pytest.raises(RateLimited) as refused:
         limiter.take("a", 60)  # 40 tokens left
     assert refused.value.retry_after_s == pytest.approx(2.0) and "by 60 input(s)" in str(refused.value)
     limiter.take("a", 40)
-    with pytest.raises(QuotaExceeded):
+    with pytest.raises(RateLimited):
         limiter.take("a", 1)
     now[0] = 100.0
     limiter.take("a", 500)  # more than the burst: charged a full bucket, so it can pass at all
-    with pytest.raises(QuotaExceeded):
+    with pytest.raises(RateLimited):
         limiter.take("a", 1)
 
 

@@ -4,7 +4,7 @@
 CSV / JSON Lines file with ``input,label`` columns, as the raw body or as the one ``file`` part of
 a multipart form. When the task does not exist, query parameters ``modality`` (default: image
 for a zip, text otherwise), ``backbone`` and ``head`` (default ``auto``) create it, by the same rules as
-``POST /v1/tasks`` (service/task_rules.py). Everything is validated before
+``POST /v1/tasks`` (service/application/task_rules.py). Everything is validated before
 anything is stored; the answer is a queued training job whose ``progress`` covers embedding.
 """
 

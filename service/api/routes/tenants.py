@@ -1,7 +1,6 @@
 """Tenant administration: create, list, disable (admin token); API keys: issue, list, revoke
-(admin token, or an ``owner`` key of the tenant for its own keys). Key events are logged as an
-audit trail: JSON lines with ``event`` (``key_issued``, ``key_revoked``), the tenant, the key id and
-who did it (``by``: a key id or ``admin``); never the key."""
+(admin token, or an ``owner`` key of the tenant for its own keys). The use cases, with their audit
+trail, are service/application/tenants.py."""
 
 from __future__ import annotations
 
@@ -11,9 +10,9 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from graft import schemas as s
 
-from ... import logs
+from ...application import tenants
 from ...store.models import ApiKey, Tenant
-from ...store.repository import KeyLimit, NotFound
+from ...store.repository import NotFound
 from ..errors import ApiError
 from .deps import (
     ERRORS,
@@ -21,8 +20,6 @@ from .deps import (
     admin,
     caller,
 )
-
-audit = logs.get("audit")
 
 router = APIRouter(prefix="/v1")
 
@@ -62,12 +59,7 @@ Actor = Annotated[str, Depends(admin_or_owner)]
     "/tenants", status_code=201, response_model=s.TenantCreated, responses=ERRORS, dependencies=[Depends(admin)]
 )
 def create_tenant(body: s.TenantCreate, rt: RuntimeDep) -> s.TenantCreated:
-    created, key = rt.store.create_tenant(body.name)
-    first = rt.store.list_keys(created.id)[0]
-    audit.info(
-        "key issued",
-        extra={"event": "key_issued", "tenant": created.id, "key_id": first.id, "role": "owner", "by": "admin"},
-    )
+    created, key = tenants.create_tenant(rt, body.name)
     return s.TenantCreated(id=created.id, name=created.name, api_key=key)
 
 
@@ -79,9 +71,7 @@ def list_tenants(rt: RuntimeDep) -> list[s.TenantOut]:
 @router.patch("/tenants/{tenant_id}", response_model=s.TenantOut, responses=ERRORS, dependencies=[Depends(admin)])
 def update_tenant(tenant_id: TenantId, body: s.TenantUpdate, rt: RuntimeDep) -> s.TenantOut:
     """Disable a tenant (its keys stop working at once; its data is kept) or enable it again."""
-    tenant = rt.store.set_tenant_disabled(tenant_id, body.disabled)
-    rt.auth.forget()
-    return tenant_out(tenant)
+    return tenant_out(tenants.set_disabled(rt, tenant_id, body.disabled))
 
 
 @router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=s.ApiKeyCreated, responses=ERRORS)
@@ -89,13 +79,7 @@ def issue_key(tenant_id: TenantId, rt: RuntimeDep, by: Actor, body: s.ApiKeyCrea
     """A new API key (rotation: issue one, move clients to it, then revoke the old one), or a narrower
     one: ``{"role": "predict"}`` for a client that only predicts. No body: an ``owner`` key."""
     role = body.role if body is not None else "owner"
-    try:
-        row, key = rt.store.issue_key(tenant_id, role, max_active=rt.settings.max_keys_per_tenant)
-    except KeyLimit as exc:
-        raise ApiError(409, "too_many_keys", str(exc)) from None
-    audit.info(
-        "key issued", extra={"event": "key_issued", "tenant": tenant_id, "key_id": row.id, "role": role, "by": by}
-    )
+    row, key = tenants.issue_key(rt, tenant_id, role, by)
     return s.ApiKeyCreated(**key_out(row).model_dump(), api_key=key)
 
 
@@ -110,7 +94,5 @@ def list_keys(tenant_id: TenantId, rt: RuntimeDep) -> s.ApiKeyList:
 @router.delete("/tenants/{tenant_id}/keys/{key_id}", status_code=204, responses=ERRORS)
 def revoke_key(tenant_id: TenantId, key_id: Annotated[str, Path(max_length=64)], rt: RuntimeDep, by: Actor) -> Response:
     """Revoke a key: requests with it are refused from now on (other replicas within the cache TTL)."""
-    rt.store.revoke_key(tenant_id, key_id)
-    rt.auth.forget()
-    audit.info("key revoked", extra={"event": "key_revoked", "tenant": tenant_id, "key_id": key_id, "by": by})
+    tenants.revoke_key(rt, tenant_id, key_id, by)
     return Response(status_code=204)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 from adapters import kinds
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..runtime import Runtime
 
 AUTO = "auto"
 FINETUNE_MODALITIES = ("text",)  # the fine-tuned head trains the text backbone's top layers

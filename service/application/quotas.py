@@ -1,4 +1,5 @@
-"""Per-tenant quotas: tasks, examples per task, labels per task, stored bytes, predict rate.
+"""Per-tenant quotas: tasks, examples per task, labels per task, stored bytes (the predict rate is
+:mod:`service.ratelimit`'s token bucket).
 
 Checks run before anything is written and raise :class:`QuotaExceeded` (or a subclass), whose message
 names the limit and whose ``code`` says which kind of refusal it is; the status the API answers with
@@ -8,19 +9,15 @@ table.
 
 from __future__ import annotations
 
-import math
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import ClassVar
 
 from adapters import kinds
 from adapters.kinds import unstorable
 
-from .config import Settings
-from .store.models import Task
-from .store.repository import Guard, Reads, Store
+from ..config import Settings
+from ..store.models import Task
+from ..store.repository import Guard, Reads, Store
 
 
 class QuotaExceeded(Exception):
@@ -37,12 +34,6 @@ class InvalidForLimits(QuotaExceeded):
     """What the request holds breaks a per-item limit (a label too long, too many labels) or cannot be stored."""
 
     code: ClassVar[str] = "validation_error"
-
-
-class RateLimited(QuotaExceeded):
-    """The tenant's predict rate is spent; ``retry_after_s`` says when a token is back."""
-
-    code: ClassVar[str] = "rate_limited"
 
 
 def check_labels(settings: Settings, labels: Sequence[str], field: str = "label") -> None:
@@ -105,48 +96,3 @@ def examples_guard(
     """:func:`check_new_examples` as the store runs it: inside the write's transaction, under the
     tenant's lock (``Store.create_task(guard=...)``), so concurrent requests cannot overshoot a quota."""
     return lambda reads: check_new_examples(reads, settings, tenant_id, task, examples, kind)
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    at: float
-
-
-class RateLimiter:
-    """A token bucket per tenant, in this process: ``rate`` tokens a second, at most ``burst`` saved.
-
-    Predict charges one token per input, so a request of 256 inputs costs what 256 one-input
-    requests cost. A request costing more than ``burst`` is charged ``burst`` (it needs a full
-    bucket), so every request the API accepts can eventually pass."""
-
-    def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_tenants: int = 100_000
-    ) -> None:
-        self.rate, self.burst, self.clock, self.max_tenants = rate, max(1, burst), clock, max_tenants
-        self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
-
-    def take(self, tenant_id: str, cost: int = 1) -> None:
-        """Spend ``cost`` tokens (one per input), or raise :class:`RateLimited` with the seconds until they are back."""
-        if self.rate <= 0:
-            return
-        need = float(min(max(1, cost), self.burst))
-        with self._lock:
-            now = self.clock()
-            bucket = self._buckets.get(tenant_id)
-            if bucket is None:
-                if len(self._buckets) >= self.max_tenants:
-                    self._buckets.clear()  # idle buckets are full anyway: forgetting them refunds nothing
-                bucket = self._buckets[tenant_id] = _Bucket(float(self.burst), now)
-            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
-            bucket.at = now
-            if bucket.tokens >= need:
-                bucket.tokens -= need
-                return
-            wait = (need - bucket.tokens) / self.rate
-        raise RateLimited(
-            f"predict rate limit of {self.rate:g} inputs/s (burst {self.burst}) reached by {cost} input(s); "
-            f"retry after {math.ceil(wait)} s or send fewer inputs",
-            retry_after_s=wait,
-        )
