@@ -30,6 +30,7 @@ import torch
 
 from ..encoding import encode_labels
 from .base import TRUNK, Array, HeadFormatError, MissingInputs, StoredHead, register
+from .baseline import BaselineHead
 from .linear import fit_logistic
 
 TARGETS = ("query", "key", "value", "dense")  # suffixes: attention q/k/v, attention output, FFN in and out
@@ -485,8 +486,6 @@ def compare_on_holdout(
     regression on the frozen embeddings the classifier starts from), ``baseline`` the from-scratch
     TF-IDF + logistic regression. The fine-tuned figure is its best epoch's, chosen on these
     examples, so it is optimistic; the others involve no choice on them."""
-    from .baseline import BaselineHead
-
     epoch = {h["epoch"]: h for h in run.history}
     out = {
         "finetune": {"accuracy": epoch[run.best_epoch]["accuracy"], "epoch": float(run.best_epoch)},
