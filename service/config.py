@@ -65,6 +65,19 @@ SETTINGS: dict[str, _Var] = {
     "default_image_backbone": _Var(
         "GRAFT_DEFAULT_IMAGE_BACKBONE", "mobilenet_v2", str, "Backbone used by image tasks that name none."
     ),
+    "default_audio_backbone": _Var(
+        "GRAFT_DEFAULT_AUDIO_BACKBONE",
+        "openwakeword-speech-embedding",
+        str,
+        "Backbone used by audio tasks that name none (a `speakers` task's default is `resemblyzer-ge2e`).",
+    ),
+    "speaker_far": _Var(
+        "GRAFT_SPEAKER_FAR",
+        0.05,
+        float,
+        "Speaker identification: the false-accept rate the \"unknown\" threshold is tuned to by cross-validation "
+        "(the share of clips by speakers never enrolled that would be named as an enrolled one).",
+    ),
     "extra_backbones": _Var(
         "GRAFT_EXTRA_BACKBONES",
         "",
@@ -345,6 +358,8 @@ class Settings:
     device: str
     default_text_backbone: str
     default_image_backbone: str
+    default_audio_backbone: str
+    speaker_far: float
     extra_backbones: str
     torch_threads: int
     backbone_runtime: str
