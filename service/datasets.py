@@ -149,6 +149,25 @@ def _ignored(parts: tuple[str, ...]) -> bool:
     return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
 
 
+AUDIO_SUFFIXES = (".wav", ".wave")
+
+
+def zip_modality(fh: IO[bytes], *, max_files: int) -> str:
+    """The modality a zip's examples are for, from its member names (the central directory only, nothing
+    extracted): ``audio`` when a visible member is a ``.wav`` file, else ``image``. Rewinds ``fh``."""
+    if _declared_entries(fh) > max_files:
+        raise DatasetError(f"the zip has more than {max_files} entries; the limit is {max_files} files per upload")
+    try:
+        with zipfile.ZipFile(fh) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
+        raise DatasetError("the upload is not a readable zip archive") from None
+    finally:
+        fh.seek(0)
+    visible = (name for name in names if not any(p.startswith(".") or p == "__MACOSX" for p in name.split("/")))
+    return "audio" if any(name.lower().endswith(AUDIO_SUFFIXES) for name in visible) else "image"
+
+
 def read_image_folder(
     fh: IO[bytes],
     *,

@@ -49,7 +49,8 @@ def new_task(
     problem = task_kind.new_task_problem(modality, backbone, head)
     if problem:
         raise InvalidTask(problem)
-    return NewTask(modality, kind, choose_backbone(rt, modality, backbone or task_kind.default_backbone(modality)), head)
+    chosen = choose_backbone(rt, modality, backbone or task_kind.default_backbone(modality))
+    return NewTask(modality, kind, chosen, head)
 
 
 def choose_backbone(rt: Runtime, modality: str, requested: str | None) -> str:

@@ -15,6 +15,6 @@ DEFAULT = Classification.name  # a task that names no kind; a dataset upload's n
 __all__ = [
     "AUTO", "DEFAULT", "KINDS", "LABEL_CHARS", "Classification", "KindPrediction", "LabelScore", "MultiLabel",
     "MultiLabelPrediction", "Prediction", "Regression", "RegressionPrediction", "SpeakerPrediction", "SpeakerScore",
-    "Speakers", "TaskKind", "UnknownKind", "fit_multilabel", "fit_regression", "fit_speakers", "indicator", "kind_of", "multilabel_predictions", "register_kind",
-    "top_predictions", "tune_thresholds", "unstorable",
+    "Speakers", "TaskKind", "UnknownKind", "fit_multilabel", "fit_regression", "fit_speakers", "indicator",
+    "kind_of", "multilabel_predictions", "register_kind", "top_predictions", "tune_thresholds", "unstorable",
 ]

@@ -143,7 +143,8 @@ def fit_speakers(
     accuracy = float(np.mean(closed == y))
     metrics.update(
         evaluation="cv", folds=len(splits), accuracy=accuracy,
-        confusion_matrix=diagnostics.confusion(y, closed, speakers), per_label=diagnostics.per_label(y, closed, speakers),
+        confusion_matrix=diagnostics.confusion(y, closed, speakers),
+        per_label=diagnostics.per_label(y, closed, speakers),
     )
     metrics["open_set"].update(
         accuracy=float(np.mean(decided == y)), false_reject_rate=float(np.mean(decided != y)),

@@ -1,6 +1,6 @@
 """The dataset-ingest use case: a whole labeled dataset in one file (a folder-per-label zip of images or
-WAV clips, CSV or JSON Lines) creates a task or extends one. A new task takes the same rules and defaults as ``POST /v1/tasks``
-(service/task_rules.py); everything is validated before anything is stored."""
+WAV clips, CSV or JSON Lines) creates a task or extends one. A new task takes the same rules and defaults
+as ``POST /v1/tasks`` (service/task_rules.py); everything is validated before anything is stored."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def _target(
     modality: str | None,
     backbone: str | None,
     head: str | None,
+    file: IO[bytes],
 ) -> tuple[str, str, str]:
     """The modality, backbone and head the upload goes to: the existing task's, or the new task's (by the
     same rules and defaults as ``POST /v1/tasks``, service/task_rules.py)."""
@@ -60,7 +61,13 @@ def _target(
                     f"task {name!r} exists with {param} {actual!r}; "
                     f"omit '{param}' to extend it, or upload to a new task name"
                 )
-    target = task.modality if task else modality or ("image" if kind == "zip" else "text")
+    if task is not None:
+        target = task.modality
+    elif modality is not None:
+        target = modality
+    else:  # a zip of .wav clips is for an audio task, of images for an image task
+        limit = rt.settings.max_examples_per_request
+        target = datasets.zip_modality(file, max_files=limit) if kind == "zip" else "text"
     if kind == "zip" and target not in ZIP_MODALITIES:
         raise Invalid(
             "a zip (folder-per-label layout) is for image and audio tasks; text tasks take CSV or JSON Lines with "
@@ -125,7 +132,7 @@ def ingest(
         )
     kind = datasets.detect_kind(file.read(8), content_type, filename)  # DatasetError: a domain error
     file.seek(0)
-    target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head)
+    target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head, file)
     data, examples = _read(rt, file, kind, target, backbone_name)
     guard = quotas.examples_guard(rt.settings, tenant_id, task, examples)  # checked in the write's transaction
     if task is None:

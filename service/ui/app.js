@@ -292,8 +292,9 @@ function renderSummary(version) {
   $("#warnings").replaceChildren(...(version.warnings || m.warnings || []).map((w) => el("li", {}, w)));
 }
 
-// The plots are for classification (other kinds report other metrics, listed in the table).
-const isClassification = (m) => m.kind === undefined || m.kind === "classification";
+// The plots are for classification and speaker identification (closed-set confusion and per-speaker
+// scores); other kinds report other metrics, listed in the table.
+const isClassification = (m) => m.kind === undefined || m.kind === "classification" || m.kind === "speakers";
 const hasPrecisionRecall = (perLabel) =>
   perLabel && Object.values(perLabel).every((s) => typeof s.precision === "number" && typeof s.recall === "number");
 

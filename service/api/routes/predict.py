@@ -50,7 +50,8 @@ FILES_BODY = {
                         "file": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "description": "One part per image (PNG, JPEG or WebP) or WAV clip (audio tasks), all named `file`.",
+                            "description": "One part per image (PNG, JPEG or WebP) or WAV clip (audio tasks), "
+                            "all named `file`.",
                         },
                         "top_k": {"type": "integer", "minimum": 1},
                     },
@@ -69,7 +70,9 @@ async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantD
     ``curl -F file=@hello.wav``."""
     rt.predict_rate.take(me.id)  # the first file's token, before the body is read
     if not is_multipart(request):
-        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with one 'file' part per image or WAV clip")
+        raise ApiError(
+            415, "unsupported_media_type", "send multipart/form-data with one 'file' part per image or WAV clip"
+        )
     limit = rt.settings.max_predict_inputs
     with one_upload(me.id):  # one upload per tenant at a time: the spool holds at most one of its bodies
         files, form = await read_form(request, rt.settings.max_upload_bytes, max_files=limit)
