@@ -155,3 +155,37 @@ def test_zip_of_wav_folders_makes_an_audio_task(server, word_clips) -> None:
     bad = make_zip({"yes/0.wav": b"RIFF....WAVEjunk", "no/1.wav": rows[0][0]}).getvalue()
     resp = client.post("/v1/tasks/zipped/dataset", content=bad, headers={"content-type": "application/zip"})
     assert_error(resp, 422, "zip member 'yes/0.wav'")
+
+
+def test_cli_and_client_send_wav_files(server, word_clips, tmp_path) -> None:
+    """A folder of <word>/<n>.wav makes an audio task from the CLI; `graft predict --file x.wav` and positional
+    .wav files predict it; the Python client sends WAV bytes as multipart and infers the modality."""
+    from graft import Graft, cli
+    from graft.client import wav_input
+    from tests.client.conftest import new_key
+    from tests.client.test_cli import graft, ok_json
+
+    key = new_key(server, "cli-audio")
+    env = {"GRAFT_URL": server.url, "GRAFT_API_KEY": key}
+    rows = [row for word in KEYWORDS[:2] for row in [r for r in word_clips["train"] if r[1] == word][:4]]
+    for i, (wav, word) in enumerate(rows):
+        (tmp_path / "clips" / word).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "clips" / word / f"{i}.wav").write_bytes(wav)
+    created = ok_json(graft("tasks", "create", "said", "--data", str(tmp_path / "clips"), "--json", env=env))
+    assert (created["task"]["modality"], created["examples"], created["job"]["status"]) == ("audio", 8, "succeeded")
+    probe = tmp_path / "probe.wav"
+    probe.write_bytes(word_clips["test"][0][0])
+    by_file = ok_json(graft("predict", "said", "--file", str(probe), "--json", env=env))
+    by_arg = ok_json(graft("predict", "said", str(probe), "--json", env=env))
+    assert by_file["predictions"] == by_arg["predictions"] and by_file["predictions"][0]["label"] in KEYWORDS[:2]
+    human = graft("predict", "said", "--file", str(probe), env=env)
+    assert human.returncode == 0 and human.stdout.splitlines()[1].startswith("probe.wav ")
+    assert graft("predict", "said", str(tmp_path / "missing.wav"), env=env).returncode == cli.EXIT_USAGE
+
+    with Graft(server.url, key) as client:
+        answer = client.predict("said", wav_input(probe))
+        assert answer.predictions[0].model_dump() == by_file["predictions"][0]
+        task = client.create_task("said-json", [(wav, word) for wav, word in rows], progress=False)
+        assert task.task.modality == "audio"
+    with pytest.raises(ValueError, match="not a WAV file"):
+        wav_input(__file__)
