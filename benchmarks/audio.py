@@ -3,10 +3,18 @@
 1. Keyword classification (10 words): logistic regression on the frozen speech embedding
    (``openwakeword-speech-embedding``) vs MFCC summary features + logistic regression (no transfer),
    at 8 and 64 clips per word, over several draws; tested on clips by speakers of another draw.
-2. Speaker identification on the GE2E backbone (``resemblyzer-ge2e``): cosine to each enrolled
-   speaker's centroid, with an open-set "unknown" answer under a threshold tuned by leave-one-speaker-out
-   CV to a stated false-accept rate, then measured on speakers never enrolled.
+2. Speaker identification on the GE2E backbone (``resemblyzer-ge2e``) with Graft's ``speakers`` kind
+   (``fit_speakers``): cosine to each enrolled speaker's centroid, with an open-set "unknown" answer under a
+   threshold tuned by leave-one-speaker-out CV to a stated false-accept rate, then measured on held-out clips
+   of the enrolled speakers and on speakers never enrolled.
 3. Embed throughput of each backbone (clips of ~1 s, one call of 64 clips).
+4. Graft's own CV selection (``adapters.training.fit_head``, head ``auto``, with the MFCC baseline and the
+   hybrid among the candidates, as a served audio task trains) at 8 and 64 clips per word: the head it
+   serves and that head's accuracy on the held-out voices.
+5. In-process predict throughput as served: clips (base64 WAV) decoded and resampled as a request does,
+   then one clip per request from ``--tasks`` tasks (each its own head), ``--concurrency`` requests in
+   flight through the real cross-tenant ``Batcher``, against the same clips embedded one request at a time;
+   and the bytes one more task costs (its stored head).
 
     python -m benchmarks.audio --draws 3 --json /tmp/audio.json
 """
@@ -14,19 +22,25 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from adapters import heads
 from adapters.audio_features import mfcc_summary
+from adapters.kinds.speakers import fit_speakers
+from adapters.training import fit_head
 from benchmarks.audio_data import WORDS, keyword_clips, speaker_clips
 from service import audio
 from service.backbones.audio import SAMPLE_RATE, SpeakerBackbone, SpeechEmbeddingBackbone
+from service.batching import Batcher
 
 LIMITS = audio.Limits(10**8, 60.0, 2)
 
@@ -64,6 +78,89 @@ def keywords(draws: int, pool_per_word: int, test_per_word: int) -> dict:
     return {"words": WORDS, "test_clips": len(test), "per_label": out}
 
 
+def selection(pool_per_word: int, test_per_word: int) -> dict:
+    """What head="auto" serves for a keyword task (CV over linear, prototype, MFCC baseline, hybrid) and how
+    the served head does on held-out voices, at 8 and 64 clips per word (one draw each)."""
+    pool = keyword_clips(pool_per_word, seed=0)
+    test = keyword_clips(test_per_word, n_speakers=24, seed=99)
+    stored = [audio.to_stored(audio.decode(w, LIMITS)) for w, _, _ in pool]
+    stored_test = [audio.to_stored(audio.decode(w, LIMITS)) for w, _, _ in test]
+    speech = SpeechEmbeddingBackbone()
+    x, x_test = speech.embed(audio.from_stored(stored)), speech.embed(audio.from_stored(stored_test))
+    y, y_test = np.array([lab for _, lab, _ in pool]), np.array([lab for _, lab, _ in test])
+    out = {}
+    for k in (8, 64):
+        idx = per_label(y, k, np.random.default_rng(0))
+        started = time.perf_counter()
+        result = fit_head("auto", x[idx], list(y[idx]), raw=[stored[i] for i in idx], modality="audio", seed=0)
+        seconds = time.perf_counter() - started
+        proba = result.head.predict_proba(x_test, raw=stored_test)
+        accuracy = float(np.mean(np.array(result.head.labels)[proba.argmax(axis=1)] == y_test))
+        out[str(k)] = {"served_head": result.metrics["head"], "test_accuracy": accuracy, "fit_s": seconds,
+                       "cv_accuracy": {h: r["accuracy"] for h, r in result.metrics["heads"].items()},
+                       "warnings": result.metrics["warnings"]}
+    return out
+
+
+def prepare(text: str) -> np.ndarray:
+    """A request's clip as the service prepares it: base64 → WAV decoded (limits checked) → 16 kHz mono."""
+    return audio.decode(audio.from_base64(text), LIMITS).at(SAMPLE_RATE)
+
+
+async def batched_rate(backbone: Any, task_heads: list[heads.Head], todo: list[str], concurrency: int) -> float:
+    """Clips/s with ``concurrency`` requests in flight, request ``i`` for task ``i % tasks`` (its own tenant),
+    each decoded off the event loop, all through one cross-tenant Batcher."""
+    batcher = Batcher(backbone, 64, 0.01, 4096, 4096)
+    cursor = iter(range(len(todo)))
+    n = len(task_heads)
+
+    async def client() -> None:
+        for i in cursor:
+            clip = await asyncio.to_thread(prepare, todo[i])
+            await batcher.predict(cast(Any, [clip]), task_heads[i % n], tenant=f"tenant-{i % n}")
+
+    begun = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    rate = len(todo) / (time.perf_counter() - begun)
+    batcher.close()
+    return rate
+
+
+def inprocess(n_tasks: int, n_requests: int, concurrency: int) -> dict:
+    """Predict throughput as served: decode + resample per request, then the cross-tenant Batcher (one pass
+    for all tasks' clips, each task's head on its rows), against one request at a time."""
+    pool = keyword_clips(8, seed=3)
+    wavs = [w for w, _, _ in pool]
+    words = np.array([lab for _, lab, _ in pool])
+    requests = [audio.to_base64(wavs[i % len(wavs)]) for i in range(n_requests)]
+    out: dict = {}
+    backbone: Callable[[], SpeechEmbeddingBackbone | SpeakerBackbone]
+    for backbone, count in ((SpeechEmbeddingBackbone, n_requests), (SpeakerBackbone, max(32, n_requests // 8))):
+        bb = backbone()
+        x = bb.embed(decoded(wavs))
+        rng = np.random.default_rng(0)
+        task_heads: list[heads.Head] = []
+        for _ in range(n_tasks):  # each task: its own words, its own linear head
+            chosen = rng.choice(WORDS, size=4, replace=False)
+            idx = np.flatnonzero(np.isin(words, chosen))
+            labels = sorted(chosen)
+            task_heads.append(heads.LinearHead(labels).fit(x[idx], np.searchsorted(labels, words[idx])))
+        head_bytes = len(heads.to_bytes(task_heads[0], backbone=bb.name))
+
+        todo = requests[:count]
+        started = time.perf_counter()
+        for i, text in enumerate(todo):  # one request at a time: decode, embed one clip, its head
+            task_heads[i % n_tasks].predict_proba(bb.embed([prepare(text)]))
+        single = count / (time.perf_counter() - started)
+
+        batched = asyncio.run(batched_rate(bb, task_heads, todo, concurrency))
+        out[bb.name] = {"tasks": n_tasks, "requests": count, "concurrency": concurrency,
+                        "mean_clip_s": float(np.mean([len(prepare(t)) for t in todo[:32]]) / SAMPLE_RATE),
+                        "one_at_a_time_clips_per_s": single, "batched_clips_per_s": batched,
+                        "head_bytes_per_task": head_bytes}
+    return out
+
+
 def speakers(enrolled: int, unknown: int, per_speaker: int, far: float) -> dict:
     clips = speaker_clips(enrolled + unknown, per_speaker * 2)
     ge2e = SpeakerBackbone()
@@ -76,28 +173,22 @@ def speakers(enrolled: int, unknown: int, per_speaker: int, far: float) -> dict:
     probe = np.concatenate([np.flatnonzero(who == s)[per_speaker:] for s in known])
     impostor = np.concatenate([np.flatnonzero(who == s) for s in strangers])
 
-    def centroids(idx: np.ndarray, people: list[str]) -> np.ndarray:
-        c = np.stack([x[idx][who[idx] == s].mean(axis=0) for s in people])
-        return c / np.linalg.norm(c, axis=1, keepdims=True)
-
-    # threshold by leave-one-speaker-out over the enrolled speakers: each one's clips, scored against the
-    # others' centroids, are impostor trials; the threshold lets `far` of them through
-    cv_impostor = []
-    for held in known:
-        others = [s for s in known if s != held]
-        cv_impostor.extend((x[enrol][who[enrol] == held] @ centroids(enrol, others).T).max(axis=1))
-    threshold = float(np.quantile(cv_impostor, 1 - far))
-    c = centroids(enrol, known)
-    probe_scores = x[probe] @ c.T
-    predicted = np.array(known)[probe_scores.argmax(axis=1)]
+    # Graft's speakers kind, as a served task trains: centroids, the "unknown" threshold tuned by
+    # leave-one-speaker-out over the enrolled speakers to `far` false accepts (adapters/kinds/speakers.py)
+    result = fit_speakers(x[enrol], list(who[enrol]), far=far, folds=5, seed=0)
+    head = cast(heads.SpeakerHead, result.head)
+    threshold = head.threshold
+    probe_scores = head.predict_proba(x[probe])
+    predicted = np.array(head.labels)[probe_scores.argmax(axis=1)]
     accepted = probe_scores.max(axis=1) >= threshold
     closed = float(np.mean(predicted == who[probe]))
     open_correct = float(np.mean(accepted & (predicted == who[probe])))
-    false_accept = float(np.mean((x[impostor] @ c.T).max(axis=1) >= threshold))
+    false_accept = float(np.mean(head.predict_proba(x[impostor]).max(axis=1) >= threshold))
     return {"enrolled_speakers": enrolled, "unknown_speakers": unknown, "enrol_clips_per_speaker": per_speaker,
             "target_false_accept_rate": far, "threshold": threshold, "closed_set_accuracy": closed,
             "open_set_accuracy_known": open_correct, "false_reject_rate_known": float(1 - accepted.mean()),
-            "false_accept_rate_unknown": false_accept}
+            "false_accept_rate_unknown": false_accept,
+            "false_accept_rate_cross_fitted": result.metrics["open_set"]["far_cross_fitted"]}
 
 
 def throughput(n: int = 64) -> dict:
@@ -121,10 +212,15 @@ def main() -> None:
     parser.add_argument("--pool-per-word", type=int, default=96)
     parser.add_argument("--test-per-word", type=int, default=30)
     parser.add_argument("--far", type=float, default=0.05)
+    parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--json", default="audio-benchmark.json")
     args = parser.parse_args()
     results = {"keywords": keywords(args.draws, args.pool_per_word, args.test_per_word),
-               "speakers": speakers(12, 6, 6, args.far), "throughput": throughput()}
+               "selection": selection(args.pool_per_word, args.test_per_word),
+               "speakers": speakers(12, 6, 6, args.far), "throughput": throughput(),
+               "inprocess": inprocess(args.tasks, args.requests, args.concurrency)}
     print("| clips per word | method | accuracy (mean ± sd over draws) |\n|---|---|---|")
     for k, methods in results["keywords"]["per_label"].items():
         for method, r in methods.items():
@@ -134,8 +230,18 @@ def main() -> None:
           f"{s['closed_set_accuracy']:.3f}; open set at target FAR {s['target_false_accept_rate']:.0%}: known "
           f"correct {s['open_set_accuracy_known']:.3f}, false reject {s['false_reject_rate_known']:.3f}, unknown "
           f"false accept {s['false_accept_rate_unknown']:.3f}")
+    print("\n| clips per word | head served by CV (auto) | its accuracy, held-out voices | CV accuracy per head "
+          "| fit s |\n|---|---|---|---|---|")
+    for k, r in results["selection"].items():
+        cv = ", ".join(f"{h} {a:.3f}" for h, a in r["cv_accuracy"].items())
+        print(f"| {k} | {r['served_head']} | {r['test_accuracy']:.3f} | {cv} | {r['fit_s']:.1f} |")
     for name, t in results["throughput"].items():
         print(f"throughput {name}: {t['clips_per_s']:.1f} clips/s (clips of {t['mean_clip_s']:.2f} s)")
+    print("\n| backbone | tasks | requests in flight | one at a time, clips/s | batched across tasks, clips/s | "
+          "head bytes per task |\n|---|---|---|---|---|---|")
+    for name, t in results["inprocess"].items():
+        print(f"| {name} | {t['tasks']} | {t['concurrency']} | {t['one_at_a_time_clips_per_s']:.1f} | "
+              f"{t['batched_clips_per_s']:.1f} | {t['head_bytes_per_task']} |")
     with open(args.json, "w") as fh:
         json.dump(results, fh, indent=2)
 
