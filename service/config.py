@@ -21,6 +21,14 @@ class _Var:
     doc: str
 
 
+def _rate(value: str) -> float:
+    """A share in [0, 1)."""
+    rate = float(value)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError("must be a share from 0 (inclusive) to 1 (exclusive), e.g. 0.05")
+    return rate
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -74,7 +82,7 @@ SETTINGS: dict[str, _Var] = {
     "speaker_far": _Var(
         "GRAFT_SPEAKER_FAR",
         0.05,
-        float,
+        _rate,
         "Speaker identification: the false-accept rate the \"unknown\" threshold is tuned to by cross-validation "
         "(the share of clips by speakers never enrolled that would be named as an enrolled one).",
     ),

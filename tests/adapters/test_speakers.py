@@ -109,3 +109,14 @@ def test_mfcc_baseline_learns_audio_and_round_trips() -> None:
     # the stored form decodes to the same samples either way: a float array passes through
     samples = audio.from_stored(raw[:1])[0]
     np.testing.assert_allclose(features.transform([samples]), features.transform(raw[:1]), atol=1e-6)
+
+
+def test_the_false_accept_rate_setting_is_checked_at_startup() -> None:
+    from service.config import Settings
+
+    assert Settings.from_env({}).speaker_far == 0.05
+    assert Settings.from_env({"GRAFT_SPEAKER_FAR": "0.01"}).speaker_far == 0.01
+    with pytest.raises(ValueError, match="GRAFT_SPEAKER_FAR='1.5' is not valid: must be a share"):
+        Settings.from_env({"GRAFT_SPEAKER_FAR": "1.5"})
+    with pytest.raises(TrainingDataError, match="false-accept rate"):
+        fit_speakers(*voices(2, 3, 0.1), far=1.0)
