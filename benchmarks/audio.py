@@ -15,6 +15,8 @@
    then one clip per request from ``--tasks`` tasks (each its own head), ``--concurrency`` requests in
    flight through the real cross-tenant ``Batcher``, against the same clips embedded one request at a time;
    and the bytes one more task costs (its stored head).
+6. (``--parts http``) Predict over HTTP: a real server, a keyword and a speakers task trained through the
+   API, one base64 WAV clip per request, 1 and 16 clients (closed loop).
 
     python -m benchmarks.audio --draws 3 --json /tmp/audio.json
 """
@@ -44,7 +46,7 @@ from service.backbones.audio import SAMPLE_RATE, SpeakerBackbone, SpeechEmbeddin
 from service.batching import Batcher
 
 LIMITS = audio.Limits(10**8, 60.0, 2)
-PARTS = ("keywords", "selection", "speakers", "throughput", "inprocess")
+PARTS = ("keywords", "selection", "speakers", "throughput", "inprocess", "http")
 
 
 def decoded(wavs: list[bytes]) -> list[np.ndarray]:
@@ -183,6 +185,51 @@ def inprocess(n_tasks: int, n_requests: int, concurrency: int, rounds: int = 3) 
     return out
 
 
+def http(duration: float, clients: list[int]) -> dict:
+    """Predict over HTTP on loopback: a real ``bentoml serve`` process, a keyword task (4 words × 8 clips,
+    default backbone) and a speakers task (4 speakers × 4 sentences) trained through the API, then one
+    base64 WAV clip per JSON request (clips the tasks never saw), closed loop, ``clients`` at a time
+    (benchmarks/loadgen.py in its own process)."""
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks.http_load import loadgen
+    from tests.conftest import Server, wait_for_job
+
+    words = [(w, lab) for w, lab, _ in keyword_clips(8, n_speakers=6, seed=0) if lab in WORDS[:4]]
+    probes = [w for w, lab, _ in keyword_clips(6, n_speakers=6, seed=99) if lab in WORDS[:4]]
+    voices = speaker_clips(4, 4, seed=1)
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="graft-audio-http-") as tmp:
+        server = Server(Path(tmp) / "data").start()
+        try:
+            client = server.new_tenant("bench-audio")
+            key = client.headers["authorization"]
+            tasks = {
+                "words": {"modality": "audio", "examples": [{"input": audio.to_base64(w), "label": lab}
+                                                            for w, lab in words]},
+                "voices": {"modality": "audio", "kind": "speakers",
+                           "examples": [{"input": audio.to_base64(w), "label": who} for w, who in voices]},
+            }
+            for name, body in tasks.items():
+                resp = client.post("/v1/tasks", json={"name": name, **body}, timeout=120)
+                resp.raise_for_status()
+                job = wait_for_job(client, resp.json()["job"]["id"], timeout=600)
+                assert job["status"] == "succeeded", job
+            for name in tasks:
+                requests = Path(tmp) / f"{name}.json"
+                requests.write_text(json.dumps([[f"/v1/tasks/{name}/predict",
+                                                 json.dumps({"inputs": [audio.to_base64(w)]})] for w in probes]))
+                backbone = client.get(f"/v1/tasks/{name}").json()["backbone"]
+                out[name] = {"backbone": backbone, "mean_clip_s": float(np.mean(
+                    [len(audio.decode(w, LIMITS).samples) / audio.decode(w, LIMITS).rate for w in probes]))}
+                for n in clients:
+                    out[name][str(n)] = loadgen(server.url, requests, n, duration, [f"Authorization: {key}"])
+        finally:
+            server.stop()
+    return out
+
+
 def speakers(enrolled: int, unknown: int, per_speaker: int, far: float) -> dict:
     clips = speaker_clips(enrolled + unknown, per_speaker * 2)
     ge2e = SpeakerBackbone()
@@ -238,6 +285,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--json", default="audio-benchmark.json")
+    parser.add_argument("--http-seconds", type=float, default=15.0)
+    parser.add_argument("--http-clients", default="1,16")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     args = parser.parse_args()
     runs: dict[str, Callable[[], dict]] = {
@@ -246,6 +295,7 @@ def main() -> None:
         "speakers": lambda: speakers(12, 6, 6, args.far),
         "throughput": throughput,
         "inprocess": lambda: inprocess(args.tasks, args.requests, args.concurrency),
+        "http": lambda: http(args.http_seconds, [int(c) for c in args.http_clients.split(",")]),
     }
     results = {part: runs[part]() for part in args.parts}
     report(results)
@@ -281,6 +331,15 @@ def report(results: dict) -> None:
         print(f"| {name} | {t['tasks']} | {t['concurrency']} | {t['one_at_a_time_clips_per_s']:.1f}, "
               f"{t['one_at_a_time_cpu_ms_per_clip']:.1f} | {t['batched_clips_per_s']:.1f}, "
               f"{t['batched_cpu_ms_per_clip']:.1f} | {t['head_bytes_per_task']} |")
+    if "http" in results:
+        print("\n| task (backbone) | clients | requests/s (one clip each) | p50 ms | p99 ms | non-200 |\n"
+              "|---|---|---|---|---|---|")
+    for name, r in results.get("http", {}).items():
+        for n, t in r.items():
+            if isinstance(t, dict):
+                bad = t["requests"] - t["ok"]
+                print(f"| {name} ({r['backbone']}) | {n} | {t['throughput_rps']:.1f} | {t['p50_ms']:.0f} | "
+                      f"{t['p99_ms']:.0f} | {bad} |")
 
 
 if __name__ == "__main__":
