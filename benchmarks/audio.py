@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -176,6 +177,7 @@ def inprocess(n_tasks: int, n_requests: int, concurrency: int, rounds: int = 3) 
                 totals[name][1] += cpu
         clips = count * rounds
         out[bb.name] = {"tasks": n_tasks, "requests": count, "rounds": rounds, "concurrency": concurrency,
+                        "torch_threads": torch.get_num_threads(),
                         "mean_clip_s": float(np.mean([len(prepare(t)) for t in todo[:32]]) / SAMPLE_RATE),
                         "one_at_a_time_clips_per_s": clips / totals["single"][0],
                         "batched_clips_per_s": clips / totals["batched"][0],
@@ -287,8 +289,11 @@ def main() -> None:
     parser.add_argument("--json", default="audio-benchmark.json")
     parser.add_argument("--http-seconds", type=float, default=15.0)
     parser.add_argument("--http-clients", default="1,16")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     runs: dict[str, Callable[[], dict]] = {
         "keywords": lambda: keywords(args.draws, args.pool_per_word, args.test_per_word),
         "selection": lambda: selection(args.pool_per_word, args.test_per_word),
