@@ -48,7 +48,8 @@ HEAD_NAMES = {
     "linear": "logistic regression on the frozen embeddings",
     "prototype": "nearest class centroid on the frozen embeddings",
     "baseline": (
-        "from-scratch features of the raw inputs (TF-IDF + logistic regression for text, no pretrained backbone)"
+        "logistic regression on from-scratch features of the raw inputs, no pretrained backbone: TF-IDF for "
+        "text, raw pixels for images, MFCC summaries for audio"
     ),
     "hybrid": "frozen embeddings and from-scratch features in one logistic regression",
 }

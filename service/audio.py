@@ -28,6 +28,7 @@ import binascii
 import math
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -298,3 +299,20 @@ def encode_wav(samples: np.ndarray, rate: int, bits: int = 16, encoding: str = "
     if len(body) & 1:
         chunks += b"\0"
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+# -- the stored form ------------------------------------------------------------------------------
+
+STORED_RATE = 16_000  # Hz: what both audio backbones take, and what the store keeps
+_STORED_LIMITS = Limits(max_bytes=2**31, max_seconds=math.inf, max_channels=1)  # written by Graft: trusted
+
+
+def to_stored(clip: Clip) -> str:
+    """A clip as the store keeps it (examples, and a baseline head's raw input at predict): mono 16-bit
+    PCM WAV at 16 kHz, base64. Normalised, so every stored clip decodes the same way."""
+    return to_base64(encode_wav(clip.at(STORED_RATE), STORED_RATE))
+
+
+def from_stored(stored: Sequence[str], rate: int = STORED_RATE) -> list[np.ndarray]:
+    """Stored clips (:func:`to_stored`) as mono float32 at ``rate`` Hz."""
+    return [decode(from_base64(text), _STORED_LIMITS).at(rate) for text in stored]

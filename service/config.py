@@ -21,6 +21,14 @@ class _Var:
     doc: str
 
 
+def _rate(value: str) -> float:
+    """A share in [0, 1)."""
+    rate = float(value)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError("must be a share from 0 (inclusive) to 1 (exclusive), e.g. 0.05")
+    return rate
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -64,6 +72,19 @@ SETTINGS: dict[str, _Var] = {
     ),
     "default_image_backbone": _Var(
         "GRAFT_DEFAULT_IMAGE_BACKBONE", "mobilenet_v2", str, "Backbone used by image tasks that name none."
+    ),
+    "default_audio_backbone": _Var(
+        "GRAFT_DEFAULT_AUDIO_BACKBONE",
+        "openwakeword-speech-embedding",
+        str,
+        "Backbone used by audio tasks that name none (a `speakers` task's default is `resemblyzer-ge2e`).",
+    ),
+    "speaker_far": _Var(
+        "GRAFT_SPEAKER_FAR",
+        0.05,
+        _rate,
+        "Speaker identification: the false-accept rate the \"unknown\" threshold is tuned to by cross-validation "
+        "(the share of clips by speakers never enrolled that would be named as an enrolled one).",
     ),
     "extra_backbones": _Var(
         "GRAFT_EXTRA_BACKBONES",
@@ -345,6 +366,8 @@ class Settings:
     device: str
     default_text_backbone: str
     default_image_backbone: str
+    default_audio_backbone: str
+    speaker_far: float
     extra_backbones: str
     torch_threads: int
     backbone_runtime: str

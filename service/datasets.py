@@ -149,6 +149,25 @@ def _ignored(parts: tuple[str, ...]) -> bool:
     return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
 
 
+AUDIO_SUFFIXES = (".wav", ".wave")
+
+
+def zip_modality(fh: IO[bytes], *, max_files: int) -> str:
+    """The modality a zip's examples are for, from its member names (the central directory only, nothing
+    extracted): ``audio`` when a visible member is a ``.wav`` file, else ``image``. Rewinds ``fh``."""
+    if _declared_entries(fh) > max_files:
+        raise DatasetError(f"the zip has more than {max_files} entries; the limit is {max_files} files per upload")
+    try:
+        with zipfile.ZipFile(fh) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
+        raise DatasetError("the upload is not a readable zip archive") from None
+    finally:
+        fh.seek(0)
+    visible = (name for name in names if not any(p.startswith(".") or p == "__MACOSX" for p in name.split("/")))
+    return "audio" if any(name.lower().endswith(AUDIO_SUFFIXES) for name in visible) else "image"
+
+
 def read_image_folder(
     fh: IO[bytes],
     *,
@@ -156,8 +175,10 @@ def read_image_folder(
     max_total_bytes: int,
     max_file_bytes: int,
     convert: Callable[[bytes, str], str | bytes] | None = None,
+    what: str = "image",
 ) -> Dataset:
-    """Labeled images from a zip laid out as ``<label>/<file>`` (optionally under one top folder).
+    """Labeled images (or, with ``what="clip"``, audio clips) from a zip laid out as ``<label>/<file>``
+    (optionally under one top folder).
     ``convert(data, where)`` turns each member's bytes into what is kept (default: the bytes), one
     member at a time, so the whole archive is never held extracted in memory."""
     if _declared_entries(fh) > max_files:
@@ -193,7 +214,7 @@ def read_image_folder(
             if info.file_size > max_file_bytes:
                 raise DatasetTooLarge(
                     f"zip member {info.filename!r} expands to {info.file_size} bytes; the limit is {max_file_bytes} "
-                    "per image (checked before extracting anything)",
+                    f"per {what} (checked before extracting anything)",
                 )
             files.append((parts, info))
             folders.update(parts[:i] for i in range(1, len(parts)))
@@ -212,7 +233,7 @@ def read_image_folder(
             if len(parts) != depth:
                 raise DatasetError(
                     f"zip member {info.filename!r} is not in image-folder layout: expected <label>/<file>, "
-                    "each image directly inside a folder named after its label",
+                    f"each {what} directly inside a folder named after its label",
                 )
         if skipped:
             dataset.warnings.append(f"ignored {skipped} hidden or __MACOSX entries")
@@ -234,9 +255,9 @@ def read_image_folder(
             by_label[label] += 1
         label_folders = {f[depth - 2] for f in folders if len(f) == depth - 1}
         for empty in sorted(label_folders - set(by_label)):
-            dataset.warnings.append(f"label folder {empty!r} has no images; ignored")
+            dataset.warnings.append(f"label folder {empty!r} has no {what}s; ignored")
         if not dataset.inputs:
-            raise DatasetError("the zip has no images in image-folder layout (<label>/<file>)")
+            raise DatasetError(f"the zip has no {what}s in folder-per-label layout (<label>/<file>)")
         return dataset
 
 

@@ -18,7 +18,7 @@ from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
 from adapters.training import FitResult, TrainingDataError
 from adapters.transfer import capped_sample, logme
 
-from . import faults, images
+from . import audio, faults, images
 from .backbones.base import Backbone, ImageBackbone
 from .batching import Batcher, text_trunk
 from .config import Settings
@@ -32,9 +32,12 @@ EMBED_CHUNK = 64
 
 def backbone_inputs(backbone: Backbone, stored: list[str]) -> list:
     """Stored examples as a backbone takes them: texts as they are; images (stored as normalised
-    PNG) decoded and cropped by the backbone's preprocessing."""
+    PNG) decoded and cropped by the backbone's preprocessing; audio (stored as 16 kHz WAV) decoded at the
+    backbone's sample rate."""
     if backbone.modality == "image":
         return images.from_stored(stored, cast(ImageBackbone, backbone).preprocessing)
+    if backbone.modality == "audio":
+        return audio.from_stored(stored, int(getattr(backbone, "sample_rate", audio.STORED_RATE)))
     return stored
 
 
@@ -247,9 +250,10 @@ class TrainingPipeline:
         else:
             backbone_name = self._pinned_backbone(task)
             x, transferability = self._embed(backbone_name, texts, progress, 0.0, EMBED_SHARE), None
-        result = task_kind.fit(
+        result = task_kind.fit_with(
             x,
             targets,
+            options={"speaker_far": self.settings.speaker_far},
             head=task.head,
             raw=texts,
             modality=task.modality,

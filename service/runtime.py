@@ -49,6 +49,7 @@ class Runtime:
         for env, name, modality in (
             ("GRAFT_DEFAULT_TEXT_BACKBONE", settings.default_text_backbone, "text"),
             ("GRAFT_DEFAULT_IMAGE_BACKBONE", settings.default_image_backbone, "image"),
+            ("GRAFT_DEFAULT_AUDIO_BACKBONE", settings.default_audio_backbone, "audio"),
         ):
             if name not in self.backbones.loaded or self.backbones.specs[name].modality != modality:
                 raise ValueError(f"{env}={name!r} is not a configured {modality} backbone")
@@ -105,7 +106,8 @@ class Runtime:
         return text_trunk(self.backbones.get(backbone)) if backbone in self.backbones.loaded else None
 
     def default_backbone(self, modality: str) -> str:
-        return self.settings.default_image_backbone if modality == "image" else self.settings.default_text_backbone
+        defaults = {"image": self.settings.default_image_backbone, "audio": self.settings.default_audio_backbone}
+        return defaults.get(modality, self.settings.default_text_backbone)
 
     def close(self) -> None:
         """Graceful shutdown: finish running jobs (up to the grace period), drain batches, close the store."""

@@ -31,18 +31,19 @@ from .linear import LinearHead
 from .multilabel import MultiLabelHead
 from .prototype import PrototypeHead
 from .ridge import RidgeHead
+from .speaker import SpeakerHead
 
 # Classification heads (what training selects among, plus "finetune", trained on request); the other
 # task kinds have one head each.
 HEADS: dict[str, type[Head]] = heads_for("classification")
 KIND_HEADS: dict[str, type[Head]] = {  # task kind -> its head
-    task_kind: next(iter(heads_for(task_kind).values())) for task_kind in ("multilabel", "regression")
+    task_kind: next(iter(heads_for(task_kind).values())) for task_kind in ("multilabel", "regression", "speakers")
 }
 TRANSFER_HEADS = frozenset(kind for kind, cls in HEADS.items() if cls.consumes == frozenset({EMBEDDING}))
 
 __all__ = [
     "EMBEDDING", "HEADS", "RAW", "REGISTRY", "TRANSFER_HEADS", "TRUNK", "Array", "BaselineHead", "FinetuneHead", "Head",
     "HeadFormatError", "HybridHead", "KIND_HEADS", "LinearHead", "MissingInputs", "MultiLabelHead", "PrototypeHead",
-    "RidgeHead", "StoredHead", "ValueHead", "from_bytes", "heads_for", "predict", "read_metadata", "register",
-    "require", "to_bytes",
+    "RidgeHead", "SpeakerHead", "StoredHead", "ValueHead", "from_bytes", "heads_for", "predict", "read_metadata",
+    "register", "require", "to_bytes",
 ]

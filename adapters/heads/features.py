@@ -2,7 +2,8 @@
 
 A featurizer is fitted on the training inputs and stored like a head: arrays as safetensors
 tensors, everything else as JSON params (a TF-IDF vocabulary is a JSON list, its idf a tensor).
-One featurizer per modality; an image one (raw pixels) plugs in through ``FEATURIZERS``.
+One featurizer per modality (TF-IDF for text, raw pixels for images, MFCC summaries for audio), found
+through ``FOR_MODALITY`` and ``FEATURIZERS``.
 """
 
 from __future__ import annotations
@@ -117,5 +118,46 @@ class PixelFeatures:
         return cls(params["size"], tensors["mean"])
 
 
-FEATURIZERS: dict[str, type[Featurizer]] = {f.name: f for f in (TfidfFeatures, PixelFeatures)}
-FOR_MODALITY: dict[str, str] = {"text": TfidfFeatures.name, "image": PixelFeatures.name}
+class MfccFeatures:
+    """MFCC summaries: each clip (stored base64 WAV, mono 16 kHz) as its MFCCs' mean and standard deviation,
+    the means of three equal time segments and the deltas' mean and standard deviation
+    (``adapters.audio_features.mfcc_summary``), standardised with the training mean and scale, then
+    L2-normalised. The classic no-transfer audio baseline."""
+
+    name: ClassVar[str] = "mfcc"
+
+    def __init__(self, mean: np.ndarray | None = None, scale: np.ndarray | None = None) -> None:
+        self.mean = None if mean is None else np.asarray(mean, np.float32)
+        self.scale = None if scale is None else np.asarray(scale, np.float32)
+
+    @staticmethod
+    def _summaries(raw: Sequence[Any]) -> np.ndarray:
+        from ..audio_features import stored_mfcc_summary
+
+        return np.stack([stored_mfcc_summary(clip) for clip in raw]) if len(raw) else np.zeros((0, 140), np.float32)
+
+    def fit(self, raw: Sequence[str]) -> MfccFeatures:
+        x = self._summaries(raw)
+        self.mean = x.mean(axis=0).astype(np.float32)
+        self.scale = np.maximum(x.std(axis=0), 1e-3).astype(np.float32)
+        return self
+
+    def transform(self, raw: Sequence[str]) -> np.ndarray:
+        assert self.mean is not None and self.scale is not None, "fit the featurizer first"
+        x = (self._summaries(raw) - self.mean) / self.scale
+        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+
+    def params(self) -> dict[str, Any]:
+        return {"featurizer": self.name}
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        assert self.mean is not None and self.scale is not None, "fit the featurizer first"
+        return {"mean": self.mean, "scale": self.scale}
+
+    @classmethod
+    def restore(cls, params: dict[str, Any], tensors: dict[str, np.ndarray]) -> MfccFeatures:
+        return cls(tensors["mean"], tensors["scale"])
+
+
+FEATURIZERS: dict[str, type[Featurizer]] = {f.name: f for f in (TfidfFeatures, PixelFeatures, MfccFeatures)}
+FOR_MODALITY: dict[str, str] = {"text": TfidfFeatures.name, "image": PixelFeatures.name, "audio": MfccFeatures.name}

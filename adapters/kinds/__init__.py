@@ -8,12 +8,13 @@ from .classification import Classification, Prediction, top_predictions
 from .fitting import fit_multilabel, fit_regression, indicator, tune_thresholds
 from .multilabel import LabelScore, MultiLabel, MultiLabelPrediction, multilabel_predictions
 from .regression import Regression, RegressionPrediction
+from .speakers import SpeakerPrediction, Speakers, SpeakerScore, fit_speakers
 
 DEFAULT = Classification.name  # a task that names no kind; a dataset upload's new task
 
 __all__ = [
     "AUTO", "DEFAULT", "KINDS", "LABEL_CHARS", "Classification", "KindPrediction", "LabelScore", "MultiLabel",
-    "MultiLabelPrediction", "Prediction", "Regression", "RegressionPrediction", "TaskKind", "UnknownKind",
-    "fit_multilabel", "fit_regression", "indicator", "kind_of", "multilabel_predictions", "register_kind",
-    "top_predictions", "tune_thresholds", "unstorable",
+    "MultiLabelPrediction", "Prediction", "Regression", "RegressionPrediction", "SpeakerPrediction", "SpeakerScore",
+    "Speakers", "TaskKind", "UnknownKind", "fit_multilabel", "fit_regression", "fit_speakers", "indicator",
+    "kind_of", "multilabel_predictions", "register_kind", "top_predictions", "tune_thresholds", "unstorable",
 ]

@@ -158,6 +158,10 @@ class TaskKind(ABC):
         """The head classes registered for this kind, in rank order."""
         return heads_for(self.name)
 
+    def default_backbone(self, modality: str) -> str | None:
+        """The backbone a new task of this kind gets when it names none (None: the modality's default)."""
+        return None
+
     def transfer_targets(self, labels: Sequence[Any]) -> np.ndarray | None:
         """Integer class targets for LogME transferability scores (None: the kind is not scored)."""
         return None
@@ -170,6 +174,14 @@ class TaskKind(ABC):
         """Fit the kind's head (``head``: ``auto`` or a pinned one) on embeddings ``x`` and decoded
         ``labels`` (and the raw inputs, for heads that read them), cross-validated, with metrics and the
         dashboard's figures in ``FitResult.metrics``."""
+
+    def fit_with(
+        self, x: np.ndarray, labels: Sequence[Any], *, options: dict[str, Any], head: str,
+        raw: Sequence[str] | None, modality: str, folds: int, seed: int,
+    ) -> FitResult:
+        """:meth:`fit` given the service's settings a kind may read (``options``, e.g. ``speaker_far``);
+        a kind that reads none need not override it."""
+        return self.fit(x, labels, head=head, raw=raw, modality=modality, folds=folds, seed=seed)
 
     # -- promotion ------------------------------------------------------------------------------
 

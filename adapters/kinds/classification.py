@@ -40,6 +40,7 @@ def top_predictions(labels: Sequence[str], proba: np.ndarray, top_k: int | None)
 @register_kind
 class Classification(TaskKind):
     name = NAME
+    modalities = ("text", "image", "audio")
     pinnable_heads = tuple(HEADS)  # linear, prototype, baseline, hybrid, finetune
     chooses_backbone = True
     dataset_uploads = True

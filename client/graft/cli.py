@@ -4,7 +4,7 @@
     graft keys create TENANT_ID [--role owner|write|predict] | list TENANT_ID | revoke TENANT_ID KEY_ID
     graft tasks create NAME --data file.csv|file.jsonl|images_dir/|file.zip
     graft tasks list | show NAME | delete NAME | versions NAME | promote NAME N | rollback NAME
-    graft predict TASK "some text" | image.png ... | --file inputs.jsonl
+    graft predict TASK "some text" | image.png ... | clip.wav ... | --file inputs.jsonl | --file clip.wav
     graft export TASK -o model.zip
     graft backbones
 
@@ -43,6 +43,8 @@ EXIT_CODES = {
     EXIT_JOB_FAILED: "the training job failed",
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
+AUDIO_SUFFIXES = {".wav", ".wave"}
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | AUDIO_SUFFIXES
 PREDICT_BATCH = 64
 
 
@@ -294,13 +296,17 @@ def predict_inputs(args: argparse.Namespace) -> list[str | Path]:
     inputs: list[str | Path] = []
     for item in args.inputs:
         path = Path(item)
-        if path.suffix.lower() not in IMAGE_SUFFIXES or (any(c.isspace() for c in item) and not path.is_file()):
+        if path.suffix.lower() not in MEDIA_SUFFIXES or (any(c.isspace() for c in item) and not path.is_file()):
             inputs.append(item)  # a text
         elif path.is_file():
             inputs.append(path)
         else:
-            raise UsageError(f"{item}: no such image file")
-    if args.file:
+            raise UsageError(f"{item}: no such {'audio' if path.suffix.lower() in AUDIO_SUFFIXES else 'image'} file")
+    if args.file and Path(args.file).suffix.lower() in MEDIA_SUFFIXES:  # one image or WAV file
+        if not Path(args.file).is_file():
+            raise UsageError(f"--file {args.file}: no such file")
+        inputs.append(Path(args.file))
+    elif args.file:
         try:
             lines = Path(args.file).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
@@ -319,12 +325,17 @@ def predict_inputs(args: argparse.Namespace) -> list[str | Path]:
                 )
             inputs.append(value)
     if not inputs:
-        raise UsageError("nothing to predict: give texts or image files, or --file inputs.jsonl")
+        raise UsageError("nothing to predict: give texts, image or WAV files, or --file inputs.jsonl")
     return inputs
 
 
-def prediction_row(p: s.PredictionOut | s.MultiLabelPredictionOut | s.RegressionPredictionOut) -> dict[str, str]:
+def prediction_row(p: s.AnyPredictionOut) -> dict[str, str]:
     """One prediction's table columns, by the task's kind."""
+    if isinstance(p, s.SpeakerPredictionOut):
+        return {
+            "speaker": p.speaker or "(unknown)",
+            "similarity": f"{p.score:.3f} (threshold {p.threshold:.3f})",
+        }
     if isinstance(p, s.RegressionPredictionOut):
         return {"value": f"{p.value:.4g}"}
     if isinstance(p, s.MultiLabelPredictionOut):
@@ -339,7 +350,7 @@ def cmd_predict(args: argparse.Namespace) -> Any:
     inputs = predict_inputs(args)
     texts = [x for x in inputs if isinstance(x, str)]
     if texts and len(texts) != len(inputs):
-        raise UsageError("give texts or image files, not both")
+        raise UsageError("give texts or files (images, WAV clips), not both")
     answers = []
     with client(args) as g:
         for start in range(0, len(inputs), PREDICT_BATCH):
@@ -452,9 +463,11 @@ def parser() -> argparse.ArgumentParser:
     create = leaf(tasks, "create", cmd_tasks_create, "create (or extend) a task from a dataset and train it")
     create.add_argument("name")
     create.add_argument(
-        "--data", required=True, help="file.csv, file.jsonl (input,label), file.zip or a folder <label>/<image>"
+        "--data",
+        required=True,
+        help="file.csv, file.jsonl (input,label), file.zip or a folder <label>/<image or .wav clip>",
     )
-    create.add_argument("--modality", choices=["text", "image"])
+    create.add_argument("--modality", choices=list(get_args(s.Modality)))
     create.add_argument("--backbone")
     create.add_argument("--head", choices=list(get_args(s.HeadKind)))
     create.add_argument("--no-wait", action="store_true", help="return once the training job is queued")
@@ -468,10 +481,12 @@ def parser() -> argparse.ArgumentParser:
     promote.add_argument("version", type=int)
     leaf(tasks, "rollback", cmd_tasks_rollback, "serve the previously active version again").add_argument("name")
 
-    predict = leaf(groups, "predict", cmd_predict, "predict texts or images")
+    predict = leaf(groups, "predict", cmd_predict, "predict texts, images or audio clips")
     predict.add_argument("task")
-    predict.add_argument("inputs", nargs="*", help="texts, or image files (.png, .jpg, .webp)")
-    predict.add_argument("--file", help='JSON Lines: one JSON string or {"input": ...} per line')
+    predict.add_argument("inputs", nargs="*", help="texts, or image files (.png, .jpg, .webp) or WAV files (.wav)")
+    predict.add_argument(
+        "--file", help='one image or WAV file, or JSON Lines: one JSON string or {"input": ...} per line'
+    )
     predict.add_argument("--top-k", type=int)
 
     export = leaf(groups, "export", cmd_export, "download a task's ONNX export (zip)")

@@ -44,7 +44,7 @@ DATASET_TYPES = {
     ".zip": "application/zip",
 }
 
-Input = str | bytes | os.PathLike  # text, or an image as bytes or a file path
+Input = str | bytes | os.PathLike  # text, or an image or WAV clip as bytes or a file path
 Example = s.ExampleIn | Mapping[str, Any] | tuple[Input, Any]  # label: a string, a list of strings, or a number
 
 T = TypeVar("T")
@@ -82,16 +82,32 @@ def _adapter(model: Any) -> TypeAdapter[Any]:
 # -- inputs ----------------------------------------------------------------------------------------
 
 
-def _encode(value: Input) -> tuple[str, bool]:
-    """An input as the JSON API takes it, and whether it is an image (bytes or a file: base64)."""
+def is_wav(data: bytes) -> bool:
+    """Whether ``data`` starts like a WAV file (RIFF, form type WAVE)."""
+    return data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+
+
+def _encode(value: Input) -> tuple[str, str]:
+    """An input as the JSON API takes it, and its modality: text as is; bytes or a file as base64, a WAV
+    file's modality ``audio``, any other ``image``."""
     if isinstance(value, str):
-        return value, False
+        return value, "text"
     data = value if isinstance(value, bytes) else Path(value).read_bytes()
-    return base64.b64encode(data).decode("ascii"), True
+    return base64.b64encode(data).decode("ascii"), "audio" if is_wav(data) else "image"
 
 
-def _examples(examples: Iterable[Example]) -> tuple[list[dict[str, Any]], bool]:
-    out, images = [], set()
+def wav_input(path: str | os.PathLike) -> bytes:
+    """A WAV file's bytes as a predict or example input (``client.predict(task, wav_input("x.wav"))``): checked
+    to be a RIFF/WAVE file here, decoded and checked fully by the server."""
+    data = Path(path).read_bytes()
+    if not is_wav(data):
+        raise ValueError(f"{path}: not a WAV file (expected a RIFF header with form type WAVE)")
+    return data
+
+
+def _examples(examples: Iterable[Example]) -> tuple[list[dict[str, Any]], str | None]:
+    """The examples as JSON rows, and their modality when all agree (None when they are mixed)."""
+    out, modalities = [], set()
     raw: Input
     for example in examples:
         if isinstance(example, s.ExampleIn):
@@ -100,10 +116,10 @@ def _examples(examples: Iterable[Example]) -> tuple[list[dict[str, Any]], bool]:
             raw, label = example["input"], example["label"]
         else:
             raw, label = example
-        text, is_image = _encode(raw)
-        images.add(is_image)
+        text, modality = _encode(raw)
+        modalities.add(modality)
         out.append({"input": text, "label": label})
-    return out, images == {True}
+    return out, modalities.pop() if len(modalities) == 1 else None
 
 
 def dataset_file(path: str | os.PathLike) -> tuple[bytes, str, str]:
@@ -259,9 +275,10 @@ class _Core:
     ) -> Op[s.TaskCreated]:
         """Create a task from labeled examples — ``[(input, label)]``, ``[{"input", "label"}]`` or
         :class:`~graft.schemas.ExampleIn` — or from a dataset path (CSV, JSON Lines, zip, or a folder of
-        ``<label>/<image>``, which also extends an existing task). Image inputs are bytes or file paths.
-        ``kind``: ``classification`` (default; one label string), ``multilabel`` (a list of label strings
-        per example) or ``regression`` (a number per example); files make classification tasks.
+        ``<label>/<image or .wav>``, which also extends an existing task). Image and WAV inputs are bytes or
+        file paths (the modality follows: WAV files make an audio task). ``kind``: ``classification`` (default;
+        one label string), ``multilabel`` (a list of label strings per example), ``regression`` (a number per
+        example) or ``speakers`` (audio: a speaker name per clip); files make classification tasks.
         With ``wait`` (default), blocks until training ends (progress bar) and returns the final job
         and task; raises :class:`~graft.errors.JobFailed` if training fails."""
         if isinstance(examples, str | os.PathLike):
@@ -279,10 +296,10 @@ class _Core:
             )
             created: s.TaskCreated = yield from self._model(s.DatasetAccepted, call)
         else:
-            rows, images = _examples(examples)
+            rows, found = _examples(examples)
             body_json: dict[str, Any] = {
                 "name": name,
-                "modality": modality or ("image" if images else "text"),
+                "modality": modality or found or "text",
                 "examples": rows,
             }
             body_json.update({k: v for k, v in {"kind": kind, "backbone": backbone, "head": head}.items() if v})
@@ -332,18 +349,19 @@ class _Core:
     def _predict(
         self, task: str, inputs: Input | Sequence[Input], *, top_k: int | None = None
     ) -> Op[s.PredictResponse]:
-        """Predict one input or a list: texts go as JSON; images (bytes or file paths) as multipart files."""
+        """Predict one input or a list: texts go as JSON; images and WAV clips (bytes or file paths) as multipart
+        files."""
         items = [inputs] if isinstance(inputs, str | bytes | os.PathLike) else list(inputs)
         if all(isinstance(x, str) for x in items):
             body: dict[str, Any] = {"inputs": items} | ({"top_k": top_k} if top_k else {})
             return (yield from self._model(s.PredictResponse, Call("POST", f"/v1/tasks/{task}/predict", json=body)))
         if any(isinstance(x, str) for x in items):
-            raise ValueError("predict takes texts (str) or images (bytes or paths), not both in one call")
+            raise ValueError("predict takes texts (str) or files (bytes or paths), not both in one call")
         files = []
         for i, item in enumerate(items):
             data = item if isinstance(item, bytes) else Path(item).read_bytes()
             filename = f"input-{i}" if isinstance(item, bytes) else Path(item).name
-            files.append(("file", (filename, data, "application/octet-stream")))
+            files.append(("file", (filename, data, "audio/wav" if is_wav(data) else "application/octet-stream")))
         call = Call(
             "POST", f"/v1/tasks/{task}/predict/files", files=files, data={"top_k": str(top_k)} if top_k else None
         )

@@ -21,11 +21,11 @@ from pydantic import (
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
-Modality = Literal["text", "image"]
+Modality = Literal["text", "image", "audio"]
 HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid", "finetune"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "superseded"]
 VersionStatus = Literal["active", "candidate", "previous", "failed"]
-TaskKind = Literal["classification", "multilabel", "regression"]
+TaskKind = Literal["classification", "multilabel", "regression", "speakers"]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
 
 
@@ -143,10 +143,15 @@ def _string_problem(label: Any) -> str | None:
 
 def label_problem(kind: str, label: Any) -> str | None:
     """Why ``label`` does not fit a task of ``kind`` (None when it does): classification takes one
-    string, multilabel a non-empty list of distinct strings, regression a finite number."""
+    string, multilabel a non-empty list of distinct strings, regression a finite number, speakers one
+    speaker name."""
     if kind == "classification":
         if not isinstance(label, str):
             return f"a classification task takes one label string, got {_shape(label)}"
+        return _string_problem(label)
+    if kind == "speakers":
+        if not isinstance(label, str):
+            return f"a speakers task takes one speaker name (a string), got {_shape(label)}"
         return _string_problem(label)
     if kind == "multilabel":
         if not isinstance(label, list):
@@ -185,10 +190,13 @@ def _shape(label: Any) -> str:
 
 
 class ExampleIn(Request):
-    input: Text = Field(description="A text, or a base64-encoded PNG/JPEG/WebP image for image tasks.")
+    input: Text = Field(
+        description="A text, a base64-encoded PNG/JPEG/WebP image for image tasks, or a base64-encoded WAV file "
+        "(PCM 16/24/32-bit or float, any rate, mono or stereo) for audio tasks."
+    )
     label: LabelValue = Field(
         description="By the task's kind: one label string (classification), a non-empty list of label strings "
-        "(multilabel), or a finite number (regression)."
+        "(multilabel), a finite number (regression), or a speaker name (speakers)."
     )
 
 
@@ -199,12 +207,14 @@ class TaskCreate(Request):
         default="classification",
         description="`classification`: one label per example (softmax heads). `multilabel`: a list of labels per "
         "example (one sigmoid per label, thresholds tuned by cross-validation). `regression`: a number per example "
-        "(ridge regression on the embeddings).",
+        "(ridge regression on the embeddings). `speakers` (audio): a speaker name per clip; a prediction names the "
+        "nearest enrolled speaker, or null under a threshold tuned to GRAFT_SPEAKER_FAR false accepts.",
     )
     backbone: str | None = Field(
         default=None,
         description="Backbone name, or `auto`: the modality's backbone with the highest transferability (LogME) "
-        "on the task's examples, chosen at every training. Default: the modality's default backbone.",
+        "on the task's examples, chosen at every training. Default: the modality's default backbone "
+        "(`speakers` tasks: `resemblyzer-ge2e`).",
     )
     head: HeadKind | None = Field(
         default=None,
@@ -334,7 +344,9 @@ class DatasetAccepted(TaskCreated):
 
 class PredictRequest(Request):
     inputs: list[Text] = Field(
-        min_length=1, description="Texts, or base64-encoded PNG/JPEG/WebP images for image tasks."
+        min_length=1,
+        description="Texts, base64-encoded PNG/JPEG/WebP images for image tasks, or base64-encoded WAV files for "
+        "audio tasks.",
     )
     top_k: int | None = Field(default=None, ge=1, description="How many labels `scores` lists; default all.")
 
@@ -363,8 +375,25 @@ class RegressionPredictionOut(BaseModel):
     value: float = Field(description="The predicted number.")
 
 
-AnyPredictionOut = PredictionOut | MultiLabelPredictionOut | RegressionPredictionOut
-Predictions = list[PredictionOut] | list[MultiLabelPredictionOut] | list[RegressionPredictionOut]  # one task: one kind
+class SpeakerScoreOut(BaseModel):
+    label: str
+    score: float = Field(description="Cosine similarity of the clip to this speaker's enrolled centroid.")
+
+
+class SpeakerPredictionOut(BaseModel):
+    speaker: str | None = Field(
+        description="The most similar enrolled speaker, or null when the similarity is under the threshold "
+        "(a speaker never enrolled)."
+    )
+    score: float = Field(description="The best cosine similarity.")
+    threshold: float = Field(description="The similarity a speaker needs, tuned to the task's false-accept rate.")
+    labels: list[SpeakerScoreOut] = Field(description="The top_k enrolled speakers by similarity, most similar first.")
+
+
+AnyPredictionOut = PredictionOut | MultiLabelPredictionOut | RegressionPredictionOut | SpeakerPredictionOut
+Predictions = (  # one task: one kind
+    list[PredictionOut] | list[MultiLabelPredictionOut] | list[RegressionPredictionOut] | list[SpeakerPredictionOut]
+)
 
 
 class PredictResponse(BaseModel):
@@ -372,7 +401,8 @@ class PredictResponse(BaseModel):
     version: int
     predictions: Predictions = Field(
         description="Per input, by the task's kind: classification `{label, score, scores}`; multilabel "
-        "`{labels, scores: [{label, probability, threshold, chosen}]}`; regression `{value}`."
+        "`{labels, scores: [{label, probability, threshold, chosen}]}`; regression `{value}`; speakers "
+        "`{speaker | null, score, threshold, labels: [{label, score}]}`."
     )
 
 

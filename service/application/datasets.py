@@ -1,6 +1,6 @@
-"""The dataset-ingest use case: a whole labeled dataset in one file (an image-folder zip, CSV or JSON
-Lines) creates a task or extends one. A new task takes the same rules and defaults as ``POST /v1/tasks``
-(service/application/task_rules.py); everything is validated before anything is stored."""
+"""The dataset-ingest use case: a whole labeled dataset in one file (a folder-per-label zip of images or
+WAV clips, CSV or JSON Lines) creates a task or extends one. A new task takes the same rules and defaults
+as ``POST /v1/tasks`` (service/application/task_rules.py); everything is validated before anything is stored."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from ..store.models import Job, Task
 from ..store.repository import NotFound
 from . import quotas, task_rules
 from .errors import Invalid
-from .inputs import pixel_budget, stored_examples, stored_image
+from .inputs import pixel_budget, seconds_budget, stored_clip, stored_examples, stored_image
 from .tasks import check_new_labels
+
+ZIP_MODALITIES = ("image", "audio")  # a zip holds one file per example, in a folder named after its label
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ def _target(
     modality: str | None,
     backbone: str | None,
     head: str | None,
+    file: IO[bytes],
 ) -> tuple[str, str, str]:
     """The modality, backbone and head the upload goes to: the existing task's, or the new task's (by the
     same rules and defaults as ``POST /v1/tasks``, service/application/task_rules.py)."""
@@ -59,10 +62,17 @@ def _target(
                     f"task {name!r} exists with {param} {actual!r}; "
                     f"omit '{param}' to extend it, or upload to a new task name"
                 )
-    target = task.modality if task else modality or ("image" if kind == "zip" else "text")
-    if kind == "zip" and target != "image":
+    if task is not None:
+        target = task.modality
+    elif modality is not None:
+        target = modality
+    else:  # a zip of .wav clips is for an audio task, of images for an image task
+        limit = rt.settings.max_examples_per_request
+        target = datasets.zip_modality(file, max_files=limit) if kind == "zip" else "text"
+    if kind == "zip" and target not in ZIP_MODALITIES:
         raise Invalid(
-            "a zip (image-folder layout) is for image tasks; text tasks take CSV or JSON Lines with input,label columns"
+            "a zip (folder-per-label layout) is for image and audio tasks; text tasks take CSV or JSON Lines with "
+            "input,label columns"
         )
     if task is not None:
         return target, task.backbone, task.head
@@ -75,6 +85,17 @@ def _read(
 ) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
     """The parsed file and its examples as the store keeps them."""
     settings = rt.settings
+    if kind == "zip" and modality == "audio":  # each WAV file is checked and normalised as it is extracted
+        seconds = seconds_budget(rt)
+        data = datasets.read_image_folder(
+            file,
+            max_files=settings.max_examples_per_request,
+            max_total_bytes=settings.max_upload_uncompressed_bytes,
+            max_file_bytes=settings.max_audio_bytes,
+            convert=lambda raw, where: stored_clip(rt, raw, where, seconds),
+            what="clip",
+        )
+        return data, list(zip(data.inputs, data.labels, strict=True))  # type: ignore[arg-type]
     if kind == "zip":  # each image is checked and normalised as it is extracted
         preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing  # an image task's backbone
         budget = pixel_budget(rt)
@@ -86,7 +107,8 @@ def _read(
             convert=lambda raw, where: stored_image(rt, preprocessing, raw, where, budget),
         )
         return data, list(zip(data.inputs, data.labels, strict=True))  # type: ignore[arg-type]
-    field_chars = settings.max_image_bytes * 4 // 3 + 64 if modality == "image" else settings.max_text_chars
+    encoded = {"image": settings.max_image_bytes, "audio": settings.max_audio_bytes}.get(modality)
+    field_chars = encoded * 4 // 3 + 64 if encoded is not None else settings.max_text_chars
     data = datasets.read_table(file, kind, max_rows=settings.max_examples_per_request, max_field_chars=field_chars)
     return data, stored_examples(rt, modality, backbone, data.inputs, data.labels, data.names)
 
@@ -111,7 +133,7 @@ def ingest(
         )
     kind = datasets.detect_kind(file.read(8), content_type, filename)  # DatasetError: a domain error
     file.seek(0)
-    target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head)
+    target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head, file)
     data, examples = _read(rt, file, kind, target, backbone_name)
     guard = quotas.examples_guard(rt.settings, tenant_id, task, examples)  # checked in the write's transaction
     if task is None:

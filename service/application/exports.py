@@ -49,6 +49,13 @@ PREPROCESSING = {
     },
 }
 
+# Modalities whose path from the request's bytes to the head has no ONNX form yet, and why.
+NOT_EXPORTED = {
+    "audio": "audio tasks are not exportable yet: WAV decoding and resampling, the speech embedding's windowing "
+    "(or the speaker encoder's partials) and the pooling over time have no ONNX graph in Graft; serve the task "
+    "through /predict",
+}
+
 # Serving runtimes whose graph the bundle can carry as is; others (torch, CUDA fp16) export fp32.
 PORTABLE = ("onnx", "onnx-int8")
 
@@ -140,6 +147,8 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     import onnx
     import onnxruntime
 
+    if task.modality in NOT_EXPORTED:
+        raise NotExportable(NOT_EXPORTED[task.modality])
     head = head_of(rt.store, v)
     finetuned = heads.TRUNK in head.consumes
     files: dict[str, bytes] = {}

@@ -1,10 +1,11 @@
 """Request inputs per modality (the application layer's decoding; the router asks it through ``Prepare``):
 what the store keeps (examples) and what backbones take (predict).
 
-Text passes through with its length checked. Images are decoded and checked here, in the request
-that sent them (so one bad image is that request's 4xx, never a failed backbone batch):
-examples are stored normalised (see :mod:`service.images`), predict inputs become preprocessed
-arrays for the batcher.
+Text passes through with its length checked. Images and audio clips are decoded and checked here, in
+the request that sent them (so one bad image or WAV file is that request's 4xx, never a failed backbone
+batch): examples are stored normalised (images: see :mod:`service.images`; audio: mono 16-bit WAV at
+16 kHz, see :mod:`service.audio`), predict inputs become preprocessed arrays for the batcher. Pixels
+and seconds of audio are charged to a per-request budget from each header, before decoding.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import anyio.to_thread
 
 from adapters.heads import RAW, Head
 
-from .. import images
+from .. import audio, images
 from ..backbones.base import ImageBackbone
 from ..router import Prepare, TaskRef
 from ..runtime import Runtime
@@ -32,6 +33,32 @@ def image_limits(rt: Runtime) -> images.Limits:
 def pixel_budget(rt: Runtime) -> images.PixelBudget:
     """A fresh budget of decoded pixels for one request (``GRAFT_MAX_REQUEST_PIXELS``)."""
     return images.PixelBudget(rt.settings.max_request_pixels)
+
+
+def audio_limits(rt: Runtime) -> audio.Limits:
+    s = rt.settings
+    return audio.Limits(max_bytes=s.max_audio_bytes, max_seconds=s.max_audio_seconds, max_channels=s.max_audio_channels)
+
+
+def seconds_budget(rt: Runtime) -> audio.SecondsBudget:
+    """A fresh budget of decoded audio seconds for one request (``GRAFT_MAX_REQUEST_AUDIO_SECONDS``)."""
+    return audio.SecondsBudget(rt.settings.max_request_audio_seconds)
+
+
+def decode_clip(rt: Runtime, raw: Raw, where: str, budget: audio.SecondsBudget | None = None) -> audio.Clip:
+    """One WAV input decoded (mono, its own rate), or the request's 4xx saying which input."""
+    try:
+        data = audio.from_base64(raw) if isinstance(raw, str) else raw
+        return audio.decode(data, audio_limits(rt), budget)
+    except audio.AudioError as exc:  # the same error, saying which input
+        hint = " (this task's modality is 'audio')" if isinstance(raw, str) and isinstance(exc, audio.NotAudio) else ""
+        raise type(exc)(f"{where} {exc}{hint}") from None
+
+
+def stored_clip(rt: Runtime, raw: Raw, where: str, budget: audio.SecondsBudget | None = None) -> str:
+    """One clip as the store keeps it (mono 16-bit WAV at 16 kHz, base64), or the request's 4xx. Its
+    duration is charged to the request's ``budget``."""
+    return audio.to_stored(decode_clip(rt, raw, where, budget))
 
 
 def _decode(rt: Runtime, raw: Raw, where: str, budget: images.PixelBudget | None = None) -> Any:
@@ -69,7 +96,8 @@ def check_texts(rt: Runtime, texts: Sequence[str], field: str) -> None:
 def stored_examples(
     rt: Runtime, modality: str, backbone: str, inputs: Sequence[Raw], labels: Sequence[str], names: Sequence[str]
 ) -> list[tuple[str, str]]:
-    """Examples as the store keeps them: text as sent, images as normalised base64 PNG.
+    """Examples as the store keeps them: text as sent, images as normalised base64 PNG, audio as base64 WAV
+    (mono, 16-bit, 16 kHz).
     ``names`` say where each input came from, for error messages (``examples[3].input``, a zip path)."""
     check_count(rt, len(inputs))
     if modality == "image":
@@ -78,6 +106,11 @@ def stored_examples(
         return [
             (stored_image(rt, preprocessing, raw, name, budget), label)
             for raw, label, name in zip(inputs, labels, names, strict=True)
+        ]
+    if modality == "audio":
+        seconds = seconds_budget(rt)
+        return [
+            (stored_clip(rt, raw, name, seconds), label) for raw, label, name in zip(inputs, labels, names, strict=True)
         ]
     check_texts(rt, inputs, "examples")  # type: ignore[arg-type]
     return list(zip(inputs, labels, strict=True))  # type: ignore[arg-type]
@@ -102,23 +135,44 @@ def _prepared_images(
     return cropped, stored
 
 
+def _prepared_audio(
+    rt: Runtime, backbone: str, inputs: Sequence[Raw], names: Sequence[str], want_raw: bool
+) -> tuple[list[Any], list[str] | None]:
+    """Decoded clips at ``backbone``'s sample rate and — for heads that read raw audio (the MFCC baseline)
+    — each clip in the stored form, so such heads see at predict what they saw in training. Within the
+    request's budget of seconds, charged from each header before decoding."""
+    rate = int(getattr(rt.backbones.get(backbone), "sample_rate", audio.STORED_RATE))
+    budget = seconds_budget(rt)
+    clips: list[Any] = []
+    stored: list[str] | None = [] if want_raw else None
+    for raw, name in zip(inputs, names, strict=True):
+        clip = decode_clip(rt, raw, name, budget)
+        clips.append(clip.at(rate))
+        if stored is not None:
+            stored.append(audio.to_stored(clip))
+        del clip
+    return clips, stored
+
+
 async def prepare_inputs(
     rt: Runtime, task: TaskRef, backbone: str, head: Head, inputs: Sequence[Raw], names: Sequence[str]
 ) -> tuple[Sequence[Any], Sequence[Any] | None]:
     """A predict request's inputs as ``backbone`` takes them and, for heads that read raw inputs, their raw
-    form: text is checked and passes through; images are decoded off the event loop (one bad image is
+    form: text is checked and passes through; images and audio are decoded off the event loop (one bad input is
     this request's 4xx, never a failed backbone batch)."""
     return await predict_inputs(rt, inputs, names)(task, backbone, RAW in head.consumes)
 
 
 def predict_inputs(rt: Runtime, inputs: Sequence[Raw], names: Sequence[str]) -> Prepare:
     """How a predict request's inputs become what the task's backbone (and head) take: text is
-    checked and passes through; images are decoded off the event loop (one bad image is this
+    checked and passes through; images and audio are decoded off the event loop (one bad input is this
     request's 4xx, never a failed backbone batch)."""
 
     async def prepare(task: TaskRef, backbone: str, want_raw: bool) -> tuple[Sequence[Any], Sequence[Any] | None]:
         if task.modality == "image":
             return await anyio.to_thread.run_sync(_prepared_images, rt, backbone, inputs, names, want_raw)
+        if task.modality == "audio":
+            return await anyio.to_thread.run_sync(_prepared_audio, rt, backbone, inputs, names, want_raw)
         if any(isinstance(raw, bytes) for raw in inputs):
             raise Invalid(f'task {task.name!r} is a text task: send JSON {{"inputs": [texts]}} to /predict')
         check_texts(rt, inputs, "inputs")  # type: ignore[arg-type]

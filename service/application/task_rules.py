@@ -36,7 +36,8 @@ def new_task(
     rt: Runtime, modality: str, kind: str = kinds.DEFAULT, backbone: str | None = None, head: str | None = None
 ) -> NewTask:
     """The task to create from what the request named (``None``: not named), or :class:`InvalidTask`.
-    Defaults: head ``auto``, the modality's default backbone."""
+    Defaults: head ``auto``, the kind's default backbone (e.g. a speakers task's speaker encoder), else the
+    modality's."""
     head = head or AUTO
     try:
         task_kind = kinds.kind_of(kind)
@@ -48,7 +49,8 @@ def new_task(
     problem = task_kind.new_task_problem(modality, backbone, head)
     if problem:
         raise InvalidTask(problem)
-    return NewTask(modality, kind, choose_backbone(rt, modality, backbone), head)
+    chosen = choose_backbone(rt, modality, backbone or task_kind.default_backbone(modality))
+    return NewTask(modality, kind, chosen, head)
 
 
 def choose_backbone(rt: Runtime, modality: str, requested: str | None) -> str:

@@ -292,8 +292,9 @@ function renderSummary(version) {
   $("#warnings").replaceChildren(...(version.warnings || m.warnings || []).map((w) => el("li", {}, w)));
 }
 
-// The plots are for classification (other kinds report other metrics, listed in the table).
-const isClassification = (m) => m.kind === undefined || m.kind === "classification";
+// The plots are for classification and speaker identification (closed-set confusion and per-speaker
+// scores); other kinds report other metrics, listed in the table.
+const isClassification = (m) => m.kind === undefined || m.kind === "classification" || m.kind === "speakers";
 const hasPrecisionRecall = (perLabel) =>
   perLabel && Object.values(perLabel).every((s) => typeof s.precision === "number" && typeof s.recall === "number");
 
@@ -360,9 +361,10 @@ async function showTask(name) {
   $("#version-bar").hidden = !hasVersions;
   $("#plots").hidden = !hasVersions;
   $("#try").hidden = task.active_version === null;
-  const image = task.modality === "image";
-  $("#try-text").hidden = image;
-  $("#try-file").hidden = !image;
+  const file = task.modality !== "text";  // images and WAV clips are sent as files
+  $("#try-text").hidden = file;
+  $("#try-file").hidden = !file;
+  $("#try-file").accept = task.modality === "audio" ? "audio/wav,audio/x-wav,.wav" : "image/png,image/jpeg,image/webp";
   $("#try-preview").hidden = true;
   $("#prediction").replaceChildren();
   const select = $("#version");
@@ -384,9 +386,17 @@ function meterRow(label, value, text, attrs = {}) {
 }
 
 function renderPrediction(response) {
-  // One input; the answer's shape follows the task's kind (classification, multilabel, regression).
+  // One input; the answer's shape follows the task's kind (classification, multilabel, regression, speakers).
   const p = response.predictions[0];
   const head = (...parts) => el("p", { class: "meta" }, `version ${response.version} predicts `, ...parts);
+  if ("speaker" in p) {  // speakers: cosine similarities against the open-set threshold
+    const items = p.labels.map((s) => meterRow(s.label, s.score, num(s.score),
+      { title: `threshold ${num(p.threshold)}`, class: s.label === p.speaker ? "chosen" : "" }));
+    $("#prediction").replaceChildren(
+      head(el("strong", { id: "predicted-label" }, p.speaker ?? "unknown speaker"), ` (similarity ${num(p.score)})`),
+      el("ol", { class: "multi" }, ...items));
+    return;
+  }
   if (typeof p.value === "number") {
     $("#prediction").replaceChildren(head(el("strong", { id: "predicted-label" }, num(p.value))));
     return;
@@ -412,9 +422,9 @@ async function predict(event) {
   const name = state.task.name;
   const path = `/v1/tasks/${encodeURIComponent(name)}/predict`;
   let response;
-  if (state.task.modality === "image") {
+  if (state.task.modality !== "text") {
     const file = $("#try-file").files[0];
-    if (!file) return showError("Choose an image first.");
+    if (!file) return showError(state.task.modality === "audio" ? "Choose a WAV file first." : "Choose an image first.");
     const form = new FormData();
     form.append("file", file, file.name);
     form.append("top_k", "5");
@@ -479,8 +489,9 @@ document.addEventListener("DOMContentLoaded", () => {
     const file = e.target.files[0];
     const preview = $("#try-preview");
     if (preview.src) URL.revokeObjectURL(preview.src);
-    preview.hidden = !file;
-    if (file) preview.src = URL.createObjectURL(file);
+    const image = Boolean(file) && file.type.startsWith("image/");
+    preview.hidden = !image;
+    if (image) preview.src = URL.createObjectURL(file);
   });
   window.addEventListener("hashchange", route);
   route();

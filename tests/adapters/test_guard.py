@@ -41,7 +41,8 @@ def test_heads_declare_inputs_and_exportability() -> None:
     assert available_heads(True, False) == ["linear", "prototype"]
     assert available_heads(False, True) == ["baseline"]
     assert available_heads(True, True, modality="image") == ["linear", "prototype", "baseline", "hybrid"]
-    assert available_heads(True, True, modality="audio") == ["linear", "prototype"]  # no from-scratch features
+    assert available_heads(True, True, modality="audio") == ["linear", "prototype", "baseline", "hybrid"]  # MFCCs
+    assert available_heads(True, True, modality="video") == ["linear", "prototype"]  # no from-scratch features
 
 
 @pytest.mark.parametrize("kind", ["baseline", "hybrid"])

@@ -57,9 +57,12 @@ def test_every_head_module_registers_its_head() -> None:
         "finetune": ("classification", "FinetuneHead"),
         "multilabel": ("multilabel", "MultiLabelHead"),
         "ridge": ("regression", "RidgeHead"),
+        "speaker": ("speakers", "SpeakerHead"),
     }
     assert list(heads.HEADS) == ["linear", "prototype", "baseline", "hybrid", "finetune"]  # rank order
-    assert heads.KIND_HEADS == {"multilabel": heads.MultiLabelHead, "regression": heads.RidgeHead}
+    assert heads.KIND_HEADS == {
+        "multilabel": heads.MultiLabelHead, "regression": heads.RidgeHead, "speakers": heads.SpeakerHead
+    }
     assert list(heads_for("regression")) == ["ridge"] and heads_for("audio-captions") == {}
 
 
@@ -92,4 +95,6 @@ def test_any_entry_point_fills_the_registry(first: str) -> None:
     imports every head module, and finetune no longer imports the fitting code (the old cycle)."""
     code = f"import {first}; from adapters.heads.base import REGISTRY; print(sorted(REGISTRY))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
-    assert out.strip() == str(sorted(["baseline", "finetune", "hybrid", "linear", "multilabel", "prototype", "ridge"]))
+    assert out.strip() == str(
+        sorted(["baseline", "finetune", "hybrid", "linear", "multilabel", "prototype", "ridge", "speaker"])
+    )

@@ -36,8 +36,12 @@ def stored(name: str) -> bytes:
     return (STORED / f"{name}.safetensors").read_bytes()
 
 
+# Heads added after a5bfe77, never stored by its code: each has its own round-trip test.
+NEWER = {"speaker": "tests/adapters/test_speakers.py"}
+
+
 def test_every_registered_kind_has_a_stored_blob() -> None:
-    assert {cls.kind for cls in KINDS.values()} == set(heads.REGISTRY)
+    assert {cls.kind for cls in KINDS.values()} | set(NEWER) == set(heads.REGISTRY)
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))

@@ -255,3 +255,17 @@ def test_audio_errors_take_their_status_from_the_table(exc: audio.AudioError, st
     found = errors.answer_for(exc)
     assert found is not None and (found.status, found.code) == (status, code)
     assert exc.code == code
+
+
+def test_the_stored_form_is_mono_16_bit_at_16_khz_and_round_trips() -> None:
+    stereo = np.stack([tone(44_100, 0.5), tone(44_100, 0.5, amplitude=0.25)], axis=1)
+    clip = audio.decode(audio.encode_wav(stereo, 44_100, 24), LIMITS)
+    stored = audio.to_stored(clip)
+    with wave.open(io.BytesIO(audio.from_base64(stored))) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, audio.STORED_RATE)
+        assert wav.getnframes() == 8000
+    (samples,) = audio.from_stored([stored])
+    np.testing.assert_allclose(samples, clip.at(16_000), atol=1 / 32768 + 1e-6)  # 16-bit quantisation only
+    assert abs(dominant_hz(samples, 16_000) - 440) < 3
+    (at_8k,) = audio.from_stored([stored], 8_000)
+    assert len(at_8k) == 4000

@@ -204,3 +204,18 @@ def test_table_refusals(text, kind: str, status: int, fragment: str) -> None:
     with pytest.raises(DatasetError, match=fragment) as raised:
         table(text, kind)
     assert answer_for(raised.value).status == status
+
+
+def test_a_zip_of_wav_files_is_for_an_audio_task() -> None:
+    from service.datasets import zip_modality
+
+    wav = b"RIFF\x00\x00\x00\x00WAVE"  # the member names decide; nothing is extracted
+    assert zip_modality(make_zip({"yes/0.wav": wav, "no/1.WAV": wav}), max_files=10) == "audio"
+    assert zip_modality(make_zip({"cat/0.png": PNG, "__MACOSX/cat/._0.wav": b"x"}), max_files=10) == "image"
+    fh = make_zip({"a/0.wav": wav})
+    zip_modality(fh, max_files=10)
+    assert fh.tell() == 0  # rewound for the reader
+    with pytest.raises(DatasetError, match="more than 1 entries"):
+        zip_modality(make_zip({"a/0.wav": wav, "b/1.wav": wav}), max_files=1)
+    with pytest.raises(DatasetError, match="end-of-central-directory"):
+        zip_modality(io.BytesIO(b"not a zip"), max_files=10)

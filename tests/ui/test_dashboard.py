@@ -250,3 +250,38 @@ def test_other_task_kinds_get_their_metrics_as_a_table_and_a_try_it(server, bbc_
         expect(page.locator("#predicted-label")).to_have_text(f"{expected['value']:.4f}")
     assert not problems, problems
     page.close()
+
+
+def test_a_speakers_task_shows_its_figures_and_tries_a_wav_file(server, browser, tmp_path) -> None:
+    """An audio task (speaker identification, clips synthesised with eSpeak NG): the closed-set confusion
+    matrix and per-speaker scores are drawn, and "try it" sends a WAV file and shows the named speaker."""
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("the clips are synthesised with eSpeak NG: apt-get install espeak-ng")
+    from benchmarks.audio_data import speaker_clips
+
+    client = server.new_tenant("dashboard-speakers")
+    clips = speaker_clips(3, 3, seed=2)
+    examples = [{"input": base64.b64encode(wav).decode(), "label": who} for wav, who in clips]
+    resp = client.post("/v1/tasks", json={"name": "voices", "modality": "audio", "kind": "speakers",
+                                          "examples": examples})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
+    probe = tmp_path / "probe.wav"
+    probe.write_bytes(clips[0][0])
+    expected = client.post("/v1/tasks/voices/predict/files", files=[("file", ("probe.wav", clips[0][0]))],
+                           data={"top_k": "5"}).json()["predictions"][0]
+
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/voices")
+    log_in(page, client.headers["authorization"].removeprefix("Bearer "))
+    expect(page.locator("#task-meta")).to_contain_text("speakers · audio task")
+    expect(page.locator("svg.confusion rect.cm-cell")).to_have_count(9)
+    expect(page.locator("#plot-per-label rect.pr-recall")).to_have_count(3)
+    expect(page.locator("#try-text")).to_be_hidden()
+    page.set_input_files("#try-file", str(probe))
+    page.click("#try-submit")
+    expect(page.locator("#predicted-label")).to_have_text(expected["speaker"] or "unknown speaker")
+    expect(page.locator("#prediction li")).to_have_count(3)
+    assert not problems, problems
+    page.close()

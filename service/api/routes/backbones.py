@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1")
 
 @router.get("/backbones", response_model=s.BackboneList, responses=ERRORS)
 def list_backbones(rt: RuntimeDep, _: TenantDep) -> s.BackboneList:
-    defaults = {rt.default_backbone(m) for m in ("text", "image")}
+    defaults = {rt.default_backbone(m) for m in ("text", "image", "audio")}
     return s.BackboneList(
         backbones=[
             s.BackboneOut(

@@ -1,11 +1,12 @@
 """Dataset uploads: a whole labeled dataset in one file creates a task or extends it.
 
-``POST /v1/tasks/{name}/dataset`` takes a zip in image-folder layout (``<label>/<file>``) or a
-CSV / JSON Lines file with ``input,label`` columns, as the raw body or as the one ``file`` part of
-a multipart form. When the task does not exist, query parameters ``modality`` (default: image
-for a zip, text otherwise), ``backbone`` and ``head`` (default ``auto``) create it, by the same rules as
-``POST /v1/tasks`` (service/application/task_rules.py). Everything is validated before
-anything is stored; the answer is a queued training job whose ``progress`` covers embedding.
+``POST /v1/tasks/{name}/dataset`` takes a zip in folder-per-label layout (``<label>/<file>``: images,
+or .wav clips) or a CSV / JSON Lines file with ``input,label`` columns, as the raw body or as the one
+``file`` part of a multipart form. When the task does not exist, query parameters ``modality``
+(default: audio for a zip of .wav files, image for another zip, text otherwise), ``backbone`` and
+``head`` (default ``auto``) create it, by the same rules as ``POST /v1/tasks`` (service/application/task_rules.py).
+Everything is validated before anything is stored; the answer is a queued training job whose
+``progress`` covers embedding.
 """
 
 from __future__ import annotations

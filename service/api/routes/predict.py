@@ -1,4 +1,4 @@
-"""Predictions: backbone batch + the task's active head. JSON inputs, or image files as multipart."""
+"""Predictions: backbone batch + the task's active head. JSON inputs, or image or WAV files as multipart."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ FILES_BODY = {
                         "file": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "description": "One part per image (PNG, JPEG or WebP), all named `file`.",
+                            "description": "One part per image (PNG, JPEG or WebP) or WAV clip (audio tasks), "
+                            "all named `file`.",
                         },
                         "top_k": {"type": "integer", "minimum": 1},
                     },
@@ -65,10 +66,13 @@ FILES_BODY = {
     "/tasks/{name}/predict/files", response_model=s.PredictResponse, responses=ERRORS, openapi_extra=FILES_BODY
 )
 async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
-    """Predict an image task from uploaded files: ``curl -F file=@a.jpg -F file=@b.png [-F top_k=3]``."""
+    """Predict an image or audio task from uploaded files: ``curl -F file=@a.jpg -F file=@b.png [-F top_k=3]``,
+    ``curl -F file=@hello.wav``."""
     rt.predict_rate.take(me.id)  # the first file's token, before the body is read
     if not is_multipart(request):
-        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with one 'file' part per image")
+        raise ApiError(
+            415, "unsupported_media_type", "send multipart/form-data with one 'file' part per image or WAV clip"
+        )
     limit = rt.settings.max_predict_inputs
     with one_upload(me.id):  # one upload per tenant at a time: the spool holds at most one of its bodies
         files, form = await read_form(request, rt.settings.max_upload_bytes, max_files=limit)
@@ -79,13 +83,14 @@ async def predict_files(name: str, request: Request, rt: RuntimeDep, me: TenantD
                     422, "validation_error", f"unknown form fields {unknown}; send 'file' parts and optionally 'top_k'"
                 )
             if not files:
-                raise ApiError(422, "validation_error", "no files: send one 'file' part per image")
+                raise ApiError(422, "validation_error", "no files: send one 'file' part per image or WAV clip")
             top_k = form.get("top_k")
             if top_k is not None and (not isinstance(top_k, str) or not top_k.isdigit() or int(top_k) < 1):
                 raise ApiError(422, "validation_error", "top_k must be a positive integer")
             if len(files) > 1:
                 rt.predict_rate.take(me.id, len(files) - 1)  # one token per input in all
-            cap = rt.settings.max_image_bytes + 1  # decode() answers 413 for anything over the limit
+            # decode() answers 413 for anything over the task's limit (images or audio)
+            cap = max(rt.settings.max_image_bytes, rt.settings.max_audio_bytes) + 1
             raw = [upload.file.read(cap) for upload in files]
             names = [f"file[{i}] ({upload.filename!r})" for i, upload in enumerate(files)]
         finally:
