@@ -23,6 +23,8 @@ class SpanFit:
     chosen: str  # its kind
     metrics: dict[str, dict[str, Any]]  # head kind → out-of-fold metrics (and fit seconds)
     warnings: list[str] = field(default_factory=list)
+    # the chosen head's out-of-fold answers per example: spans (entities) or answer texts, None for none
+    oof: list[Any] = field(default_factory=list)
 
 
 def _folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -46,8 +48,9 @@ def fit_entities(
     if encoded is not None:
         candidates = {"tagger": TokenTagger, **candidates}
     metrics: dict[str, dict[str, Any]] = {}
+    oofs: dict[str, list[list[Span]]] = {}
     for kind, cls in candidates.items():
-        oof: list[list[Span]] = [[] for _ in texts]
+        oof: list[list[Span]] = oofs.setdefault(kind, [[] for _ in texts])
         began = time.perf_counter()
         for train, test in _folds(len(texts), folds, seed):
             head = cls(list(labels)).fit(_pick(texts, train), _pick(spans, train), _pick(encoded, train))
@@ -62,7 +65,7 @@ def fit_entities(
             f"({metrics['tagger']['f1']:.3f}) in cross-validation: serving the baseline"
         )
     head = candidates[chosen](list(labels)).fit(texts, spans, encoded)
-    return SpanFit(head, chosen, metrics, warnings)
+    return SpanFit(head, chosen, metrics, warnings, oofs[chosen])
 
 
 def tune_threshold(gold: Sequence[str | None], answers: Sequence[Answer], contexts: Sequence[str]) -> float:
@@ -96,6 +99,7 @@ def fit_answers(
         candidates = {"pointer": SpanPointer, **candidates}
     metrics: dict[str, dict[str, Any]] = {}
     thresholds: dict[str, float] = {}
+    answered: dict[str, list[str | None]] = {}
     for kind, cls in candidates.items():
         oof: list[Answer] = [Answer(None, None, 0.0)] * len(contexts)
         began = time.perf_counter()
@@ -107,6 +111,7 @@ def fit_answers(
                 oof[i] = answer
         thresholds[kind] = tune_threshold(gold, oof, contexts)
         preds = [a.text(c) if a.score >= thresholds[kind] else None for a, c in zip(oof, contexts, strict=True)]
+        answered[kind] = preds
         metrics[kind] = {**answer_scores(gold, preds), "threshold": thresholds[kind],
                          "cv_seconds": time.perf_counter() - began}
     chosen = max(metrics, key=lambda kind: (metrics[kind]["f1"], kind == "pointer"))
@@ -117,4 +122,4 @@ def fit_answers(
             f"({metrics['pointer']['f1']:.3f}) in cross-validation: serving the baseline"
         )
     head = candidates[chosen](threshold=thresholds[chosen]).fit(questions, contexts, answers, encoded)
-    return SpanFit(head, chosen, metrics, warnings)
+    return SpanFit(head, chosen, metrics, warnings, answered[chosen])
