@@ -44,8 +44,9 @@ DATASET_TYPES = {
     ".zip": "application/zip",
 }
 
-Input = str | bytes | os.PathLike  # text, or an image as bytes or a file path
-Example = s.ExampleIn | Mapping[str, Any] | tuple[Input, Any]  # label: a string, a list of strings, or a number
+# text, an image as bytes or a file path, or an answers task's {"question", "context"} (a mapping or QuestionContext)
+Input = str | bytes | os.PathLike | Mapping[str, str] | s.QuestionContext
+Example = s.ExampleIn | Mapping[str, Any] | tuple[Input, Any]  # label: any JSON value the task's kind takes
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -82,10 +83,14 @@ def _adapter(model: Any) -> TypeAdapter[Any]:
 # -- inputs ----------------------------------------------------------------------------------------
 
 
-def _encode(value: Input) -> tuple[str, bool]:
+def _encode(value: Input) -> tuple[str | dict[str, str], bool]:
     """An input as the JSON API takes it, and whether it is an image (bytes or a file: base64)."""
     if isinstance(value, str):
         return value, False
+    if isinstance(value, s.QuestionContext):
+        return value.model_dump(), False
+    if isinstance(value, Mapping):
+        return dict(value), False
     data = value if isinstance(value, bytes) else Path(value).read_bytes()
     return base64.b64encode(data).decode("ascii"), True
 
@@ -333,14 +338,15 @@ class _Core:
         self, task: str, inputs: Input | Sequence[Input], *, top_k: int | None = None
     ) -> Op[s.PredictResponse]:
         """Predict one input or a list: texts go as JSON; images (bytes or file paths) as multipart files."""
-        items = [inputs] if isinstance(inputs, str | bytes | os.PathLike) else list(inputs)
-        if all(isinstance(x, str) for x in items):
-            body: dict[str, Any] = {"inputs": items} | ({"top_k": top_k} if top_k else {})
+        single = isinstance(inputs, str | bytes | os.PathLike | Mapping | s.QuestionContext)
+        items: list[Input] = [cast(Input, inputs)] if single else list(cast(Sequence[Input], inputs))
+        if all(isinstance(x, str | Mapping | s.QuestionContext) for x in items):  # JSON: texts, {question, context}
+            body: dict[str, Any] = {"inputs": [_encode(x)[0] for x in items]} | ({"top_k": top_k} if top_k else {})
             return (yield from self._model(s.PredictResponse, Call("POST", f"/v1/tasks/{task}/predict", json=body)))
         if any(isinstance(x, str) for x in items):
             raise ValueError("predict takes texts (str) or images (bytes or paths), not both in one call")
         files = []
-        for i, item in enumerate(items):
+        for i, item in enumerate(cast(list[bytes | os.PathLike], items)):
             data = item if isinstance(item, bytes) else Path(item).read_bytes()
             filename = f"input-{i}" if isinstance(item, bytes) else Path(item).name
             files.append(("file", (filename, data, "application/octet-stream")))
