@@ -229,6 +229,10 @@ class TaskKind(ABC):
         """The fitted head as the one blob a version stores (safetensors + JSON metadata, never pickled)."""
         return heads_to_bytes(head, **provenance)
 
+    def export_problem(self) -> str | None:
+        """Why a version of this kind has no ONNX export (None: it has one, see adapters/export.py)."""
+        return None
+
     def manifest(self, head: Head) -> dict[str, Any]:
         """What an export's manifest adds for this kind (e.g. decision thresholds)."""
         return {}

@@ -84,6 +84,14 @@ class TokenKind(TaskKind):
     def to_bytes(self, head: Any, **provenance: Any) -> bytes:
         return span_to_bytes(head, **provenance)
 
+    def export_problem(self) -> str | None:
+        return (
+            f"a {self.name} task's head decodes spans outside a tensor graph (per-token states over stride "
+            "windows merged by the max-context rule, then a BIO Viterbi pass or a start/end span search, or "
+            "word features of the raw text for the baseline): there is no ONNX export of it yet; predict "
+            "through POST /v1/tasks/{name}/predict"
+        )
+
     @abstractmethod
     def outcome(self, prediction: Any, label: Any, value: Any) -> str:
         """A canonical string of a prediction (``prediction``) or a decoded label (``label``) for the input
