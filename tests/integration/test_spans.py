@@ -14,10 +14,17 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.spansets import answer_rows, entity_rows
+from graft import Graft
+from graft import schemas as s
+from tests.client.test_cli import graft
 from tests.conftest import wait_for_job
 from tests.integration.test_api import assert_error
 
 pytestmark = pytest.mark.integration
+
+
+def key_of(client) -> str:
+    return client.headers["Authorization"].split()[1]
 
 
 def active_metrics(client, name: str) -> dict:
@@ -56,6 +63,11 @@ def test_entities_task_trains_predicts_offsets_into_the_callers_text_and_refuses
         truth = {(s["start"], s["end"], s["label"]) for s in row["label"]}
         hits, gold = hits + len(found & truth), gold + len(truth)
     assert hits / gold > 0.6, (hits, gold)  # unseen names; chance is ~0
+
+    with Graft(server.url, key_of(client)) as g:  # the client's typed answer
+        typed = g.predict("ner", texts[:2]).predictions
+    assert all(isinstance(p, s.EntitiesPredictionOut) for p in typed)
+    assert [p.model_dump() for p in typed] == predictions[:2]
 
     overlap = [{"start": 0, "end": 11, "label": "PER"}, {"start": 6, "end": 20, "label": "ORG"}]
     bad = {"input": "Maria Lopez joined Siemens in Lyon.", "label": overlap}
@@ -104,6 +116,20 @@ def test_answers_task_answers_from_the_context_or_null(server) -> None:
         gold = None if row["label"] is None else context[row["label"]["start"] : row["label"]["end"]]
         right += p["answer"] == gold
     assert right / len(test) > 0.2, right  # exact answers among ~15 candidate words per context
+
+    with Graft(server.url, key_of(client)) as g:  # the client sends {question, context}, answers are typed
+        typed = g.predict("qa", [row["input"] for row in test[:3]]).predictions
+    assert all(isinstance(p, s.AnswerPredictionOut) for p in typed)
+    asked = test[0]["input"]
+    shown = graft(
+        "predict",
+        "qa",
+        "--question",
+        asked["question"],
+        asked["context"],
+        env={"GRAFT_URL": server.url, "GRAFT_API_KEY": key_of(client)},
+    )
+    assert shown.returncode == 0 and "answer" in shown.stdout and "score" in shown.stdout, shown
 
     # a context that mentions nobody asked about: no answer ("null") when the best span scores low
     none = {"question": "Where was Zoltan Kiss born?", "context": "The weather was mild and nothing happened."}
