@@ -25,6 +25,8 @@ Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see READ
   linear heads of the pass in one stacked matrix product, any other head once on all of its rows;
   rows of fine-tuned heads (``finetune``) skip the pooled embedding and go through the shared trunk.
   The batcher only schedules: it knows which rows belong to which request, not how a head computes.
+- Token lane (:class:`TokenBatcher`, one per text backbone): the same scheduling for per-token states
+  (entities, answers); each request brings its own head step, applied to its rows after the pass.
 """
 
 from __future__ import annotations

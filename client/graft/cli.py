@@ -4,7 +4,7 @@
     graft keys create TENANT_ID [--role owner|write|predict] | list TENANT_ID | revoke TENANT_ID KEY_ID
     graft tasks create NAME --data file.csv|file.jsonl|images_dir/|file.zip
     graft tasks list | show NAME | delete NAME | versions NAME | promote NAME N | rollback NAME
-    graft predict TASK "some text" | image.png ... | --file inputs.jsonl  [--question Q: answers tasks]
+    graft predict TASK "some text" | image.png ... | --file inputs.jsonl  [--question Q: answers tasks, after the texts]
     graft export TASK -o model.zip
     graft backbones
 

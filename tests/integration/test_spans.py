@@ -124,9 +124,9 @@ def test_answers_task_answers_from_the_context_or_null(server) -> None:
     shown = graft(
         "predict",
         "qa",
+        asked["context"],
         "--question",
         asked["question"],
-        asked["context"],
         env={"GRAFT_URL": server.url, "GRAFT_API_KEY": key_of(client)},
     )
     assert shown.returncode == 0 and "answer" in shown.stdout and "score" in shown.stdout, shown
