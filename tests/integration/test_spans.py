@@ -83,6 +83,13 @@ def test_entities_task_trains_predicts_offsets_into_the_callers_text_and_refuses
     question = {"question": "Who?", "context": "Maria"}
     assert_error(client.post("/v1/tasks/ner/predict", json={"inputs": [question]}), 422, "one string per input")
     assert_error(client.get("/v1/tasks/ner/export"), 422, "no ONNX export")
+    # a retrain is compared with the active version on the examples it never saw (exact span sets)
+    more = entity_rows(12, half=0, seed=7)
+    resp = client.post("/v1/tasks/ner/examples", json={"examples": more})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"], timeout=240)["status"] == "succeeded"
+    second = next(v for v in client.get("/v1/tasks/ner/versions").json()["versions"] if v["version"] == 2)
+    assert second["promotion"]["compared_on"] == 12 and second["n_examples"] == 62, second["promotion"]
     # another tenant's task does not exist for them
     other = server.new_tenant("spans-other")
     assert_error(other.post("/v1/tasks/ner/predict", json={"inputs": ["Maria Lopez"]}), 404, "ner")

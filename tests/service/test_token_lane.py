@@ -62,3 +62,28 @@ def test_tenants_share_token_passes_and_get_what_the_head_answers_alone(lane, mi
     for got, want in zip(states, direct, strict=True):
         assert got.states.shape == want.states.shape and got.query is not None
         assert abs(got.states - want.states).max() < 1e-4  # the same states, batched with other tenants' texts
+
+
+def test_the_router_runs_token_kinds_through_the_lane_or_without_the_backbone(lane, minilm) -> None:
+    from adapters.spans.heads import WordTagger
+    from service.router import Router, TaskRef
+
+    train = entity_rows(30, half=0, seed=5)
+    texts, spans = [r["input"] for r in train], [spans_of(r["label"]) for r in train]
+    tagger = TokenTagger(["LOC", "ORG", "PER"]).fit(texts, spans, minilm.token_states(texts))
+    words = WordTagger(["LOC", "ORG", "PER"]).fit(texts, spans)
+    used: list[str] = []
+
+    def token_batchers(name: str) -> TokenBatcher:
+        used.append(name)
+        return lane
+
+    router = Router(None, lambda _: None, None, token_batchers=token_batchers)  # type: ignore[arg-type]
+    ref = TaskRef("t1", "tenant", "ner", "text", "minilm", "auto", 1, kind="entities")
+    test = [r["input"] for r in entity_rows(5, half=1, seed=6)]
+    entities = kind_of("entities")
+    for head, lane_used in ((tagger, ["minilm"]), (words, [])):
+        used.clear()
+        got = asyncio.run(router.run(ref, head, test, test))
+        want = entities.predict_tokens(head, test, minilm.token_states(test) if head is tagger else None)
+        assert [p.as_json() for p in got] == [p.as_json() for p in want] and used == lane_used
