@@ -295,7 +295,9 @@ class TrainingPipeline:
             backbone_name, transferability = self._pinned_backbone(task), None
             inputs = token_kind.decode_inputs(texts)
             x = self._token_states(backbone_name, token_kind, inputs, progress, EMBED_SHARE)
-            result = token_kind.fit_tokens(x, inputs, targets, folds=self.settings.cv_folds, seed=self.settings.seed)
+            result = token_kind.fit_tokens(
+                x, inputs, targets, head=task.head, folds=self.settings.cv_folds, seed=self.settings.seed
+            )
         elif task_kind.chooses_backbone:  # LogME over the modality's backbones (``auto``: the best is used)
             backbone_name, x, transferability = self._embed_and_score(task, texts, targets, progress)
         else:

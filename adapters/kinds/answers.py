@@ -17,7 +17,7 @@ from ..spans import Encoded, fit_answers
 from ..spans.metrics import normalize_answer
 from ..training import FitResult
 from .base import register_kind, shape, unstorable
-from .tokens import TokenKind, compact, exact_int
+from .tokens import AUTO, TokenKind, compact, exact_int
 
 INPUT_KEYS = ("question", "context")
 NO_ANSWER = "\x00no answer"  # an outcome no answer text normalises to
@@ -53,6 +53,7 @@ def input_problem(value: Any) -> str | None:
 @register_kind
 class Answers(TokenKind):
     name = "answers"
+    pinnable_heads = ("pointer", "word-pointer")
     declares_labels = False
     takes_objects = True
 
@@ -119,17 +120,26 @@ class Answers(TokenKind):
         return [v["context"] for v in inputs], [v["question"] for v in inputs]
 
     def fit_tokens(
-        self, encoded: Sequence[Encoded], inputs: Sequence[Any], labels: Sequence[Any], *, folds: int, seed: int
+        self,
+        encoded: Sequence[Encoded],
+        inputs: Sequence[Any],
+        labels: Sequence[Any],
+        *,
+        head: str,
+        folds: int,
+        seed: int,
     ) -> FitResult:
         contexts, questions = self.token_inputs(inputs)
         assert questions is not None
         answers = [None if a is None else (a["start"], a["end"]) for a in labels]
-        fit = fit_answers(questions, contexts, answers, encoded, folds=folds, seed=seed)
+        pinned = None if head == AUTO else head
+        fit = fit_answers(questions, contexts, answers, encoded, folds=folds, seed=seed, pinned=pinned)
         served = fit.metrics[fit.chosen]
         keys = ("exact_match", "f1", "threshold", "cv_seconds")
         metrics: dict[str, Any] = {
             "kind": self.name,
             "head": fit.chosen,
+            "selection": "auto" if head == AUTO else "pinned",
             "evaluation": "cv",
             "folds": max(2, min(folds, len(inputs))),
             "exact_match": served["exact_match"],

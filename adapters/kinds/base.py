@@ -179,7 +179,8 @@ class TaskKind(ABC):
             return f"a {self.name} task takes modality {' or '.join(map(repr, self.modalities))}, not {modality!r}"
         if head != AUTO and head not in self.pinnable_heads:
             owners = " or ".join(k.name for k in KINDS.values() if head in k.pinnable_heads) or "no"
-            return f"head {head!r} is for {owners} tasks; a {self.name} task takes head 'auto' (or none)"
+            mine = "".join(f" or {h!r}" for h in self.pinnable_heads) if len(self.pinnable_heads) < 4 else ""
+            return f"head {head!r} is for {owners} tasks; a {self.name} task takes head 'auto'{mine} (or none)"
         if backbone == AUTO and not self.chooses_backbone:
             owners = " or ".join(k.name for k in KINDS.values() if k.chooses_backbone) or "no"
             return f"backbone 'auto' is for {owners} tasks; name a {modality} backbone for a {self.name} task"

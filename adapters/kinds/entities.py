@@ -16,7 +16,7 @@ import numpy as np
 from ..spans import Encoded, Span, SpanError, check_spans, fit_entities
 from ..training import FitResult
 from .base import LABEL_CHARS, register_kind, shape, string_problem
-from .tokens import TokenKind, compact, exact_int
+from .tokens import AUTO, TokenKind, compact, exact_int
 
 SPAN_KEYS = ("start", "end", "label")
 
@@ -52,8 +52,10 @@ def span_problem(i: int, item: Any) -> str | None:
     keys = set(item)
     if keys != set(SPAN_KEYS):
         missing, extra = sorted(set(SPAN_KEYS) - keys), sorted(keys - set(SPAN_KEYS))
-        return f"label[{i}] must have exactly start, end and label" + (f"; missing {missing}" if missing else "") + (
-            f"; unknown {extra}" if extra else ""
+        return (
+            f"label[{i}] must have exactly start, end and label"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else "")
         )
     start, end = item["start"], item["end"]
     if not exact_int(start) or not exact_int(end):
@@ -67,6 +69,7 @@ def span_problem(i: int, item: Any) -> str | None:
 @register_kind
 class Entities(TokenKind):
     name = "entities"
+    pinnable_heads = ("tagger", "word-tagger")
 
     def problem(self, label: Any) -> str | None:
         if not isinstance(label, list):
@@ -127,16 +130,25 @@ class Entities(TokenKind):
         return list(inputs), None
 
     def fit_tokens(
-        self, encoded: Sequence[Encoded], inputs: Sequence[Any], labels: Sequence[Any], *, folds: int, seed: int
+        self,
+        encoded: Sequence[Encoded],
+        inputs: Sequence[Any],
+        labels: Sequence[Any],
+        *,
+        head: str,
+        folds: int,
+        seed: int,
     ) -> FitResult:
         spans = [spans_of(label) for label in labels]
         names = sorted({s.label for row in spans for s in row})
-        fit = fit_entities(list(inputs), spans, names, encoded, folds=folds, seed=seed)
+        pinned = None if head == AUTO else head
+        fit = fit_entities(list(inputs), spans, names, encoded, folds=folds, seed=seed, pinned=pinned)
         served = fit.metrics[fit.chosen]
         keys = ("precision", "recall", "f1", "cv_seconds")
         metrics: dict[str, Any] = {
             "kind": self.name,
             "head": fit.chosen,
+            "selection": "auto" if head == AUTO else "pinned",
             "evaluation": "cv",
             "folds": max(2, min(folds, len(inputs))),
             "precision": served["precision"],

@@ -27,6 +27,7 @@ from ..training import FitResult
 from .base import TaskKind
 
 AUTO_ONLY: tuple[str, ...] = ()
+AUTO = "auto"
 
 
 def exact_int(value: Any) -> bool:
@@ -37,6 +38,7 @@ class TokenKind(TaskKind):
     """A text kind whose head reads per-token states (see the module docstring)."""
 
     modalities: ClassVar[tuple[str, ...]] = ("text",)
+    # the transfer head and the word-feature baseline; "auto": whichever cross-validates better
     pinnable_heads = AUTO_ONLY
     reads_token_states: ClassVar[bool] = True
 
@@ -53,18 +55,32 @@ class TokenKind(TaskKind):
     # -- fitting --------------------------------------------------------------------------------
 
     def fit(
-        self, x: np.ndarray, labels: Sequence[Any], *, head: str, raw: Sequence[str] | None, modality: str,
-        folds: int, seed: int,
+        self,
+        x: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        head: str,
+        raw: Sequence[str] | None,
+        modality: str,
+        folds: int,
+        seed: int,
     ) -> FitResult:
         raise TypeError(f"a {self.name} task is fitted on token states: call fit_tokens")
 
     @abstractmethod
     def fit_tokens(
-        self, encoded: Sequence[Encoded], inputs: Sequence[Any], labels: Sequence[Any], *, folds: int, seed: int
+        self,
+        encoded: Sequence[Encoded],
+        inputs: Sequence[Any],
+        labels: Sequence[Any],
+        *,
+        head: str,
+        folds: int,
+        seed: int,
     ) -> FitResult:
         """Cross-validate the kind's heads on the token states ``encoded`` of the decoded ``inputs`` against
-        the no-transfer baseline, refit the chosen one; out-of-fold answers (as :meth:`outcome` strings) in
-        ``FitResult.oof_pred`` for the promotion comparison."""
+        the no-transfer baseline and refit the better one (``head`` ``auto``) or the pinned one; out-of-fold
+        answers (as :meth:`outcome` strings) in ``FitResult.oof_pred`` for the promotion comparison."""
 
     # -- predicting ---------------------------------------------------------------------------
 
@@ -101,8 +117,14 @@ class TokenKind(TaskKind):
         return result.oof_pred is not None
 
     def compare(
-        self, active: Head, vectors: Any, raw: Sequence[str], truth: Sequence[str], result: FitResult,
-        unseen: np.ndarray, active_number: int,
+        self,
+        active: Head,
+        vectors: Any,
+        raw: Sequence[str],
+        truth: Sequence[str],
+        result: FitResult,
+        unseen: np.ndarray,
+        active_number: int,
     ) -> Decision:
         inputs = self.decode_inputs(raw)
         found = self.predict_tokens(active, inputs, vectors if self.reads_states(active) else None)

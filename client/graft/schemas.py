@@ -22,7 +22,16 @@ from pydantic import (
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
 Modality = Literal["text", "image"]
-HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid", "finetune"]
+HeadKind = Literal[
+    "auto", "linear", "prototype", "baseline", "hybrid", "finetune", "tagger", "word-tagger", "pointer", "word-pointer"
+]
+KIND_HEADS = {  # heads a task of a kind may pin besides "auto" (adapters/kinds/: each kind's pinnable_heads)
+    "classification": ("linear", "prototype", "baseline", "hybrid", "finetune"),
+    "multilabel": (),
+    "regression": (),
+    "entities": ("tagger", "word-tagger"),
+    "answers": ("pointer", "word-pointer"),
+}
 JobStatus = Literal["queued", "running", "succeeded", "failed", "superseded"]
 VersionStatus = Literal["active", "candidate", "previous", "failed"]
 TaskKind = Literal["classification", "multilabel", "regression", "entities", "answers"]
@@ -145,8 +154,10 @@ def _span_problem(i: int, item: Any) -> str | None:
     keys = set(item)
     if keys != set(SPAN_KEYS):
         missing, extra = sorted(set(SPAN_KEYS) - keys), sorted(keys - set(SPAN_KEYS))
-        return f"label[{i}] must have exactly start, end and label" + (f"; missing {missing}" if missing else "") + (
-            f"; unknown {extra}" if extra else ""
+        return (
+            f"label[{i}] must have exactly start, end and label"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else "")
         )
     start, end = item["start"], item["end"]
     if not _exact_int(start) or not _exact_int(end):
@@ -303,7 +314,8 @@ class TaskCreate(Request):
         "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
         "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
         "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a "
-        "background job.",
+        "background job. Entities tasks: `tagger` (on the token states) or `word-tagger` (word features, no "
+        "transfer); answers tasks: `pointer` or `word-pointer`; `auto` serves whichever cross-validates better.",
     )
     labels: list[Label] | None = Field(
         default=None,
@@ -320,9 +332,11 @@ class TaskCreate(Request):
             if (self.kind == "answers") != isinstance(example.input, QuestionContext):
                 want = "an object {question, context}" if self.kind == "answers" else "a string"
                 raise ValueError(f"examples[{i}].input: a {self.kind} task takes {want} per input")
-        if self.kind != "classification" and self.head not in (None, "auto"):
+        if self.head not in (None, "auto", *KIND_HEADS[self.kind]):
+            owners = " or ".join(k for k, heads in KIND_HEADS.items() if self.head in heads)
+            mine = "".join(f" or {h!r}" for h in KIND_HEADS[self.kind]) if len(KIND_HEADS[self.kind]) < 4 else ""
             raise ValueError(
-                f"head {self.head!r} is for classification tasks; a {self.kind} task takes head 'auto' (or none)"
+                f"head {self.head!r} is for {owners} tasks; a {self.kind} task takes head 'auto'{mine} (or none)"
             )
         if self.kind in ("regression", "answers") and self.labels is not None:
             raise ValueError(f"a {self.kind} task has no label set: omit 'labels'")

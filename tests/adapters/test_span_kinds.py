@@ -106,3 +106,21 @@ def test_examples_per_label_count_examples_per_entity_label_and_answers() -> Non
     assert entities.per_label(counts) == {"LOC": 1, "PER": 3}
     assert entities.names([two]) == ["PER", "PER"]
     assert answers.per_label({"null": 2, answers.encode({"start": 0, "end": 3}): 5}) == {"answer": 5, "no answer": 2}
+
+
+def test_the_clients_pinnable_heads_are_the_kinds() -> None:
+    from adapters.kinds import KINDS
+    from graft.schemas import KIND_HEADS
+
+    assert {name: set(kind.pinnable_heads) for name, kind in KINDS.items()} == {
+        name: set(heads) for name, heads in KIND_HEADS.items()
+    }
+    refused = kind_of("entities").new_task_problem("text", None, "pointer")
+    assert (
+        refused == "head 'pointer' is for answers tasks; a entities task takes head 'auto' or 'tagger' or "
+        "'word-tagger' (or none)"
+    )
+    with pytest.raises(ValueError, match="head 'pointer' is for answers tasks"):
+        TaskCreate.model_validate(
+            {"name": "n", "kind": "entities", "head": "pointer", "examples": [{"input": "x", "label": []}]}
+        )

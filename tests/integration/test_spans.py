@@ -35,12 +35,15 @@ def active_metrics(client, name: str) -> dict:
 def test_entities_task_trains_predicts_offsets_into_the_callers_text_and_refuses_bad_spans(server) -> None:
     client = server.new_tenant("spans-entities")
     train = entity_rows(50, half=0, seed=3)
-    resp = client.post("/v1/tasks", json={"name": "ner", "kind": "entities", "examples": train})
+    # pinned to the transfer head, so predict runs through the token lane (CV still scores the baseline too)
+    task = {"name": "ner", "kind": "entities", "head": "tagger", "examples": train}
+    resp = client.post("/v1/tasks", json=task)
     assert resp.status_code == 202, resp.text
     assert wait_for_job(client, resp.json()["job"]["id"], timeout=240)["status"] == "succeeded"
 
     m = active_metrics(client, "ner")
-    assert m["kind"] == "entities" and m["evaluation"] == "cv" and m["head"] in ("tagger", "word-tagger")
+    assert m["kind"] == "entities" and m["evaluation"] == "cv" and m["head"] == "tagger"
+    assert m["selection"] == "pinned"
     assert set(m["heads"]) == {"tagger", "word-tagger"} and m["baseline"]["head"] == "word-tagger"
     assert set(m["per_label"]) == {"PER", "ORG", "LOC"} and 0.5 < m["f1"] <= 1.0
     task = client.get("/v1/tasks/ner").json()
@@ -62,7 +65,7 @@ def test_entities_task_trains_predicts_offsets_into_the_callers_text_and_refuses
         found = {(e["start"] - shift, e["end"] - shift, e["label"]) for e in p["entities"]}
         truth = {(s["start"], s["end"], s["label"]) for s in row["label"]}
         hits, gold = hits + len(found & truth), gold + len(truth)
-    assert hits / gold > 0.6, (hits, gold)  # unseen names; chance is ~0
+    assert hits / gold > 0.4, (hits, gold)  # unseen names (the frozen, uncased tagger: ~0.65 F1); chance is ~0
 
     with Graft(server.url, key_of(client)) as g:  # the client's typed answer
         typed = g.predict("ner", texts[:2]).predictions
@@ -104,7 +107,7 @@ def test_answers_task_answers_from_the_context_or_null(server) -> None:
     assert wait_for_job(client, resp.json()["job"]["id"], timeout=240)["status"] == "succeeded"
 
     m = active_metrics(client, "qa")
-    assert m["kind"] == "answers" and set(m["heads"]) == {"pointer", "word-pointer"}
+    assert m["kind"] == "answers" and set(m["heads"]) == {"pointer", "word-pointer"} and m["selection"] == "auto"
     assert 0.0 <= m["exact_match"] <= m["f1"] <= 1.0 and m["threshold"] >= 0.0
     assert m["unanswerable"] == sum(row["label"] is None for row in train)
     assert client.get("/v1/tasks/qa").json()["examples_per_label"]["no answer"] == m["unanswerable"]
@@ -146,6 +149,8 @@ def test_answers_task_answers_from_the_context_or_null(server) -> None:
 
     bad = {"input": {"question": "Where?", "context": "Lyon"}, "label": {"start": 0, "end": 9}}
     assert_error(client.post("/v1/tasks/qa/examples", json={"examples": [bad]}), 422, "past the context's 4")
+    resp = client.post("/v1/tasks", json={"name": "qa3", "kind": "answers", "head": "tagger", "examples": train})
+    assert_error(resp, 422, "head 'tagger' is for entities tasks")
     text_input = {"input": "Lyon", "label": None}
     assert_error(client.post("/v1/tasks/qa/examples", json={"examples": [text_input]}), 422, "question")
     assert_error(client.post("/v1/tasks/qa/predict", json={"inputs": ["just a text"]}), 422, "question")
