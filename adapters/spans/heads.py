@@ -388,7 +388,11 @@ class SpanPointer:
         states = np.vstack([e.states for e in encoded]).astype(np.float32)
         center = states.mean(axis=0)
         rank = max(1, min(self.rank, len(states) - 1, states.shape[1]))
-        basis = np.linalg.svd(states - center, full_matrices=False)[2][:rank].astype(np.float32)
+        # the top principal axes from the (dim, dim) scatter matrix: the same axes as an SVD of the centred
+        # states (up to sign), without computing its (n_tokens, dim) left factor
+        centred = (states - center).astype(np.float64)
+        eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+        basis = vectors[:, np.argsort(-eigenvalues, kind="stable")[:rank]].T.astype(np.float32)
         dim = 2 * rank + N_CLOSENESS + len(MATCH_RADII)
         self.arrays = {"center": center, "basis": basis, "mean": np.zeros(dim, np.float32),
                        "scale": np.ones(dim, np.float32), "weight": np.zeros((2, dim), np.float32),
