@@ -25,6 +25,8 @@ Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see READ
   linear heads of the pass in one stacked matrix product, any other head once on all of its rows;
   rows of fine-tuned heads (``finetune``) skip the pooled embedding and go through the shared trunk.
   The batcher only schedules: it knows which rows belong to which request, not how a head computes.
+- Token lane (:class:`TokenBatcher`, one per text backbone): the same scheduling for per-token states
+  (entities, answers); each request brings its own head step, applied to its rows after the pass.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
 from adapters.heads import Head, ValueHead
+from adapters.spans import Encoded
 
 from . import metrics
 from .backbones.base import Backbone
@@ -49,7 +52,10 @@ from .logs import get as get_logger
 
 log = get_logger("batching")
 
-__all__ = ["SERVING", "Batcher", "Overloaded", "ServingActivity", "apply_heads", "on_trunk", "text_trunk"]
+__all__ = [
+    "SERVING", "Apply", "Batcher", "Overloaded", "ServingActivity", "TokenBatcher", "TokenInput", "apply_heads",
+    "on_trunk", "text_trunk",
+]
 
 TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass
 
@@ -62,10 +68,10 @@ class Overloaded(Exception):
 
 @dataclass
 class _Request:
-    inputs: Sequence[str]
+    inputs: Sequence[Any]  # texts, preprocessed images, or TokenInput (the token lane)
     future: Future
-    out: np.ndarray  # embeddings (n, dim), or the head's probabilities (n, labels)
-    head: Head | None = None
+    out: Any  # embeddings (n, dim), the head's probabilities (n, labels); the token lane: a list
+    head: Any = None  # the head to apply (a Head; the token lane: an Apply), or None
     tenant: str = ""  # whose request (predict traffic is scheduled fairly per tenant)
     taken: int = 0  # inputs handed to a pass so far
     done: int = 0  # inputs finished so far
@@ -216,11 +222,15 @@ class Batcher:
     ) -> Future:
         """Queue ``inputs``; the future gets their embeddings, or ``head``'s probabilities when given.
         Predict traffic (not ``background``) is scheduled fairly among ``tenant`` values."""
-        future: Future = Future()
         width = self.backbone.dim if head is None else len(head.labels)
         shape = (len(inputs),) if isinstance(head, ValueHead) else (len(inputs), width)  # regression: values (n,)
+        return self._submit(inputs, np.empty(shape, dtype=np.float32), head, tenant, background)
+
+    def _submit(self, inputs: Sequence[Any], out: Any, head: Any, tenant: str, background: bool) -> Future:
+        """Queue ``inputs`` whose results the worker writes into ``out`` (rows in input order)."""
+        future: Future = Future()
         if not inputs:
-            future.set_result(np.zeros(shape, dtype=np.float32))
+            future.set_result(out)
             return future
         with self._cond:
             if self._closed:
@@ -239,7 +249,7 @@ class Batcher:
                     f"{self.max_tenant_queue} per tenant. Wait for your earlier requests or send fewer inputs at once",
                     wait,
                 )
-            request = _Request(inputs, future, np.empty(shape, dtype=np.float32), head, tenant)
+            request = _Request(inputs, future, out, head, tenant)
             if background:
                 self._low.append(request)
             else:
@@ -352,6 +362,10 @@ class Batcher:
         elapsed = time.perf_counter() - started
         self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / len(texts)
         self._observe(len(texts), elapsed, tokens_before)
+        self._deliver(batch, outputs)
+
+    def _deliver(self, batch: list[Slice], outputs: Sequence[Any]) -> None:
+        """Each slice's result into its request (an exception fails the request); complete requests resolve."""
         for (req, start, stop), result in zip(batch, outputs, strict=True):
             if isinstance(result, Exception):
                 if not req.future.done():
@@ -381,13 +395,101 @@ class Batcher:
             outputs[i] = proba[row : row + stop - start, : len(cast(Head, req.head).labels)]
             row += stop - start
 
-    def _observe(self, size: int, seconds: float, tokens_before: tuple[int, int] | None) -> None:
+    def _observe(self, size: int, seconds: float, tokens_before: tuple[int, int] | None, counted: Any = None) -> None:
         metrics.BATCH_SIZE.labels(**self._labels).observe(size)
         metrics.INFERENCE_SECONDS.labels(**self._labels).observe(seconds)
-        after = _token_counts(self.backbone)
+        after = _token_counts(counted if counted is not None else self.backbone)
         if tokens_before is not None and after is not None and after[1] > tokens_before[1]:
             real, padded = after[0] - tokens_before[0], after[1] - tokens_before[1]
             metrics.PADDING_RATIO.labels(**self._labels).observe(1.0 - real / padded)
+
+
+@dataclass(frozen=True)
+class TokenInput:
+    """One input of the token lane: the text whose tokens are labelled, the question for question-answering
+    (None otherwise), and the task kind's decoded input (what its head's answer is built from)."""
+
+    text: str
+    question: str | None = None
+    value: Any = None
+
+
+# A token-lane head step: (a request's inputs in this pass, their token states) → one answer per input.
+Apply = Callable[[Sequence[TokenInput], list[Encoded]], list[Any]]
+
+
+class TokenBatcher(Batcher):
+    """The token lane of a text backbone: passes of per-token states (``token_states``) for the token kinds
+    (entities, answers), scheduled exactly like the pooled lane (cross-tenant passes, fair per tenant,
+    predict before training, bounded queues). A pass runs the windows of all its texts as one
+    length-sorted micro-batched pass (texts with questions and texts without in one call each), then each
+    request's head step (:data:`Apply`) on its rows; training requests get the states themselves."""
+
+    def __init__(self, backbone: Backbone, *args: Any, overlap: int = 64, **kwargs: Any) -> None:
+        source = text_trunk(backbone)
+        if source is None or not hasattr(source, "token_states"):
+            raise ValueError(f"backbone {backbone.name!r} has no per-token states")
+        self.source: Any = source
+        self.overlap = overlap
+        super().__init__(backbone, *args, **kwargs)
+        self._labels = {"backbone": f"{backbone.name}{TOKEN_LANE}"}
+        self._thread.name = f"batcher-{backbone.name}{TOKEN_LANE}"
+
+    def submit_tokens(
+        self, inputs: Sequence[TokenInput], *, apply: Apply | None = None, background: bool = False, tenant: str = ""
+    ) -> Future:
+        """Queue ``inputs``; the future gets ``apply``'s answers (one per input), or their token states."""
+        return self._submit(inputs, [None] * len(inputs), apply, tenant, background)
+
+    async def run(self, inputs: Sequence[TokenInput], apply: Apply, tenant: str = "") -> list[Any]:
+        return await asyncio.wrap_future(self.submit_tokens(inputs, apply=apply, tenant=tenant))
+
+    def states_sync(self, inputs: Sequence[TokenInput], *, background: bool = True) -> list[Encoded]:
+        return self.submit_tokens(inputs, background=background).result()
+
+    def _states(self, items: Sequence[TokenInput]) -> list[Encoded]:
+        out: list[Encoded | None] = [None] * len(items)
+        plain = [i for i, item in enumerate(items) if item.question is None]
+        paired = [i for i, item in enumerate(items) if item.question is not None]
+        for idx, questions in ((plain, None), (paired, [cast(str, items[i].question) for i in paired])):
+            if idx:
+                found = self.source.token_states([items[i].text for i in idx], questions, overlap=self.overlap)
+                for i, encoded in zip(idx, found, strict=True):
+                    out[i] = encoded
+        return cast(list[Encoded], out)
+
+    def _process(self, batch: list[Slice]) -> None:
+        items = [item for req, start, stop in batch for item in req.inputs[start:stop]]
+        started = time.perf_counter()
+        for req, start, _ in batch:
+            if start == 0:
+                metrics.QUEUE_DELAY.labels(**self._labels).observe(started - req.enqueued_at)
+        tokens_before = _token_counts(self.source)
+        try:
+            encoded = self._states(items)
+        except Exception as exc:  # deliver the failure to every waiting request
+            log.exception("token-state batch failed", extra={"backbone": self.backbone.name, "batch": len(items)})
+            self._fail(batch, exc)
+            return
+        outputs: list[Any] = []
+        row = 0
+        for req, start, stop in batch:
+            mine = encoded[row : row + stop - start]
+            row += stop - start
+            if req.head is None:
+                outputs.append(mine)
+                continue
+            try:
+                outputs.append(req.head(req.inputs[start:stop], mine))
+            except Exception as exc:  # a broken head fails its own request only
+                outputs.append(exc)
+        elapsed = time.perf_counter() - started
+        self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / len(items)
+        self._observe(len(items), elapsed, tokens_before, self.source)
+        self._deliver(batch, outputs)
+
+
+TOKEN_LANE = "/tokens"  # the token lane's batcher label: "<backbone>/tokens"
 
 
 def _token_counts(backbone: Backbone) -> tuple[int, int] | None:

@@ -205,7 +205,12 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."
     ),
     "max_predict_inputs": _Var("GRAFT_MAX_PREDICT_INPUTS", 256, int, "Most inputs in one predict request."),
-    "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
+    "max_text_chars": _Var(
+        "GRAFT_MAX_TEXT_CHARS",
+        100_000,
+        int,
+        "Longest text input, in characters (an answers task's input: question and context together).",
+    ),
     "max_image_bytes": _Var(
         "GRAFT_MAX_IMAGE_BYTES", 20_000_000, int, "Largest image input (encoded PNG/JPEG/WebP), in bytes."
     ),

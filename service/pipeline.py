@@ -20,7 +20,7 @@ from adapters.transfer import capped_sample, logme
 
 from . import audio, faults, images
 from .backbones.base import Backbone, ImageBackbone
-from .batching import Batcher, text_trunk
+from .batching import Batcher, TokenBatcher, TokenInput, text_trunk
 from .config import Settings
 from .engine.head_store import VersionFailed, head_of
 from .store.models import Job, Task
@@ -65,9 +65,31 @@ class TrainingPipeline:
         settings: Settings,
         worker_id: str,
         backbones_of: Callable[[str], list[str]] | None = None,
+        token_batchers: Callable[[str], TokenBatcher] | None = None,
     ) -> None:
         self.store, self.batchers, self.settings, self.worker_id = store, batchers, settings, worker_id
         self.backbones_of = backbones_of  # modality -> configured backbone names
+        self.token_batchers = token_batchers  # text backbone -> its token lane (kinds that read token states)
+
+    def _token_states(
+        self, backbone: str, task_kind: kinds.TokenKind, inputs: list[Any], progress: Progress, share: float
+    ) -> list[Any]:
+        """Per-token states of decoded ``inputs`` at training priority, through the backbone's token lane."""
+        if self.token_batchers is None:
+            raise TrainingDataError(f"a {task_kind.name} task needs per-token states; no token lane is configured")
+        try:
+            lane = self.token_batchers(backbone)
+        except KeyError:
+            raise TrainingDataError(
+                f"backbone {backbone!r} has no per-token states for a {task_kind.name} task"
+            ) from None
+        texts, questions = task_kind.token_inputs(inputs)
+        items = [TokenInput(t, None if questions is None else questions[i]) for i, t in enumerate(texts)]
+        encoded: list[Any] = []
+        for start in range(0, len(items), EMBED_CHUNK):
+            encoded += lane.states_sync(items[start : start + EMBED_CHUNK], background=True)
+            progress.update(share * min(1.0, (start + EMBED_CHUNK) / max(1, len(items))))
+        return encoded
 
     def _embed(self, backbone: str, texts: list[str], progress: Progress, done: float, share: float) -> np.ndarray:
         """Embed ``texts`` at training priority; progress moves from ``done`` to ``done + share``."""
@@ -126,8 +148,26 @@ class TrainingPipeline:
         }
         return chosen, x, transferability
 
+    def _unseen_states(
+        self, task_kind: kinds.TaskKind, x: Any, unseen: np.ndarray, active_backbone: str, backbone: str,
+        texts: list[str],
+    ) -> list[Any] | None:
+        """Token states of the examples at ``unseen`` on the active version's backbone (None: not here)."""
+        if active_backbone == backbone:
+            return [x[i] for i in unseen]
+        token_kind = cast(kinds.TokenKind, task_kind)
+        try:
+            lane = self.token_batchers(active_backbone) if self.token_batchers else None
+        except KeyError:
+            lane = None
+        if lane is None:
+            return None
+        found, questions = token_kind.token_inputs(token_kind.decode_inputs([texts[i] for i in unseen]))
+        items = [TokenInput(t, None if questions is None else questions[i]) for i, t in enumerate(found)]
+        return lane.states_sync(items, background=True)
+
     def _decide(
-        self, task: Task, result: FitResult, x: np.ndarray, backbone: str, texts: list[str], labels: list[str]
+        self, task: Task, result: FitResult, x: Any, backbone: str, texts: list[str], labels: list[str]
     ) -> tuple[selection.Decision, int | None]:
         """Compare with the active version on the examples it never saw (see adapters/selection.py)."""
         if task.active_version is None:
@@ -144,8 +184,15 @@ class TrainingPipeline:
             return selection.unconditional(
                 f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
             ), active.number
-        vectors = None
-        if heads.EMBEDDING in head.consumes:
+        vectors: Any = None
+        if task_kind.reads_token_states:  # the active head's token states of the unseen examples
+            vectors = self._unseen_states(task_kind, x, unseen, active.backbone, backbone, texts)
+            if vectors is None:
+                return selection.unconditional(
+                    f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} "
+                    "has no token lane here"
+                ), active.number
+        elif heads.EMBEDDING in head.consumes:
             if active.backbone == backbone:
                 vectors = x[unseen]
             else:
@@ -245,21 +292,31 @@ class TrainingPipeline:
         if task.head == "finetune" and "finetune" in task_kind.pinnable_heads:
             return self._finetune(job, task, texts, labels, progress)
         targets = task_kind.decode_all(labels)
-        if task_kind.chooses_backbone:  # LogME over the modality's backbones (``auto``: the best is used)
+        x: Any
+        if task_kind.reads_token_states:  # entities, answers: per-token states, not pooled embeddings
+            token_kind = cast(kinds.TokenKind, task_kind)
+            backbone_name, transferability = self._pinned_backbone(task), None
+            inputs = token_kind.decode_inputs(texts)
+            x = self._token_states(backbone_name, token_kind, inputs, progress, EMBED_SHARE)
+            result = token_kind.fit_tokens(
+                x, inputs, targets, head=task.head, folds=self.settings.cv_folds, seed=self.settings.seed
+            )
+        elif task_kind.chooses_backbone:  # LogME over the modality's backbones (``auto``: the best is used)
             backbone_name, x, transferability = self._embed_and_score(task, texts, targets, progress)
         else:
             backbone_name = self._pinned_backbone(task)
             x, transferability = self._embed(backbone_name, texts, progress, 0.0, EMBED_SHARE), None
-        result = task_kind.fit_with(
-            x,
-            targets,
-            options={"speaker_far": self.settings.speaker_far},
-            head=task.head,
-            raw=texts,
-            modality=task.modality,
-            folds=self.settings.cv_folds,
-            seed=self.settings.seed,
-        )
+        if not task_kind.reads_token_states:
+            result = task_kind.fit_with(
+                x,
+                targets,
+                options={"speaker_far": self.settings.speaker_far},
+                head=task.head,
+                raw=texts,
+                modality=task.modality,
+                folds=self.settings.cv_folds,
+                seed=self.settings.seed,
+            )
         progress.update(0.9)
         metrics = result.metrics if transferability is None else {**result.metrics, "transferability": transferability}
         decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
@@ -272,7 +329,7 @@ class TrainingPipeline:
             "runtime": backbone.runtime,
             "dim": backbone.dim,
         }
-        blob = heads.to_bytes(result.head, metrics=metrics, **provenance)
+        blob = task_kind.to_bytes(result.head, metrics=metrics, **provenance)
         return self.store.complete_job(
             job.id,
             self.worker_id,

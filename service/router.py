@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 
@@ -23,11 +23,12 @@ from adapters.kinds import (
     MultiLabelPrediction,
     Prediction,
     RegressionPrediction,
+    TokenKind,
     top_predictions,
 )
 
 from . import logs
-from .batching import Batcher
+from .batching import Batcher, TokenBatcher, TokenInput
 from .caching import HeadCache, TTLCache
 from .engine.head_store import VersionFailed, store_head_loader
 from .metrics import TenantLabels
@@ -76,9 +77,11 @@ class Router:
         head_cache: HeadCache,
         task_ttl_s: float = 1.0,
         tenant_labels: TenantLabels | None = None,
+        token_batchers: Callable[[str], TokenBatcher] | None = None,
     ) -> None:
         self.store = store
         self.batchers = batchers
+        self.token_batchers = token_batchers  # the token lanes of text backbones (entities, answers)
         self.heads = head_cache
         self.tasks: TTLCache[tuple[str, str], TaskRef] = TTLCache(task_ttl_s)
         self.tenant_labels = tenant_labels or TenantLabels(20)
@@ -130,6 +133,11 @@ class Router:
         """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form.
         ``model_inputs`` are what the backbone takes; ``raw`` what heads that read raw inputs take."""
         backbone = self.backbone_of(ref, head)
+        task_kind = kinds.kind_of(ref.kind)
+        if task_kind.reads_token_states:  # per-token states (entities, answers): the token lane
+            answers = await self._run_tokens(ref, cast(TokenKind, task_kind), head, backbone, model_inputs)
+            self.tenant_labels.count(ref.tenant_id, len(model_inputs))
+            return task_kind.format(head, answers, top_k)
         if heads.RAW in head.consumes:  # from-scratch features of the raw inputs (baseline, hybrid)
             embeds = heads.EMBEDDING in head.consumes
             vectors = await self.batchers(backbone).embed(model_inputs, ref.tenant_id) if embeds else None
@@ -138,6 +146,26 @@ class Router:
             proba = await self.batchers(backbone).predict(model_inputs, head, ref.tenant_id)
         self.tenant_labels.count(ref.tenant_id, len(model_inputs))
         return kinds.kind_of(ref.kind).format(head, proba, top_k)
+
+    async def _run_tokens(
+        self, ref: TaskRef, kind: TokenKind, head: Any, backbone: str, inputs: Sequence[Any]
+    ) -> list[Any]:
+        """A token kind's answers: heads that read token states through the backbone's token lane (its
+        pass shared with other tenants' token-kind requests), word-feature heads on the raw text alone."""
+        if not kind.reads_states(head):
+            return await anyio.to_thread.run_sync(lambda: kind.predict_tokens(head, inputs, None))
+        if self.token_batchers is None:
+            raise RuntimeError("this router has no token lanes")
+        texts, questions = kind.token_inputs(inputs)
+        items = [
+            TokenInput(text, None if questions is None else questions[i], value)
+            for i, (text, value) in enumerate(zip(texts, inputs, strict=True))
+        ]
+
+        def apply(part: Sequence[TokenInput], encoded: list[Any]) -> list[Any]:
+            return kind.predict_tokens(head, [item.value for item in part], encoded)
+
+        return await self.token_batchers(backbone).run(items, apply, ref.tenant_id)
 
     async def predict(
         self,
@@ -152,7 +180,8 @@ class Router:
         application layer's decoding, service/application/inputs.py); without it inputs pass through."""
         ref, number, head = await self.head(tenant_id, task_name)
         backbone = self.backbone_of(ref, head)
-        model_inputs, raw = await prepare(ref, backbone, heads.RAW in head.consumes) if prepare else (inputs, inputs)
+        want_raw = heads.RAW in getattr(head, "consumes", ())
+        model_inputs, raw = await prepare(ref, backbone, want_raw) if prepare else (inputs, inputs)
         return ref, number, await self.run(ref, head, model_inputs, raw, top_k)
 
 

@@ -3,18 +3,51 @@
 A new kind is one module here plus its import below.
 """
 
+from .answers import AnswerPrediction, Answers
 from .base import AUTO, KINDS, LABEL_CHARS, KindPrediction, TaskKind, UnknownKind, kind_of, register_kind, unstorable
 from .classification import Classification, Prediction, top_predictions
+from .entities import Entities, EntitiesPrediction, Entity
 from .fitting import fit_multilabel, fit_regression, indicator, tune_thresholds
 from .multilabel import LabelScore, MultiLabel, MultiLabelPrediction, multilabel_predictions
 from .regression import Regression, RegressionPrediction
 from .speakers import SpeakerPrediction, Speakers, SpeakerScore, fit_speakers
+from .tokens import TokenKind, head_from_bytes
 
 DEFAULT = Classification.name  # a task that names no kind; a dataset upload's new task
 
 __all__ = [
-    "AUTO", "DEFAULT", "KINDS", "LABEL_CHARS", "Classification", "KindPrediction", "LabelScore", "MultiLabel",
-    "MultiLabelPrediction", "Prediction", "Regression", "RegressionPrediction", "SpeakerPrediction", "SpeakerScore",
-    "Speakers", "TaskKind", "UnknownKind", "fit_multilabel", "fit_regression", "fit_speakers", "indicator",
-    "kind_of", "multilabel_predictions", "register_kind", "top_predictions", "tune_thresholds", "unstorable",
+    "AUTO",
+    "AnswerPrediction",
+    "Answers",
+    "Classification",
+    "DEFAULT",
+    "Entities",
+    "EntitiesPrediction",
+    "Entity",
+    "KINDS",
+    "KindPrediction",
+    "LABEL_CHARS",
+    "LabelScore",
+    "MultiLabel",
+    "MultiLabelPrediction",
+    "Prediction",
+    "Regression",
+    "RegressionPrediction",
+    "SpeakerPrediction",
+    "SpeakerScore",
+    "Speakers",
+    "TaskKind",
+    "TokenKind",
+    "UnknownKind",
+    "fit_multilabel",
+    "fit_regression",
+    "fit_speakers",
+    "head_from_bytes",
+    "indicator",
+    "kind_of",
+    "multilabel_predictions",
+    "register_kind",
+    "top_predictions",
+    "tune_thresholds",
+    "unstorable",
 ]

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import numpy as np
 
 from ..heads import Head, heads_for
+from ..heads import to_bytes as heads_to_bytes
 from ..selection import Decision
 from ..training import FitResult
 
@@ -63,6 +64,8 @@ def shape(label: Any) -> str:
         return "a boolean"
     if isinstance(label, list):
         return "a list"
+    if isinstance(label, dict):
+        return "an object"
     if isinstance(label, str):
         return f"the string {label[:40]!r}"
     return f"the number {label}" if isinstance(label, int | float) else type(label).__name__
@@ -106,6 +109,36 @@ class TaskKind(ABC):
     chooses_backbone: ClassVar[bool] = False
     declares_labels: ClassVar[bool] = True  # a new task may declare its label set ("labels")
     dataset_uploads: ClassVar[bool] = False  # dataset files (one label string per row or folder) hold its labels
+    # fit and predict read the text backbone's per-token states, not pooled embeddings (adapters/kinds/tokens.py)
+    reads_token_states: ClassVar[bool] = False
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def input_problem(self, value: Any) -> str | None:
+        """Why an input (a JSON value, or an uploaded file's bytes) does not fit this kind; None when it
+        does. Most kinds take one string (a text, or a base64 image) per input."""
+        if isinstance(value, str | bytes):
+            return None
+        owners = " or ".join(k.name for k in KINDS.values() if k.takes_objects) or "no"
+        return f"a {self.name} task takes one string per input, got {shape(value)} (objects are for {owners} tasks)"
+
+    takes_objects: ClassVar[bool] = False  # inputs are JSON objects (e.g. {question, context})
+
+    def input_chars(self, value: Any) -> int:
+        """How many characters an input counts against ``GRAFT_MAX_TEXT_CHARS``."""
+        return len(value)
+
+    def encode_input(self, value: Any) -> Any:
+        """A valid input as the store keeps it (a string; images are normalised by the service)."""
+        return value
+
+    def decode_input(self, stored: str) -> Any:
+        """A stored input back as the value it was."""
+        return stored
+
+    def example_problem(self, value: Any, label: Any) -> str | None:
+        """Why a valid label does not fit its (valid) input, e.g. a span past the text's end; None when it does."""
+        return None
 
     # -- labels ---------------------------------------------------------------------------------
 
@@ -146,7 +179,8 @@ class TaskKind(ABC):
             return f"a {self.name} task takes modality {' or '.join(map(repr, self.modalities))}, not {modality!r}"
         if head != AUTO and head not in self.pinnable_heads:
             owners = " or ".join(k.name for k in KINDS.values() if head in k.pinnable_heads) or "no"
-            return f"head {head!r} is for {owners} tasks; a {self.name} task takes head 'auto' (or none)"
+            mine = "".join(f" or {h!r}" for h in self.pinnable_heads) if len(self.pinnable_heads) < 4 else ""
+            return f"head {head!r} is for {owners} tasks; a {self.name} task takes head 'auto'{mine} (or none)"
         if backbone == AUTO and not self.chooses_backbone:
             owners = " or ".join(k.name for k in KINDS.values() if k.chooses_backbone) or "no"
             return f"backbone 'auto' is for {owners} tasks; name a {modality} backbone for a {self.name} task"
@@ -201,8 +235,16 @@ class TaskKind(ABC):
     # -- predictions and export -----------------------------------------------------------------
 
     @abstractmethod
-    def format(self, head: Head, output: np.ndarray, top_k: int | None) -> list[KindPrediction]:
-        """The head's output (one row per input) as this kind answers it."""
+    def format(self, head: Head, output: Any, top_k: int | None) -> list[KindPrediction]:
+        """The head's output (one row per input; a token kind's: its answers already) as this kind answers it."""
+
+    def to_bytes(self, head: Any, **provenance: Any) -> bytes:
+        """The fitted head as the one blob a version stores (safetensors + JSON metadata, never pickled)."""
+        return heads_to_bytes(head, **provenance)
+
+    def export_problem(self) -> str | None:
+        """Why a version of this kind has no ONNX export (None: it has one, see adapters/export.py)."""
+        return None
 
     def manifest(self, head: Head) -> dict[str, Any]:
         """What an export's manifest adds for this kind (e.g. decision thresholds)."""

@@ -212,6 +212,14 @@ class _Vocabulary:
     def transform(self, rows: list[dict[str, float]]) -> Any:
         return self.vectorizer.transform(rows)
 
+    def nbytes(self) -> int:
+        """Python heap the vocabulary holds (its names list and index dict): about ``VOCAB_ENTRY_BYTES`` plus
+        the name per entry, as benchmarks/spans_serving.py measures it with tracemalloc (115–122 bytes)."""
+        return sum(VOCAB_ENTRY_BYTES + len(name.encode("utf-8")) for name in self.names)
+
+
+VOCAB_ENTRY_BYTES = 120
+
 
 @span_head
 class WordTagger:
@@ -257,6 +265,11 @@ class WordTagger:
     def tensors(self) -> dict[str, np.ndarray]:
         assert self.model is not None
         return {k: v for k, v in self.model.tensors().items() if k in ("coef", "bias")}
+
+    def resident_nbytes(self) -> int:
+        """What a loaded head holds: its tensors and its vocabulary (the head cache charges this)."""
+        assert self.vocab is not None
+        return sum(int(t.nbytes) for t in self.tensors().values()) + self.vocab.nbytes()
 
     def params(self) -> dict[str, Any]:
         assert self.vocab is not None
@@ -375,7 +388,11 @@ class SpanPointer:
         states = np.vstack([e.states for e in encoded]).astype(np.float32)
         center = states.mean(axis=0)
         rank = max(1, min(self.rank, len(states) - 1, states.shape[1]))
-        basis = np.linalg.svd(states - center, full_matrices=False)[2][:rank].astype(np.float32)
+        # the top principal axes from the (dim, dim) scatter matrix: the same axes as an SVD of the centred
+        # states (up to sign), without computing its (n_tokens, dim) left factor
+        centred = (states - center).astype(np.float64)
+        eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+        basis = vectors[:, np.argsort(-eigenvalues, kind="stable")[:rank]].T.astype(np.float32)
         dim = 2 * rank + N_CLOSENESS + len(MATCH_RADII)
         self.arrays = {"center": center, "basis": basis, "mean": np.zeros(dim, np.float32),
                        "scale": np.ones(dim, np.float32), "weight": np.zeros((2, dim), np.float32),
@@ -497,6 +514,11 @@ class WordPointer:
         assert self.start is not None and self.end is not None
         return {"start_coef": self.start.coef, "start_bias": self.start.bias, "end_coef": self.end.coef,
                 "end_bias": self.end.bias}
+
+    def resident_nbytes(self) -> int:
+        """What a loaded head holds: its tensors and its vocabulary (the head cache charges this)."""
+        assert self.vocab is not None
+        return sum(int(t.nbytes) for t in self.tensors().values()) + self.vocab.nbytes()
 
     def params(self) -> dict[str, Any]:
         assert self.vocab is not None

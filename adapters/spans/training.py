@@ -23,6 +23,8 @@ class SpanFit:
     chosen: str  # its kind
     metrics: dict[str, dict[str, Any]]  # head kind → out-of-fold metrics (and fit seconds)
     warnings: list[str] = field(default_factory=list)
+    # the chosen head's out-of-fold answers per example: spans (entities) or answer texts, None for none
+    oof: list[Any] = field(default_factory=list)
 
 
 def _folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -36,33 +38,45 @@ def _pick(items: Sequence[Any] | None, idx: np.ndarray) -> Any:
 
 def fit_entities(
     texts: Sequence[str], spans: Sequence[Sequence[Span]], labels: Sequence[str],
-    encoded: Sequence[Encoded] | None, folds: int = 5, seed: int = 0,
+    encoded: Sequence[Encoded] | None, folds: int = 5, seed: int = 0, pinned: str | None = None,
 ) -> SpanFit:
     """Cross-validate the token tagger (when ``encoded`` is given) and the word-feature baseline on the
-    same folds; entity-level P/R/F1 of each; the higher F1 is refit on all examples."""
+    same folds; entity-level P/R/F1 of each; the higher F1 (or the ``pinned`` head) is refit on all examples."""
     if len(texts) < 2:
         raise ValueError("entities need at least 2 examples")
     candidates: dict[str, Any] = {"word-tagger": WordTagger}
     if encoded is not None:
         candidates = {"tagger": TokenTagger, **candidates}
     metrics: dict[str, dict[str, Any]] = {}
+    oofs: dict[str, list[list[Span]]] = {}
     for kind, cls in candidates.items():
-        oof: list[list[Span]] = [[] for _ in texts]
+        oof: list[list[Span]] = oofs.setdefault(kind, [[] for _ in texts])
         began = time.perf_counter()
         for train, test in _folds(len(texts), folds, seed):
             head = cls(list(labels)).fit(_pick(texts, train), _pick(spans, train), _pick(encoded, train))
             for i, found in zip(test, head.predict(_pick(texts, test), _pick(encoded, test)), strict=True):
                 oof[i] = [span for span, _ in found]
         metrics[kind] = {**entity_scores(spans, oof), "cv_seconds": time.perf_counter() - began}
-    chosen = max(metrics, key=lambda kind: (metrics[kind]["f1"], kind == "tagger"))
+    best = max(metrics, key=lambda kind: (metrics[kind]["f1"], kind == "tagger"))
+    chosen = _pinned(pinned, metrics) or best
     warnings = []
-    if encoded is not None and chosen != "tagger":
+    if encoded is not None and best != "tagger":
         warnings.append(
-            f"the no-transfer baseline ({metrics[chosen]['f1']:.3f} F1) beat the encoder's tagger "
-            f"({metrics['tagger']['f1']:.3f}) in cross-validation: serving the baseline"
+            f"the no-transfer baseline ({metrics[best]['f1']:.3f} F1) beat the encoder's tagger "
+            f"({metrics['tagger']['f1']:.3f}) in cross-validation: "
+            + ("serving the baseline" if chosen == best else f"serving the pinned head {chosen!r} anyway")
         )
     head = candidates[chosen](list(labels)).fit(texts, spans, encoded)
-    return SpanFit(head, chosen, metrics, warnings)
+    return SpanFit(head, chosen, metrics, warnings, oofs[chosen])
+
+
+def _pinned(pinned: str | None, metrics: dict[str, Any]) -> str | None:
+    """The pinned head kind (None: choose by CV); ValueError when it was not a candidate."""
+    if pinned is None:
+        return None
+    if pinned not in metrics:
+        raise ValueError(f"head {pinned!r} is not one of the candidates {sorted(metrics)}")
+    return pinned
 
 
 def tune_threshold(gold: Sequence[str | None], answers: Sequence[Answer], contexts: Sequence[str]) -> float:
@@ -83,11 +97,11 @@ def tune_threshold(gold: Sequence[str | None], answers: Sequence[Answer], contex
 
 def fit_answers(
     questions: Sequence[str], contexts: Sequence[str], answers: Sequence[tuple[int, int] | None],
-    encoded: Sequence[Encoded] | None, folds: int = 5, seed: int = 0,
+    encoded: Sequence[Encoded] | None, folds: int = 5, seed: int = 0, pinned: str | None = None,
 ) -> SpanFit:
     """Cross-validate the span pointer (when ``encoded`` is given) and the word-feature baseline on the
     same folds; tune each one's "no answer" threshold on its out-of-fold scores; exact match and token F1
-    at that threshold; the higher F1 is refit on all examples with its threshold."""
+    at that threshold; the higher F1 (or the ``pinned`` head) is refit on all examples with its threshold."""
     if len(contexts) < 2:
         raise ValueError("answers need at least 2 examples")
     gold = [None if a is None else c[a[0] : a[1]] for c, a in zip(contexts, answers, strict=True)]
@@ -96,6 +110,7 @@ def fit_answers(
         candidates = {"pointer": SpanPointer, **candidates}
     metrics: dict[str, dict[str, Any]] = {}
     thresholds: dict[str, float] = {}
+    answered: dict[str, list[str | None]] = {}
     for kind, cls in candidates.items():
         oof: list[Answer] = [Answer(None, None, 0.0)] * len(contexts)
         began = time.perf_counter()
@@ -107,14 +122,17 @@ def fit_answers(
                 oof[i] = answer
         thresholds[kind] = tune_threshold(gold, oof, contexts)
         preds = [a.text(c) if a.score >= thresholds[kind] else None for a, c in zip(oof, contexts, strict=True)]
+        answered[kind] = preds
         metrics[kind] = {**answer_scores(gold, preds), "threshold": thresholds[kind],
                          "cv_seconds": time.perf_counter() - began}
-    chosen = max(metrics, key=lambda kind: (metrics[kind]["f1"], kind == "pointer"))
+    best = max(metrics, key=lambda kind: (metrics[kind]["f1"], kind == "pointer"))
+    chosen = _pinned(pinned, metrics) or best
     warnings = []
-    if encoded is not None and chosen != "pointer":
+    if encoded is not None and best != "pointer":
         warnings.append(
-            f"the no-transfer baseline ({metrics[chosen]['f1']:.3f} F1) beat the encoder's pointer "
-            f"({metrics['pointer']['f1']:.3f}) in cross-validation: serving the baseline"
+            f"the no-transfer baseline ({metrics[best]['f1']:.3f} F1) beat the encoder's pointer "
+            f"({metrics['pointer']['f1']:.3f}) in cross-validation: "
+            + ("serving the baseline" if chosen == best else f"serving the pinned head {chosen!r} anyway")
         )
     head = candidates[chosen](threshold=thresholds[chosen]).fit(questions, contexts, answers, encoded)
-    return SpanFit(head, chosen, metrics, warnings)
+    return SpanFit(head, chosen, metrics, warnings, answered[chosen])

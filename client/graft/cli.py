@@ -5,6 +5,7 @@
     graft tasks create NAME --data file.csv|file.jsonl|images_dir/|file.zip
     graft tasks list | show NAME | delete NAME | versions NAME | promote NAME N | rollback NAME
     graft predict TASK "some text" | image.png ... | clip.wav ... | --file inputs.jsonl | --file clip.wav
+        [--question Q: answers tasks, after the texts]
     graft export TASK -o model.zip
     graft backbones
 
@@ -292,11 +293,14 @@ def cmd_tasks_rollback(args: argparse.Namespace) -> Any:
         emit(args, g.rollback(args.name), versions_table)
 
 
-def predict_inputs(args: argparse.Namespace) -> list[str | Path]:
-    inputs: list[str | Path] = []
+def predict_inputs(args: argparse.Namespace) -> list[str | Path | dict[str, str]]:
+    inputs: list[str | Path | dict[str, str]] = []
+    question = getattr(args, "question", None)
     for item in args.inputs:
         path = Path(item)
-        if path.suffix.lower() not in MEDIA_SUFFIXES or (any(c.isspace() for c in item) and not path.is_file()):
+        if question is not None:
+            inputs.append({"question": question, "context": item})  # an answers task's input
+        elif path.suffix.lower() not in MEDIA_SUFFIXES or (any(c.isspace() for c in item) and not path.is_file()):
             inputs.append(item)  # a text
         elif path.is_file():
             inputs.append(path)
@@ -319,9 +323,13 @@ def predict_inputs(args: argparse.Namespace) -> list[str | Path]:
             except ValueError:
                 raise UsageError(f"--file {args.file}, line {n}: not JSON") from None
             value = row.get("input") if isinstance(row, dict) else row
+            if isinstance(value, dict) and set(value) == {"question", "context"}:
+                inputs.append(value)  # an answers task's input
+                continue
             if not isinstance(value, str):
                 raise UsageError(
-                    f"--file {args.file}, line {n}: want a JSON string or an object with an 'input' string"
+                    f"--file {args.file}, line {n}: want a JSON string or an object with an 'input' string "
+                    "(or, for answers tasks, an 'input' object {question, context})"
                 )
             inputs.append(value)
     if not inputs:
@@ -336,6 +344,12 @@ def prediction_row(p: s.AnyPredictionOut) -> dict[str, str]:
             "speaker": p.speaker or "(unknown)",
             "similarity": f"{p.score:.3f} (threshold {p.threshold:.3f})",
         }
+    if isinstance(p, s.EntitiesPredictionOut):
+        found = ", ".join(f"{e.text!r} {e.label} [{e.start}:{e.end}] {e.score:.2f}" for e in p.entities)
+        return {"entities": found or "(none)"}
+    if isinstance(p, s.AnswerPredictionOut):
+        shown = "(no answer)" if p.answer is None else f"{p.answer!r} [{p.start}:{p.end}]"
+        return {"answer": shown, "score": f"{p.score:.3f}"}
     if isinstance(p, s.RegressionPredictionOut):
         return {"value": f"{p.value:.4g}"}
     if isinstance(p, s.MultiLabelPredictionOut):
@@ -348,7 +362,7 @@ def prediction_row(p: s.AnyPredictionOut) -> dict[str, str]:
 
 def cmd_predict(args: argparse.Namespace) -> Any:
     inputs = predict_inputs(args)
-    texts = [x for x in inputs if isinstance(x, str)]
+    texts = [x for x in inputs if not isinstance(x, Path)]
     if texts and len(texts) != len(inputs):
         raise UsageError("give texts or files (images, WAV clips), not both")
     answers = []
@@ -363,7 +377,9 @@ def cmd_predict(args: argparse.Namespace) -> Any:
 
     def human(r: s.PredictResponse) -> str:
         rows: Sequence[s.AnyPredictionOut] = r.predictions
-        shown = [x.name if isinstance(x, Path) else short(x) for x in inputs]
+        shown = [
+            x.name if isinstance(x, Path) else short(x) if isinstance(x, str) else short(x["context"]) for x in inputs
+        ]
         return table(
             [{"input": i, **prediction_row(p)} for i, p in zip(shown, rows, strict=True)],
             ["input", *prediction_row(r.predictions[0])],
@@ -488,6 +504,7 @@ def parser() -> argparse.ArgumentParser:
         "--file", help='one image or WAV file, or JSON Lines: one JSON string or {"input": ...} per line'
     )
     predict.add_argument("--top-k", type=int)
+    predict.add_argument("--question", help="answers tasks: ask this question of each text (the contexts)")
 
     export = leaf(groups, "export", cmd_export, "download a task's ONNX export (zip)")
     export.add_argument("task")

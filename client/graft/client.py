@@ -44,8 +44,10 @@ DATASET_TYPES = {
     ".zip": "application/zip",
 }
 
-Input = str | bytes | os.PathLike  # text, or an image or WAV clip as bytes or a file path
-Example = s.ExampleIn | Mapping[str, Any] | tuple[Input, Any]  # label: a string, a list of strings, or a number
+# text, an image or WAV clip as bytes or a file path, or an answers task's {"question", "context"} (a mapping or
+# QuestionContext)
+Input = str | bytes | os.PathLike | Mapping[str, str] | s.QuestionContext
+Example = s.ExampleIn | Mapping[str, Any] | tuple[Input, Any]  # label: any JSON value the task's kind takes
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -87,11 +89,15 @@ def is_wav(data: bytes) -> bool:
     return data[:4] == b"RIFF" and data[8:12] == b"WAVE"
 
 
-def _encode(value: Input) -> tuple[str, str]:
-    """An input as the JSON API takes it, and its modality: text as is; bytes or a file as base64, a WAV
-    file's modality ``audio``, any other ``image``."""
+def _encode(value: Input) -> tuple[str | dict[str, str], str]:
+    """An input as the JSON API takes it, and its modality: text (and an answers task's ``{question, context}``)
+    as is; bytes or a file as base64, a WAV file's modality ``audio``, any other ``image``."""
     if isinstance(value, str):
         return value, "text"
+    if isinstance(value, s.QuestionContext):
+        return value.model_dump(), "text"
+    if isinstance(value, Mapping):
+        return dict(value), "text"
     data = value if isinstance(value, bytes) else Path(value).read_bytes()
     return base64.b64encode(data).decode("ascii"), "audio" if is_wav(data) else "image"
 
@@ -349,16 +355,17 @@ class _Core:
     def _predict(
         self, task: str, inputs: Input | Sequence[Input], *, top_k: int | None = None
     ) -> Op[s.PredictResponse]:
-        """Predict one input or a list: texts go as JSON; images and WAV clips (bytes or file paths) as multipart
-        files."""
-        items = [inputs] if isinstance(inputs, str | bytes | os.PathLike) else list(inputs)
-        if all(isinstance(x, str) for x in items):
-            body: dict[str, Any] = {"inputs": items} | ({"top_k": top_k} if top_k else {})
+        """Predict one input or a list: texts (and answers inputs) go as JSON; images and WAV clips (bytes or
+        file paths) as multipart files."""
+        single = isinstance(inputs, str | bytes | os.PathLike | Mapping | s.QuestionContext)
+        items: list[Input] = [cast(Input, inputs)] if single else list(cast(Sequence[Input], inputs))
+        if all(isinstance(x, str | Mapping | s.QuestionContext) for x in items):  # JSON: texts, {question, context}
+            body: dict[str, Any] = {"inputs": [_encode(x)[0] for x in items]} | ({"top_k": top_k} if top_k else {})
             return (yield from self._model(s.PredictResponse, Call("POST", f"/v1/tasks/{task}/predict", json=body)))
         if any(isinstance(x, str) for x in items):
             raise ValueError("predict takes texts (str) or files (bytes or paths), not both in one call")
         files = []
-        for i, item in enumerate(items):
+        for i, item in enumerate(cast(list[bytes | os.PathLike], items)):
             data = item if isinstance(item, bytes) else Path(item).read_bytes()
             filename = f"input-{i}" if isinstance(item, bytes) else Path(item).name
             files.append(("file", (filename, data, "audio/wav" if is_wav(data) else "application/octet-stream")))

@@ -22,10 +22,20 @@ from pydantic import (
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
 Modality = Literal["text", "image", "audio"]
-HeadKind = Literal["auto", "linear", "prototype", "baseline", "hybrid", "finetune"]
+HeadKind = Literal[
+    "auto", "linear", "prototype", "baseline", "hybrid", "finetune", "tagger", "word-tagger", "pointer", "word-pointer"
+]
+KIND_HEADS = {  # heads a task of a kind may pin besides "auto" (adapters/kinds/: each kind's pinnable_heads)
+    "classification": ("linear", "prototype", "baseline", "hybrid", "finetune"),
+    "multilabel": (),
+    "regression": (),
+    "speakers": (),
+    "entities": ("tagger", "word-tagger"),
+    "answers": ("pointer", "word-pointer"),
+}
 JobStatus = Literal["queued", "running", "succeeded", "failed", "superseded"]
 VersionStatus = Literal["active", "candidate", "previous", "failed"]
-TaskKind = Literal["classification", "multilabel", "regression", "speakers"]
+TaskKind = Literal["classification", "multilabel", "regression", "speakers", "entities", "answers"]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
 
 
@@ -127,7 +137,73 @@ class ApiKeyList(BaseModel):
 
 # Any JSON scalar or list: the task's kind decides which shape is valid (see label_problem), so the
 # error can say what this task takes instead of listing every union member.
-LabelValue = StrictStr | StrictBool | StrictInt | StrictFloat | list[Any] | None
+LabelValue = StrictStr | StrictBool | StrictInt | StrictFloat | list[Any] | dict[str, Any] | None
+SPAN_KEYS = ("start", "end", "label")
+
+
+def _exact_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _span_problem(i: int, item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return f"label[{i}] must be an object {{start, end, label}}, got {_shape(item)}"
+    keys = set(item)
+    if keys != set(SPAN_KEYS):
+        missing, extra = sorted(set(SPAN_KEYS) - keys), sorted(keys - set(SPAN_KEYS))
+        return (
+            f"label[{i}] must have exactly start, end and label"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else "")
+        )
+    start, end = item["start"], item["end"]
+    if not _exact_int(start) or not _exact_int(end):
+        return f"label[{i}]: start and end are integer character offsets, got {start!r} and {end!r}"
+    if not 0 <= start < end:
+        return f"label[{i}]: need 0 <= start < end (end exclusive), got start {start}, end {end}"
+    problem = _string_problem(item["label"])
+    return f"label[{i}]: {problem}" if problem else None
+
+
+def _entities_problem(label: Any) -> str | None:
+    if not isinstance(label, list):
+        return f"an entities task takes a list of spans [{{start, end, label}}], got {_shape(label)}"
+    problem = next(filter(None, (_span_problem(i, item) for i, item in enumerate(label))), None)
+    if problem:
+        return problem
+    ordered = sorted((s["start"], s["end"], s["label"]) for s in label)
+    for left, right in zip(ordered, ordered[1:], strict=False):
+        if right[0] < left[1]:
+            return (
+                f"spans {left[0]}-{left[1]} ({left[2]}) and {right[0]}-{right[1]} ({right[2]}) overlap; "
+                "entities may not overlap"
+            )
+    stored = _compact([list(span) for span in ordered])
+    if len(stored) > LABEL_CHARS:
+        return (
+            f"the spans take {len(stored)} characters as stored ([[start,end,label],...]); the limit is "
+            f"{LABEL_CHARS}: split the text into shorter examples"
+        )
+    return None
+
+
+def _answer_problem(label: Any) -> str | None:
+    if label is None:
+        return None
+    if not isinstance(label, dict):
+        return f"an answers task takes {{start, end}} (offsets into the context) or null, got {_shape(label)}"
+    if set(label) != {"start", "end"}:
+        return f"an answer label has exactly the keys start and end, got {sorted(label)}"
+    start, end = label["start"], label["end"]
+    if not _exact_int(start) or not _exact_int(end):
+        return f"start and end are integer character offsets into the context, got {start!r} and {end!r}"
+    if not 0 <= start < end:
+        return f"need 0 <= start < end (end exclusive), got start {start}, end {end}"
+    return None
 
 
 def _string_problem(label: Any) -> str | None:
@@ -174,6 +250,10 @@ def label_problem(kind: str, label: Any) -> str | None:
         except OverflowError:  # an int beyond float range
             finite = False
         return None if finite else f"the target must be a finite number, got {str(label)[:40]}"
+    if kind == "entities":
+        return _entities_problem(label)
+    if kind == "answers":
+        return _answer_problem(label)
     return f"unknown task kind {kind!r}"
 
 
@@ -184,19 +264,39 @@ def _shape(label: Any) -> str:
         return "a boolean"
     if isinstance(label, list):
         return "a list"
+    if isinstance(label, dict):
+        return "an object"
     if isinstance(label, str):
         return f"the string {label[:40]!r}"
     return f"the number {label}" if isinstance(label, int | float) else type(label).__name__
 
 
+class QuestionContext(Request):
+    """An answers task's input: a question and the context that may answer it."""
+
+    question: Text
+    context: Text = Field(description="Answers are character offsets into this text.")
+
+
+InputValue = Text | QuestionContext
+
+
+def input_value(value: str | QuestionContext) -> str | dict[str, str]:
+    """An input as plain JSON: a string, or ``{"question", "context"}``."""
+    return value.model_dump() if isinstance(value, QuestionContext) else value
+
+
 class ExampleIn(Request):
-    input: Text = Field(
+    input: InputValue = Field(
         description="A text, a base64-encoded PNG/JPEG/WebP image for image tasks, or a base64-encoded WAV file "
-        "(PCM 16/24/32-bit or float, any rate, mono or stereo) for audio tasks."
+        "(PCM 16/24/32-bit or float, any rate, mono or stereo) for audio tasks; for answers tasks an object "
+        "`{question, context}`."
     )
     label: LabelValue = Field(
         description="By the task's kind: one label string (classification), a non-empty list of label strings "
-        "(multilabel), a finite number (regression), or a speaker name (speakers)."
+        "(multilabel), a finite number (regression), a speaker name (speakers), a list of spans "
+        "`[{start, end, label}]` (entities: character offsets, end exclusive, no overlaps) or `{start, end}` into "
+        "the context or `null` for no answer (answers)."
     )
 
 
@@ -208,7 +308,10 @@ class TaskCreate(Request):
         description="`classification`: one label per example (softmax heads). `multilabel`: a list of labels per "
         "example (one sigmoid per label, thresholds tuned by cross-validation). `regression`: a number per example "
         "(ridge regression on the embeddings). `speakers` (audio): a speaker name per clip; a prediction names the "
-        "nearest enrolled speaker, or null under a threshold tuned to GRAFT_SPEAKER_FAR false accepts.",
+        "nearest enrolled speaker, or null under a threshold tuned to GRAFT_SPEAKER_FAR false accepts. `entities` "
+        "(text): entity spans per text (a BIO tagger on the backbone's token states). `answers` (text): "
+        "`{question, context}` inputs, the answer's offsets in the context or null (a start/end pointer on the "
+        "token states).",
     )
     backbone: str | None = Field(
         default=None,
@@ -222,7 +325,8 @@ class TaskCreate(Request):
         "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
         "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
         "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a "
-        "background job.",
+        "background job. Entities tasks: `tagger` (on the token states) or `word-tagger` (word features, no "
+        "transfer); answers tasks: `pointer` or `word-pointer`; `auto` serves whichever cross-validates better.",
     )
     labels: list[Label] | None = Field(
         default=None,
@@ -236,12 +340,17 @@ class TaskCreate(Request):
             problem = label_problem(self.kind, example.label)
             if problem:
                 raise ValueError(f"examples[{i}].label: {problem}")
-        if self.kind != "classification" and self.head not in (None, "auto"):
+            if (self.kind == "answers") != isinstance(example.input, QuestionContext):
+                want = "an object {question, context}" if self.kind == "answers" else "a string"
+                raise ValueError(f"examples[{i}].input: a {self.kind} task takes {want} per input")
+        if self.head not in (None, "auto", *KIND_HEADS[self.kind]):
+            owners = " or ".join(k for k, heads in KIND_HEADS.items() if self.head in heads)
+            mine = "".join(f" or {h!r}" for h in KIND_HEADS[self.kind]) if len(KIND_HEADS[self.kind]) < 4 else ""
             raise ValueError(
-                f"head {self.head!r} is for classification tasks; a {self.kind} task takes head 'auto' (or none)"
+                f"head {self.head!r} is for {owners} tasks; a {self.kind} task takes head 'auto'{mine} (or none)"
             )
-        if self.kind == "regression" and self.labels is not None:
-            raise ValueError("a regression task has no label set: omit 'labels'")
+        if self.kind in ("regression", "answers") and self.labels is not None:
+            raise ValueError(f"a {self.kind} task has no label set: omit 'labels'")
         return self
 
 
@@ -310,7 +419,7 @@ class PromoteRequest(Request):
 class TaskOut(BaseModel):
     name: str
     modality: str
-    kind: str = Field(description="`classification`, `multilabel` or `regression`.")
+    kind: str = Field(description="`classification`, `multilabel`, `regression`, `entities` or `answers`.")
     backbone: str
     head: str
     active_version: int | None
@@ -343,10 +452,10 @@ class DatasetAccepted(TaskCreated):
 
 
 class PredictRequest(Request):
-    inputs: list[Text] = Field(
+    inputs: list[InputValue] = Field(
         min_length=1,
         description="Texts, base64-encoded PNG/JPEG/WebP images for image tasks, or base64-encoded WAV files for "
-        "audio tasks.",
+        "audio tasks; objects `{question, context}` for answers tasks.",
     )
     top_k: int | None = Field(default=None, ge=1, description="How many labels `scores` lists; default all.")
 
@@ -390,9 +499,40 @@ class SpeakerPredictionOut(BaseModel):
     labels: list[SpeakerScoreOut] = Field(description="The top_k enrolled speakers by similarity, most similar first.")
 
 
-AnyPredictionOut = PredictionOut | MultiLabelPredictionOut | RegressionPredictionOut | SpeakerPredictionOut
+class EntityOut(BaseModel):
+    start: int = Field(description="First character of the entity in the input text.")
+    end: int = Field(description="One past its last character (end exclusive).")
+    label: str
+    text: str = Field(description="The input's characters start..end.")
+    score: float = Field(description="Geometric mean of its tokens' tag probabilities.")
+
+
+class EntitiesPredictionOut(BaseModel):
+    entities: list[EntityOut] = Field(description="The entities found, in text order; may be empty.")
+
+
+class AnswerPredictionOut(BaseModel):
+    answer: str | None = Field(description="The answer's text in the context, or null: no answer.")
+    start: int | None = Field(description="Its first character in the context (null with no answer).")
+    end: int | None = Field(description="One past its last character (null with no answer).")
+    score: float = Field(description="The best span's probability; under the tuned threshold it is no answer.")
+
+
+AnyPredictionOut = (
+    PredictionOut
+    | MultiLabelPredictionOut
+    | RegressionPredictionOut
+    | SpeakerPredictionOut
+    | EntitiesPredictionOut
+    | AnswerPredictionOut
+)
 Predictions = (  # one task: one kind
-    list[PredictionOut] | list[MultiLabelPredictionOut] | list[RegressionPredictionOut] | list[SpeakerPredictionOut]
+    list[PredictionOut]
+    | list[MultiLabelPredictionOut]
+    | list[RegressionPredictionOut]
+    | list[SpeakerPredictionOut]
+    | list[EntitiesPredictionOut]
+    | list[AnswerPredictionOut]
 )
 
 
@@ -402,7 +542,8 @@ class PredictResponse(BaseModel):
     predictions: Predictions = Field(
         description="Per input, by the task's kind: classification `{label, score, scores}`; multilabel "
         "`{labels, scores: [{label, probability, threshold, chosen}]}`; regression `{value}`; speakers "
-        "`{speaker | null, score, threshold, labels: [{label, score}]}`."
+        "`{speaker | null, score, threshold, labels: [{label, score}]}`; entities "
+        "`{entities: [{start, end, label, text, score}]}`; answers `{answer, start, end, score}`."
     )
 
 

@@ -66,6 +66,9 @@ async def export(rt: Runtime, tenant_id: str, name: str, fmt: str, version: int 
     if fmt not in FORMATS:
         raise Invalid(f"unsupported export format {fmt!r}; supported: 'onnx'")
     task, v = await anyio.to_thread.run_sync(_version, rt, tenant_id, name, version)
+    problem = kinds.kind_of(task.kind).export_problem()
+    if problem:
+        raise NotExportable(problem)
     path = cached_export(rt, tenant_id, task.id, v.number, fmt)
     if not path.is_file():
         if not _BUILDING.begin(tenant_id):

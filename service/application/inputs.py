@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import anyio.to_thread
 
+from adapters import kinds
 from adapters.heads import RAW, Head
 
 from .. import audio, images
@@ -24,6 +25,7 @@ from ..runtime import Runtime
 from .errors import Invalid, TooLarge
 
 Raw = str | bytes  # JSON gives base64 strings; multipart and zip uploads give bytes
+Input = Raw | dict[str, Any]  # what a request sends per input: answers tasks take {question, context}
 
 
 def image_limits(rt: Runtime) -> images.Limits:
@@ -86,15 +88,44 @@ def check_count(rt: Runtime, n: int) -> None:
         raise TooLarge(f"{n} examples in one request; the limit is {limit}. Send them in parts.")
 
 
-def check_texts(rt: Runtime, texts: Sequence[str], field: str) -> None:
+def check_texts(rt: Runtime, texts: Sequence[str], field: str, sizes: Sequence[int] | None = None) -> None:
+    """Each text within ``GRAFT_MAX_TEXT_CHARS`` (``sizes``: the characters each counts, when not its length)."""
     limit = rt.settings.max_text_chars
     for i, text in enumerate(texts):
-        if len(text) > limit:
-            raise TooLarge(f"{field}[{i}] has {len(text)} characters; the limit is {limit}")
+        size = len(text) if sizes is None else sizes[i]
+        if size > limit:
+            raise TooLarge(f"{field}[{i}] has {size} characters; the limit is {limit}")
+
+
+def check_kind_inputs(
+    rt: Runtime, kind: str, values: Sequence[Any], names: Sequence[str], *, text: bool = True
+) -> list[int]:
+    """Each input fits the task's kind (a string; an answers task's ``{question, context}``) and, for a text
+    task, its characters (an answers input: question + context) are within ``GRAFT_MAX_TEXT_CHARS``.
+    Returns those character counts (none for images)."""
+    task_kind = kinds.kind_of(kind)
+    for value, name in zip(values, names, strict=True):
+        problem = task_kind.input_problem(value)
+        if problem:
+            raise Invalid(f"{name}: {problem}")
+    if not text:
+        return []
+    sizes = [task_kind.input_chars(value) for value in values]
+    limit = rt.settings.max_text_chars
+    for size, name in zip(sizes, names, strict=True):
+        if size > limit:
+            raise TooLarge(f"{name} has {size} characters; the limit is {limit}")
+    return sizes
 
 
 def stored_examples(
-    rt: Runtime, modality: str, backbone: str, inputs: Sequence[Raw], labels: Sequence[str], names: Sequence[str]
+    rt: Runtime,
+    modality: str,
+    backbone: str,
+    inputs: Sequence[Raw],
+    labels: Sequence[str],
+    names: Sequence[str],
+    sizes: Sequence[int] | None = None,
 ) -> list[tuple[str, str]]:
     """Examples as the store keeps them: text as sent, images as normalised base64 PNG, audio as base64 WAV
     (mono, 16-bit, 16 kHz).
@@ -112,7 +143,7 @@ def stored_examples(
         return [
             (stored_clip(rt, raw, name, seconds), label) for raw, label, name in zip(inputs, labels, names, strict=True)
         ]
-    check_texts(rt, inputs, "examples")  # type: ignore[arg-type]
+    check_texts(rt, inputs, "examples", sizes)  # type: ignore[arg-type]
     return list(zip(inputs, labels, strict=True))  # type: ignore[arg-type]
 
 
@@ -155,27 +186,31 @@ def _prepared_audio(
 
 
 async def prepare_inputs(
-    rt: Runtime, task: TaskRef, backbone: str, head: Head, inputs: Sequence[Raw], names: Sequence[str]
+    rt: Runtime, task: TaskRef, backbone: str, head: Head, inputs: Sequence[Input], names: Sequence[str]
 ) -> tuple[Sequence[Any], Sequence[Any] | None]:
     """A predict request's inputs as ``backbone`` takes them and, for heads that read raw inputs, their raw
     form: text is checked and passes through; images and audio are decoded off the event loop (one bad input is
     this request's 4xx, never a failed backbone batch)."""
-    return await predict_inputs(rt, inputs, names)(task, backbone, RAW in head.consumes)
+    return await predict_inputs(rt, inputs, names)(task, backbone, RAW in getattr(head, "consumes", ()))
 
 
-def predict_inputs(rt: Runtime, inputs: Sequence[Raw], names: Sequence[str]) -> Prepare:
+def predict_inputs(rt: Runtime, inputs: Sequence[Input], names: Sequence[str]) -> Prepare:
     """How a predict request's inputs become what the task's backbone (and head) take: text is
     checked and passes through; images and audio are decoded off the event loop (one bad input is this
     request's 4xx, never a failed backbone batch)."""
 
     async def prepare(task: TaskRef, backbone: str, want_raw: bool) -> tuple[Sequence[Any], Sequence[Any] | None]:
         if task.modality == "image":
-            return await anyio.to_thread.run_sync(_prepared_images, rt, backbone, inputs, names, want_raw)
+            check_kind_inputs(rt, task.kind, inputs, names, text=False)
+            images_in = cast(Sequence[Raw], inputs)  # input_problem: strings or bytes only
+            return await anyio.to_thread.run_sync(_prepared_images, rt, backbone, images_in, names, want_raw)
         if task.modality == "audio":
-            return await anyio.to_thread.run_sync(_prepared_audio, rt, backbone, inputs, names, want_raw)
+            check_kind_inputs(rt, task.kind, inputs, names, text=False)
+            clips_in = cast(Sequence[Raw], inputs)
+            return await anyio.to_thread.run_sync(_prepared_audio, rt, backbone, clips_in, names, want_raw)
         if any(isinstance(raw, bytes) for raw in inputs):
             raise Invalid(f'task {task.name!r} is a text task: send JSON {{"inputs": [texts]}} to /predict')
-        check_texts(rt, inputs, "inputs")  # type: ignore[arg-type]
+        check_kind_inputs(rt, task.kind, inputs, names)  # strings; an answers task's {question, context}
         return inputs, inputs
 
     return prepare

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ..router import AnyPrediction, TaskRef
 from ..runtime import Runtime
 from .errors import TooLarge
-from .inputs import Raw, prepare_inputs
+from .inputs import Input, prepare_inputs
 
 
 def check_inputs(rt: Runtime, tenant_id: str, n: int) -> None:
@@ -21,7 +21,7 @@ def check_inputs(rt: Runtime, tenant_id: str, n: int) -> None:
 
 
 async def predict(
-    rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Raw], names: Sequence[str], top_k: int | None
+    rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Input], names: Sequence[str], top_k: int | None
 ) -> tuple[TaskRef, int, list[AnyPrediction]]:
     """Predict with the task's active version; ``names`` say where each input came from (error messages)."""
     ref, number, head = await rt.router.head(tenant_id, name)

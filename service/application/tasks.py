@@ -13,12 +13,12 @@ from ..store.models import Job, Task, Version
 from . import quotas, task_rules
 from .errors import Invalid
 from .exports import forget_exports
-from .inputs import Raw, stored_examples
+from .inputs import Input, check_kind_inputs, stored_examples
 
 
 @dataclass(frozen=True)
 class Example:
-    input: Raw
+    input: Input  # a string (text, base64 image) or bytes; an answers task's {question, context}
     label: Any  # a JSON value, checked against the task's kind
 
 
@@ -41,26 +41,36 @@ def check_new_labels(kind: str, labels: Sequence[Any], declared: Sequence[str] |
 
 
 def check_labels(kind: str, examples: Sequence[Example], task_name: str | None = None) -> None:
-    """Each example's label fits the task's kind (the kind's own check, adapters/kinds/)."""
+    """Each example's input and label fit the task's kind, and the label fits its input (e.g. spans inside
+    the text): the kind's own checks, adapters/kinds/."""
     task_kind = kinds.kind_of(kind)
     about = f" (task {task_name!r} is a {kind} task)" if task_name is not None else ""
     for i, example in enumerate(examples):
+        problem = task_kind.input_problem(example.input)
+        if problem:
+            raise Invalid(f"examples[{i}].input: {problem}{about}")
         problem = task_kind.problem(example.label)
         if problem:
             raise Invalid(f"examples[{i}].label: {problem}{about}")
+        problem = task_kind.example_problem(example.input, example.label)
+        if problem:
+            raise Invalid(f"examples[{i}].label: {problem}")
 
 
 def _stored(rt: Runtime, kind: str, modality: str, backbone: str, examples: Sequence[Example]) -> list[tuple[str, str]]:
-    """Examples as the store keeps them: labels encoded by the task's kind, inputs checked (text) or
-    normalised (images)."""
+    """Examples as the store keeps them: labels (and structured inputs) encoded by the task's kind, inputs
+    checked (text: characters as the kind counts them) or normalised (images)."""
     task_kind = kinds.kind_of(kind)
+    names = [f"examples[{i}].input" for i in range(len(examples))]
+    sizes = check_kind_inputs(rt, kind, [e.input for e in examples], names, text=modality != "image")
     return stored_examples(
         rt,
         modality,
         backbone,
-        [e.input for e in examples],
+        [task_kind.encode_input(e.input) for e in examples],
         [task_kind.encode(e.label) for e in examples],
-        [f"examples[{i}].input" for i in range(len(examples))],
+        names,
+        sizes or None,
     )
 
 

@@ -1,12 +1,13 @@
 """Heads of stored versions: loaded from their safetensors blobs (never unpickled), for the predict
-path's head cache, the training pipeline's promotion comparison and exports alike."""
+path's head cache, the training pipeline's promotion comparison and exports alike. A token kind's
+head (entities, answers) is a span head from its own registry (adapters/spans/heads.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from adapters import heads
+from adapters import heads, kinds
 
 from .. import logs
 from ..store.models import Version
@@ -32,7 +33,7 @@ def store_head_loader(
         task_id, number = key
         version = store.version(task_id, number, with_weights=True)
         head = head_of(store, version)
-        if heads.TRUNK in head.consumes:
+        if heads.TRUNK in getattr(head, "consumes", ()):
             source = trunk_of(version.backbone) if trunk_of is not None else None
             if source is None:
                 raise RuntimeError(f"backbone {version.backbone!r} cannot serve fine-tuned heads here")
@@ -50,7 +51,7 @@ def head_of(store: Store, version: Version) -> heads.Head:
             f"version {version.number} failed to load earlier (its stored weights are corrupt); {advice}"
         )
     try:
-        return heads.from_bytes(version.weights)
+        return kinds.head_from_bytes(version.weights)  # a span head (entities, answers) or another head
     except Exception as exc:  # any corruption: HeadFormatError, bad metadata, wrong shapes
         error = f"{type(exc).__name__}: {exc}"[:500]
         log.error(

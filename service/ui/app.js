@@ -9,7 +9,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 // renderVersion), and every other key goes to "Other metrics".
 const SUMMARY = new Set([
   "warnings", "accuracy", "macro_f1", "log_loss", "ece", "head", "evaluation", "folds", "majority_baseline_accuracy",
-  "examples_per_label", "selection", "selected",
+  "examples_per_label", "selection", "selected", "precision", "recall", "f1", "exact_match",
 ]);
 
 const $ = (selector) => document.querySelector(selector);
@@ -285,6 +285,16 @@ function renderSummary(version) {
   if (typeof m.log_loss === "number") rows.push(["log loss", m.log_loss.toFixed(4)]);
   if (typeof m.ece === "number") rows.push(["ECE (calibrated)", pct(m.ece)]);
   if (typeof m.majority_baseline_accuracy === "number") rows.push(["majority-label accuracy", pct(m.majority_baseline_accuracy)]);
+  // token kinds: entities (entity-level P/R/F1) and answers (exact match, token F1), each next to its baseline
+  const baseline = m.baseline && typeof m.baseline.f1 === "number" ? ` (baseline ${m.baseline.head}: ${pct(m.baseline.f1)})` : "";
+  if (m.kind === "entities" && typeof m.f1 === "number") {
+    rows.push(["entity F1", `${pct(m.f1)}${baseline}`]);
+    rows.push(["entity precision / recall", `${pct(m.precision)} / ${pct(m.recall)}`]);
+  }
+  if (m.kind === "answers" && typeof m.exact_match === "number") {
+    rows.push(["exact match", pct(m.exact_match)]);
+    rows.push(["token F1", `${pct(m.f1)}${baseline}`]);
+  }
   rows.push(["examples", String(version.n_examples)]);
   if (m.examples_per_label) rows.push(["examples per label", Object.entries(m.examples_per_label).map(([k, v]) => `${k}: ${v}`).join(", ")]);
   if (m.selected) rows.push(["hyper-parameters", JSON.stringify(m.selected)]);
@@ -363,6 +373,8 @@ async function showTask(name) {
   $("#try").hidden = task.active_version === null;
   const file = task.modality !== "text";  // images and WAV clips are sent as files
   $("#try-text").hidden = file;
+  $("#try-text").placeholder = task.kind === "answers" ? "First line: the question; then the context"
+    : task.kind === "entities" ? "Type a text to find its entities" : "Type a text to classify";
   $("#try-file").hidden = !file;
   $("#try-file").accept = task.modality === "audio" ? "audio/wav,audio/x-wav,.wav" : "image/png,image/jpeg,image/webp";
   $("#try-preview").hidden = true;
@@ -395,6 +407,18 @@ function renderPrediction(response) {
     $("#prediction").replaceChildren(
       head(el("strong", { id: "predicted-label" }, p.speaker ?? "unknown speaker"), ` (similarity ${num(p.score)})`),
       el("ol", { class: "multi" }, ...items));
+    return;
+  }
+  if (Array.isArray(p.entities)) {
+    const items = p.entities.map((e) => meterRow(`${e.text} · ${e.label}`, e.score, pct(e.score), { title: `characters ${e.start}–${e.end}` }));
+    $("#prediction").replaceChildren(
+      head(el("strong", { id: "predicted-label" }, p.entities.length ? `${p.entities.length} entities` : "no entity")),
+      el("ol", { class: "multi" }, ...items));
+    return;
+  }
+  if ("answer" in p) {
+    const text = p.answer === null ? "no answer" : p.answer;
+    $("#prediction").replaceChildren(head(el("strong", { id: "predicted-label" }, text), ` (${pct(p.score)})`));
     return;
   }
   if (typeof p.value === "number") {
@@ -432,7 +456,14 @@ async function predict(event) {
   } else {
     const text = $("#try-text").value;
     if (!text.trim()) return showError("Type a text first.");
-    response = await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ inputs: [text], top_k: 5 }) });
+    let input = text;
+    if (state.task.kind === "answers") {  // the first line is the question, the rest the context
+      const [question, ...rest] = text.split("\n");
+      if (!question.trim() || !rest.join("\n").trim()) return showError("Type a question on the first line, then the context.");
+      input = { question, context: rest.join("\n") };
+    }
+    const body = state.task.kind === "entities" || state.task.kind === "answers" ? { inputs: [input] } : { inputs: [text], top_k: 5 };
+    response = await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   }
   renderPrediction(response);
 }

@@ -285,3 +285,37 @@ def test_a_speakers_task_shows_its_figures_and_tries_a_wav_file(server, browser,
     expect(page.locator("#prediction li")).to_have_count(3)
     assert not problems, problems
     page.close()
+
+
+@pytest.mark.parametrize("kind", ["entities", "answers"])
+def test_span_kinds_show_entity_f1_or_exact_match_and_try_their_answers(server, browser, kind: str) -> None:
+    """Entities and answers versions list entity F1 / exact match next to the baseline, hide the
+    classification plots, and "try it" shows the entities found or the answer (answers: the question on
+    the first line, the context below)."""
+    from benchmarks.spansets import answer_rows, entity_rows
+
+    client = server.new_tenant(f"dashboard-{kind}")
+    rows = entity_rows(30, half=0, seed=8) if kind == "entities" else answer_rows(20, half=0, seed=8)
+    resp = client.post("/v1/tasks", json={"name": kind, "kind": kind, "examples": rows})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
+    test = (entity_rows if kind == "entities" else answer_rows)(1, half=1, seed=9)[0]["input"]
+    expected = predict(client, kind, [test])["predictions"][0]
+
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/{kind}")
+    log_in(page, client.headers["authorization"].removeprefix("Bearer "))
+    expect(page.locator("#task-meta")).to_contain_text(kind)
+    for figure in ("confusion", "per-label", "learning", "reliability", "baselines"):
+        expect(page.locator(f"#plot-{figure}")).to_be_hidden()
+    expect(page.locator("#summary")).to_contain_text("entity F1" if kind == "entities" else "exact match")
+    expect(page.locator("#summary")).to_contain_text("baseline word-")
+    page.fill("#try-text", test if kind == "entities" else f"{test['question']}\n{test['context']}")
+    page.click("#try-submit")
+    if kind == "entities":
+        n = len(expected["entities"])
+        expect(page.locator("#predicted-label")).to_have_text(f"{n} entities" if n else "no entity")
+        expect(page.locator("#prediction li")).to_have_count(n)
+    else:
+        expect(page.locator("#predicted-label")).to_have_text(expected["answer"] or "no answer")
+    assert not problems, problems
+    page.close()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from graft import schemas as s
 
 from ...application import predict as use
-from ...application.inputs import Raw
+from ...application.inputs import Input
 from ...runtime import Runtime
 from ..errors import ApiError
 from ..uploads import is_multipart, one_upload, read_form
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1")
 
 
 async def _predict(
-    rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Raw], names: Sequence[str], top_k: int | None
+    rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Input], names: Sequence[str], top_k: int | None
 ) -> s.PredictResponse:
     task, version, predictions = await use.predict(rt, tenant_id, name, inputs, names, top_k)
     # each prediction's JSON is in its task kind's form (adapters/kinds/); the response model validates it
@@ -35,7 +35,8 @@ async def _predict(
 @router.post("/tasks/{name}/predict", response_model=s.PredictResponse, responses=ERRORS)
 async def predict(name: str, body: s.PredictRequest, rt: RuntimeDep, me: TenantDep) -> s.PredictResponse:
     use.check_inputs(rt, me.id, len(body.inputs))  # size, then one rate token per input
-    return await _predict(rt, me.id, name, body.inputs, [f"inputs[{i}]" for i in range(len(body.inputs))], body.top_k)
+    inputs = [s.input_value(value) for value in body.inputs]  # strings, or {question, context} (answers tasks)
+    return await _predict(rt, me.id, name, inputs, [f"inputs[{i}]" for i in range(len(inputs))], body.top_k)
 
 
 FILES_BODY = {

@@ -65,4 +65,4 @@ def add_examples(name: str, body: s.ExamplesAppend, rt: RuntimeDep, me: WriterDe
 
 
 def _examples(examples: list[s.ExampleIn]) -> list[use.Example]:
-    return [use.Example(e.input, e.label) for e in examples]
+    return [use.Example(s.input_value(e.input), e.label) for e in examples]

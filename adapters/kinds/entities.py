@@ -1,0 +1,182 @@
+"""Entities (named-entity recognition): a text per example, labelled with its entity spans
+``[{"start", "end", "label"}]`` (character offsets, end exclusive, no overlaps); a BIO token tagger on the
+text backbone's per-token states against a word-feature baseline (adapters/spans/); a prediction is the
+entities found, with their text and score."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..spans import Encoded, Span, SpanError, check_spans, fit_entities
+from ..training import FitResult
+from .base import LABEL_CHARS, register_kind, shape, string_problem
+from .tokens import AUTO, TokenKind, compact, exact_int
+
+SPAN_KEYS = ("start", "end", "label")
+
+
+@dataclass(frozen=True)
+class Entity:
+    start: int
+    end: int
+    label: str
+    text: str
+    score: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "label": self.label, "text": self.text, "score": self.score}
+
+
+@dataclass(frozen=True)
+class EntitiesPrediction:
+    entities: list[Entity]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"entities": [e.as_json() for e in self.entities]}
+
+
+def spans_of(label: Sequence[dict[str, Any]]) -> list[Span]:
+    return sorted(Span(int(s["start"]), int(s["end"]), str(s["label"])) for s in label)
+
+
+def span_problem(i: int, item: Any) -> str | None:
+    """Why the ``i``-th item of an entities label is not a span ``{start, end, label}``."""
+    if not isinstance(item, dict):
+        return f"label[{i}] must be an object {{start, end, label}}, got {shape(item)}"
+    keys = set(item)
+    if keys != set(SPAN_KEYS):
+        missing, extra = sorted(set(SPAN_KEYS) - keys), sorted(keys - set(SPAN_KEYS))
+        return (
+            f"label[{i}] must have exactly start, end and label"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else "")
+        )
+    start, end = item["start"], item["end"]
+    if not exact_int(start) or not exact_int(end):
+        return f"label[{i}]: start and end are integer character offsets, got {start!r} and {end!r}"
+    if not 0 <= start < end:
+        return f"label[{i}]: need 0 <= start < end (end exclusive), got start {start}, end {end}"
+    problem = string_problem(item["label"])
+    return f"label[{i}]: {problem}" if problem else None
+
+
+@register_kind
+class Entities(TokenKind):
+    name = "entities"
+    pinnable_heads = ("tagger", "word-tagger")
+
+    def problem(self, label: Any) -> str | None:
+        if not isinstance(label, list):
+            return f"an entities task takes a list of spans [{{start, end, label}}], got {shape(label)}"
+        problem = next(filter(None, (span_problem(i, item) for i, item in enumerate(label))), None)
+        if problem:
+            return problem
+        ordered = spans_of(label)
+        for left, right in zip(ordered, ordered[1:], strict=False):
+            if right.start < left.end:
+                return f"spans {left.describe()} and {right.describe()} overlap; entities may not overlap"
+        stored = self.encode(label)
+        if len(stored) > LABEL_CHARS:
+            return (
+                f"the spans take {len(stored)} characters as stored ([[start,end,label],...]); the limit is "
+                f"{LABEL_CHARS}: split the text into shorter examples"
+            )
+        return None
+
+    def example_problem(self, value: Any, label: Any) -> str | None:
+        try:
+            check_spans(value, spans_of(label))
+        except SpanError as exc:
+            return str(exc)
+        return None
+
+    def encode(self, label: Any) -> str:
+        return compact([[s.start, s.end, s.label] for s in spans_of(label)])  # [[0,11,"PER"],[19,26,"ORG"]]
+
+    def decode(self, stored: str) -> Any:
+        return [dict(zip(SPAN_KEYS, item, strict=True)) for item in json.loads(stored)]
+
+    def names(self, stored: Sequence[str]) -> list[str]:
+        return [span["label"] for one in stored for span in self.decode(one)]
+
+    def per_label(self, counts: dict[str, int]) -> dict[str, int]:
+        out: Counter[str] = Counter()  # examples holding each label (once per example)
+        for stored, n in counts.items():
+            for label in {span["label"] for span in self.decode(stored)}:
+                out[label] += n
+        return dict(sorted(out.items()))
+
+    def examples_problem(self, labels: Sequence[Any], declared: Sequence[str] | None) -> str | None:
+        present = {span["label"] for label in labels for span in label}
+        if len(labels) < 2:
+            return f"an entities task needs at least 2 examples to cross-validate; got {len(labels)}"
+        if not present:
+            return "no example has an entity: label at least one span"
+        if declared is not None:
+            unknown, missing = sorted(present - set(declared)), sorted(set(declared) - present)
+            if unknown:
+                return f"examples use entity labels not in 'labels': {unknown[:10]}"
+            if missing:
+                return f"every declared label needs at least one span; none for {missing[:10]}"
+        return None
+
+    def token_inputs(self, inputs: Sequence[Any]) -> tuple[list[str], list[str] | None]:
+        return list(inputs), None
+
+    def fit_tokens(
+        self,
+        encoded: Sequence[Encoded],
+        inputs: Sequence[Any],
+        labels: Sequence[Any],
+        *,
+        head: str,
+        folds: int,
+        seed: int,
+    ) -> FitResult:
+        spans = [spans_of(label) for label in labels]
+        names = sorted({s.label for row in spans for s in row})
+        pinned = None if head == AUTO else head
+        fit = fit_entities(list(inputs), spans, names, encoded, folds=folds, seed=seed, pinned=pinned)
+        served = fit.metrics[fit.chosen]
+        keys = ("precision", "recall", "f1", "cv_seconds")
+        metrics: dict[str, Any] = {
+            "kind": self.name,
+            "head": fit.chosen,
+            "selection": "auto" if head == AUTO else "pinned",
+            "evaluation": "cv",
+            "folds": max(2, min(folds, len(inputs))),
+            "precision": served["precision"],
+            "recall": served["recall"],
+            "f1": served["f1"],
+            "support": served["support"],
+            "per_label": served["per_label"],
+            "heads": {k: {m: v[m] for m in keys} for k, v in fit.metrics.items()},
+            "baseline": {"head": "word-tagger", "f1": fit.metrics["word-tagger"]["f1"]},
+            "examples_per_label": dict(sorted(Counter(s.label for row in spans for s in row).items())),
+            "warnings": list(fit.warnings),
+        }
+        outcomes = np.array([self._key(found) for found in fit.oof], dtype=object)
+        return FitResult(fit.head, metrics, oof_pred=outcomes)
+
+    def predict_tokens(self, head: Any, inputs: Sequence[Any], encoded: Sequence[Encoded] | None) -> list[Any]:
+        texts = list(inputs)
+        found = head.predict(texts, encoded)
+        return [
+            EntitiesPrediction([Entity(s.start, s.end, s.label, s.text(text), score) for s, score in row])
+            for text, row in zip(texts, found, strict=True)
+        ]
+
+    @staticmethod
+    def _key(spans: Sequence[Span]) -> str:
+        return compact(sorted([s.start, s.end, s.label] for s in spans))
+
+    def outcome(self, prediction: Any, label: Any, value: Any) -> str:
+        if prediction is not None:
+            return self._key([Span(e.start, e.end, e.label) for e in prediction.entities])
+        return self._key(spans_of(label))

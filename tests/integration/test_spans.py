@@ -1,0 +1,161 @@
+"""Entities and answers end to end, through a real server: template data from benchmarks/spansets.py
+(names and places drawn from one half of each gazetteer for training, the other half for the held-out
+rows, so predictions are on names the task never saw), trained by the real job runner on the packaged
+MiniLM's per-token states, predicted through the token lane.
+
+Checks: offsets in every answer point into the caller's own string (``text == input[start:end]``), the
+version reports entity P/R/F1 (or exact match / token F1) next to the no-transfer baseline, held-out
+quality is far above chance, bad spans are a 422 that names them, and an unanswerable question can
+come back as ``null``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.spansets import answer_rows, entity_rows
+from graft import Graft
+from graft import schemas as s
+from tests.client.test_cli import graft
+from tests.conftest import wait_for_job
+from tests.integration.test_api import assert_error
+
+pytestmark = pytest.mark.integration
+
+
+def key_of(client) -> str:
+    return client.headers["Authorization"].split()[1]
+
+
+def active_metrics(client, name: str) -> dict:
+    body = client.get(f"/v1/tasks/{name}/versions").json()
+    return next(v for v in body["versions"] if v["status"] == "active")["metrics"]
+
+
+def test_entities_task_trains_predicts_offsets_into_the_callers_text_and_refuses_bad_spans(server) -> None:
+    client = server.new_tenant("spans-entities")
+    train = entity_rows(50, half=0, seed=3)
+    # pinned to the transfer head, so predict runs through the token lane (CV still scores the baseline too)
+    task = {"name": "ner", "kind": "entities", "head": "tagger", "examples": train}
+    resp = client.post("/v1/tasks", json=task)
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"], timeout=240)["status"] == "succeeded"
+
+    m = active_metrics(client, "ner")
+    assert m["kind"] == "entities" and m["evaluation"] == "cv" and m["head"] == "tagger"
+    assert m["selection"] == "pinned"
+    assert set(m["heads"]) == {"tagger", "word-tagger"} and m["baseline"]["head"] == "word-tagger"
+    assert set(m["per_label"]) == {"PER", "ORG", "LOC"} and 0.5 < m["f1"] <= 1.0
+    task = client.get("/v1/tasks/ner").json()
+    assert task["kind"] == "entities" and set(task["examples_per_label"]) == {"PER", "ORG", "LOC"}
+
+    test = entity_rows(20, half=1, seed=4)
+    # the caller's strings, with leading whitespace and a long tail, so offsets must be the caller's own
+    texts = ["  " + row["input"] for row in test[:-1]] + [test[-1]["input"] + " filler words." * 40]
+    resp = client.post("/v1/tasks/ner/predict", json={"inputs": texts})
+    assert resp.status_code == 200, resp.text
+    predictions = resp.json()["predictions"]
+    assert len(predictions) == len(texts)
+    hits = gold = 0
+    for text, row, p in zip(texts, test, predictions, strict=True):
+        shift = 2 if text.startswith("  ") else 0
+        for e in p["entities"]:
+            assert set(e) == {"start", "end", "label", "text", "score"} and 0 < e["score"] <= 1
+            assert text[e["start"] : e["end"]] == e["text"]
+        found = {(e["start"] - shift, e["end"] - shift, e["label"]) for e in p["entities"]}
+        truth = {(s["start"], s["end"], s["label"]) for s in row["label"]}
+        hits, gold = hits + len(found & truth), gold + len(truth)
+    assert hits / gold > 0.4, (hits, gold)  # unseen names (the frozen, uncased tagger: ~0.65 F1); chance is ~0
+
+    with Graft(server.url, key_of(client)) as g:  # the client's typed answer
+        typed = g.predict("ner", texts[:2]).predictions
+    assert all(isinstance(p, s.EntitiesPredictionOut) for p in typed)
+    assert [p.model_dump() for p in typed] == predictions[:2]
+
+    overlap = [{"start": 0, "end": 11, "label": "PER"}, {"start": 6, "end": 20, "label": "ORG"}]
+    bad = {"input": "Maria Lopez joined Siemens in Lyon.", "label": overlap}
+    assert_error(
+        client.post("/v1/tasks/ner/examples", json={"examples": [bad]}), 422, "0-11 (PER)", "6-20 (ORG)", "overlap"
+    )
+    outside = {"input": "Maria Lopez", "label": [{"start": 0, "end": 30, "label": "PER"}]}
+    assert_error(
+        client.post("/v1/tasks/ner/examples", json={"examples": [outside]}), 422, "0-30 (PER)", "11 characters"
+    )
+    wrong = {"input": "Maria Lopez", "label": [{"start": 0, "end": 5}]}
+    assert_error(client.post("/v1/tasks/ner/examples", json={"examples": [wrong]}), 422, "missing ['label']")
+    question = {"question": "Who?", "context": "Maria"}
+    assert_error(client.post("/v1/tasks/ner/predict", json={"inputs": [question]}), 422, "one string per input")
+    assert_error(client.get("/v1/tasks/ner/export"), 422, "no ONNX export")
+    # a retrain is compared with the active version on the examples it never saw (exact span sets)
+    more = entity_rows(12, half=0, seed=7)
+    resp = client.post("/v1/tasks/ner/examples", json={"examples": more})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"], timeout=240)["status"] == "succeeded"
+    second = next(v for v in client.get("/v1/tasks/ner/versions").json()["versions"] if v["version"] == 2)
+    assert second["promotion"]["compared_on"] == 12 and second["n_examples"] == 62, second["promotion"]
+    # another tenant's task does not exist for them
+    other = server.new_tenant("spans-other")
+    assert_error(other.post("/v1/tasks/ner/predict", json={"inputs": ["Maria Lopez"]}), 404, "ner")
+
+
+def test_answers_task_answers_from_the_context_or_null(server) -> None:
+    client = server.new_tenant("spans-answers")
+    train = answer_rows(50, half=0, seed=5)
+    assert any(row["label"] is None for row in train)
+    resp = client.post("/v1/tasks", json={"name": "qa", "kind": "answers", "examples": train})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"], timeout=240)["status"] == "succeeded"
+
+    m = active_metrics(client, "qa")
+    assert m["kind"] == "answers" and set(m["heads"]) == {"pointer", "word-pointer"} and m["selection"] == "auto"
+    assert 0.0 <= m["exact_match"] <= m["f1"] <= 1.0 and m["threshold"] >= 0.0
+    assert m["unanswerable"] == sum(row["label"] is None for row in train)
+    assert client.get("/v1/tasks/qa").json()["examples_per_label"]["no answer"] == m["unanswerable"]
+
+    test = answer_rows(30, half=1, seed=6)
+    resp = client.post("/v1/tasks/qa/predict", json={"inputs": [row["input"] for row in test]})
+    assert resp.status_code == 200, resp.text
+    right = 0
+    for row, p in zip(test, resp.json()["predictions"], strict=True):
+        assert set(p) == {"answer", "start", "end", "score"} and 0 <= p["score"] <= 1
+        context = row["input"]["context"]
+        if p["answer"] is None:
+            assert p["start"] is None and p["end"] is None
+        else:
+            assert context[p["start"] : p["end"]] == p["answer"]
+        gold = None if row["label"] is None else context[row["label"]["start"] : row["label"]["end"]]
+        right += p["answer"] == gold
+    assert right / len(test) > 0.2, right  # exact answers among ~15 candidate words per context
+
+    with Graft(server.url, key_of(client)) as g:  # the client sends {question, context}, answers are typed
+        typed = g.predict("qa", [row["input"] for row in test[:3]]).predictions
+    assert all(isinstance(p, s.AnswerPredictionOut) for p in typed)
+    asked = test[0]["input"]
+    shown = graft(
+        "predict",
+        "qa",
+        asked["context"],
+        "--question",
+        asked["question"],
+        env={"GRAFT_URL": server.url, "GRAFT_API_KEY": key_of(client)},
+    )
+    assert shown.returncode == 0 and shown.stdout.split()[:3] == ["INPUT", "ANSWER", "SCORE"], shown
+    assert (typed[0].answer is None and "(no answer)" in shown.stdout) or repr(typed[0].answer) in shown.stdout
+
+    # a context that mentions nobody asked about: no answer ("null") when the best span scores low
+    none = {"question": "Where was Zoltan Kiss born?", "context": "The weather was mild and nothing happened."}
+    p = client.post("/v1/tasks/qa/predict", json={"inputs": [none]}).json()["predictions"][0]
+    assert p["answer"] is None or none["context"][p["start"] : p["end"]] == p["answer"]
+
+    bad = {"input": {"question": "Where?", "context": "Lyon"}, "label": {"start": 0, "end": 9}}
+    assert_error(client.post("/v1/tasks/qa/examples", json={"examples": [bad]}), 422, "past the context's 4")
+    resp = client.post("/v1/tasks", json={"name": "qa3", "kind": "answers", "head": "tagger", "examples": train})
+    assert_error(resp, 422, "head 'tagger' is for entities tasks")
+    text_input = {"input": "Lyon", "label": None}
+    assert_error(client.post("/v1/tasks/qa/examples", json={"examples": [text_input]}), 422, "question")
+    assert_error(client.post("/v1/tasks/qa/predict", json={"inputs": ["just a text"]}), 422, "question")
+    resp = client.post("/v1/tasks", json={"name": "qa2", "kind": "answers", "examples": [bad, bad]})
+    assert_error(resp, 422, "past the context")
+    # GRAFT_MAX_TEXT_CHARS (default 100,000): question + context count together, each alone is under it
+    huge = {"question": "Where? " * 9_000, "context": "word " * 9_000}
+    assert_error(client.post("/v1/tasks/qa/predict", json={"inputs": [huge]}), 413, "108000 characters", "100000")
