@@ -44,11 +44,12 @@ $(STAMP): $(LOCK) requirements/no-deps.txt requirements/no-deps-dev.txt pyprojec
 serve: $(STAMP)
 	$(VENV)/bin/bentoml serve service.app:Graft --host $(GRAFT_HOST) --port $(GRAFT_PORT)
 
-# The dashboard's browser tests drive Debian's Chromium (Playwright never downloads a browser).
+# System packages the tests need, from Debian's archive when missing: Chromium and ChromeDriver for the
+# dashboard's browser tests (Playwright never downloads a browser), eSpeak NG to synthesise the audio tests' clips.
 browser:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
-	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v espeak-ng >/dev/null; then \
+	  echo "installing Debian's chromium, chromium-driver and espeak-ng for the browser and audio tests"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver espeak-ng; \
 	fi
 
 lint: $(STAMP)
