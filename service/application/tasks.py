@@ -59,10 +59,10 @@ def check_labels(kind: str, examples: Sequence[Example], task_name: str | None =
 
 def _stored(rt: Runtime, kind: str, modality: str, backbone: str, examples: Sequence[Example]) -> list[tuple[str, str]]:
     """Examples as the store keeps them: labels (and structured inputs) encoded by the task's kind, inputs
-    checked (text: characters as the kind counts them) or normalised (images)."""
+    checked (text: characters as the kind counts them) or normalised (images, audio)."""
     task_kind = kinds.kind_of(kind)
     names = [f"examples[{i}].input" for i in range(len(examples))]
-    sizes = check_kind_inputs(rt, kind, [e.input for e in examples], names, text=modality != "image")
+    sizes = check_kind_inputs(rt, kind, [e.input for e in examples], names, text=modality == "text")
     return stored_examples(
         rt,
         modality,
