@@ -39,6 +39,13 @@ def _role(value: str) -> str:
     return role
 
 
+def _fpr(value: str) -> float:
+    rate = float(value)
+    if not 0.0 < rate < 0.5:
+        raise ValueError("expected a false-positive rate between 0 and 0.5, e.g. 0.05")
+    return rate
+
+
 SETTINGS: dict[str, _Var] = {
     "host": _Var("GRAFT_HOST", "127.0.0.1", str, "Interface `make serve` binds to."),
     "port": _Var("GRAFT_PORT", 3000, int, "Port `make serve` listens on."),
@@ -179,6 +186,13 @@ SETTINGS: dict[str, _Var] = {
         512,
         int,
         "Most examples (stratified sample) embedded by each backbone of the modality to score transferability (LogME).",
+    ),
+    "ood_fpr": _Var(
+        "GRAFT_OOD_FPR",
+        0.05,
+        _fpr,
+        "Share of in-distribution inputs a version flags `ood` (its threshold is calibrated on cross-validation "
+        "folds of its training examples to this false-positive rate; docs/monitoring.md). Between 0 and 0.5.",
     ),
     "max_examples_per_request": _Var(
         "GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."
@@ -369,6 +383,7 @@ class Settings:
     finetune_rank: int
     finetune_max_epochs: int
     transfer_sample: int
+    ood_fpr: float
     max_examples_per_request: int
     max_predict_inputs: int
     max_text_chars: int

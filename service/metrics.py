@@ -110,6 +110,20 @@ TENANT_INPUTS = Counter(
     ["tenant"],
 )
 
+# -- out-of-distribution inputs, by task kind (bounded: the registered kinds) -------------------
+
+OOD_SCORED = Counter(
+    "graft_ood_scored_total",
+    "Predicted inputs given an OOD score (their version has an OOD model), by task kind.",
+    ["kind"],
+)
+OOD_FLAGGED = Counter(
+    "graft_ood_flagged_total",
+    "Predicted inputs flagged out of distribution (`ood: true`), by task kind. The flag rate is "
+    "rate(graft_ood_flagged_total) / rate(graft_ood_scored_total); about GRAFT_OOD_FPR in distribution.",
+    ["kind"],
+)
+
 # -- training jobs --------------------------------------------------------------------------
 
 JOBS = Counter("graft_training_jobs_total", "Training jobs finished by this process, by outcome.", ["status"])

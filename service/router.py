@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 
 from adapters import heads, kinds
 from adapters.kinds import (
@@ -26,10 +27,11 @@ from adapters.kinds import (
     top_predictions,
 )
 
-from . import logs
-from .batching import Batcher
+from . import logs, metrics
+from .batching import Batcher, OodScores
 from .caching import HeadCache, TTLCache
 from .engine.head_store import VersionFailed, store_head_loader
+from .engine.prediction_ids import new_id
 from .metrics import TenantLabels
 from .store.models import Task
 from .store.repository import NotFound, Store
@@ -66,6 +68,24 @@ class TaskRef:
 
 
 AnyPrediction = KindPrediction  # one input's prediction, in its task kind's form (adapters/kinds/)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One input's answer as predict returns it: the task kind's prediction plus what every prediction
+    carries: an ``id`` (feedback quotes it; service/engine/prediction_ids.py) and, when the version has an
+    OOD model, ``ood``/``ood_score`` (docs/monitoring.md)."""
+
+    prediction: KindPrediction
+    id: str
+    ood_score: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out = {"id": self.id, **self.prediction.as_json()}
+        if self.ood_score is not None:
+            out["ood"] = self.ood_score > 1.0
+            out["ood_score"] = self.ood_score
+        return out
 
 
 class Router:
@@ -127,17 +147,45 @@ class Router:
         raw: Sequence[Any] | None,
         top_k: int | None = None,
     ) -> list[AnyPrediction]:
-        """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form.
-        ``model_inputs`` are what the backbone takes; ``raw`` what heads that read raw inputs take."""
+        """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form
+        (:class:`Served`). ``model_inputs`` are what the backbone takes; ``raw`` what heads that read raw
+        inputs take. OOD scores come from the embeddings of the same pass (the backbone runs once)."""
+        proba, scores = await self.outputs(ref, head, model_inputs, raw)
+        self.tenant_labels.count(ref.tenant_id, len(model_inputs))
+        kind = kinds.kind_of(ref.kind)
+        predictions = kind.format(head, proba, top_k)
+        version = _active(ref)
+        if scores is not None:
+            scored = scores[~np.isnan(scores)]
+            metrics.OOD_SCORED.labels(ref.kind).inc(len(scored))
+            metrics.OOD_FLAGGED.labels(ref.kind).inc(int((scored > 1.0).sum()))
+        return [
+            Served(
+                p,
+                new_id(ref.id, version, _encoded(kind, kind.answer(p))),
+                None if scores is None or np.isnan(scores[i]) else float(scores[i]),
+            )
+            for i, p in enumerate(predictions)
+        ]
+
+    async def outputs(
+        self, ref: TaskRef, head: heads.Head, model_inputs: Sequence[Any], raw: Sequence[Any] | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The head's output per input and, when its version has an OOD model, each input's OOD score (NaN
+        where the input had no pooled embedding: fine-tuned heads), from one shared backbone pass."""
         backbone = self.backbone_of(ref, head)
+        ood = heads.ood_of(head)
+        scores = None if ood is None else np.full(len(model_inputs), np.nan, dtype=np.float32)
         if heads.RAW in head.consumes:  # from-scratch features of the raw inputs (baseline, hybrid)
             embeds = heads.EMBEDDING in head.consumes
             vectors = await self.batchers(backbone).embed(model_inputs, ref.tenant_id) if embeds else None
             proba = await anyio.to_thread.run_sync(lambda: heads.predict(head, vectors, raw=raw))
+            if ood is not None and scores is not None and vectors is not None:
+                scores[:] = ood.score(vectors)
         else:
-            proba = await self.batchers(backbone).predict(model_inputs, head, ref.tenant_id)
-        self.tenant_labels.count(ref.tenant_id, len(model_inputs))
-        return kinds.kind_of(ref.kind).format(head, proba, top_k)
+            wanted = None if ood is None or scores is None else OodScores(ood, scores)
+            proba = await self.batchers(backbone).predict(model_inputs, head, ref.tenant_id, wanted)
+        return proba, scores
 
     async def predict(
         self,
@@ -156,6 +204,10 @@ class Router:
         return ref, number, await self.run(ref, head, model_inputs, raw, top_k)
 
 
+def _encoded(kind: kinds.TaskKind, answer: Any) -> str | None:
+    return None if answer is None else kind.encode(answer)
+
+
 def _active(ref: TaskRef) -> int:
     if ref.active_version is None:
         raise NotTrained(f"task {ref.name!r} has no trained version yet; poll its job and retry when it succeeds")
@@ -172,6 +224,7 @@ __all__ = [
     "Prediction",
     "RegressionPrediction",
     "Router",
+    "Served",
     "TaskRef",
     "VersionFailed",
     "store_head_loader",

@@ -171,6 +171,16 @@ class TaskKind(ABC):
         ``labels`` (and the raw inputs, for heads that read them), cross-validated, with metrics and the
         dashboard's figures in ``FitResult.metrics``."""
 
+    # -- out-of-distribution scores ---------------------------------------------------------------
+
+    # a version gets an OOD model of its training embeddings (adapters/ood.py), so predictions say ``ood``
+    scores_ood: ClassVar[bool] = True
+
+    def ood_groups(self, labels: Sequence[Any]) -> list[str] | None:
+        """Per decoded label, the group whose mean the OOD model measures an example from (class-conditional
+        distances); None: one mean for all examples (a kind without one class per example)."""
+        return None
+
     # -- promotion ------------------------------------------------------------------------------
 
     @abstractmethod
@@ -191,6 +201,17 @@ class TaskKind(ABC):
     @abstractmethod
     def format(self, head: Head, output: np.ndarray, top_k: int | None) -> list[KindPrediction]:
         """The head's output (one row per input) as this kind answers it."""
+
+    def answer(self, prediction: Any) -> Any:
+        """The label value one of this kind's predictions answers (what feedback compares with the truth);
+        None: the kind's feedback is stored but not measured."""
+        return None
+
+    def feedback_metrics(self, predicted: Sequence[Any], truth: Sequence[Any]) -> dict[str, float | None]:
+        """How predictions (answers) compare with true labels sent as feedback (both decoded label values):
+        ``accuracy`` (exact match) and any figure of the kind's own; None where there is nothing to measure."""
+        pairs = [(self.encode(p), self.encode(t)) for p, t in zip(predicted, truth, strict=True)]
+        return {"accuracy": sum(p == t for p, t in pairs) / len(pairs) if pairs else None}
 
     def manifest(self, head: Head) -> dict[str, Any]:
         """What an export's manifest adds for this kind (e.g. decision thresholds)."""

@@ -113,6 +113,9 @@ class MultiLabel(TaskKind):
         new_pred = as_sets(result.oof_pred[unseen], result.head.labels)  # type: ignore[index]
         return compare_on_unseen(truth, new_pred, active_pred, active_number)
 
+    def answer(self, prediction: Any) -> Any:
+        return list(prediction.labels)  # exact-set accuracy: every chosen label right and none missing
+
     def format(self, head: Head, output: np.ndarray, top_k: int | None) -> list[Any]:
         return multilabel_predictions(head, output, top_k)
 

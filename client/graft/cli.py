@@ -324,15 +324,17 @@ def predict_inputs(args: argparse.Namespace) -> list[str | Path]:
 
 
 def prediction_row(p: s.PredictionOut | s.MultiLabelPredictionOut | s.RegressionPredictionOut) -> dict[str, str]:
-    """One prediction's table columns, by the task's kind."""
+    """One prediction's table columns, by the task's kind (plus ``ood`` when the version scores it)."""
+    ood = {} if p.ood is None or p.ood_score is None else {"ood": f"{'yes' if p.ood else 'no'} ({p.ood_score:.2f})"}
     if isinstance(p, s.RegressionPredictionOut):
-        return {"value": f"{p.value:.4g}"}
+        return {"value": f"{p.value:.4g}", **ood}
     if isinstance(p, s.MultiLabelPredictionOut):
         return {
             "labels": ", ".join(p.labels) or "(none)",
             "probabilities": ", ".join(f"{x.label}={x.probability:.2f}" for x in p.scores[:3]),
+            **ood,
         }
-    return {"label": p.label, "score": f"{p.score:.3f}"}
+    return {"label": p.label, "score": f"{p.score:.3f}", **ood}
 
 
 def cmd_predict(args: argparse.Namespace) -> Any:

@@ -339,7 +339,28 @@ class PredictRequest(Request):
     top_k: int | None = Field(default=None, ge=1, description="How many labels `scores` lists; default all.")
 
 
-class PredictionOut(BaseModel):
+class PredictionCommon(BaseModel):
+    """What every prediction carries besides its task kind's answer."""
+
+    id: str | None = Field(
+        default=None,
+        description="Opaque id of this prediction: quote it in `POST /v1/tasks/{name}/feedback` to send the true "
+        "label (docs/monitoring.md).",
+    )
+    ood: bool | None = Field(
+        default=None,
+        description="Whether the input lies out of the distribution of the version's training examples "
+        "(`ood_score` > 1). Absent for versions without an OOD model (trained before it existed, too few examples, "
+        "or a head that reads no embedding).",
+    )
+    ood_score: float | None = Field(
+        default=None,
+        description="Distance of the input's embedding from the training examples, as a multiple of the threshold "
+        "calibrated to flag GRAFT_OOD_FPR (default 5 %) of in-distribution inputs.",
+    )
+
+
+class PredictionOut(PredictionCommon):
     label: str
     score: float
     scores: dict[str, float] = Field(description="Probabilities of the top_k labels, most probable first.")
@@ -352,14 +373,14 @@ class LabelScoreOut(BaseModel):
     chosen: bool = Field(description="Whether the probability reaches the threshold.")
 
 
-class MultiLabelPredictionOut(BaseModel):
+class MultiLabelPredictionOut(PredictionCommon):
     labels: list[str] = Field(
         description="The chosen labels (probability ≥ threshold), most probable first; may be empty."
     )
     scores: list[LabelScoreOut] = Field(description="The top_k labels by probability, most probable first.")
 
 
-class RegressionPredictionOut(BaseModel):
+class RegressionPredictionOut(PredictionCommon):
     value: float = Field(description="The predicted number.")
 
 
