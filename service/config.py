@@ -198,6 +198,12 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."
     ),
     "max_predict_inputs": _Var("GRAFT_MAX_PREDICT_INPUTS", 256, int, "Most inputs in one predict request."),
+    "max_suggest_inputs": _Var(
+        "GRAFT_MAX_SUGGEST_INPUTS",
+        1000,
+        int,
+        "Most inputs in the unlabelled pool of one suggest request (each also takes a predict-rate token).",
+    ),
     "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
     "max_image_bytes": _Var(
         "GRAFT_MAX_IMAGE_BYTES", 20_000_000, int, "Largest image input (encoded PNG/JPEG/WebP), in bytes."
@@ -386,6 +392,7 @@ class Settings:
     ood_fpr: float
     max_examples_per_request: int
     max_predict_inputs: int
+    max_suggest_inputs: int
     max_text_chars: int
     max_image_bytes: int
     max_image_pixels: int

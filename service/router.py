@@ -187,6 +187,20 @@ class Router:
             proba = await self.batchers(backbone).predict(model_inputs, head, ref.tenant_id, wanted)
         return proba, scores
 
+    async def pool(
+        self, ref: TaskRef, head: heads.Head, model_inputs: Sequence[Any], raw: Sequence[Any] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """An unlabelled pool's embeddings (one shared backbone pass, at predict priority) and the head's
+        output on them, for active learning. A fine-tuned head's output needs its own trunk pass."""
+        batcher = self.batchers(self.backbone_of(ref, head))
+        vectors = await batcher.embed(model_inputs, ref.tenant_id)
+        if heads.TRUNK in head.consumes:
+            output = await batcher.predict(model_inputs, head, ref.tenant_id)
+        else:
+            output = await anyio.to_thread.run_sync(lambda: heads.predict(head, vectors, raw=raw))
+        self.tenant_labels.count(ref.tenant_id, len(model_inputs))
+        return vectors, output
+
     async def predict(
         self,
         tenant_id: str,

@@ -181,6 +181,14 @@ class TaskKind(ABC):
         distances); None: one mean for all examples (a kind without one class per example)."""
         return None
 
+    # -- active learning ------------------------------------------------------------------------
+
+    def uncertainty_proba(self, output: np.ndarray) -> np.ndarray | None:
+        """The head's output per input (n, ...) as probabilities (n, >= 2) whose top-two margin says how
+        uncertain the head is (adapters/active.py); None: the kind has none, suggestions cover the input
+        space instead (k-center)."""
+        return None
+
     # -- promotion ------------------------------------------------------------------------------
 
     @abstractmethod

@@ -73,6 +73,9 @@ class Classification(TaskKind):
     def answer(self, prediction: Any) -> Any:
         return prediction.label
 
+    def uncertainty_proba(self, output: np.ndarray) -> np.ndarray | None:
+        return output  # softmax probabilities
+
     def ood_groups(self, labels: Sequence[Any]) -> list[str] | None:
         return [str(label) for label in labels]
 

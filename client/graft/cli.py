@@ -363,6 +363,22 @@ def cmd_predict(args: argparse.Namespace) -> Any:
     emit(args, result, human)
 
 
+def cmd_suggest(args: argparse.Namespace) -> Any:
+    inputs = predict_inputs(args)
+    with client(args) as g:
+        result = g.suggest(args.task, inputs, k=args.k)
+
+    def human(r: s.SuggestResponse) -> str:
+        shown = [x.name if isinstance(x, Path) else short(x) for x in inputs]
+        rows = [
+            {"index": str(i), "uncertainty": f"{score:.3f}", "input": shown[i]}
+            for i, score in zip(r.indices, r.scores, strict=True)
+        ]
+        return table(rows, ["index", "uncertainty", "input"])
+
+    emit(args, result, human)
+
+
 def cmd_export(args: argparse.Namespace) -> Any:
     with client(args) as g:
         out = g.export(args.task, args.output, version=args.version)
@@ -475,6 +491,12 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="*", help="texts, or image files (.png, .jpg, .webp)")
     predict.add_argument("--file", help='JSON Lines: one JSON string or {"input": ...} per line')
     predict.add_argument("--top-k", type=int)
+
+    suggest = leaf(groups, "suggest", cmd_suggest, "which inputs of an unlabelled pool to label next")
+    suggest.add_argument("task")
+    suggest.add_argument("inputs", nargs="*", help="the pool: texts, or image files (.png, .jpg, .webp)")
+    suggest.add_argument("--file", help='JSON Lines: one JSON string or {"input": ...} per line')
+    suggest.add_argument("-k", type=int, help=f"how many to suggest (default {s.SUGGEST_K}, at most the pool)")
 
     export = leaf(groups, "export", cmd_export, "download a task's ONNX export (zip)")
     export.add_argument("task")

@@ -349,6 +349,14 @@ class _Core:
         )
         return (yield from self._model(s.PredictResponse, call))
 
+    # active learning
+
+    def _suggest(self, task: str, inputs: Sequence[Input], *, k: int | None = None) -> Op[s.SuggestResponse]:
+        """Of an unlabelled pool (texts, or images as bytes or paths), the ``k`` inputs worth labelling next:
+        ``indices`` into ``inputs``, best first, with each one's uncertainty."""
+        body: dict[str, Any] = {"inputs": [_encode(x)[0] for x in inputs]} | ({"k": k} if k is not None else {})
+        return (yield from self._model(s.SuggestResponse, Call("POST", f"/v1/tasks/{task}/suggest", json=body)))
+
     # versions
 
     def _versions(self, task: str) -> Op[s.VersionList]:
@@ -493,6 +501,7 @@ class Graft(_Core):
     job = _sync(_Core._job)
     wait = _sync(_Core._wait)
     predict = _sync(_Core._predict)
+    suggest = _sync(_Core._suggest)
     versions = _sync(_Core._versions)
     promote = _sync(_Core._promote)
     rollback = _sync(_Core._rollback)
@@ -582,6 +591,7 @@ class AsyncGraft(_Core):
     job = _async(_Core._job)
     wait = _async(_Core._wait)
     predict = _async(_Core._predict)
+    suggest = _async(_Core._suggest)
     versions = _async(_Core._versions)
     promote = _async(_Core._promote)
     rollback = _async(_Core._rollback)

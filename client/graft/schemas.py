@@ -397,6 +397,32 @@ class PredictResponse(BaseModel):
     )
 
 
+# -- active learning -------------------------------------------------------------------------
+
+SUGGEST_K = 20  # suggestions when a request names no k (fewer when the pool is smaller)
+
+
+class SuggestRequest(Request):
+    inputs: list[Text] = Field(
+        min_length=1,
+        description="The unlabelled pool: texts, or base64-encoded images for image tasks. At most "
+        "GRAFT_MAX_SUGGEST_INPUTS; each counts against the predict rate.",
+    )
+    k: int | None = Field(
+        default=None, ge=1, description=f"How many to suggest, at most the pool's size; default {SUGGEST_K}."
+    )
+
+
+class SuggestResponse(BaseModel):
+    task: str
+    version: int = Field(description="The version whose uncertainty chose them.")
+    indices: list[int] = Field(description="Positions in `inputs` worth labelling next, best first; distinct.")
+    scores: list[float] = Field(
+        description="Each one's uncertainty in [0, 1]: 1 minus the margin between its two most probable labels "
+        "(1.0 for regression, where suggestions only cover the input space)."
+    )
+
+
 # -- backbones ---------------------------------------------------------------------------
 
 
