@@ -204,6 +204,25 @@ SETTINGS: dict[str, _Var] = {
         int,
         "Most inputs in the unlabelled pool of one suggest request (each also takes a predict-rate token).",
     ),
+    "max_feedback_items": _Var(
+        "GRAFT_MAX_FEEDBACK_ITEMS",
+        1000,
+        int,
+        "Most items in one feedback request (each also takes a predict-rate token).",
+    ),
+    "max_feedback_per_task": _Var(
+        "GRAFT_MAX_FEEDBACK_PER_TASK",
+        100_000,
+        int,
+        "Most feedback rows kept per task: beyond, the oldest are deleted as new ones arrive.",
+    ),
+    "feedback_retention_days": _Var(
+        "GRAFT_FEEDBACK_RETENTION_DAYS",
+        30.0,
+        float,
+        "Feedback (true labels, and the text inputs sent with them) is deleted this many days after it arrived; "
+        "monitoring reports over the same window.",
+    ),
     "max_text_chars": _Var("GRAFT_MAX_TEXT_CHARS", 100_000, int, "Longest text input, in characters."),
     "max_image_bytes": _Var(
         "GRAFT_MAX_IMAGE_BYTES", 20_000_000, int, "Largest image input (encoded PNG/JPEG/WebP), in bytes."
@@ -393,6 +412,9 @@ class Settings:
     max_examples_per_request: int
     max_predict_inputs: int
     max_suggest_inputs: int
+    max_feedback_items: int
+    max_feedback_per_task: int
+    feedback_retention_days: float
     max_text_chars: int
     max_image_bytes: int
     max_image_pixels: int

@@ -102,6 +102,7 @@ class Router:
         self.heads = head_cache
         self.tasks: TTLCache[tuple[str, str], TaskRef] = TTLCache(task_ttl_s)
         self.tenant_labels = tenant_labels or TenantLabels(20)
+        self.ood_window = metrics.OodWindow()  # per task: flagged share of recent predictions (monitoring)
 
     def lookup(self, tenant_id: str, task_name: str) -> TaskRef:
         """The task as the store has it now (one query), remembered for the freshness bound."""
@@ -146,7 +147,7 @@ class Router:
         model_inputs: Sequence[Any],
         raw: Sequence[Any] | None,
         top_k: int | None = None,
-    ) -> list[AnyPrediction]:
+    ) -> list[Served]:
         """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form
         (:class:`Served`). ``model_inputs`` are what the backbone takes; ``raw`` what heads that read raw
         inputs take. OOD scores come from the embeddings of the same pass (the backbone runs once)."""
@@ -159,14 +160,13 @@ class Router:
             scored = scores[~np.isnan(scores)]
             metrics.OOD_SCORED.labels(ref.kind).inc(len(scored))
             metrics.OOD_FLAGGED.labels(ref.kind).inc(int((scored > 1.0).sum()))
-        return [
-            Served(
-                p,
-                new_id(ref.id, version, _encoded(kind, kind.answer(p))),
-                None if scores is None or np.isnan(scores[i]) else float(scores[i]),
-            )
-            for i, p in enumerate(predictions)
-        ]
+            self.ood_window.add(ref.id, version, scored.tolist())
+        served = []
+        for i, p in enumerate(predictions):
+            score = None if scores is None or np.isnan(scores[i]) else float(scores[i])
+            flagged = None if score is None else score > 1.0
+            served.append(Served(p, new_id(ref.id, version, _encoded(kind, kind.answer(p)), flagged), score))
+        return served
 
     async def outputs(
         self, ref: TaskRef, head: heads.Head, model_inputs: Sequence[Any], raw: Sequence[Any] | None
@@ -208,7 +208,7 @@ class Router:
         inputs: Sequence[Any],
         top_k: int | None = None,
         prepare: Prepare | None = None,
-    ) -> tuple[TaskRef, int, list[AnyPrediction]]:
+    ) -> tuple[TaskRef, int, list[Served]]:
         """Resolve then run. ``prepare(ref, backbone, want_raw)`` turns the request's inputs into what the
         backbone takes and, for heads that read raw inputs (baseline, hybrid), their raw form (the
         application layer's decoding, service/application/inputs.py); without it inputs pass through."""

@@ -423,6 +423,78 @@ class SuggestResponse(BaseModel):
     )
 
 
+# -- feedback and monitoring -------------------------------------------------------------------
+
+
+class FeedbackItem(Request):
+    id: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="The `id` of the prediction this label is for, exactly as predict returned it.",
+    )
+    input: Text | None = Field(
+        default=None,
+        description="The input (text, or base64 image): needed when there is no `id` (the active version then "
+        "predicts it); with an `id`, a text input is stored with the label.",
+    )
+    label: LabelValue = Field(description="The true label, in the task kind's form (as for examples).")
+
+
+class FeedbackRequest(Request):
+    items: list[FeedbackItem] = Field(min_length=1, description="At most GRAFT_MAX_FEEDBACK_ITEMS.")
+
+
+class FeedbackAccepted(BaseModel):
+    task: str
+    accepted: int = Field(description="Items stored by this request.")
+    kept: int = Field(description="Feedback rows the task keeps now (within the retention window and cap).")
+
+
+class FeedbackFigures(BaseModel):
+    count: int = Field(description="Feedback rows (true labels) received.")
+    accuracy: float | None = Field(
+        default=None,
+        description="Share of answers equal to the true label (multilabel: the exact set); null without feedback "
+        "or for regression.",
+    )
+    mean_abs_error: float | None = Field(default=None, description="Regression: mean absolute error.")
+    ood_flagged: int = Field(default=0, description="Rows whose input was flagged out of distribution.")
+    accuracy_flagged: float | None = Field(default=None, description="Accuracy on the flagged inputs.")
+    accuracy_unflagged: float | None = Field(default=None, description="Accuracy on the inputs not flagged.")
+
+
+class OodFigures(BaseModel):
+    scored: int = Field(description="Predicted inputs given an OOD score within the window (this process).")
+    flagged: int = Field(description="Of those, flagged `ood`.")
+    flag_rate: float | None = Field(description="flagged / scored; null when nothing was scored.")
+    mean_score: float | None = Field(description="Mean `ood_score` (1.0 is the threshold).")
+
+
+class ActiveOodFigures(OodFigures):
+    expected_rate: float | None = Field(
+        description="The active version's calibrated false-positive rate: the flag rate of in-distribution inputs."
+    )
+    window_s: float = Field(description="The sliding window of the OOD figures, in seconds.")
+
+
+class VersionMonitoring(BaseModel):
+    version: int
+    feedback: FeedbackFigures
+    ood: OodFigures
+
+
+class MonitoringOut(BaseModel):
+    task: str
+    active_version: int | None
+    window_days: float = Field(description="Feedback older than this is deleted (GRAFT_FEEDBACK_RETENTION_DAYS).")
+    feedback: FeedbackFigures = Field(description="Feedback on the active version's answers.")
+    ood: ActiveOodFigures = Field(
+        description="The active version's recent predictions: flag rate against the expected rate. Counted per "
+        "process (each replica answers for the predictions it served)."
+    )
+    per_version: list[VersionMonitoring] = Field(description="Every version with feedback or recent predictions.")
+
+
 # -- backbones ---------------------------------------------------------------------------
 
 

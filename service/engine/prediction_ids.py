@@ -1,7 +1,8 @@
 """Prediction ids: what feedback on a prediction needs, carried by the prediction's id itself.
 
 An id is ``<uuid4 hex>.<payload>`` where the payload (URL-safe base64 of a JSON list) holds a digest of
-the task's id, the version that answered and its answer in the task kind's stored-label form. Feedback
+the task's id, the version that answered, its answer in the task kind's stored-label form and whether the
+input was flagged out of distribution. Feedback
 that quotes the id (``POST /v1/tasks/{name}/feedback``) is then measured against the version that
 actually answered, without the predict path writing anything to the store (a predict request makes no
 store round trip while its caches are warm). Clients treat ids as opaque strings.
@@ -30,14 +31,16 @@ class BadPredictionId(ValueError):
 class PredictionRef:
     version: int
     answer: str | None  # the predicted answer, stored-label encoded (TaskKind.encode); None: not measured
+    ood: bool | None  # whether the input was flagged out of distribution; None: its version scores none
+    nonce: str  # the id's random part
 
 
 def _task_digest(task_id: str) -> str:
     return hashlib.sha256(task_id.encode()).hexdigest()[:8]
 
 
-def new_id(task_id: str, version: int, answer: str | None) -> str:
-    payload = json.dumps([_task_digest(task_id), version, answer], ensure_ascii=False, separators=(",", ":"))
+def new_id(task_id: str, version: int, answer: str | None, ood: bool | None = None) -> str:
+    payload = json.dumps([_task_digest(task_id), version, answer, ood], ensure_ascii=False, separators=(",", ":"))
     encoded = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
     return f"{uuid.uuid4().hex}.{encoded}"
 
@@ -53,11 +56,13 @@ def read_id(task_id: str, prediction_id: str) -> PredictionRef:
         raise BadPredictionId("not a prediction id: send the 'id' exactly as predict returned it") from None
     if (
         not isinstance(payload, list)
-        or len(payload) != 3
+        or len(payload) != 4
         or not isinstance(payload[1], int)
+        or isinstance(payload[1], bool)
         or not isinstance(payload[2], str | None)
+        or not isinstance(payload[3], bool | None)
     ):
         raise BadPredictionId("not a prediction id: send the 'id' exactly as predict returned it")
     if payload[0] != _task_digest(task_id):
         raise BadPredictionId("this prediction id was issued by another task; send feedback to the task that predicted")
-    return PredictionRef(payload[1], payload[2])
+    return PredictionRef(payload[1], payload[2], payload[3], nonce)
