@@ -18,8 +18,9 @@ from typing import Any
 
 import anyio.to_thread
 
-from adapters import kinds
+from adapters import heads, kinds
 
+from ..engine.head_store import VersionFailed
 from ..engine.prediction_ids import BadPredictionId, read_id
 from ..router import TaskRef
 from ..runtime import Runtime
@@ -139,8 +140,11 @@ def monitoring(rt: Runtime, tenant_id: str, name: str) -> dict[str, Any]:
     window = rt.router.ood_window.read(task.id)
     fpr = None
     if task.active_version is not None:
-        metrics = rt.store.version(task.id, task.active_version).metrics or {}
-        fpr = (metrics.get("ood") or {}).get("fpr")
+        try:  # the calibrated rate of the OOD model the active version serves with (from the head cache)
+            ood = heads.ood_of(rt.router.heads.get((task.id, task.active_version)))
+        except VersionFailed:  # corrupt weights: predict answers 503 for it; monitoring still reports
+            ood = None
+        fpr = None if ood is None else ood.fpr
     per_version = []
     for version in sorted(set(by_version) | set(window)):
         scored, flagged, mean = window.get(version, (0, 0, 0.0))

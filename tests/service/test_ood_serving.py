@@ -9,7 +9,7 @@ import inspect
 import json
 import zipfile
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -20,6 +20,7 @@ from adapters.heads import LinearHead
 from adapters.ood import fit_ood
 from benchmarks.multitenant import install
 from service.application.errors import Invalid, TooLarge
+from service.application.feedback import Item, monitoring, record
 from service.application.suggest import check_pool, suggest
 from service.batching import Batcher
 from service.caching import HeadCache, head_nbytes
@@ -28,7 +29,7 @@ from service.engine.prediction_ids import BadPredictionId, read_id
 from service.quotas import RateLimited, RateLimiter
 from service.router import Router, store_head_loader
 from service.runtime import Runtime
-from service.store.repository import Store
+from service.store.repository import NotFound, Store
 from tests.conftest import per_label
 
 FOREIGN = [
@@ -169,3 +170,38 @@ def test_suggestions_are_distinct_uncertain_and_from_one_backbone_pass(served, b
         margins.append(1.0 - (top[0] - top[1]))
     assert np.allclose(scores, [margins[i] for i in indices], atol=1e-4)
     assert min(scores) >= np.quantile(margins, 0.25)
+
+
+def test_feedback_by_id_and_by_input_then_monitoring(served, bbc_test) -> None:
+    router, tenant, _, _ = served
+    rt = runtime(router)
+    cast(Any, rt).store = router.store
+    test = bbc_test[200:210]
+    texts = [r["input"][:300] for r in test]
+    _, version, predictions = asyncio.run(router.predict(tenant, "news", texts + FOREIGN[:2]))
+    answers = [p.as_json() for p in predictions]
+    items = [Item(label=r["label"], id=a["id"]) for a, r in zip(answers[:10], test, strict=True)]
+    items.append(Item(label="tech", input=texts[0]))  # no id: the active version predicts it now
+    ref, kept = asyncio.run(record(rt, tenant, "news", items))
+    assert ref.name == "news" and kept == len(items)
+    with pytest.raises(Invalid, match=r"items\[0\].label: a classification task takes one label string"):
+        asyncio.run(record(rt, tenant, "news", [Item(label=["tech"], id=answers[0]["id"])]))
+    with pytest.raises(Invalid, match=r"items\[0\]: send the prediction's 'id', or the 'input' itself"):
+        asyncio.run(record(rt, tenant, "news", [Item(label="tech")]))
+    with pytest.raises(Invalid, match="issued by another task"):
+        _, _, old = asyncio.run(router.predict(tenant, "old", texts[:1]))
+        asyncio.run(record(rt, tenant, "news", [Item(label="tech", id=old[0].id)]))
+
+    report = monitoring(rt, tenant, "news")
+    right = [a["label"] == r["label"] for a, r in zip(answers[:10], test, strict=True)]
+    right.append(answers[0]["label"] == "tech")
+    assert report["active_version"] == version and report["feedback"]["count"] == len(items)
+    assert report["feedback"]["accuracy"] == pytest.approx(sum(right) / len(right))
+    flagged_sent = sum(a["ood"] for a in answers[:10]) + int(answers[0]["ood"])
+    assert report["feedback"]["ood_flagged"] == flagged_sent
+    ood = report["ood"]  # this router's window: the 12 predictions and the one made for feedback
+    assert ood["scored"] == len(answers) + 1 and ood["expected_rate"] == 0.05
+    assert ood["flagged"] == sum(a["ood"] for a in answers) + int(answers[0]["ood"])
+    assert [v["version"] for v in report["per_version"]] == [version]
+    with pytest.raises(NotFound):
+        monitoring(rt, "another-tenant", "news")
