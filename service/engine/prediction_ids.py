@@ -39,9 +39,17 @@ def _task_digest(task_id: str) -> str:
     return hashlib.sha256(task_id.encode()).hexdigest()[:8]
 
 
-def new_id(task_id: str, version: int, answer: str | None, ood: bool | None = None) -> str:
+def _payload(task_id: str, version: int, answer: str | None, ood: bool | None) -> str:
     payload = json.dumps([_task_digest(task_id), version, answer, ood], ensure_ascii=False, separators=(",", ":"))
-    encoded = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def new_id(task_id: str, version: int, answer: str | None, ood: bool | None = None) -> str:
+    """A fresh id; an answer too long for an id (a multilabel answer of very many labels) is left out: feedback
+    on it is stored but not measured."""
+    encoded = _payload(task_id, version, answer, ood)
+    if len(encoded) > MAX_ID_CHARS - 33:
+        encoded = _payload(task_id, version, None, ood)
     return f"{uuid.uuid4().hex}.{encoded}"
 
 

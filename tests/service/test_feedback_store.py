@@ -74,3 +74,19 @@ def test_summaries_by_kind() -> None:
     regression = kinds.kind_of("regression")
     values = summarize(regression, [FeedbackRow(1, "1.0", "2.5", None), FeedbackRow(1, "3.0", "2.5", None)])
     assert values["accuracy"] is None and values["mean_abs_error"] == 1.0
+
+
+def test_prediction_ids_round_trip_and_stay_bounded() -> None:
+    from service.engine.prediction_ids import MAX_ID_CHARS, BadPredictionId, new_id, read_id
+
+    one = new_id("task-1", 3, "business", False)
+    said = read_id("task-1", one)
+    assert (said.version, said.answer, said.ood, said.nonce) == (3, "business", False, one[:32])
+    assert new_id("task-1", 3, "business") != one  # a fresh random part each time
+    huge = new_id("task-1", 3, '["' + '","'.join(f"label {i:04d}" for i in range(500)) + '"]', True)
+    assert len(huge) <= MAX_ID_CHARS and read_id("task-1", huge).answer is None  # stored, not measured
+    for bad in ("", "x" * 32, one[:32] + ".%%%", one[:32] + ".WzEsMiwzXQ", "y" * 5000):
+        with pytest.raises(BadPredictionId):
+            read_id("task-1", bad)
+    with pytest.raises(BadPredictionId, match="another task"):
+        read_id("task-2", one)
