@@ -255,8 +255,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--shots", type=int, nargs="+", default=[8, 16, 64], help="examples per label (flags)")
     parser.add_argument("--rounds", type=int, default=4, help="active-learning rounds of k = labels examples")
-    parser.add_argument("--test-per-label", type=int, default=60)
-    parser.add_argument("--image-pool-per-label", type=int, default=80, help="digits pool drawn from (time)")
+    parser.add_argument("--test-per-label", type=int, default=40)
+    parser.add_argument("--image-pool-per-label", type=int, default=60, help="digits pool drawn from (time)")
     args = parser.parse_args()
     registry = Registry({name: BUILTIN[name] for name in ("minilm", "mobilenet_v2")}, "cpu")
     sets = [
