@@ -6,9 +6,9 @@
 
 Everything runs on Graft's own parts: the packaged backbones (MiniLM for text, MobileNetV2 for images, as
 the server loads them), ``adapters.ood.fit_ood`` with the pipeline's settings (``GRAFT_OOD_FPR`` 0.05,
-class-conditional on the labels, 5 CV folds), the production linear head and ``adapters.active.suggest``
-as the suggest route calls it (the pool's unit embeddings, the active head's probabilities, no labelled
-set).
+class-conditional on the labels, ``CALIBRATION_FOLDS`` = 10 CV folds), the production linear head and
+``adapters.active.suggest`` as the suggest route calls it (the pool's unit embeddings, the active head's
+probabilities, no labelled set).
 
 Flags: for each data set, a task is trained on ``n`` examples per label drawn from the train pool (seeded);
 the flag rate is measured on held-out in-domain examples (should be near 5 %) and on a foreign domain
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.active import suggest  # noqa: E402
 from adapters.heads import LinearHead  # noqa: E402
-from adapters.ood import fit_ood  # noqa: E402
+from adapters.ood import CALIBRATION_FOLDS, fit_ood  # noqa: E402
 from benchmarks.multitenant import report  # noqa: E402
 from service import images  # noqa: E402
 from service.backbones.registry import BUILTIN, Registry  # noqa: E402
@@ -173,7 +173,9 @@ def flags(data: DataSet, shots: list[int], seeds: list[int]) -> list[dict]:
     for n in shots:
         for seed in seeds:
             chosen = draw(data.pool_labels, n, seed)
-            model = fit_ood(data.pool[chosen], data.pool_labels[chosen].tolist(), fpr=FPR, folds=5, seed=0)
+            model = fit_ood(
+                data.pool[chosen], data.pool_labels[chosen].tolist(), fpr=FPR, folds=CALIBRATION_FOLDS, seed=0
+            )
             rows.append(
                 {
                     "data": data.name,

@@ -15,7 +15,7 @@ import numpy as np
 
 from adapters import heads, kinds, selection
 from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
-from adapters.ood import OodDataError, OodModel, fit_ood
+from adapters.ood import CALIBRATION_FOLDS, OodDataError, OodModel, fit_ood
 from adapters.training import FitResult, TrainingDataError
 from adapters.transfer import capped_sample, logme
 
@@ -251,7 +251,7 @@ class TrainingPipeline:
                 x,
                 task_kind.ood_groups(targets),
                 fpr=self.settings.ood_fpr,
-                folds=self.settings.cv_folds,
+                folds=CALIBRATION_FOLDS,
                 seed=self.settings.seed,
             )
         except OodDataError:
