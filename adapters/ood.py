@@ -26,6 +26,10 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 DEFAULT_FPR = 0.05
 MIN_EXAMPLES = 8  # fewer cannot calibrate a threshold: no OOD model, inputs are never flagged
+# Folds the serving pipeline calibrates on. With fewer examples than dimensions a fold's model, fitted on
+# (folds - 1) / folds of them, measures held-out inputs as farther than the final model measures new ones,
+# so the threshold comes out conservative; more folds shrink that gap (benchmarks/ood.py, docs/monitoring.md).
+CALIBRATION_FOLDS = 10
 
 
 class OodDataError(ValueError):

@@ -13,6 +13,7 @@ import numpy as np
 
 from adapters import heads
 from adapters.heads import LinearHead
+from adapters.ood import OodModel
 from service.backbones.base import Backbone
 from service.store.repository import NewVersion, Store
 
@@ -45,9 +46,11 @@ def train_heads(backbone: Backbone, n: int, seed: int = 0, per_label: int = 8, p
     return out
 
 
-def install(store: Store, tenant_id: str, name: str, head: heads.Head, backbone: Backbone) -> tuple[str, int]:
-    """Create task ``name`` and make ``head`` its active version, through the same store calls a
-    training job makes (create → claim → complete). Returns (task id, version)."""
+def install(
+    store: Store, tenant_id: str, name: str, head: heads.Head, backbone: Backbone, ood: OodModel | None = None
+) -> tuple[str, int]:
+    """Create task ``name`` and make ``head`` its active version (with ``ood``, its OOD model), through the
+    same store calls a training job makes (create → claim → complete). Returns (task id, version)."""
     examples = [(f"example of {label}", label) for label in head.labels]
     task, _ = store.create_task(
         tenant_id, name, modality="text", backbone=backbone.name, head=head.kind, examples=examples
@@ -55,7 +58,12 @@ def install(store: Store, tenant_id: str, name: str, head: heads.Head, backbone:
     job = store.claim_job("benchmark-seeder", lease_s=600, max_attempts=3)
     assert job is not None and job.task_id == task.id, "another job was queued in the benchmark store"
     blob = heads.to_bytes(
-        head, backbone=backbone.name, backbone_revision=backbone.revision, runtime=backbone.runtime, dim=backbone.dim
+        head,
+        ood=ood,
+        backbone=backbone.name,
+        backbone_revision=backbone.revision,
+        runtime=backbone.runtime,
+        dim=backbone.dim,
     )
     number = store.complete_job(
         job.id,

@@ -43,6 +43,7 @@ from typing import Any, cast
 import numpy as np
 
 from adapters.heads import Head, ValueHead
+from adapters.ood import OodModel
 from adapters.spans import Encoded
 
 from . import metrics
@@ -53,8 +54,8 @@ from .logs import get as get_logger
 log = get_logger("batching")
 
 __all__ = [
-    "SERVING", "Apply", "Batcher", "Overloaded", "ServingActivity", "TokenBatcher", "TokenInput", "apply_heads",
-    "on_trunk", "text_trunk",
+    "SERVING", "Apply", "Batcher", "OodScores", "Overloaded", "ServingActivity", "TokenBatcher", "TokenInput",
+    "apply_heads", "on_trunk", "text_trunk",
 ]
 
 TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass
@@ -73,6 +74,7 @@ class _Request:
     out: Any  # embeddings (n, dim), the head's probabilities (n, labels); the token lane: a list
     head: Any = None  # the head to apply (a Head; the token lane: an Apply), or None
     tenant: str = ""  # whose request (predict traffic is scheduled fairly per tenant)
+    ood: OodScores | None = None  # score the request's embeddings for out-of-distribution inputs
     taken: int = 0  # inputs handed to a pass so far
     done: int = 0  # inputs finished so far
     enqueued_at: float = field(default_factory=time.perf_counter)
@@ -83,6 +85,16 @@ class _Request:
 
 
 Slice = tuple[_Request, int, int]
+
+
+@dataclass(frozen=True)
+class OodScores:
+    """A predict request's OOD scoring: ``model`` applied to each input's pooled embedding in the worker,
+    right after the pass that computed it (the backbone runs once), written to ``out`` (n,) before the
+    request's future resolves. Rows that never had a pooled embedding (fine-tuned heads) stay NaN."""
+
+    model: OodModel
+    out: np.ndarray
 
 
 class ServingActivity:
@@ -218,15 +230,24 @@ class Batcher:
     # -- submitting ------------------------------------------------------------------------
 
     def submit(
-        self, inputs: Sequence[str], *, background: bool = False, head: Head | None = None, tenant: str = ""
+        self,
+        inputs: Sequence[str],
+        *,
+        background: bool = False,
+        head: Head | None = None,
+        tenant: str = "",
+        ood: OodScores | None = None,
     ) -> Future:
         """Queue ``inputs``; the future gets their embeddings, or ``head``'s probabilities when given.
-        Predict traffic (not ``background``) is scheduled fairly among ``tenant`` values."""
+        Predict traffic (not ``background``) is scheduled fairly among ``tenant`` values. ``ood``: also
+        score each input's embedding with an OOD model, into ``ood.out``, before the future resolves."""
         width = self.backbone.dim if head is None else len(head.labels)
         shape = (len(inputs),) if isinstance(head, ValueHead) else (len(inputs), width)  # regression: values (n,)
-        return self._submit(inputs, np.empty(shape, dtype=np.float32), head, tenant, background)
+        return self._submit(inputs, np.empty(shape, dtype=np.float32), head, tenant, background, ood)
 
-    def _submit(self, inputs: Sequence[Any], out: Any, head: Any, tenant: str, background: bool) -> Future:
+    def _submit(
+        self, inputs: Sequence[Any], out: Any, head: Any, tenant: str, background: bool, ood: OodScores | None = None
+    ) -> Future:
         """Queue ``inputs`` whose results the worker writes into ``out`` (rows in input order)."""
         future: Future = Future()
         if not inputs:
@@ -249,7 +270,7 @@ class Batcher:
                     f"{self.max_tenant_queue} per tenant. Wait for your earlier requests or send fewer inputs at once",
                     wait,
                 )
-            request = _Request(inputs, future, out, head, tenant)
+            request = _Request(inputs, future, out, head, tenant, ood)
             if background:
                 self._low.append(request)
             else:
@@ -264,9 +285,12 @@ class Batcher:
     async def embed(self, inputs: Sequence[str], tenant: str = "") -> np.ndarray:
         return await asyncio.wrap_future(self.submit(inputs, tenant=tenant))
 
-    async def predict(self, inputs: Sequence[str], head: Head, tenant: str = "") -> np.ndarray:
-        """``head``'s probabilities for ``inputs``, computed in a shared backbone pass."""
-        return await asyncio.wrap_future(self.submit(inputs, head=head, tenant=tenant))
+    async def predict(
+        self, inputs: Sequence[str], head: Head, tenant: str = "", ood: OodScores | None = None
+    ) -> np.ndarray:
+        """``head``'s probabilities for ``inputs``, computed in a shared backbone pass (and their OOD
+        scores into ``ood.out``, when given)."""
+        return await asyncio.wrap_future(self.submit(inputs, head=head, tenant=tenant, ood=ood))
 
     def embed_sync(self, inputs: Sequence[str], *, background: bool = False) -> np.ndarray:
         return self.submit(inputs, background=background).result()
@@ -357,6 +381,7 @@ class Batcher:
                 row += stop - start
             for i, out in zip(plain, apply_heads(vectors, bounds), strict=True):
                 outputs[i] = out
+            self._score_ood(batch, plain, vectors)
         if tuned:
             self._apply_trunk(batch, tuned, outputs)
         elapsed = time.perf_counter() - started
@@ -375,6 +400,19 @@ class Batcher:
             req.done += stop - start
             if req.done == len(req.inputs) and not req.future.done():
                 req.future.set_result(req.out)
+
+    @staticmethod
+    def _score_ood(batch: list[Slice], plain: list[int], vectors: np.ndarray) -> None:
+        """OOD scores of the requests that asked for them, on the rows of this pass's pooled embeddings."""
+        row = 0
+        for i in plain:
+            req, start, stop = batch[i]
+            if req.ood is not None:
+                try:
+                    req.ood.out[start:stop] = req.ood.model.score(vectors[row : row + stop - start])
+                except Exception:  # a broken OOD model must not fail the prediction: its rows stay unscored
+                    log.exception("OOD scoring failed", extra={"rows": stop - start})
+            row += stop - start
 
     def _apply_trunk(
         self, batch: list[Slice], members: list[int], outputs: list[np.ndarray | Exception | None]

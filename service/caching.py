@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
-from adapters.heads import Head
+from adapters.heads import Head, ood_of
 
 from . import metrics
 
@@ -31,11 +31,13 @@ LABEL_OVERHEAD_BYTES = 64
 
 
 def head_nbytes(head: Head) -> int:
-    """What a loaded head costs in memory: its tensors, its labels and a fixed overhead."""
+    """What a loaded head costs in memory: its tensors, its OOD model's, its labels and a fixed overhead."""
     resident = getattr(head, "resident_nbytes", None)  # heads holding more than their tensors (fine-tuned layers)
     tensors = int(resident()) if resident is not None else sum(int(t.nbytes) for t in head.tensors().values())
     labels = sum(LABEL_OVERHEAD_BYTES + len(label.encode("utf-8")) for label in head.labels)
-    return tensors + labels + HEAD_OVERHEAD_BYTES
+    ood = ood_of(head)  # the version's OOD model: a (dim, dim) whitening matrix dwarfs a linear head
+    stats = 0 if ood is None else sum(int(a.nbytes) for a in ood.to_arrays().values())
+    return tensors + labels + stats + HEAD_OVERHEAD_BYTES
 
 
 class TTLCache(Generic[K, V]):

@@ -47,6 +47,13 @@ def _role(value: str) -> str:
     return role
 
 
+def _fpr(value: str) -> float:
+    rate = float(value)
+    if not 0.0 < rate < 0.5:
+        raise ValueError("expected a false-positive rate between 0 and 0.5, e.g. 0.05")
+    return rate
+
+
 SETTINGS: dict[str, _Var] = {
     "host": _Var("GRAFT_HOST", "127.0.0.1", str, "Interface `make serve` binds to."),
     "port": _Var("GRAFT_PORT", 3000, int, "Port `make serve` listens on."),
@@ -201,10 +208,42 @@ SETTINGS: dict[str, _Var] = {
         int,
         "Most examples (stratified sample) embedded by each backbone of the modality to score transferability (LogME).",
     ),
+    "ood_fpr": _Var(
+        "GRAFT_OOD_FPR",
+        0.05,
+        _fpr,
+        "Share of in-distribution inputs a version flags `ood` (its threshold is calibrated on cross-validation "
+        "folds of its training examples to this false-positive rate; docs/monitoring.md). Between 0 and 0.5.",
+    ),
     "max_examples_per_request": _Var(
         "GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."
     ),
     "max_predict_inputs": _Var("GRAFT_MAX_PREDICT_INPUTS", 256, int, "Most inputs in one predict request."),
+    "max_suggest_inputs": _Var(
+        "GRAFT_MAX_SUGGEST_INPUTS",
+        1000,
+        int,
+        "Most inputs in the unlabelled pool of one suggest request (each also takes a predict-rate token).",
+    ),
+    "max_feedback_items": _Var(
+        "GRAFT_MAX_FEEDBACK_ITEMS",
+        1000,
+        int,
+        "Most items in one feedback request (each also takes a predict-rate token).",
+    ),
+    "max_feedback_per_task": _Var(
+        "GRAFT_MAX_FEEDBACK_PER_TASK",
+        100_000,
+        int,
+        "Most feedback rows kept per task: beyond, the oldest are deleted as new ones arrive.",
+    ),
+    "feedback_retention_days": _Var(
+        "GRAFT_FEEDBACK_RETENTION_DAYS",
+        30.0,
+        float,
+        "Feedback (true labels, and the text inputs sent with them) is deleted this many days after it arrived; "
+        "monitoring reports over the same window.",
+    ),
     "max_text_chars": _Var(
         "GRAFT_MAX_TEXT_CHARS",
         100_000,
@@ -397,8 +436,13 @@ class Settings:
     finetune_rank: int
     finetune_max_epochs: int
     transfer_sample: int
+    ood_fpr: float
     max_examples_per_request: int
     max_predict_inputs: int
+    max_suggest_inputs: int
+    max_feedback_items: int
+    max_feedback_per_task: int
+    feedback_retention_days: float
     max_text_chars: int
     max_image_bytes: int
     max_image_pixels: int

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -108,6 +110,20 @@ TENANT_INPUTS = Counter(
     "graft_tenant_predict_inputs_total",
     "Inputs predicted, by tenant id; only the first N busy tenants of a process get their own value, the rest `other`.",
     ["tenant"],
+)
+
+# -- out-of-distribution inputs, by task kind (bounded: the registered kinds) -------------------
+
+OOD_SCORED = Counter(
+    "graft_ood_scored_total",
+    "Predicted inputs given an OOD score (their version has an OOD model), by task kind.",
+    ["kind"],
+)
+OOD_FLAGGED = Counter(
+    "graft_ood_flagged_total",
+    "Predicted inputs flagged out of distribution (`ood: true`), by task kind. The flag rate is "
+    "rate(graft_ood_flagged_total) / rate(graft_ood_scored_total); about GRAFT_OOD_FPR in distribution.",
+    ["kind"],
 )
 
 # -- training jobs --------------------------------------------------------------------------
@@ -240,3 +256,54 @@ class StoreGauges:
                 log.warning("refreshing store gauges failed", exc_info=True)
             if self._stop.wait(self.interval_s):
                 return
+
+
+class OodWindow:
+    """Per task and version, this process's OOD-scored and flagged inputs over the last ``window_s``
+    seconds (in ``slices`` time slices), for the monitoring endpoint. Not a Prometheus metric (that would
+    be a per-task label); bounded to ``max_tasks`` tasks, the least recently predicted dropped first."""
+
+    def __init__(
+        self,
+        window_s: float = 3600.0,
+        slices: int = 60,
+        max_tasks: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_s, self.slice_s, self.max_tasks, self.clock = window_s, window_s / slices, max_tasks, clock
+        # task id -> {slice index: {version: [scored, flagged, sum of scores]}}
+        self._tasks: OrderedDict[str, dict[int, dict[int, list[float]]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str, version: int, scores: Sequence[float]) -> None:
+        if not scores:
+            return
+        now = int(self.clock() // self.slice_s)
+        with self._lock:
+            slices = self._tasks.setdefault(task_id, {})
+            self._tasks.move_to_end(task_id)
+            for old in [i for i in slices if i <= now - round(self.window_s / self.slice_s)]:
+                del slices[old]
+            entry = slices.setdefault(now, {}).setdefault(version, [0.0, 0.0, 0.0])
+            entry[0] += len(scores)
+            entry[1] += sum(1 for x in scores if x > 1.0)
+            entry[2] += float(sum(scores))
+            while len(self._tasks) > self.max_tasks:
+                self._tasks.popitem(last=False)
+
+    def read(self, task_id: str) -> dict[int, tuple[int, int, float]]:
+        """Per version: (inputs scored, inputs flagged, mean score) within the window."""
+        oldest = int(self.clock() // self.slice_s) - round(self.window_s / self.slice_s)
+        totals: dict[int, list[float]] = {}
+        with self._lock:
+            for index, versions in self._tasks.get(task_id, {}).items():
+                if index <= oldest:
+                    continue
+                for version, (scored, flagged, total) in versions.items():
+                    t = totals.setdefault(version, [0.0, 0.0, 0.0])
+                    t[0], t[1], t[2] = t[0] + scored, t[1] + flagged, t[2] + total
+        return {v: (int(s), int(f), t / s if s else 0.0) for v, (s, f, t) in sorted(totals.items())}
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._tasks.pop(task_id, None)

@@ -15,6 +15,7 @@ import numpy as np
 
 from adapters import heads, kinds, selection
 from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
+from adapters.ood import CALIBRATION_FOLDS, OodDataError, OodModel, fit_ood
 from adapters.training import FitResult, TrainingDataError
 from adapters.transfer import capped_sample, logme
 
@@ -28,6 +29,7 @@ from .store.repository import NewVersion, NotFound, Store
 
 EMBED_SHARE = 0.7  # progress fraction spent embedding examples; the rest is fitting
 EMBED_CHUNK = 64
+OOD_SAMPLE = 5000  # most training examples an OOD model is fitted on (a seeded random sample beyond)
 
 
 def backbone_inputs(backbone: Backbone, stored: list[str]) -> list:
@@ -258,7 +260,12 @@ class TrainingPipeline:
             "warnings": list(fit_metrics.get("warnings", [])),
             "examples_per_label": dict(sorted(Counter(labels).items())),
         }
-        provenance = {"backbone": name, "backbone_revision": backbone.revision, "runtime": "torch", "dim": backbone.dim}
+        provenance: dict[str, Any] = {
+            "backbone": name,
+            "backbone_revision": backbone.revision,
+            "runtime": "torch",
+            "dim": backbone.dim,
+        }
         blob = heads.to_bytes(head, metrics=metrics, **provenance)
         progress.update(0.95)
         return self.store.complete_job(
@@ -277,6 +284,28 @@ class TrainingPipeline:
             promote=decision.promote,
             compared_with=task.active_version,
         )
+
+    def _fit_ood(
+        self, task_kind: kinds.TaskKind, head: heads.Head, x: np.ndarray, targets: list[Any]
+    ) -> OodModel | None:
+        """The version's OOD model on its training embeddings (docs/monitoring.md): for kinds that score it and
+        heads that read the embedding (the predict path computes no embedding for the others); None with too
+        few examples to calibrate a threshold."""
+        if not task_kind.scores_ood or heads.EMBEDDING not in head.consumes:
+            return None
+        if len(x) > OOD_SAMPLE:  # the geometry of a large set is as well estimated from a sample of it
+            keep = np.sort(np.random.default_rng(self.settings.seed).choice(len(x), OOD_SAMPLE, replace=False))
+            x, targets = x[keep], [targets[i] for i in keep]
+        try:
+            return fit_ood(
+                x,
+                task_kind.ood_groups(targets),
+                fpr=self.settings.ood_fpr,
+                folds=CALIBRATION_FOLDS,
+                seed=self.settings.seed,
+            )
+        except OodDataError:
+            return None
 
     def train(self, job: Job, progress: Progress) -> int | None:
         """Train ``job``'s task and complete the job with the new version: its number, or None when the job
@@ -329,7 +358,11 @@ class TrainingPipeline:
             "runtime": backbone.runtime,
             "dim": backbone.dim,
         }
-        blob = task_kind.to_bytes(result.head, metrics=metrics, **provenance)
+        ood = self._fit_ood(task_kind, result.head, x, targets)
+        if ood is not None:
+            metrics = {**metrics, "ood": {"fpr": ood.fpr, "threshold": ood.threshold, "groups": len(ood.means)}}
+        stored_ood = {} if ood is None else {"ood": ood}  # a version with an OOD model keeps it in its blob
+        blob = task_kind.to_bytes(result.head, metrics=metrics, **stored_ood, **provenance)
         return self.store.complete_job(
             job.id,
             self.worker_id,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import anyio.to_thread
+import numpy as np
 
 from adapters import heads, kinds
 from adapters.kinds import (
@@ -27,10 +28,11 @@ from adapters.kinds import (
     top_predictions,
 )
 
-from . import logs
-from .batching import Batcher, TokenBatcher, TokenInput
+from . import logs, metrics
+from .batching import Batcher, OodScores, TokenBatcher, TokenInput
 from .caching import HeadCache, TTLCache
 from .engine.head_store import VersionFailed, store_head_loader
+from .engine.prediction_ids import new_id
 from .metrics import TenantLabels
 from .store.models import Task
 from .store.repository import NotFound, Store
@@ -69,6 +71,24 @@ class TaskRef:
 AnyPrediction = KindPrediction  # one input's prediction, in its task kind's form (adapters/kinds/)
 
 
+@dataclass(frozen=True)
+class Served:
+    """One input's answer as predict returns it: the task kind's prediction plus what every prediction
+    carries: an ``id`` (feedback quotes it; service/engine/prediction_ids.py) and, when the version has an
+    OOD model, ``ood``/``ood_score`` (docs/monitoring.md)."""
+
+    prediction: KindPrediction
+    id: str
+    ood_score: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out = {"id": self.id, **self.prediction.as_json()}
+        if self.ood_score is not None:
+            out["ood"] = self.ood_score > 1.0
+            out["ood_score"] = self.ood_score
+        return out
+
+
 class Router:
     def __init__(
         self,
@@ -85,6 +105,7 @@ class Router:
         self.heads = head_cache
         self.tasks: TTLCache[tuple[str, str], TaskRef] = TTLCache(task_ttl_s)
         self.tenant_labels = tenant_labels or TenantLabels(20)
+        self.ood_window = metrics.OodWindow()  # per task: flagged share of recent predictions (monitoring)
 
     def lookup(self, tenant_id: str, task_name: str) -> TaskRef:
         """The task as the store has it now (one query), remembered for the freshness bound."""
@@ -129,23 +150,63 @@ class Router:
         model_inputs: Sequence[Any],
         raw: Sequence[Any] | None,
         top_k: int | None = None,
-    ) -> list[AnyPrediction]:
-        """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form.
-        ``model_inputs`` are what the backbone takes; ``raw`` what heads that read raw inputs take."""
+    ) -> list[Served]:
+        """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form
+        (:class:`Served`). ``model_inputs`` are what the backbone takes; ``raw`` what heads that read raw
+        inputs take. OOD scores come from the embeddings of the same pass (the backbone runs once)."""
+        proba, scores = await self.outputs(ref, head, model_inputs, raw)
+        self.tenant_labels.count(ref.tenant_id, len(model_inputs))
+        kind = kinds.kind_of(ref.kind)
+        predictions = kind.format(head, proba, top_k)
+        version = _active(ref)
+        if scores is not None:
+            scored = scores[~np.isnan(scores)]
+            metrics.OOD_SCORED.labels(ref.kind).inc(len(scored))
+            metrics.OOD_FLAGGED.labels(ref.kind).inc(int((scored > 1.0).sum()))
+            self.ood_window.add(ref.id, version, scored.tolist())
+        served = []
+        for i, p in enumerate(predictions):
+            score = None if scores is None or np.isnan(scores[i]) else float(scores[i])
+            flagged = None if score is None else score > 1.0
+            served.append(Served(p, new_id(ref.id, version, _encoded(kind, kind.answer(p)), flagged), score))
+        return served
+
+    async def outputs(
+        self, ref: TaskRef, head: heads.Head, model_inputs: Sequence[Any], raw: Sequence[Any] | None
+    ) -> tuple[Any, np.ndarray | None]:
+        """The head's output per input (a token kind's: its answers) and, when its version has an OOD model,
+        each input's OOD score (NaN where the input had no pooled embedding: fine-tuned heads), from one shared
+        backbone pass."""
         backbone = self.backbone_of(ref, head)
         task_kind = kinds.kind_of(ref.kind)
-        if task_kind.reads_token_states:  # per-token states (entities, answers): the token lane
-            answers = await self._run_tokens(ref, cast(TokenKind, task_kind), head, backbone, model_inputs)
-            self.tenant_labels.count(ref.tenant_id, len(model_inputs))
-            return task_kind.format(head, answers, top_k)
+        if task_kind.reads_token_states:  # per-token states (entities, answers): the token lane; no OOD model
+            return await self._run_tokens(ref, cast(TokenKind, task_kind), head, backbone, model_inputs), None
+        ood = heads.ood_of(head)
+        scores = None if ood is None else np.full(len(model_inputs), np.nan, dtype=np.float32)
         if heads.RAW in head.consumes:  # from-scratch features of the raw inputs (baseline, hybrid)
             embeds = heads.EMBEDDING in head.consumes
             vectors = await self.batchers(backbone).embed(model_inputs, ref.tenant_id) if embeds else None
             proba = await anyio.to_thread.run_sync(lambda: heads.predict(head, vectors, raw=raw))
+            if ood is not None and scores is not None and vectors is not None:
+                scores[:] = ood.score(vectors)
         else:
-            proba = await self.batchers(backbone).predict(model_inputs, head, ref.tenant_id)
+            wanted = None if ood is None or scores is None else OodScores(ood, scores)
+            proba = await self.batchers(backbone).predict(model_inputs, head, ref.tenant_id, wanted)
+        return proba, scores
+
+    async def pool(
+        self, ref: TaskRef, head: heads.Head, model_inputs: Sequence[Any], raw: Sequence[Any] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """An unlabelled pool's embeddings (one shared backbone pass, at predict priority) and the head's
+        output on them, for active learning. A fine-tuned head's output needs its own trunk pass."""
+        batcher = self.batchers(self.backbone_of(ref, head))
+        vectors = await batcher.embed(model_inputs, ref.tenant_id)
+        if heads.TRUNK in head.consumes:
+            output = await batcher.predict(model_inputs, head, ref.tenant_id)
+        else:
+            output = await anyio.to_thread.run_sync(lambda: heads.predict(head, vectors, raw=raw))
         self.tenant_labels.count(ref.tenant_id, len(model_inputs))
-        return kinds.kind_of(ref.kind).format(head, proba, top_k)
+        return vectors, output
 
     async def _run_tokens(
         self, ref: TaskRef, kind: TokenKind, head: Any, backbone: str, inputs: Sequence[Any]
@@ -174,7 +235,7 @@ class Router:
         inputs: Sequence[Any],
         top_k: int | None = None,
         prepare: Prepare | None = None,
-    ) -> tuple[TaskRef, int, list[AnyPrediction]]:
+    ) -> tuple[TaskRef, int, list[Served]]:
         """Resolve then run. ``prepare(ref, backbone, want_raw)`` turns the request's inputs into what the
         backbone takes and, for heads that read raw inputs (baseline, hybrid), their raw form (the
         application layer's decoding, service/application/inputs.py); without it inputs pass through."""
@@ -183,6 +244,10 @@ class Router:
         want_raw = heads.RAW in getattr(head, "consumes", ())
         model_inputs, raw = await prepare(ref, backbone, want_raw) if prepare else (inputs, inputs)
         return ref, number, await self.run(ref, head, model_inputs, raw, top_k)
+
+
+def _encoded(kind: kinds.TaskKind, answer: Any) -> str | None:
+    return None if answer is None else kind.encode(answer)
 
 
 def _active(ref: TaskRef) -> int:
@@ -201,6 +266,7 @@ __all__ = [
     "Prediction",
     "RegressionPrediction",
     "Router",
+    "Served",
     "TaskRef",
     "VersionFailed",
     "store_head_loader",

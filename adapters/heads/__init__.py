@@ -18,6 +18,7 @@ from .base import (
     ValueHead,
     from_bytes,
     heads_for,
+    ood_of,
     predict,
     read_metadata,
     register,
@@ -44,6 +45,7 @@ TRANSFER_HEADS = frozenset(kind for kind, cls in HEADS.items() if cls.consumes =
 __all__ = [
     "EMBEDDING", "HEADS", "RAW", "REGISTRY", "TRANSFER_HEADS", "TRUNK", "Array", "BaselineHead", "FinetuneHead", "Head",
     "HeadFormatError", "HybridHead", "KIND_HEADS", "LinearHead", "MissingInputs", "MultiLabelHead", "PrototypeHead",
-    "RidgeHead", "SpeakerHead", "StoredHead", "ValueHead", "from_bytes", "heads_for", "predict", "read_metadata",
+    "RidgeHead", "SpeakerHead", "StoredHead", "ValueHead", "from_bytes", "heads_for", "ood_of", "predict",
+    "read_metadata",
     "register", "require", "to_bytes",
 ]

@@ -29,6 +29,8 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from ..ood import OodDataError, OodModel
+
 
 class HeadFormatError(ValueError):
     """The bytes are not a head this version of Graft can read."""
@@ -223,10 +225,16 @@ def require(head: Head, x: np.ndarray | None, raw: Sequence[str] | None) -> None
         raise MissingInputs(f"the {head.kind!r} head needs the raw inputs")
 
 
-def to_bytes(head: Head, **provenance: Any) -> bytes:
-    """Serialise a head; ``provenance`` (backbone, revision, dim, metrics…) goes in the metadata."""
+OOD_PREFIX = "ood."  # tensors of the version's out-of-distribution model (adapters/ood.py), beside the head's
+
+
+def to_bytes(head: Head, *, ood: OodModel | None = None, **provenance: Any) -> bytes:
+    """Serialise a head; ``provenance`` (backbone, revision, dim, metrics…) goes in the metadata. ``ood``: the
+    version's out-of-distribution model, stored as further tensors (``ood.*``) of the same blob."""
     meta = {"kind": head.kind, "labels": head.labels, "params": head.params(), "provenance": provenance}
     tensors = {k: np.ascontiguousarray(v) for k, v in head.tensors().items()}
+    if ood is not None:
+        tensors.update(ood.to_arrays())
     return st_save(tensors, metadata={"graft": json.dumps(meta, ensure_ascii=False)})
 
 
@@ -254,9 +262,21 @@ def from_bytes(blob: bytes) -> Head:
     except Exception as exc:  # safetensors raises its own error types for corrupt data
         raise HeadFormatError(f"corrupt safetensors data: {exc}") from None
     head = cls.restore(meta["labels"], meta["params"], tensors)
-    # not a Head attribute: what it was trained on, if recorded
+    # not Head attributes: what it was trained on, if recorded, and its OOD model, if stored (see ood_of)
     cast(Any, head).backbone = (meta.get("provenance") or {}).get("backbone")
+    ood = {name: t for name, t in tensors.items() if name.startswith(OOD_PREFIX)}
+    try:
+        cast(Any, head).ood = OodModel.from_arrays(ood) if ood else None
+    except (KeyError, OodDataError) as exc:
+        raise HeadFormatError(f"the stored OOD model does not load: {exc}") from None
     return head
+
+
+def ood_of(head: Head) -> OodModel | None:
+    """The out-of-distribution model stored with a loaded head's version; None for a version trained
+    without one (before OOD scores existed, too few examples, a kind or head that has none)."""
+    ood = getattr(head, "ood", None)
+    return ood if isinstance(ood, OodModel) else None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -217,6 +217,24 @@ class TaskKind(ABC):
         a kind that reads none need not override it."""
         return self.fit(x, labels, head=head, raw=raw, modality=modality, folds=folds, seed=seed)
 
+    # -- out-of-distribution scores ---------------------------------------------------------------
+
+    # a version gets an OOD model of its training embeddings (adapters/ood.py), so predictions say ``ood``
+    scores_ood: ClassVar[bool] = True
+
+    def ood_groups(self, labels: Sequence[Any]) -> list[str] | None:
+        """Per decoded label, the group whose mean the OOD model measures an example from (class-conditional
+        distances); None: one mean for all examples (a kind without one class per example)."""
+        return None
+
+    # -- active learning ------------------------------------------------------------------------
+
+    def uncertainty_proba(self, output: np.ndarray) -> np.ndarray | None:
+        """The head's output per input (n, ...) as probabilities (n, >= 2) whose top-two margin says how
+        uncertain the head is (adapters/active.py); None: the kind has none, suggestions cover the input
+        space instead (k-center)."""
+        return None
+
     # -- promotion ------------------------------------------------------------------------------
 
     @abstractmethod
@@ -245,6 +263,17 @@ class TaskKind(ABC):
     def export_problem(self) -> str | None:
         """Why a version of this kind has no ONNX export (None: it has one, see adapters/export.py)."""
         return None
+
+    def answer(self, prediction: Any) -> Any:
+        """The label value one of this kind's predictions answers (what feedback compares with the truth);
+        None: the kind's feedback is stored but not measured."""
+        return None
+
+    def feedback_metrics(self, predicted: Sequence[Any], truth: Sequence[Any]) -> dict[str, float | None]:
+        """How predictions (answers) compare with true labels sent as feedback (both decoded label values):
+        ``accuracy`` (exact match) and any figure of the kind's own; None where there is nothing to measure."""
+        pairs = [(self.encode(p), self.encode(t)) for p, t in zip(predicted, truth, strict=True)]
+        return {"accuracy": sum(p == t for p, t in pairs) / len(pairs) if pairs else None}
 
     def manifest(self, head: Head) -> dict[str, Any]:
         """What an export's manifest adds for this kind (e.g. decision thresholds)."""

@@ -71,6 +71,15 @@ class Classification(TaskKind):
     ) -> FitResult:
         return fit_head(head, x, labels, raw=raw, modality=modality, folds=folds, seed=seed)
 
+    def answer(self, prediction: Any) -> Any:
+        return prediction.label
+
+    def uncertainty_proba(self, output: np.ndarray) -> np.ndarray | None:
+        return output  # softmax probabilities
+
+    def ood_groups(self, labels: Sequence[Any]) -> list[str] | None:
+        return [str(label) for label in labels]
+
     def comparable(self, result: FitResult) -> bool:
         return result.oof_proba is not None
 

@@ -113,6 +113,15 @@ class MultiLabel(TaskKind):
         new_pred = as_sets(result.oof_pred[unseen], result.head.labels)  # type: ignore[index]
         return compare_on_unseen(truth, new_pred, active_pred, active_number)
 
+    def uncertainty_proba(self, output: np.ndarray) -> np.ndarray | None:
+        # each label is its own yes/no: an input is as uncertain as its least certain label
+        p = np.asarray(output, dtype=np.float64)
+        closest = p[np.arange(len(p)), np.abs(p - 0.5).argmin(axis=1)]
+        return np.stack([closest, 1.0 - closest], axis=1)
+
+    def answer(self, prediction: Any) -> Any:
+        return list(prediction.labels)  # exact-set accuracy: every chosen label right and none missing
+
     def format(self, head: Head, output: np.ndarray, top_k: int | None) -> list[Any]:
         return multilabel_predictions(head, output, top_k)
 

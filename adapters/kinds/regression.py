@@ -74,5 +74,12 @@ class Regression(TaskKind):
         new_values = result.oof_pred[unseen].tolist()  # type: ignore[index]
         return compare_errors_on_unseen(values, new_values, active_values, active_number)
 
+    def answer(self, prediction: Any) -> Any:
+        return prediction.value
+
+    def feedback_metrics(self, predicted: Sequence[Any], truth: Sequence[Any]) -> dict[str, float | None]:
+        errors = [abs(float(p) - float(t)) for p, t in zip(predicted, truth, strict=True)]
+        return {"accuracy": None, "mean_abs_error": sum(errors) / len(errors) if errors else None}
+
     def format(self, head: Head, output: np.ndarray, top_k: int | None) -> list[Any]:
         return [RegressionPrediction(float(v)) for v in np.asarray(output).reshape(-1)]  # values (n,)

@@ -41,6 +41,7 @@ class TokenKind(TaskKind):
     # the transfer head and the word-feature baseline; "auto": whichever cross-validates better
     pinnable_heads = AUTO_ONLY
     reads_token_states: ClassVar[bool] = True
+    scores_ood: ClassVar[bool] = False  # per-token states, no pooled embedding to measure (adapters/ood.py)
 
     # -- inputs -------------------------------------------------------------------------------
 

@@ -338,11 +338,13 @@ def predict_inputs(args: argparse.Namespace) -> list[str | Path | dict[str, str]
 
 
 def prediction_row(p: s.AnyPredictionOut) -> dict[str, str]:
-    """One prediction's table columns, by the task's kind."""
+    """One prediction's table columns, by the task's kind (plus ``ood`` when the version scores it)."""
+    ood = {} if p.ood is None or p.ood_score is None else {"ood": f"{'yes' if p.ood else 'no'} ({p.ood_score:.2f})"}
     if isinstance(p, s.SpeakerPredictionOut):
         return {
             "speaker": p.speaker or "(unknown)",
             "similarity": f"{p.score:.3f} (threshold {p.threshold:.3f})",
+            **ood,
         }
     if isinstance(p, s.EntitiesPredictionOut):
         found = ", ".join(f"{e.text!r} {e.label} [{e.start}:{e.end}] {e.score:.2f}" for e in p.entities)
@@ -351,13 +353,14 @@ def prediction_row(p: s.AnyPredictionOut) -> dict[str, str]:
         shown = "(no answer)" if p.answer is None else f"{p.answer!r} [{p.start}:{p.end}]"
         return {"answer": shown, "score": f"{p.score:.3f}"}
     if isinstance(p, s.RegressionPredictionOut):
-        return {"value": f"{p.value:.4g}"}
+        return {"value": f"{p.value:.4g}", **ood}
     if isinstance(p, s.MultiLabelPredictionOut):
         return {
             "labels": ", ".join(p.labels) or "(none)",
             "probabilities": ", ".join(f"{x.label}={x.probability:.2f}" for x in p.scores[:3]),
+            **ood,
         }
-    return {"label": p.label, "score": f"{p.score:.3f}"}
+    return {"label": p.label, "score": f"{p.score:.3f}", **ood}
 
 
 def cmd_predict(args: argparse.Namespace) -> Any:
@@ -384,6 +387,24 @@ def cmd_predict(args: argparse.Namespace) -> Any:
             [{"input": i, **prediction_row(p)} for i, p in zip(shown, rows, strict=True)],
             ["input", *prediction_row(r.predictions[0])],
         )
+
+    emit(args, result, human)
+
+
+def cmd_suggest(args: argparse.Namespace) -> Any:
+    inputs = predict_inputs(args)
+    with client(args) as g:
+        result = g.suggest(args.task, inputs, k=args.k)
+
+    def human(r: s.SuggestResponse) -> str:
+        shown = [
+            x.name if isinstance(x, Path) else short(x) if isinstance(x, str) else short(x["context"]) for x in inputs
+        ]
+        rows = [
+            {"index": str(i), "uncertainty": f"{score:.3f}", "input": shown[i]}
+            for i, score in zip(r.indices, r.scores, strict=True)
+        ]
+        return table(rows, ["index", "uncertainty", "input"])
 
     emit(args, result, human)
 
@@ -505,6 +526,12 @@ def parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--top-k", type=int)
     predict.add_argument("--question", help="answers tasks: ask this question of each text (the contexts)")
+
+    suggest = leaf(groups, "suggest", cmd_suggest, "which inputs of an unlabelled pool to label next")
+    suggest.add_argument("task")
+    suggest.add_argument("inputs", nargs="*", help="the pool: texts, or image files (.png, .jpg, .webp)")
+    suggest.add_argument("--file", help='JSON Lines: one JSON string or {"input": ...} per line')
+    suggest.add_argument("-k", type=int, help=f"how many to suggest (default {s.SUGGEST_K}, at most the pool)")
 
     export = leaf(groups, "export", cmd_export, "download a task's ONNX export (zip)")
     export.add_argument("task")

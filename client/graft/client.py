@@ -374,6 +374,27 @@ class _Core:
         )
         return (yield from self._model(s.PredictResponse, call))
 
+    # active learning
+
+    def _suggest(self, task: str, inputs: Sequence[Input], *, k: int | None = None) -> Op[s.SuggestResponse]:
+        """Of an unlabelled pool (texts, or images as bytes or paths), the ``k`` inputs worth labelling next:
+        ``indices`` into ``inputs``, best first, with each one's uncertainty."""
+        body: dict[str, Any] = {"inputs": [_encode(x)[0] for x in inputs]} | ({"k": k} if k is not None else {})
+        return (yield from self._model(s.SuggestResponse, Call("POST", f"/v1/tasks/{task}/suggest", json=body)))
+
+    # feedback and monitoring
+
+    def _feedback(self, task: str, items: Sequence[dict[str, Any]]) -> Op[s.FeedbackAccepted]:
+        """Send true labels: each item ``{"id": prediction.id, "label": ...}`` or ``{"input": ..., "label": ...}``
+        (an image input as bytes or a path is sent base64-encoded)."""
+        body = [{k: (_encode(v)[0] if k == "input" else v) for k, v in item.items()} for item in items]
+        call = Call("POST", f"/v1/tasks/{task}/feedback", json={"items": body})
+        return (yield from self._model(s.FeedbackAccepted, call))
+
+    def _monitoring(self, task: str) -> Op[s.MonitoringOut]:
+        """Accuracy on feedback (active version and per version) and the recent OOD flag rate."""
+        return (yield from self._model(s.MonitoringOut, Call("GET", f"/v1/tasks/{task}/monitoring")))
+
     # versions
 
     def _versions(self, task: str) -> Op[s.VersionList]:
@@ -518,6 +539,9 @@ class Graft(_Core):
     job = _sync(_Core._job)
     wait = _sync(_Core._wait)
     predict = _sync(_Core._predict)
+    suggest = _sync(_Core._suggest)
+    feedback = _sync(_Core._feedback)
+    monitoring = _sync(_Core._monitoring)
     versions = _sync(_Core._versions)
     promote = _sync(_Core._promote)
     rollback = _sync(_Core._rollback)
@@ -607,6 +631,9 @@ class AsyncGraft(_Core):
     job = _async(_Core._job)
     wait = _async(_Core._wait)
     predict = _async(_Core._predict)
+    suggest = _async(_Core._suggest)
+    feedback = _async(_Core._feedback)
+    monitoring = _async(_Core._monitoring)
     versions = _async(_Core._versions)
     promote = _async(_Core._promote)
     rollback = _async(_Core._rollback)

@@ -460,7 +460,28 @@ class PredictRequest(Request):
     top_k: int | None = Field(default=None, ge=1, description="How many labels `scores` lists; default all.")
 
 
-class PredictionOut(BaseModel):
+class PredictionCommon(BaseModel):
+    """What every prediction carries besides its task kind's answer."""
+
+    id: str | None = Field(
+        default=None,
+        description="Opaque id of this prediction: quote it in `POST /v1/tasks/{name}/feedback` to send the true "
+        "label (docs/monitoring.md).",
+    )
+    ood: bool | None = Field(
+        default=None,
+        description="Whether the input lies out of the distribution of the version's training examples "
+        "(`ood_score` > 1). Absent for versions without an OOD model (trained before it existed, too few examples, "
+        "or a head that reads no embedding).",
+    )
+    ood_score: float | None = Field(
+        default=None,
+        description="Distance of the input's embedding from the training examples, as a multiple of the threshold "
+        "calibrated to flag GRAFT_OOD_FPR (default 5 %) of in-distribution inputs.",
+    )
+
+
+class PredictionOut(PredictionCommon):
     label: str
     score: float
     scores: dict[str, float] = Field(description="Probabilities of the top_k labels, most probable first.")
@@ -473,14 +494,14 @@ class LabelScoreOut(BaseModel):
     chosen: bool = Field(description="Whether the probability reaches the threshold.")
 
 
-class MultiLabelPredictionOut(BaseModel):
+class MultiLabelPredictionOut(PredictionCommon):
     labels: list[str] = Field(
         description="The chosen labels (probability ≥ threshold), most probable first; may be empty."
     )
     scores: list[LabelScoreOut] = Field(description="The top_k labels by probability, most probable first.")
 
 
-class RegressionPredictionOut(BaseModel):
+class RegressionPredictionOut(PredictionCommon):
     value: float = Field(description="The predicted number.")
 
 
@@ -489,7 +510,7 @@ class SpeakerScoreOut(BaseModel):
     score: float = Field(description="Cosine similarity of the clip to this speaker's enrolled centroid.")
 
 
-class SpeakerPredictionOut(BaseModel):
+class SpeakerPredictionOut(PredictionCommon):
     speaker: str | None = Field(
         description="The most similar enrolled speaker, or null when the similarity is under the threshold "
         "(a speaker never enrolled)."
@@ -507,11 +528,11 @@ class EntityOut(BaseModel):
     score: float = Field(description="Geometric mean of its tokens' tag probabilities.")
 
 
-class EntitiesPredictionOut(BaseModel):
+class EntitiesPredictionOut(PredictionCommon):
     entities: list[EntityOut] = Field(description="The entities found, in text order; may be empty.")
 
 
-class AnswerPredictionOut(BaseModel):
+class AnswerPredictionOut(PredictionCommon):
     answer: str | None = Field(description="The answer's text in the context, or null: no answer.")
     start: int | None = Field(description="Its first character in the context (null with no answer).")
     end: int | None = Field(description="One past its last character (null with no answer).")
@@ -545,6 +566,104 @@ class PredictResponse(BaseModel):
         "`{speaker | null, score, threshold, labels: [{label, score}]}`; entities "
         "`{entities: [{start, end, label, text, score}]}`; answers `{answer, start, end, score}`."
     )
+
+
+# -- active learning -------------------------------------------------------------------------
+
+SUGGEST_K = 20  # suggestions when a request names no k (fewer when the pool is smaller)
+
+
+class SuggestRequest(Request):
+    inputs: list[Text] = Field(
+        min_length=1,
+        description="The unlabelled pool: texts, or base64-encoded images for image tasks. At most "
+        "GRAFT_MAX_SUGGEST_INPUTS; each counts against the predict rate.",
+    )
+    k: int | None = Field(
+        default=None, ge=1, description=f"How many to suggest, at most the pool's size; default {SUGGEST_K}."
+    )
+
+
+class SuggestResponse(BaseModel):
+    task: str
+    version: int = Field(description="The version whose uncertainty chose them.")
+    indices: list[int] = Field(description="Positions in `inputs` worth labelling next, best first; distinct.")
+    scores: list[float] = Field(
+        description="Each one's uncertainty in [0, 1]: 1 minus the margin between its two most probable labels "
+        "(1.0 for regression, where suggestions only cover the input space)."
+    )
+
+
+# -- feedback and monitoring -------------------------------------------------------------------
+
+
+class FeedbackItem(Request):
+    id: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="The `id` of the prediction this label is for, exactly as predict returned it.",
+    )
+    input: Text | None = Field(
+        default=None,
+        description="The input (text, or base64 image): needed when there is no `id` (the active version then "
+        "predicts it); with an `id`, a text input is stored with the label.",
+    )
+    label: LabelValue = Field(description="The true label, in the task kind's form (as for examples).")
+
+
+class FeedbackRequest(Request):
+    items: list[FeedbackItem] = Field(min_length=1, description="At most GRAFT_MAX_FEEDBACK_ITEMS.")
+
+
+class FeedbackAccepted(BaseModel):
+    task: str
+    accepted: int = Field(description="Items stored by this request.")
+    kept: int = Field(description="Feedback rows the task keeps now (within the retention window and cap).")
+
+
+class FeedbackFigures(BaseModel):
+    count: int = Field(description="Feedback rows (true labels) received.")
+    accuracy: float | None = Field(
+        default=None,
+        description="Share of answers equal to the true label (multilabel: the exact set); null without feedback "
+        "or for regression.",
+    )
+    mean_abs_error: float | None = Field(default=None, description="Regression: mean absolute error.")
+    ood_flagged: int = Field(default=0, description="Rows whose input was flagged out of distribution.")
+    accuracy_flagged: float | None = Field(default=None, description="Accuracy on the flagged inputs.")
+    accuracy_unflagged: float | None = Field(default=None, description="Accuracy on the inputs not flagged.")
+
+
+class OodFigures(BaseModel):
+    scored: int = Field(description="Predicted inputs given an OOD score within the window (this process).")
+    flagged: int = Field(description="Of those, flagged `ood`.")
+    flag_rate: float | None = Field(description="flagged / scored; null when nothing was scored.")
+    mean_score: float | None = Field(description="Mean `ood_score` (1.0 is the threshold).")
+
+
+class ActiveOodFigures(OodFigures):
+    expected_rate: float | None = Field(
+        description="The active version's calibrated false-positive rate: the flag rate of in-distribution inputs."
+    )
+    window_s: float = Field(description="The sliding window of the OOD figures, in seconds.")
+
+
+class VersionMonitoring(BaseModel):
+    version: int
+    feedback: FeedbackFigures
+    ood: OodFigures
+
+
+class MonitoringOut(BaseModel):
+    task: str
+    active_version: int | None
+    window_days: float = Field(description="Feedback older than this is deleted (GRAFT_FEEDBACK_RETENTION_DAYS).")
+    feedback: FeedbackFigures = Field(description="Feedback on the active version's answers.")
+    ood: ActiveOodFigures = Field(
+        description="The active version's recent predictions: flag rate against the expected rate. Counted per "
+        "process (each replica answers for the predictions it served)."
+    )
+    per_version: list[VersionMonitoring] = Field(description="Every version with feedback or recent predictions.")
 
 
 # -- backbones ---------------------------------------------------------------------------

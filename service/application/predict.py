@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..router import AnyPrediction, TaskRef
+from ..router import Served, TaskRef
 from ..runtime import Runtime
 from .errors import TooLarge
 from .inputs import Input, prepare_inputs
@@ -22,7 +22,7 @@ def check_inputs(rt: Runtime, tenant_id: str, n: int) -> None:
 
 async def predict(
     rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Input], names: Sequence[str], top_k: int | None
-) -> tuple[TaskRef, int, list[AnyPrediction]]:
+) -> tuple[TaskRef, int, list[Served]]:
     """Predict with the task's active version; ``names`` say where each input came from (error messages)."""
     ref, number, head = await rt.router.head(tenant_id, name)
     model_inputs, raw = await prepare_inputs(rt, ref, rt.router.backbone_of(ref, head), head, inputs, names)

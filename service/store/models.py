@@ -136,3 +136,22 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Feedback(Base):
+    """A true label sent for a prediction (``POST /v1/tasks/{name}/feedback``), with what the version that
+    predicted answered. Kept ``GRAFT_FEEDBACK_RETENTION_DAYS`` and at most ``GRAFT_MAX_FEEDBACK_PER_TASK`` per
+    task (the oldest go first); deleted with its task. docs/monitoring.md."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_task_created", "task_id", "created_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)  # the version that predicted
+    prediction_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the id's random part, if sent
+    predicted: Mapped[str | None] = mapped_column(Text, nullable=True)  # its answer, stored-label encoded
+    label: Mapped[str] = mapped_column(Text)  # the true label, stored-label encoded
+    ood: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # whether the input was flagged, if scored
+    input: Mapped[str | None] = mapped_column(Text, nullable=True)  # a text input, when the caller sent it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
 from .. import faults
 from . import db, migrate
-from .models import ApiKey, Example, Job, Task, Tenant, Version, utcnow
+from .models import ApiKey, Example, Feedback, Job, Task, Tenant, Version, utcnow
 
 KEY_PREFIX = "gft_"
 
@@ -65,6 +65,26 @@ class NewVersion:
     metrics: dict
     n_examples: int
     weights: bytes
+
+
+@dataclass(frozen=True)
+class NewFeedback:
+    """One true label to store (labels encoded as the store keeps them: ``TaskKind.encode``)."""
+
+    version: int
+    predicted: str | None
+    label: str
+    ood: bool | None = None
+    prediction_id: str | None = None
+    input: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    version: int
+    predicted: str | None
+    label: str
+    ood: bool | None
 
 
 @dataclass(frozen=True)
@@ -381,6 +401,7 @@ class Store:
             s.execute(update(Job).where(Job.task_id == task.id).values(task_id=None))
             s.execute(delete(Example).where(Example.task_id == task.id))
             s.execute(delete(Version).where(Version.task_id == task.id))
+            s.execute(delete(Feedback).where(Feedback.task_id == task.id))
             s.delete(task)
 
     def label_counts(self, task_id: str) -> dict[str, int]:
@@ -398,6 +419,64 @@ class Store:
                 select(Example.input, Example.label).where(Example.task_id == task_id).order_by(Example.id)
             )
             return [(text, label) for text, label in rows]
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def add_feedback(
+        self, tenant_id: str, task_id: str, rows: Sequence[NewFeedback], *, retention_days: float, max_rows: int
+    ) -> int:
+        """Store ``rows`` for the task, then drop its feedback older than ``retention_days`` and the oldest
+        beyond ``max_rows``. Returns the task's feedback rows kept."""
+        now = utcnow()
+        with self.writing() as s:
+            self._task_by_id(s, tenant_id, task_id)  # the task is the tenant's (and still exists)
+            s.execute(
+                insert(Feedback),
+                [
+                    {
+                        "tenant_id": tenant_id,
+                        "task_id": task_id,
+                        "version": r.version,
+                        "prediction_id": r.prediction_id,
+                        "predicted": r.predicted,
+                        "label": r.label,
+                        "ood": r.ood,
+                        "input": r.input,
+                        "created_at": now,
+                    }
+                    for r in rows
+                ],
+            )
+            return self._trim_feedback(s, task_id, now - timedelta(days=retention_days), max_rows)
+
+    @staticmethod
+    def _trim_feedback(s: Session, task_id: str, oldest: datetime, max_rows: int) -> int:
+        s.execute(delete(Feedback).where(Feedback.task_id == task_id, Feedback.created_at < oldest))
+        kept = s.scalar(select(func.count()).select_from(Feedback).where(Feedback.task_id == task_id)) or 0
+        if kept > max_rows:  # the newest max_rows stay
+            cut = s.scalar(
+                select(Feedback.id).where(Feedback.task_id == task_id).order_by(Feedback.id.desc()).offset(max_rows)
+            )
+            s.execute(delete(Feedback).where(Feedback.task_id == task_id, Feedback.id <= cut))
+            kept = max_rows
+        return int(kept)
+
+    def feedback(self, tenant_id: str, task_id: str, since: datetime) -> list[FeedbackRow]:
+        """The task's feedback since ``since``, oldest first: (version, predicted, label, ood)."""
+        with self.reading() as s:
+            rows = s.execute(
+                select(Feedback.version, Feedback.predicted, Feedback.label, Feedback.ood)
+                .where(Feedback.tenant_id == tenant_id, Feedback.task_id == task_id, Feedback.created_at >= since)
+                .order_by(Feedback.id)
+            )
+            return [FeedbackRow(v, p, label, ood) for v, p, label, ood in rows]
+
+    @staticmethod
+    def _task_by_id(s: Session, tenant_id: str, task_id: str) -> Task:
+        task = s.get(Task, task_id)
+        if task is None or task.tenant_id != tenant_id:
+            raise NotFound("the task was deleted")
+        return task
 
     # -- versions --------------------------------------------------------------------------
 

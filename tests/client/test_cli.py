@@ -82,6 +82,11 @@ def test_every_command(server, news_train, news_test, tmp_path) -> None:
     assert right / len(news_test) >= 0.7 and all(len(p["scores"]) == 1 for p in from_file["predictions"])
     table = graft("predict", "news", "--file", str(inputs), env=env)
     assert table.returncode == 0 and len(table.stdout.splitlines()) == len(news_test) + 1
+    assert table.stdout.splitlines()[0].split() == ["INPUT", "LABEL", "SCORE", "OOD"]
+    suggested = ok_json(graft("suggest", "news", "--file", str(inputs), "-k", "3", "--json", env=env))
+    assert len(set(suggested["indices"])) == 3 and all(0 <= i < len(news_test) for i in suggested["indices"])
+    table = graft("suggest", "news", "--file", str(inputs), "-k", "3", env=env)
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split() == ["INDEX", "UNCERTAINTY", "INPUT"]
 
     versions = ok_json(graft("tasks", "versions", "news", "--json", env=env))
     assert [v["version"] for v in versions["versions"]] == [1] and versions["versions"][0]["status"] == "active"

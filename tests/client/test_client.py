@@ -170,10 +170,18 @@ def test_multilabel_and_regression_tasks_answer_typed_predictions(server, key) -
         assert (reg.task.kind, multi.task.kind) == ("regression", "multilabel")
         values = g.predict("digit-value", inputs).predictions
         tags = g.predict("digit-tags", inputs, top_k=2).predictions
+        truth = [int(r["label"]) for r in test]
+        # issue 20 for kinds without classes: OOD scored from one mean, feedback measured as the kind measures
+        sent = g.feedback("digit-value", [{"id": p.id, "label": t} for p, t in zip(values, truth, strict=True)])
+        report = g.monitoring("digit-value")
+        picked = g.suggest("digit-tags", inputs[:12], k=3)
     assert all(isinstance(p, s.RegressionPredictionOut) for p in values)
     assert all(isinstance(p, s.MultiLabelPredictionOut) and len(p.scores) == 2 for p in tags)
-    truth = [int(r["label"]) for r in test]
+    assert all(p.id and p.ood is not None and p.ood_score is not None for p in [*values, *tags])
     mae = sum(abs(p.value - t) for p, t in zip(values, truth, strict=True)) / len(test)
+    assert sent.accepted == len(test) and report.feedback.count == len(test) and report.feedback.accuracy is None
+    assert report.feedback.mean_abs_error == pytest.approx(mae, rel=1e-6)
+    assert len(set(picked.indices)) == 3 and all(0 <= i < 12 for i in picked.indices)
     baseline = sum(abs(4.5 - t) for t in truth) / len(test)  # predicting the mean digit
     parity = sum(("even" if t % 2 == 0 else "odd") in p.labels for p, t in zip(tags, truth, strict=True)) / len(test)
     assert mae < 0.8 * baseline and parity > 0.6, (mae, baseline, parity)

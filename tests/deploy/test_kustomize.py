@@ -7,7 +7,7 @@ import copy
 
 import kubernetes_validate
 import pytest
-from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 from kubernetes_validate.utils import ValidationError
 
 from service.config import SETTINGS, Settings
@@ -24,17 +24,20 @@ BASE_KINDS = {
     "PodDisruptionBudget",
     "NetworkPolicy",
     "ServiceMonitor",
+    "PrometheusRule",
 }
+CRDS = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
 
 
 def validate(doc: dict) -> None:
     """Kubernetes kinds: the JSON schemas kubernetes-validate ships for 1.30, strict mode.
-    ServiceMonitor is a CRD those schemas lack: it is checked against pydantic models generated
-    from prometheus-operator's CRD (cloudcoil-models-prometheus-operator): types and patterns by
+    ServiceMonitor and PrometheusRule are CRDs those schemas lack: they are checked against pydantic models
+    generated from prometheus-operator's CRDs (cloudcoil-models-prometheus-operator): types and patterns by
     validation, unknown fields by requiring a lossless round trip (the models drop unknown keys)."""
-    if doc["kind"] == "ServiceMonitor":
-        model = ServiceMonitor.model_validate(doc)
-        assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc, "unknown ServiceMonitor fields"
+    if doc["kind"] in CRDS:
+        model = CRDS[doc["kind"]].model_validate(doc)
+        dumped = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        assert dumped == doc, f"unknown {doc['kind']} fields"
         return
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 

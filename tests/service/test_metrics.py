@@ -92,3 +92,34 @@ def test_every_metric_is_documented_and_the_dashboard_uses_only_real_ones() -> N
     used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"graft_[a-z_]+", e)}
     assert used and used <= names, used - names
     assert names - used <= {"graft_head_cache_heads"}, names - used  # (nearly) everything is on the dashboard
+
+
+def test_alert_rules_use_only_real_metrics() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    rules = yaml.safe_load((root / "deploy" / "base" / "prometheusrule.yaml").read_text())
+    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    recorded = {r["record"] for g in rules["spec"]["groups"] for r in g["rules"] if "record" in r}
+    used = {n for e in exprs for n in re.findall(r"graft[a-z0-9_:]*[a-z0-9_]", e)}
+    assert {"graft_ood_flagged_total", "graft_ood_scored_total"} <= used
+    assert used <= exported_names() | recorded, used - exported_names() - recorded
+
+
+def test_ood_window_counts_per_task_and_version_and_forgets_old_slices() -> None:
+    now = [0.0]
+    window = metrics.OodWindow(window_s=60.0, slices=6, max_tasks=2, clock=lambda: now[0])
+    window.add("t1", 1, [0.5, 2.0, 0.2])
+    window.add("t1", 2, [3.0])
+    assert window.read("t1") == {1: (3, 1, 0.9), 2: (1, 1, 3.0)}
+    now[0] = 45.0
+    window.add("t1", 1, [1.5])
+    assert window.read("t1")[1][:2] == (4, 2)
+    now[0] = 65.0  # the first slice (0-10 s) left the 60 s window; the one at 45 s did not
+    assert window.read("t1") == {1: (1, 1, 1.5)}
+    window.add("t2", 1, [0.1])
+    window.add("t3", 1, [0.1])  # a third task: the least recently predicted (t1) is dropped
+    assert window.read("t1") == {} and window.read("t3") == {1: (1, 0, 0.1)}

@@ -77,8 +77,8 @@ async def one_by_one(router: Router, tenant: str, calls: list[tuple[str, list[st
 def assert_same(a, b) -> None:
     (ref_a, version_a, preds_a), (ref_b, version_b, preds_b) = a, b
     assert (ref_a.id, version_a) == (ref_b.id, version_b)
-    assert [p.label for p in preds_a] == [p.label for p in preds_b]
-    for pa, pb in zip(preds_a, preds_b, strict=True):
+    assert [p.prediction.label for p in preds_a] == [p.prediction.label for p in preds_b]
+    for pa, pb in ((x.prediction, y.prediction) for x, y in zip(preds_a, preds_b, strict=True)):
         assert pa.scores.keys() == pb.scores.keys()
         assert max(abs(pa.scores[k] - pb.scores[k]) for k in pa.scores) < 1e-5
 
@@ -142,7 +142,7 @@ def test_a_version_switch_by_another_process_is_seen_within_the_ttl(world, minil
                 break
             time.sleep(0.02)
         assert seen is not None and seen <= 0.5 + 0.25, seen
-        assert set(preds[0].scores) == set(head.labels)
+        assert set(preds[0].prediction.scores) == set(head.labels)
 
         other.delete_task(tenant, "task-1")  # deleted elsewhere: a 404 once the cache notices
         deadline = time.monotonic() + 5
