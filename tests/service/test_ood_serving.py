@@ -14,7 +14,6 @@ from typing import Any, cast
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from service.quotas import RateLimited, RateLimiter
 
 from adapters import heads, kinds
 from adapters.heads import LinearHead
@@ -27,6 +26,7 @@ from service.batching import Batcher
 from service.caching import HeadCache, head_nbytes
 from service.config import Settings
 from service.engine.prediction_ids import BadPredictionId, read_id
+from service.ratelimit import RateLimited, RateLimiter
 from service.router import Router, store_head_loader
 from service.runtime import Runtime
 from service.store.repository import NotFound, Store

@@ -86,4 +86,4 @@ def test_the_router_runs_token_kinds_through_the_lane_or_without_the_backbone(la
         used.clear()
         got = asyncio.run(router.run(ref, head, test, test))
         want = entities.predict_tokens(head, test, minilm.token_states(test) if head is tagger else None)
-        assert [p.as_json() for p in got] == [p.as_json() for p in want] and used == lane_used
+        assert [p.prediction.as_json() for p in got] == [p.as_json() for p in want] and used == lane_used
