@@ -224,7 +224,7 @@ class BatchDecoder:
         return out
 
     def _advance(self, rows: Sequence[_Row], logits: torch.Tensor) -> list[StepEvent]:
-        events = []
+        events: list[StepEvent] = []
         for row, token in zip(rows, self._sample(rows, logits), strict=True):
             if self.keep_logits:
                 row.logits.append(logits[len(events)].cpu())

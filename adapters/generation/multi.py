@@ -48,6 +48,10 @@ class _Batch:
 class SlotLinear(nn.Module):
     """``base(x)`` plus, for each row with an adapter, ``(x A_slot^T) B_slot^T``."""
 
+    base: nn.Linear
+    lora_a: torch.Tensor  # (capacity, max_rank, in)
+    lora_b: torch.Tensor  # (capacity, out, max_rank)
+
     def __init__(self, base: nn.Linear, capacity: int, max_rank: int, batch: _Batch) -> None:
         super().__init__()
         self.base = base
@@ -159,7 +163,7 @@ class MultiLora:
         adapted = [(i, s) for i, s in enumerate(values) if s >= 0]
         batch = self._batch
         if adapted:
-            device = next(iter(self.modules.values())).lora_a.device
+            device: torch.device = next(iter(self.modules.values())).lora_a.device
             distinct = sorted({s for _, s in adapted})
             batch.mode = mode if mode != "auto" else ("grouped" if len(distinct) <= GROUPED_MAX else "bmm")
             batch.rows = torch.tensor([i for i, _ in adapted], device=device)

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -104,13 +104,14 @@ def _collate(rows: Sequence[_Tokenised], pad_id: int, device: torch.device) -> d
 
 
 def _nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL over the labelled tokens, and their count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    """Summed next-token NLL over the labelled tokens, and their count. The output layer (vocabulary-sized)
+    runs only at the positions that predict a completion token, not at every prompt position."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
     target = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return loss, int((target != -100).sum())
+    where = target != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][where])
+    loss = torch.nn.functional.cross_entropy(logits.float(), target[where], reduction="sum")
+    return loss, int(where.sum())
 
 
 @torch.no_grad()
@@ -143,7 +144,7 @@ def peft_config(config: LoraTrainConfig, init: bool = True) -> Any:
 
     return PeftLoraConfig(
         r=config.rank,
-        lora_alpha=config.alpha,
+        lora_alpha=cast(Any, config.alpha),
         lora_dropout=config.dropout,
         target_modules=list(config.targets),
         bias="none",
@@ -173,6 +174,7 @@ def fit_lora(
     device = next(work.parameters()).device
     base_loss = heldout_loss(work, held, pad_id, config.batch_size)
     peft_model = get_peft_model(work, peft_config(config))
+    lm = peft_model.get_base_model()  # the causal LM, its targeted modules now LoRA layers
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     rng = random.Random(config.seed + 1)
@@ -187,14 +189,14 @@ def fit_lora(
             rng.shuffle(shuffled)
             batches = [shuffled[i : i + config.batch_size] for i in range(0, len(shuffled), config.batch_size)]
         peft_model.train()
-        loss, n = _nll(peft_model, _collate(batches.pop(0), pad_id, device))
+        loss, n = _nll(lm, _collate(batches.pop(0), pad_id, device))
         optimiser.zero_grad()
         (loss / max(n, 1)).backward()
         optimiser.step()
         step += 1
         if step % config.eval_every == 0 or step == config.max_steps:
             peft_model.eval()
-            current = heldout_loss(peft_model, held, pad_id, config.batch_size)
+            current = heldout_loss(lm, held, pad_id, config.batch_size)
             history.append((step, current))
             if current < best_loss:
                 best_loss, best_step, best, evals_since_best = current, step, _lora_state(peft_model, config), 0
