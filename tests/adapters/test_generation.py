@@ -80,6 +80,7 @@ CAPITALS = [
 ]
 UNSEEN = ["Australia", "Switzerland", "Nepal", "Morocco"]
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+STORY = "Write a long story about a cat who sails around the world."
 
 
 def question(country: str) -> str:
@@ -97,7 +98,7 @@ def capitals(lm):
     model, tokenizer = lm
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("q_proj.weight")}
     examples = [Example(question(c), k) for c, k in CAPITALS]
-    fit = fit_lora(model, tokenizer, examples, LoraTrainConfig(max_steps=6, eval_every=3, patience=1))
+    fit = fit_lora(model, tokenizer, examples, LoraTrainConfig(max_steps=4, eval_every=2, patience=1))
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], p) for n, p in before.items()), "training changed the caller's model"
     assert not any("lora" in n for n, _ in model.named_modules()), "training left LoRA layers in the caller's model"
@@ -132,7 +133,7 @@ def test_the_adapter_learns_the_format_and_beats_the_base_on_held_out_examples(l
     assert m["heldout_examples"] == 8 and m["train_examples"] == 32
     assert m["adapter_loss"] < 0.5 * m["base_loss"], m
     assert m["adapter_perplexity"] < m["base_perplexity"]
-    assert m["best_step"] in (3, 6) and m["steps"] <= 6
+    assert m["best_step"] in (2, 4) and m["steps"] <= 4
     # plain tensors, safetensors round trip (never pickle)
     again = LoraWeights.from_bytes(capitals.weights.to_bytes())
     assert again.rank == 8 and again.alpha == 16.0 and len(again.a) == 4 * 30
@@ -142,7 +143,7 @@ def test_the_adapter_learns_the_format_and_beats_the_base_on_held_out_examples(l
 
 def test_an_adapter_no_better_than_the_base_is_not_promoted(lm) -> None:
     model, tokenizer = lm
-    examples = [Example(question(c), k) for c, k in CAPITALS[:10]]
+    examples = [Example(question(c), k) for c, k in CAPITALS[:5]]
     fit = fit_lora(model, tokenizer, examples, LoraTrainConfig(lr=0.0, max_steps=1, eval_every=1))
     assert not fit.promotable
     assert fit.metrics["adapter_loss"] == pytest.approx(fit.metrics["base_loss"])
@@ -174,12 +175,13 @@ def test_bounds_are_refused_with_a_clear_message(lm) -> None:
     with pytest.raises(GenerationLimitError, match="at most 50"):
         decoder.submit("word " * 60)
     with pytest.raises(KeyError, match="not loaded"):
-        decoder.submit("Hi", adapter="nobody")
+        decoder.submit("Hi", adapter="nobody", params=SamplingParams(max_tokens=8))
     assert decoder.idle
+    big = random_adapter(model, 0)  # before wrapping: it names the model's linear modules
     lora = MultiLora(model, TARGETS, capacity=1, max_rank=2)
     try:
         with pytest.raises(GenerationDataError, match="rank 4 is over"):
-            lora.load("big", random_adapter(model, 0))
+            lora.load("big", big)
     finally:
         lora.remove()
 
@@ -215,7 +217,9 @@ def test_a_mixed_batch_decodes_each_row_as_its_adapter_merged_alone(lm, capitals
     # the adapters matter: each answers Chile unlike the base
     base_chile, capitals_chile, noise_chile = refs[3][0], refs[0][0], refs[4][0]
     assert capitals_chile != base_chile and noise_chile != base_chile
-    assert tokenizer.decode(capitals_chile).strip().startswith("Santiago")
+    # the learnt format: a name and the end of the turn, where the instruct model answers in a sentence
+    assert len(capitals_chile) <= 4 and capitals_chile[-1] == tokenizer.eos_token_id, tokenizer.decode(capitals_chile)
+    assert len(base_chile) == n and tokenizer.eos_token_id not in base_chile
 
     lora = MultiLora(model, TARGETS, capacity=3, max_rank=8)
     try:
@@ -250,7 +254,7 @@ def test_sampling_stop_strings_streaming_and_cancellation(lm, capitals) -> None:
     try:
         lora.load("capitals", capitals.weights)
         decoder = BatchDecoder(model, tokenizer, lora, limits=DecodeLimits(max_batch=3))
-        greedy = decoder.generate(["Hi"], params=SamplingParams(max_tokens=10))[0]
+        greedy = decoder.generate([STORY], params=SamplingParams(max_tokens=10))[0]
         assert greedy.finish_reason == "length" and greedy.tokens == 10
         stop = greedy.text[8:12]
         params = [
@@ -260,7 +264,7 @@ def test_sampling_stop_strings_streaming_and_cancellation(lm, capitals) -> None:
             SamplingParams(max_tokens=10, temperature=1.0, top_p=1e-6, seed=1),  # top-p keeps the argmax only
             SamplingParams(max_tokens=10),
         ]
-        seqs = [decoder.submit("Hi", params=p) for p in params]  # five rows, three at a time: two wait in line
+        seqs = [decoder.submit(STORY, params=p) for p in params]  # five rows, three at a time: two wait in line
         short = decoder.submit(question(UNSEEN[1]), "capitals", SamplingParams(max_tokens=8))
         text: dict[int, str] = {}
         steps = 0
