@@ -40,7 +40,7 @@ from adapters.generation.training import peft_config
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 RANK = 8
-REPEATS = 1  # --repeats: the best of that many runs (a shared machine's timings are noisy)
+REPEATS = 1  # --repeats: rounds over every configuration, the best of each kept (shared machines are noisy)
 
 
 def random_adapter(model: torch.nn.Module, seed: int) -> LoraWeights:
@@ -67,18 +67,15 @@ def decode(
     tokens: int,
     mode: str = "auto",
 ) -> float:
-    """Seconds to decode every row for ``tokens`` tokens in one batch (the best of REPEATS runs)."""
-    best = float("inf")
-    for _ in range(REPEATS):
-        decoder = BatchDecoder(model, tokenizer, lora, mode=mode, limits=DecodeLimits(max_batch=len(rows)))
-        decoder.eos = set()  # fixed-length decoding: every configuration does the same work
-        began = time.perf_counter()
-        for ids, key in zip(rows, keys, strict=True):
-            decoder.submit(ids, key, SamplingParams(max_tokens=tokens))
-        while not decoder.idle:
-            decoder.step()
-        best = min(best, time.perf_counter() - began)
-    return best
+    """Seconds to decode every row for ``tokens`` tokens in one batch."""
+    decoder = BatchDecoder(model, tokenizer, lora, mode=mode, limits=DecodeLimits(max_batch=len(rows)))
+    decoder.eos = set()  # fixed-length decoding: every configuration does the same work
+    began = time.perf_counter()
+    for ids, key in zip(rows, keys, strict=True):
+        decoder.submit(ids, key, SamplingParams(max_tokens=tokens))
+    while not decoder.idle:
+        decoder.step()
+    return time.perf_counter() - began
 
 
 def merged_copy(model: Any, weights: LoraWeights) -> Any:
@@ -119,52 +116,65 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
 
-    decode(model, tokenizer, None, rows[:2], [None, None], 2)  # warm-up
-    record("base model, no adapter", decode(model, tokenizer, None, rows, [None] * args.rows, args.tokens))
-
-    # merged copies first (the base model is wrapped by MultiLora below)
+    # merged copies are made from the plain model, before MultiLora wraps it in place
+    copies: dict[int, list[Any]] = {}
     for n in counts:
-        if n > args.max_copies:
-            results.append({"config": f"{n} merged copies", "skipped": True, "would_need_bytes": n * model_bytes})
-            print(json.dumps(results[-1]), flush=True)
-            continue
-        copies = [merged_copy(model, adapters[f"a{i}"]) for i in range(n)]
-        began = time.perf_counter()
-        for i, merged in enumerate(copies):
-            mine = [r for j, r in enumerate(rows) if j % n == i]
-            if mine:
-                decode(merged, tokenizer, None, mine, [None] * len(mine), args.tokens)
-        record(
-            f"{n} merged copies",
-            time.perf_counter() - began,
-            adapters=n,
-            copy_bytes=model_bytes,
-            memory_bytes=n * model_bytes,
-        )
-        del copies
-
+        if n <= args.max_copies:
+            copies[n] = [merged_copy(model, adapters[f"a{i}"]) for i in range(n)]
     lora = MultiLora(model, TARGETS, capacity=max(counts), max_rank=RANK)
     for key, weights in adapters.items():
         lora.load(key, weights)
-    record(
-        "1 adapter, every row (MultiLora)",
-        decode(model, tokenizer, lora, rows, ["a0"] * args.rows, args.tokens),
-        adapters=1,
-        slot_bytes=lora.bytes_per_slot,
-    )
+    slot_bytes = lora.bytes_per_slot
+
+    def run_copies(n: int) -> float:
+        began = time.perf_counter()
+        for i, merged in enumerate(copies[n]):
+            mine = [r for j, r in enumerate(rows) if j % n == i]
+            if mine:
+                decode(merged, tokenizer, None, mine, [None] * len(mine), args.tokens)
+        return time.perf_counter() - began
+
+    # (name, run, extra): every configuration is timed once per round, rounds repeated, the best kept, so a
+    # shared machine's load shifts hit every configuration alike
+    configs: list[tuple[str, Any, dict[str, Any]]] = [
+        (
+            "base model, no adapter rows",
+            lambda: decode(model, tokenizer, lora, rows, [None] * args.rows, args.tokens),
+            {},
+        ),
+    ]
     for n in counts:
         keys = [f"a{j % n}" for j in range(args.rows)]
         for mode in ("grouped", "bmm"):
-            seconds = decode(model, tokenizer, lora, rows, keys, args.tokens, mode=mode)
-            record(
-                f"{n} adapters in one batch ({mode})",
-                seconds,
-                adapters=n,
-                distinct_in_batch=min(n, args.rows),
-                mode=mode,
-                memory_bytes=n * lora.bytes_per_slot,
+            configs.append(
+                (
+                    f"{n} adapters in one batch ({mode})",
+                    lambda keys=keys, mode=mode: decode(model, tokenizer, lora, rows, keys, args.tokens, mode=mode),
+                    {
+                        "adapters": n,
+                        "distinct_in_batch": min(n, args.rows),
+                        "mode": mode,
+                        "memory_bytes": n * slot_bytes,
+                    },
+                )
             )
-    slot_bytes = lora.bytes_per_slot
+        if n in copies:
+            configs.append(
+                (
+                    f"{n} merged model copies",
+                    lambda n=n: run_copies(n),
+                    {"adapters": n, "copy_bytes": model_bytes, "memory_bytes": n * model_bytes},
+                )
+            )
+        else:
+            results.append({"config": f"{n} merged model copies", "skipped": True, "would_need_bytes": n * model_bytes})
+    decode(model, tokenizer, lora, rows[:2], [None, "a0"], 2)  # warm-up
+    best = {name: float("inf") for name, _, _ in configs}
+    for _ in range(REPEATS):
+        for name, run, _ in configs:
+            best[name] = min(best[name], run())
+    for name, _, extra in configs:
+        record(name, best[name], **extra)
     lora.remove()
 
     out = {

@@ -186,13 +186,16 @@ def test_bounds_are_refused_with_a_clear_message(lm) -> None:
         lora.remove()
 
 
-def reference(model, tokenizer, weights: LoraWeights | None, prompt: str, n: int) -> tuple[list[int], torch.Tensor]:
-    """Greedy tokens and logits of ``prompt`` alone, with the adapter merged into a copy of the model (peft)."""
-    if weights is not None:
-        config = LoraTrainConfig(rank=weights.rank, alpha=weights.alpha, targets=TARGETS)
-        peft_model = get_peft_model(copy.deepcopy(model), peft_config(config))
-        set_peft_model_state_dict(peft_model, weights.peft_state_dict())
-        model = peft_model.merge_and_unload()
+def merged(model, weights: LoraWeights):
+    """A copy of the model with the adapter merged into its weights (peft ``merge_and_unload``)."""
+    config = LoraTrainConfig(rank=weights.rank, alpha=weights.alpha, targets=TARGETS)
+    peft_model = get_peft_model(copy.deepcopy(model), peft_config(config))
+    set_peft_model_state_dict(peft_model, weights.peft_state_dict())
+    return peft_model.merge_and_unload()
+
+
+def reference(model, tokenizer, prompt: str, n: int) -> tuple[list[int], torch.Tensor]:
+    """Greedy tokens and logits of ``prompt`` decoded alone by ``generate``."""
     ids = torch.tensor([prompt_ids(tokenizer, prompt)])
     out = model.generate(
         ids,
@@ -213,7 +216,9 @@ def test_a_mixed_batch_decodes_each_row_as_its_adapter_merged_alone(lm, capitals
     first = [("capitals", question("Chile")), ("noise", long), (None, "Hi"), (None, question("Chile"))]
     later = [("noise", question("Chile")), ("capitals", question(UNSEEN[0]))]  # join after two steps
     n = 6
-    refs = [reference(model, tokenizer, adapters.get(a) if a else None, p, n) for a, p in first + later]
+    models = {None: model, **{key: merged(model, weights) for key, weights in adapters.items()}}
+    refs = [reference(models[a], tokenizer, p, n) for a, p in first + later]
+    del models
     # the adapters matter: each answers Chile unlike the base
     base_chile, capitals_chile, noise_chile = refs[3][0], refs[0][0], refs[4][0]
     assert capitals_chile != base_chile and noise_chile != base_chile
