@@ -77,7 +77,7 @@ def check_multilabel(client, name: str, test_inputs: list[str], truth: list[list
     labels = version["labels"]
     preds = predictions(client, name, test_inputs)
     for p in preds:
-        assert set(p) == {"labels", "scores"} and len(p["scores"]) == len(labels)
+        assert set(p) == {"id", "ood", "ood_score", "labels", "scores"} and len(p["scores"]) == len(labels)
         probabilities = [s["probability"] for s in p["scores"]]
         assert probabilities == sorted(probabilities, reverse=True)
         for s in p["scores"]:
@@ -113,7 +113,7 @@ def check_regression(
     )
     assert m["mae"] < m["baseline"]["mae"] and m["r2"] > m["baseline"]["r2"] and math.isfinite(m["rmse"])
     preds = predictions(client, name, test_inputs)
-    assert all(set(p) == {"value"} and math.isfinite(p["value"]) for p in preds)
+    assert all(set(p) == {"id", "ood", "ood_score", "value"} and math.isfinite(p["value"]) for p in preds)
     values = np.array([p["value"] for p in preds])
     mae, mean_mae = np.mean(np.abs(values - truth)), np.mean(np.abs(np.array(truth) - train_mean))
     print(
