@@ -90,7 +90,7 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_SPEAKER_FAR",
         0.05,
         _rate,
-        "Speaker identification: the false-accept rate the \"unknown\" threshold is tuned to by cross-validation "
+        'Speaker identification: the false-accept rate the "unknown" threshold is tuned to by cross-validation '
         "(the share of clips by speakers never enrolled that would be named as an enrolled one).",
     ),
     "extra_backbones": _Var(
@@ -243,6 +243,21 @@ SETTINGS: dict[str, _Var] = {
         float,
         "Feedback (true labels, and the text inputs sent with them) is deleted this many days after it arrived; "
         "monitoring reports over the same window.",
+    ),
+    "max_shadow_records_per_task": _Var(
+        "GRAFT_MAX_SHADOW_RECORDS_PER_TASK",
+        100_000,
+        int,
+        "Most shadow answers kept per task (a shadow version's answers, recorded not returned): beyond, the oldest "
+        "are deleted as new ones arrive; also deleted after GRAFT_FEEDBACK_RETENTION_DAYS and with the task.",
+    ),
+    "retrain_after_feedback": _Var(
+        "GRAFT_RETRAIN_AFTER_FEEDBACK",
+        0,
+        int,
+        "Default retrain policy of tasks that set none: after this many new labelled feedback inputs, copy them "
+        "into the task's examples (source `feedback`) and queue a training job. 0: never (a task sets its own with "
+        "PATCH /v1/tasks/{name}).",
     ),
     "max_text_chars": _Var(
         "GRAFT_MAX_TEXT_CHARS",
@@ -443,6 +458,8 @@ class Settings:
     max_feedback_items: int
     max_feedback_per_task: int
     feedback_retention_days: float
+    max_shadow_records_per_task: int
+    retrain_after_feedback: int
     max_text_chars: int
     max_image_bytes: int
     max_image_pixels: int

@@ -126,6 +126,27 @@ OOD_FLAGGED = Counter(
     ["kind"],
 )
 
+OOD_SCORE = Histogram(
+    "graft_ood_score",
+    "OOD scores of predicted inputs (1.0 is the threshold), by task kind: the mean over time is "
+    "rate(graft_ood_score_sum) / rate(graft_ood_score_count); a rise is a distribution shift.",
+    ["kind"],
+    buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0),
+)
+
+# -- shadow versions, by task kind ----------------------------------------------------------
+
+SHADOW_PREDICTIONS = Counter(
+    "graft_shadow_predictions_total",
+    "Predict inputs a shadow version also answered (recorded, not returned), by task kind.",
+    ["kind"],
+)
+SHADOW_AGREEMENTS = Counter(
+    "graft_shadow_agreements_total",
+    "Shadow answers equal to the active version's answer, by task kind.",
+    ["kind"],
+)
+
 # -- training jobs --------------------------------------------------------------------------
 
 JOBS = Counter("graft_training_jobs_total", "Training jobs finished by this process, by outcome.", ["status"])
@@ -303,6 +324,23 @@ class OodWindow:
                     t = totals.setdefault(version, [0.0, 0.0, 0.0])
                     t[0], t[1], t[2] = t[0] + scored, t[1] + flagged, t[2] + total
         return {v: (int(s), int(f), t / s if s else 0.0) for v, (s, f, t) in sorted(totals.items())}
+
+    def series(self, task_id: str, version: int, windows: int) -> list[tuple[int, int, float]]:
+        """One version's (inputs scored, inputs flagged, sum of scores) in ``windows`` consecutive windows
+        covering the last ``window_s`` seconds, oldest first (each ``window_s / windows`` long, slices whole)."""
+        now = int(self.clock() // self.slice_s)
+        per_slice = round(self.window_s / self.slice_s)
+        width = max(1, per_slice // windows)
+        out = [[0.0, 0.0, 0.0] for _ in range(windows)]
+        with self._lock:
+            for index, versions in self._tasks.get(task_id, {}).items():
+                back = now - index  # 0: the current slice
+                w = windows - 1 - back // width
+                if back < 0 or w < 0 or version not in versions:
+                    continue
+                scored, flagged, total = versions[version]
+                out[w][0], out[w][1], out[w][2] = out[w][0] + scored, out[w][1] + flagged, out[w][2] + total
+        return [(int(n), int(f), t) for n, f, t in out]
 
     def forget(self, task_id: str) -> None:
         with self._lock:

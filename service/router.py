@@ -10,6 +10,7 @@ The hot path makes no store round trip while its caches are warm:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,9 +34,10 @@ from .batching import Batcher, OodScores, TokenBatcher, TokenInput
 from .caching import HeadCache, TTLCache
 from .engine.head_store import VersionFailed, store_head_loader
 from .engine.prediction_ids import new_id
+from .engine.shadow import ShadowLog
 from .metrics import TenantLabels
 from .store.models import Task
-from .store.repository import NotFound, Store
+from .store.repository import NewShadow, NotFound, Store
 
 log = logs.get("router")
 
@@ -60,11 +62,22 @@ class TaskRef:
     head: str
     active_version: int | None
     kind: str = kinds.DEFAULT
+    shadow_version: int | None = None  # a candidate answering in shadow on ``shadow_share`` of predict requests
+    shadow_share: float = 0.0
 
     @classmethod
     def of(cls, task: Task) -> TaskRef:
         return cls(
-            task.id, task.tenant_id, task.name, task.modality, task.backbone, task.head, task.active_version, task.kind
+            task.id,
+            task.tenant_id,
+            task.name,
+            task.modality,
+            task.backbone,
+            task.head,
+            task.active_version,
+            task.kind,
+            task.shadow_version,
+            task.shadow_share or 0.0,
         )
 
 
@@ -98,6 +111,8 @@ class Router:
         task_ttl_s: float = 1.0,
         tenant_labels: TenantLabels | None = None,
         token_batchers: Callable[[str], TokenBatcher] | None = None,
+        shadow_log: ShadowLog | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.batchers = batchers
@@ -106,6 +121,8 @@ class Router:
         self.tasks: TTLCache[tuple[str, str], TaskRef] = TTLCache(task_ttl_s)
         self.tenant_labels = tenant_labels or TenantLabels(20)
         self.ood_window = metrics.OodWindow()  # per task: flagged share of recent predictions (monitoring)
+        self.shadow_log = shadow_log  # where shadow answers go (None: shadow versions are not run)
+        self.rng = rng or random.Random()  # which predict requests a shadow version also answers
 
     def lookup(self, tenant_id: str, task_name: str) -> TaskRef:
         """The task as the store has it now (one query), remembered for the freshness bound."""
@@ -150,11 +167,14 @@ class Router:
         model_inputs: Sequence[Any],
         raw: Sequence[Any] | None,
         top_k: int | None = None,
+        shadow: tuple[int, heads.Head] | None = None,
     ) -> list[Served]:
         """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form
         (:class:`Served`). ``model_inputs`` are what the backbone takes; ``raw`` what heads that read raw
-        inputs take. OOD scores come from the embeddings of the same pass (the backbone runs once)."""
-        proba, scores = await self.outputs(ref, head, model_inputs, raw)
+        inputs take. OOD scores come from the embeddings of the same pass (the backbone runs once).
+        ``shadow``: a (version, head) that also answers, on the same embeddings; its answers are recorded
+        (:class:`ShadowLog`), not returned."""
+        proba, scores, shadow_proba = await self.outputs(ref, head, model_inputs, raw, shadow)
         self.tenant_labels.count(ref.tenant_id, len(model_inputs))
         kind = kinds.kind_of(ref.kind)
         predictions = kind.format(head, proba, top_k)
@@ -163,36 +183,101 @@ class Router:
             scored = scores[~np.isnan(scores)]
             metrics.OOD_SCORED.labels(ref.kind).inc(len(scored))
             metrics.OOD_FLAGGED.labels(ref.kind).inc(int((scored > 1.0).sum()))
-            self.ood_window.add(ref.id, version, scored.tolist())
+            values = scored.tolist()
+            self.ood_window.add(ref.id, version, values)
+            histogram = metrics.OOD_SCORE.labels(ref.kind)
+            for value in values:
+                histogram.observe(value)
         served = []
         for i, p in enumerate(predictions):
             score = None if scores is None or np.isnan(scores[i]) else float(scores[i])
             flagged = None if score is None else score > 1.0
             served.append(Served(p, new_id(ref.id, version, _encoded(kind, kind.answer(p)), flagged), score))
+        if shadow is not None and shadow_proba is not None and self.shadow_log is not None:
+            self._record_shadow(ref, kind, version, shadow, shadow_proba, predictions, served)
         return served
 
+    def _record_shadow(
+        self,
+        ref: TaskRef,
+        kind: kinds.TaskKind,
+        version: int,
+        shadow: tuple[int, heads.Head],
+        shadow_proba: Any,
+        predictions: Sequence[KindPrediction],
+        served: Sequence[Served],
+    ) -> None:
+        number, head = shadow
+        answers = [_encoded(kind, kind.answer(p)) for p in kind.format(head, shadow_proba, None)]
+        rows = []
+        agreed = 0
+        for p, out, answer in zip(predictions, served, answers, strict=True):
+            active = _encoded(kind, kind.answer(p))
+            agreed += answer is not None and answer == active
+            rows.append(NewShadow(ref.tenant_id, ref.id, number, version, out.id.partition(".")[0], answer, active))
+        metrics.SHADOW_PREDICTIONS.labels(ref.kind).inc(len(rows))
+        metrics.SHADOW_AGREEMENTS.labels(ref.kind).inc(agreed)
+        assert self.shadow_log is not None
+        self.shadow_log.add(rows)
+
+    async def shadow_for(self, ref: TaskRef, head: heads.Head) -> tuple[int, heads.Head] | None:
+        """The shadow version's (number, head) when this request is one of the share it also answers, and it
+        can answer on the embeddings the active head's pass computes anyway; else None (a shadow that cannot
+        load is skipped: predict never fails for it)."""
+        number = ref.shadow_version
+        if (
+            number is None
+            or number == ref.active_version
+            or self.shadow_log is None
+            or self.rng.random() >= ref.shadow_share
+            or not shares_embeddings(head)
+        ):
+            return None
+        shadow = self.heads.peek((ref.id, number))
+        if shadow is None:
+            try:
+                shadow = await anyio.to_thread.run_sync(self.heads.get, (ref.id, number))
+            except (NotFound, VersionFailed):
+                return None
+        if not shares_embeddings(shadow) or self.backbone_of(ref, shadow) != self.backbone_of(ref, head):
+            return None
+        return number, shadow
+
     async def outputs(
-        self, ref: TaskRef, head: heads.Head, model_inputs: Sequence[Any], raw: Sequence[Any] | None
-    ) -> tuple[Any, np.ndarray | None]:
-        """The head's output per input (a token kind's: its answers) and, when its version has an OOD model,
-        each input's OOD score (NaN where the input had no pooled embedding: fine-tuned heads), from one shared
-        backbone pass."""
+        self,
+        ref: TaskRef,
+        head: heads.Head,
+        model_inputs: Sequence[Any],
+        raw: Sequence[Any] | None,
+        shadow: tuple[int, heads.Head] | None = None,
+    ) -> tuple[Any, np.ndarray | None, Any]:
+        """The head's output per input (a token kind's: its answers), when its version has an OOD model each
+        input's OOD score (NaN where the input had no pooled embedding: fine-tuned heads), and the ``shadow``
+        head's output when given (else None), from one shared backbone pass."""
         backbone = self.backbone_of(ref, head)
         task_kind = kinds.kind_of(ref.kind)
         if task_kind.reads_token_states:  # per-token states (entities, answers): the token lane; no OOD model
-            return await self._run_tokens(ref, cast(TokenKind, task_kind), head, backbone, model_inputs), None
+            return await self._run_tokens(ref, cast(TokenKind, task_kind), head, backbone, model_inputs), None, None
         ood = heads.ood_of(head)
         scores = None if ood is None else np.full(len(model_inputs), np.nan, dtype=np.float32)
-        if heads.RAW in head.consumes:  # from-scratch features of the raw inputs (baseline, hybrid)
+        shadow_proba = None
+        if heads.RAW in head.consumes or shadow is not None:
+            # the embeddings come back from the pass, and the head steps run here: from-scratch features of the
+            # raw inputs (baseline, hybrid), and a shadow head's extra step on the same embeddings
             embeds = heads.EMBEDDING in head.consumes
             vectors = await self.batchers(backbone).embed(model_inputs, ref.tenant_id) if embeds else None
-            proba = await anyio.to_thread.run_sync(lambda: heads.predict(head, vectors, raw=raw))
-            if ood is not None and scores is not None and vectors is not None:
-                scores[:] = ood.score(vectors)
+
+            def steps() -> tuple[Any, Any]:
+                out = heads.predict(head, vectors, raw=raw)
+                if ood is not None and scores is not None and vectors is not None:
+                    scores[:] = ood.score(vectors)
+                return out, None if shadow is None else heads.predict(shadow[1], vectors, raw=raw)
+
+            proba, shadow_proba = await anyio.to_thread.run_sync(steps)
         else:
             wanted = None if ood is None or scores is None else OodScores(ood, scores)
             proba = await self.batchers(backbone).predict(model_inputs, head, ref.tenant_id, wanted)
-        return proba, scores
+        return proba, scores, shadow_proba
 
     async def pool(
         self, ref: TaskRef, head: heads.Head, model_inputs: Sequence[Any], raw: Sequence[Any] | None
@@ -242,8 +327,18 @@ class Router:
         ref, number, head = await self.head(tenant_id, task_name)
         backbone = self.backbone_of(ref, head)
         want_raw = heads.RAW in getattr(head, "consumes", ())
+        shadow = await self.shadow_for(ref, head)
+        if shadow is not None:
+            want_raw = want_raw or heads.RAW in shadow[1].consumes
         model_inputs, raw = await prepare(ref, backbone, want_raw) if prepare else (inputs, inputs)
-        return ref, number, await self.run(ref, head, model_inputs, raw, top_k)
+        return ref, number, await self.run(ref, head, model_inputs, raw, top_k, shadow)
+
+
+def shares_embeddings(head: Any) -> bool:
+    """Whether a head reads the backbone's pooled embedding and nothing of the backbone beyond it (a shadow
+    version's head step then reuses the active version's pass), raw inputs aside."""
+    consumes: frozenset[str] = getattr(head, "consumes", frozenset())
+    return heads.EMBEDDING in consumes and heads.TRUNK not in consumes
 
 
 def _encoded(kind: kinds.TaskKind, answer: Any) -> str | None:

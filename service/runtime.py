@@ -14,6 +14,7 @@ from .backbones.runtimes import RuntimeConfig
 from .batching import Batcher, TokenBatcher, text_trunk
 from .caching import HeadCache
 from .config import Settings
+from .engine.shadow import ShadowLog
 from .jobs import JobRunner
 from .ratelimit import RateLimiter
 from .router import Router, store_head_loader
@@ -75,6 +76,11 @@ class Runtime:
             for name, bb in self.backbones.loaded.items()
             if text_trunk(bb) is not None
         }
+        self.shadow_log = ShadowLog(
+            self.store,
+            retention_days=settings.feedback_retention_days,
+            max_rows_per_task=settings.max_shadow_records_per_task,
+        )
         head_cache = HeadCache(store_head_loader(self.store, self.trunk), int(settings.head_cache_mb * 2**20))
         self.router = Router(
             self.store,
@@ -83,6 +89,7 @@ class Runtime:
             settings.task_cache_ttl_s,
             metrics.TenantLabels(settings.metrics_tenant_labels),
             self.token_batcher,
+            self.shadow_log,
         )
         self.jobs = JobRunner(
             self.store,
@@ -134,5 +141,6 @@ class Runtime:
         self.store_gauges.stop()
         for batcher in [*self._batchers.values(), *self._token_batchers.values()]:
             batcher.close()
+        self.shadow_log.close()
         self.store.close()
         log.info("graft stopped")

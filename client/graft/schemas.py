@@ -376,6 +376,24 @@ class JobOut(BaseModel):
     )
 
 
+class ShadowFeedbackFigures(BaseModel):
+    count: int = Field(description="Feedback rows on predictions this version also answered in shadow.")
+    accuracy: float | None = Field(default=None, description="The shadow's accuracy on them.")
+    mean_abs_error: float | None = Field(default=None, description="Regression: the shadow's mean absolute error.")
+    active_accuracy: float | None = Field(
+        default=None, description="The answering version's accuracy on the same rows (a paired comparison)."
+    )
+    active_mean_abs_error: float | None = Field(default=None, description="Regression: the answering version's.")
+
+
+class ShadowFigures(BaseModel):
+    version: int
+    predictions: int = Field(description="Predict inputs it answered in shadow.")
+    agreements: int = Field(description="Of those, answers equal to the answering version's.")
+    agreement: float | None = Field(description="agreements / predictions.")
+    feedback: ShadowFeedbackFigures
+
+
 class VersionOut(BaseModel):
     version: int
     head: str
@@ -404,6 +422,9 @@ class VersionDetail(VersionOut):
     transferability: dict | None = Field(description="LogME of the examples on each backbone of the modality.")
     warnings: list[str]
     promotion: dict | None = Field(description="Whether and why this version was (not) promoted.")
+    shadow: ShadowFigures | None = Field(
+        default=None, description="How it fared answering in shadow (within the retention window), if it did."
+    )
 
 
 class VersionList(BaseModel):
@@ -416,6 +437,11 @@ class PromoteRequest(Request):
     version: int = Field(ge=1)
 
 
+class ShadowConfig(BaseModel):
+    version: int = Field(description="The candidate version answering in shadow (recorded, not returned).")
+    share: float = Field(description="Share of predict requests it also answers.")
+
+
 class TaskOut(BaseModel):
     name: str
     modality: str
@@ -425,11 +451,22 @@ class TaskOut(BaseModel):
     active_version: int | None
     created_at: datetime
     updated_at: datetime
+    retrain_after_feedback: int | None = Field(
+        default=None,
+        description="Retrain policy: after this many new labelled feedback inputs, they become examples (source "
+        "`feedback`) and a training job is queued; 0 never; null: GRAFT_RETRAIN_AFTER_FEEDBACK.",
+    )
+    shadow: ShadowConfig | None = Field(default=None, description="The version serving in shadow, if any.")
 
 
 class TaskDetail(TaskOut):
     labels: list[str] = Field(description="Labels of the active version (what predict can answer).")
     examples_per_label: dict[str, int] = Field(description="Stored examples per label, all versions' data.")
+    examples_per_source: dict[str, int] = Field(
+        default_factory=dict,
+        description="Stored examples by where they came from: `user` (sent as examples or datasets) or `feedback` "
+        "(copied from feedback: POST /v1/tasks/{name}/feedback/promote or the retrain policy).",
+    )
     versions: list[VersionOut]
 
 
@@ -619,6 +656,31 @@ class FeedbackAccepted(BaseModel):
     task: str
     accepted: int = Field(description="Items stored by this request.")
     kept: int = Field(description="Feedback rows the task keeps now (within the retention window and cap).")
+    examples_added: int = Field(
+        default=0, description="Feedback inputs the task's retrain policy copied into its examples (source `feedback`)."
+    )
+    job: JobOut | None = Field(default=None, description="The training job the retrain policy queued, if it did.")
+    retrain_note: str | None = Field(default=None, description="Why the policy's retrain was not queued (a quota).")
+
+
+class FeedbackPromoted(BaseModel):
+    task: str
+    examples_added: int = Field(description="Labelled feedback inputs copied into the examples (source `feedback`).")
+    job: JobOut | None = Field(description="The training job queued for them; null when nothing was waiting.")
+
+
+class TaskSettings(Request):
+    retrain_after_feedback: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="After this many new labelled feedback inputs, copy them into the examples and queue a "
+        "training job; 0: never; null: the service default (GRAFT_RETRAIN_AFTER_FEEDBACK).",
+    )
+
+
+class ShadowRequest(Request):
+    share: float = Field(gt=0.0, le=1.0, description="Share of predict requests the version also answers.")
 
 
 class FeedbackFigures(BaseModel):
@@ -654,6 +716,36 @@ class VersionMonitoring(BaseModel):
     ood: OodFigures
 
 
+class ShadowMonitoring(BaseModel):
+    version: int | None = Field(description="The version serving in shadow now (null: none).")
+    share: float | None
+    versions: list[ShadowFigures] = Field(description="Versions that answered in shadow within the window.")
+
+
+class DriftWindow(BaseModel):
+    ends_s_ago: float = Field(description="How long ago the window ended (0: the current one).")
+    scored: int
+    flagged: int
+    flag_rate: float | None
+    mean_score: float | None
+    z: float | None = Field(
+        description="The flag count's binomial z-score against the calibrated rate: (flagged - n·fpr) / "
+        "sqrt(n·fpr·(1-fpr)); within about ±2 in distribution."
+    )
+
+
+class DriftFigures(BaseModel):
+    window_s: float = Field(description="Each window's length in seconds.")
+    windows: list[DriftWindow] = Field(description="Oldest first, covering the OOD window.")
+    latest: DriftWindow | None = Field(description="The most recent window with scored inputs.")
+    shifted: bool = Field(description="The latest window has >= 20 scored inputs and z > 3: the inputs moved.")
+
+
+class RetrainPolicyOut(BaseModel):
+    after_feedback: int = Field(description="The policy in force (the task's, else the default); 0: never.")
+    pending_feedback: int = Field(description="Labelled feedback inputs not yet copied into the examples.")
+
+
 class MonitoringOut(BaseModel):
     task: str
     active_version: int | None
@@ -664,6 +756,9 @@ class MonitoringOut(BaseModel):
         "process (each replica answers for the predictions it served)."
     )
     per_version: list[VersionMonitoring] = Field(description="Every version with feedback or recent predictions.")
+    shadow: ShadowMonitoring = Field(description="The version in shadow now, and every version's shadow figures.")
+    drift: DriftFigures = Field(description="The active version's OOD figures over time (this process).")
+    retrain: RetrainPolicyOut
 
 
 # -- backbones ---------------------------------------------------------------------------
