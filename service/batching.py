@@ -54,17 +54,8 @@ from .logs import get as get_logger
 log = get_logger("batching")
 
 __all__ = [
-    "SERVING",
-    "Apply",
-    "Batcher",
-    "OodScores",
-    "Overloaded",
-    "ServingActivity",
-    "TokenBatcher",
-    "TokenInput",
-    "apply_heads",
-    "on_trunk",
-    "text_trunk",
+    "SERVING", "Apply", "Batcher", "OodScores", "Overloaded", "ServingActivity", "TokenBatcher", "TokenInput",
+    "apply_heads", "on_trunk", "text_trunk",
 ]
 
 TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass

@@ -151,12 +151,7 @@ class TrainingPipeline:
         return chosen, x, transferability
 
     def _unseen_states(
-        self,
-        task_kind: kinds.TaskKind,
-        x: Any,
-        unseen: np.ndarray,
-        active_backbone: str,
-        backbone: str,
+        self, task_kind: kinds.TaskKind, x: Any, unseen: np.ndarray, active_backbone: str, backbone: str,
         texts: list[str],
     ) -> list[Any] | None:
         """Token states of the examples at ``unseen`` on the active version's backbone (None: not here)."""
