@@ -392,8 +392,28 @@ class _Core:
         return (yield from self._model(s.FeedbackAccepted, call))
 
     def _monitoring(self, task: str) -> Op[s.MonitoringOut]:
-        """Accuracy on feedback (active version and per version) and the recent OOD flag rate."""
+        """Accuracy on feedback (active version and per version), the recent OOD flag rate and its drift windows,
+        the shadow version's figures and the retrain policy."""
         return (yield from self._model(s.MonitoringOut, Call("GET", f"/v1/tasks/{task}/monitoring")))
+
+    def _promote_feedback(self, task: str) -> Op[s.FeedbackPromoted]:
+        """Copy the labelled feedback inputs not yet used into the task's examples (``source: feedback``) and
+        queue a training job for them."""
+        return (yield from self._model(s.FeedbackPromoted, Call("POST", f"/v1/tasks/{task}/feedback/promote")))
+
+    def _set_retrain_policy(self, task: str, after_feedback: int | None) -> Op[s.TaskOut]:
+        """Retrain after ``after_feedback`` new labelled feedback inputs (0: never; None: the service default)."""
+        call = Call("PATCH", f"/v1/tasks/{task}", json={"retrain_after_feedback": after_feedback})
+        return (yield from self._model(s.TaskOut, call))
+
+    def _shadow(self, task: str, version: int, share: float) -> Op[s.TaskOut]:
+        """Serve ``version`` in shadow on ``share`` of the predict requests (recorded, not returned)."""
+        call = Call("POST", f"/v1/tasks/{task}/versions/{version}/shadow", json={"share": share})
+        return (yield from self._model(s.TaskOut, call))
+
+    def _stop_shadow(self, task: str, version: int) -> Op[None]:
+        """Stop serving ``version`` in shadow."""
+        yield from self._request(Call("DELETE", f"/v1/tasks/{task}/versions/{version}/shadow"))
 
     # versions
 
@@ -542,6 +562,10 @@ class Graft(_Core):
     suggest = _sync(_Core._suggest)
     feedback = _sync(_Core._feedback)
     monitoring = _sync(_Core._monitoring)
+    promote_feedback = _sync(_Core._promote_feedback)
+    set_retrain_policy = _sync(_Core._set_retrain_policy)
+    shadow = _sync(_Core._shadow)
+    stop_shadow = _sync(_Core._stop_shadow)
     versions = _sync(_Core._versions)
     promote = _sync(_Core._promote)
     rollback = _sync(_Core._rollback)
@@ -634,6 +658,10 @@ class AsyncGraft(_Core):
     suggest = _async(_Core._suggest)
     feedback = _async(_Core._feedback)
     monitoring = _async(_Core._monitoring)
+    promote_feedback = _async(_Core._promote_feedback)
+    set_retrain_policy = _async(_Core._set_retrain_policy)
+    shadow = _async(_Core._shadow)
+    stop_shadow = _async(_Core._stop_shadow)
     versions = _async(_Core._versions)
     promote = _async(_Core._promote)
     rollback = _async(_Core._rollback)

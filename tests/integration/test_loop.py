@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 
+from graft import Graft
 from tests.conftest import per_label, wait_for_job
 from tests.integration.test_api import assert_error, predict, train
 
@@ -108,10 +109,17 @@ def test_retrain_policy_shadow_version_and_drift(server, bbc_train, bbc_test) ->
     assert report["ood"]["scored"] >= 60 and drift["latest"]["scored"] >= 1
     assert drift["latest"]["z"] is not None and drift["shifted"] is False  # in-domain news: no shift
 
-    # stopping the shadow: the task shows none, and later predictions are not shadowed
+    # the Python client reads the same report, and stops the shadow: the task shows none, later predictions are
+    # not shadowed
     assert_error(acme.delete(f"/v1/tasks/news/versions/{active}/shadow"), 404, "not in shadow")
-    assert acme.delete(f"/v1/tasks/news/versions/{candidate}/shadow").status_code == 204
-    assert acme.get("/v1/tasks/news").json()["shadow"] is None
+    with Graft(server.url, acme.headers["authorization"].split()[1]) as g:
+        parsed = g.monitoring("news")
+        assert parsed.shadow.versions[0].model_dump() == figures and parsed.drift.shifted is False
+        g.stop_shadow("news", candidate)
+        assert g.get_task("news").shadow is None
+        assert g.set_retrain_policy("news", 0).retrain_after_feedback == 0
+        assert g.shadow("news", candidate, 0.1).shadow.model_dump() == {"version": candidate, "share": 0.1}
+        g.stop_shadow("news", candidate)
     for r in pool[:10]:
         predict(acme, "news", [r["input"][:600]])
     after = acme.get("/v1/tasks/news/monitoring").json()["shadow"]
