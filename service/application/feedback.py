@@ -204,13 +204,12 @@ def monitoring(rt: Runtime, tenant_id: str, name: str) -> dict[str, Any]:
 
 def shadow_figures(rt: Runtime, tenant_id: str, task: Task) -> dict[int, dict[str, Any]]:
     """Every version's shadow figures within the retention window (for the versions list)."""
+    if rt.router.shadow_log is not None:
+        rt.router.shadow_log.flush()  # this process's latest shadow answers
     since = utcnow() - timedelta(days=rt.settings.feedback_retention_days)
     counts = rt.store.shadow_counts(tenant_id, task.id, since)
     if not counts:
         return {}
-    if rt.router.shadow_log is not None:
-        rt.router.shadow_log.flush()
-        counts = rt.store.shadow_counts(tenant_id, task.id, since)
     return shadow_report(kinds.kind_of(task.kind), counts, rt.store.shadow_feedback(tenant_id, task.id, since))
 
 
