@@ -8,12 +8,15 @@ from __future__ import annotations
 import sys
 import tempfile
 
+from adapters.generation import DecodeLimits
+
 from . import logs, metrics
 from .backbones.registry import BUILTIN, Registry, parse_extra
 from .backbones.runtimes import RuntimeConfig
 from .batching import Batcher, TokenBatcher, text_trunk
 from .caching import HeadCache
 from .config import Settings
+from .engine.generation import GenerationEngine, ModelSpec
 from .jobs import JobRunner
 from .ratelimit import RateLimiter
 from .router import Router, store_head_loader
@@ -22,6 +25,26 @@ from .store.repository import Store
 from .tenancy import Auth, Throttle, load_admin_token
 
 log = logs.get("runtime")
+
+
+def generation_engine(settings: Settings) -> GenerationEngine:
+    """The generation engine the settings describe (nothing is loaded until it is used)."""
+    spec = ModelSpec(
+        settings.generation_model or None,
+        settings.generation_gguf_file or None,
+        settings.generation_cache_path,
+    )
+    limits = DecodeLimits(
+        max_batch=settings.generation_max_batch,
+        max_prompt_tokens=settings.generation_max_prompt_tokens,
+        max_new_tokens=settings.generation_max_tokens,
+    )
+    return GenerationEngine(
+        spec,
+        limits,
+        adapter_cache_bytes=int(settings.generation_adapter_cache_mb * 2**20),
+        queue_size=settings.generation_queue_size,
+    )
 
 
 class Runtime:
@@ -75,6 +98,7 @@ class Runtime:
             for name, bb in self.backbones.loaded.items()
             if text_trunk(bb) is not None
         }
+        self.generation = generation_engine(settings)  # the causal LM loads on first use
         head_cache = HeadCache(store_head_loader(self.store, self.trunk), int(settings.head_cache_mb * 2**20))
         self.router = Router(
             self.store,
@@ -91,6 +115,7 @@ class Runtime:
             self.backbones.names,
             on_version=lambda job: self.router.forget(job.tenant_id, job.task_name),
             token_batchers=self.token_batcher,
+            generation=self.generation,
         )
         if self.trains:
             self.jobs.start()
@@ -134,5 +159,6 @@ class Runtime:
         self.store_gauges.stop()
         for batcher in [*self._batchers.values(), *self._token_batchers.values()]:
             batcher.close()
+        self.generation.close()
         self.store.close()
         log.info("graft stopped")

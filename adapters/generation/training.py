@@ -22,7 +22,7 @@ import copy as copying
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -153,9 +153,17 @@ def peft_config(config: LoraTrainConfig, init: bool = True) -> Any:
 
 
 def fit_lora(
-    model: Any, tokenizer: Any, examples: Sequence[Example], config: LoraTrainConfig | None = None, *, copy: bool = True
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    config: LoraTrainConfig | None = None,
+    *,
+    copy: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> LoraFit:
-    """Train an adapter on ``examples`` (see the module's docstring); ``model`` is left as it was."""
+    """Train an adapter on ``examples`` (see the module's docstring); ``model`` is left as it was.
+    ``on_step(step, max_steps)`` is called before each optimiser step (a job's progress and heartbeat; it may
+    raise to stop the training)."""
     from peft import get_peft_model
 
     config = config or LoraTrainConfig()
@@ -188,6 +196,8 @@ def fit_lora(
             shuffled = train[:]
             rng.shuffle(shuffled)
             batches = [shuffled[i : i + config.batch_size] for i in range(0, len(shuffled), config.batch_size)]
+        if on_step is not None:
+            on_step(step, config.max_steps)
         peft_model.train()
         loss, n = _nll(lm, _collate(batches.pop(0), pad_id, device))
         optimiser.zero_grad()

@@ -1,0 +1,123 @@
+"""Generation: an example is a prompt and its completion (a string); training fits a per-tenant LoRA adapter
+on one shared causal LM (adapters/generation/, docs/generation.md) instead of a head on embeddings, and the
+task answers ``POST /v1/tasks/{name}/generate`` instead of predict.
+
+The kind says what its examples are and how its adapter is fitted (:meth:`Generation.fit_adapter`); the
+service's training pipeline and generation engine do the rest (a kind that ``generates`` reads no backbone
+embeddings, keeps no head, has no OOD model and no ONNX export).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..generation import Example, LoraFit, LoraTrainConfig, fit_lora
+from ..heads import Head
+from ..selection import Decision, unconditional
+from ..training import FitResult, TrainingDataError
+from .base import LABEL_CHARS, TaskKind, register_kind, shape, unstorable
+
+COMPLETION_CHARS = LABEL_CHARS  # a completion is stored in the examples' label column (256 characters)
+
+
+@register_kind
+class Generation(TaskKind):
+    name = "generation"
+    modalities = ("text",)
+    declares_labels = False
+    dataset_uploads = True  # CSV / JSON Lines rows carry one string label: the completion
+    scores_ood = False
+    generates = True
+
+    def problem(self, label: Any) -> str | None:
+        if not isinstance(label, str):
+            return f"a generation task takes the completion (a string), got {shape(label)}"
+        if not label.strip():
+            return "a completion must be a non-empty string"
+        if len(label) > COMPLETION_CHARS:
+            return f"a completion has at most {COMPLETION_CHARS} characters, got {len(label)}"
+        problem = unstorable(label)
+        return f"a completion {problem}" if problem else None
+
+    def encode(self, label: Any) -> str:
+        return str(label)
+
+    def decode(self, stored: str) -> Any:
+        return stored
+
+    def names(self, stored: Sequence[str]) -> list[str]:
+        return []  # completions are free text, not label names
+
+    def per_label(self, counts: dict[str, int]) -> dict[str, int]:
+        return {"completions": sum(counts.values())} if counts else {}
+
+    def examples_problem(self, labels: Sequence[Any], declared: Sequence[str] | None) -> str | None:
+        if len(labels) < 2:
+            return (
+                f"a generation task needs at least 2 examples (one is held out to score the adapter); got {len(labels)}"
+            )
+        return None
+
+    def new_task_problem(self, modality: str, backbone: str | None, head: str) -> str | None:
+        if modality != "text":
+            return f"a generation task takes modality 'text', not {modality!r}"
+        if head != "auto":
+            return f"a generation task trains a LoRA adapter on the server's language model; omit 'head' (got {head!r})"
+        if backbone is not None:
+            return "a generation task runs on the server's language model (GRAFT_GENERATION_MODEL); omit 'backbone'"
+        return None
+
+    # -- fitting ----------------------------------------------------------------------------------------
+
+    def fit_adapter(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        config: LoraTrainConfig,
+        on_step: Any = None,
+    ) -> LoraFit:
+        """A LoRA adapter on (prompt, completion) examples, trained in place on ``model`` (a private copy
+        the caller loaded for this job) and compared with the base model on held-out examples."""
+        examples = [Example(p, c) for p, c in zip(prompts, completions, strict=True)]
+        return fit_lora(model, tokenizer, examples, config, copy=False, on_step=on_step)
+
+    def fit(
+        self,
+        x: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        head: str,
+        raw: Sequence[str] | None,
+        modality: str,
+        folds: int,
+        seed: int,
+    ) -> FitResult:
+        raise TrainingDataError(
+            "a generation task trains a LoRA adapter on the language model (fit_adapter), not a head"
+        )
+
+    def comparable(self, result: FitResult) -> bool:
+        return False
+
+    def compare(
+        self,
+        active: Head,
+        vectors: np.ndarray | None,
+        raw: Sequence[str],
+        truth: Sequence[str],
+        result: FitResult,
+        unseen: np.ndarray,
+        active_number: int,
+    ) -> Decision:
+        return unconditional("a generation adapter is compared with the base model on its held-out examples")
+
+    def format(self, head: Head, output: Any, top_k: int | None) -> list[Any]:
+        raise TypeError("a generation task answers POST /v1/tasks/{name}/generate, not predict")
+
+    def export_problem(self) -> str | None:
+        return "a generation task's adapter has no ONNX export (it is a LoRA adapter on the server's language model)"
