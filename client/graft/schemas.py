@@ -32,6 +32,7 @@ KIND_HEADS = {  # heads a task of a kind may pin besides "auto" (adapters/kinds/
     "speakers": (),
     "entities": ("tagger", "word-tagger"),
     "answers": ("pointer", "word-pointer"),
+    "generation": (),
 }
 JobStatus = Literal["queued", "running", "succeeded", "failed", "superseded"]
 VersionStatus = Literal["active", "candidate", "previous", "failed"]

@@ -134,7 +134,7 @@ class Piece:
 
     index: int
     delta: str
-    token: int | None
+    token: int | None  # None: no new token (the end of the turn, or a cancellation)
     completion: Completion | None = None
 
 
@@ -242,7 +242,8 @@ class Scheduler:
                 completion = None
                 if event.finish_reason is not None:
                     completion = self._finish(event.seq, request)
-                request.sink(Piece(index, event.delta, event.token, completion))
+                token = None if event.token in self.decoder.eos else event.token  # the end of turn is no text
+                request.sink(Piece(index, event.delta, token, completion))
         self._fail_all()
 
     def _admit(self) -> None:
