@@ -195,3 +195,33 @@ def test_a_client_that_goes_away_cancels_its_rows(served) -> None:
     while cancelled() <= before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert cancelled() == before + 1
+
+
+def test_the_client_and_the_cli_generate_and_stream(served) -> None:
+    import asyncio
+
+    from graft import AsyncGraft, Graft
+    from graft import schemas as s
+    from tests.client.test_cli import graft, ok_json
+
+    server, plain, _ = served
+    key = plain.headers["Authorization"].removeprefix("Bearer ")
+    expected = generate(plain, "capitals", PROMPTS)
+    with Graft(server.url, key) as g:
+        assert g.generate("capitals", PROMPTS, max_tokens=MAX_TOKENS).model_dump() == expected
+        streamed = list(g.generate_stream("capitals", PROMPTS, max_tokens=MAX_TOKENS))
+    assert isinstance(streamed[-1], s.GenerateResponse) and streamed[-1].model_dump() == expected
+    tokens = [t for t in streamed[:-1] if isinstance(t, s.GenerateToken)]
+    assert len(tokens) == len(streamed) - 1 == sum(o["tokens"] for o in expected["outputs"])
+    assert "".join(t.text for t in tokens if t.index == 1) == expected["outputs"][1]["text"]
+
+    async def stream_async() -> list:
+        async with AsyncGraft(server.url, key) as g:
+            return [item async for item in g.generate_stream("capitals", PROMPTS[0], max_tokens=MAX_TOKENS)]
+
+    assert asyncio.run(stream_async())[-1].outputs[0].model_dump() == expected["outputs"][0]
+    env = {"GRAFT_URL": server.url, "GRAFT_API_KEY": key}
+    answer = ok_json(graft("--json", "generate", "capitals", *PROMPTS, "--max-tokens", str(MAX_TOKENS), env=env))
+    assert answer == expected
+    shown = graft("generate", "capitals", PROMPTS[0], "--max-tokens", str(MAX_TOKENS), "--stream", env=env)
+    assert shown.returncode == 0 and shown.stdout.strip() == expected["outputs"][0]["text"].strip(), shown
