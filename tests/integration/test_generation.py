@@ -22,6 +22,7 @@ from adapters.generation import BatchDecoder, SamplingParams, load_causal_lm
 from tests.adapters.test_generation import CACHE, CAPITALS, question
 from tests.conftest import wait_for_job
 from tests.integration.test_api import assert_error as _assert_error
+from tests.ui.test_dashboard import browser  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ ENV = {
     "GRAFT_GENERATION_MAX_STEPS": "4",
     "GRAFT_GENERATION_EVAL_EVERY": "2",
     "GRAFT_GENERATION_MAX_INPUTS": "4",
-    "GRAFT_GENERATION_MAX_TOKENS": "48",
+    "GRAFT_GENERATION_MAX_TOKENS": "64",
     "GRAFT_GENERATION_MAX_PROMPT_TOKENS": "64",
 }
 
@@ -138,7 +139,7 @@ def test_limits_and_tenancy_answer_4xx(served) -> None:
     server, plain, sentence = served
     url = "/v1/tasks/capitals/generate"
     assert_error(plain.post(url, json={"inputs": ["a"] * 5}), 413, "too_large", "the limit is 4")
-    assert_error(plain.post(url, json={"inputs": ["a"], "max_tokens": 49}), 422, "validation_error", "max_tokens")
+    assert_error(plain.post(url, json={"inputs": ["a"], "max_tokens": 65}), 422, "validation_error", "max_tokens")
     long_prompt = " ".join(["word"] * 80)
     assert_error(plain.post(url, json={"inputs": [long_prompt]}), 422, "validation_error", "at most 64")
     assert_error(plain.post(url, json={"inputs": ["a"], "temperature": 3}), 422, "validation_error", "temperature")
@@ -185,7 +186,7 @@ def test_a_client_that_goes_away_cancels_its_rows(served) -> None:
     before = cancelled()
     story = "Write a long story about a cat who sails around the world."
     with plain.stream(
-        "POST", "/v1/tasks/capitals/generate", json={"inputs": [story], "max_tokens": 48, "stream": True}
+        "POST", "/v1/tasks/capitals/generate", json={"inputs": [story], "max_tokens": 64, "stream": True}
     ) as resp:
         assert resp.status_code == 200
         for line in resp.iter_lines():
@@ -225,3 +226,23 @@ def test_the_client_and_the_cli_generate_and_stream(served) -> None:
     assert answer == expected
     shown = graft("generate", "capitals", PROMPTS[0], "--max-tokens", str(MAX_TOKENS), "--stream", env=env)
     assert shown.returncode == 0 and shown.stdout.strip() == expected["outputs"][0]["text"].strip(), shown
+
+
+def test_the_dashboard_shows_loss_against_the_base_and_tries_a_prompt(served, browser) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    from tests.ui.test_dashboard import log_in, open_page
+
+    server, plain, _ = served
+    expected = generate(plain, "capitals", PROMPTS[:1], max_tokens=64)["outputs"][0]  # as the page asks
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/capitals")
+    log_in(page, plain.headers["Authorization"].removeprefix("Bearer "))
+    expect(page.locator("#task-meta")).to_contain_text("generation")
+    expect(page.locator("#summary")).to_contain_text("held-out loss (adapter / base)")
+    expect(page.locator("#summary")).to_contain_text("held-out perplexity (adapter / base)")
+    page.fill("#try-text", PROMPTS[0])
+    page.click("#try-submit")
+    expect(page.locator("#predicted-label")).to_have_text(expected["text"])
+    expect(page.locator("#prediction")).to_contain_text(f"{expected['tokens']} tokens, {expected['finish_reason']}")
+    assert not problems, problems
+    page.close()
