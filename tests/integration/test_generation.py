@@ -98,6 +98,10 @@ def test_the_adapter_version_reports_held_out_loss_against_the_base(served) -> N
     assert m["kind"] == "generation" and m["heldout_examples"] == 8 and m["steps"] <= 4
     assert m["adapter_loss"] < m["base_loss"] and m["adapter_perplexity"] < m["base_perplexity"], m
     assert m["promotion"]["promoted"] and m["warnings"] == []
+    print(
+        f"\ncapitals adapter: held-out loss {m['adapter_loss']:.3f} vs base {m['base_loss']:.3f}, perplexity "
+        f"{m['adapter_perplexity']:.2f} vs {m['base_perplexity']:.2f}, {m['steps']} steps in {m['seconds']:.1f} s"
+    )
     task = plain.get("/v1/tasks/capitals").json()
     assert task["kind"] == "generation" and task["examples_per_label"] == {"completions": 40}
 
@@ -133,6 +137,8 @@ def test_two_tenants_adapters_decoded_together_answer_as_alone_and_differ_from_t
     base = [c.text for c in BatchDecoder(model, tokenizer).generate(PROMPTS, params=SamplingParams(MAX_TOKENS))]
     plain_texts, sentence_texts = ([o["text"] for o in outs] for outs in alone)
     assert plain_texts != base and sentence_texts != base and plain_texts != sentence_texts, (base, alone)
+    for name, texts in (("base", base), ("capitals", plain_texts), ("capital-sentences", sentence_texts)):
+        print(f"{name}: {texts}")
 
 
 def test_limits_and_tenancy_answer_4xx(served) -> None:
@@ -246,3 +252,23 @@ def test_the_dashboard_shows_loss_against_the_base_and_tries_a_prompt(served, br
     expect(page.locator("#prediction")).to_contain_text(f"{expected['tokens']} tokens, {expected['finish_reason']}")
     assert not problems, problems
     page.close()
+
+
+def test_examples_and_json_lines_uploads_extend_a_generation_task(served) -> None:
+    _, _, sentence = served
+    first = [{"input": question(c), "label": k} for c, k in CAPITALS[:2]]
+    resp = sentence.post("/v1/tasks", json={"name": "more", "kind": "generation", "examples": first})
+    assert resp.status_code == 202, resp.text
+    resp = sentence.post("/v1/tasks/more/examples", json={"examples": [{"input": question("Peru"), "label": "Lima"}]})
+    assert resp.status_code == 202, resp.text
+    lines = "".join(json.dumps({"input": question(c), "label": k}) + "\n" for c, k in CAPITALS[2:6])
+    jsonl = {"Content-Type": "application/jsonl"}
+    resp = sentence.post("/v1/tasks/more/dataset", content=lines.encode(), headers=jsonl)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["examples"] == 4 and not resp.json()["created"]
+    assert sentence.get("/v1/tasks/more").json()["examples_per_label"] == {"completions": 7}
+    job = wait_for_job(sentence, resp.json()["job"]["id"], timeout=300)
+    assert job["status"] in ("succeeded", "superseded"), job
+    too_long = "".join(json.dumps({"input": "a", "label": "x" * 300}) + "\n" for _ in range(2))
+    resp = sentence.post("/v1/tasks/more/dataset", content=too_long.encode(), headers=jsonl)
+    assert resp.status_code == 422, resp.text
