@@ -14,7 +14,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from adapters import heads, kinds, selection
-from adapters.generation import LoraTrainConfig
+from adapters.generation import LoraTrainConfig, LoraWeights
 from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
 from adapters.ood import CALIBRATION_FOLDS, OodDataError, OodModel, fit_ood
 from adapters.training import FitResult, TrainingDataError
@@ -328,8 +328,8 @@ class TrainingPipeline:
             progress.step()  # yields to serving, renews the heartbeat, raises when the job must stop
             progress.update(0.05 + 0.85 * step / max(total, 1))
 
-        fit = task_kind.fit_adapter(model, tokenizer, prompts, task_kind.decode_all(labels), config, on_step)
-        del model
+        completions = task_kind.decode_all(labels)
+        fit = task_kind.fit_adapter(model, tokenizer, prompts, completions, config, on_step)
         warnings = list(fit.metrics.get("warnings", []))
         metrics = {
             "kind": task_kind.name,
@@ -339,15 +339,14 @@ class TrainingPipeline:
             "warnings": warnings,
             "examples_per_label": task_kind.per_label({"": len(prompts)}),
         }
-        if not fit.promotable:
-            decision = selection.Decision(False, warnings[0] if warnings else "the adapter is not better than the base")
-        elif task.active_version is None:
-            decision = selection.first_version()
-        else:
+        active = self._active_adapter(task)
+        decision = task_kind.promotion(model, tokenizer, prompts, completions, fit, config, active)
+        if decision.promote and active is None and task.active_version is not None:
             decision = selection.unconditional(
-                "promoted: the adapter's held-out loss is below the base model's "
-                f"({fit.metrics['adapter_loss']:.4f} < {fit.metrics['base_loss']:.4f})"
+                f"promoted: better than the base model; version {task.active_version}'s adapter failed to load, "
+                "so the two were not compared"
             )
+        del model
         faults.point("training")
         progress.update(0.95)
         return self.store.complete_job(
@@ -366,6 +365,17 @@ class TrainingPipeline:
             promote=decision.promote,
             compared_with=task.active_version,
         )
+
+    def _active_adapter(self, task: Task) -> tuple[int, int, LoraWeights] | None:
+        """The active version of a generation task as (number, examples it saw, adapter); None when there is
+        none, or its adapter does not load (a corrupt active version must not block the retrain replacing it)."""
+        if task.active_version is None:
+            return None
+        active = self.store.version(task.id, task.active_version, with_weights=True)
+        try:
+            return active.number, active.n_examples, LoraWeights.from_bytes(active.weights)
+        except (TrainingDataError, KeyError, ValueError):
+            return None
 
     def train(self, job: Job, progress: Progress) -> int | None:
         """Train ``job``'s task and complete the job with the new version: its number, or None when the job

@@ -125,6 +125,44 @@ def heldout_loss(model: Any, rows: Sequence[_Tokenised], pad_id: int, batch_size
     return total / max(count, 1)
 
 
+def _shuffled(n: int, config: LoraTrainConfig) -> list[int]:
+    order = list(range(n))
+    random.Random(config.seed).shuffle(order)
+    return order
+
+
+def _n_held(n: int, config: LoraTrainConfig) -> int:
+    return max(1, round(n * config.holdout))
+
+
+def heldout_split(n: int, config: LoraTrainConfig) -> list[int]:
+    """The indices of the examples :func:`fit_lora` holds out (of ``n``, with ``config``'s seed and share)."""
+    return _shuffled(n, config)[: _n_held(n, config)]
+
+
+def adapter_loss(
+    model: Any, tokenizer: Any, examples: Sequence[Example], weights: LoraWeights, batch_size: int = 8
+) -> float:
+    """Token-weighted held-out NLL of ``examples``' completions with ``weights`` applied to ``model`` (peft, on the
+    model in place; its LoRA layers are removed again after): to compare two adapters on the same examples."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    rows = []
+    for ex in examples:
+        p, c = prompt_ids(tokenizer, ex.prompt), completion_ids(tokenizer, ex.completion)
+        rows.append(_Tokenised(p + c, [-100] * len(p) + c))
+    targets = tuple(sorted({m.rsplit(".", 1)[-1] for m in weights.a}))
+    config = LoraTrainConfig(rank=weights.rank, alpha=weights.alpha, targets=targets)
+    peft_model = get_peft_model(model, peft_config(config, init=False))
+    try:
+        set_peft_model_state_dict(peft_model, weights.peft_state_dict())
+        peft_model.eval()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return heldout_loss(peft_model.get_base_model(), rows, pad_id, batch_size)
+    finally:
+        peft_model.unload()
+
+
 def _lora_state(peft_model: Any, config: LoraTrainConfig) -> LoraWeights:
     from peft import get_peft_model_state_dict
 
@@ -169,9 +207,8 @@ def fit_lora(
     config = config or LoraTrainConfig()
     began = time.monotonic()
     rows = tokenise(tokenizer, examples, config)
-    order = list(range(len(rows)))
-    random.Random(config.seed).shuffle(order)
-    n_held = max(1, round(len(rows) * config.holdout))
+    order = _shuffled(len(rows), config)
+    n_held = _n_held(len(rows), config)
     held = [rows[i] for i in order[:n_held]]
     train = [rows[i] for i in order[n_held:]]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

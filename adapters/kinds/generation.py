@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..generation import Example, LoraFit, LoraTrainConfig, fit_lora
+from ..generation import Example, LoraFit, LoraTrainConfig, LoraWeights, fit_lora
+from ..generation.training import adapter_loss, heldout_split
 from ..heads import Head
-from ..selection import Decision, unconditional
+from ..selection import Decision, first_version, unconditional
 from ..training import FitResult, TrainingDataError
 from .base import LABEL_CHARS, TaskKind, register_kind, shape, unstorable
 
@@ -85,6 +86,47 @@ class Generation(TaskKind):
         the caller loaded for this job) and compared with the base model on held-out examples."""
         examples = [Example(p, c) for p, c in zip(prompts, completions, strict=True)]
         return fit_lora(model, tokenizer, examples, config, copy=False, on_step=on_step)
+
+    def promotion(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        fit: LoraFit,
+        config: LoraTrainConfig,
+        active: tuple[int, int, LoraWeights] | None,
+    ) -> Decision:
+        """Whether the new adapter replaces the active one. Not unless it beats the base model on its held-out
+        examples (``fit.promotable``, the negative-transfer guard). With an active adapter (``(number, examples
+        it was trained on, weights)``): the held-out examples added since it (which it never saw) are scored with
+        both adapters on ``model`` (the plain base model), and the new one is promoted unless its loss there is
+        higher; with no such example it is promoted on the base comparison alone, and the reason says so."""
+        warnings = fit.metrics.get("warnings") or []
+        if not fit.promotable:
+            return Decision(False, warnings[0] if warnings else "the adapter is not better than the base model")
+        if active is None:
+            return first_version()
+        number, seen, weights = active
+        unseen = [i for i in heldout_split(len(prompts), config) if i >= seen]
+        if not unseen:
+            return unconditional(
+                f"promoted: better than the base model on held-out examples; none of them is new since version "
+                f"{number}, so the two adapters were not compared"
+            )
+        examples = [Example(prompts[i], completions[i]) for i in unseen]
+        new_loss = adapter_loss(model, tokenizer, examples, fit.weights, config.batch_size)
+        old_loss = adapter_loss(model, tokenizer, examples, weights, config.batch_size)
+        promote = new_loss <= old_loss
+        about = (
+            f"on the {len(unseen)} held-out examples added since version {number}: loss {new_loss:.4f} against "
+            f"version {number}'s {old_loss:.4f}"
+        )
+        return Decision(
+            promote,
+            f"promoted: better than the base model, and {about}" if promote else f"kept as a candidate: {about}",
+            compared_on=len(unseen),
+        )
 
     def fit(
         self,
