@@ -10,9 +10,26 @@ import time
 
 import pytest
 
-from adapters.generation import BatchDecoder, DecodeLimits, MultiLora, SamplingParams, load_causal_lm, prompt_ids
+from adapters.generation import (
+    BatchDecoder,
+    DecodeLimits,
+    GenerationLimitError,
+    MultiLora,
+    SamplingParams,
+    load_causal_lm,
+    prompt_ids,
+)
 from adapters.generation.training import DEFAULT_TARGETS
-from service.engine.generation import AdapterSlots, Piece, Request, Scheduler, slot_bytes
+from service.batching import Overloaded
+from service.engine.generation import (
+    AdapterSlots,
+    GenerationEngine,
+    ModelSpec,
+    Piece,
+    Request,
+    Scheduler,
+    slot_bytes,
+)
 from tests.adapters.test_generation import CACHE, STORY, random_adapter
 
 TIMEOUT = 120.0
@@ -136,3 +153,31 @@ def test_slots_evict_the_least_recently_used_idle_adapter_and_requests_wait_for_
     assert first_end < first_a0, "the third adapter was decoded before a slot was free"
     assert "a0" in slots.resident and len(slots.resident) == 2
     idle(scheduler)
+
+
+def test_inputs_beyond_the_batch_and_the_queue_are_refused_with_retry_after(engine) -> None:
+    scheduler, *_ = engine
+    log: list = []
+    with pytest.raises(Overloaded, match="room for 8") as refused:  # max_batch 4 + queue_size 4
+        submit(engine, "too-many", ["Hello"] * 9, log, max_tokens=1)
+    assert refused.value.retry_after_s > 0 and scheduler.inflight == 0
+    submit(engine, "fits", ["Hello"] * 8, log, max_tokens=1).wait()
+    idle(scheduler)
+
+
+def test_the_engine_sizes_its_slots_from_the_byte_budget_and_checks_prompts_before_queueing() -> None:
+    spec = ModelSpec(None, None, CACHE)
+    engine = GenerationEngine(
+        spec, DecodeLimits(max_prompt_tokens=40, max_new_tokens=8), adapter_cache_bytes=3 * 3_686_400 + 1, queue_size=2
+    )
+    try:
+        assert not engine.loaded and engine.name == "smollm2-135m-instruct"
+        ids = engine.prompt_ids(["Hello"], SamplingParams(max_tokens=8))  # loads the model
+        assert engine.loaded and engine.slots is not None and engine.slots.lora.capacity == 3
+        assert len(ids) == 1 and len(ids[0]) < 40
+        with pytest.raises(GenerationLimitError, match=r"inputs\[1\]: the prompt is \d+ tokens: at most 40"):
+            engine.prompt_ids(["Hello", "word " * 50], SamplingParams(max_tokens=8))
+        with pytest.raises(GenerationLimitError, match="max_tokens must be between 1 and 8"):
+            engine.prompt_ids(["Hello"], SamplingParams(max_tokens=9))
+    finally:
+        engine.close()
