@@ -175,7 +175,7 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_JOB_TIME_LIMIT_FINETUNE_S",
         7200.0,
         float,
-        "Longest one attempt of a `finetune` training job may run before it fails.",
+        "Longest one attempt of a `finetune` or generation-adapter training job may run before it fails.",
     ),
     "job_stall_s": _Var(
         "GRAFT_JOB_STALL_S",
