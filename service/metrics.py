@@ -145,6 +145,50 @@ SHADOW_AGREEMENTS = Counter(
     "graft_shadow_agreements_total",
     "Shadow answers equal to the active version's answer, by task kind.",
     ["kind"],
+# -- generation (bounded labels: the token source, base or adapter; the finish reason) ---------------
+
+GENERATION_TOKENS = Counter(
+    "graft_generation_tokens_total",
+    "Tokens generated, by source: `adapter` (a generation task's LoRA adapter) or `base` (no adapter).",
+    ["source"],
+)
+GENERATION_SEQUENCES = Counter(
+    "graft_generation_sequences_total",
+    "Generated sequences (one per input) finished, by finish reason: `stop`, `length` or `cancelled`.",
+    ["finish_reason"],
+)
+GENERATION_REJECTED = Counter(
+    "graft_generation_rejected_total", "Generate requests refused with 503 because the generation queue was full."
+)
+GENERATION_QUEUE_SECONDS = Histogram(
+    "graft_generation_queue_seconds",
+    "Time a generate request waited before its rows were handed to the decoder (an adapter slot included).",
+    buckets=QUEUE_SECONDS,
+)
+GENERATION_ROWS = Gauge(
+    "graft_generation_batch_rows", "Rows in the generation batch after the last step.", multiprocess_mode="livesum"
+)
+GENERATION_WAITING = Gauge(
+    "graft_generation_waiting_inputs",
+    "Generate inputs waiting for a row (or an adapter slot).",
+    multiprocess_mode="livesum",
+)
+GENERATION_ADAPTER_LOADS = Counter(
+    "graft_generation_adapter_loads_total", "Adapters loaded into a generation slot (a slot cache miss)."
+)
+GENERATION_ADAPTER_HITS = Counter(
+    "graft_generation_adapter_hits_total", "Generate requests whose adapter was already in a slot."
+)
+GENERATION_ADAPTER_EVICTIONS = Counter(
+    "graft_generation_adapter_evictions_total", "Adapters evicted from their slot (least recently used, not in use)."
+)
+GENERATION_ADAPTER_SLOTS = Gauge(
+    "graft_generation_adapter_slots_used", "Generation adapter slots holding an adapter.", multiprocess_mode="livesum"
+)
+GENERATION_ADAPTER_CAPACITY = Gauge(
+    "graft_generation_adapter_slots",
+    "Generation adapter slots (GRAFT_GENERATION_ADAPTER_CACHE_MB over one slot's bytes).",
+    multiprocess_mode="livesum",
 )
 
 # -- training jobs --------------------------------------------------------------------------

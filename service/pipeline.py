@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from adapters import heads, kinds, selection
+from adapters.generation import LoraTrainConfig, LoraWeights
 from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
 from adapters.ood import CALIBRATION_FOLDS, OodDataError, OodModel, fit_ood
 from adapters.training import FitResult, TrainingDataError
@@ -23,6 +24,7 @@ from . import audio, faults, images
 from .backbones.base import Backbone, ImageBackbone
 from .batching import Batcher, TokenBatcher, TokenInput, text_trunk
 from .config import Settings
+from .engine.generation import GenerationEngine
 from .engine.head_store import VersionFailed, head_of
 from .store.models import Job, Task
 from .store.repository import NewVersion, NotFound, Store
@@ -68,8 +70,10 @@ class TrainingPipeline:
         worker_id: str,
         backbones_of: Callable[[str], list[str]] | None = None,
         token_batchers: Callable[[str], TokenBatcher] | None = None,
+        generation: GenerationEngine | None = None,
     ) -> None:
         self.store, self.batchers, self.settings, self.worker_id = store, batchers, settings, worker_id
+        self.generation = generation  # the causal LM generation tasks adapt (a fresh copy per job)
         self.backbones_of = backbones_of  # modality -> configured backbone names
         self.token_batchers = token_batchers  # text backbone -> its token lane (kinds that read token states)
 
@@ -307,6 +311,72 @@ class TrainingPipeline:
         except OodDataError:
             return None
 
+    def _fit_adapter(
+        self, job: Job, task: Task, task_kind: Any, prompts: list[str], labels: list[str], progress: Progress
+    ) -> int | None:
+        """A generation task: a LoRA adapter on a fresh copy of the causal LM, scored against the base model
+        on held-out examples; an adapter not better than the base is stored as a candidate, not promoted."""
+        if self.generation is None:
+            raise TrainingDataError("generation is not configured in this process")
+        s = self.settings
+        config = LoraTrainConfig(max_steps=s.generation_max_steps, eval_every=s.generation_eval_every, seed=s.seed)
+        progress.update(0.01)
+        model, tokenizer = self.generation.training_model()
+        progress.update(0.05)
+
+        def on_step(step: int, total: int) -> None:
+            progress.step()  # yields to serving, renews the heartbeat, raises when the job must stop
+            progress.update(0.05 + 0.85 * step / max(total, 1))
+
+        completions = task_kind.decode_all(labels)
+        fit = task_kind.fit_adapter(model, tokenizer, prompts, completions, config, on_step)
+        warnings = list(fit.metrics.get("warnings", []))
+        metrics = {
+            "kind": task_kind.name,
+            "head": "lora",
+            "model": self.generation.name,
+            **fit.metrics,
+            "warnings": warnings,
+            "examples_per_label": task_kind.per_label({"": len(prompts)}),
+        }
+        active = self._active_adapter(task)
+        decision = task_kind.promotion(model, tokenizer, prompts, completions, fit, config, active)
+        if decision.promote and active is None and task.active_version is not None:
+            decision = selection.unconditional(
+                f"promoted: better than the base model; version {task.active_version}'s adapter failed to load, "
+                "so the two were not compared"
+            )
+        del model
+        faults.point("training")
+        progress.update(0.95)
+        return self.store.complete_job(
+            job.id,
+            self.worker_id,
+            NewVersion(
+                head="lora",
+                backbone=self.generation.name,
+                backbone_revision=self.generation.name,
+                runtime="torch",
+                labels=[],
+                metrics={**metrics, "promotion": decision.as_dict()},
+                n_examples=len(prompts),
+                weights=fit.weights.to_bytes(),
+            ),
+            promote=decision.promote,
+            compared_with=task.active_version,
+        )
+
+    def _active_adapter(self, task: Task) -> tuple[int, int, LoraWeights] | None:
+        """The active version of a generation task as (number, examples it saw, adapter); None when there is
+        none, or its adapter does not load (a corrupt active version must not block the retrain replacing it)."""
+        if task.active_version is None:
+            return None
+        active = self.store.version(task.id, task.active_version, with_weights=True)
+        try:
+            return active.number, active.n_examples, LoraWeights.from_bytes(active.weights)
+        except (TrainingDataError, KeyError, ValueError):
+            return None
+
     def train(self, job: Job, progress: Progress) -> int | None:
         """Train ``job``'s task and complete the job with the new version: its number, or None when the job
         is no longer this worker's (the store refused the completion)."""
@@ -320,6 +390,8 @@ class TrainingPipeline:
         task_kind = kinds.kind_of(task.kind)
         if task.head == "finetune" and "finetune" in task_kind.pinnable_heads:
             return self._finetune(job, task, texts, labels, progress)
+        if task_kind.generates:
+            return self._fit_adapter(job, task, task_kind, texts, labels, progress)
         targets = task_kind.decode_all(labels)
         x: Any
         if task_kind.reads_token_states:  # entities, answers: per-token states, not pooled embeddings

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import anyio.to_thread
 import numpy as np
@@ -44,6 +44,12 @@ log = logs.get("router")
 
 class NotTrained(Exception):
     """The task exists but has no active version yet."""
+
+
+class WrongKind(Exception):
+    """The task's kind does not answer this call (predict on a generation task, generate on another kind)."""
+
+    code: ClassVar[str] = "wrong_kind"
 
 
 # (task, backbone name, whether the head reads raw inputs) → (backbone inputs, raw inputs)
@@ -144,6 +150,10 @@ class Router:
         ref = self.tasks.get((tenant_id, task_name))
         if ref is None:  # store round trip, off the event loop
             ref = await anyio.to_thread.run_sync(self.lookup, tenant_id, task_name)
+        if kinds.kind_of(ref.kind).generates:  # no head: an adapter on the language model
+            raise WrongKind(
+                f"task {task_name!r} is a generation task: send its prompts to POST /v1/tasks/{task_name}/generate"
+            )
         number = _active(ref)
         key = (ref.id, number)
         head = self.heads.peek(key)
@@ -364,6 +374,7 @@ __all__ = [
     "Served",
     "TaskRef",
     "VersionFailed",
+    "WrongKind",
     "store_head_loader",
     "top_predictions",
 ]

@@ -8,6 +8,7 @@ from .base import AUTO, KINDS, LABEL_CHARS, KindPrediction, TaskKind, UnknownKin
 from .classification import Classification, Prediction, top_predictions
 from .entities import Entities, EntitiesPrediction, Entity
 from .fitting import fit_multilabel, fit_regression, indicator, tune_thresholds
+from .generation import Generation
 from .multilabel import LabelScore, MultiLabel, MultiLabelPrediction, multilabel_predictions
 from .regression import Regression, RegressionPrediction
 from .speakers import SpeakerPrediction, Speakers, SpeakerScore, fit_speakers
@@ -22,6 +23,7 @@ __all__ = [
     "Classification",
     "DEFAULT",
     "Entities",
+    "Generation",
     "EntitiesPrediction",
     "Entity",
     "KINDS",

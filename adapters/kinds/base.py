@@ -111,6 +111,9 @@ class TaskKind(ABC):
     dataset_uploads: ClassVar[bool] = False  # dataset files (one label string per row or folder) hold its labels
     # fit and predict read the text backbone's per-token states, not pooled embeddings (adapters/kinds/tokens.py)
     reads_token_states: ClassVar[bool] = False
+    # examples are (prompt, completion); training fits a LoRA adapter on the server's causal LM
+    # (adapters/kinds/generation.py) and the task answers generate, not predict (no head, no backbone pass)
+    generates: ClassVar[bool] = False
 
     # -- inputs ---------------------------------------------------------------------------------
 

@@ -32,10 +32,11 @@ KIND_HEADS = {  # heads a task of a kind may pin besides "auto" (adapters/kinds/
     "speakers": (),
     "entities": ("tagger", "word-tagger"),
     "answers": ("pointer", "word-pointer"),
+    "generation": (),
 }
 JobStatus = Literal["queued", "running", "succeeded", "failed", "superseded"]
 VersionStatus = Literal["active", "candidate", "previous", "failed"]
-TaskKind = Literal["classification", "multilabel", "regression", "speakers", "entities", "answers"]
+TaskKind = Literal["classification", "multilabel", "regression", "speakers", "entities", "answers", "generation"]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
 
 
@@ -254,6 +255,15 @@ def label_problem(kind: str, label: Any) -> str | None:
         return _entities_problem(label)
     if kind == "answers":
         return _answer_problem(label)
+    if kind == "generation":
+        if not isinstance(label, str):
+            return f"a generation task takes the completion (a string), got {_shape(label)}"
+        if not label.strip():
+            return "a completion must be a non-empty string"
+        if len(label) > LABEL_CHARS:
+            return f"a completion has at most {LABEL_CHARS} characters, got {len(label)}"
+        problem = unstorable(label)
+        return f"a completion {problem}" if problem else None
     return f"unknown task kind {kind!r}"
 
 
@@ -311,7 +321,8 @@ class TaskCreate(Request):
         "nearest enrolled speaker, or null under a threshold tuned to GRAFT_SPEAKER_FAR false accepts. `entities` "
         "(text): entity spans per text (a BIO tagger on the backbone's token states). `answers` (text): "
         "`{question, context}` inputs, the answer's offsets in the context or null (a start/end pointer on the "
-        "token states).",
+        "token states). `generation` (text): a prompt and its completion per example (at most 256 characters); "
+        "training fits a LoRA adapter on the server's language model, served by `POST /v1/tasks/{name}/generate`.",
     )
     backbone: str | None = Field(
         default=None,
@@ -603,6 +614,59 @@ class PredictResponse(BaseModel):
         "`{speaker | null, score, threshold, labels: [{label, score}]}`; entities "
         "`{entities: [{start, end, label, text, score}]}`; answers `{answer, start, end, score}`."
     )
+
+
+# -- generation ------------------------------------------------------------------------------
+
+
+class GenerateRequest(Request):
+    inputs: list[Text] = Field(
+        min_length=1,
+        description="Prompts (one user turn each). At most GRAFT_GENERATION_MAX_INPUTS; each counts against the "
+        "predict rate.",
+    )
+    max_tokens: int = Field(
+        default=64, ge=1, description="Most new tokens per input (at most GRAFT_GENERATION_MAX_TOKENS)."
+    )
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 (default): greedy decoding.")
+    top_p: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling: the smallest set of tokens "
+        "whose probabilities reach top_p (with temperature > 0).",
+    )
+    stop: list[Annotated[StrictStr, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=4, description="Up to 4 stop strings; the text ends before the first one."
+    )
+    seed: int | None = Field(default=None, description="Seed of the sampling (temperature > 0), per input.")
+    stream: bool = Field(
+        default=False,
+        description="true: Server-Sent Events, one `token` event per generated token per input "
+        "(`{index, text, token}`), then one `done` event with the whole response.",
+    )
+
+
+class GeneratedOut(BaseModel):
+    text: str
+    tokens: int = Field(description="Tokens generated (the end-of-turn token not counted).")
+    finish_reason: Literal["stop", "length", "cancelled"] = Field(
+        description="`stop`: the end of the turn or a stop string; `length`: max_tokens reached."
+    )
+
+
+class GenerateResponse(BaseModel):
+    task: str
+    version: int
+    outputs: list[GeneratedOut]
+
+
+class GenerateToken(BaseModel):
+    """One streamed event (`event: token`): new text of input `index`."""
+
+    index: int
+    text: str
+    token: int | None = None
 
 
 # -- active learning -------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def monitoring(rt: Runtime, tenant_id: str, name: str) -> dict[str, Any]:
         by_version[row.version].append(row)
     window = rt.router.ood_window.read(task.id)
     fpr = None
-    if task.active_version is not None:
+    if task.active_version is not None and kind.scores_ood:
         try:  # the calibrated rate of the OOD model the active version serves with (from the head cache)
             ood = heads.ood_of(rt.router.heads.get((task.id, task.active_version)))
         except VersionFailed:  # corrupt weights: predict answers 503 for it; monitoring still reports
