@@ -145,6 +145,8 @@ SHADOW_AGREEMENTS = Counter(
     "graft_shadow_agreements_total",
     "Shadow answers equal to the active version's answer, by task kind.",
     ["kind"],
+)
+
 # -- generation (bounded labels: the token source, base or adapter; the finish reason) ---------------
 
 GENERATION_TOKENS = Counter(

@@ -16,8 +16,8 @@ from .backbones.runtimes import RuntimeConfig
 from .batching import Batcher, TokenBatcher, text_trunk
 from .caching import HeadCache
 from .config import Settings
-from .engine.shadow import ShadowLog
 from .engine.generation import GenerationEngine, ModelSpec
+from .engine.shadow import ShadowLog
 from .jobs import JobRunner
 from .ratelimit import RateLimiter
 from .router import Router, store_head_loader
