@@ -202,6 +202,12 @@ SETTINGS: dict[str, _Var] = {
         int,
         "Most epochs of a `finetune` head (early stopping on a held-out fold ends it sooner).",
     ),
+    "finetune_max_seconds": _Var(
+        "GRAFT_FINETUNE_MAX_SECONDS",
+        600.0,
+        float,
+        "Seconds after which an entities `finetune` head starts no further epoch (the best epoch so far is served).",
+    ),
     "transfer_sample": _Var(
         "GRAFT_TRANSFER_SAMPLE",
         512,
@@ -435,6 +441,7 @@ class Settings:
     finetune_layers: int
     finetune_rank: int
     finetune_max_epochs: int
+    finetune_max_seconds: float
     transfer_sample: int
     ood_fpr: float
     max_examples_per_request: int
