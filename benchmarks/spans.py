@@ -59,7 +59,8 @@ else:
 texts = json.load(sys.stdin)
 began = time.perf_counter()
 found = [[[e.start_char, e.end_char, e.label_] for e in doc.ents] for doc in nlp.pipe(texts)]
-json.dump({"model": nlp.meta["lang"] + "_" + nlp.meta["name"], "version": nlp.meta["version"], "license": nlp.meta.get("license"),
+meta = nlp.meta
+json.dump({"model": meta["lang"] + "_" + meta["name"], "version": meta["version"], "license": meta.get("license"),
            "spacy": spacy.__version__, "seconds": time.perf_counter() - began, "entities": found}, sys.stdout)
 """
 
