@@ -25,6 +25,9 @@ Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see READ
   linear heads of the pass in one stacked matrix product, any other head once on all of its rows;
   rows of fine-tuned heads (``finetune``) skip the pooled embedding and go through the shared trunk.
   The batcher only schedules: it knows which rows belong to which request, not how a head computes.
+- Audio passes are also bounded in seconds (``max_seconds``, ``GRAFT_BATCH_MAX_AUDIO_SECONDS``): a pass takes
+  clips while their summed duration fits, so 64 clips of 30 s do not hold the worker (and every other
+  tenant's requests on that backbone) for 64 × 30 s of audio; a pass always takes at least one clip.
 - Token lane (:class:`TokenBatcher`, one per text backbone): the same scheduling for per-token states
   (entities, answers); each request brings its own head step, applied to its rows after the pass.
 """
@@ -128,17 +131,48 @@ class ServingActivity:
 SERVING = ServingActivity()
 
 
-def _fill(queue: deque[_Request], room: int, batch: list[Slice]) -> tuple[int, int]:
-    """Move up to ``room`` inputs from the front of ``queue`` into ``batch``. Returns (inputs moved,
-    inputs dropped): a cancelled request (its caller went away) is removed with the rest of its inputs."""
+class Budget:
+    """What is left of one pass's bound in a measure other than inputs (an audio pass's seconds): inputs
+    are taken while their summed cost fits; the first input of a pass is always taken, so an input larger
+    than the whole bound still runs (alone)."""
+
+    def __init__(self, limit: float, cost: Callable[[Any], float]) -> None:
+        self.left, self.cost, self.taken = float(limit), cost, 0
+
+    def fits(self, inputs: Sequence[Any], start: int, n: int) -> int:
+        """How many of ``inputs[start:start + n]`` fit in what is left (their cost is then spent)."""
+        fit = 0
+        for item in inputs[start : start + n]:
+            cost = self.cost(item)
+            if self.taken and cost > self.left:
+                self.left = 0.0
+                break
+            self.left -= cost
+            self.taken += 1
+            fit += 1
+        return fit
+
+    @property
+    def spent(self) -> bool:
+        return self.taken > 0 and self.left <= 0
+
+
+def _fill(queue: deque[_Request], room: int, batch: list[Slice], budget: Budget | None = None) -> tuple[int, int]:
+    """Move up to ``room`` inputs from the front of ``queue`` into ``batch`` (and, with ``budget``, as many as
+    fit in it). Returns (inputs moved, inputs dropped): a cancelled request (its caller went away) is removed
+    with the rest of its inputs."""
     moved = dropped = 0
-    while queue and moved < room:
+    while queue and moved < room and not (budget is not None and budget.spent):
         req = queue[0]
         if req.future.cancelled():
             dropped += req.left
             queue.popleft()
             continue
         n = min(room - moved, req.left)
+        if budget is not None:
+            n = budget.fits(req.inputs, req.taken, n)
+            if not n:
+                break
         batch.append((req, req.taken, req.taken + n))
         req.taken += n
         moved += n
@@ -181,15 +215,16 @@ class FairQueue:
         self._queues[tenant].append(request)
         self._queued[tenant] += request.left
 
-    def fill(self, room: int, batch: list[Slice]) -> tuple[int, int]:
-        """Hand up to ``room`` inputs to ``batch``, tenants in turn. Returns (moved, dropped) like :func:`_fill`."""
+    def fill(self, room: int, batch: list[Slice], budget: Budget | None = None) -> tuple[int, int]:
+        """Hand up to ``room`` inputs to ``batch``, tenants in turn (within ``budget`` when given). Returns
+        (moved, dropped) like :func:`_fill`."""
         moved = dropped = 0
-        while self._ring and moved < room:
+        while self._ring and moved < room and not (budget is not None and budget.spent):
             tenant = self._ring[0]
             queue = self._queues[tenant]
             if self._credit[tenant] <= 0:  # a new turn
                 self._credit[tenant] += self.quantum
-            m, d = _fill(queue, min(room - moved, self._credit[tenant]), batch)
+            m, d = _fill(queue, min(room - moved, self._credit[tenant]), batch, budget)
             self._credit[tenant] -= m
             self._queued[tenant] -= m + d
             moved, dropped = moved + m, dropped + d
@@ -209,9 +244,14 @@ class Batcher:
         max_delay_s: float = 0.002,
         max_queue: int = 4096,
         max_tenant_queue: int | None = None,
+        max_seconds: float | None = None,
     ) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
+        # audio backbones: a pass's clips are bounded in summed seconds too (inputs are samples at ``sample_rate``)
+        rate = getattr(backbone, "sample_rate", None) if getattr(backbone, "modality", "") == "audio" else None
+        self.max_seconds = max_seconds if rate and max_seconds else None
+        self._rate = float(rate or 1)
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.max_tenant_queue = max_queue if max_tenant_queue is None else max_tenant_queue
@@ -314,15 +354,24 @@ class Batcher:
         Predict first (tenants in turn), keeping a quarter of the pass for training when it waits;
         then training; then predict again into whatever training left unused."""
         batch: list[Slice] = []
+        budget = None if self.max_seconds is None else Budget(self.max_seconds, self._seconds_of)
         reserve = max(1, self.max_batch // TRAINING_SHARE) if self._low else 0
-        moved, dropped = self._high.fill(self.max_batch - reserve, batch)
-        m, d = _fill(self._low, self.max_batch - moved, batch)
+        if budget is not None and self._low:  # the training share, in seconds too
+            budget.left = self.max_seconds * (1 - 1 / TRAINING_SHARE)  # type: ignore[operator]
+        moved, dropped = self._high.fill(self.max_batch - reserve, batch, budget)
+        if budget is not None and self._low:
+            budget.left += self.max_seconds / TRAINING_SHARE  # type: ignore[operator]
+        m, d = _fill(self._low, self.max_batch - moved, batch, budget)
         moved, dropped = moved + m, dropped + d
-        m, d = self._high.fill(self.max_batch - moved, batch)
+        m, d = self._high.fill(self.max_batch - moved, batch, budget)
         moved, dropped = moved + m, dropped + d
         self._pending -= moved + dropped
         metrics.QUEUE_INPUTS.labels(**self._labels).set(self._pending)
         return batch
+
+    def _seconds_of(self, item: Any) -> float:
+        """An audio input's duration: its samples at the backbone's rate."""
+        return len(item) / self._rate
 
     def _run(self) -> None:
         while True:

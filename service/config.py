@@ -130,6 +130,13 @@ SETTINGS: dict[str, _Var] = {
         "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging "
         "them into one pass).",
     ),
+    "batch_max_audio_seconds": _Var(
+        "GRAFT_BATCH_MAX_AUDIO_SECONDS",
+        120.0,
+        float,
+        "Most seconds of audio (summed over its clips) in one pass of an audio backbone, besides "
+        "`GRAFT_BATCH_MAX_SIZE`; a clip longer than this still runs, alone.",
+    ),
     "batch_queue_size": _Var(
         "GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."
     ),
@@ -425,6 +432,7 @@ class Settings:
     onnx_threads: int
     batch_max_size: int
     batch_max_delay_ms: float
+    batch_max_audio_seconds: float
     batch_queue_size: int
     role: str
     batch_tenant_queue_size: int
