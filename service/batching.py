@@ -48,6 +48,7 @@ import numpy as np
 from adapters.heads import Head, ValueHead
 from adapters.ood import OodModel
 from adapters.spans import Encoded
+from adapters.spans.finetune import tag_shared
 
 from . import metrics
 from .backbones.base import Backbone
@@ -57,8 +58,8 @@ from .logs import get as get_logger
 log = get_logger("batching")
 
 __all__ = [
-    "SERVING", "Apply", "Batcher", "OodScores", "Overloaded", "ServingActivity", "TokenBatcher", "TokenInput",
-    "apply_heads", "on_trunk", "text_trunk",
+    "SERVING", "Apply", "Batcher", "OodScores", "Overloaded", "OwnLayers", "ServingActivity", "TokenBatcher",
+    "TokenInput", "apply_heads", "on_trunk", "text_trunk",
 ]
 
 TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass
@@ -505,12 +506,25 @@ class TokenInput:
 Apply = Callable[[Sequence[TokenInput], list[Encoded]], list[Any]]
 
 
+@dataclass(frozen=True)
+class OwnLayers:
+    """A token-lane request whose head runs its own top layers (a fine-tuned entities tagger,
+    adapters/spans/finetune.py): its rows take no last-layer states; the lane runs the frozen lower layers
+    once for all such rows of a pass, every task's top layers on its rows (``tag_shared``), then ``apply``
+    on the request's rows and their :class:`~adapters.spans.finetune.Tagged` results."""
+
+    head: Any
+    apply: Callable[[Sequence[TokenInput], list[Any]], list[Any]]
+
+
 class TokenBatcher(Batcher):
     """The token lane of a text backbone: passes of per-token states (``token_states``) for the token kinds
     (entities, answers), scheduled exactly like the pooled lane (cross-tenant passes, fair per tenant,
     predict before training, bounded queues). A pass runs the windows of all its texts as one
     length-sorted micro-batched pass (texts with questions and texts without in one call each), then each
-    request's head step (:data:`Apply`) on its rows; training requests get the states themselves."""
+    request's head step (:data:`Apply`) on its rows; training requests get the states themselves. Requests of
+    fine-tuned heads (:class:`OwnLayers`) take no last-layer states: their rows share one pass of the frozen
+    lower layers, then each task's own top layers."""
 
     def __init__(self, backbone: Backbone, *args: Any, overlap: int = 64, **kwargs: Any) -> None:
         source = text_trunk(backbone)
@@ -523,12 +537,17 @@ class TokenBatcher(Batcher):
         self._thread.name = f"batcher-{backbone.name}{TOKEN_LANE}"
 
     def submit_tokens(
-        self, inputs: Sequence[TokenInput], *, apply: Apply | None = None, background: bool = False, tenant: str = ""
+        self,
+        inputs: Sequence[TokenInput],
+        *,
+        apply: Apply | OwnLayers | None = None,
+        background: bool = False,
+        tenant: str = "",
     ) -> Future:
         """Queue ``inputs``; the future gets ``apply``'s answers (one per input), or their token states."""
         return self._submit(inputs, [None] * len(inputs), apply, tenant, background)
 
-    async def run(self, inputs: Sequence[TokenInput], apply: Apply, tenant: str = "") -> list[Any]:
+    async def run(self, inputs: Sequence[TokenInput], apply: Apply | OwnLayers, tenant: str = "") -> list[Any]:
         return await asyncio.wrap_future(self.submit_tokens(inputs, apply=apply, tenant=tenant))
 
     def states_sync(self, inputs: Sequence[TokenInput], *, background: bool = True) -> list[Encoded]:
@@ -545,8 +564,20 @@ class TokenBatcher(Batcher):
                     out[i] = encoded
         return cast(list[Encoded], out)
 
+    def _tagged(self, batch: list[Slice], own: list[int]) -> list[Any] | Exception:
+        """The rows of the pass's fine-tuned requests through their own top layers, the lower layers shared."""
+        texts = [item.text for k in own for item in batch[k][0].inputs[batch[k][1] : batch[k][2]]]
+        row_heads = [batch[k][0].head.head for k in own for _ in range(batch[k][2] - batch[k][1])]
+        try:
+            return tag_shared(self.source, texts, row_heads)
+        except Exception as exc:  # fails the fine-tuned requests only
+            log.exception("fine-tuned token heads failed", extra={"backbone": self.backbone.name})
+            return exc
+
     def _process(self, batch: list[Slice]) -> None:
-        items = [item for req, start, stop in batch for item in req.inputs[start:stop]]
+        own = [k for k, (req, _, _) in enumerate(batch) if isinstance(req.head, OwnLayers)]
+        plain = [k for k in range(len(batch)) if k not in set(own)]
+        items = [item for k in plain for item in batch[k][0].inputs[batch[k][1] : batch[k][2]]]
         started = time.perf_counter()
         for req, start, _ in batch:
             if start == 0:
@@ -556,24 +587,40 @@ class TokenBatcher(Batcher):
             encoded = self._states(items)
         except Exception as exc:  # deliver the failure to every waiting request
             log.exception("token-state batch failed", extra={"backbone": self.backbone.name, "batch": len(items)})
-            self._fail(batch, exc)
-            return
-        outputs: list[Any] = []
+            self._fail([batch[k] for k in plain], exc)
+            encoded = []
+            plain = []
+        tagged = self._tagged(batch, own) if own else []
+        outputs: list[Any] = [None] * len(batch)
         row = 0
-        for req, start, stop in batch:
+        for k in plain:
+            req, start, stop = batch[k]
             mine = encoded[row : row + stop - start]
             row += stop - start
             if req.head is None:
-                outputs.append(mine)
+                outputs[k] = mine
                 continue
             try:
-                outputs.append(req.head(req.inputs[start:stop], mine))
+                outputs[k] = req.head(req.inputs[start:stop], mine)
             except Exception as exc:  # a broken head fails its own request only
-                outputs.append(exc)
+                outputs[k] = exc
+        row = 0
+        for k in own:
+            req, start, stop = batch[k]
+            if isinstance(tagged, Exception):
+                outputs[k] = tagged
+                continue
+            try:
+                outputs[k] = req.head.apply(req.inputs[start:stop], tagged[row : row + stop - start])
+            except Exception as exc:
+                outputs[k] = exc
+            row += stop - start
+        done = [k for k in range(len(batch)) if outputs[k] is not None]  # the rest failed with their state pass
+        n = sum(stop - start for _, start, stop in batch)
         elapsed = time.perf_counter() - started
-        self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / len(items)
-        self._observe(len(items), elapsed, tokens_before, self.source)
-        self._deliver(batch, outputs)
+        self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / n
+        self._observe(n, elapsed, tokens_before, self.source)
+        self._deliver([batch[k] for k in done], [outputs[k] for k in done])
 
 
 TOKEN_LANE = "/tokens"  # the token lane's batcher label: "<backbone>/tokens"

@@ -213,32 +213,83 @@ class FinetuneTagger:
             held += sum(p.numel() * p.element_size() for p in self.layers.parameters())
         return held
 
-    @torch.inference_mode()
     def log_probs(self, texts: Sequence[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per text: log tag probabilities of every token (n_tokens, n_tags) and the tokens' offsets."""
         if self.source is None or self.layers is None:
             raise RuntimeError("bind() the finetune-tagger to its backbone first")
-        model = self.source.model
-        device = next(model.parameters()).device
-        tokens = _Tokens(self.source.tokenizer, texts, self.source.max_length, self.overlap)
-        out = [np.zeros((len(o), len(self.bias)), dtype=np.float32) for o in tokens.offsets]
-        weight = torch.from_numpy(np.ascontiguousarray(self.weight)).to(device)
-        bias = torch.from_numpy(np.ascontiguousarray(self.bias)).to(device)
-        for rows in _order([len(w.ids) for w in tokens.windows], self.micro_batch):
-            ids, am = _feeds([tokens.windows[r].ids for r in rows], device)
-            hidden, mask = lower(model, ids, am, self.split)
-            hidden = run_layers(self.layers, hidden.float(), mask)
-            logits = _context(hidden, _text_mask(am)) @ weight.T + bias
-            scores = torch.log_softmax(logits, dim=-1).cpu().numpy()
-            for row, r in enumerate(rows):
-                w = tokens.windows[r]
-                keep = np.flatnonzero(w.owned)
-                out[w.text][w.first + keep] = scores[row, 1 + keep]
-        return out, tokens.offsets
+        tagged = tag_shared(self.source, texts, [self] * len(texts), self.micro_batch)
+        return [t.log_probs for t in tagged], [t.offsets for t in tagged]
 
-    def predict(self, texts: Sequence[str], encoded: Sequence[Encoded] | None = None) -> list[list[tuple[Span, float]]]:
-        scores, offsets = self.log_probs(texts)
-        return [scored_spans(np.exp(s), o, self.labels) if len(o) else [] for s, o in zip(scores, offsets, strict=True)]
+    def predict(self, texts: Sequence[str], encoded: Sequence[Any] | None = None) -> list[list[tuple[Span, float]]]:
+        """Entities of ``texts``; ``encoded``, when given, holds this head's :class:`Tagged` rows of them
+        already computed (the token lane's shared pass, :func:`tag_shared`)."""
+        if encoded is not None and all(isinstance(e, Tagged) for e in encoded):
+            tagged = list(encoded)
+        else:
+            scores, offsets = self.log_probs(texts)
+            tagged = [Tagged(s, o) for s, o in zip(scores, offsets, strict=True)]
+        return [scored_spans(np.exp(t.log_probs), t.offsets, self.labels) if len(t.offsets) else [] for t in tagged]
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """One text through a fine-tuned tagger: log tag probabilities per token and the tokens' offsets."""
+
+    log_probs: np.ndarray
+    offsets: np.ndarray
+
+
+@torch.inference_mode()
+def tag_shared(
+    source: Any, texts: Sequence[str], row_heads: Sequence[FinetuneTagger], micro_batch: int = 16
+) -> list[Tagged]:
+    """Row ``i`` is ``texts[i]`` through ``row_heads[i]`` (each bound to ``source``): the windows of all texts,
+    length-sorted into micro-batches; per micro-batch the frozen layers below the lowest split point run
+    **once for all rows of all heads**, then each head's rows run the frozen layers up to its split (if
+    higher), its merged top layers and its classifier — the classification fine-tune's shared trunk
+    (adapters/heads/finetune.py ``predict_shared``), on windows of tokens."""
+    if not texts:
+        return []
+    model = source.model
+    device = next(model.parameters()).device
+    windows: list[tuple[int, _Window]] = []  # (row, window)
+    offsets: list[np.ndarray] = [np.zeros((0, 2), dtype=np.int64)] * len(texts)
+    by_overlap: dict[int, list[int]] = {}
+    for i, head in enumerate(row_heads):
+        if head.layers is None:
+            raise RuntimeError("bind() the finetune-tagger to its backbone first")
+        by_overlap.setdefault(head.overlap, []).append(i)
+    for overlap, rows in by_overlap.items():
+        tokens = _Tokens(source.tokenizer, [texts[i] for i in rows], source.max_length, overlap)
+        for k, i in enumerate(rows):
+            offsets[i] = tokens.offsets[k]
+        windows += [(rows[w.text], w) for w in tokens.windows]
+    out = [np.zeros((len(o), len(h.bias)), dtype=np.float32) for o, h in zip(offsets, row_heads, strict=True)]
+    for chunk in _order([len(w.ids) for _, w in windows], micro_batch):
+        ids, am = _feeds([windows[c][1].ids for c in chunk], device)
+        heads_here = [row_heads[windows[c][0]] for c in chunk]
+        start = min(h.split for h in heads_here)
+        hidden, _ = lower(model, ids, am, start)
+        hidden = hidden.float()
+        groups: dict[int, list[int]] = {}
+        for pos, head in enumerate(heads_here):
+            groups.setdefault(id(head), []).append(pos)
+        for positions in groups.values():
+            head = heads_here[positions[0]]
+            assert head.layers is not None
+            rows_t = torch.tensor(positions, device=device)
+            sub_am = am[rows_t]
+            sub_mask = layer_mask(model, hidden, sub_am)
+            sub = run_layers(encoder_layers(model)[start : head.split], hidden[rows_t], sub_mask)
+            sub = run_layers(head.layers, sub, sub_mask)
+            weight = torch.from_numpy(np.ascontiguousarray(head.weight)).to(device)
+            bias = torch.from_numpy(np.ascontiguousarray(head.bias)).to(device)
+            scores = torch.log_softmax(_context(sub, _text_mask(sub_am)) @ weight.T + bias, dim=-1).cpu().numpy()
+            for row, pos in enumerate(positions):
+                i, w = windows[chunk[pos]]
+                keep = np.flatnonzero(w.owned)
+                out[i][w.first + keep] = scores[row, 1 + keep]
+    return [Tagged(o, off) for o, off in zip(out, offsets, strict=True)]
 
 
 # -- training -----------------------------------------------------------------------------------
