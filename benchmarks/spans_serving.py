@@ -16,8 +16,8 @@ HTTP, and memory per extra task.
   outside their tensors); for the entities ``finetune`` head also the bytes it holds once bound to the
   backbone (its merged top layer, ``resident_nbytes``: what the head cache charges it).
 - ``finetune`` (entities, adapters/spans/finetune.py) is fitted with at most 2 epochs (in process and, via
-  ``GRAFT_FINETUNE_MAX_EPOCHS=2``, in the server); it runs its own layers per request in a thread, not in
-  the token lane's shared pass.
+  ``GRAFT_FINETUNE_MAX_EPOCHS=2``, in the server); in the token lane its rows share the frozen lower layers
+  with other fine-tuned rows of the pass, then run its own top layer (``OwnLayers``), as the router sends them.
 
 Numbers are from a machine shared with other jobs: rough, and comparable within one run only.
 """
@@ -41,7 +41,7 @@ from adapters.spans import from_bytes, to_bytes
 from adapters.spans.finetune import fit_finetune_tagger
 from adapters.spans.heads import SpanPointer, TokenTagger, WordPointer, WordTagger
 from benchmarks.spansets import answer_rows, entity_rows
-from service.batching import TokenBatcher, TokenInput
+from service.batching import OwnLayers, TokenBatcher, TokenInput
 
 TRAIN = 50
 PINNED = [
@@ -110,13 +110,16 @@ def in_process(backbone: Any, clients: list[int], seconds: float, wanted: set[st
             kind = kind_of(task_kind)
 
             async def call(value: Any, tenant: str, kind: Any = kind, head: Any = head) -> Any:
-                if not kind.reads_states(head):
+                own = hasattr(head, "bind")  # a fine-tuned head: its own top layers, in the lane (as the router)
+                if not own and not kind.reads_states(head):
                     return await asyncio.to_thread(kind.predict_tokens, head, [value], None)
                 texts, questions = kind.token_inputs([value])
                 item = TokenInput(texts[0], None if questions is None else questions[0], value)
-                return await lane.run(
-                    [item], lambda part, enc: kind.predict_tokens(head, [p.value for p in part], enc), tenant
-                )
+
+                def step(part: Any, enc: Any) -> Any:
+                    return kind.predict_tokens(head, [p.value for p in part], enc)
+
+                return await lane.run([item], OwnLayers(head, step) if own else step, tenant)
 
             blob = to_bytes(head)
             tracemalloc.start()
