@@ -130,6 +130,13 @@ SETTINGS: dict[str, _Var] = {
         "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging "
         "them into one pass).",
     ),
+    "batch_max_audio_seconds": _Var(
+        "GRAFT_BATCH_MAX_AUDIO_SECONDS",
+        120.0,
+        float,
+        "Most seconds of audio (summed over its clips) in one pass of an audio backbone, besides "
+        "`GRAFT_BATCH_MAX_SIZE`; a clip longer than this still runs, alone.",
+    ),
     "batch_queue_size": _Var(
         "GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."
     ),
@@ -201,6 +208,12 @@ SETTINGS: dict[str, _Var] = {
         8,
         int,
         "Most epochs of a `finetune` head (early stopping on a held-out fold ends it sooner).",
+    ),
+    "finetune_max_seconds": _Var(
+        "GRAFT_FINETUNE_MAX_SECONDS",
+        600.0,
+        float,
+        "Seconds after which an entities `finetune` head starts no further epoch (the best epoch so far is served).",
     ),
     "transfer_sample": _Var(
         "GRAFT_TRANSFER_SAMPLE",
@@ -502,6 +515,7 @@ class Settings:
     onnx_threads: int
     batch_max_size: int
     batch_max_delay_ms: float
+    batch_max_audio_seconds: float
     batch_queue_size: int
     role: str
     batch_tenant_queue_size: int
@@ -518,6 +532,7 @@ class Settings:
     finetune_layers: int
     finetune_rank: int
     finetune_max_epochs: int
+    finetune_max_seconds: float
     transfer_sample: int
     ood_fpr: float
     max_examples_per_request: int

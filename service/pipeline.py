@@ -181,8 +181,12 @@ class TrainingPipeline:
         active = self.store.version(task.id, task.active_version, with_weights=True)
         task_kind = kinds.kind_of(task.kind)
         if not task_kind.comparable(result):
-            too_few = "promoted without comparison: too few examples to cross-validate"
-            return selection.unconditional(too_few), active.number
+            why = (
+                "promoted without comparison: a fine-tuned head is compared on its held-out part only"
+                if result.metrics.get("head") == "finetune"
+                else "promoted without comparison: too few examples to cross-validate"
+            )
+            return selection.unconditional(why), active.number
         unseen = np.arange(active.n_examples, len(texts))
         try:
             head = head_of(self.store, active)
@@ -191,6 +195,14 @@ class TrainingPipeline:
                 f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
             ), active.number
         vectors: Any = None
+        if task_kind.reads_token_states and heads.TRUNK in getattr(head, "consumes", ()):
+            source = text_trunk(self.batchers(active.backbone).backbone)  # a fine-tuned tagger runs its own layers
+            if source is None:
+                return selection.unconditional(
+                    f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} "
+                    "has no transformer trunk here"
+                ), active.number
+            head.bind(source)  # type: ignore[attr-defined]
         if task_kind.reads_token_states:  # the active head's token states of the unseen examples
             vectors = self._unseen_states(task_kind, x, unseen, active.backbone, backbone, texts)
             if vectors is None:
@@ -287,6 +299,25 @@ class TrainingPipeline:
             ),
             promote=decision.promote,
             compared_with=task.active_version,
+        )
+
+    def _token_finetuning(self, backbone: str, progress: Progress) -> kinds.Finetuning:
+        """What an entities ``finetune`` head trains with: the backbone's torch model, the recipe from the
+        settings, its seconds bound, and the job's progress (0.2..0.9) and step hooks."""
+        source = text_trunk(self.batchers(backbone).backbone)
+        if source is None or not hasattr(source, "tokenizer"):
+            raise TrainingDataError(f"backbone {backbone!r} has no transformer trunk for head 'finetune'")
+        cfg = FinetuneConfig(
+            layers=self.settings.finetune_layers,
+            rank=self.settings.finetune_rank,
+            max_epochs=self.settings.finetune_max_epochs,
+        )
+        return kinds.Finetuning(
+            source,
+            cfg,
+            max_seconds=self.settings.finetune_max_seconds,
+            progress=lambda f: progress.update(0.2 + 0.7 * f),
+            between_steps=progress.step,
         )
 
     def _fit_ood(
@@ -388,7 +419,7 @@ class TrainingPipeline:
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
         task_kind = kinds.kind_of(task.kind)
-        if task.head == "finetune" and "finetune" in task_kind.pinnable_heads:
+        if task.head == "finetune" and "finetune" in task_kind.pinnable_heads and not task_kind.reads_token_states:
             return self._finetune(job, task, texts, labels, progress)
         if task_kind.generates:
             return self._fit_adapter(job, task, task_kind, texts, labels, progress)
@@ -398,9 +429,16 @@ class TrainingPipeline:
             token_kind = cast(kinds.TokenKind, task_kind)
             backbone_name, transferability = self._pinned_backbone(task), None
             inputs = token_kind.decode_inputs(texts)
-            x = self._token_states(backbone_name, token_kind, inputs, progress, EMBED_SHARE)
+            tuning = task.head == "finetune"
+            x = self._token_states(backbone_name, token_kind, inputs, progress, 0.2 if tuning else EMBED_SHARE)
             result = token_kind.fit_tokens(
-                x, inputs, targets, head=task.head, folds=self.settings.cv_folds, seed=self.settings.seed
+                x,
+                inputs,
+                targets,
+                head=task.head,
+                folds=self.settings.cv_folds,
+                seed=self.settings.seed,
+                finetuning=self._token_finetuning(backbone_name, progress) if tuning else None,
             )
         elif task_kind.chooses_backbone:  # LogME over the modality's backbones (``auto``: the best is used)
             backbone_name, x, transferability = self._embed_and_score(task, texts, targets, progress)

@@ -30,7 +30,7 @@ from adapters.kinds import (
 )
 
 from . import logs, metrics
-from .batching import Batcher, OodScores, TokenBatcher, TokenInput
+from .batching import Batcher, OodScores, OwnLayers, TokenBatcher, TokenInput
 from .caching import HeadCache, TTLCache
 from .engine.head_store import VersionFailed, store_head_loader
 from .engine.prediction_ids import new_id
@@ -307,8 +307,11 @@ class Router:
         self, ref: TaskRef, kind: TokenKind, head: Any, backbone: str, inputs: Sequence[Any]
     ) -> list[Any]:
         """A token kind's answers: heads that read token states through the backbone's token lane (its
-        pass shared with other tenants' token-kind requests), word-feature heads on the raw text alone."""
-        if not kind.reads_states(head):
+        pass shared with other tenants' token-kind requests), fine-tuned heads through the lane too (their
+        lower layers shared, their own top layers per task: :class:`OwnLayers`), word-feature heads on the
+        raw text alone."""
+        own = heads.TRUNK in getattr(head, "consumes", ())
+        if not own and not kind.reads_states(head):
             return await anyio.to_thread.run_sync(lambda: kind.predict_tokens(head, inputs, None))
         if self.token_batchers is None:
             raise RuntimeError("this router has no token lanes")
@@ -321,7 +324,7 @@ class Router:
         def apply(part: Sequence[TokenInput], encoded: list[Any]) -> list[Any]:
             return kind.predict_tokens(head, [item.value for item in part], encoded)
 
-        return await self.token_batchers(backbone).run(items, apply, ref.tenant_id)
+        return await self.token_batchers(backbone).run(items, OwnLayers(head, apply) if own else apply, ref.tenant_id)
 
     async def predict(
         self,

@@ -84,6 +84,7 @@ class Runtime:
                 settings.batch_max_delay_ms / 1000,
                 settings.batch_queue_size,
                 settings.batch_tenant_queue_size,
+                max_seconds=settings.batch_max_audio_seconds,
             )
             for name, bb in self.backbones.loaded.items()
         }

@@ -12,7 +12,7 @@ from .generation import Generation
 from .multilabel import LabelScore, MultiLabel, MultiLabelPrediction, multilabel_predictions
 from .regression import Regression, RegressionPrediction
 from .speakers import SpeakerPrediction, Speakers, SpeakerScore, fit_speakers
-from .tokens import TokenKind, head_from_bytes
+from .tokens import Finetuning, TokenKind, head_from_bytes
 
 DEFAULT = Classification.name  # a task that names no kind; a dataset upload's new task
 
@@ -29,6 +29,7 @@ __all__ = [
     "KINDS",
     "KindPrediction",
     "LABEL_CHARS",
+    "Finetuning",
     "LabelScore",
     "MultiLabel",
     "MultiLabelPrediction",

@@ -30,7 +30,7 @@ KIND_HEADS = {  # heads a task of a kind may pin besides "auto" (adapters/kinds/
     "multilabel": (),
     "regression": (),
     "speakers": (),
-    "entities": ("tagger", "word-tagger"),
+    "entities": ("tagger", "word-tagger", "finetune"),
     "answers": ("pointer", "word-pointer"),
     "generation": (),
 }
@@ -337,7 +337,8 @@ class TaskCreate(Request):
         "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
         "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a "
         "background job. Entities tasks: `tagger` (on the token states) or `word-tagger` (word features, no "
-        "transfer); answers tasks: `pointer` or `word-pointer`; `auto` serves whichever cross-validates better.",
+        "transfer), or `finetune` (LoRA on the top layers plus a token classifier); answers tasks: `pointer` or "
+        "`word-pointer`; `auto` serves whichever cross-validates better.",
     )
     labels: list[Label] | None = Field(
         default=None,
