@@ -457,7 +457,9 @@ class ShadowConfig(BaseModel):
 class TaskOut(BaseModel):
     name: str
     modality: str
-    kind: str = Field(description="`classification`, `multilabel`, `regression`, `entities` or `answers`.")
+    kind: str = Field(
+        description="`classification`, `multilabel`, `regression`, `speakers`, `entities`, `answers` or `generation`."
+    )
     backbone: str
     head: str
     active_version: int | None

@@ -345,6 +345,59 @@ function renderVersion(number) {
   kvRows($("#other-metrics"), Object.entries(m).filter(([k]) => !SUMMARY.has(k) && !plotted.has(k)));
 }
 
+function drawDrift(target, drift, expected) {
+  // One bar per window (oldest left): the share of scored inputs flagged out of distribution; the dashed
+  // line is the version's calibrated rate. A window with no scored inputs draws no bar.
+  const windows = drift.windows || [];
+  if (!windows.some((w) => w.scored > 0)) return empty(target, "No predictions scored in the last windows.");
+  const left = 50, top = 14, width = 360, height = 160;
+  const root = canvas(left + width + 20, top + height + 44);
+  const yMax = Math.max(0.1, ...windows.map((w) => w.flag_rate || 0), expected || 0);
+  const ticks = [0, yMax / 4, yMax / 2, (3 * yMax) / 4, yMax];
+  axes(root, left, top, width, height, ticks.map((t) => t / yMax), (t) => pct(t * yMax));
+  const step = width / windows.length;
+  windows.forEach((w, i) => {
+    if (!w.scored) return;
+    const h = ((w.flag_rate || 0) / yMax) * height;
+    const bar = svg("rect", { class: `bar drift-window${w.z !== null && w.z > 3 ? " alt" : ""}`, x: left + i * step + 2,
+      y: top + height - h, width: Math.max(1, step - 4), height: Math.max(1, h), "data-flagged": w.flagged, "data-scored": w.scored });
+    bar.append(svg("title", {}, `ended ${Math.round(w.ends_s_ago / 60)} min ago: ${w.flagged} of ${w.scored} flagged (${pct(w.flag_rate)}), z ${w.z === null ? "–" : w.z.toFixed(1)}`));
+    root.append(bar);
+  });
+  if (typeof expected === "number") {
+    const y = top + height - (expected / yMax) * height;
+    root.append(svg("line", { class: "ideal", x1: left, x2: left + width, y1: y, y2: y }));
+    root.append(svg("text", { class: "legend", x: left + width - 4, y: y - 4, "text-anchor": "end" }, "expected rate"));
+  }
+  root.append(svg("text", { class: "legend", x: left + width / 2, y: top + height + 30, "text-anchor": "middle" },
+    `${Math.round(drift.window_s / 60)}-minute windows, oldest left`));
+  target.replaceChildren(root);
+}
+
+async function showMonitoring(path) {
+  // Feedback accuracy, shadow agreement, the retrain policy and drift of the task's active version.
+  const section = $("#monitoring");
+  let m;
+  try {
+    m = await api(`${path}/monitoring`);
+  } catch (error) {
+    section.hidden = true;  // kinds without monitoring (generation) or a task without a version
+    return;
+  }
+  const shadow = m.shadow.versions.find((v) => v.version === m.shadow.version);
+  kvRows($("#monitoring-summary"), [
+    ["feedback", `${m.feedback.count} labels${m.feedback.accuracy === null ? "" : `, accuracy ${pct(m.feedback.accuracy)}`}`],
+    ["out of distribution", m.ood.flag_rate === null ? "nothing scored yet"
+      : `${pct(m.ood.flag_rate)} of ${m.ood.scored} inputs (expected ${pct(m.ood.expected_rate)})`],
+    ["drift", m.drift.shifted ? "shifted: the latest window flags far more inputs than expected" : "no shift detected"],
+    ["shadow", m.shadow.version === null ? "none"
+      : `v${m.shadow.version} on ${pct(m.shadow.share)} of requests${shadow ? `, agreement ${pct(shadow.agreement)} over ${shadow.predictions}` : ""}`],
+    ["retrain", m.retrain.after_feedback ? `after ${m.retrain.after_feedback} labels (${m.retrain.pending_feedback} waiting)` : "manual"],
+  ]);
+  drawDrift($("#plot-drift .plot"), m.drift, m.ood.expected_rate);
+  section.hidden = false;
+}
+
 // -- views -------------------------------------------------------------------------------
 
 async function showTasks() {
@@ -396,6 +449,7 @@ async function showTask(name) {
   } else {
     for (const id of ["#summary", "#other-metrics", "#warnings"]) $(id).replaceChildren();
   }
+  await showMonitoring(path);
 }
 
 function meterRow(label, value, text, attrs = {}) {

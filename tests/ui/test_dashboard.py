@@ -148,6 +148,33 @@ def test_another_tenant_sees_none_of_it(server, trained, browser) -> None:
     page.close()
 
 
+def test_monitoring_shows_feedback_accuracy_and_the_drift_windows(server, trained, bbc_train, browser) -> None:
+    """In-domain and foreign inputs are predicted and one answer gets feedback: the task page's monitoring
+    section shows the feedback and draws one bar per drift window that scored inputs, as the API reports them."""
+    client = trained["client"]
+    texts = [r["input"] for r in bbc_train[-6:]]
+    foreign = ["def add(a, b):\n    return a + b  # sum two numbers", "SELECT id, name FROM users WHERE age > 30;"]
+    answers = predict(client, "news", texts + foreign)["predictions"]
+    feedback = client.post(
+        "/v1/tasks/news/feedback", json={"items": [{"id": answers[0]["id"], "label": bbc_train[-1]["label"]}]}
+    )
+    assert feedback.status_code == 200, feedback.text
+
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/news")
+    log_in(page, trained["key"])
+    expect(page.locator("#monitoring")).to_be_visible()
+    monitoring = client.get("/v1/tasks/news/monitoring").json()
+    assert monitoring["feedback"]["count"] >= 1 and monitoring["ood"]["scored"] >= len(texts) + len(foreign)
+    expect(page.locator("#monitoring-summary")).to_contain_text(f"{monitoring['feedback']['count']} labels")
+    scored = [w for w in monitoring["drift"]["windows"] if w["scored"]]
+    bars = page.locator("#plot-drift rect.drift-window")
+    expect(bars).to_have_count(len(scored))
+    drawn = bars.evaluate_all("bars => bars.map(b => [Number(b.dataset.flagged), Number(b.dataset.scored)])")
+    assert drawn == [[w["flagged"], w["scored"]] for w in scored]
+    assert not problems, problems
+    page.close()
+
+
 def test_image_task_try_it_uploads_a_file(server, browser, tmp_path: Path) -> None:
     """An image task (real 8×8 digits, 4 per label): the try-it box takes a file and sends it as multipart."""
     client = server.new_tenant("dashboard-images")
@@ -264,14 +291,16 @@ def test_a_speakers_task_shows_its_figures_and_tries_a_wav_file(server, browser,
     client = server.new_tenant("dashboard-speakers")
     clips = speaker_clips(3, 3, seed=2)
     examples = [{"input": base64.b64encode(wav).decode(), "label": who} for wav, who in clips]
-    resp = client.post("/v1/tasks", json={"name": "voices", "modality": "audio", "kind": "speakers",
-                                          "examples": examples})
+    resp = client.post(
+        "/v1/tasks", json={"name": "voices", "modality": "audio", "kind": "speakers", "examples": examples}
+    )
     assert resp.status_code == 202, resp.text
     assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
     probe = tmp_path / "probe.wav"
     probe.write_bytes(clips[0][0])
-    expected = client.post("/v1/tasks/voices/predict/files", files=[("file", ("probe.wav", clips[0][0]))],
-                           data={"top_k": "5"}).json()["predictions"][0]
+    expected = client.post(
+        "/v1/tasks/voices/predict/files", files=[("file", ("probe.wav", clips[0][0]))], data={"top_k": "5"}
+    ).json()["predictions"][0]
 
     page, problems = open_page(browser, f"{server.url}/ui/#/tasks/voices")
     log_in(page, client.headers["authorization"].removeprefix("Bearer "))
