@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from adapters.boxes import Letterbox
+
 # Graft enforces its own pixel limit (``Limits.max_pixels``) before decoding; Pillow's warning is noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
@@ -205,6 +207,17 @@ class Preprocessing:
         batch -= np.asarray(self.mean, dtype=np.float32)
         batch /= np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def letterbox(image: Image.Image, preprocessing: Preprocessing, size: int) -> tuple[np.ndarray, Letterbox]:
+    """The normalised image (``preprocessing.normalise``, what the store keeps) scaled so its longer side is
+    ``size`` and placed at the top-left corner of a ``size × size`` canvas padded with the mean colour
+    (detection; adapters/boxes.py): uint8 (size, size, 3), and the placement that maps boxes both ways."""
+    image = preprocessing.normalise(image)
+    placement = Letterbox(image.width, image.height, size)
+    canvas = Image.new("RGB", (size, size), tuple(round(255 * m) for m in preprocessing.mean))  # type: ignore[arg-type]
+    canvas.paste(image.convert("RGB").resize(placement.inner, Image.Resampling.BILINEAR), (0, 0))
+    return np.asarray(canvas, dtype=np.uint8), placement
 
 
 def to_stored(image: Image.Image, preprocessing: Preprocessing) -> str:

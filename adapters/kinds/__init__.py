@@ -5,6 +5,7 @@ A new kind is one module here plus its import below.
 
 from .answers import AnswerPrediction, Answers
 from .base import AUTO, KINDS, LABEL_CHARS, KindPrediction, TaskKind, UnknownKind, kind_of, register_kind, unstorable
+from .detection import DetectedObject, Detection, DetectionPrediction, Placed
 from .classification import Classification, Prediction, top_predictions
 from .entities import Entities, EntitiesPrediction, Entity
 from .fitting import fit_multilabel, fit_regression, indicator, tune_thresholds
@@ -21,6 +22,9 @@ __all__ = [
     "Answers",
     "Classification",
     "DEFAULT",
+    "DetectedObject",
+    "Detection",
+    "DetectionPrediction",
     "Entities",
     "EntitiesPrediction",
     "Entity",
@@ -30,6 +34,7 @@ __all__ = [
     "LabelScore",
     "MultiLabel",
     "MultiLabelPrediction",
+    "Placed",
     "Prediction",
     "Regression",
     "RegressionPrediction",
