@@ -95,8 +95,10 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, thre
     """NMS within each class (boxes of different labels never suppress each other); kept indices, highest
     score first."""
     classes = np.asarray(classes)
-    keep = [idx[nms(boxes[idx], scores[idx], threshold)] for idx in (np.flatnonzero(classes == c)
-                                                                      for c in np.unique(classes))]
+    keep = [
+        idx[nms(boxes[idx], scores[idx], threshold)]
+        for idx in (np.flatnonzero(classes == c) for c in np.unique(classes))
+    ]
     if not keep:
         return np.zeros(0, dtype=np.int64)
     kept = np.concatenate(keep)
@@ -119,9 +121,7 @@ class Objects:
         return cls(b, lab, s)
 
 
-def average_precision(
-    truth: Sequence[Objects], found: Sequence[Objects], label: int, threshold: float
-) -> float | None:
+def average_precision(truth: Sequence[Objects], found: Sequence[Objects], label: int, threshold: float) -> float | None:
     """COCO-style AP of one label at one IoU threshold over all images (see the module docstring); None when
     no image has a true box of that label."""
     n_true = sum(int((t.labels == label).sum()) for t in truth)
@@ -129,7 +129,7 @@ def average_precision(
         return None
     scored: list[tuple[float, int, int]] = []  # (score, image, detection index)
     for image, f in enumerate(found):
-        scored += [(float(f.scores[j]), image, j) for j in np.flatnonzero(f.labels == label)]
+        scored += [(float(f.scores[j]), image, int(j)) for j in np.flatnonzero(f.labels == label)]
     scored.sort(key=lambda s: -s[0])  # stable: ties keep image order
     matched = [np.zeros(int((t.labels == label).sum()), dtype=bool) for t in truth]
     true_boxes = [t.boxes[t.labels == label] for t in truth]

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from adapters.boxes import Letterbox
+from adapters.kinds import Placed
 
 # Graft enforces its own pixel limit (``Limits.max_pixels``) before decoding; Pillow's warning is noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -234,3 +235,20 @@ STORED_LIMITS = Limits(max_bytes=1 << 30, max_pixels=1 << 30)
 def from_stored(stored: Sequence[str], preprocessing: Preprocessing) -> list[np.ndarray]:
     """Stored examples → backbone inputs."""
     return [preprocessing(decode(from_base64(s), STORED_LIMITS)) for s in stored]
+
+
+def placed(image: Image.Image, preprocessing: Preprocessing, size: int) -> Placed:
+    """A predict input letterboxed for detection: answers map back to the caller's (upright) pixels."""
+    upright = _upright(image)
+    canvas, placement = letterbox(upright, preprocessing, size)
+    return Placed(canvas, placement, upright.width, upright.height)
+
+
+def placed_stored(stored: Sequence[str], preprocessing: Preprocessing, size: int) -> list[Placed]:
+    """Stored examples letterboxed for detection (their boxes map onto the canvas through the stored size)."""
+    out = []
+    for one in stored:
+        image = decode(from_base64(one), STORED_LIMITS)
+        canvas, placement = letterbox(image, preprocessing, size)
+        out.append(Placed(canvas, placement, placement.width, placement.height))
+    return out

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from adapters.training import TrainingDataError
 
 from . import logs, metrics
-from .batching import SERVING, Batcher, TokenBatcher
+from .batching import SERVING, Batcher, MapBatcher, TokenBatcher
 from .config import Settings
 from .pipeline import EMBED_CHUNK, EMBED_SHARE, JobLost, TrainingPipeline, backbone_inputs
 from .store.models import Job
@@ -154,6 +154,7 @@ class JobRunner:
         backbones_of: Callable[[str], list[str]] | None = None,
         on_version: Callable[[Job], None] | None = None,
         token_batchers: Callable[[str], TokenBatcher] | None = None,
+        map_batchers: Callable[[str], MapBatcher] | None = None,
     ) -> None:
         self.store = store
         self.on_version = on_version  # called after a job of this process switched its task's version
@@ -161,7 +162,9 @@ class JobRunner:
         self.settings = settings
         self.backbones_of = backbones_of  # modality -> configured backbone names
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self.pipeline = TrainingPipeline(store, batchers, settings, self.worker_id, backbones_of, token_batchers)
+        self.pipeline = TrainingPipeline(
+            store, batchers, settings, self.worker_id, backbones_of, token_batchers, map_batchers
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -46,16 +46,22 @@ class CenterNet(nn.Module):
         super().__init__()
         self.stem = (
             nn.Sequential(
-                nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-                nn.Conv2d(64, channels, 3, 1, 1), nn.ReLU(),
+                nn.Conv2d(3, 32, 3, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 3, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(64, channels, 3, 1, 1),
+                nn.ReLU(),
             )
             if stem
             else None
         )
-        self.body = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 3, 1, 1), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 3, 1, 1), nn.ReLU()
+        )
         self.heat = nn.Conv2d(hidden, labels, 1)
         self.box = nn.Conv2d(hidden, 4, 1)  # log w, log h (cells), offset x, y (within the cell)
-        nn.init.constant_(self.heat.bias, -2.19)  # sigmoid ~0.1 at start (CenterNet's prior)
+        nn.init.constant_(self.heat.bias, -2.19)  # type: ignore[arg-type]  # sigmoid ~0.1 at start (CenterNet's prior)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.stem is not None:
@@ -96,8 +102,9 @@ def targets(objects: Sequence[Objects], labels: int, grid: int) -> tuple[torch.T
     return torch.from_numpy(heat), torch.from_numpy(box), torch.from_numpy(mask)
 
 
-def loss_of(heat: torch.Tensor, box: torch.Tensor, t_heat: torch.Tensor, t_box: torch.Tensor,
-            mask: torch.Tensor) -> torch.Tensor:
+def loss_of(
+    heat: torch.Tensor, box: torch.Tensor, t_heat: torch.Tensor, t_box: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """CenterNet's focal loss (alpha 2, beta 4) on the heatmaps plus L1 on sizes and offsets at the centres."""
     p = torch.sigmoid(heat).clamp(1e-4, 1 - 1e-4)
     pos = t_heat.eq(1.0).float()
@@ -140,7 +147,9 @@ class _Detector(StoredHead):
     @classmethod
     def restore(cls, labels: list[str], params: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
         head = super().restore(labels, params, tensors)
-        state = {k[4:]: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items() if k.startswith("net.")}
+        state = {
+            k[4:]: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items() if k.startswith("net.")
+        }
         try:
             head.net.load_state_dict(state, strict=True)
         except (RuntimeError, KeyError) as exc:

@@ -5,8 +5,9 @@ A new kind is one module here plus its import below.
 
 from .answers import AnswerPrediction, Answers
 from .base import AUTO, KINDS, LABEL_CHARS, KindPrediction, TaskKind, UnknownKind, kind_of, register_kind, unstorable
-from .detection import DetectedObject, Detection, DetectionPrediction, Placed
 from .classification import Classification, Prediction, top_predictions
+from .detection import SIZE as DETECTION_SIZE
+from .detection import DetectedObject, Detection, DetectionPrediction, Placed
 from .entities import Entities, EntitiesPrediction, Entity
 from .fitting import fit_multilabel, fit_regression, indicator, tune_thresholds
 from .multilabel import LabelScore, MultiLabel, MultiLabelPrediction, multilabel_predictions
@@ -22,6 +23,7 @@ __all__ = [
     "Answers",
     "Classification",
     "DEFAULT",
+    "DETECTION_SIZE",
     "DetectedObject",
     "Detection",
     "DetectionPrediction",

@@ -225,8 +225,15 @@ class Detection(TaskKind):
     # -- fitting ----------------------------------------------------------------------------------
 
     def fit(
-        self, x: np.ndarray, labels: Sequence[Any], *, head: str, raw: Sequence[str] | None, modality: str,
-        folds: int, seed: int,
+        self,
+        x: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        head: str,
+        raw: Sequence[str] | None,
+        modality: str,
+        folds: int,
+        seed: int,
     ) -> FitResult:
         raise TypeError("a detection task is fitted on feature maps: call fit_maps")
 
@@ -241,15 +248,22 @@ class Detection(TaskKind):
         return out
 
     def fit_maps(
-        self, maps: np.ndarray | None, placed: Sequence[Placed], stored: Sequence[str], *, head: str, folds: int,
-        seed: int, steps: int = DEFAULT_STEPS,
+        self,
+        maps: np.ndarray | None,
+        placed: Sequence[Placed],
+        stored: Sequence[str],
+        *,
+        head: str,
+        folds: int,
+        seed: int,
+        steps: int = DEFAULT_STEPS,
     ) -> FitResult:
         """Cross-validate the transfer head (on ``maps``, (n, C, g, g)) and the scratch baseline (on the canvases)
         on the same image folds; mAP for each; refit the better (``auto``) or the pinned one on all images."""
         names = sorted({o["label"] for one in stored for o in self.decode(one)})
         truth = self.truth(placed, stored, names)
         pixels = np.stack([p.pixels for p in placed])
-        inputs = {"detector": maps, "scratch-detector": pixels}
+        inputs: dict[str, np.ndarray | None] = {"detector": maps, "scratch-detector": pixels}
         classes = {"detector": DetectorHead, "scratch-detector": ScratchDetectorHead}
         channels = {"detector": int(maps.shape[1]) if maps is not None else 128, "scratch-detector": SCRATCH_CHANNELS}
         n = len(placed)
@@ -258,15 +272,16 @@ class Detection(TaskKind):
         parts = [np.sort(part) for part in np.array_split(order, k)]
         scores: dict[str, dict[str, Any]] = {}
         for kind, cls in classes.items():
-            if inputs[kind] is None:
+            data = inputs[kind]
+            if data is None:
                 continue
             started = time.perf_counter()
             found: list[Objects | None] = [None] * n
             for f, held in enumerate(parts):
                 train = np.setdiff1d(np.arange(n), held)
                 model = cls(names, size=SIZE, channels=channels[kind])
-                model.fit(inputs[kind][train], [truth[i] for i in train], steps=steps, seed=seed + f)
-                for i, got in zip(held, model.detect(inputs[kind][held], EVAL_MIN_SCORE), strict=True):
+                model.fit(data[train], [truth[i] for i in train], steps=steps, seed=seed + f)
+                for i, got in zip(held, model.detect(data[held], EVAL_MIN_SCORE), strict=True):
                     found[i] = self.suppressed(got, MAX_OBJECTS)
             done = [f for f in found if f is not None]
             scores[kind] = {**evaluate(truth, done, names), "cv_seconds": round(time.perf_counter() - started, 2)}
@@ -286,7 +301,10 @@ class Detection(TaskKind):
                 + (" (served: the baseline)" if chosen == "scratch-detector" else "")
             )
         final = classes[chosen](names, size=SIZE, channels=channels[chosen])
-        final.fit(inputs[chosen], truth, steps=steps, seed=seed)
+        chosen_inputs = inputs[chosen]
+        if chosen_inputs is None:
+            raise ValueError(f"head {chosen!r} needs the backbone's feature maps")
+        final.fit(chosen_inputs, truth, steps=steps, seed=seed)
         served = scores[chosen]
         keys = ("map_50", "map", "cv_seconds")
         metrics: dict[str, Any] = {
@@ -334,14 +352,17 @@ class Detection(TaskKind):
             kept = self.suppressed(got, limit, threshold)
             boxes = where.to_caller(kept.boxes)
             out.append(
-                DetectionPrediction([
-                    DetectedObject(
-                        (round(b[0], 2), round(b[1], 2), round(b[2], 2), round(b[3], 2)),
-                        head.labels[int(label)], round(float(score), 4),
-                    )
-                    for b, label, score in zip(boxes.tolist(), kept.labels, kept.scores, strict=True)
-                    if b[2] > b[0] and b[3] > b[1]
-                ])
+                DetectionPrediction(
+                    [
+                        DetectedObject(
+                            (round(b[0], 2), round(b[1], 2), round(b[2], 2), round(b[3], 2)),
+                            head.labels[int(label)],
+                            round(float(score), 4),
+                        )
+                        for b, label, score in zip(boxes.tolist(), kept.labels, kept.scores, strict=True)
+                        if b[2] > b[0] and b[3] > b[1]
+                    ]
+                )
             )
         return out
 
@@ -354,8 +375,14 @@ class Detection(TaskKind):
         return True
 
     def compare(
-        self, active: Head, vectors: Any, raw: Sequence[str], truth: Sequence[str], result: FitResult,
-        unseen: np.ndarray, active_number: int,
+        self,
+        active: Head,
+        vectors: Any,
+        raw: Sequence[str],
+        truth: Sequence[str],
+        result: FitResult,
+        unseen: np.ndarray,
+        active_number: int,
     ) -> Decision:
         return unconditional(
             f"promoted without a paired comparison: detection versions are compared by their cross-validated mAP "
