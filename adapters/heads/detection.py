@@ -48,9 +48,7 @@ class CenterNet(nn.Module):
             nn.Sequential(
                 nn.Conv2d(3, 32, 3, 2, 1),
                 nn.ReLU(),
-                nn.Conv2d(32, 64, 3, 2, 1),
-                nn.ReLU(),
-                nn.Conv2d(64, channels, 3, 1, 1),
+                nn.Conv2d(32, channels, 3, 2, 1),
                 nn.ReLU(),
             )
             if stem
@@ -123,7 +121,7 @@ class _Detector(StoredHead):
     reads: ClassVar[str]
     settings = ("size", "channels", "hidden")
 
-    def __init__(self, labels: list[str], size: int = 256, channels: int = 128, hidden: int = 64) -> None:
+    def __init__(self, labels: list[str], size: int = 256, channels: int = 128, hidden: int = 32) -> None:
         self.labels = list(labels)
         self.size, self.channels, self.hidden = int(size), int(channels), int(hidden)
         if self.size % (STRIDE * THUMB) or self.size <= 0:
