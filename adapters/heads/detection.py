@@ -18,8 +18,9 @@ NMS. Both heads store their weights as safetensors tensors (``net.*``); nothing 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -163,11 +164,16 @@ class _Detector(StoredHead):
         t_heat, t_box, mask = targets(objects, len(self.labels), self.grid)
         rng = np.random.default_rng(seed)
         opt = torch.optim.AdamW(self.net.parameters(), lr=3e-3, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=max(1, steps), pct_start=0.1)
+        total = max(1, steps)
+        warm = max(1, total // 10)  # linear warm-up over a tenth of the steps, then a cosine decay (any step count)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda t: (t + 1) / warm if t < warm else 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, total - warm))),
+        )
         self.net.train()
         n = len(inputs)
         x = self._tensor(inputs)
-        for _ in range(max(1, steps)):
+        for _ in range(total):
             idx = torch.from_numpy(np.sort(rng.choice(n, size=min(BATCH, n), replace=False)))
             heat, box = self.net(x[idx])
             loss = loss_of(heat, box, t_heat[idx], t_box[idx], mask[idx])
@@ -200,6 +206,45 @@ class _Detector(StoredHead):
                 boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1) * STRIDE
                 out.append(Objects.of(boxes.numpy(), label.numpy(), s.numpy()))
         return out
+
+
+class ExportForm(nn.Module):
+    """The head (behind the CNN's maps, for ``detector``) as one traceable module for ONNX export:
+    ``pixel_values`` (n, 3, size, size), normalised as the manifest says → (n, labels + 4, g, g): per label the
+    heatmap's score where it is a 3×3 local maximum (0 elsewhere), then the box's log width, log height (cells) and
+    the centre's offset (x, y) in the cell. :func:`decode_grid` turns it into boxes as Graft does."""
+
+    def __init__(self, head: _Detector, network: nn.Module | None) -> None:
+        super().__init__()
+        self.net, self.network, self.pixels = head.net, network, head.reads == PIXELS
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(pixel_values, THUMB) if self.pixels else cast(Any, self.network).maps(pixel_values)
+        heat, box = self.net(x)
+        p = torch.sigmoid(heat)
+        peaks = p * (F.max_pool2d(p, 3, 1, 1) == p).float()
+        return torch.cat([peaks, box], dim=1)
+
+
+def decode_grid(grid: np.ndarray, labels: int, min_score: float = 0.01) -> list[Objects]:
+    """An exported graph's output (n, labels + 4, g, g) → candidate boxes per image in canvas pixels, as
+    :meth:`_Detector.detect` finds them (before NMS): the :data:`PEAKS` highest peaks with a score of at least
+    ``min_score``; a box is centred at (cell + offset) × stride, its size exp(log size) × stride."""
+    out = []
+    for one in np.asarray(grid, dtype=np.float32):
+        peaks, box = one[:labels], one[labels:]
+        g = peaks.shape[-1]
+        flat = peaks.reshape(-1)
+        order = np.argsort(-flat, kind="stable")[: min(PEAKS, flat.size)]
+        order = order[flat[order] >= min_score]
+        label, cell = order // (g * g), order % (g * g)
+        iy, ix = cell // g, cell % g
+        b = box[:, iy, ix]
+        w, h = np.exp(np.minimum(b[0], 8.0)), np.exp(np.minimum(b[1], 8.0))
+        cx, cy = ix + b[2], iy + b[3]
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1) * STRIDE
+        out.append(Objects.of(boxes, label, flat[order]))
+    return out
 
 
 @register("detection", rank=0)

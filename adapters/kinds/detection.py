@@ -44,6 +44,8 @@ SCORE_THRESHOLD = 0.3  # predict's default score_threshold
 MAX_OBJECTS = 100  # predict's default (and largest) max_objects
 EVAL_MIN_SCORE = 0.01  # detections scored for mAP: every candidate down to this score
 DEFAULT_STEPS = 300
+IMAGENET = (0.485, 0.456, 0.406)  # the scratch baseline's own normalisation (adapters/heads/detection.py)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 SCRATCH_CHANNELS = 64  # the scratch baseline's stem output
 
 
@@ -390,7 +392,28 @@ class Detection(TaskKind):
         )
 
     def export_problem(self) -> str | None:
-        return (
-            "a detection task's answer is decoded outside a tensor graph (heatmap peaks, per-label NMS, letterbox "
-            "mapping): there is no ONNX export of it yet; predict through POST /v1/tasks/{name}/predict"
-        )
+        return None  # one graph: CNN maps + head (adapters/export.py detection_graph); decoding per the manifest
+
+    def manifest(self, head: Head) -> dict[str, Any]:
+        """How a consumer turns the graph's ``detections`` into Graft's answer (docs/detection.md#export)."""
+        scratch = getattr(head, "reads", None) != MAPS
+        return {
+            "detection": {
+                "canvas": SIZE,
+                "letterbox": "the image (upright; Graft also scales its shorter side down to at most 256 pixels "
+                "first) scaled by canvas / max(width, height), bilinear, pasted at the canvas's top-left corner; the "
+                "rest filled with round(255 * mean) per channel; pixel_values = (canvas / 255 - mean) / std, NCHW",
+                "normalisation": {"mean": list(IMAGENET), "std": list(IMAGENET_STD)}
+                if scratch
+                else "preprocessing.json",
+                "output": "detections (n, labels + 4, g, g): channels 0..labels-1 are each label's heatmap score "
+                "where it is a 3x3 local maximum (else 0); then log width, log height (in cells), offset x, offset y",
+                "stride": 16,
+                "decode": "take the 100 highest scores (label, cell y, cell x); box centre = (cell + offset) * stride, "
+                "size = exp(log size) * stride; keep scores >= score_threshold; greedy NMS per label at IoU "
+                f"{NMS_IOU}; the max_objects best; divide by the letterbox scale (and undo Graft's downscaling)",
+                "score_threshold": SCORE_THRESHOLD,
+                "nms_iou": NMS_IOU,
+                "max_objects": MAX_OBJECTS,
+            }
+        }

@@ -133,6 +133,10 @@ class TorchImageBackbone:
             dynamic_axes={"pixel_values": {0: "batch"}},
         )
 
+    def detection_network(self) -> CNN:
+        """A fresh fp32 CPU copy of the CNN for a detection export (tracing must not touch the serving model)."""
+        return load_network(self.architecture, self.checkpoint).eval()
+
     def preprocessing_files(self) -> dict[str, bytes]:
         """How a consumer of the exported graph must prepare ``pixel_values`` (see service/images.py)."""
         return {"preprocessing.json": json.dumps(asdict(self.preprocessing), indent=2).encode()}
