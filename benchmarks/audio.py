@@ -15,6 +15,10 @@
    then one clip per request from ``--tasks`` tasks (each its own head), ``--concurrency`` requests in
    flight through the real cross-tenant ``Batcher``, against the same clips embedded one request at a time;
    and the bytes one more task costs (its stored head).
+7. (``--parts speaker-sizes``) Speaker identification at 8 and 64 enrolment clips per speaker (``fit_speakers``
+   on the GE2E embeddings, as a served task trains) against the no-transfer baseline (nearest centroid on
+   standardised MFCC summaries), closed-set accuracy on held-out clips of the same speakers, with the
+   seconds to embed the enrolment clips and to fit.
 6. (``--parts http``) Predict over HTTP: a real server, a keyword and a speakers task trained through the
    API, one base64 WAV clip per request, 1 and 16 clients (closed loop).
 
@@ -47,7 +51,7 @@ from service.backbones.audio import SAMPLE_RATE, SpeakerBackbone, SpeechEmbeddin
 from service.batching import Batcher
 
 LIMITS = audio.Limits(10**8, 60.0, 2)
-PARTS = ("keywords", "selection", "speakers", "throughput", "inprocess", "http")
+PARTS = ("keywords", "selection", "speakers", "throughput", "inprocess", "http", "speaker-sizes")
 
 
 def decoded(wavs: list[bytes]) -> list[np.ndarray]:
@@ -262,6 +266,43 @@ def speakers(enrolled: int, unknown: int, per_speaker: int, far: float) -> dict:
             "false_accept_rate_cross_fitted": result.metrics["open_set"]["far_cross_fitted"]}
 
 
+def speaker_sizes(n_speakers: int, sizes: tuple[int, ...] = (8, 64), test_per_speaker: int = 8) -> dict:
+    """Closed-set speaker identification at ``sizes`` enrolment clips per speaker, GE2E + the speakers kind's fit
+    vs MFCC nearest centroid (no transfer), on ``test_per_speaker`` other clips of each speaker."""
+    most = max(sizes)
+    clips = speaker_clips(n_speakers, most + test_per_speaker, seed=3)
+    who = np.array([s for _, s in clips])
+    names = list(dict.fromkeys(who))
+    test = np.concatenate([np.flatnonzero(who == s)[most:] for s in names])
+    samples = decoded([w for w, _ in clips])
+    mfcc_rows = np.stack([mfcc_summary(x) for x in samples]).astype(np.float64)
+    ge2e = SpeakerBackbone()
+    test_x = ge2e.embed([samples[i] for i in test])
+    out: dict = {"speakers": n_speakers, "test_clips": int(len(test))}
+    for k in sizes:
+        enrol = np.concatenate([np.flatnonzero(who == s)[:k] for s in names])
+        began = time.perf_counter()
+        x = ge2e.embed([samples[i] for i in enrol])
+        embed_s = time.perf_counter() - began
+        began = time.perf_counter()
+        result = fit_speakers(x, list(who[enrol]), folds=5, seed=0)
+        fit_s = time.perf_counter() - began
+        head = cast(heads.SpeakerHead, result.head)
+        ge2e_acc = float(np.mean(np.array(head.labels)[head.predict_proba(test_x).argmax(axis=1)] == who[test]))
+        mean, scale = mfcc_rows[enrol].mean(axis=0), np.maximum(mfcc_rows[enrol].std(axis=0), 1e-3)
+
+        def unit(rows: np.ndarray, mean: np.ndarray = mean, scale: np.ndarray = scale) -> np.ndarray:
+            z = (rows - mean) / scale
+            return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+        centroids = np.stack([unit(mfcc_rows[enrol][who[enrol] == s]).mean(axis=0) for s in names])
+        base_pred = np.array(names)[(unit(mfcc_rows[test]) @ centroids.T).argmax(axis=1)]
+        out[str(k)] = {"ge2e_accuracy": ge2e_acc, "mfcc_baseline_accuracy": float(np.mean(base_pred == who[test])),
+                       "embed_s": embed_s, "fit_s": fit_s, "head_bytes": len(heads.to_bytes(head))}
+        print(json.dumps({k: out[str(k)]}), flush=True)
+    return out
+
+
 def throughput(n: int = 64) -> dict:
     clips = decoded([w for w, _, _ in keyword_clips(max(1, n // len(WORDS) + 1), seed=5)])[:n]
     out = {}
@@ -290,7 +331,8 @@ def main() -> None:
     parser.add_argument("--http-seconds", type=float, default=15.0)
     parser.add_argument("--http-clients", default="1,16")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--parts", nargs="+", default=list(PARTS[:-1]), choices=list(PARTS))
+    parser.add_argument("--speakers", type=int, default=8, help="speakers in --parts speaker-sizes")
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -301,6 +343,7 @@ def main() -> None:
         "throughput": throughput,
         "inprocess": lambda: inprocess(args.tasks, args.requests, args.concurrency),
         "http": lambda: http(args.http_seconds, [int(c) for c in args.http_clients.split(",")]),
+        "speaker-sizes": lambda: speaker_sizes(args.speakers),
     }
     results = {part: runs[part]() for part in args.parts}
     report(results)
@@ -321,6 +364,15 @@ def report(results: dict) -> None:
               f"(threshold {s['threshold']:.3f}): known correct {s['open_set_accuracy_known']:.3f}, false reject "
               f"{s['false_reject_rate_known']:.3f}, unknown false accept {s['false_accept_rate_unknown']:.3f} "
               f"(cross-fitted on the enrolled speakers: {s['false_accept_rate_cross_fitted']:.3f})")
+    sizes = results.get("speaker-sizes")
+    if sizes:
+        print(f"\nspeaker id at sizes ({sizes['speakers']} speakers, {sizes['test_clips']} held-out clips)\n"
+              "| clips per speaker | GE2E + speakers kind | MFCC nearest centroid (no transfer) | embed s | fit s | "
+              "head bytes |\n|---|---|---|---|---|---|")
+        for k, r in sizes.items():
+            if isinstance(r, dict):
+                print(f"| {k} | {r['ge2e_accuracy']:.3f} | {r['mfcc_baseline_accuracy']:.3f} | {r['embed_s']:.1f} | "
+                      f"{r['fit_s']:.2f} | {r['head_bytes']} |")
     if "selection" in results:
         print("\n| clips per word | head served by CV (auto) | its accuracy, held-out voices | CV accuracy per head "
               "| fit s |\n|---|---|---|---|---|")

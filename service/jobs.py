@@ -16,11 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from adapters import kinds
 from adapters.training import TrainingDataError
 
 from . import logs, metrics
 from .batching import SERVING, Batcher, MapBatcher, TokenBatcher
 from .config import Settings
+from .engine.generation import GenerationEngine
 from .pipeline import EMBED_CHUNK, EMBED_SHARE, JobLost, TrainingPipeline, backbone_inputs
 from .store.models import Job
 from .store.repository import NotFound, Store
@@ -155,6 +157,7 @@ class JobRunner:
         on_version: Callable[[Job], None] | None = None,
         token_batchers: Callable[[str], TokenBatcher] | None = None,
         map_batchers: Callable[[str], MapBatcher] | None = None,
+        generation: GenerationEngine | None = None,
     ) -> None:
         self.store = store
         self.on_version = on_version  # called after a job of this process switched its task's version
@@ -163,7 +166,7 @@ class JobRunner:
         self.backbones_of = backbones_of  # modality -> configured backbone names
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.pipeline = TrainingPipeline(
-            store, batchers, settings, self.worker_id, backbones_of, token_batchers, map_batchers
+            store, batchers, settings, self.worker_id, backbones_of, token_batchers, generation, map_batchers
         )
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -264,7 +267,9 @@ class JobRunner:
         finetune = False
         if job.task_id is not None:
             try:
-                finetune = self.store.get_task_by_id(job.task_id).head == "finetune"
+                task = self.store.get_task_by_id(job.task_id)
+                # fine-tuned heads and generation adapters train a transformer: the longer limit
+                finetune = task.head == "finetune" or kinds.kind_of(task.kind).generates
             except NotFound:
                 pass  # _train abandons it
         limit, setting = (

@@ -126,6 +126,73 @@ OOD_FLAGGED = Counter(
     ["kind"],
 )
 
+OOD_SCORE = Histogram(
+    "graft_ood_score",
+    "OOD scores of predicted inputs (1.0 is the threshold), by task kind: the mean over time is "
+    "rate(graft_ood_score_sum) / rate(graft_ood_score_count); a rise is a distribution shift.",
+    ["kind"],
+    buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0),
+)
+
+# -- shadow versions, by task kind ----------------------------------------------------------
+
+SHADOW_PREDICTIONS = Counter(
+    "graft_shadow_predictions_total",
+    "Predict inputs a shadow version also answered (recorded, not returned), by task kind.",
+    ["kind"],
+)
+SHADOW_AGREEMENTS = Counter(
+    "graft_shadow_agreements_total",
+    "Shadow answers equal to the active version's answer, by task kind.",
+    ["kind"],
+)
+
+# -- generation (bounded labels: the token source, base or adapter; the finish reason) ---------------
+
+GENERATION_TOKENS = Counter(
+    "graft_generation_tokens_total",
+    "Tokens generated, by source: `adapter` (a generation task's LoRA adapter) or `base` (no adapter).",
+    ["source"],
+)
+GENERATION_SEQUENCES = Counter(
+    "graft_generation_sequences_total",
+    "Generated sequences (one per input) finished, by finish reason: `stop`, `length` or `cancelled`.",
+    ["finish_reason"],
+)
+GENERATION_REJECTED = Counter(
+    "graft_generation_rejected_total", "Generate requests refused with 503 because the generation queue was full."
+)
+GENERATION_QUEUE_SECONDS = Histogram(
+    "graft_generation_queue_seconds",
+    "Time a generate request waited before its rows were handed to the decoder (an adapter slot included).",
+    buckets=QUEUE_SECONDS,
+)
+GENERATION_ROWS = Gauge(
+    "graft_generation_batch_rows", "Rows in the generation batch after the last step.", multiprocess_mode="livesum"
+)
+GENERATION_WAITING = Gauge(
+    "graft_generation_waiting_inputs",
+    "Generate inputs waiting for a row (or an adapter slot).",
+    multiprocess_mode="livesum",
+)
+GENERATION_ADAPTER_LOADS = Counter(
+    "graft_generation_adapter_loads_total", "Adapters loaded into a generation slot (a slot cache miss)."
+)
+GENERATION_ADAPTER_HITS = Counter(
+    "graft_generation_adapter_hits_total", "Generate requests whose adapter was already in a slot."
+)
+GENERATION_ADAPTER_EVICTIONS = Counter(
+    "graft_generation_adapter_evictions_total", "Adapters evicted from their slot (least recently used, not in use)."
+)
+GENERATION_ADAPTER_SLOTS = Gauge(
+    "graft_generation_adapter_slots_used", "Generation adapter slots holding an adapter.", multiprocess_mode="livesum"
+)
+GENERATION_ADAPTER_CAPACITY = Gauge(
+    "graft_generation_adapter_slots",
+    "Generation adapter slots (GRAFT_GENERATION_ADAPTER_CACHE_MB over one slot's bytes).",
+    multiprocess_mode="livesum",
+)
+
 # -- training jobs --------------------------------------------------------------------------
 
 JOBS = Counter("graft_training_jobs_total", "Training jobs finished by this process, by outcome.", ["status"])
@@ -303,6 +370,23 @@ class OodWindow:
                     t = totals.setdefault(version, [0.0, 0.0, 0.0])
                     t[0], t[1], t[2] = t[0] + scored, t[1] + flagged, t[2] + total
         return {v: (int(s), int(f), t / s if s else 0.0) for v, (s, f, t) in sorted(totals.items())}
+
+    def series(self, task_id: str, version: int, windows: int) -> list[tuple[int, int, float]]:
+        """One version's (inputs scored, inputs flagged, sum of scores) in ``windows`` consecutive windows
+        covering the last ``window_s`` seconds, oldest first (each ``window_s / windows`` long, slices whole)."""
+        now = int(self.clock() // self.slice_s)
+        per_slice = round(self.window_s / self.slice_s)
+        width = max(1, per_slice // windows)
+        out = [[0.0, 0.0, 0.0] for _ in range(windows)]
+        with self._lock:
+            for index, versions in self._tasks.get(task_id, {}).items():
+                back = now - index  # 0: the current slice
+                w = windows - 1 - back // width
+                if back < 0 or w < 0 or version not in versions:
+                    continue
+                scored, flagged, total = versions[version]
+                out[w][0], out[w][1], out[w][2] = out[w][0] + scored, out[w][1] + flagged, out[w][2] + total
+        return [(int(n), int(f), t) for n, f, t in out]
 
     def forget(self, task_id: str) -> None:
         with self._lock:

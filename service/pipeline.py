@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from adapters import heads, kinds, selection
+from adapters.generation import LoraTrainConfig, LoraWeights
 from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
 from adapters.ood import CALIBRATION_FOLDS, OodDataError, OodModel, fit_ood
 from adapters.training import FitResult, TrainingDataError
@@ -23,6 +24,7 @@ from . import audio, faults, images
 from .backbones.base import Backbone, ImageBackbone
 from .batching import Batcher, MapBatcher, TokenBatcher, TokenInput, text_trunk
 from .config import Settings
+from .engine.generation import GenerationEngine
 from .engine.head_store import VersionFailed, head_of
 from .store.models import Job, Task
 from .store.repository import NewVersion, NotFound, Store
@@ -68,9 +70,11 @@ class TrainingPipeline:
         worker_id: str,
         backbones_of: Callable[[str], list[str]] | None = None,
         token_batchers: Callable[[str], TokenBatcher] | None = None,
+        generation: GenerationEngine | None = None,
         map_batchers: Callable[[str], MapBatcher] | None = None,
     ) -> None:
         self.store, self.batchers, self.settings, self.worker_id = store, batchers, settings, worker_id
+        self.generation = generation  # the causal LM generation tasks adapt (a fresh copy per job)
         self.backbones_of = backbones_of  # modality -> configured backbone names
         self.token_batchers = token_batchers  # text backbone -> its token lane (kinds that read token states)
         self.map_batchers = map_batchers  # image backbone -> its map lane (detection)
@@ -206,8 +210,12 @@ class TrainingPipeline:
         active = self.store.version(task.id, task.active_version, with_weights=True)
         task_kind = kinds.kind_of(task.kind)
         if not task_kind.comparable(result):
-            too_few = "promoted without comparison: too few examples to cross-validate"
-            return selection.unconditional(too_few), active.number
+            why = (
+                "promoted without comparison: a fine-tuned head is compared on its held-out part only"
+                if result.metrics.get("head") == "finetune"
+                else "promoted without comparison: too few examples to cross-validate"
+            )
+            return selection.unconditional(why), active.number
         unseen = np.arange(active.n_examples, len(texts))
         try:
             head = head_of(self.store, active)
@@ -216,6 +224,14 @@ class TrainingPipeline:
                 f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
             ), active.number
         vectors: Any = None
+        if task_kind.reads_token_states and heads.TRUNK in getattr(head, "consumes", ()):
+            source = text_trunk(self.batchers(active.backbone).backbone)  # a fine-tuned tagger runs its own layers
+            if source is None:
+                return selection.unconditional(
+                    f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} "
+                    "has no transformer trunk here"
+                ), active.number
+            head.bind(source)  # type: ignore[attr-defined]
         if task_kind.reads_token_states:  # the active head's token states of the unseen examples
             vectors = self._unseen_states(task_kind, x, unseen, active.backbone, backbone, texts)
             if vectors is None:
@@ -314,6 +330,25 @@ class TrainingPipeline:
             compared_with=task.active_version,
         )
 
+    def _token_finetuning(self, backbone: str, progress: Progress) -> kinds.Finetuning:
+        """What an entities ``finetune`` head trains with: the backbone's torch model, the recipe from the
+        settings, its seconds bound, and the job's progress (0.2..0.9) and step hooks."""
+        source = text_trunk(self.batchers(backbone).backbone)
+        if source is None or not hasattr(source, "tokenizer"):
+            raise TrainingDataError(f"backbone {backbone!r} has no transformer trunk for head 'finetune'")
+        cfg = FinetuneConfig(
+            layers=self.settings.finetune_layers,
+            rank=self.settings.finetune_rank,
+            max_epochs=self.settings.finetune_max_epochs,
+        )
+        return kinds.Finetuning(
+            source,
+            cfg,
+            max_seconds=self.settings.finetune_max_seconds,
+            progress=lambda f: progress.update(0.2 + 0.7 * f),
+            between_steps=progress.step,
+        )
+
     def _fit_ood(
         self, task_kind: kinds.TaskKind, head: heads.Head, x: np.ndarray, targets: list[Any]
     ) -> OodModel | None:
@@ -336,6 +371,72 @@ class TrainingPipeline:
         except OodDataError:
             return None
 
+    def _fit_adapter(
+        self, job: Job, task: Task, task_kind: Any, prompts: list[str], labels: list[str], progress: Progress
+    ) -> int | None:
+        """A generation task: a LoRA adapter on a fresh copy of the causal LM, scored against the base model
+        on held-out examples; an adapter not better than the base is stored as a candidate, not promoted."""
+        if self.generation is None:
+            raise TrainingDataError("generation is not configured in this process")
+        s = self.settings
+        config = LoraTrainConfig(max_steps=s.generation_max_steps, eval_every=s.generation_eval_every, seed=s.seed)
+        progress.update(0.01)
+        model, tokenizer = self.generation.training_model()
+        progress.update(0.05)
+
+        def on_step(step: int, total: int) -> None:
+            progress.step()  # yields to serving, renews the heartbeat, raises when the job must stop
+            progress.update(0.05 + 0.85 * step / max(total, 1))
+
+        completions = task_kind.decode_all(labels)
+        fit = task_kind.fit_adapter(model, tokenizer, prompts, completions, config, on_step)
+        warnings = list(fit.metrics.get("warnings", []))
+        metrics = {
+            "kind": task_kind.name,
+            "head": "lora",
+            "model": self.generation.name,
+            **fit.metrics,
+            "warnings": warnings,
+            "examples_per_label": task_kind.per_label({"": len(prompts)}),
+        }
+        active = self._active_adapter(task)
+        decision = task_kind.promotion(model, tokenizer, prompts, completions, fit, config, active)
+        if decision.promote and active is None and task.active_version is not None:
+            decision = selection.unconditional(
+                f"promoted: better than the base model; version {task.active_version}'s adapter failed to load, "
+                "so the two were not compared"
+            )
+        del model
+        faults.point("training")
+        progress.update(0.95)
+        return self.store.complete_job(
+            job.id,
+            self.worker_id,
+            NewVersion(
+                head="lora",
+                backbone=self.generation.name,
+                backbone_revision=self.generation.name,
+                runtime="torch",
+                labels=[],
+                metrics={**metrics, "promotion": decision.as_dict()},
+                n_examples=len(prompts),
+                weights=fit.weights.to_bytes(),
+            ),
+            promote=decision.promote,
+            compared_with=task.active_version,
+        )
+
+    def _active_adapter(self, task: Task) -> tuple[int, int, LoraWeights] | None:
+        """The active version of a generation task as (number, examples it saw, adapter); None when there is
+        none, or its adapter does not load (a corrupt active version must not block the retrain replacing it)."""
+        if task.active_version is None:
+            return None
+        active = self.store.version(task.id, task.active_version, with_weights=True)
+        try:
+            return active.number, active.n_examples, LoraWeights.from_bytes(active.weights)
+        except (TrainingDataError, KeyError, ValueError):
+            return None
+
     def train(self, job: Job, progress: Progress) -> int | None:
         """Train ``job``'s task and complete the job with the new version: its number, or None when the job
         is no longer this worker's (the store refused the completion)."""
@@ -347,8 +448,10 @@ class TrainingPipeline:
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
         task_kind = kinds.kind_of(task.kind)
-        if task.head == "finetune" and "finetune" in task_kind.pinnable_heads:
+        if task.head == "finetune" and "finetune" in task_kind.pinnable_heads and not task_kind.reads_token_states:
             return self._finetune(job, task, texts, labels, progress)
+        if task_kind.generates:
+            return self._fit_adapter(job, task, task_kind, texts, labels, progress)
         targets = task_kind.decode_all(labels)
         x: Any
         if task_kind.reads_feature_maps:  # detection: feature maps of letterboxed images, not pooled embeddings
@@ -359,9 +462,16 @@ class TrainingPipeline:
             token_kind = cast(kinds.TokenKind, task_kind)
             backbone_name, transferability = self._pinned_backbone(task), None
             inputs = token_kind.decode_inputs(texts)
-            x = self._token_states(backbone_name, token_kind, inputs, progress, EMBED_SHARE)
+            tuning = task.head == "finetune"
+            x = self._token_states(backbone_name, token_kind, inputs, progress, 0.2 if tuning else EMBED_SHARE)
             result = token_kind.fit_tokens(
-                x, inputs, targets, head=task.head, folds=self.settings.cv_folds, seed=self.settings.seed
+                x,
+                inputs,
+                targets,
+                head=task.head,
+                folds=self.settings.cv_folds,
+                seed=self.settings.seed,
+                finetuning=self._token_finetuning(backbone_name, progress) if tuning else None,
             )
         elif task_kind.chooses_backbone:  # LogME over the modality's backbones (``auto``: the best is used)
             backbone_name, x, transferability = self._embed_and_score(task, texts, targets, progress)

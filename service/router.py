@@ -10,9 +10,10 @@ The hot path makes no store round trip while its caches are warm:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import anyio.to_thread
 import numpy as np
@@ -31,19 +32,26 @@ from adapters.kinds import (
 )
 
 from . import logs, metrics
-from .batching import Batcher, MapBatcher, OodScores, TokenBatcher, TokenInput
+from .batching import Batcher, MapBatcher, OodScores, OwnLayers, TokenBatcher, TokenInput
 from .caching import HeadCache, TTLCache
 from .engine.head_store import VersionFailed, store_head_loader
 from .engine.prediction_ids import new_id
+from .engine.shadow import ShadowLog
 from .metrics import TenantLabels
 from .store.models import Task
-from .store.repository import NotFound, Store
+from .store.repository import NewShadow, NotFound, Store
 
 log = logs.get("router")
 
 
 class NotTrained(Exception):
     """The task exists but has no active version yet."""
+
+
+class WrongKind(Exception):
+    """The task's kind does not answer this call (predict on a generation task, generate on another kind)."""
+
+    code: ClassVar[str] = "wrong_kind"
 
 
 # (task, backbone name, whether the head reads raw inputs) → (backbone inputs, raw inputs)
@@ -62,11 +70,22 @@ class TaskRef:
     head: str
     active_version: int | None
     kind: str = kinds.DEFAULT
+    shadow_version: int | None = None  # a candidate answering in shadow on ``shadow_share`` of predict requests
+    shadow_share: float = 0.0
 
     @classmethod
     def of(cls, task: Task) -> TaskRef:
         return cls(
-            task.id, task.tenant_id, task.name, task.modality, task.backbone, task.head, task.active_version, task.kind
+            task.id,
+            task.tenant_id,
+            task.name,
+            task.modality,
+            task.backbone,
+            task.head,
+            task.active_version,
+            task.kind,
+            task.shadow_version,
+            task.shadow_share or 0.0,
         )
 
 
@@ -100,6 +119,8 @@ class Router:
         task_ttl_s: float = 1.0,
         tenant_labels: TenantLabels | None = None,
         token_batchers: Callable[[str], TokenBatcher] | None = None,
+        shadow_log: ShadowLog | None = None,
+        rng: random.Random | None = None,
         map_batchers: Callable[[str], MapBatcher] | None = None,
     ) -> None:
         self.store = store
@@ -110,6 +131,8 @@ class Router:
         self.tasks: TTLCache[tuple[str, str], TaskRef] = TTLCache(task_ttl_s)
         self.tenant_labels = tenant_labels or TenantLabels(20)
         self.ood_window = metrics.OodWindow()  # per task: flagged share of recent predictions (monitoring)
+        self.shadow_log = shadow_log  # where shadow answers go (None: shadow versions are not run)
+        self.rng = rng or random.Random()  # which predict requests a shadow version also answers
 
     def lookup(self, tenant_id: str, task_name: str) -> TaskRef:
         """The task as the store has it now (one query), remembered for the freshness bound."""
@@ -131,6 +154,10 @@ class Router:
         ref = self.tasks.get((tenant_id, task_name))
         if ref is None:  # store round trip, off the event loop
             ref = await anyio.to_thread.run_sync(self.lookup, tenant_id, task_name)
+        if kinds.kind_of(ref.kind).generates:  # no head: an adapter on the language model
+            raise WrongKind(
+                f"task {task_name!r} is a generation task: send its prompts to POST /v1/tasks/{task_name}/generate"
+            )
         number = _active(ref)
         key = (ref.id, number)
         head = self.heads.peek(key)
@@ -154,12 +181,15 @@ class Router:
         model_inputs: Sequence[Any],
         raw: Sequence[Any] | None,
         top_k: int | None = None,
+        shadow: tuple[int, heads.Head] | None = None,
         options: dict[str, Any] | None = None,
     ) -> list[Served]:
         """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form
         (:class:`Served`). ``model_inputs`` are what the backbone takes; ``raw`` what heads that read raw
-        inputs take. OOD scores come from the embeddings of the same pass (the backbone runs once)."""
-        proba, scores = await self.outputs(ref, head, model_inputs, raw, options)
+        inputs take. OOD scores come from the embeddings of the same pass (the backbone runs once).
+        ``shadow``: a (version, head) that also answers, on the same embeddings; its answers are recorded
+        (:class:`ShadowLog`), not returned. ``options``: the kind's request options (detection's)."""
+        proba, scores, shadow_proba = await self.outputs(ref, head, model_inputs, raw, shadow, options)
         self.tenant_labels.count(ref.tenant_id, len(model_inputs))
         kind = kinds.kind_of(ref.kind)
         predictions = kind.format(head, proba, top_k)
@@ -168,13 +198,65 @@ class Router:
             scored = scores[~np.isnan(scores)]
             metrics.OOD_SCORED.labels(ref.kind).inc(len(scored))
             metrics.OOD_FLAGGED.labels(ref.kind).inc(int((scored > 1.0).sum()))
-            self.ood_window.add(ref.id, version, scored.tolist())
+            values = scored.tolist()
+            self.ood_window.add(ref.id, version, values)
+            histogram = metrics.OOD_SCORE.labels(ref.kind)
+            for value in values:
+                histogram.observe(value)
         served = []
         for i, p in enumerate(predictions):
             score = None if scores is None or np.isnan(scores[i]) else float(scores[i])
             flagged = None if score is None else score > 1.0
             served.append(Served(p, new_id(ref.id, version, _encoded(kind, kind.answer(p)), flagged), score))
+        if shadow is not None and shadow_proba is not None and self.shadow_log is not None:
+            self._record_shadow(ref, kind, version, shadow, shadow_proba, predictions, served)
         return served
+
+    def _record_shadow(
+        self,
+        ref: TaskRef,
+        kind: kinds.TaskKind,
+        version: int,
+        shadow: tuple[int, heads.Head],
+        shadow_proba: Any,
+        predictions: Sequence[KindPrediction],
+        served: Sequence[Served],
+    ) -> None:
+        number, head = shadow
+        answers = [_encoded(kind, kind.answer(p)) for p in kind.format(head, shadow_proba, None)]
+        rows = []
+        agreed = 0
+        for p, out, answer in zip(predictions, served, answers, strict=True):
+            active = _encoded(kind, kind.answer(p))
+            agreed += answer is not None and answer == active
+            rows.append(NewShadow(ref.tenant_id, ref.id, number, version, out.id.partition(".")[0], answer, active))
+        metrics.SHADOW_PREDICTIONS.labels(ref.kind).inc(len(rows))
+        metrics.SHADOW_AGREEMENTS.labels(ref.kind).inc(agreed)
+        assert self.shadow_log is not None
+        self.shadow_log.add(rows)
+
+    async def shadow_for(self, ref: TaskRef, head: heads.Head) -> tuple[int, heads.Head] | None:
+        """The shadow version's (number, head) when this request is one of the share it also answers, and it
+        can answer on the embeddings the active head's pass computes anyway; else None (a shadow that cannot
+        load is skipped: predict never fails for it)."""
+        number = ref.shadow_version
+        if (
+            number is None
+            or number == ref.active_version
+            or self.shadow_log is None
+            or self.rng.random() >= ref.shadow_share
+            or not shares_embeddings(head)
+        ):
+            return None
+        shadow = self.heads.peek((ref.id, number))
+        if shadow is None:
+            try:
+                shadow = await anyio.to_thread.run_sync(self.heads.get, (ref.id, number))
+            except (NotFound, VersionFailed):
+                return None
+        if not shares_embeddings(shadow) or self.backbone_of(ref, shadow) != self.backbone_of(ref, head):
+            return None
+        return number, shadow
 
     async def outputs(
         self,
@@ -182,30 +264,39 @@ class Router:
         head: heads.Head,
         model_inputs: Sequence[Any],
         raw: Sequence[Any] | None,
+        shadow: tuple[int, heads.Head] | None = None,
         options: dict[str, Any] | None = None,
-    ) -> tuple[Any, np.ndarray | None]:
-        """The head's output per input (a token kind's: its answers) and, when its version has an OOD model,
-        each input's OOD score (NaN where the input had no pooled embedding: fine-tuned heads), from one shared
-        backbone pass."""
+    ) -> tuple[Any, np.ndarray | None, Any]:
+        """The head's output per input (a token kind's: its answers), when its version has an OOD model each
+        input's OOD score (NaN where the input had no pooled embedding: fine-tuned heads), and the ``shadow``
+        head's output when given (else None), from one shared backbone pass."""
         backbone = self.backbone_of(ref, head)
         task_kind = kinds.kind_of(ref.kind)
         if task_kind.reads_feature_maps:  # detection: feature maps of letterboxed images, the map lane; no OOD
             detection = cast(Detection, task_kind)
-            return await self._run_maps(ref, detection, head, backbone, model_inputs, options or {}), None
+            return await self._run_maps(ref, detection, head, backbone, model_inputs, options or {}), None, None
         if task_kind.reads_token_states:  # per-token states (entities, answers): the token lane; no OOD model
-            return await self._run_tokens(ref, cast(TokenKind, task_kind), head, backbone, model_inputs), None
+            return await self._run_tokens(ref, cast(TokenKind, task_kind), head, backbone, model_inputs), None, None
         ood = heads.ood_of(head)
         scores = None if ood is None else np.full(len(model_inputs), np.nan, dtype=np.float32)
-        if heads.RAW in head.consumes:  # from-scratch features of the raw inputs (baseline, hybrid)
+        shadow_proba = None
+        if heads.RAW in head.consumes or shadow is not None:
+            # the embeddings come back from the pass, and the head steps run here: from-scratch features of the
+            # raw inputs (baseline, hybrid), and a shadow head's extra step on the same embeddings
             embeds = heads.EMBEDDING in head.consumes
             vectors = await self.batchers(backbone).embed(model_inputs, ref.tenant_id) if embeds else None
-            proba = await anyio.to_thread.run_sync(lambda: heads.predict(head, vectors, raw=raw))
-            if ood is not None and scores is not None and vectors is not None:
-                scores[:] = ood.score(vectors)
+
+            def steps() -> tuple[Any, Any]:
+                out = heads.predict(head, vectors, raw=raw)
+                if ood is not None and scores is not None and vectors is not None:
+                    scores[:] = ood.score(vectors)
+                return out, None if shadow is None else heads.predict(shadow[1], vectors, raw=raw)
+
+            proba, shadow_proba = await anyio.to_thread.run_sync(steps)
         else:
             wanted = None if ood is None or scores is None else OodScores(ood, scores)
             proba = await self.batchers(backbone).predict(model_inputs, head, ref.tenant_id, wanted)
-        return proba, scores
+        return proba, scores, shadow_proba
 
     async def pool(
         self, ref: TaskRef, head: heads.Head, model_inputs: Sequence[Any], raw: Sequence[Any] | None
@@ -225,8 +316,11 @@ class Router:
         self, ref: TaskRef, kind: TokenKind, head: Any, backbone: str, inputs: Sequence[Any]
     ) -> list[Any]:
         """A token kind's answers: heads that read token states through the backbone's token lane (its
-        pass shared with other tenants' token-kind requests), word-feature heads on the raw text alone."""
-        if not kind.reads_states(head):
+        pass shared with other tenants' token-kind requests), fine-tuned heads through the lane too (their
+        lower layers shared, their own top layers per task: :class:`OwnLayers`), word-feature heads on the
+        raw text alone."""
+        own = heads.TRUNK in getattr(head, "consumes", ())
+        if not own and not kind.reads_states(head):
             return await anyio.to_thread.run_sync(lambda: kind.predict_tokens(head, inputs, None))
         if self.token_batchers is None:
             raise RuntimeError("this router has no token lanes")
@@ -239,7 +333,7 @@ class Router:
         def apply(part: Sequence[TokenInput], encoded: list[Any]) -> list[Any]:
             return kind.predict_tokens(head, [item.value for item in part], encoded)
 
-        return await self.token_batchers(backbone).run(items, apply, ref.tenant_id)
+        return await self.token_batchers(backbone).run(items, OwnLayers(head, apply) if own else apply, ref.tenant_id)
 
     async def _run_maps(
         self, ref: TaskRef, kind: Detection, head: Any, backbone: str, inputs: Sequence[Any], options: dict[str, Any]
@@ -271,8 +365,18 @@ class Router:
         ref, number, head = await self.head(tenant_id, task_name)
         backbone = self.backbone_of(ref, head)
         want_raw = heads.RAW in getattr(head, "consumes", ())
+        shadow = await self.shadow_for(ref, head)
+        if shadow is not None:
+            want_raw = want_raw or heads.RAW in shadow[1].consumes
         model_inputs, raw = await prepare(ref, backbone, want_raw) if prepare else (inputs, inputs)
-        return ref, number, await self.run(ref, head, model_inputs, raw, top_k)
+        return ref, number, await self.run(ref, head, model_inputs, raw, top_k, shadow)
+
+
+def shares_embeddings(head: Any) -> bool:
+    """Whether a head reads the backbone's pooled embedding and nothing of the backbone beyond it (a shadow
+    version's head step then reuses the active version's pass), raw inputs aside."""
+    consumes: frozenset[str] = getattr(head, "consumes", frozenset())
+    return heads.EMBEDDING in consumes and heads.TRUNK not in consumes
 
 
 def _encoded(kind: kinds.TaskKind, answer: Any) -> str | None:
@@ -298,6 +402,7 @@ __all__ = [
     "Served",
     "TaskRef",
     "VersionFailed",
+    "WrongKind",
     "store_head_loader",
     "top_predictions",
 ]

@@ -8,12 +8,16 @@ from __future__ import annotations
 import sys
 import tempfile
 
+from adapters.generation import DecodeLimits
+
 from . import logs, metrics
 from .backbones.registry import BUILTIN, Registry, parse_extra
 from .backbones.runtimes import RuntimeConfig
 from .batching import Batcher, MapBatcher, TokenBatcher, feature_source, text_trunk
 from .caching import HeadCache
 from .config import Settings
+from .engine.generation import GenerationEngine, ModelSpec
+from .engine.shadow import ShadowLog
 from .jobs import JobRunner
 from .ratelimit import RateLimiter
 from .router import Router, store_head_loader
@@ -22,6 +26,26 @@ from .store.repository import Store
 from .tenancy import Auth, Throttle, load_admin_token
 
 log = logs.get("runtime")
+
+
+def generation_engine(settings: Settings) -> GenerationEngine:
+    """The generation engine the settings describe (nothing is loaded until it is used)."""
+    spec = ModelSpec(
+        settings.generation_model or None,
+        settings.generation_gguf_file or None,
+        settings.generation_cache_path,
+    )
+    limits = DecodeLimits(
+        max_batch=settings.generation_max_batch,
+        max_prompt_tokens=settings.generation_max_prompt_tokens,
+        max_new_tokens=settings.generation_max_tokens,
+    )
+    return GenerationEngine(
+        spec,
+        limits,
+        adapter_cache_bytes=int(settings.generation_adapter_cache_mb * 2**20),
+        queue_size=settings.generation_queue_size,
+    )
 
 
 class Runtime:
@@ -60,6 +84,7 @@ class Runtime:
                 settings.batch_max_delay_ms / 1000,
                 settings.batch_queue_size,
                 settings.batch_tenant_queue_size,
+                max_seconds=settings.batch_max_audio_seconds,
             )
             for name, bb in self.backbones.loaded.items()
         }
@@ -88,6 +113,12 @@ class Runtime:
             for name, bb in self.backbones.loaded.items()
             if feature_source(bb) is not None
         }
+        self.shadow_log = ShadowLog(
+            self.store,
+            retention_days=settings.feedback_retention_days,
+            max_rows_per_task=settings.max_shadow_records_per_task,
+        )
+        self.generation = generation_engine(settings)  # the causal LM loads on first use
         head_cache = HeadCache(store_head_loader(self.store, self.trunk), int(settings.head_cache_mb * 2**20))
         self.router = Router(
             self.store,
@@ -96,7 +127,8 @@ class Runtime:
             settings.task_cache_ttl_s,
             metrics.TenantLabels(settings.metrics_tenant_labels),
             self.token_batcher,
-            self.map_batcher,
+            self.shadow_log,
+            map_batchers=self.map_batcher,
         )
         self.jobs = JobRunner(
             self.store,
@@ -106,6 +138,7 @@ class Runtime:
             on_version=lambda job: self.router.forget(job.tenant_id, job.task_name),
             token_batchers=self.token_batcher,
             map_batchers=self.map_batcher,
+            generation=self.generation,
         )
         if self.trains:
             self.jobs.start()
@@ -153,5 +186,7 @@ class Runtime:
         self.store_gauges.stop()
         for batcher in [*self._batchers.values(), *self._token_batchers.values(), *self._map_batchers.values()]:
             batcher.close()
+        self.shadow_log.close()
+        self.generation.close()
         self.store.close()
         log.info("graft stopped")

@@ -22,7 +22,7 @@ import copy as copying
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -125,6 +125,44 @@ def heldout_loss(model: Any, rows: Sequence[_Tokenised], pad_id: int, batch_size
     return total / max(count, 1)
 
 
+def _shuffled(n: int, config: LoraTrainConfig) -> list[int]:
+    order = list(range(n))
+    random.Random(config.seed).shuffle(order)
+    return order
+
+
+def _n_held(n: int, config: LoraTrainConfig) -> int:
+    return max(1, round(n * config.holdout))
+
+
+def heldout_split(n: int, config: LoraTrainConfig) -> list[int]:
+    """The indices of the examples :func:`fit_lora` holds out (of ``n``, with ``config``'s seed and share)."""
+    return _shuffled(n, config)[: _n_held(n, config)]
+
+
+def adapter_loss(
+    model: Any, tokenizer: Any, examples: Sequence[Example], weights: LoraWeights, batch_size: int = 8
+) -> float:
+    """Token-weighted held-out NLL of ``examples``' completions with ``weights`` applied to ``model`` (peft, on the
+    model in place; its LoRA layers are removed again after): to compare two adapters on the same examples."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    rows = []
+    for ex in examples:
+        p, c = prompt_ids(tokenizer, ex.prompt), completion_ids(tokenizer, ex.completion)
+        rows.append(_Tokenised(p + c, [-100] * len(p) + c))
+    targets = tuple(sorted({m.rsplit(".", 1)[-1] for m in weights.a}))
+    config = LoraTrainConfig(rank=weights.rank, alpha=weights.alpha, targets=targets)
+    peft_model = get_peft_model(model, peft_config(config, init=False))
+    try:
+        set_peft_model_state_dict(peft_model, weights.peft_state_dict())
+        peft_model.eval()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return heldout_loss(peft_model.get_base_model(), rows, pad_id, batch_size)
+    finally:
+        peft_model.unload()
+
+
 def _lora_state(peft_model: Any, config: LoraTrainConfig) -> LoraWeights:
     from peft import get_peft_model_state_dict
 
@@ -153,17 +191,24 @@ def peft_config(config: LoraTrainConfig, init: bool = True) -> Any:
 
 
 def fit_lora(
-    model: Any, tokenizer: Any, examples: Sequence[Example], config: LoraTrainConfig | None = None, *, copy: bool = True
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    config: LoraTrainConfig | None = None,
+    *,
+    copy: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> LoraFit:
-    """Train an adapter on ``examples`` (see the module's docstring); ``model`` is left as it was."""
+    """Train an adapter on ``examples`` (see the module's docstring); ``model`` is left as it was.
+    ``on_step(step, max_steps)`` is called before each optimiser step (a job's progress and heartbeat; it may
+    raise to stop the training)."""
     from peft import get_peft_model
 
     config = config or LoraTrainConfig()
     began = time.monotonic()
     rows = tokenise(tokenizer, examples, config)
-    order = list(range(len(rows)))
-    random.Random(config.seed).shuffle(order)
-    n_held = max(1, round(len(rows) * config.holdout))
+    order = _shuffled(len(rows), config)
+    n_held = _n_held(len(rows), config)
     held = [rows[i] for i in order[:n_held]]
     train = [rows[i] for i in order[n_held:]]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -188,6 +233,8 @@ def fit_lora(
             shuffled = train[:]
             rng.shuffle(shuffled)
             batches = [shuffled[i : i + config.batch_size] for i in range(0, len(shuffled), config.batch_size)]
+        if on_step is not None:
+            on_step(step, config.max_steps)
         peft_model.train()
         loss, n = _nll(lm, _collate(batches.pop(0), pad_id, device))
         optimiser.zero_grad()

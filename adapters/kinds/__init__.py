@@ -10,10 +10,11 @@ from .detection import SIZE as DETECTION_SIZE
 from .detection import DetectedObject, Detection, DetectionPrediction, Placed
 from .entities import Entities, EntitiesPrediction, Entity
 from .fitting import fit_multilabel, fit_regression, indicator, tune_thresholds
+from .generation import Generation
 from .multilabel import LabelScore, MultiLabel, MultiLabelPrediction, multilabel_predictions
 from .regression import Regression, RegressionPrediction
 from .speakers import SpeakerPrediction, Speakers, SpeakerScore, fit_speakers
-from .tokens import TokenKind, head_from_bytes
+from .tokens import Finetuning, TokenKind, head_from_bytes
 
 DEFAULT = Classification.name  # a task that names no kind; a dataset upload's new task
 
@@ -28,11 +29,13 @@ __all__ = [
     "Detection",
     "DetectionPrediction",
     "Entities",
+    "Generation",
     "EntitiesPrediction",
     "Entity",
     "KINDS",
     "KindPrediction",
     "LABEL_CHARS",
+    "Finetuning",
     "LabelScore",
     "MultiLabel",
     "MultiLabelPrediction",

@@ -17,7 +17,7 @@ from ..spans import Encoded, fit_answers
 from ..spans.metrics import normalize_answer
 from ..training import FitResult
 from .base import register_kind, shape, unstorable
-from .tokens import AUTO, TokenKind, compact, exact_int
+from .tokens import AUTO, Finetuning, TokenKind, compact, exact_int
 
 INPUT_KEYS = ("question", "context")
 NO_ANSWER = "\x00no answer"  # an outcome no answer text normalises to
@@ -128,6 +128,7 @@ class Answers(TokenKind):
         head: str,
         folds: int,
         seed: int,
+        finetuning: Finetuning | None = None,
     ) -> FitResult:
         contexts, questions = self.token_inputs(inputs)
         assert questions is not None

@@ -113,6 +113,9 @@ class TaskKind(ABC):
     reads_token_states: ClassVar[bool] = False
     # fit and predict read an image backbone's feature maps of letterboxed images (adapters/kinds/detection.py)
     reads_feature_maps: ClassVar[bool] = False
+    # examples are (prompt, completion); training fits a LoRA adapter on the server's causal LM
+    # (adapters/kinds/generation.py) and the task answers generate, not predict (no head, no backbone pass)
+    generates: ClassVar[bool] = False
 
     # -- inputs ---------------------------------------------------------------------------------
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..heads import Head, read_metadata
 from ..heads import from_bytes as heads_from_bytes
+from ..heads.finetune import FinetuneConfig
 from ..selection import Decision, compare_on_unseen
 from ..spans import SPAN_HEADS, Encoded
 from ..spans import from_bytes as span_from_bytes
@@ -28,6 +30,19 @@ from .base import TaskKind
 
 AUTO_ONLY: tuple[str, ...] = ()
 AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Finetuning:
+    """What a token kind's ``head: "finetune"`` needs beyond the token states: the text backbone's torch
+    model and tokenizer (``source``: ``model``, ``tokenizer``, ``max_length``), the recipe, the seconds its
+    epochs may take, and the job's progress and step hooks."""
+
+    source: Any
+    cfg: FinetuneConfig
+    max_seconds: float | None = None
+    progress: Callable[[float], None] | None = None
+    between_steps: Callable[[], None] | None = None
 
 
 def exact_int(value: Any) -> bool:
@@ -78,10 +93,13 @@ class TokenKind(TaskKind):
         head: str,
         folds: int,
         seed: int,
+        finetuning: Finetuning | None = None,
     ) -> FitResult:
         """Cross-validate the kind's heads on the token states ``encoded`` of the decoded ``inputs`` against
         the no-transfer baseline and refit the better one (``head`` ``auto``) or the pinned one; out-of-fold
-        answers (as :meth:`outcome` strings) in ``FitResult.oof_pred`` for the promotion comparison."""
+        answers (as :meth:`outcome` strings) in ``FitResult.oof_pred`` for the promotion comparison. ``head``
+        ``finetune`` (kinds that pin it) trains with ``finetuning`` instead, compared on a held-out part (no
+        out-of-fold answers)."""
 
     # -- predicting ---------------------------------------------------------------------------
 

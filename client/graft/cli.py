@@ -6,6 +6,7 @@
     graft tasks list | show NAME | delete NAME | versions NAME | promote NAME N | rollback NAME
     graft predict TASK "some text" | image.png ... | clip.wav ... | --file inputs.jsonl | --file clip.wav
         [--question Q: answers tasks, after the texts]
+    graft generate TASK "prompt" ... [--max-tokens N] [--temperature T] [--top-p P] [--stop S] [--seed N] [--stream]
     graft export TASK -o model.zip
     graft backbones
 
@@ -396,6 +397,39 @@ def cmd_predict(args: argparse.Namespace) -> Any:
     emit(args, result, human)
 
 
+def cmd_generate(args: argparse.Namespace) -> Any:
+    if not args.prompts:
+        raise UsageError("nothing to generate: give one or more prompts")
+    params: dict[str, Any] = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "stop": args.stop or (),
+        "seed": args.seed,
+    }
+    with client(args) as g:
+        if args.stream:
+            if len(args.prompts) != 1 or args.json:
+                raise UsageError("--stream prints one prompt's tokens as they come: give one prompt, without --json")
+            for item in g.generate_stream(args.task, args.prompts[0], **params):
+                if isinstance(item, s.GenerateToken):
+                    print(item.text, end="", flush=True)
+                else:
+                    print(f"\n[{item.outputs[0].finish_reason}, {item.outputs[0].tokens} tokens]", file=sys.stderr)
+            print()
+            return
+        result = g.generate(args.task, args.prompts, **params)
+
+    def human(r: s.GenerateResponse) -> str:
+        rows = [
+            {"prompt": short(p), "text": o.text, "tokens": o.tokens, "finish": o.finish_reason}
+            for p, o in zip(args.prompts, r.outputs, strict=True)
+        ]
+        return table(rows, ["prompt", "text", "tokens", "finish"])
+
+    emit(args, result, human)
+
+
 def cmd_suggest(args: argparse.Namespace) -> Any:
     inputs = predict_inputs(args)
     with client(args) as g:
@@ -533,6 +567,16 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--score-threshold", type=float, help="detection tasks: lowest object score (default 0.3)")
     predict.add_argument("--max-objects", type=int, help="detection tasks: most objects per image (default 100)")
     predict.add_argument("--question", help="answers tasks: ask this question of each text (the contexts)")
+
+    generate = leaf(groups, "generate", cmd_generate, "complete prompts with a generation task's adapter")
+    generate.add_argument("task")
+    generate.add_argument("prompts", nargs="*", help="one or more prompts")
+    generate.add_argument("--max-tokens", type=int, default=64, help="most new tokens per prompt (default 64)")
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--stop", action="append", help="a stop string (repeat for several)")
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--stream", action="store_true", help="print the tokens as they are generated")
 
     suggest = leaf(groups, "suggest", cmd_suggest, "which inputs of an unlabelled pool to label next")
     suggest.add_argument("task")

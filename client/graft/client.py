@@ -24,7 +24,17 @@ import os
 import random
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Hashable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
@@ -381,6 +391,24 @@ class _Core:
         call = Call("POST", f"/v1/tasks/{task}/predict/files", files=files, data=fields)
         return (yield from self._model(s.PredictResponse, call))
 
+    # generation
+
+    def _generate(
+        self,
+        task: str,
+        inputs: str | Sequence[str],
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> Op[s.GenerateResponse]:
+        """Complete prompts with a generation task's active adapter (greedy by default): one
+        ``{text, tokens, finish_reason}`` per prompt. :meth:`Graft.generate_stream` streams them token by token."""
+        body = _generate_body(inputs, max_tokens, temperature, top_p, stop, seed, stream=False)
+        return (yield from self._model(s.GenerateResponse, Call("POST", f"/v1/tasks/{task}/generate", json=body)))
+
     # active learning
 
     def _suggest(self, task: str, inputs: Sequence[Input], *, k: int | None = None) -> Op[s.SuggestResponse]:
@@ -399,8 +427,28 @@ class _Core:
         return (yield from self._model(s.FeedbackAccepted, call))
 
     def _monitoring(self, task: str) -> Op[s.MonitoringOut]:
-        """Accuracy on feedback (active version and per version) and the recent OOD flag rate."""
+        """Accuracy on feedback (active version and per version), the recent OOD flag rate and its drift windows,
+        the shadow version's figures and the retrain policy."""
         return (yield from self._model(s.MonitoringOut, Call("GET", f"/v1/tasks/{task}/monitoring")))
+
+    def _promote_feedback(self, task: str) -> Op[s.FeedbackPromoted]:
+        """Copy the labelled feedback inputs not yet used into the task's examples (``source: feedback``) and
+        queue a training job for them."""
+        return (yield from self._model(s.FeedbackPromoted, Call("POST", f"/v1/tasks/{task}/feedback/promote")))
+
+    def _set_retrain_policy(self, task: str, after_feedback: int | None) -> Op[s.TaskOut]:
+        """Retrain after ``after_feedback`` new labelled feedback inputs (0: never; None: the service default)."""
+        call = Call("PATCH", f"/v1/tasks/{task}", json={"retrain_after_feedback": after_feedback})
+        return (yield from self._model(s.TaskOut, call))
+
+    def _shadow(self, task: str, version: int, share: float) -> Op[s.TaskOut]:
+        """Serve ``version`` in shadow on ``share`` of the predict requests (recorded, not returned)."""
+        call = Call("POST", f"/v1/tasks/{task}/versions/{version}/shadow", json={"share": share})
+        return (yield from self._model(s.TaskOut, call))
+
+    def _stop_shadow(self, task: str, version: int) -> Op[None]:
+        """Stop serving ``version`` in shadow."""
+        yield from self._request(Call("DELETE", f"/v1/tasks/{task}/versions/{version}/shadow"))
 
     # versions
 
@@ -431,6 +479,50 @@ class _Core:
 
 
 # -- the two drivers -----------------------------------------------------------------------------------
+
+
+Streamed = s.GenerateToken | s.GenerateResponse  # a streamed generate answer: token events, then the whole answer
+
+
+def _generate_body(
+    inputs: str | Sequence[str],
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop: Sequence[str],
+    seed: int | None,
+    *,
+    stream: bool,
+) -> dict[str, Any]:
+    prompts = [inputs] if isinstance(inputs, str) else list(inputs)
+    body: dict[str, Any] = {"inputs": prompts, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+    body |= {"stop": list(stop)} if stop else {}
+    body |= {"seed": seed} if seed is not None else {}
+    return body | ({"stream": True} if stream else {})
+
+
+class _Events:
+    """Server-Sent Events of a streamed generate answer, fed line by line: ``token`` events become
+    :class:`~graft.schemas.GenerateToken`, the final ``done`` event the whole
+    :class:`~graft.schemas.GenerateResponse`."""
+
+    def __init__(self) -> None:
+        self.event: str | None = None
+
+    def line(self, line: str) -> Streamed | None:
+        if line.startswith("event:"):
+            self.event = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            data = line.removeprefix("data:").strip()
+            if self.event == "token":
+                return s.GenerateToken.model_validate_json(data)
+            if self.event == "done":
+                return s.GenerateResponse.model_validate_json(data)
+        return None
+
+
+def _stream_error(response: httpx.Response) -> errors.GraftError:
+    return errors.from_response(response.status_code, response.content, dict(response.headers))
 
 
 def _transport_error(exc: httpx.TransportError, url: str) -> errors.ConnectionFailed:
@@ -526,6 +618,34 @@ class Graft(_Core):
     def close(self) -> None:
         self._http.close()
 
+    def generate_stream(
+        self,
+        task: str,
+        inputs: str | Sequence[str],
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> Iterator[Streamed]:
+        """:meth:`generate`, streamed: a :class:`~graft.schemas.GenerateToken` per generated token (``index``
+        says which prompt), then the whole :class:`~graft.schemas.GenerateResponse`. Leaving the loop early
+        (``break``, an exception) closes the connection, and the server stops decoding those prompts."""
+        body = _generate_body(inputs, max_tokens, temperature, top_p, stop, seed, stream=True)
+        try:
+            with self._http.stream("POST", f"/v1/tasks/{task}/generate", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _stream_error(response)
+                events = _Events()
+                for line in response.iter_lines():
+                    item = events.line(line)
+                    if item is not None:
+                        yield item
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, self.url) from exc
+
     def __enter__(self) -> Graft:
         return self
 
@@ -546,9 +666,14 @@ class Graft(_Core):
     job = _sync(_Core._job)
     wait = _sync(_Core._wait)
     predict = _sync(_Core._predict)
+    generate = _sync(_Core._generate)
     suggest = _sync(_Core._suggest)
     feedback = _sync(_Core._feedback)
     monitoring = _sync(_Core._monitoring)
+    promote_feedback = _sync(_Core._promote_feedback)
+    set_retrain_policy = _sync(_Core._set_retrain_policy)
+    shadow = _sync(_Core._shadow)
+    stop_shadow = _sync(_Core._stop_shadow)
     versions = _sync(_Core._versions)
     promote = _sync(_Core._promote)
     rollback = _sync(_Core._rollback)
@@ -618,6 +743,32 @@ class AsyncGraft(_Core):
     async def close(self) -> None:
         await self._http.aclose()
 
+    async def generate_stream(
+        self,
+        task: str,
+        inputs: str | Sequence[str],
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> AsyncIterator[Streamed]:
+        """:meth:`Graft.generate_stream` as an async iterator (``async for``)."""
+        body = _generate_body(inputs, max_tokens, temperature, top_p, stop, seed, stream=True)
+        try:
+            async with self._http.stream("POST", f"/v1/tasks/{task}/generate", json=body) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _stream_error(response)
+                events = _Events()
+                async for line in response.aiter_lines():
+                    item = events.line(line)
+                    if item is not None:
+                        yield item
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, self.url) from exc
+
     async def __aenter__(self) -> AsyncGraft:
         return self
 
@@ -638,9 +789,14 @@ class AsyncGraft(_Core):
     job = _async(_Core._job)
     wait = _async(_Core._wait)
     predict = _async(_Core._predict)
+    generate = _async(_Core._generate)
     suggest = _async(_Core._suggest)
     feedback = _async(_Core._feedback)
     monitoring = _async(_Core._monitoring)
+    promote_feedback = _async(_Core._promote_feedback)
+    set_retrain_policy = _async(_Core._set_retrain_policy)
+    shadow = _async(_Core._shadow)
+    stop_shadow = _async(_Core._stop_shadow)
     versions = _async(_Core._versions)
     promote = _async(_Core._promote)
     rollback = _async(_Core._rollback)

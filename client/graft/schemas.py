@@ -41,13 +41,16 @@ KIND_HEADS = {  # heads a task of a kind may pin besides "auto" (adapters/kinds/
     "multilabel": (),
     "regression": (),
     "speakers": (),
-    "entities": ("tagger", "word-tagger"),
+    "entities": ("tagger", "word-tagger", "finetune"),
     "answers": ("pointer", "word-pointer"),
+    "generation": (),
     "detection": ("detector", "scratch-detector"),
 }
 JobStatus = Literal["queued", "running", "succeeded", "failed", "superseded"]
 VersionStatus = Literal["active", "candidate", "previous", "failed"]
-TaskKind = Literal["classification", "multilabel", "regression", "speakers", "entities", "answers", "detection"]
+TaskKind = Literal[
+    "classification", "multilabel", "regression", "speakers", "entities", "answers", "generation", "detection"
+]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
 
 
@@ -316,6 +319,15 @@ def label_problem(kind: str, label: Any) -> str | None:
         return _entities_problem(label)
     if kind == "answers":
         return _answer_problem(label)
+    if kind == "generation":
+        if not isinstance(label, str):
+            return f"a generation task takes the completion (a string), got {_shape(label)}"
+        if not label.strip():
+            return "a completion must be a non-empty string"
+        if len(label) > LABEL_CHARS:
+            return f"a completion has at most {LABEL_CHARS} characters, got {len(label)}"
+        problem = unstorable(label)
+        return f"a completion {problem}" if problem else None
     if kind == "detection":
         return _detection_problem(label)
     return f"unknown task kind {kind!r}"
@@ -376,8 +388,10 @@ class TaskCreate(Request):
         "nearest enrolled speaker, or null under a threshold tuned to GRAFT_SPEAKER_FAR false accepts. `entities` "
         "(text): entity spans per text (a BIO tagger on the backbone's token states). `answers` (text): "
         "`{question, context}` inputs, the answer's offsets in the context or null (a start/end pointer on the "
-        "token states). `detection` (image): objects `[{box, label}]` per image (a CenterNet-style head on the "
-        "CNN's feature maps; docs/detection.md).",
+        "token states). `generation` (text): a prompt and its completion per example (at most 256 characters); "
+        "training fits a LoRA adapter on the server's language model, served by `POST /v1/tasks/{name}/generate`. "
+        "`detection` (image): objects `[{box, label}]` per image (a CenterNet-style head on the CNN's feature maps; "
+        "docs/detection.md).",
     )
     backbone: str | None = Field(
         default=None,
@@ -392,7 +406,8 @@ class TaskCreate(Request):
         "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
         "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a "
         "background job. Entities tasks: `tagger` (on the token states) or `word-tagger` (word features, no "
-        "transfer); answers tasks: `pointer` or `word-pointer`; `auto` serves whichever cross-validates better.",
+        "transfer), or `finetune` (LoRA on the top layers plus a token classifier); answers tasks: `pointer` or "
+        "`word-pointer`; `auto` serves whichever cross-validates better.",
     )
     labels: list[Label] | None = Field(
         default=None,
@@ -442,6 +457,24 @@ class JobOut(BaseModel):
     )
 
 
+class ShadowFeedbackFigures(BaseModel):
+    count: int = Field(description="Feedback rows on predictions this version also answered in shadow.")
+    accuracy: float | None = Field(default=None, description="The shadow's accuracy on them.")
+    mean_abs_error: float | None = Field(default=None, description="Regression: the shadow's mean absolute error.")
+    active_accuracy: float | None = Field(
+        default=None, description="The answering version's accuracy on the same rows (a paired comparison)."
+    )
+    active_mean_abs_error: float | None = Field(default=None, description="Regression: the answering version's.")
+
+
+class ShadowFigures(BaseModel):
+    version: int
+    predictions: int = Field(description="Predict inputs it answered in shadow.")
+    agreements: int = Field(description="Of those, answers equal to the answering version's.")
+    agreement: float | None = Field(description="agreements / predictions.")
+    feedback: ShadowFeedbackFigures
+
+
 class VersionOut(BaseModel):
     version: int
     head: str
@@ -470,6 +503,9 @@ class VersionDetail(VersionOut):
     transferability: dict | None = Field(description="LogME of the examples on each backbone of the modality.")
     warnings: list[str]
     promotion: dict | None = Field(description="Whether and why this version was (not) promoted.")
+    shadow: ShadowFigures | None = Field(
+        default=None, description="How it fared answering in shadow (within the retention window), if it did."
+    )
 
 
 class VersionList(BaseModel):
@@ -482,6 +518,11 @@ class PromoteRequest(Request):
     version: int = Field(ge=1)
 
 
+class ShadowConfig(BaseModel):
+    version: int = Field(description="The candidate version answering in shadow (recorded, not returned).")
+    share: float = Field(description="Share of predict requests it also answers.")
+
+
 class TaskOut(BaseModel):
     name: str
     modality: str
@@ -491,11 +532,22 @@ class TaskOut(BaseModel):
     active_version: int | None
     created_at: datetime
     updated_at: datetime
+    retrain_after_feedback: int | None = Field(
+        default=None,
+        description="Retrain policy: after this many new labelled feedback inputs, they become examples (source "
+        "`feedback`) and a training job is queued; 0 never; null: GRAFT_RETRAIN_AFTER_FEEDBACK.",
+    )
+    shadow: ShadowConfig | None = Field(default=None, description="The version serving in shadow, if any.")
 
 
 class TaskDetail(TaskOut):
     labels: list[str] = Field(description="Labels of the active version (what predict can answer).")
     examples_per_label: dict[str, int] = Field(description="Stored examples per label, all versions' data.")
+    examples_per_source: dict[str, int] = Field(
+        default_factory=dict,
+        description="Stored examples by where they came from: `user` (sent as examples or datasets) or `feedback` "
+        "(copied from feedback: POST /v1/tasks/{name}/feedback/promote or the retrain policy).",
+    )
     versions: list[VersionOut]
 
 
@@ -666,6 +718,59 @@ class PredictResponse(BaseModel):
     )
 
 
+# -- generation ------------------------------------------------------------------------------
+
+
+class GenerateRequest(Request):
+    inputs: list[Text] = Field(
+        min_length=1,
+        description="Prompts (one user turn each). At most GRAFT_GENERATION_MAX_INPUTS; each counts against the "
+        "predict rate.",
+    )
+    max_tokens: int = Field(
+        default=64, ge=1, description="Most new tokens per input (at most GRAFT_GENERATION_MAX_TOKENS)."
+    )
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 (default): greedy decoding.")
+    top_p: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling: the smallest set of tokens "
+        "whose probabilities reach top_p (with temperature > 0).",
+    )
+    stop: list[Annotated[StrictStr, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=4, description="Up to 4 stop strings; the text ends before the first one."
+    )
+    seed: int | None = Field(default=None, description="Seed of the sampling (temperature > 0), per input.")
+    stream: bool = Field(
+        default=False,
+        description="true: Server-Sent Events, one `token` event per generated token per input "
+        "(`{index, text, token}`), then one `done` event with the whole response.",
+    )
+
+
+class GeneratedOut(BaseModel):
+    text: str
+    tokens: int = Field(description="Tokens generated (the end-of-turn token not counted).")
+    finish_reason: Literal["stop", "length", "cancelled"] = Field(
+        description="`stop`: the end of the turn or a stop string; `length`: max_tokens reached."
+    )
+
+
+class GenerateResponse(BaseModel):
+    task: str
+    version: int
+    outputs: list[GeneratedOut]
+
+
+class GenerateToken(BaseModel):
+    """One streamed event (`event: token`): new text of input `index`."""
+
+    index: int
+    text: str
+    token: int | None = None
+
+
 # -- active learning -------------------------------------------------------------------------
 
 SUGGEST_K = 20  # suggestions when a request names no k (fewer when the pool is smaller)
@@ -717,6 +822,31 @@ class FeedbackAccepted(BaseModel):
     task: str
     accepted: int = Field(description="Items stored by this request.")
     kept: int = Field(description="Feedback rows the task keeps now (within the retention window and cap).")
+    examples_added: int = Field(
+        default=0, description="Feedback inputs the task's retrain policy copied into its examples (source `feedback`)."
+    )
+    job: JobOut | None = Field(default=None, description="The training job the retrain policy queued, if it did.")
+    retrain_note: str | None = Field(default=None, description="Why the policy's retrain was not queued (a quota).")
+
+
+class FeedbackPromoted(BaseModel):
+    task: str
+    examples_added: int = Field(description="Labelled feedback inputs copied into the examples (source `feedback`).")
+    job: JobOut | None = Field(description="The training job queued for them; null when nothing was waiting.")
+
+
+class TaskSettings(Request):
+    retrain_after_feedback: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="After this many new labelled feedback inputs, copy them into the examples and queue a "
+        "training job; 0: never; null: the service default (GRAFT_RETRAIN_AFTER_FEEDBACK).",
+    )
+
+
+class ShadowRequest(Request):
+    share: float = Field(gt=0.0, le=1.0, description="Share of predict requests the version also answers.")
 
 
 class FeedbackFigures(BaseModel):
@@ -752,6 +882,36 @@ class VersionMonitoring(BaseModel):
     ood: OodFigures
 
 
+class ShadowMonitoring(BaseModel):
+    version: int | None = Field(description="The version serving in shadow now (null: none).")
+    share: float | None
+    versions: list[ShadowFigures] = Field(description="Versions that answered in shadow within the window.")
+
+
+class DriftWindow(BaseModel):
+    ends_s_ago: float = Field(description="How long ago the window ended (0: the current one).")
+    scored: int
+    flagged: int
+    flag_rate: float | None
+    mean_score: float | None
+    z: float | None = Field(
+        description="The flag count's binomial z-score against the calibrated rate: (flagged - n·fpr) / "
+        "sqrt(n·fpr·(1-fpr)); within about ±2 in distribution."
+    )
+
+
+class DriftFigures(BaseModel):
+    window_s: float = Field(description="Each window's length in seconds.")
+    windows: list[DriftWindow] = Field(description="Oldest first, covering the OOD window.")
+    latest: DriftWindow | None = Field(description="The most recent window with scored inputs.")
+    shifted: bool = Field(description="The latest window has >= 20 scored inputs and z > 3: the inputs moved.")
+
+
+class RetrainPolicyOut(BaseModel):
+    after_feedback: int = Field(description="The policy in force (the task's, else the default); 0: never.")
+    pending_feedback: int = Field(description="Labelled feedback inputs not yet copied into the examples.")
+
+
 class MonitoringOut(BaseModel):
     task: str
     active_version: int | None
@@ -762,6 +922,9 @@ class MonitoringOut(BaseModel):
         "process (each replica answers for the predictions it served)."
     )
     per_version: list[VersionMonitoring] = Field(description="Every version with feedback or recent predictions.")
+    shadow: ShadowMonitoring = Field(description="The version in shadow now, and every version's shadow figures.")
+    drift: DriftFigures = Field(description="The active version's OOD figures over time (this process).")
+    retrain: RetrainPolicyOut
 
 
 # -- backbones ---------------------------------------------------------------------------

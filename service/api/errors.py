@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.generation import GenerationLimitError
 from adapters.training import TrainingDataError
 
 from .. import audio, datasets, images, logs
@@ -22,7 +23,7 @@ from ..application.task_rules import InvalidTask
 from ..batching import Overloaded
 from ..logs import get as get_logger
 from ..ratelimit import RateLimited
-from ..router import NotTrained, VersionFailed
+from ..router import NotTrained, VersionFailed, WrongKind
 from ..store.repository import Conflict, KeyLimit, NotFound, QueueFull
 
 log = get_logger("api")
@@ -88,6 +89,8 @@ ANSWERS: dict[type[Exception], Answer] = {
     Conflict: Answer(409, "conflict"),
     KeyLimit: Answer(409, "too_many_keys"),
     NotTrained: Answer(409, "not_trained"),
+    WrongKind: Answer(409, WrongKind.code),
+    GenerationLimitError: Answer(422, GenerationLimitError.code),
     VersionFailed: Answer(503, "version_failed"),
     TrainingDataError: Answer(422, "validation_error"),
     InvalidTask: Answer(422, InvalidTask.code),

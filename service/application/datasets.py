@@ -135,7 +135,8 @@ def ingest(
     file.seek(0)
     target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head, file)
     data, examples = _read(rt, file, kind, target, backbone_name)
-    guard = quotas.examples_guard(rt.settings, tenant_id, task, examples)  # checked in the write's transaction
+    kind_name = task.kind if task is not None else kinds.DEFAULT
+    guard = quotas.examples_guard(rt.settings, tenant_id, task, examples, kind_name)  # in the write's transaction
     if task is None:
         check_new_labels(kinds.DEFAULT, [label for _, label in examples], None)
         created, (task, job) = (

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from adapters import heads
+
 from ..router import Served, TaskRef
 from ..runtime import Runtime
 from .errors import TooLarge
@@ -34,4 +36,7 @@ async def predict(
     ``options``: the kind's request options (detection: ``score_threshold``, ``max_objects``)."""
     ref, number, head = await rt.router.head(tenant_id, name)
     model_inputs, raw = await prepare_inputs(rt, ref, rt.router.backbone_of(ref, head), head, inputs, names)
-    return ref, number, await rt.router.run(ref, head, model_inputs, raw, top_k, options)
+    shadow = await rt.router.shadow_for(ref, head)  # a candidate also answering this request, in shadow
+    if shadow is not None and raw is None and heads.RAW in shadow[1].consumes:
+        shadow = None  # it reads raw inputs the active head's request did not decode
+    return ref, number, await rt.router.run(ref, head, model_inputs, raw, top_k, shadow, options=options)

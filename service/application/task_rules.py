@@ -49,6 +49,8 @@ def new_task(
     problem = task_kind.new_task_problem(modality, backbone, head)
     if problem:
         raise InvalidTask(problem)
+    if task_kind.generates:  # the process's causal LM, not an embedding backbone
+        return NewTask(modality, kind, rt.generation.name, head)
     chosen = choose_backbone(rt, modality, backbone or task_kind.default_backbone(modality))
     return NewTask(modality, kind, chosen, head)
 

@@ -74,6 +74,11 @@ def _stored(rt: Runtime, kind: str, modality: str, backbone: str, examples: Sequ
     )
 
 
+def stored_examples_of(rt: Runtime, task: Task, examples: Sequence[Example]) -> list[tuple[str, str]]:
+    """Examples of an existing task as the store keeps them (inputs checked, labels encoded)."""
+    return _stored(rt, task.kind, task.modality, task.backbone, examples)
+
+
 def create_task(
     rt: Runtime,
     tenant_id: str,

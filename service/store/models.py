@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -82,6 +83,12 @@ class Task(Base):
     active_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # retrain policy: after this many new labelled feedback inputs, copy them into the examples and queue a
+    # training job (None: GRAFT_RETRAIN_AFTER_FEEDBACK; 0: never). docs/monitoring.md
+    retrain_after_feedback: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # a candidate version answering in shadow on a share of predict requests (recorded, not returned)
+    shadow_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    shadow_share: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Example(Base):
@@ -90,6 +97,8 @@ class Example(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     input: Mapped[str] = mapped_column(Text)
     label: Mapped[str] = mapped_column(String(256))
+    # "user" (sent as an example or dataset) or "feedback" (copied from feedback: docs/monitoring.md)
+    source: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
 
 
 class Version(Base):
@@ -154,4 +163,27 @@ class Feedback(Base):
     label: Mapped[str] = mapped_column(Text)  # the true label, stored-label encoded
     ood: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # whether the input was flagged, if scored
     input: Mapped[str | None] = mapped_column(Text, nullable=True)  # a text input, when the caller sent it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # whether it was considered for the task's examples: copied (promote, retrain policy) or found unfit
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class ShadowPrediction(Base):
+    """What a shadow version answered for one predict input (not returned to the caller), beside what the
+    active version answered. Kept like feedback (GRAFT_FEEDBACK_RETENTION_DAYS, at most
+    GRAFT_MAX_SHADOW_RECORDS_PER_TASK per task), deleted with the task; no inputs are stored."""
+
+    __tablename__ = "shadow_predictions"
+    __table_args__ = (
+        Index("ix_shadow_task_created", "task_id", "created_at"),
+        Index("ix_shadow_task_prediction", "task_id", "prediction_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)  # the shadow version
+    active_version: Mapped[int] = mapped_column(Integer)  # the version whose answer was returned
+    prediction_id: Mapped[str] = mapped_column(String(32))  # the returned prediction id's random part
+    answer: Mapped[str | None] = mapped_column(Text, nullable=True)  # the shadow's answer, stored-label encoded
+    active_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, delete, func, insert, or_, select, update
+from sqlalchemy import CursorResult, Engine, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker, undefer
 
 from .. import faults
 from . import db, migrate
-from .models import ApiKey, Example, Feedback, Job, Task, Tenant, Version, utcnow
+from .models import ApiKey, Example, Feedback, Job, ShadowPrediction, Task, Tenant, Version, utcnow
 
 KEY_PREFIX = "gft_"
 
@@ -85,6 +85,49 @@ class FeedbackRow:
     predicted: str | None
     label: str
     ood: bool | None
+
+
+@dataclass(frozen=True)
+class PendingFeedback:
+    """A labelled feedback input not yet considered for the task's examples."""
+
+    id: int
+    input: str
+    label: str  # stored-label encoded
+
+
+@dataclass(frozen=True)
+class NewShadow:
+    """What a shadow version answered for one predict input, beside the active version's answer."""
+
+    tenant_id: str
+    task_id: str
+    version: int
+    active_version: int
+    prediction_id: str
+    answer: str | None
+    active_answer: str | None
+
+
+@dataclass(frozen=True)
+class ShadowCounts:
+    predictions: int
+    agreements: int  # the shadow's answer equals the active version's (stored-label encoded)
+
+
+@dataclass(frozen=True)
+class ShadowFeedback:
+    """A feedback row on a prediction that a shadow version also answered."""
+
+    version: int  # the shadow version
+    answer: str | None
+    active_answer: str | None  # what the version that answered said (the feedback row's ``predicted``)
+    label: str
+
+
+# turn a task's pending feedback into stored examples: (examples, the feedback ids they came from and those
+# found unfit); both sets are marked promoted
+Convert = Callable[[Task, Sequence[PendingFeedback]], tuple[list[tuple[str, str]], list[int]]]
 
 
 @dataclass(frozen=True)
@@ -329,7 +372,103 @@ class Store:
             job = self._add_examples_and_queue(s, task, examples)
         return task, job
 
-    def _add_examples_and_queue(self, s: Session, task: Task, examples: Sequence[tuple[str, str]]) -> Job:
+    def promote_feedback(
+        self,
+        tenant_id: str,
+        name: str,
+        convert: Convert,
+        guard_for: Callable[[Task, list[tuple[str, str]]], Guard],
+        *,
+        at_least: int = 1,
+        limit: int,
+    ) -> tuple[Task, Job | None, int]:
+        """Copy the task's pending labelled feedback inputs (at most ``limit``, oldest first) into its examples
+        with ``source = "feedback"`` and queue a training job, in one transaction — when at least ``at_least``
+        are pending (the retrain policy's threshold), else nothing. ``convert`` validates them (those it finds
+        unfit are marked promoted too, so they are not counted again); ``guard_for`` gives the quota check.
+        Returns the task, the job queued (None: nothing to add) and how many examples were added."""
+        with self.writing() as s:
+            self._lock_tenant(s, tenant_id)  # serialises concurrent promotions of the tenant's feedback
+            task = self._task(s, tenant_id, name)
+            rows = s.execute(
+                select(Feedback.id, Feedback.input, Feedback.label)
+                .where(Feedback.task_id == task.id, Feedback.promoted.is_(False), Feedback.input.is_not(None))
+                .order_by(Feedback.id)
+                .limit(limit)
+            ).all()
+            if not rows or len(rows) < at_least:
+                return task, None, 0
+            pending = [PendingFeedback(i, str(text), label) for i, text, label in rows]
+            examples, used = convert(task, pending)
+            job = None
+            if examples:
+                guard_for(task, examples)(Reads(s))
+                task.updated_at = utcnow()
+                job = self._add_examples_and_queue(s, task, examples, source="feedback")
+            s.execute(update(Feedback).where(Feedback.id.in_(used)).values(promoted=True))
+        return task, job, len(examples)
+
+    def pending_feedback(self, tenant_id: str, task_id: str) -> int:
+        """How many labelled feedback inputs of the task are not yet considered for its examples."""
+        with self.reading() as s:
+            return (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Feedback)
+                    .where(
+                        Feedback.tenant_id == tenant_id,
+                        Feedback.task_id == task_id,
+                        Feedback.promoted.is_(False),
+                        Feedback.input.is_not(None),
+                    )
+                )
+                or 0
+            )
+
+    def examples_per_source(self, task_id: str) -> dict[str, int]:
+        with self.reading() as s:
+            rows = s.execute(
+                select(Example.source, func.count()).where(Example.task_id == task_id).group_by(Example.source)
+            )
+            return {source: n for source, n in rows}
+
+    def set_retrain_policy(self, tenant_id: str, name: str, after_feedback: int | None) -> Task:
+        with self.writing() as s:
+            task = self._task(s, tenant_id, name)
+            task.retrain_after_feedback = after_feedback
+            task.updated_at = utcnow()
+        return task
+
+    def set_shadow(self, tenant_id: str, name: str, number: int, share: float) -> Task:
+        """Serve version ``number`` in shadow on ``share`` of the predict requests (replacing any other shadow)."""
+        with self.writing() as s:
+            task = self._task(s, tenant_id, name)
+            version = s.scalar(select(Version).where(Version.task_id == task.id, Version.number == number))
+            if version is None:
+                raise NotFound(f"task {name!r} has no version {number}")
+            if version.error:
+                raise Conflict(
+                    f"version {number} of task {name!r} failed to load ({version.error[:200]}); it cannot "
+                    "serve, not even in shadow"
+                )
+            if task.active_version == number:
+                raise Conflict(
+                    f"version {number} is task {name!r}'s active version; shadow a candidate (another version)"
+                )
+            task.shadow_version, task.shadow_share = number, share
+            task.updated_at = utcnow()
+        return task
+
+    def clear_shadow(self, tenant_id: str, name: str) -> Task:
+        with self.writing() as s:
+            task = self._task(s, tenant_id, name)
+            task.shadow_version, task.shadow_share = None, None
+            task.updated_at = utcnow()
+        return task
+
+    def _add_examples_and_queue(
+        self, s: Session, task: Task, examples: Sequence[tuple[str, str]], source: str = "user"
+    ) -> Job:
         """Store the examples and queue a training job, which replaces the task's still-queued job (its
         examples are a subset of the new one's): a task has at most one job waiting, never run twice."""
         cap = self.max_queued_jobs_per_tenant
@@ -347,7 +486,7 @@ class Store:
                     f"{waiting} training jobs of this tenant are already queued (the limit is {cap}); nothing was "
                     "stored: wait for some to finish (GET /v1/jobs/{job_id}) and send this again"
                 )
-        s.add_all(Example(task_id=task.id, input=text, label=label) for text, label in examples)
+        s.add_all(Example(task_id=task.id, input=text, label=label, source=source) for text, label in examples)
         job = Job(id=new_id("job"), tenant_id=task.tenant_id, task_id=task.id, task_name=task.name, status="queued")
         s.execute(
             update(Job)
@@ -402,6 +541,7 @@ class Store:
             s.execute(delete(Example).where(Example.task_id == task.id))
             s.execute(delete(Version).where(Version.task_id == task.id))
             s.execute(delete(Feedback).where(Feedback.task_id == task.id))
+            s.execute(delete(ShadowPrediction).where(ShadowPrediction.task_id == task.id))
             s.delete(task)
 
     def label_counts(self, task_id: str) -> dict[str, int]:
@@ -470,6 +610,101 @@ class Store:
                 .order_by(Feedback.id)
             )
             return [FeedbackRow(v, p, label, ood) for v, p, label, ood in rows]
+
+    # -- shadow predictions ----------------------------------------------------------------
+
+    def add_shadow_records(self, rows: Sequence[NewShadow], *, retention_days: float, max_rows: int) -> None:
+        """Store shadow answers (of any tasks), then drop each task's records older than ``retention_days`` and
+        the oldest beyond ``max_rows``. Records of tasks deleted meanwhile are dropped."""
+        if not rows:
+            return
+        now = utcnow()
+        with self.writing() as s:
+            tasks = {r.task_id for r in rows}
+            live = set(
+                s.scalars(select(Task.id).where(Task.id.in_(tasks), Task.tenant_id.in_({r.tenant_id for r in rows})))
+            )
+            kept = [r for r in rows if r.task_id in live]
+            if kept:
+                s.execute(
+                    insert(ShadowPrediction),
+                    [
+                        {
+                            "tenant_id": r.tenant_id,
+                            "task_id": r.task_id,
+                            "version": r.version,
+                            "active_version": r.active_version,
+                            "prediction_id": r.prediction_id,
+                            "answer": r.answer,
+                            "active_answer": r.active_answer,
+                            "created_at": now,
+                        }
+                        for r in kept
+                    ],
+                )
+            oldest = now - timedelta(days=retention_days)
+            for task_id in live:
+                s.execute(
+                    delete(ShadowPrediction).where(
+                        ShadowPrediction.task_id == task_id, ShadowPrediction.created_at < oldest
+                    )
+                )
+                cut = s.scalar(
+                    select(ShadowPrediction.id)
+                    .where(ShadowPrediction.task_id == task_id)
+                    .order_by(ShadowPrediction.id.desc())
+                    .offset(max_rows)
+                )
+                if cut is not None:  # the newest max_rows stay
+                    s.execute(
+                        delete(ShadowPrediction).where(ShadowPrediction.task_id == task_id, ShadowPrediction.id <= cut)
+                    )
+
+    def shadow_counts(self, tenant_id: str, task_id: str, since: datetime) -> dict[int, ShadowCounts]:
+        """Per shadow version: predictions it answered in shadow since ``since``, and how many agreed."""
+        agree = case(
+            (
+                and_(
+                    ShadowPrediction.answer.is_not(None),
+                    ShadowPrediction.answer == ShadowPrediction.active_answer,
+                ),
+                1,
+            ),
+            else_=0,
+        )
+        with self.reading() as s:
+            rows = s.execute(
+                select(ShadowPrediction.version, func.count(), func.coalesce(func.sum(agree), 0))
+                .where(
+                    ShadowPrediction.tenant_id == tenant_id,
+                    ShadowPrediction.task_id == task_id,
+                    ShadowPrediction.created_at >= since,
+                )
+                .group_by(ShadowPrediction.version)
+            )
+            return {v: ShadowCounts(int(n), int(a)) for v, n, a in rows}
+
+    def shadow_feedback(self, tenant_id: str, task_id: str, since: datetime) -> list[ShadowFeedback]:
+        """Feedback rows (since ``since``) on predictions a shadow version also answered: the shadow's answer,
+        the answering version's and the true label, matched by the prediction id."""
+        with self.reading() as s:
+            rows = s.execute(
+                select(ShadowPrediction.version, ShadowPrediction.answer, Feedback.predicted, Feedback.label)
+                .join(
+                    Feedback,
+                    and_(
+                        Feedback.task_id == ShadowPrediction.task_id,
+                        Feedback.prediction_id == ShadowPrediction.prediction_id,
+                    ),
+                )
+                .where(
+                    ShadowPrediction.tenant_id == tenant_id,
+                    ShadowPrediction.task_id == task_id,
+                    Feedback.created_at >= since,
+                )
+                .order_by(Feedback.id)
+            )
+            return [ShadowFeedback(v, a, p, label) for v, a, p, label in rows]
 
     @staticmethod
     def _task_by_id(s: Session, tenant_id: str, task_id: str) -> Task:
@@ -684,6 +919,8 @@ class Store:
                     },
                 }
                 task.active_version = number
+                if task.shadow_version == number:  # the shadow is promoted: it serves for real now
+                    task.shadow_version, task.shadow_share = None, None
                 task.updated_at = utcnow()
                 s.flush()
                 faults.point("version_switch")

@@ -300,6 +300,12 @@ function renderSummary(version) {
     rows.push(["exact match", pct(m.exact_match)]);
     rows.push(["token F1", `${pct(m.f1)}${baseline}`]);
   }
+  if (m.kind === "generation" && typeof m.adapter_loss === "number") {  // a LoRA adapter against the base model
+    rows[2] = ["evaluation", `${m.heldout_examples} held-out examples (trained on ${m.train_examples})`];
+    rows.push(["held-out loss (adapter / base)", `${m.adapter_loss.toFixed(4)} / ${m.base_loss.toFixed(4)}`]);
+    rows.push(["held-out perplexity (adapter / base)", `${num(m.adapter_perplexity)} / ${num(m.base_perplexity)}`]);
+    rows.push(["training steps", `${m.steps} (best ${m.best_step}; stopped: ${m.stopped})`]);
+  }
   rows.push(["examples", String(version.n_examples)]);
   if (m.examples_per_label) rows.push(["examples per label", Object.entries(m.examples_per_label).map(([k, v]) => `${k}: ${v}`).join(", ")]);
   if (m.selected) rows.push(["hyper-parameters", JSON.stringify(m.selected)]);
@@ -379,7 +385,8 @@ async function showTask(name) {
   const file = task.modality !== "text";  // images and WAV clips are sent as files
   $("#try-text").hidden = file;
   $("#try-text").placeholder = task.kind === "answers" ? "First line: the question; then the context"
-    : task.kind === "entities" ? "Type a text to find its entities" : "Type a text to classify";
+    : task.kind === "entities" ? "Type a text to find its entities"
+    : task.kind === "generation" ? "Type a prompt to complete" : "Type a text to classify";
   $("#try-file").hidden = !file;
   $("#try-file").accept = task.modality === "audio" ? "audio/wav,audio/x-wav,.wav" : "image/png,image/jpeg,image/webp";
   $("#try-preview").hidden = true;
@@ -423,6 +430,12 @@ function detectionFigure(objects) {
 
 function renderPrediction(response) {
   // One input; the answer's shape follows the task's kind (classification, multilabel, regression, speakers).
+  if (Array.isArray(response.outputs)) {  // generation: the completion
+    const out = response.outputs[0];
+    $("#prediction").replaceChildren(el("p", { class: "meta" }, `version ${response.version} generates `,
+      el("strong", { id: "predicted-label" }, out.text), ` (${out.tokens} tokens, ${out.finish_reason})`));
+    return;
+  }
   const p = response.predictions[0];
   const head = (...parts) => el("p", { class: "meta" }, `version ${response.version} predicts `, ...parts);
   if ("speaker" in p) {  // speakers: cosine similarities against the open-set threshold
@@ -493,8 +506,10 @@ async function predict(event) {
       if (!question.trim() || !rest.join("\n").trim()) return showError("Type a question on the first line, then the context.");
       input = { question, context: rest.join("\n") };
     }
-    const body = state.task.kind === "entities" || state.task.kind === "answers" ? { inputs: [input] } : { inputs: [text], top_k: 5 };
-    response = await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const generates = state.task.kind === "generation";
+    const body = generates ? { inputs: [text], max_tokens: 64 }
+      : state.task.kind === "entities" || state.task.kind === "answers" ? { inputs: [input] } : { inputs: [text], top_k: 5 };
+    response = await api(generates ? path.replace(/\/predict$/, "/generate") : path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   }
   renderPrediction(response);
 }

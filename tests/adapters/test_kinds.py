@@ -165,6 +165,11 @@ def test_training_refuses_degenerate_targets(digits) -> None:
         ("classification", " ", "non-empty string"),
         ("multilabel", ["a", 1], "in the label list: labels are strings, got the number 1"),
         ("multilabel", ["a", "x" * 300], "at most 256 characters"),
+        ("generation", 3, "takes the completion (a string), got the number 3"),
+        ("generation", " ", "non-empty string"),
+        ("generation", "x" * 257, "at most 256 characters, got 257"),
+        ("generation", "a\x00b", "must not contain NUL"),
+        ("generation", ["Paris"], "got a list"),
     ],
 )
 def test_label_shapes_per_kind(kind: str, label: object, fragment: str) -> None:
@@ -180,6 +185,7 @@ def test_labels_that_fit_their_kind_pass_and_round_trip_through_the_store_encodi
         ("multilabel", ["tech", "business"]),
         ("regression", 2.5),
         ("regression", 7),
+        ("generation", " Paris, of course.\n"),
     ]:
         assert label_problem(kind, label) is None and kind_of(kind).problem(label) is None
         encoded = kind_of(kind).encode(label)
@@ -187,6 +193,8 @@ def test_labels_that_fit_their_kind_pass_and_round_trip_through_the_store_encodi
         decoded = kind_of(kind).decode(encoded)
         assert decoded == (sorted(label) if isinstance(label, list) else label)
     assert kind_of("multilabel").per_label({'["a","b"]': 2, '["b"]': 3}) == {"a": 2, "b": 5}
+    assert kind_of("generation").per_label({"Paris": 2, "Rome": 1}) == {"completions": 3}
+    assert kind_of("generation").names(["Paris", "Rome"]) == []  # no label-count quota on free text
 
 
 def test_task_create_checks_every_example_against_its_kind() -> None:

@@ -118,7 +118,7 @@ def test_the_clients_pinnable_heads_are_the_kinds() -> None:
     refused = kind_of("entities").new_task_problem("text", None, "pointer")
     assert (
         refused == "head 'pointer' is for answers tasks; a entities task takes head 'auto' or 'tagger' or "
-        "'word-tagger' (or none)"
+        "'word-tagger' or 'finetune' (or none)"
     )
     with pytest.raises(ValueError, match="head 'pointer' is for answers tasks"):
         TaskCreate.model_validate(

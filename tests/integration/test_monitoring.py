@@ -52,7 +52,14 @@ def test_ood_suggest_feedback_and_monitoring(server, bbc_train, bbc_test) -> Non
     items += [{"input": r["input"][:800], "label": r["label"]} for r in test[:2]]
     resp = acme.post("/v1/tasks/news/feedback", json={"items": items})
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"task": "news", "accepted": len(items), "kept": len(items)}
+    assert resp.json() == {
+        "task": "news",
+        "accepted": len(items),
+        "kept": len(items),
+        "examples_added": 0,  # no retrain policy (GRAFT_RETRAIN_AFTER_FEEDBACK defaults to 0)
+        "job": None,
+        "retrain_note": None,
+    }
     bad = acme.post("/v1/tasks/news/feedback", json={"items": [{"id": "nope", "label": "tech"}]})
     assert_error(bad, 422, "items[0].id", "not a prediction id")
     assert_error(acme.post("/v1/tasks/news/feedback", json={"items": [{"label": "tech"}]}), 422, "'id'", "'input'")

@@ -162,3 +162,44 @@ def test_answers_task_answers_from_the_context_or_null(server) -> None:
     # GRAFT_MAX_TEXT_CHARS (default 100,000): question + context count together, each alone is under it
     huge = {"question": "Where? " * 9_000, "context": "word " * 9_000}
     assert_error(client.post("/v1/tasks/qa/predict", json={"inputs": [huge]}), 413, "108000 characters", "100000")
+
+
+def test_entities_finetune_trains_competes_and_serves_offsets(server_factory) -> None:
+    """``head: "finetune"`` on an entities task: LoRA on MiniLM's top layer plus a token classifier, trained
+    by the job runner (2 epochs at most here, to stay fast), compared on its held-out part with the frozen
+    tagger and the word baseline (a loss is a warning), served with exact offsets; a retrain is promoted
+    with the reason why it was not compared."""
+    srv = server_factory(GRAFT_FINETUNE_MAX_EPOCHS="2")
+    client = srv.new_tenant("spans-finetune")
+    resp = client.post(
+        "/v1/tasks", json={"name": "ner", "kind": "entities", "head": "finetune", "examples": entity_rows(30, 0, 3)}
+    )
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"], timeout=300)["status"] == "succeeded"
+    version = next(v for v in client.get("/v1/tasks/ner/versions").json()["versions"] if v["status"] == "active")
+    m = version["metrics"]
+    assert version["head"] == "finetune" and m["head"] == "finetune" and m["selection"] == "pinned"
+    assert m["evaluation"] == "holdout" and set(m["heads"]) == {"finetune", "tagger", "word-tagger"}
+    assert m["finetune"]["max_epochs"] == 2 and m["finetune"]["held_out"] == 6 and m["finetune"]["split"] == 5
+    lost = m["heads"]["finetune"]["f1"] <= m["heads"]["tagger"]["f1"]
+    assert lost == any("did not beat the frozen tagger" in w for w in m["warnings"]), m["warnings"]
+
+    test = entity_rows(20, half=1, seed=4)
+    texts = ["  " + row["input"] for row in test]
+    resp = client.post("/v1/tasks/ner/predict", json={"inputs": texts})
+    assert resp.status_code == 200, resp.text
+    hits = gold = 0
+    for text, row, p in zip(texts, test, resp.json()["predictions"], strict=True):
+        for e in p["entities"]:
+            assert text[e["start"] : e["end"]] == e["text"] and 0 < e["score"] <= 1
+        found = {(e["start"] - 2, e["end"] - 2, e["label"]) for e in p["entities"]}
+        truth = {(s["start"], s["end"], s["label"]) for s in row["label"]}
+        hits, gold = hits + len(found & truth), gold + len(truth)
+    assert hits / gold > 0.4, (hits, gold)
+    assert_error(client.get("/v1/tasks/ner/export"), 422, "no ONNX export")
+
+    resp = client.post("/v1/tasks/ner/examples", json={"examples": entity_rows(6, half=0, seed=7)})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"], timeout=300)["status"] == "succeeded"
+    second = next(v for v in client.get("/v1/tasks/ner/versions").json()["versions"] if v["version"] == 2)
+    assert second["status"] == "active" and "compared on its held-out part only" in second["promotion"]["reason"]

@@ -240,3 +240,42 @@ def test_fair_queue_skips_cancelled_requests_and_keeps_the_training_share(minilm
         sum(t.startswith("a") for t in second) == sum(t.startswith("b") for t in second) == 3
     )  # tenants share the rest
     assert batcher.pending == 0
+
+
+class GatedAudio(Gated):
+    """A real audio backbone behind the gate (an audio batcher reads ``modality`` and ``sample_rate``)."""
+
+    def __init__(self, backbone) -> None:
+        super().__init__(backbone)
+        self.modality, self.sample_rate = backbone.modality, backbone.sample_rate
+
+
+def test_an_audio_pass_is_bounded_in_seconds_and_a_long_clip_runs_alone(minilm) -> None:
+    from service.backbones.registry import BUILTIN, Registry
+
+    speech = Registry({"s": BUILTIN["openwakeword-speech-embedding"]}, "cpu").load("s")
+    gated = GatedAudio(speech)
+    rng = np.random.default_rng(0)
+    second = [(0.05 * rng.standard_normal(16_000)).astype(np.float32) for _ in range(8)]  # 1 s clips
+    long = (0.05 * rng.standard_normal(16_000 * 5)).astype(np.float32)  # 5 s: over the whole bound
+    batcher = Batcher(gated, max_batch=64, max_delay_s=0.0, max_seconds=3.0)
+    try:
+        first = batcher.submit([second[0]], tenant="a")  # the worker enters its first pass and waits
+        assert gated.entered.wait(30)
+        later = [batcher.submit(second[1:], tenant="a"), batcher.submit([long], tenant="b")]
+        gated.open.set()
+        results = [first.result(60), *(f.result(60) for f in later)]
+    finally:
+        batcher.close()
+    sizes = [[len(clip) / 16_000 for clip in batch] for batch in gated.batches]
+    assert sizes[0] == [1.0] and all(sum(s) <= 3.0 for s in sizes if len(s) > 1), sizes
+    assert [5.0] in sizes and sum(len(s) for s in sizes) == 9  # the long clip alone; every clip once
+    assert max(len(s) for s in sizes) == 3  # not one pass of all 8 short clips
+    expected = speech.embed([*second, long])
+    got = np.vstack(results)
+    assert np.abs(got - expected).max() < 1e-5
+    text = Batcher(minilm, max_batch=4, max_seconds=3.0)  # the bound is for audio backbones only
+    try:
+        assert batcher.max_seconds == 3.0 and text.max_seconds is None
+    finally:
+        text.close()

@@ -192,6 +192,10 @@ def test_key_roles(app, rt: GateRuntime) -> None:
         ("POST", "/v1/tasks/t/dataset"),
         ("POST", "/v1/tasks/t/promote"),
         ("POST", "/v1/tasks/t/rollback"),
+        ("PATCH", "/v1/tasks/t"),
+        ("POST", "/v1/tasks/t/feedback/promote"),
+        ("POST", "/v1/tasks/t/versions/2/shadow"),
+        ("DELETE", "/v1/tasks/t/versions/2/shadow"),
     ]:
         answer = call(app, method, path, predict, (b"{}",))
         assert answer.status == 403 and "role 'write'" in answer.body["error"]["message"], (method, path, answer)

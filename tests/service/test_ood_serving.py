@@ -182,8 +182,8 @@ def test_feedback_by_id_and_by_input_then_monitoring(served, bbc_test) -> None:
     answers = [p.as_json() for p in predictions]
     items = [Item(label=r["label"], id=a["id"]) for a, r in zip(answers[:10], test, strict=True)]
     items.append(Item(label="tech", input=texts[0]))  # no id: the active version predicts it now
-    ref, kept = asyncio.run(record(rt, tenant, "news", items))
-    assert ref.name == "news" and kept == len(items)
+    done = asyncio.run(record(rt, tenant, "news", items))
+    assert done.task.name == "news" and done.kept == len(items) and done.retrain is None
     with pytest.raises(Invalid, match=r"items\[0\].label: a classification task takes one label string"):
         asyncio.run(record(rt, tenant, "news", [Item(label=["tech"], id=answers[0]["id"])]))
     with pytest.raises(Invalid, match=r"items\[0\]: send the prediction's 'id', or the 'input' itself"):

@@ -185,7 +185,8 @@ def test_every_limit_is_in_the_security_docs_table() -> None:
     from service.config import SETTINGS
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
-    limits = [v.env for k, v in SETTINGS.items() if k.startswith(("max_", "predict_"))]
+    limits = [v.env for k, v in SETTINGS.items() if k.startswith(("max_", "predict_", "generation_max_"))]
+    limits += ["GRAFT_GENERATION_QUEUE_SIZE", "GRAFT_GENERATION_ADAPTER_CACHE_MB"]
     assert len(limits) >= 14
     missing = [env for env in limits if f"`{env}`" not in doc]
     assert missing == [], f"add these to docs/security.md's limits table: {missing}"

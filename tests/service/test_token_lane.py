@@ -87,3 +87,50 @@ def test_the_router_runs_token_kinds_through_the_lane_or_without_the_backbone(la
         got = asyncio.run(router.run(ref, head, test, test))
         want = entities.predict_tokens(head, test, minilm.token_states(test) if head is tagger else None)
         assert [p.prediction.as_json() for p in got] == [p.as_json() for p in want] and used == lane_used
+
+
+def test_fine_tuned_taggers_share_the_lower_layers_in_a_lane_pass(lane, minilm) -> None:
+    """Two tenants' fine-tuned entities heads (different split points) and a frozen tagger in one lane: each
+    answer is what its head answers alone; the fine-tuned rows take no last-layer states."""
+    from adapters.heads.finetune import FinetuneConfig
+    from adapters.spans.finetune import Tagged, fit_finetune_tagger, tag_shared
+    from service.batching import OwnLayers
+
+    entities = kind_of("entities")
+    train = entity_rows(12, half=0, seed=5)
+    texts, spans = [r["input"] for r in train], [spans_of(r["label"]) for r in train]
+    labels = ["LOC", "ORG", "PER"]
+    one = fit_finetune_tagger(minilm, texts, spans, labels, None, FinetuneConfig(max_epochs=1), seed=1).head
+    two = fit_finetune_tagger(minilm, texts, spans, labels, None, FinetuneConfig(layers=2, max_epochs=1), seed=2).head
+    assert (one.split, two.split) == (5, 4)
+    tagger = TokenTagger(labels).fit(texts, spans, minilm.token_states(texts))
+    test = [row["input"] for row in entity_rows(8, half=1, seed=6)]
+    test[0] = test[0] + " and more words." * 100  # longer than one window
+    alone = {id(h): entities.predict_tokens(h, test, None) for h in (one, two)}
+    # the shared pass gives each row what its head gives alone
+    mixed = tag_shared(minilm, test + test, [one] * len(test) + [two] * len(test))
+    for head, rows in ((one, mixed[: len(test)]), (two, mixed[len(test) :])):
+        own, _ = head.log_probs(test)
+        assert all(isinstance(t, Tagged) and abs(t.log_probs - o).max() < 1e-4 for t, o in zip(rows, own, strict=True))
+
+    def step(head: Any) -> Any:
+        return lambda part, found: entities.predict_tokens(head, [item.value for item in part], found)
+
+    async def run() -> list[Any]:
+        items = [TokenInput(text, None, text) for text in test]
+        return await asyncio.gather(
+            lane.run(items, OwnLayers(one, step(one)), "tenant-a"),
+            lane.run(items, OwnLayers(two, step(two)), "tenant-b"),
+            lane.run(items, step(tagger), "tenant-c"),
+        )
+
+    first, second, frozen = asyncio.run(run())
+
+    def same(got: list[Any], want: list[Any]) -> bool:  # spans exact, scores to float noise (other padding)
+        pairs = [(a, b) for g, w in zip(got, want, strict=True) for a, b in zip(g.entities, w.entities, strict=True)]
+        spans_of_ = [[(e.start, e.end, e.label) for e in p.entities] for p in (*got, *want)]
+        return spans_of_[: len(got)] == spans_of_[len(got) :] and all(abs(a.score - b.score) < 1e-4 for a, b in pairs)
+
+    assert same(first, alone[id(one)]) and same(second, alone[id(two)])
+    assert same(frozen, entities.predict_tokens(tagger, test, minilm.token_states(test)))
+    assert any(p.entities for p in first)

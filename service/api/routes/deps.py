@@ -88,6 +88,12 @@ def task_out(task: Task) -> s.TaskOut:
         active_version=task.active_version,
         created_at=task.created_at,
         updated_at=task.updated_at,
+        retrain_after_feedback=task.retrain_after_feedback,
+        shadow=(
+            s.ShadowConfig(version=task.shadow_version, share=task.shadow_share or 0.0)
+            if task.shadow_version is not None
+            else None
+        ),
     )
 
 

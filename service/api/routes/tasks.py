@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 
 from graft import schemas as s
 
+from ...application import loop
 from ...application import tasks as use
 from .deps import (
     ERRORS,
@@ -48,8 +49,18 @@ def get_task(name: str, rt: RuntimeDep, me: TenantDep) -> s.TaskDetail:
         **task_out(view.task).model_dump(),
         labels=view.labels,
         examples_per_label=view.examples_per_label,
+        examples_per_source=rt.store.examples_per_source(view.task.id),
         versions=[version_out(v, view.task.active_version) for v in view.versions],
     )
+
+
+@router.patch("/tasks/{name}", response_model=s.TaskOut, responses=ERRORS)
+def update_task(name: str, body: s.TaskSettings, rt: RuntimeDep, me: WriterDep) -> s.TaskOut:
+    """Change a task's settings: its retrain policy (`retrain_after_feedback`; null: the service default)."""
+    task = rt.store.get_task(me.id, name)
+    if "retrain_after_feedback" in body.model_fields_set:
+        task = loop.set_policy(rt, me.id, name, body.retrain_after_feedback)
+    return task_out(task)
 
 
 @router.delete("/tasks/{name}", status_code=204, responses=ERRORS)

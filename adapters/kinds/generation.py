@@ -1,0 +1,165 @@
+"""Generation: an example is a prompt and its completion (a string); training fits a per-tenant LoRA adapter
+on one shared causal LM (adapters/generation/, docs/generation.md) instead of a head on embeddings, and the
+task answers ``POST /v1/tasks/{name}/generate`` instead of predict.
+
+The kind says what its examples are and how its adapter is fitted (:meth:`Generation.fit_adapter`); the
+service's training pipeline and generation engine do the rest (a kind that ``generates`` reads no backbone
+embeddings, keeps no head, has no OOD model and no ONNX export).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..generation import Example, LoraFit, LoraTrainConfig, LoraWeights, fit_lora
+from ..generation.training import adapter_loss, heldout_split
+from ..heads import Head
+from ..selection import Decision, first_version, unconditional
+from ..training import FitResult, TrainingDataError
+from .base import LABEL_CHARS, TaskKind, register_kind, shape, unstorable
+
+COMPLETION_CHARS = LABEL_CHARS  # a completion is stored in the examples' label column (256 characters)
+
+
+@register_kind
+class Generation(TaskKind):
+    name = "generation"
+    modalities = ("text",)
+    declares_labels = False
+    dataset_uploads = True  # CSV / JSON Lines rows carry one string label: the completion
+    scores_ood = False
+    generates = True
+
+    def problem(self, label: Any) -> str | None:
+        if not isinstance(label, str):
+            return f"a generation task takes the completion (a string), got {shape(label)}"
+        if not label.strip():
+            return "a completion must be a non-empty string"
+        if len(label) > COMPLETION_CHARS:
+            return f"a completion has at most {COMPLETION_CHARS} characters, got {len(label)}"
+        problem = unstorable(label)
+        return f"a completion {problem}" if problem else None
+
+    def encode(self, label: Any) -> str:
+        return str(label)
+
+    def decode(self, stored: str) -> Any:
+        return stored
+
+    def names(self, stored: Sequence[str]) -> list[str]:
+        return []  # completions are free text, not label names
+
+    def per_label(self, counts: dict[str, int]) -> dict[str, int]:
+        return {"completions": sum(counts.values())} if counts else {}
+
+    def examples_problem(self, labels: Sequence[Any], declared: Sequence[str] | None) -> str | None:
+        if len(labels) < 2:
+            return (
+                f"a generation task needs at least 2 examples (one is held out to score the adapter); got {len(labels)}"
+            )
+        return None
+
+    def new_task_problem(self, modality: str, backbone: str | None, head: str) -> str | None:
+        if modality != "text":
+            return f"a generation task takes modality 'text', not {modality!r}"
+        if head != "auto":
+            return f"a generation task trains a LoRA adapter on the server's language model; omit 'head' (got {head!r})"
+        if backbone is not None:
+            return "a generation task runs on the server's language model (GRAFT_GENERATION_MODEL); omit 'backbone'"
+        return None
+
+    # -- fitting ----------------------------------------------------------------------------------------
+
+    def fit_adapter(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        config: LoraTrainConfig,
+        on_step: Any = None,
+    ) -> LoraFit:
+        """A LoRA adapter on (prompt, completion) examples, trained in place on ``model`` (a private copy
+        the caller loaded for this job) and compared with the base model on held-out examples."""
+        examples = [Example(p, c) for p, c in zip(prompts, completions, strict=True)]
+        return fit_lora(model, tokenizer, examples, config, copy=False, on_step=on_step)
+
+    def promotion(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        fit: LoraFit,
+        config: LoraTrainConfig,
+        active: tuple[int, int, LoraWeights] | None,
+    ) -> Decision:
+        """Whether the new adapter replaces the active one. Not unless it beats the base model on its held-out
+        examples (``fit.promotable``, the negative-transfer guard). With an active adapter (``(number, examples
+        it was trained on, weights)``): the held-out examples added since it (which it never saw) are scored with
+        both adapters on ``model`` (the plain base model), and the new one is promoted unless its loss there is
+        higher; with no such example it is promoted on the base comparison alone, and the reason says so."""
+        warnings = fit.metrics.get("warnings") or []
+        if not fit.promotable:
+            return Decision(False, warnings[0] if warnings else "the adapter is not better than the base model")
+        if active is None:
+            return first_version()
+        number, seen, weights = active
+        unseen = [i for i in heldout_split(len(prompts), config) if i >= seen]
+        if not unseen:
+            return unconditional(
+                f"promoted: better than the base model on held-out examples; none of them is new since version "
+                f"{number}, so the two adapters were not compared"
+            )
+        examples = [Example(prompts[i], completions[i]) for i in unseen]
+        new_loss = adapter_loss(model, tokenizer, examples, fit.weights, config.batch_size)
+        old_loss = adapter_loss(model, tokenizer, examples, weights, config.batch_size)
+        promote = new_loss <= old_loss
+        about = (
+            f"on the {len(unseen)} held-out examples added since version {number}: loss {new_loss:.4f} against "
+            f"version {number}'s {old_loss:.4f}"
+        )
+        return Decision(
+            promote,
+            f"promoted: better than the base model, and {about}" if promote else f"kept as a candidate: {about}",
+            compared_on=len(unseen),
+        )
+
+    def fit(
+        self,
+        x: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        head: str,
+        raw: Sequence[str] | None,
+        modality: str,
+        folds: int,
+        seed: int,
+    ) -> FitResult:
+        raise TrainingDataError(
+            "a generation task trains a LoRA adapter on the language model (fit_adapter), not a head"
+        )
+
+    def comparable(self, result: FitResult) -> bool:
+        return False
+
+    def compare(
+        self,
+        active: Head,
+        vectors: np.ndarray | None,
+        raw: Sequence[str],
+        truth: Sequence[str],
+        result: FitResult,
+        unseen: np.ndarray,
+        active_number: int,
+    ) -> Decision:
+        return unconditional("a generation adapter is compared with the base model on its held-out examples")
+
+    def format(self, head: Head, output: Any, top_k: int | None) -> list[Any]:
+        raise TypeError("a generation task answers POST /v1/tasks/{name}/generate, not predict")
+
+    def export_problem(self) -> str | None:
+        return "a generation task's adapter has no ONNX export (it is a LoRA adapter on the server's language model)"

@@ -1,0 +1,281 @@
+"""Generation tasks end to end through a real server (``bentoml serve``) on the packaged SmolLM2-135M-Instruct.
+
+Two tenants each train a LoRA adapter on the same 40 "Country: X / Capital:" prompts: one answers with the
+capital's name (the core test's task), the other with ``The capital is <name>.``, where the instruct model
+answers in a sentence of its own. Training is kept to 4 steps (GRAFT_GENERATION_MAX_STEPS). Then: the version
+metrics (held-out loss of the adapter below the base's), generate as JSON and as Server-Sent Events (the
+token events add up to the answer), both tenants' requests at once (one batch) answer what each answers alone
+and differ from the base model (decoded here, in the test process), limits answer 4xx, another tenant's task is
+404, a task of another kind 409, and a client that goes away mid-stream cancels its rows."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from adapters.generation import BatchDecoder, SamplingParams, load_causal_lm
+from tests.adapters.test_generation import CACHE, CAPITALS, question
+from tests.conftest import wait_for_job
+from tests.integration.test_api import assert_error as _assert_error
+from tests.ui.test_dashboard import browser  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = [question("Australia"), question("Switzerland")]
+MAX_TOKENS = 24
+ENV = {
+    "GRAFT_GENERATION_MODEL_CACHE_DIR": str(CACHE),
+    "GRAFT_GENERATION_MAX_STEPS": "4",
+    "GRAFT_GENERATION_EVAL_EVERY": "2",
+    "GRAFT_GENERATION_MAX_INPUTS": "4",
+    "GRAFT_GENERATION_MAX_TOKENS": "64",
+    "GRAFT_GENERATION_MAX_PROMPT_TOKENS": "64",
+}
+
+
+def assert_error(resp: httpx.Response, status: int, code: str, *fragments: str) -> None:
+    assert _assert_error(resp, status, *fragments)["code"] == code
+
+
+def sse(response: httpx.Response) -> list[tuple[str, dict]]:
+    """(event, data) of each Server-Sent Event of a streamed response."""
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def generate(client: httpx.Client, task: str, prompts: list[str], **extra) -> dict:
+    resp = client.post(f"/v1/tasks/{task}/generate", json={"inputs": prompts, "max_tokens": MAX_TOKENS, **extra})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.compile(rf"^{name}(\{{{re.escape(want)}\}})? (\S+)$" if want else rf"^{name} (\S+)$", re.M)
+    return sum(float(m.group(m.lastindex)) for m in pattern.finditer(text))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from tests.conftest import Server
+
+    server = Server(tmp_path_factory.mktemp("graft-generation"), env=ENV).start()
+    plain, sentence = server.new_tenant("plain"), server.new_tenant("sentence")
+    jobs = []
+    for client, name, answer in (
+        (plain, "capitals", lambda c, k: k),
+        (sentence, "capital-sentences", lambda c, k: f"The capital is {k}."),
+    ):
+        examples = [{"input": question(c), "label": answer(c, k)} for c, k in CAPITALS]
+        resp = client.post("/v1/tasks", json={"name": name, "kind": "generation", "examples": examples})
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["task"]["kind"] == "generation"
+        jobs.append((client, resp.json()["job"]["id"]))
+    for client, job_id in jobs:
+        job = wait_for_job(client, job_id, timeout=600)
+        assert job["status"] == "succeeded", (job, server.logs()[-3000:])
+    yield server, plain, sentence
+    plain.close()
+    sentence.close()
+    server.stop()
+
+
+def test_the_adapter_version_reports_held_out_loss_against_the_base(served) -> None:
+    _, plain, _ = served
+    versions = plain.get("/v1/tasks/capitals/versions").json()["versions"]
+    assert len(versions) == 1 and versions[0]["status"] == "active" and versions[0]["head"] == "lora"
+    m = versions[0]["metrics"]
+    assert m["kind"] == "generation" and m["heldout_examples"] == 8 and m["steps"] <= 4
+    assert m["adapter_loss"] < m["base_loss"] and m["adapter_perplexity"] < m["base_perplexity"], m
+    assert m["promotion"]["promoted"] and m["warnings"] == []
+    print(
+        f"\ncapitals adapter: held-out loss {m['adapter_loss']:.3f} vs base {m['base_loss']:.3f}, perplexity "
+        f"{m['adapter_perplexity']:.2f} vs {m['base_perplexity']:.2f}, {m['steps']} steps in {m['seconds']:.1f} s"
+    )
+    task = plain.get("/v1/tasks/capitals").json()
+    assert task["kind"] == "generation" and task["examples_per_label"] == {"completions": 40}
+
+
+def test_generate_and_stream_give_the_same_answer_token_by_token(served) -> None:
+    _, plain, _ = served
+    body = generate(plain, "capitals", PROMPTS)
+    assert body["task"] == "capitals" and body["version"] == 1 and len(body["outputs"]) == 2
+    for out in body["outputs"]:
+        assert out["finish_reason"] in ("stop", "length") and out["text"] and 0 < out["tokens"] <= MAX_TOKENS
+    with plain.stream(
+        "POST", "/v1/tasks/capitals/generate", json={"inputs": PROMPTS, "max_tokens": MAX_TOKENS, "stream": True}
+    ) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        events = sse(resp)
+    assert [e for e, _ in events[-1:]] == ["done"] and {e for e, _ in events[:-1]} == {"token"}
+    assert events[-1][1] == body  # greedy: the streamed answer is the JSON one
+    for i, out in enumerate(body["outputs"]):
+        mine = [data for _, data in events[:-1] if data["index"] == i]
+        assert len(mine) == out["tokens"]  # one event per generated token
+        assert "".join(d["text"] for d in mine) == out["text"]
+
+
+def test_two_tenants_adapters_decoded_together_answer_as_alone_and_differ_from_the_base(served) -> None:
+    _, plain, sentence = served
+    pairs = ((plain, "capitals"), (sentence, "capital-sentences"))
+    alone = [generate(client, task, PROMPTS)["outputs"] for client, task in pairs]
+    with ThreadPoolExecutor(4) as pool:  # both tenants' rows in flight at once: one decoding batch
+        futures = [pool.submit(generate, client, task, PROMPTS) for _ in range(2) for client, task in pairs]
+        together = [f.result()["outputs"] for f in futures]
+    assert together == alone * 2
+    model, tokenizer = load_causal_lm(cache_dir=CACHE)
+    base = [c.text for c in BatchDecoder(model, tokenizer).generate(PROMPTS, params=SamplingParams(MAX_TOKENS))]
+    plain_texts, sentence_texts = ([o["text"] for o in outs] for outs in alone)
+    assert plain_texts != base and sentence_texts != base and plain_texts != sentence_texts, (base, alone)
+    for name, texts in (("base", base), ("capitals", plain_texts), ("capital-sentences", sentence_texts)):
+        print(f"{name}: {texts}")
+
+
+def test_limits_and_tenancy_answer_4xx(served) -> None:
+    server, plain, sentence = served
+    url = "/v1/tasks/capitals/generate"
+    assert_error(plain.post(url, json={"inputs": ["a"] * 5}), 413, "too_large", "the limit is 4")
+    assert_error(plain.post(url, json={"inputs": ["a"], "max_tokens": 65}), 422, "validation_error", "max_tokens")
+    long_prompt = " ".join(["word"] * 80)
+    assert_error(plain.post(url, json={"inputs": [long_prompt]}), 422, "validation_error", "at most 64")
+    assert_error(plain.post(url, json={"inputs": ["a"], "temperature": 3}), 422, "validation_error", "temperature")
+    assert_error(plain.post(url, json={"inputs": ["a"], "stop": ["x"] * 5}), 422, "validation_error", "stop")
+    assert_error(plain.post(url, json={"inputs": []}), 422, "validation_error", "inputs")
+    # another tenant's task does not exist for this one
+    assert_error(sentence.post(url, json={"inputs": ["a"]}), 404, "not_found", "capitals")
+    assert_error(sentence.get("/v1/tasks/capitals"), 404, "not_found", "capitals")
+    # a key of role predict may generate
+    with server.admin() as admin:
+        tenant = next(t for t in admin.get("/v1/tenants").json() if t["name"] == "plain")
+        key = admin.post(f"/v1/tenants/{tenant['id']}/keys", json={"role": "predict"}).json()["api_key"]
+    with server.client(key) as reader:
+        assert reader.post(url, json={"inputs": PROMPTS[:1], "max_tokens": 2}).status_code == 200
+    # kinds answer their own route
+    resp = plain.post(
+        "/v1/tasks",
+        json={
+            "name": "topics",
+            "examples": [{"input": "goal scored", "label": "sport"}, {"input": "vote", "label": "politics"}],
+        },
+    )
+    assert resp.status_code == 202, resp.text
+    assert_error(plain.post("/v1/tasks/topics/generate", json={"inputs": ["a"]}), 409, "wrong_kind", "/predict")
+    assert_error(plain.post("/v1/tasks/capitals/predict", json={"inputs": ["a"]}), 409, "wrong_kind", "/generate")
+    bad = plain.post(
+        "/v1/tasks", json={"name": "g", "kind": "generation", "examples": [{"input": "a", "label": 3}] * 2}
+    )
+    assert_error(bad, 422, "validation_error", "completion")
+    too_few = plain.post(
+        "/v1/tasks", json={"name": "g", "kind": "generation", "examples": [{"input": "a", "label": "b"}]}
+    )
+    assert_error(too_few, 422, "validation_error", "at least 2 examples")
+
+
+def test_a_client_that_goes_away_cancels_its_rows(served) -> None:
+    server, plain, _ = served
+
+    def cancelled() -> float:
+        return metric(
+            httpx.get(f"{server.url}/metrics").text, "graft_generation_sequences_total", finish_reason="cancelled"
+        )
+
+    before = cancelled()
+    story = "Write a long story about a cat who sails around the world."
+    with plain.stream(
+        "POST", "/v1/tasks/capitals/generate", json={"inputs": [story], "max_tokens": 64, "stream": True}
+    ) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("event: token"):
+                break  # the first token: hang up
+    deadline = time.monotonic() + 30
+    while cancelled() <= before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cancelled() == before + 1
+
+
+def test_the_client_and_the_cli_generate_and_stream(served) -> None:
+    import asyncio
+
+    from graft import AsyncGraft, Graft
+    from graft import schemas as s
+    from tests.client.test_cli import graft, ok_json
+
+    server, plain, _ = served
+    key = plain.headers["Authorization"].removeprefix("Bearer ")
+    expected = generate(plain, "capitals", PROMPTS)
+    with Graft(server.url, key) as g:
+        assert g.generate("capitals", PROMPTS, max_tokens=MAX_TOKENS).model_dump() == expected
+        streamed = list(g.generate_stream("capitals", PROMPTS, max_tokens=MAX_TOKENS))
+    assert isinstance(streamed[-1], s.GenerateResponse) and streamed[-1].model_dump() == expected
+    tokens = [t for t in streamed[:-1] if isinstance(t, s.GenerateToken)]
+    assert len(tokens) == len(streamed) - 1 == sum(o["tokens"] for o in expected["outputs"])
+    assert "".join(t.text for t in tokens if t.index == 1) == expected["outputs"][1]["text"]
+
+    async def stream_async() -> list:
+        async with AsyncGraft(server.url, key) as g:
+            return [item async for item in g.generate_stream("capitals", PROMPTS[0], max_tokens=MAX_TOKENS)]
+
+    assert asyncio.run(stream_async())[-1].outputs[0].model_dump() == expected["outputs"][0]
+    env = {"GRAFT_URL": server.url, "GRAFT_API_KEY": key}
+    answer = ok_json(graft("--json", "generate", "capitals", *PROMPTS, "--max-tokens", str(MAX_TOKENS), env=env))
+    assert answer == expected
+    shown = graft("generate", "capitals", PROMPTS[0], "--max-tokens", str(MAX_TOKENS), "--stream", env=env)
+    assert shown.returncode == 0 and shown.stdout.strip() == expected["outputs"][0]["text"].strip(), shown
+
+
+def test_the_dashboard_shows_loss_against_the_base_and_tries_a_prompt(served, browser) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    from tests.ui.test_dashboard import log_in, open_page
+
+    server, plain, _ = served
+    expected = generate(plain, "capitals", PROMPTS[:1], max_tokens=64)["outputs"][0]  # as the page asks
+    page, problems = open_page(browser, f"{server.url}/ui/#/tasks/capitals")
+    log_in(page, plain.headers["Authorization"].removeprefix("Bearer "))
+    expect(page.locator("#task-meta")).to_contain_text("generation")
+    expect(page.locator("#summary")).to_contain_text("held-out loss (adapter / base)")
+    expect(page.locator("#summary")).to_contain_text("held-out perplexity (adapter / base)")
+    page.fill("#try-text", PROMPTS[0])
+    page.click("#try-submit")
+    expect(page.locator("#predicted-label")).to_have_text(expected["text"])
+    expect(page.locator("#prediction")).to_contain_text(f"{expected['tokens']} tokens, {expected['finish_reason']}")
+    assert not problems, problems
+    page.close()
+
+
+def test_examples_and_json_lines_uploads_extend_a_generation_task(served) -> None:
+    _, _, sentence = served
+    first = [{"input": question(c), "label": k} for c, k in CAPITALS[:2]]
+    resp = sentence.post("/v1/tasks", json={"name": "more", "kind": "generation", "examples": first})
+    assert resp.status_code == 202, resp.text
+    resp = sentence.post("/v1/tasks/more/examples", json={"examples": [{"input": question("Peru"), "label": "Lima"}]})
+    assert resp.status_code == 202, resp.text
+    lines = "".join(json.dumps({"input": question(c), "label": k}) + "\n" for c, k in CAPITALS[2:6])
+    jsonl = {"Content-Type": "application/jsonl"}
+    resp = sentence.post("/v1/tasks/more/dataset", content=lines.encode(), headers=jsonl)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["examples"] == 4 and not resp.json()["created"]
+    assert sentence.get("/v1/tasks/more").json()["examples_per_label"] == {"completions": 7}
+    job = wait_for_job(sentence, resp.json()["job"]["id"], timeout=300)
+    assert job["status"] == "succeeded", job
+    # a retrain is compared with the active adapter (on held-out examples new since it, when there are some)
+    more = [{"input": question(c), "label": k} for c, k in CAPITALS[6:10]]
+    resp = sentence.post("/v1/tasks/more/examples", json={"examples": more})
+    assert wait_for_job(sentence, resp.json()["job"]["id"], timeout=300)["status"] == "succeeded"
+    second = next(v for v in sentence.get("/v1/tasks/more/versions").json()["versions"] if v["version"] == 2)
+    reason = second["metrics"]["promotion"]["reason"]
+    assert "version 1" in reason or second["metrics"]["warnings"], second["metrics"]
+    too_long = "".join(json.dumps({"input": "a", "label": "x" * 300}) + "\n" for _ in range(2))
+    resp = sentence.post("/v1/tasks/more/dataset", content=too_long.encode(), headers=jsonl)
+    assert resp.status_code == 422, resp.text
