@@ -32,10 +32,13 @@ VALUE = "value"  # a regression head's output, (batch,)
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "graft-export.json"
 RAW_INPUTS_FILE = "raw_inputs.py"  # adapters/raw_inputs.py, shipped with graphs that read raw inputs
+DETECTIONS = "detections"  # a detection graph's output (n, labels + 4, g, g): heatmap peaks, then box terms
+PIXEL_VALUES = "pixel_values"
 
 __all__ = [
-    "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PROBABILITIES", "RAW_INPUTS_FILE", "TOKENS", "VALUE",
-    "ExportError", "ExportableHead", "bundle", "finetune_graph", "fuse", "head_graph", "needs_backbone", "output_of",
+    "DETECTIONS", "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES",
+    "RAW_INPUTS_FILE", "TOKENS", "VALUE", "ExportError", "ExportableHead", "bundle", "detection_graph",
+    "finetune_graph", "fuse", "head_graph", "needs_backbone", "output_of",
     "raw_inputs", "raw_inputs_source",
 ]
 
@@ -173,5 +176,25 @@ def finetune_graph(head: Any, spec: Any) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / MODEL_FILE
         trace_onnx(module, spec.example_inputs, spec.dynamic_axes, PROBABILITIES, path)
+        model = onnx.load(str(path))
+    return _label(model, head)
+
+
+def detection_graph(head: Any, network: torch.nn.Module | None, size: int) -> onnx.ModelProto:
+    """A detection head as one fp32 graph: ``pixel_values`` (batch, 3, size, size), the letterboxed canvas
+    normalised → ``detections`` (adapters/heads/detection.py ``ExportForm``). ``network``: a copy of the
+    backbone's CNN (the service passes it in; None for the scratch baseline, which reads the pixels alone)."""
+    import tempfile
+    from pathlib import Path
+
+    from .heads.detection import ExportForm
+
+    if network is None and head.reads != "pixels":
+        raise ExportError(f"heads of kind {head.kind!r} read the backbone's feature maps: the export needs its CNN")
+    module = ExportForm(head, network).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_FILE
+        example = {PIXEL_VALUES: torch.zeros(2, 3, size, size)}
+        trace_onnx(module, example, {PIXEL_VALUES: {0: "batch"}}, DETECTIONS, path)
         model = onnx.load(str(path))
     return _label(model, head)

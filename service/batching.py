@@ -25,6 +25,8 @@ Policy (tuned with benchmarks/http_load.py and benchmarks/inprocess.py; see READ
   linear heads of the pass in one stacked matrix product, any other head once on all of its rows;
   rows of fine-tuned heads (``finetune``) skip the pooled embedding and go through the shared trunk.
   The batcher only schedules: it knows which rows belong to which request, not how a head computes.
+- Map lane (:class:`MapBatcher`, one per image backbone with feature maps): the same scheduling for the
+  CNN's multi-scale feature maps of letterboxed images (detection); each request brings its own head step.
 - Audio passes are also bounded in seconds (``max_seconds``, ``GRAFT_BATCH_MAX_AUDIO_SECONDS``): a pass takes
   clips while their summed duration fits, so 64 clips of 30 s do not hold the worker (and every other
   tenant's requests on that backbone) for 64 × 30 s of audio; a pass always takes at least one clip.
@@ -46,6 +48,7 @@ from typing import Any, cast
 import numpy as np
 
 from adapters.heads import Head, ValueHead
+from adapters.kinds import Placed
 from adapters.ood import OodModel
 from adapters.spans import Encoded
 from adapters.spans.finetune import tag_shared
@@ -58,8 +61,8 @@ from .logs import get as get_logger
 log = get_logger("batching")
 
 __all__ = [
-    "SERVING", "Apply", "Batcher", "OodScores", "Overloaded", "OwnLayers", "ServingActivity", "TokenBatcher",
-    "TokenInput", "apply_heads", "on_trunk", "text_trunk",
+    "MAP_LANE", "SERVING", "Apply", "ApplyMaps", "Batcher", "MapBatcher", "OodScores", "Overloaded", "OwnLayers",
+    "ServingActivity", "TokenBatcher", "TokenInput", "apply_heads", "feature_source", "on_trunk", "text_trunk",
 ]
 
 TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass
@@ -624,6 +627,75 @@ class TokenBatcher(Batcher):
 
 
 TOKEN_LANE = "/tokens"  # the token lane's batcher label: "<backbone>/tokens"
+MAP_LANE = "/maps"  # the map lane's batcher label: "<backbone>/maps"
+
+def feature_source(backbone: Backbone) -> Any | None:
+    """The torch CNN that computes a backbone's feature maps (an ONNX-served image backbone keeps its torch
+    origin), or None: the backbone has none."""
+    source = getattr(backbone, "origin", backbone)
+    return source if hasattr(source, "feature_maps") else None
+
+
+# A map-lane head step: (a request's letterboxed images in this pass, their feature maps) → one answer per image.
+ApplyMaps = Callable[[Sequence[Placed], np.ndarray], list[Any]]
+
+
+class MapBatcher(Batcher):
+    """The map lane of an image backbone: passes of multi-scale feature maps (``feature_maps``) of letterboxed
+    canvases for the detection kind, scheduled exactly like the pooled lane (cross-tenant passes, fair per
+    tenant, predict before training, bounded queues). A pass runs the canvases of all its requests through the
+    CNN once, then each request's head step (:data:`ApplyMaps`) on its rows; training requests get the maps."""
+
+    def __init__(self, backbone: Backbone, *args: Any, **kwargs: Any) -> None:
+        source = feature_source(backbone)
+        if source is None:
+            raise ValueError(f"backbone {backbone.name!r} has no feature maps")
+        self.source: Any = source
+        super().__init__(backbone, *args, **kwargs)
+        self._labels = {"backbone": f"{backbone.name}{MAP_LANE}"}
+        self._thread.name = f"batcher-{backbone.name}{MAP_LANE}"
+
+    def submit_maps(
+        self, inputs: Sequence[Placed], *, apply: ApplyMaps | None = None, background: bool = False, tenant: str = ""
+    ) -> Future:
+        """Queue ``inputs``; the future gets ``apply``'s answers (one per input), or their feature maps."""
+        return self._submit(inputs, [None] * len(inputs), apply, tenant, background)
+
+    async def run(self, inputs: Sequence[Placed], apply: ApplyMaps, tenant: str = "") -> list[Any]:
+        return await asyncio.wrap_future(self.submit_maps(inputs, apply=apply, tenant=tenant))
+
+    def maps_sync(self, inputs: Sequence[Placed], *, background: bool = True) -> np.ndarray:
+        maps = self.submit_maps(inputs, background=background).result()
+        return np.stack(maps) if len(maps) else np.zeros((0,), dtype=np.float32)
+
+    def _process(self, batch: list[Slice]) -> None:
+        items = [item for req, start, stop in batch for item in req.inputs[start:stop]]
+        started = time.perf_counter()
+        for req, start, _ in batch:
+            if start == 0:
+                metrics.QUEUE_DELAY.labels(**self._labels).observe(started - req.enqueued_at)
+        try:
+            maps = self.source.feature_maps([item.pixels for item in items])
+        except Exception as exc:  # deliver the failure to every waiting request
+            log.exception("feature-map batch failed", extra={"backbone": self.backbone.name, "batch": len(items)})
+            self._fail(batch, exc)
+            return
+        outputs: list[Any] = []
+        row = 0
+        for req, start, stop in batch:
+            mine = maps[row : row + stop - start]
+            row += stop - start
+            if req.head is None:
+                outputs.append(list(mine))
+                continue
+            try:
+                outputs.append(req.head(req.inputs[start:stop], mine))
+            except Exception as exc:  # a broken head fails its own request only
+                outputs.append(exc)
+        elapsed = time.perf_counter() - started
+        self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / len(items)
+        self._observe(len(items), elapsed, None)
+        self._deliver(batch, outputs)
 
 
 def _token_counts(backbone: Backbone) -> tuple[int, int] | None:

@@ -196,6 +196,13 @@ SETTINGS: dict[str, _Var] = {
     ),
     "cv_folds": _Var("GRAFT_CV_FOLDS", 5, int, "Folds for cross-validated head selection and metrics."),
     "seed": _Var("GRAFT_SEED", 0, int, "Seed for training (fold splits, solvers)."),
+    "detection_steps": _Var(
+        "GRAFT_DETECTION_STEPS",
+        300,
+        int,
+        "Detection tasks: training steps (batches of 16 images) of each detection head fit (every CV fold, both "
+        "heads, and the served one); more steps fit better and train longer (docs/detection.md).",
+    ),
     "finetune_layers": _Var(
         "GRAFT_FINETUNE_LAYERS",
         1,
@@ -529,6 +536,7 @@ class Settings:
     shutdown_grace_s: float
     cv_folds: int
     seed: int
+    detection_steps: int
     finetune_layers: int
     finetune_rank: int
     finetune_max_epochs: int

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from adapters.boxes import Letterbox
+from adapters.kinds import Placed
+
 # Graft enforces its own pixel limit (``Limits.max_pixels``) before decoding; Pillow's warning is noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
@@ -207,6 +210,17 @@ class Preprocessing:
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
+def letterbox(image: Image.Image, preprocessing: Preprocessing, size: int) -> tuple[np.ndarray, Letterbox]:
+    """The normalised image (``preprocessing.normalise``, what the store keeps) scaled so its longer side is
+    ``size`` and placed at the top-left corner of a ``size × size`` canvas padded with the mean colour
+    (detection; adapters/boxes.py): uint8 (size, size, 3), and the placement that maps boxes both ways."""
+    image = preprocessing.normalise(image)
+    placement = Letterbox(image.width, image.height, size)
+    canvas = Image.new("RGB", (size, size), tuple(round(255 * m) for m in preprocessing.mean))  # type: ignore[arg-type]
+    canvas.paste(image.convert("RGB").resize(placement.inner, Image.Resampling.BILINEAR), (0, 0))
+    return np.asarray(canvas, dtype=np.uint8), placement
+
+
 def to_stored(image: Image.Image, preprocessing: Preprocessing) -> str:
     """The stored form of an example: the normalised image as a lossless PNG, base64-encoded."""
     out = io.BytesIO()
@@ -221,3 +235,20 @@ STORED_LIMITS = Limits(max_bytes=1 << 30, max_pixels=1 << 30)
 def from_stored(stored: Sequence[str], preprocessing: Preprocessing) -> list[np.ndarray]:
     """Stored examples → backbone inputs."""
     return [preprocessing(decode(from_base64(s), STORED_LIMITS)) for s in stored]
+
+
+def placed(image: Image.Image, preprocessing: Preprocessing, size: int) -> Placed:
+    """A predict input letterboxed for detection: answers map back to the caller's (upright) pixels."""
+    upright = _upright(image)
+    canvas, placement = letterbox(upright, preprocessing, size)
+    return Placed(canvas, placement, upright.width, upright.height)
+
+
+def placed_stored(stored: Sequence[str], preprocessing: Preprocessing, size: int) -> list[Placed]:
+    """Stored examples letterboxed for detection (their boxes map onto the canvas through the stored size)."""
+    out = []
+    for one in stored:
+        image = decode(from_base64(one), STORED_LIMITS)
+        canvas, placement = letterbox(image, preprocessing, size)
+        out.append(Placed(canvas, placement, placement.width, placement.height))
+    return out

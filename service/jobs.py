@@ -20,7 +20,7 @@ from adapters import kinds
 from adapters.training import TrainingDataError
 
 from . import logs, metrics
-from .batching import SERVING, Batcher, TokenBatcher
+from .batching import SERVING, Batcher, MapBatcher, TokenBatcher
 from .config import Settings
 from .engine.generation import GenerationEngine
 from .pipeline import EMBED_CHUNK, EMBED_SHARE, JobLost, TrainingPipeline, backbone_inputs
@@ -156,6 +156,7 @@ class JobRunner:
         backbones_of: Callable[[str], list[str]] | None = None,
         on_version: Callable[[Job], None] | None = None,
         token_batchers: Callable[[str], TokenBatcher] | None = None,
+        map_batchers: Callable[[str], MapBatcher] | None = None,
         generation: GenerationEngine | None = None,
     ) -> None:
         self.store = store
@@ -165,7 +166,7 @@ class JobRunner:
         self.backbones_of = backbones_of  # modality -> configured backbone names
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.pipeline = TrainingPipeline(
-            store, batchers, settings, self.worker_id, backbones_of, token_batchers, generation
+            store, batchers, settings, self.worker_id, backbones_of, token_batchers, generation, map_batchers
         )
         self._wake = threading.Event()
         self._stop = threading.Event()

@@ -22,7 +22,7 @@ from adapters.transfer import capped_sample, logme
 
 from . import audio, faults, images
 from .backbones.base import Backbone, ImageBackbone
-from .batching import Batcher, TokenBatcher, TokenInput, text_trunk
+from .batching import Batcher, MapBatcher, TokenBatcher, TokenInput, text_trunk
 from .config import Settings
 from .engine.generation import GenerationEngine
 from .engine.head_store import VersionFailed, head_of
@@ -71,11 +71,40 @@ class TrainingPipeline:
         backbones_of: Callable[[str], list[str]] | None = None,
         token_batchers: Callable[[str], TokenBatcher] | None = None,
         generation: GenerationEngine | None = None,
+        map_batchers: Callable[[str], MapBatcher] | None = None,
     ) -> None:
         self.store, self.batchers, self.settings, self.worker_id = store, batchers, settings, worker_id
         self.generation = generation  # the causal LM generation tasks adapt (a fresh copy per job)
         self.backbones_of = backbones_of  # modality -> configured backbone names
         self.token_batchers = token_batchers  # text backbone -> its token lane (kinds that read token states)
+        self.map_batchers = map_batchers  # image backbone -> its map lane (detection)
+
+    def _fit_maps(
+        self, backbone: str, task_kind: kinds.Detection, task: Task, texts: list[str], labels: list[str],
+        progress: Progress,
+    ) -> FitResult:
+        """Detection: the stored images letterboxed, their feature maps through the backbone's map lane (at
+        training priority; none when the pinned head is the scratch baseline), the kind's CV fit."""
+        batcher = self.batchers(backbone)
+        preprocessing = cast(ImageBackbone, batcher.backbone).preprocessing
+        placed = images.placed_stored(texts, preprocessing, kinds.DETECTION_SIZE)
+        maps: np.ndarray | None = None
+        if task.head != "scratch-detector":
+            try:
+                lane = self.map_batchers(backbone) if self.map_batchers else None
+            except KeyError:
+                lane = None
+            if lane is None:
+                raise TrainingDataError(f"backbone {backbone!r} has no feature maps for detection (not a CNN)")
+            parts = []
+            for start in range(0, len(placed), EMBED_CHUNK):
+                parts.append(lane.maps_sync(placed[start : start + EMBED_CHUNK], background=True))
+                progress.update(0.3 * min(1.0, (start + EMBED_CHUNK) / max(1, len(placed))))
+            maps = np.concatenate(parts)
+        return task_kind.fit_maps(
+            maps, placed, labels, head=task.head, folds=self.settings.cv_folds, seed=self.settings.seed,
+            steps=self.settings.detection_steps,
+        )
 
     def _token_states(
         self, backbone: str, task_kind: kinds.TokenKind, inputs: list[Any], progress: Progress, share: float
@@ -425,7 +454,11 @@ class TrainingPipeline:
             return self._fit_adapter(job, task, task_kind, texts, labels, progress)
         targets = task_kind.decode_all(labels)
         x: Any
-        if task_kind.reads_token_states:  # entities, answers: per-token states, not pooled embeddings
+        if task_kind.reads_feature_maps:  # detection: feature maps of letterboxed images, not pooled embeddings
+            backbone_name, transferability = self._pinned_backbone(task), None
+            x = None
+            result = self._fit_maps(backbone_name, cast(kinds.Detection, task_kind), task, texts, labels, progress)
+        elif task_kind.reads_token_states:  # entities, answers: per-token states, not pooled embeddings
             token_kind = cast(kinds.TokenKind, task_kind)
             backbone_name, transferability = self._pinned_backbone(task), None
             inputs = token_kind.decode_inputs(texts)
@@ -445,7 +478,7 @@ class TrainingPipeline:
         else:
             backbone_name = self._pinned_backbone(task)
             x, transferability = self._embed(backbone_name, texts, progress, 0.0, EMBED_SHARE), None
-        if not task_kind.reads_token_states:
+        if not (task_kind.reads_token_states or task_kind.reads_feature_maps):
             result = task_kind.fit_with(
                 x,
                 targets,

@@ -20,9 +20,11 @@ import numpy as np
 
 from adapters import heads, kinds
 from adapters.kinds import (
+    Detection,
     KindPrediction,
     LabelScore,
     MultiLabelPrediction,
+    Placed,
     Prediction,
     RegressionPrediction,
     TokenKind,
@@ -30,7 +32,7 @@ from adapters.kinds import (
 )
 
 from . import logs, metrics
-from .batching import Batcher, OodScores, OwnLayers, TokenBatcher, TokenInput
+from .batching import Batcher, MapBatcher, OodScores, OwnLayers, TokenBatcher, TokenInput
 from .caching import HeadCache, TTLCache
 from .engine.head_store import VersionFailed, store_head_loader
 from .engine.prediction_ids import new_id
@@ -119,10 +121,12 @@ class Router:
         token_batchers: Callable[[str], TokenBatcher] | None = None,
         shadow_log: ShadowLog | None = None,
         rng: random.Random | None = None,
+        map_batchers: Callable[[str], MapBatcher] | None = None,
     ) -> None:
         self.store = store
         self.batchers = batchers
         self.token_batchers = token_batchers  # the token lanes of text backbones (entities, answers)
+        self.map_batchers = map_batchers  # the map lanes of image backbones (detection)
         self.heads = head_cache
         self.tasks: TTLCache[tuple[str, str], TaskRef] = TTLCache(task_ttl_s)
         self.tenant_labels = tenant_labels or TenantLabels(20)
@@ -178,13 +182,14 @@ class Router:
         raw: Sequence[Any] | None,
         top_k: int | None = None,
         shadow: tuple[int, heads.Head] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> list[Served]:
         """Run: the inputs through the shared backbone pass and the head, answered in the task kind's form
         (:class:`Served`). ``model_inputs`` are what the backbone takes; ``raw`` what heads that read raw
         inputs take. OOD scores come from the embeddings of the same pass (the backbone runs once).
         ``shadow``: a (version, head) that also answers, on the same embeddings; its answers are recorded
-        (:class:`ShadowLog`), not returned."""
-        proba, scores, shadow_proba = await self.outputs(ref, head, model_inputs, raw, shadow)
+        (:class:`ShadowLog`), not returned. ``options``: the kind's request options (detection's)."""
+        proba, scores, shadow_proba = await self.outputs(ref, head, model_inputs, raw, shadow, options)
         self.tenant_labels.count(ref.tenant_id, len(model_inputs))
         kind = kinds.kind_of(ref.kind)
         predictions = kind.format(head, proba, top_k)
@@ -260,12 +265,16 @@ class Router:
         model_inputs: Sequence[Any],
         raw: Sequence[Any] | None,
         shadow: tuple[int, heads.Head] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> tuple[Any, np.ndarray | None, Any]:
         """The head's output per input (a token kind's: its answers), when its version has an OOD model each
         input's OOD score (NaN where the input had no pooled embedding: fine-tuned heads), and the ``shadow``
         head's output when given (else None), from one shared backbone pass."""
         backbone = self.backbone_of(ref, head)
         task_kind = kinds.kind_of(ref.kind)
+        if task_kind.reads_feature_maps:  # detection: feature maps of letterboxed images, the map lane; no OOD
+            detection = cast(Detection, task_kind)
+            return await self._run_maps(ref, detection, head, backbone, model_inputs, options or {}), None, None
         if task_kind.reads_token_states:  # per-token states (entities, answers): the token lane; no OOD model
             return await self._run_tokens(ref, cast(TokenKind, task_kind), head, backbone, model_inputs), None, None
         ood = heads.ood_of(head)
@@ -325,6 +334,22 @@ class Router:
             return kind.predict_tokens(head, [item.value for item in part], encoded)
 
         return await self.token_batchers(backbone).run(items, OwnLayers(head, apply) if own else apply, ref.tenant_id)
+
+    async def _run_maps(
+        self, ref: TaskRef, kind: Detection, head: Any, backbone: str, inputs: Sequence[Any], options: dict[str, Any]
+    ) -> list[Any]:
+        """Detection answers: heads that read feature maps through the backbone's map lane (its pass shared with
+        other tenants' detection requests), the scratch baseline on the canvases alone."""
+        placed = cast(Sequence[Placed], inputs)
+        if not kind.reads_maps(head):
+            return await anyio.to_thread.run_sync(lambda: kind.predict_maps(head, placed, None, options))
+        if self.map_batchers is None:
+            raise RuntimeError("this router has no map lanes")
+
+        def apply(part: Sequence[Placed], maps: np.ndarray) -> list[Any]:
+            return kind.predict_maps(head, part, maps, options)
+
+        return await self.map_batchers(backbone).run(placed, apply, ref.tenant_id)
 
     async def predict(
         self,

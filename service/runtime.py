@@ -13,7 +13,7 @@ from adapters.generation import DecodeLimits
 from . import logs, metrics
 from .backbones.registry import BUILTIN, Registry, parse_extra
 from .backbones.runtimes import RuntimeConfig
-from .batching import Batcher, TokenBatcher, text_trunk
+from .batching import Batcher, MapBatcher, TokenBatcher, feature_source, text_trunk
 from .caching import HeadCache
 from .config import Settings
 from .engine.generation import GenerationEngine, ModelSpec
@@ -100,6 +100,19 @@ class Runtime:
             for name, bb in self.backbones.loaded.items()
             if text_trunk(bb) is not None
         }
+        # the map lanes (multi-scale feature maps for detection) of the image backbones with a torch CNN (an
+        # ONNX-served one: its torch origin)
+        self._map_batchers = {
+            name: MapBatcher(
+                bb,
+                settings.batch_max_size,
+                settings.batch_max_delay_ms / 1000,
+                settings.batch_queue_size,
+                settings.batch_tenant_queue_size,
+            )
+            for name, bb in self.backbones.loaded.items()
+            if feature_source(bb) is not None
+        }
         self.shadow_log = ShadowLog(
             self.store,
             retention_days=settings.feedback_retention_days,
@@ -115,6 +128,7 @@ class Runtime:
             metrics.TenantLabels(settings.metrics_tenant_labels),
             self.token_batcher,
             self.shadow_log,
+            map_batchers=self.map_batcher,
         )
         self.jobs = JobRunner(
             self.store,
@@ -123,6 +137,7 @@ class Runtime:
             self.backbones.names,
             on_version=lambda job: self.router.forget(job.tenant_id, job.task_name),
             token_batchers=self.token_batcher,
+            map_batchers=self.map_batcher,
             generation=self.generation,
         )
         if self.trains:
@@ -152,6 +167,10 @@ class Runtime:
         """The token lane of a text backbone; KeyError for a backbone without per-token states."""
         return self._token_batchers[backbone]
 
+    def map_batcher(self, backbone: str) -> MapBatcher:
+        """The map lane of an image backbone; KeyError for a backbone without feature maps (not a torch CNN)."""
+        return self._map_batchers[backbone]
+
     def trunk(self, backbone: str) -> object | None:
         """The torch text model of a loaded backbone (fine-tuned heads run on it), if it has one."""
         return text_trunk(self.backbones.get(backbone)) if backbone in self.backbones.loaded else None
@@ -165,7 +184,7 @@ class Runtime:
         self.ready = False
         self.jobs.stop(self.settings.shutdown_grace_s)
         self.store_gauges.stop()
-        for batcher in [*self._batchers.values(), *self._token_batchers.values()]:
+        for batcher in [*self._batchers.values(), *self._token_batchers.values(), *self._map_batchers.values()]:
             batcher.close()
         self.shadow_log.close()
         self.generation.close()

@@ -26,6 +26,7 @@ from .base import (
     to_bytes,
 )
 from .baseline import BaselineHead
+from .detection import DetectorHead, ScratchDetectorHead
 from .finetune import FinetuneHead
 from .hybrid import HybridHead
 from .linear import LinearHead
@@ -43,9 +44,10 @@ KIND_HEADS: dict[str, type[Head]] = {  # task kind -> its head
 TRANSFER_HEADS = frozenset(kind for kind, cls in HEADS.items() if cls.consumes == frozenset({EMBEDDING}))
 
 __all__ = [
-    "EMBEDDING", "HEADS", "RAW", "REGISTRY", "TRANSFER_HEADS", "TRUNK", "Array", "BaselineHead", "FinetuneHead", "Head",
-    "HeadFormatError", "HybridHead", "KIND_HEADS", "LinearHead", "MissingInputs", "MultiLabelHead", "PrototypeHead",
-    "RidgeHead", "SpeakerHead", "StoredHead", "ValueHead", "from_bytes", "heads_for", "ood_of", "predict",
+    "EMBEDDING", "HEADS", "RAW", "REGISTRY", "TRANSFER_HEADS", "TRUNK", "Array", "BaselineHead", "DetectorHead",
+    "FinetuneHead", "Head", "HeadFormatError", "HybridHead", "KIND_HEADS", "LinearHead", "MissingInputs",
+    "MultiLabelHead", "PrototypeHead", "RidgeHead", "ScratchDetectorHead", "SpeakerHead", "StoredHead", "ValueHead",
+    "from_bytes", "heads_for", "ood_of", "predict",
     "read_metadata",
     "register", "require", "to_bytes",
 ]

@@ -6,6 +6,8 @@ A new kind is one module here plus its import below.
 from .answers import AnswerPrediction, Answers
 from .base import AUTO, KINDS, LABEL_CHARS, KindPrediction, TaskKind, UnknownKind, kind_of, register_kind, unstorable
 from .classification import Classification, Prediction, top_predictions
+from .detection import SIZE as DETECTION_SIZE
+from .detection import DetectedObject, Detection, DetectionPrediction, Placed
 from .entities import Entities, EntitiesPrediction, Entity
 from .fitting import fit_multilabel, fit_regression, indicator, tune_thresholds
 from .generation import Generation
@@ -22,6 +24,10 @@ __all__ = [
     "Answers",
     "Classification",
     "DEFAULT",
+    "DETECTION_SIZE",
+    "DetectedObject",
+    "Detection",
+    "DetectionPrediction",
     "Entities",
     "Generation",
     "EntitiesPrediction",
@@ -33,6 +39,7 @@ __all__ = [
     "LabelScore",
     "MultiLabel",
     "MultiLabelPrediction",
+    "Placed",
     "Prediction",
     "Regression",
     "RegressionPrediction",

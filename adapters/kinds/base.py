@@ -111,6 +111,8 @@ class TaskKind(ABC):
     dataset_uploads: ClassVar[bool] = False  # dataset files (one label string per row or folder) hold its labels
     # fit and predict read the text backbone's per-token states, not pooled embeddings (adapters/kinds/tokens.py)
     reads_token_states: ClassVar[bool] = False
+    # fit and predict read an image backbone's feature maps of letterboxed images (adapters/kinds/detection.py)
+    reads_feature_maps: ClassVar[bool] = False
     # examples are (prompt, completion); training fits a LoRA adapter on the server's causal LM
     # (adapters/kinds/generation.py) and the task answers generate, not predict (no head, no backbone pass)
     generates: ClassVar[bool] = False
@@ -152,6 +154,11 @@ class TaskKind(ABC):
     @abstractmethod
     def encode(self, label: Any) -> str:
         """A valid label as the one string the store keeps."""
+
+    def encode_example(self, value: Any, label: Any) -> str:
+        """A valid label of the (valid) input ``value`` as the store keeps it; most kinds need only the label,
+        detection also keeps the image's size (its boxes are in the caller's pixels)."""
+        return self.encode(label)
 
     @abstractmethod
     def decode(self, stored: str) -> Any:

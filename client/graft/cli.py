@@ -350,6 +350,9 @@ def prediction_row(p: s.AnyPredictionOut) -> dict[str, str]:
     if isinstance(p, s.EntitiesPredictionOut):
         found = ", ".join(f"{e.text!r} {e.label} [{e.start}:{e.end}] {e.score:.2f}" for e in p.entities)
         return {"entities": found or "(none)"}
+    if isinstance(p, s.DetectionPredictionOut):
+        found = ", ".join(f"{o.label} [{', '.join(f'{v:g}' for v in o.box)}] {o.score:.2f}" for o in p.objects)
+        return {"objects": found or "(none)"}
     if isinstance(p, s.AnswerPredictionOut):
         shown = "(no answer)" if p.answer is None else f"{p.answer!r} [{p.start}:{p.end}]"
         return {"answer": shown, "score": f"{p.score:.3f}"}
@@ -372,7 +375,9 @@ def cmd_predict(args: argparse.Namespace) -> Any:
     answers = []
     with client(args) as g:
         for start in range(0, len(inputs), PREDICT_BATCH):
-            answers.append(g.predict(args.task, inputs[start : start + PREDICT_BATCH], top_k=args.top_k))
+            part = inputs[start : start + PREDICT_BATCH]
+            options = {"score_threshold": args.score_threshold, "max_objects": args.max_objects}
+            answers.append(g.predict(args.task, part, top_k=args.top_k, **options))
     result = s.PredictResponse(
         task=answers[-1].task,
         version=answers[-1].version,
@@ -559,6 +564,8 @@ def parser() -> argparse.ArgumentParser:
         "--file", help='one image or WAV file, or JSON Lines: one JSON string or {"input": ...} per line'
     )
     predict.add_argument("--top-k", type=int)
+    predict.add_argument("--score-threshold", type=float, help="detection tasks: lowest object score (default 0.3)")
+    predict.add_argument("--max-objects", type=int, help="detection tasks: most objects per image (default 100)")
     predict.add_argument("--question", help="answers tasks: ask this question of each text (the contexts)")
 
     generate = leaf(groups, "generate", cmd_generate, "complete prompts with a generation task's adapter")

@@ -363,14 +363,22 @@ class _Core:
     # predict
 
     def _predict(
-        self, task: str, inputs: Input | Sequence[Input], *, top_k: int | None = None
+        self,
+        task: str,
+        inputs: Input | Sequence[Input],
+        *,
+        top_k: int | None = None,
+        score_threshold: float | None = None,
+        max_objects: int | None = None,
     ) -> Op[s.PredictResponse]:
         """Predict one input or a list: texts (and answers inputs) go as JSON; images and WAV clips (bytes or
-        file paths) as multipart files."""
+        file paths) as multipart files. ``score_threshold`` and ``max_objects``: detection tasks' options."""
+        given = {"top_k": top_k, "score_threshold": score_threshold, "max_objects": max_objects}
+        options = {k: v for k, v in given.items() if v is not None}
         single = isinstance(inputs, str | bytes | os.PathLike | Mapping | s.QuestionContext)
         items: list[Input] = [cast(Input, inputs)] if single else list(cast(Sequence[Input], inputs))
         if all(isinstance(x, str | Mapping | s.QuestionContext) for x in items):  # JSON: texts, {question, context}
-            body: dict[str, Any] = {"inputs": [_encode(x)[0] for x in items]} | ({"top_k": top_k} if top_k else {})
+            body: dict[str, Any] = {"inputs": [_encode(x)[0] for x in items]} | options
             return (yield from self._model(s.PredictResponse, Call("POST", f"/v1/tasks/{task}/predict", json=body)))
         if any(isinstance(x, str) for x in items):
             raise ValueError("predict takes texts (str) or files (bytes or paths), not both in one call")
@@ -379,9 +387,8 @@ class _Core:
             data = item if isinstance(item, bytes) else Path(item).read_bytes()
             filename = f"input-{i}" if isinstance(item, bytes) else Path(item).name
             files.append(("file", (filename, data, "audio/wav" if is_wav(data) else "application/octet-stream")))
-        call = Call(
-            "POST", f"/v1/tasks/{task}/predict/files", files=files, data={"top_k": str(top_k)} if top_k else None
-        )
+        fields = {k: str(v) for k, v in options.items()} or None
+        call = Call("POST", f"/v1/tasks/{task}/predict/files", files=files, data=fields)
         return (yield from self._model(s.PredictResponse, call))
 
     # generation

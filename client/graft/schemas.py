@@ -23,7 +23,18 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1–64 characters: letters, digits, `_`, `.`, `-`.")]
 Modality = Literal["text", "image", "audio"]
 HeadKind = Literal[
-    "auto", "linear", "prototype", "baseline", "hybrid", "finetune", "tagger", "word-tagger", "pointer", "word-pointer"
+    "auto",
+    "linear",
+    "prototype",
+    "baseline",
+    "hybrid",
+    "finetune",
+    "tagger",
+    "word-tagger",
+    "pointer",
+    "word-pointer",
+    "detector",
+    "scratch-detector",
 ]
 KIND_HEADS = {  # heads a task of a kind may pin besides "auto" (adapters/kinds/: each kind's pinnable_heads)
     "classification": ("linear", "prototype", "baseline", "hybrid", "finetune"),
@@ -33,10 +44,13 @@ KIND_HEADS = {  # heads a task of a kind may pin besides "auto" (adapters/kinds/
     "entities": ("tagger", "word-tagger", "finetune"),
     "answers": ("pointer", "word-pointer"),
     "generation": (),
+    "detection": ("detector", "scratch-detector"),
 }
 JobStatus = Literal["queued", "running", "succeeded", "failed", "superseded"]
 VersionStatus = Literal["active", "candidate", "previous", "failed"]
-TaskKind = Literal["classification", "multilabel", "regression", "speakers", "entities", "answers", "generation"]
+TaskKind = Literal[
+    "classification", "multilabel", "regression", "speakers", "entities", "answers", "generation", "detection"
+]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
 
 
@@ -192,6 +206,56 @@ def _entities_problem(label: Any) -> str | None:
     return None
 
 
+OBJECT_KEYS = ("box", "label")
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _object_problem(i: int, item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return f"label[{i}] must be an object {{box, label}}, got {_shape(item)}"
+    keys = set(item)
+    if keys != set(OBJECT_KEYS):
+        missing, extra = sorted(set(OBJECT_KEYS) - keys), sorted(keys - set(OBJECT_KEYS))
+        return (
+            f"label[{i}] must have exactly box and label"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else "")
+        )
+    box = item["box"]
+    if not isinstance(box, list) or len(box) != 4 or not all(_finite_number(v) for v in box):
+        return f"label[{i}].box must be [x0, y0, x1, y1]: four finite numbers (pixels), got {str(box)[:60]}"
+    x0, y0, x1, y1 = box
+    if x0 < 0 or y0 < 0:
+        return f"label[{i}].box {box}: x0 and y0 must be >= 0 (pixels from the image's top-left corner)"
+    if not (x1 > x0 and y1 > y0):
+        return f"label[{i}].box {box}: need x1 > x0 and y1 > y0 (corners [x0, y0, x1, y1], not width/height)"
+    problem = _string_problem(item["label"])
+    return f"label[{i}]: {problem}" if problem else None
+
+
+def _coordinate(v: float) -> float | int:
+    r = round(float(v), 2)
+    return int(r) if r == int(r) else r
+
+
+def _detection_problem(label: Any) -> str | None:
+    if not isinstance(label, list):
+        return f"a detection task takes a list of objects [{{box: [x0, y0, x1, y1], label}}], got {_shape(label)}"
+    problem = next(filter(None, (_object_problem(i, item) for i, item in enumerate(label))), None)
+    if problem:
+        return problem
+    stored = _compact([[99999, 99999], *([*(_coordinate(v) for v in o["box"]), o["label"]] for o in label)])
+    if len(stored) > LABEL_CHARS:
+        return (
+            f"the objects take {len(stored)} characters as stored ([[w,h],[x0,y0,x1,y1,label],...]); the limit "
+            f"is {LABEL_CHARS} (about 10 boxes with short labels): use shorter labels or fewer boxes per image"
+        )
+    return None
+
+
 def _answer_problem(label: Any) -> str | None:
     if label is None:
         return None
@@ -264,6 +328,8 @@ def label_problem(kind: str, label: Any) -> str | None:
             return f"a completion has at most {LABEL_CHARS} characters, got {len(label)}"
         problem = unstorable(label)
         return f"a completion {problem}" if problem else None
+    if kind == "detection":
+        return _detection_problem(label)
     return f"unknown task kind {kind!r}"
 
 
@@ -306,7 +372,8 @@ class ExampleIn(Request):
         description="By the task's kind: one label string (classification), a non-empty list of label strings "
         "(multilabel), a finite number (regression), a speaker name (speakers), a list of spans "
         "`[{start, end, label}]` (entities: character offsets, end exclusive, no overlaps) or `{start, end}` into "
-        "the context or `null` for no answer (answers)."
+        "the context or `null` for no answer (answers), a list of objects `[{box: [x0, y0, x1, y1], label}]` in the "
+        "image's pixels, `[]` for none (detection)."
     )
 
 
@@ -322,7 +389,9 @@ class TaskCreate(Request):
         "(text): entity spans per text (a BIO tagger on the backbone's token states). `answers` (text): "
         "`{question, context}` inputs, the answer's offsets in the context or null (a start/end pointer on the "
         "token states). `generation` (text): a prompt and its completion per example (at most 256 characters); "
-        "training fits a LoRA adapter on the server's language model, served by `POST /v1/tasks/{name}/generate`.",
+        "training fits a LoRA adapter on the server's language model, served by `POST /v1/tasks/{name}/generate`. "
+        "`detection` (image): objects `[{box, label}]` per image (a CenterNet-style head on the CNN's feature maps; "
+        "docs/detection.md).",
     )
     backbone: str | None = Field(
         default=None,
@@ -509,6 +578,19 @@ class PredictRequest(Request):
         "audio tasks; objects `{question, context}` for answers tasks.",
     )
     top_k: int | None = Field(default=None, ge=1, description="How many labels `scores` lists; default all.")
+    score_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Detection tasks: the lowest score an object is answered with; default 0.3.",
+    )
+    max_objects: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Detection tasks: most objects answered per image (the best "
+        "after non-maximum suppression); default 100.",
+    )
 
 
 class PredictionCommon(BaseModel):
@@ -590,6 +672,22 @@ class AnswerPredictionOut(PredictionCommon):
     score: float = Field(description="The best span's probability; under the tuned threshold it is no answer.")
 
 
+class DetectedObjectOut(BaseModel):
+    box: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="[x0, y0, x1, y1] in the input image's pixels (its top-left corner is 0, 0).",
+    )
+    label: str
+    score: float = Field(description="The heatmap peak's probability that an object of this label is centred here.")
+
+
+class DetectionPredictionOut(PredictionCommon):
+    objects: list[DetectedObjectOut] = Field(
+        description="The objects found, after per-label non-maximum suppression, highest score first; may be empty."
+    )
+
+
 AnyPredictionOut = (
     PredictionOut
     | MultiLabelPredictionOut
@@ -597,6 +695,7 @@ AnyPredictionOut = (
     | SpeakerPredictionOut
     | EntitiesPredictionOut
     | AnswerPredictionOut
+    | DetectionPredictionOut
 )
 Predictions = (  # one task: one kind
     list[PredictionOut]
@@ -605,6 +704,7 @@ Predictions = (  # one task: one kind
     | list[SpeakerPredictionOut]
     | list[EntitiesPredictionOut]
     | list[AnswerPredictionOut]
+    | list[DetectionPredictionOut]
 )
 
 
@@ -615,7 +715,8 @@ class PredictResponse(BaseModel):
         description="Per input, by the task's kind: classification `{label, score, scores}`; multilabel "
         "`{labels, scores: [{label, probability, threshold, chosen}]}`; regression `{value}`; speakers "
         "`{speaker | null, score, threshold, labels: [{label, score}]}`; entities "
-        "`{entities: [{start, end, label, text, score}]}`; answers `{answer, start, end, score}`."
+        "`{entities: [{start, end, label, text, score}]}`; answers `{answer, start, end, score}`; detection "
+        "`{objects: [{box, label, score}]}`."
     )
 
 

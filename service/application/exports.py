@@ -14,16 +14,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 
 from adapters import heads, kinds
 from adapters.export import (
+    DETECTIONS,
     MODEL_FILE,
     RAW_INPUTS_FILE,
     ExportError,
     bundle,
+    detection_graph,
     finetune_graph,
     fuse,
     needs_backbone,
@@ -156,8 +158,21 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     finetuned = heads.TRUNK in head.consumes
     files: dict[str, bytes] = {}
     backbone, variant = None, None
+    task_kind = kinds.kind_of(task.kind)
     try:
-        if finetuned or needs_backbone(head):
+        if task_kind.reads_feature_maps:  # detection: the CNN up to its maps and the head, one fp32 graph
+            name = v.backbone
+            if name not in rt.backbones.loaded:
+                raise NotExportable(f"backbone {name!r} is not configured")
+            backbone, variant = rt.backbones.get(name), "onnx"
+            source = rt.backbones.exportable(name)
+            reads_maps = cast(kinds.Detection, task_kind).reads_maps(head)
+            network = getattr(source, "detection_network", None)
+            if reads_maps and network is None:
+                raise NotExportable(f"backbone {name!r} has no feature maps to export")
+            files = source.preprocessing_files() if source is not None else {}
+            fused = detection_graph(head, network() if reads_maps and network else None, kinds.DETECTION_SIZE)
+        elif finetuned or needs_backbone(head):
             name = v.backbone if finetuned else task.backbone
             if name not in rt.backbones.loaded:
                 raise NotExportable(f"backbone {name!r} is not configured")
@@ -219,5 +234,8 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
         },
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    manifest.update(kinds.kind_of(task.kind).manifest(head))  # e.g. a multilabel task's thresholds
+    if task_kind.reads_feature_maps:  # detection: heatmap peaks and box terms, decoded as the manifest says
+        manifest["model"] |= {"output": DETECTIONS, "output_order": "labels' heatmap peaks, then 4 box terms"}
+        manifest["preprocessing"]["note"] = "letterbox onto the detection canvas: see detection.letterbox"
+    manifest.update(task_kind.manifest(head))  # e.g. a multilabel task's thresholds
     return bundle(fused, files, manifest)

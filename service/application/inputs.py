@@ -166,6 +166,19 @@ def _prepared_images(
     return cropped, stored
 
 
+def _placed_images(rt: Runtime, backbone: str, inputs: Sequence[Raw], names: Sequence[str]) -> list[Any]:
+    """Detection inputs: each image decoded (within the request's pixel budget) and letterboxed onto the
+    detection canvas, with what maps boxes back to its pixels (adapters/kinds/detection.py ``Placed``)."""
+    preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing
+    budget = pixel_budget(rt)
+    out: list[Any] = []
+    for raw, name in zip(inputs, names, strict=True):
+        image = _decode(rt, raw, name, budget)
+        out.append(images.placed(image, preprocessing, kinds.DETECTION_SIZE))
+        del image
+    return out
+
+
 def _prepared_audio(
     rt: Runtime, backbone: str, inputs: Sequence[Raw], names: Sequence[str], want_raw: bool
 ) -> tuple[list[Any], list[str] | None]:
@@ -203,6 +216,9 @@ def predict_inputs(rt: Runtime, inputs: Sequence[Input], names: Sequence[str]) -
         if task.modality == "image":
             check_kind_inputs(rt, task.kind, inputs, names, text=False)
             images_in = cast(Sequence[Raw], inputs)  # input_problem: strings or bytes only
+            if kinds.kind_of(task.kind).reads_feature_maps:  # detection: letterboxed canvases
+                placed = await anyio.to_thread.run_sync(_placed_images, rt, backbone, images_in, names)
+                return placed, None
             return await anyio.to_thread.run_sync(_prepared_images, rt, backbone, images_in, names, want_raw)
         if task.modality == "audio":
             check_kind_inputs(rt, task.kind, inputs, names, text=False)

@@ -5,6 +5,7 @@ them through the shared backbone pass."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from adapters import heads
 
@@ -23,12 +24,19 @@ def check_inputs(rt: Runtime, tenant_id: str, n: int) -> None:
 
 
 async def predict(
-    rt: Runtime, tenant_id: str, name: str, inputs: Sequence[Input], names: Sequence[str], top_k: int | None
+    rt: Runtime,
+    tenant_id: str,
+    name: str,
+    inputs: Sequence[Input],
+    names: Sequence[str],
+    top_k: int | None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[TaskRef, int, list[Served]]:
-    """Predict with the task's active version; ``names`` say where each input came from (error messages)."""
+    """Predict with the task's active version; ``names`` say where each input came from (error messages);
+    ``options``: the kind's request options (detection: ``score_threshold``, ``max_objects``)."""
     ref, number, head = await rt.router.head(tenant_id, name)
     model_inputs, raw = await prepare_inputs(rt, ref, rt.router.backbone_of(ref, head), head, inputs, names)
     shadow = await rt.router.shadow_for(ref, head)  # a candidate also answering this request, in shadow
     if shadow is not None and raw is None and heads.RAW in shadow[1].consumes:
         shadow = None  # it reads raw inputs the active head's request did not decode
-    return ref, number, await rt.router.run(ref, head, model_inputs, raw, top_k, shadow)
+    return ref, number, await rt.router.run(ref, head, model_inputs, raw, top_k, shadow, options=options)

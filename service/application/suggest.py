@@ -42,6 +42,11 @@ async def suggest(
     one's uncertainty (1.0 for a kind without probabilities: regression suggestions only cover the input
     space)."""
     ref, number, head = await rt.router.head(tenant_id, name)
+    if kinds.kind_of(ref.kind).reads_feature_maps:
+        raise Invalid(
+            f"suggest ranks inputs by their pooled embedding and the head's uncertainty; a {ref.kind} task's head "
+            "reads the CNN's feature maps and has neither yet"
+        )
     if kinds.kind_of(ref.kind).reads_token_states:
         raise Invalid(
             f"suggest ranks inputs by their embedding and the head's uncertainty; a {ref.kind} task's head reads "

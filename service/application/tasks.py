@@ -68,7 +68,7 @@ def _stored(rt: Runtime, kind: str, modality: str, backbone: str, examples: Sequ
         modality,
         backbone,
         [task_kind.encode_input(e.input) for e in examples],
-        [task_kind.encode(e.label) for e in examples],
+        [task_kind.encode_example(e.input, e.label) for e in examples],
         names,
         sizes or None,
     )

@@ -19,11 +19,22 @@ class CNN(nn.Module):
     """What every architecture here provides."""
 
     dim: int
+    map_channels: int  # channels of maps()
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:  # (n, 3, h, w) normalised → (n, dim)
         raise NotImplementedError
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-scale feature maps for detection heads: the stride-8 activations average-pooled to stride 16,
+        concatenated with the stride-16 ones, (n, map_channels, h / 16, w / 16)."""
+        fine, coarse = self.strided(x)
+        return torch.cat([F.avg_pool2d(fine, 2), coarse], dim=1)
+
+    def strided(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last activations at stride 8 and at stride 16."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +91,12 @@ class MobileNetV2(CNN):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean(dim=(2, 3))
+
+    map_channels = 32 + 96
+
+    def strided(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fine = self.features[:7](x)  # the 32-channel blocks, stride 8
+        return fine, self.features[7:14](fine)  # through the 96-channel blocks, stride 16
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classifier(pooled)
@@ -160,6 +177,17 @@ class EfficientNetLite0(CNN):
         for block in self._blocks:
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+
+    map_channels = 40 + 112
+
+    def strided(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks[:5]:  # through the 40-channel blocks, stride 8
+            x = block(x)
+        fine = x
+        for block in self._blocks[5:11]:  # through the 112-channel blocks, stride 16
+            x = block(x)
+        return fine, x
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return self._fc(pooled)

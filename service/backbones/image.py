@@ -133,9 +133,29 @@ class TorchImageBackbone:
             dynamic_axes={"pixel_values": {0: "batch"}},
         )
 
+    def detection_network(self) -> CNN:
+        """A fresh fp32 CPU copy of the CNN for a detection export (tracing must not touch the serving model)."""
+        return load_network(self.architecture, self.checkpoint).eval()
+
     def preprocessing_files(self) -> dict[str, bytes]:
         """How a consumer of the exported graph must prepare ``pixel_values`` (see service/images.py)."""
         return {"preprocessing.json": json.dumps(asdict(self.preprocessing), indent=2).encode()}
+
+    @property
+    def map_channels(self) -> int:
+        return self.model.network.map_channels
+
+    @torch.inference_mode()
+    def feature_maps(self, canvases: Sequence[np.ndarray], micro_batch: int = 16) -> np.ndarray:
+        """Letterboxed uint8 (size, size, 3) canvases → float32 (n, map_channels, size / 16, size / 16): the
+        CNN's multi-scale maps (``CNN.maps``) that detection heads read, in input order."""
+        out: list[np.ndarray] = []
+        network = self.model.network
+        for start in range(0, len(canvases), micro_batch):
+            x = torch.from_numpy(self.preprocessing.pixel_values(canvases[start : start + micro_batch])).to(self.device)
+            with autocast(self.device, self.runtime):
+                out.append(network.maps(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.map_channels, 0, 0), dtype=np.float32)
 
     @torch.inference_mode()
     def classify(self, inputs: Sequence[np.ndarray]) -> np.ndarray:

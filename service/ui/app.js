@@ -291,6 +291,11 @@ function renderSummary(version) {
     rows.push(["entity F1", `${pct(m.f1)}${baseline}`]);
     rows.push(["entity precision / recall", `${pct(m.precision)} / ${pct(m.recall)}`]);
   }
+  if (m.kind === "detection" && typeof m.map_50 === "number") {
+    const base = m.baseline ? ` (baseline ${m.baseline.head}: ${pct(m.baseline.map_50)})` : "";
+    rows.push(["mAP@0.5", `${pct(m.map_50)}${base}`]);
+    rows.push(["mAP@0.5:0.95", pct(m.map)]);
+  }
   if (m.kind === "answers" && typeof m.exact_match === "number") {
     rows.push(["exact match", pct(m.exact_match)]);
     rows.push(["token F1", `${pct(m.f1)}${baseline}`]);
@@ -458,6 +463,25 @@ function meterRow(label, value, text, attrs = {}) {
   return el("li", { "data-label": label, ...attrs }, el("span", { class: "label" }, label), meter, el("span", { class: "pct" }, text));
 }
 
+function detectionFigure(objects) {
+  // The image being tried with each object's box over it: the SVG's coordinates are the image's own pixels,
+  // which are the boxes' (the server maps them back from its letterbox).
+  const preview = $("#try-preview");
+  const width = preview.naturalWidth || 1, height = preview.naturalHeight || 1;
+  const figure = svg("svg", { class: "detections", viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `${objects.length} objects found` });
+  figure.append(svg("image", { href: preview.src, width, height }));
+  for (const o of objects) {
+    const [x0, y0, x1, y1] = o.box;
+    const group = svg("g", { class: "det" });
+    group.append(svg("rect", { class: "det-box", x: x0, y: y0, width: x1 - x0, height: y1 - y0 }));
+    group.append(svg("text", { class: "det-label", x: x0 + 2, y: Math.max(y0 - 3, 10) }, `${o.label} ${pct(o.score)}`));
+    group.append(svg("title", {}, `${o.label} ${pct(o.score)}: ${o.box.join(", ")}`));
+    figure.append(group);
+  }
+  return figure;
+}
+
 function renderPrediction(response) {
   // One input; the answer's shape follows the task's kind (classification, multilabel, regression, speakers).
   if (Array.isArray(response.outputs)) {  // generation: the completion
@@ -481,6 +505,13 @@ function renderPrediction(response) {
     $("#prediction").replaceChildren(
       head(el("strong", { id: "predicted-label" }, p.entities.length ? `${p.entities.length} entities` : "no entity")),
       el("ol", { class: "multi" }, ...items));
+    return;
+  }
+  if (Array.isArray(p.objects)) {  // detection: the boxes drawn on the image sent, in its own pixels
+    const items = p.objects.map((o) => meterRow(o.label, o.score, pct(o.score), { title: `box ${o.box.join(", ")}` }));
+    $("#prediction").replaceChildren(
+      head(el("strong", { id: "predicted-label" }, p.objects.length === 1 ? "1 object" : p.objects.length ? `${p.objects.length} objects` : "no object")),
+      detectionFigure(p.objects), el("ol", { class: "multi" }, ...items));
     return;
   }
   if ("answer" in p) {

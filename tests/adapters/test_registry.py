@@ -58,6 +58,8 @@ def test_every_head_module_registers_its_head() -> None:
         "multilabel": ("multilabel", "MultiLabelHead"),
         "ridge": ("regression", "RidgeHead"),
         "speaker": ("speakers", "SpeakerHead"),
+        "detector": ("detection", "DetectorHead"),
+        "scratch-detector": ("detection", "ScratchDetectorHead"),
     }
     assert list(heads.HEADS) == ["linear", "prototype", "baseline", "hybrid", "finetune"]  # rank order
     assert heads.KIND_HEADS == {
@@ -96,5 +98,8 @@ def test_any_entry_point_fills_the_registry(first: str) -> None:
     code = f"import {first}; from adapters.heads.base import REGISTRY; print(sorted(REGISTRY))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == str(
-        sorted(["baseline", "finetune", "hybrid", "linear", "multilabel", "prototype", "ridge", "speaker"])
+        sorted(
+            ["baseline", "finetune", "hybrid", "linear", "multilabel", "prototype", "ridge", "speaker"]
+            + ["detector", "scratch-detector"]
+        )
     )

@@ -348,3 +348,43 @@ def test_span_kinds_show_entity_f1_or_exact_match_and_try_their_answers(server, 
         expect(page.locator("#predicted-label")).to_have_text(expected["answer"] or "no answer")
     assert not problems, problems
     page.close()
+
+
+def test_a_detection_task_shows_map_and_draws_the_boxes_it_finds(server_factory, browser, tmp_path) -> None:
+    """A detection task (digits composited onto canvases, benchmarks/detection_data.py): the version lists mAP next
+    to the baseline, and "try it" draws each object's box over the image in the image's own pixels."""
+    from benchmarks.detection_data import scenes
+
+    srv = server_factory(GRAFT_DETECTION_STEPS="80")
+    client = srv.new_tenant("dashboard-detection")
+    examples = [scene.example() for scene in scenes(24, seed=4)]
+    resp = client.post("/v1/tasks", json={"name": "digits", "modality": "image", "kind": "detection",
+                                          "examples": examples})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"])["status"] == "succeeded"
+    probe = scenes(1, seed=11, split="test", empty=0.0)[0]
+    path = tmp_path / "scene.png"
+    probe.image.save(path)
+    expected = client.post("/v1/tasks/digits/predict/files", files=[("file", ("scene.png", path.read_bytes()))])
+    objects = expected.json()["predictions"][0]["objects"]
+    assert objects, expected.text
+
+    page, problems = open_page(browser, f"{srv.url}/ui/#/tasks/digits")
+    log_in(page, client.headers["authorization"].removeprefix("Bearer "))
+    expect(page.locator("#task-meta")).to_contain_text("detection · image task")
+    expect(page.locator("#summary")).to_contain_text("mAP@0.5")
+    expect(page.locator("#summary")).to_contain_text("baseline scratch-detector")
+    page.set_input_files("#try-file", str(path))
+    expect(page.locator("#try-preview")).to_be_visible()
+    page.click("#try-submit")
+    expect(page.locator("#predicted-label")).to_have_text(f"{len(objects)} object{'s' if len(objects) > 1 else ''}")
+    boxes = page.locator("svg.detections rect.det-box")
+    expect(boxes).to_have_count(len(objects))
+    view = page.locator("svg.detections").get_attribute("viewBox")
+    assert view == f"0 0 {probe.image.width} {probe.image.height}"  # the boxes' coordinates are the image's pixels
+    drawn = boxes.evaluate_all("rs => rs.map(r => ['x', 'y', 'width', 'height'].map(k => +r.getAttribute(k)))")
+    assert drawn == [[o["box"][0], o["box"][1], o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]] for o in objects]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-detection.png"), full_page=True)
+    assert not problems, problems
+    page.close()

@@ -1,0 +1,419 @@
+"""Detection: an image per example, labelled with its objects ``[{"box": [x0, y0, x1, y1], "label"}]`` in the
+image's own pixels (``[]``: no object); a CenterNet-style head on the shared frozen CNN's feature maps of the
+letterboxed image against the same head on a CNN trained from scratch (adapters/heads/detection.py); a
+prediction is the objects found, in the caller's pixels, after per-label non-maximum suppression.
+
+The contract with the service (``TaskKind.reads_feature_maps``): the service letterboxes each image (stored
+examples and predict inputs alike: the normalised image, service/images.py) onto a ``SIZE × SIZE`` canvas and
+describes it with :class:`Placed`; training calls :meth:`Detection.fit_maps` with the backbone's feature maps
+and the canvases, predict :meth:`Detection.predict_maps` (the map lane, service/batching.py).
+
+Stored labels keep the example image's size beside the boxes (``[[W,H],[x0,y0,x1,y1,"label"],...]``), read
+from the upload's header when the example is added (:meth:`Detection.encode_example`): stored images are
+normalised (scaled down to a shorter side of at most 256 pixels), and the size maps the caller's boxes onto
+them exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..boxes import Letterbox, Objects, batched_nms, evaluate
+from ..heads import Head
+from ..heads.detection import MAPS, DetectorHead, ScratchDetectorHead
+from ..selection import Decision, unconditional
+from ..training import FitResult
+from .base import LABEL_CHARS, TaskKind, register_kind, shape, string_problem
+
+SIZE = 256  # letterbox canvas side (pixels); the head's grid is SIZE / 16
+OBJECT_KEYS = ("box", "label")
+DETECTION_FOLDS = 3  # at most this many CV folds (each trains both heads)
+NMS_IOU = 0.5
+SCORE_THRESHOLD = 0.3  # predict's default score_threshold
+MAX_OBJECTS = 100  # predict's default (and largest) max_objects
+EVAL_MIN_SCORE = 0.01  # detections scored for mAP: every candidate down to this score
+DEFAULT_STEPS = 300
+IMAGENET = (0.485, 0.456, 0.406)  # the scratch baseline's own normalisation (adapters/heads/detection.py)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCRATCH_CHANNELS = 64  # the scratch baseline's stem output
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One image on its letterbox canvas: ``pixels`` uint8 (SIZE, SIZE, 3); ``letterbox`` places the image the
+    canvas was made from (the normalised one) on it; ``width`` × ``height`` is the caller's image (answers are
+    in its pixels)."""
+
+    pixels: np.ndarray
+    letterbox: Letterbox
+    width: int
+    height: int
+
+    def to_caller(self, boxes: np.ndarray) -> np.ndarray:
+        out = self.letterbox.from_canvas(boxes)
+        out[:, 0::2] *= self.width / self.letterbox.width
+        out[:, 1::2] *= self.height / self.letterbox.height
+        return out
+
+    def to_canvas(self, boxes: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+        """Boxes in the pixels of an image of ``size`` (None: the letterboxed image's own) on the canvas."""
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+        if size is not None:
+            b[:, 0::2] *= self.letterbox.width / size[0]
+            b[:, 1::2] *= self.letterbox.height / size[1]
+        return self.letterbox.to_canvas(b)
+
+
+@dataclass(frozen=True)
+class DetectedObject:
+    box: tuple[float, float, float, float]
+    label: str
+    score: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"box": list(self.box), "label": self.label, "score": self.score}
+
+
+@dataclass(frozen=True)
+class DetectionPrediction:
+    objects: list[DetectedObject]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"objects": [o.as_json() for o in self.objects]}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def object_problem(i: int, item: Any) -> str | None:
+    """Why the ``i``-th item of a detection label is not an object ``{box, label}``."""
+    if not isinstance(item, dict):
+        return f"label[{i}] must be an object {{box, label}}, got {shape(item)}"
+    keys = set(item)
+    if keys != set(OBJECT_KEYS):
+        missing, extra = sorted(set(OBJECT_KEYS) - keys), sorted(keys - set(OBJECT_KEYS))
+        return (
+            f"label[{i}] must have exactly box and label"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else "")
+        )
+    box = item["box"]
+    if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
+        return f"label[{i}].box must be [x0, y0, x1, y1]: four finite numbers (pixels), got {str(box)[:60]}"
+    x0, y0, x1, y1 = box
+    if x0 < 0 or y0 < 0:
+        return f"label[{i}].box {box}: x0 and y0 must be >= 0 (pixels from the image's top-left corner)"
+    if not (x1 > x0 and y1 > y0):
+        return f"label[{i}].box {box}: need x1 > x0 and y1 > y0 (corners [x0, y0, x1, y1], not width/height)"
+    problem = string_problem(item["label"])
+    return f"label[{i}]: {problem}" if problem else None
+
+
+def _coordinate(v: float) -> float | int:
+    r = round(float(v), 2)
+    return int(r) if r == int(r) else r
+
+
+def image_size(value: Any) -> tuple[int, int] | None:
+    """An uploaded image's upright size (EXIF orientation applied) from its header, or None when the header
+    cannot be read (the service's decoding then says why)."""
+    try:
+        data = value if isinstance(value, bytes) else base64.b64decode(str(value).split(",", 1)[-1], validate=True)
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            try:
+                orientation = image.getexif().get(0x0112, 1)
+            except Exception:
+                orientation = 1
+    except (binascii.Error, ValueError, OSError, Exception):
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+@register_kind
+class Detection(TaskKind):
+    name = "detection"
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
+    pinnable_heads = ("detector", "scratch-detector")
+    scores_ood: ClassVar[bool] = False  # no pooled embedding on this path (adapters/ood.py)
+    reads_feature_maps: ClassVar[bool] = True
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    def problem(self, label: Any) -> str | None:
+        if not isinstance(label, list):
+            return f"a detection task takes a list of objects [{{box: [x0, y0, x1, y1], label}}], got {shape(label)}"
+        problem = next(filter(None, (object_problem(i, item) for i, item in enumerate(label))), None)
+        if problem:
+            return problem
+        stored = self._stored(label, (99999, 99999))
+        if len(stored) > LABEL_CHARS:
+            return (
+                f"the objects take {len(stored)} characters as stored ([[w,h],[x0,y0,x1,y1,label],...]); the limit "
+                f"is {LABEL_CHARS} (about 10 boxes with short labels): use shorter labels or fewer boxes per image"
+            )
+        return None
+
+    def example_problem(self, value: Any, label: Any) -> str | None:
+        size = image_size(value)
+        if size is None:
+            return None
+        width, height = size
+        for i, item in enumerate(label):
+            x0, y0, x1, y1 = item["box"]
+            if x1 > width or y1 > height:
+                return f"label[{i}].box {item['box']} extends past the image ({width}×{height} pixels)"
+        return None
+
+    @staticmethod
+    def _stored(label: Any, size: tuple[int, int] | None) -> str:
+        rows = [[*(_coordinate(v) for v in o["box"]), o["label"]] for o in label]
+        return json.dumps([list(size) if size else None, *rows], ensure_ascii=False, separators=(",", ":"))
+
+    def encode(self, label: Any) -> str:
+        return self._stored(label, None)  # no image to read a size from (feedback): boxes as they are
+
+    def encode_example(self, value: Any, label: Any) -> str:
+        return self._stored(label, image_size(value))
+
+    @staticmethod
+    def sized(stored: str) -> tuple[tuple[int, int] | None, list[dict[str, Any]]]:
+        """A stored label's image size (None: unknown) and its objects."""
+        size, *rows = json.loads(stored)
+        objects = [{"box": [float(v) for v in row[:4]], "label": row[4]} for row in rows]
+        return (tuple(size) if size else None), objects  # type: ignore[return-value]
+
+    def decode(self, stored: str) -> Any:
+        return self.sized(stored)[1]
+
+    def names(self, stored: Sequence[str]) -> list[str]:
+        return [o["label"] for one in stored for o in self.decode(one)]
+
+    def per_label(self, counts: dict[str, int]) -> dict[str, int]:
+        out: Counter[str] = Counter()  # images holding each label (once per image)
+        for stored, n in counts.items():
+            for label in {o["label"] for o in self.decode(stored)}:
+                out[label] += n
+        return dict(sorted(out.items()))
+
+    def examples_problem(self, labels: Sequence[Any], declared: Sequence[str] | None) -> str | None:
+        if len(labels) < 2:
+            return f"a detection task needs at least 2 examples to cross-validate; got {len(labels)}"
+        present = {o["label"] for label in labels for o in label}
+        if not present:
+            return "no example has an object: label at least one box"
+        if declared is not None:
+            unknown, missing = sorted(present - set(declared)), sorted(set(declared) - present)
+            if unknown:
+                return f"examples use object labels not in 'labels': {unknown[:10]}"
+            if missing:
+                return f"every declared label needs at least one box; none for {missing[:10]}"
+        return None
+
+    # -- fitting ----------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        x: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        head: str,
+        raw: Sequence[str] | None,
+        modality: str,
+        folds: int,
+        seed: int,
+    ) -> FitResult:
+        raise TypeError("a detection task is fitted on feature maps: call fit_maps")
+
+    def truth(self, placed: Sequence[Placed], stored: Sequence[str], names: Sequence[str]) -> list[Objects]:
+        """Stored labels as boxes on their images' canvases, with label indices into ``names``."""
+        index = {n: i for i, n in enumerate(names)}
+        out = []
+        for where, one in zip(placed, stored, strict=True):
+            size, objects = self.sized(one)
+            boxes = where.to_canvas(np.array([o["box"] for o in objects]).reshape(-1, 4), size)
+            out.append(Objects.of(boxes, [index[o["label"]] for o in objects]))
+        return out
+
+    def fit_maps(
+        self,
+        maps: np.ndarray | None,
+        placed: Sequence[Placed],
+        stored: Sequence[str],
+        *,
+        head: str,
+        folds: int,
+        seed: int,
+        steps: int = DEFAULT_STEPS,
+    ) -> FitResult:
+        """Cross-validate the transfer head (on ``maps``, (n, C, g, g)) and the scratch baseline (on the canvases)
+        on the same image folds; mAP for each; refit the better (``auto``) or the pinned one on all images."""
+        names = sorted({o["label"] for one in stored for o in self.decode(one)})
+        truth = self.truth(placed, stored, names)
+        pixels = np.stack([p.pixels for p in placed])
+        inputs: dict[str, np.ndarray | None] = {"detector": maps, "scratch-detector": pixels}
+        classes = {"detector": DetectorHead, "scratch-detector": ScratchDetectorHead}
+        channels = {"detector": int(maps.shape[1]) if maps is not None else 128, "scratch-detector": SCRATCH_CHANNELS}
+        n = len(placed)
+        k = max(2, min(folds, DETECTION_FOLDS, n))
+        order = np.random.default_rng(seed).permutation(n)
+        parts = [np.sort(part) for part in np.array_split(order, k)]
+        scores: dict[str, dict[str, Any]] = {}
+        for kind, cls in classes.items():
+            data = inputs[kind]
+            if data is None:
+                continue
+            started = time.perf_counter()
+            found: list[Objects | None] = [None] * n
+            for f, held in enumerate(parts):
+                train = np.setdiff1d(np.arange(n), held)
+                model = cls(names, size=SIZE, channels=channels[kind])
+                model.fit(data[train], [truth[i] for i in train], steps=steps, seed=seed + f)
+                for i, got in zip(held, model.detect(data[held], EVAL_MIN_SCORE), strict=True):
+                    found[i] = self.suppressed(got, MAX_OBJECTS)
+            done = [f for f in found if f is not None]
+            scores[kind] = {**evaluate(truth, done, names), "cv_seconds": round(time.perf_counter() - started, 2)}
+        pinned = None if head == "auto" else head
+        transfer, baseline = scores.get("detector"), scores["scratch-detector"]
+        if pinned:
+            chosen = pinned
+        elif transfer is None or baseline["map_50"] > transfer["map_50"]:
+            chosen = "scratch-detector"
+        else:
+            chosen = "detector"
+        warnings = []
+        if transfer is not None and baseline["map_50"] > transfer["map_50"]:
+            warnings.append(
+                f"the from-scratch baseline (mAP@0.5 {baseline['map_50']:.3f}) beats the head on the backbone's "
+                f"features ({transfer['map_50']:.3f}): the backbone's features do not transfer to these images"
+                + (" (served: the baseline)" if chosen == "scratch-detector" else "")
+            )
+        final = classes[chosen](names, size=SIZE, channels=channels[chosen])
+        chosen_inputs = inputs[chosen]
+        if chosen_inputs is None:
+            raise ValueError(f"head {chosen!r} needs the backbone's feature maps")
+        final.fit(chosen_inputs, truth, steps=steps, seed=seed)
+        served = scores[chosen]
+        keys = ("map_50", "map", "cv_seconds")
+        metrics: dict[str, Any] = {
+            "kind": self.name,
+            "head": chosen,
+            "selection": "pinned" if pinned else "auto",
+            "evaluation": "cv",
+            "folds": k,
+            "map_50": served["map_50"],
+            "map": served["map"],
+            "per_label": served["per_label"],
+            "heads": {h: {m: v[m] for m in keys} for h, v in scores.items()},
+            "baseline": {"head": "scratch-detector", "map_50": baseline["map_50"], "map": baseline["map"]},
+            "input_size": SIZE,
+            "steps": steps,
+            "images": n,
+            "examples_per_label": dict(sorted(Counter(o["label"] for one in stored for o in self.decode(one)).items())),
+            "warnings": warnings,
+        }
+        return FitResult(final, metrics)  # type: ignore[arg-type]
+
+    # -- predicting -------------------------------------------------------------------------------
+
+    @staticmethod
+    def suppressed(found: Objects, max_objects: int, min_score: float = 0.0) -> Objects:
+        keep = np.flatnonzero(found.scores >= min_score)
+        keep = keep[batched_nms(found.boxes[keep], found.scores[keep], found.labels[keep], NMS_IOU)][:max_objects]
+        return Objects(found.boxes[keep], found.labels[keep], found.scores[keep])
+
+    def reads_maps(self, head: Any) -> bool:
+        """Whether ``head`` reads the backbone's feature maps (else only the canvas: no backbone pass)."""
+        return getattr(head, "reads", None) == MAPS
+
+    def predict_maps(
+        self, head: Any, placed: Sequence[Placed], maps: np.ndarray | None, options: dict[str, Any] | None = None
+    ) -> list[DetectionPrediction]:
+        """One prediction per image: candidates over ``score_threshold``, NMS per label, the ``max_objects``
+        best, boxes in the caller's pixels (rounded to 0.01)."""
+        options = options or {}
+        threshold = float(options.get("score_threshold") or SCORE_THRESHOLD)
+        limit = int(options.get("max_objects") or MAX_OBJECTS)
+        inputs = maps if self.reads_maps(head) else np.stack([p.pixels for p in placed])
+        out = []
+        for where, got in zip(placed, head.detect(inputs, min(threshold, EVAL_MIN_SCORE)), strict=True):
+            kept = self.suppressed(got, limit, threshold)
+            boxes = where.to_caller(kept.boxes)
+            out.append(
+                DetectionPrediction(
+                    [
+                        DetectedObject(
+                            (round(b[0], 2), round(b[1], 2), round(b[2], 2), round(b[3], 2)),
+                            head.labels[int(label)],
+                            round(float(score), 4),
+                        )
+                        for b, label, score in zip(boxes.tolist(), kept.labels, kept.scores, strict=True)
+                        if b[2] > b[0] and b[3] > b[1]
+                    ]
+                )
+            )
+        return out
+
+    def format(self, head: Head, output: Any, top_k: int | None) -> list[Any]:
+        return list(output)  # predict_maps already built the answers
+
+    # -- storing and promotion ------------------------------------------------------------------------
+
+    def comparable(self, result: FitResult) -> bool:
+        return True
+
+    def compare(
+        self,
+        active: Head,
+        vectors: Any,
+        raw: Sequence[str],
+        truth: Sequence[str],
+        result: FitResult,
+        unseen: np.ndarray,
+        active_number: int,
+    ) -> Decision:
+        return unconditional(
+            f"promoted without a paired comparison: detection versions are compared by their cross-validated mAP "
+            f"(metrics.map_50; version {active_number}'s is in its own metrics)"
+        )
+
+    def export_problem(self) -> str | None:
+        return None  # one graph: CNN maps + head (adapters/export.py detection_graph); decoding per the manifest
+
+    def manifest(self, head: Head) -> dict[str, Any]:
+        """How a consumer turns the graph's ``detections`` into Graft's answer (docs/detection.md#export)."""
+        scratch = getattr(head, "reads", None) != MAPS
+        return {
+            "detection": {
+                "canvas": SIZE,
+                "letterbox": "the image (upright; Graft also scales its shorter side down to at most 256 pixels "
+                "first) scaled by canvas / max(width, height), bilinear, pasted at the canvas's top-left corner; the "
+                "rest filled with round(255 * mean) per channel; pixel_values = (canvas / 255 - mean) / std, NCHW",
+                "normalisation": {"mean": list(IMAGENET), "std": list(IMAGENET_STD)}
+                if scratch
+                else "preprocessing.json",
+                "output": "detections (n, labels + 4, g, g): channels 0..labels-1 are each label's heatmap score "
+                "where it is a 3x3 local maximum (else 0); then log width, log height (in cells), offset x, offset y",
+                "stride": 16,
+                "decode": "take the 100 highest scores (label, cell y, cell x); box centre = (cell + offset) * stride, "
+                "size = exp(log size) * stride; keep scores >= score_threshold; greedy NMS per label at IoU "
+                f"{NMS_IOU}; the max_objects best; divide by the letterbox scale (and undo Graft's downscaling)",
+                "score_threshold": SCORE_THRESHOLD,
+                "nms_iou": NMS_IOU,
+                "max_objects": MAX_OBJECTS,
+            }
+        }
