@@ -527,7 +527,8 @@ class TaskOut(BaseModel):
     name: str
     modality: str
     kind: str = Field(
-        description="`classification`, `multilabel`, `regression`, `speakers`, `entities`, `answers` or `generation`."
+        description="`classification`, `multilabel`, `regression`, `speakers`, `entities`, `answers`, `detection` or "
+        "`generation`."
     )
     backbone: str
     head: str
