@@ -436,7 +436,10 @@ SETTINGS: dict[str, _Var] = {
     ),
     "max_labels_per_task": _Var("GRAFT_MAX_LABELS_PER_TASK", 1000, int, "Most distinct labels one task may have."),
     "max_label_chars": _Var(
-        "GRAFT_MAX_LABEL_CHARS", 256, int, "Longest label, in characters (at most 256, the store's column)."
+        "GRAFT_MAX_LABEL_CHARS",
+        256,
+        int,
+        "Longest label name (a class, an entity type, an object label), in characters.",
     ),
     "max_tasks_per_tenant": _Var("GRAFT_MAX_TASKS_PER_TENANT", 100, int, "Quota: most tasks one tenant may have."),
     "max_examples_per_task": _Var("GRAFT_MAX_EXAMPLES_PER_TASK", 100_000, int, "Quota: most stored examples per task."),

@@ -24,7 +24,7 @@ from pathlib import PurePosixPath
 from typing import IO, ClassVar, Literal
 
 Kind = Literal["zip", "csv", "jsonl"]
-MAX_LABEL_CHARS = 256
+MAX_LABEL_CHARS = 8192  # a file row's label as read (a completion may be long); label names are checked later
 
 ARCHIVE_SUFFIXES = (".zip", ".jar", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".lz", ".lzma", ".cab")
 # Magic bytes of archive and compressed formats: zip, gzip, bzip2, xz, zstd, 7z, rar.

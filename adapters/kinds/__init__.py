@@ -4,7 +4,18 @@ A new kind is one module here plus its import below.
 """
 
 from .answers import AnswerPrediction, Answers
-from .base import AUTO, KINDS, LABEL_CHARS, KindPrediction, TaskKind, UnknownKind, kind_of, register_kind, unstorable
+from .base import (
+    AUTO,
+    KINDS,
+    LABEL_CHARS,
+    STRUCTURED_LABEL_CHARS,
+    KindPrediction,
+    TaskKind,
+    UnknownKind,
+    kind_of,
+    register_kind,
+    unstorable,
+)
 from .classification import Classification, Prediction, top_predictions
 from .detection import SIZE as DETECTION_SIZE
 from .detection import DetectedObject, Detection, DetectionPrediction, Placed
@@ -35,6 +46,7 @@ __all__ = [
     "KINDS",
     "KindPrediction",
     "LABEL_CHARS",
+    "STRUCTURED_LABEL_CHARS",
     "Finetuning",
     "LabelScore",
     "MultiLabel",

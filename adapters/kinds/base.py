@@ -28,6 +28,9 @@ from ..training import FitResult
 
 AUTO = "auto"
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number (graft/schemas.py agrees)
+# A stored label that is a structure or free text (entity spans, detection objects, a completion): the examples'
+# label column is Text (migration 0009), so this bounds the work one example brings, not a column (schemas agree).
+STRUCTURED_LABEL_CHARS = 8192
 
 
 class UnknownKind(ValueError):

@@ -34,7 +34,7 @@ from ..heads import Head
 from ..heads.detection import MAPS, DetectorHead, ScratchDetectorHead
 from ..selection import Decision, unconditional
 from ..training import FitResult
-from .base import LABEL_CHARS, TaskKind, register_kind, shape, string_problem
+from .base import STRUCTURED_LABEL_CHARS, TaskKind, register_kind, shape, string_problem
 
 SIZE = 256  # letterbox canvas side (pixels); the head's grid is SIZE / 16
 OBJECT_KEYS = ("box", "label")
@@ -161,10 +161,10 @@ class Detection(TaskKind):
         if problem:
             return problem
         stored = self._stored(label, (99999, 99999))
-        if len(stored) > LABEL_CHARS:
+        if len(stored) > STRUCTURED_LABEL_CHARS:
             return (
                 f"the objects take {len(stored)} characters as stored ([[w,h],[x0,y0,x1,y1,label],...]); the limit "
-                f"is {LABEL_CHARS} (about 10 boxes with short labels): use shorter labels or fewer boxes per image"
+                f"is {STRUCTURED_LABEL_CHARS} (about 300 boxes with short labels): use fewer boxes per image"
             )
         return None
 

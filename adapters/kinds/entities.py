@@ -16,7 +16,7 @@ import numpy as np
 from ..spans import Encoded, Span, SpanError, check_spans, fit_entities
 from ..spans.finetune import fit_finetune_tagger
 from ..training import FitResult
-from .base import LABEL_CHARS, register_kind, shape, string_problem
+from .base import STRUCTURED_LABEL_CHARS, register_kind, shape, string_problem
 from .tokens import AUTO, Finetuning, TokenKind, compact, exact_int
 
 SPAN_KEYS = ("start", "end", "label")
@@ -83,10 +83,10 @@ class Entities(TokenKind):
             if right.start < left.end:
                 return f"spans {left.describe()} and {right.describe()} overlap; entities may not overlap"
         stored = self.encode(label)
-        if len(stored) > LABEL_CHARS:
+        if len(stored) > STRUCTURED_LABEL_CHARS:
             return (
                 f"the spans take {len(stored)} characters as stored ([[start,end,label],...]); the limit is "
-                f"{LABEL_CHARS}: split the text into shorter examples"
+                f"{STRUCTURED_LABEL_CHARS}: split the text into shorter examples"
             )
         return None
 

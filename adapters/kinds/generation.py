@@ -19,9 +19,9 @@ from ..generation.training import adapter_loss, heldout_split
 from ..heads import Head
 from ..selection import Decision, first_version, unconditional
 from ..training import FitResult, TrainingDataError
-from .base import LABEL_CHARS, TaskKind, register_kind, shape, unstorable
+from .base import STRUCTURED_LABEL_CHARS, TaskKind, register_kind, shape, unstorable
 
-COMPLETION_CHARS = LABEL_CHARS  # a completion is stored in the examples' label column (256 characters)
+COMPLETION_CHARS = STRUCTURED_LABEL_CHARS  # a completion is stored as the example's label
 
 
 @register_kind

@@ -52,6 +52,7 @@ TaskKind = Literal[
     "classification", "multilabel", "regression", "speakers", "entities", "answers", "generation", "detection"
 ]
 LABEL_CHARS = 256  # a stored label: a class name, a multi-label list as JSON, or a number
+STRUCTURED_LABEL_CHARS = 8192  # a stored structure or free text: entity spans, detection objects, a completion
 
 
 def unstorable(value: str) -> str | None:
@@ -198,10 +199,10 @@ def _entities_problem(label: Any) -> str | None:
                 "entities may not overlap"
             )
     stored = _compact([list(span) for span in ordered])
-    if len(stored) > LABEL_CHARS:
+    if len(stored) > STRUCTURED_LABEL_CHARS:
         return (
             f"the spans take {len(stored)} characters as stored ([[start,end,label],...]); the limit is "
-            f"{LABEL_CHARS}: split the text into shorter examples"
+            f"{STRUCTURED_LABEL_CHARS}: split the text into shorter examples"
         )
     return None
 
@@ -248,10 +249,10 @@ def _detection_problem(label: Any) -> str | None:
     if problem:
         return problem
     stored = _compact([[99999, 99999], *([*(_coordinate(v) for v in o["box"]), o["label"]] for o in label)])
-    if len(stored) > LABEL_CHARS:
+    if len(stored) > STRUCTURED_LABEL_CHARS:
         return (
             f"the objects take {len(stored)} characters as stored ([[w,h],[x0,y0,x1,y1,label],...]); the limit "
-            f"is {LABEL_CHARS} (about 10 boxes with short labels): use shorter labels or fewer boxes per image"
+            f"is {STRUCTURED_LABEL_CHARS} (about 300 boxes with short labels): use fewer boxes per image"
         )
     return None
 
@@ -324,8 +325,8 @@ def label_problem(kind: str, label: Any) -> str | None:
             return f"a generation task takes the completion (a string), got {_shape(label)}"
         if not label.strip():
             return "a completion must be a non-empty string"
-        if len(label) > LABEL_CHARS:
-            return f"a completion has at most {LABEL_CHARS} characters, got {len(label)}"
+        if len(label) > STRUCTURED_LABEL_CHARS:
+            return f"a completion has at most {STRUCTURED_LABEL_CHARS} characters, got {len(label)}"
         problem = unstorable(label)
         return f"a completion {problem}" if problem else None
     if kind == "detection":
@@ -388,7 +389,7 @@ class TaskCreate(Request):
         "nearest enrolled speaker, or null under a threshold tuned to GRAFT_SPEAKER_FAR false accepts. `entities` "
         "(text): entity spans per text (a BIO tagger on the backbone's token states). `answers` (text): "
         "`{question, context}` inputs, the answer's offsets in the context or null (a start/end pointer on the "
-        "token states). `generation` (text): a prompt and its completion per example (at most 256 characters); "
+        "token states). `generation` (text): a prompt and its completion per example (at most 8,192 characters); "
         "training fits a LoRA adapter on the server's language model, served by `POST /v1/tasks/{name}/generate`. "
         "`detection` (image): objects `[{box, label}]` per image (a CenterNet-style head on the CNN's feature maps; "
         "docs/detection.md).",

@@ -96,7 +96,7 @@ class Example(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     input: Mapped[str] = mapped_column(Text)
-    label: Mapped[str] = mapped_column(String(256))
+    label: Mapped[str] = mapped_column(Text)  # a class name, or a kind's encoded structure (adapters/kinds/)
     # "user" (sent as an example or dataset) or "feedback" (copied from feedback: docs/monitoring.md)
     source: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
 

@@ -128,7 +128,7 @@ def png(width: int, height: int) -> str:
         ([{"box": [0, 0, True, 5], "label": "a"}], "four finite numbers"),
         ([{"box": [0, 0, 5, 5], "label": " "}], "non-empty string"),
         ([{"box": [0, 0, 5, 5], "name": "a"}], "missing ['label']; unknown ['name']"),
-        ([{"box": [0, 0, 5, 5], "label": "label-" + str(i)} for i in range(12)], "the limit is 256"),
+        ([{"box": [0, 0, 5, 5], "label": "label-" + str(i)} for i in range(400)], "the limit is 8192"),
     ],
 )
 def test_bad_boxes_are_refused_saying_which(label: object, fragment: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from adapters import heads
 from adapters.heads import MultiLabelHead, RidgeHead
-from adapters.kinds import fit_multilabel, fit_regression, indicator, kind_of, tune_thresholds
+from adapters.kinds import STRUCTURED_LABEL_CHARS, fit_multilabel, fit_regression, indicator, kind_of, tune_thresholds
 from adapters.selection import compare_errors_on_unseen
 from adapters.training import TrainingDataError
 from graft.schemas import TaskCreate, label_problem
@@ -167,7 +167,7 @@ def test_training_refuses_degenerate_targets(digits) -> None:
         ("multilabel", ["a", "x" * 300], "at most 256 characters"),
         ("generation", 3, "takes the completion (a string), got the number 3"),
         ("generation", " ", "non-empty string"),
-        ("generation", "x" * 257, "at most 256 characters, got 257"),
+        ("generation", "x" * 8193, "at most 8192 characters, got 8193"),
         ("generation", "a\x00b", "must not contain NUL"),
         ("generation", ["Paris"], "got a list"),
     ],
@@ -186,10 +186,11 @@ def test_labels_that_fit_their_kind_pass_and_round_trip_through_the_store_encodi
         ("regression", 2.5),
         ("regression", 7),
         ("generation", " Paris, of course.\n"),
+        ("generation", "A longer answer. " * 480),  # 8,160 characters: more than a class name's 256
     ]:
         assert label_problem(kind, label) is None and kind_of(kind).problem(label) is None
         encoded = kind_of(kind).encode(label)
-        assert isinstance(encoded, str) and len(encoded) <= 256
+        assert isinstance(encoded, str) and len(encoded) <= STRUCTURED_LABEL_CHARS
         decoded = kind_of(kind).decode(encoded)
         assert decoded == (sorted(label) if isinstance(label, list) else label)
     assert kind_of("multilabel").per_label({'["a","b"]': 2, '["b"]': 3}) == {"a": 2, "b": 5}

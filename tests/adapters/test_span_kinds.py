@@ -26,8 +26,8 @@ SPAN = {"start": 0, "end": 11, "label": "PER"}
         ("entities", [{"start": 0, "end": 3, "label": ""}], "non-empty"),
         (
             "entities",
-            [{"start": 10 * i, "end": 10 * i + 5, "label": "LOCATION"} for i in range(20)],
-            "the limit is 256",
+            [{"start": 10 * i, "end": 10 * i + 5, "label": "LOCATION"} for i in range(500)],
+            "the limit is 8192",
         ),
         ("entities", ["PER"], "must be an object"),
         ("answers", "Lyon", "or null"),

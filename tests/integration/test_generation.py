@@ -276,6 +276,6 @@ def test_examples_and_json_lines_uploads_extend_a_generation_task(served) -> Non
     second = next(v for v in sentence.get("/v1/tasks/more/versions").json()["versions"] if v["version"] == 2)
     reason = second["metrics"]["promotion"]["reason"]
     assert "version 1" in reason or second["metrics"]["warnings"], second["metrics"]
-    too_long = "".join(json.dumps({"input": "a", "label": "x" * 300}) + "\n" for _ in range(2))
+    too_long = "".join(json.dumps({"input": "a", "label": "x" * 9000}) + "\n" for _ in range(2))
     resp = sentence.post("/v1/tasks/more/dataset", content=too_long.encode(), headers=jsonl)
     assert resp.status_code == 422, resp.text

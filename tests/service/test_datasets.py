@@ -191,7 +191,7 @@ def test_csv_and_jsonl() -> None:
         ('["a", "x"]\n', "jsonl", 422, "line 1: expected an object"),
         ('{"input": "a", "label": 3}\n', "jsonl", 422, "'label' must be a string"),
         ('{"input": 3, "label": "x"}\n', "jsonl", 422, "'input' must be a non-empty string"),
-        ('{"input": "a", "label": "' + "l" * 257 + '"}\n', "jsonl", 422, "the limit is 256"),
+        ('{"input": "a", "label": "' + "l" * 8193 + '"}\n', "jsonl", 422, "the limit is 8192"),
         (
             '{"input": "a", "label": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
             "jsonl",

@@ -85,6 +85,16 @@ def test_everything_persists_across_reopen(store: Store, store_url: str) -> None
     reopened.close()
 
 
+def test_a_structured_label_longer_than_a_class_name_is_stored_whole(store: Store) -> None:
+    """Entity spans, detection objects and completions are stored encoded in the examples' label column (Text
+    since migration 0009): 8,192 characters, the kinds' bound, survive on SQLite and PostgreSQL alike."""
+    tenant, _ = store.create_tenant("acme")
+    completion = "The capital is Canberra. " * 327 + "Yes."  # 8,179 characters
+    long = [("Country: Australia", completion), ("Country: Japan", "Tokyo")]
+    task, _ = store.create_task(tenant.id, "g", modality="text", backbone="smollm2", head="lora", examples=long)
+    assert store.examples(task.id) == long
+
+
 def test_version_switch_is_atomic_and_versions_are_numbered(store: Store) -> None:
     tenant, _ = store.create_tenant("acme")
     task, job1 = store.create_task(tenant.id, "t", modality="text", backbone="minilm", head="linear", examples=EXAMPLES)
