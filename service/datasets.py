@@ -21,10 +21,17 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO, ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal
 
 Kind = Literal["zip", "csv", "jsonl"]
 MAX_LABEL_CHARS = 8192  # a file row's label as read (a completion may be long); label names are checked later
+# Structured labels (entity spans, an answer span, detection objects) in JSON Lines rows and detection zips: a row
+# nests at most this deep (row object > label list > object > box list), and a label's compact JSON is at most
+# STRUCTURED_JSON_CHARS characters (each kind then checks its stored form against STRUCTURED_LABEL_CHARS, 8,192).
+STRUCTURED_DEPTH = 4
+STRUCTURED_JSON_CHARS = 4 * 8192
+ANNOTATION_FILES = ("annotations.jsonl", "labels.json")  # a detection zip's file name -> objects mapping
+MAX_ANNOTATION_BYTES = 16 * 1024 * 1024
 
 ARCHIVE_SUFFIXES = (".zip", ".jar", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".lz", ".lzma", ".cab")
 # Magic bytes of archive and compressed formats: zip, gzip, bzip2, xz, zstd, 7z, rar.
@@ -61,12 +68,13 @@ class UnsupportedDataset(DatasetError):
 @dataclass
 class Dataset:
     kind: Kind
-    inputs: list[str | bytes] = field(default_factory=list)  # image bytes (zip) or text (CSV/JSONL)
-    labels: list[str] = field(default_factory=list)
+    # image bytes (zip) or text (CSV/JSONL); JSON values for a structured-label kind's rows (read_structured)
+    inputs: list[Any] = field(default_factory=list)
+    labels: list[Any] = field(default_factory=list)  # label strings; JSON values (read_structured)
     names: list[str] = field(default_factory=list)  # where each example came from, for error messages
     warnings: list[str] = field(default_factory=list)
 
-    def add(self, value: str | bytes, label: str, name: str) -> None:
+    def add(self, value: Any, label: Any, name: str) -> None:
         self.inputs.append(value)
         self.labels.append(label)
         self.names.append(name)
@@ -168,6 +176,61 @@ def zip_modality(fh: IO[bytes], *, max_files: int) -> str:
     return "audio" if any(name.lower().endswith(AUDIO_SUFFIXES) for name in visible) else "image"
 
 
+def _checked_members(
+    archive: zipfile.ZipFile, *, max_files: int, max_file_bytes: int, what: str, annotations: bool = False
+) -> tuple[list[tuple[tuple[str, ...], zipfile.ZipInfo]], set[tuple[str, ...]], int]:
+    """The zip's files (path parts, entry), its folders and how many hidden entries were skipped, checked from
+    the central directory alone: entry count, paths, links, encryption, nested archives, declared sizes (with
+    ``annotations``, a detection zip's mapping file may be up to ``MAX_ANNOTATION_BYTES``)."""
+    infos = archive.infolist()
+    if len(infos) > max_files:
+        raise DatasetError(f"the zip has {len(infos)} entries; the limit is {max_files} files per upload")
+    folders: set[tuple[str, ...]] = set()
+    files: list[tuple[tuple[str, ...], zipfile.ZipInfo]] = []
+    skipped = 0
+    for info in infos:
+        parts = _parts(info.filename)
+        if _is_symlink(info):
+            raise DatasetError(f"zip member {info.filename!r} is a symbolic link; links are not accepted")
+        if not parts:
+            continue
+        if _ignored(parts):
+            skipped += 1
+            continue
+        if info.is_dir():
+            folders.add(parts)
+            continue
+        if info.flag_bits & 0x1:
+            raise DatasetError(f"zip member {info.filename!r} is encrypted")
+        if parts[-1].lower().endswith(ARCHIVE_SUFFIXES):
+            raise DatasetError(f"zip member {info.filename!r} is an archive; nested archives are not accepted")
+        mapping = annotations and parts[-1] in ANNOTATION_FILES
+        limit = MAX_ANNOTATION_BYTES if mapping else max_file_bytes
+        if info.file_size > limit:
+            shown = "annotations file" if mapping else what
+            raise DatasetTooLarge(
+                f"zip member {info.filename!r} expands to {info.file_size} bytes; the limit is {limit} "
+                f"per {shown} (checked before extracting anything)",
+            )
+        files.append((parts, info))
+        folders.update(parts[:i] for i in range(1, len(parts)))
+    return files, folders, skipped
+
+
+def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
+    """A member's bytes, at most its declared size (zipfile checks the CRC), refusing nested archives."""
+    try:
+        with archive.open(info) as member:
+            data = member.read(cap + 1)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        raise DatasetError(f"zip member {info.filename!r} could not be extracted ({exc})") from None
+    except NotImplementedError:
+        raise DatasetError(f"zip member {info.filename!r} uses an unsupported compression method") from None
+    if data.startswith(ARCHIVE_MAGIC) or data[257:262] == b"ustar":
+        raise DatasetError(f"zip member {info.filename!r} is an archive; nested archives are not accepted")
+    return data
+
+
 def read_image_folder(
     fh: IO[bytes],
     *,
@@ -188,36 +251,10 @@ def read_image_folder(
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
         raise DatasetError("the upload is not a readable zip archive") from None
     with archive:
-        infos = archive.infolist()
-        if len(infos) > max_files:
-            raise DatasetError(f"the zip has {len(infos)} entries; the limit is {max_files} files per upload")
         dataset = Dataset("zip")
-        folders: set[tuple[str, ...]] = set()
-        files: list[tuple[tuple[str, ...], zipfile.ZipInfo]] = []
-        skipped = 0
-        for info in infos:
-            parts = _parts(info.filename)
-            if _is_symlink(info):
-                raise DatasetError(f"zip member {info.filename!r} is a symbolic link; links are not accepted")
-            if not parts:
-                continue
-            if _ignored(parts):
-                skipped += 1
-                continue
-            if info.is_dir():
-                folders.add(parts)
-                continue
-            if info.flag_bits & 0x1:
-                raise DatasetError(f"zip member {info.filename!r} is encrypted")
-            if parts[-1].lower().endswith(ARCHIVE_SUFFIXES):
-                raise DatasetError(f"zip member {info.filename!r} is an archive; nested archives are not accepted")
-            if info.file_size > max_file_bytes:
-                raise DatasetTooLarge(
-                    f"zip member {info.filename!r} expands to {info.file_size} bytes; the limit is {max_file_bytes} "
-                    f"per {what} (checked before extracting anything)",
-                )
-            files.append((parts, info))
-            folders.update(parts[:i] for i in range(1, len(parts)))
+        files, folders, skipped = _checked_members(
+            archive, max_files=max_files, max_file_bytes=max_file_bytes, what=what
+        )
         total = sum(info.file_size for _, info in files)
         if total > max_total_bytes:
             raise DatasetTooLarge(
@@ -241,15 +278,7 @@ def read_image_folder(
         by_label: dict[str, int] = defaultdict(int)
         for parts, info in sorted(files, key=lambda item: item[0]):
             label = _check_label(parts[-2], f"zip member {info.filename!r}")
-            try:
-                with archive.open(info) as member:
-                    data = member.read(max_file_bytes + 1)
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-                raise DatasetError(f"zip member {info.filename!r} could not be extracted ({exc})") from None
-            except NotImplementedError:
-                raise DatasetError(f"zip member {info.filename!r} uses an unsupported compression method") from None
-            if data.startswith(ARCHIVE_MAGIC) or data[257:262] == b"ustar":
-                raise DatasetError(f"zip member {info.filename!r} is an archive; nested archives are not accepted")
+            data = _member_bytes(archive, info, max_file_bytes)
             where = f"zip member {info.filename!r}"
             dataset.add(convert(data, where) if convert else data, label, where)
             by_label[label] += 1
@@ -330,3 +359,179 @@ def _jsonl_rows(text: io.TextIOWrapper):  # type: ignore[no-untyped-def]
         if not isinstance(row, dict) or "input" not in row or "label" not in row:
             raise DatasetError(f"{where}: expected an object with 'input' and 'label'")
         yield where, row["input"], row["label"]
+
+
+# -- structured labels: JSON Lines rows and detection zips -----------------------------------------
+
+
+def json_depth(value: Any) -> int:
+    """How deep a parsed JSON value nests (a scalar: 0, ``[]`` or ``{}``: 1), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _check_structured_label(label: Any, where: str, depth: int) -> None:
+    """A structured label within the explicit bounds: nesting ``depth`` and ``STRUCTURED_JSON_CHARS``."""
+    if json_depth(label) > depth:
+        raise DatasetError(
+            f"{where}: the label nests more than {depth} levels deep (spans, an answer span or objects "
+            "{box, label} nest at most that deep)"
+        )
+    chars = len(json.dumps(label, ensure_ascii=False, separators=(",", ":")))
+    if chars > STRUCTURED_JSON_CHARS:
+        raise DatasetTooLarge(f"{where}: the label is {chars} characters as JSON; the limit is {STRUCTURED_JSON_CHARS}")
+
+
+def read_structured(fh: IO[bytes], *, max_rows: int, max_field_chars: int) -> Dataset:
+    """JSON Lines rows ``{"input": ..., "label": ...}`` whose label is a JSON structure (entity spans, an answer
+    span or null, detection objects) and whose input is a string (a text, a base64 image) or an object (an
+    answers task's ``{question, context}``). Only the shape's bounds are checked here: each row nests at most
+    ``STRUCTURED_DEPTH`` levels, a label is at most ``STRUCTURED_JSON_CHARS`` characters of JSON and an input
+    at most ``max_field_chars``; the task kind's own checks run on every row before anything is stored
+    (service/application/datasets.py)."""
+    dataset = Dataset("jsonl")
+    text = _text_rows(fh)
+    try:
+        for where, value, label in _jsonl_rows(text):
+            if len(dataset.inputs) >= max_rows:
+                raise DatasetTooLarge(f"the file has more than {max_rows} examples; the limit is {max_rows} per upload")
+            if json_depth(value) > STRUCTURED_DEPTH - 1:
+                raise DatasetError(f"{where}: 'input' nests too deeply; it is a string or {{question, context}}")
+            if isinstance(value, dict | list):
+                size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+            else:
+                size = len(value) if isinstance(value, str) else 0
+            if size > max_field_chars:
+                raise DatasetTooLarge(f"{where}: 'input' is {size} characters; the limit is {max_field_chars}")
+            _check_structured_label(label, where, STRUCTURED_DEPTH - 1)
+            dataset.add(value, label, where)
+    except UnicodeDecodeError:
+        raise DatasetError("the file is not UTF-8 text") from None
+    finally:
+        text.detach()
+    if not dataset.inputs:
+        raise DatasetError("the file has no examples")
+    return dataset
+
+
+def _annotations(data: bytes, name: str) -> dict[str, tuple[Any, str]]:
+    """A detection zip's mapping, file name -> (objects, where): ``annotations.jsonl`` has one
+    ``{"file": name, "label": [objects]}`` per line, ``labels.json`` one object ``{name: [objects]}``."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{name} is not UTF-8 text") from None
+    out: dict[str, tuple[Any, str]] = {}
+    if name.endswith(".json"):
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{name}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DatasetError(f"{name}: nested too deeply") from None
+        if not isinstance(mapping, dict):
+            raise DatasetError(f'{name} must be one object {{"<image file>": [{{"box": [x0, y0, x1, y1], "label"}}]}}')
+        entries = [(f"{name} entry {key!r}", key, label) for key, label in mapping.items()]
+    else:
+        entries = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{name} line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DatasetError(f"{where}: nested too deeply") from None
+            if not isinstance(row, dict) or set(row) != {"file", "label"} or not isinstance(row["file"], str):
+                raise DatasetError(f'{where}: expected an object {{"file": "<image file>", "label": [objects]}}')
+            entries.append((where, row["file"], row["label"]))
+    for where, key, label in entries:
+        key = "/".join(p for p in key.split("/") if p not in ("", "."))
+        if key in out:
+            raise DatasetError(f"{where}: {key!r} is annotated twice")
+        _check_structured_label(label, where, STRUCTURED_DEPTH - 1)
+        out[key] = (label, where)
+    return out
+
+
+def read_annotated_images(
+    fh: IO[bytes],
+    *,
+    max_files: int,
+    max_total_bytes: int,
+    max_file_bytes: int,
+    convert: Callable[[bytes, Any, str], tuple[str, str]],
+) -> Dataset:
+    """Images labelled by one mapping file (a detection dataset): the zip holds images plus ``annotations.jsonl``
+    or ``labels.json`` (see :func:`_annotations`) beside them, image names relative to the mapping file's
+    folder. Checked from the central directory before anything is extracted (entry count, paths, links,
+    declared sizes); every image must be annotated (``[]``: no object) and every annotation name an image.
+    ``convert(data, label, where)`` checks one image and its objects and returns them as the store keeps them,
+    one image at a time."""
+    if _declared_entries(fh) > max_files:
+        raise DatasetError(f"the zip has more than {max_files} entries; the limit is {max_files} files per upload")
+    try:
+        archive = zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
+        raise DatasetError("the upload is not a readable zip archive") from None
+    with archive:
+        files, _, skipped = _checked_members(
+            archive, max_files=max_files, max_file_bytes=max_file_bytes, what="image", annotations=True
+        )
+        total = sum(info.file_size for _, info in files)
+        if total > max_total_bytes:
+            raise DatasetTooLarge(
+                f"the zip expands to {total} bytes; the limit is {max_total_bytes} (checked before extracting anything)"
+            )
+        mappings = [(parts, info) for parts, info in files if parts[-1] in ANNOTATION_FILES]
+        if len(mappings) != 1:
+            found = [info.filename for _, info in mappings]
+            raise DatasetError(
+                f"a detection zip holds its images and exactly one {' or '.join(ANNOTATION_FILES)} mapping each "
+                f"image's file name to its objects; found {found or 'none'}"
+            )
+        (map_parts, map_info) = mappings[0]
+        root = map_parts[:-1]
+        annotations = _annotations(_member_bytes(archive, map_info, MAX_ANNOTATION_BYTES), map_info.filename)
+        images: dict[str, zipfile.ZipInfo] = {}
+        for parts, info in files:
+            if info is map_info:
+                continue
+            if parts[: len(root)] != root:
+                raise DatasetError(f"zip member {info.filename!r} is not beside {map_info.filename!r} or below it")
+            images["/".join(parts[len(root) :])] = info
+        unknown = sorted(set(annotations) - set(images))
+        if unknown:
+            where = annotations[unknown[0]][1]
+            raise DatasetError(f"{where}: no image {unknown[0]!r} in the zip ({len(unknown)} annotated images missing)")
+        missing = sorted(set(images) - set(annotations))
+        if missing:
+            raise DatasetError(
+                f"zip member {images[missing[0]].filename!r} has no entry in {map_info.filename} "
+                f"({len(missing)} images unannotated; an image without objects takes [])"
+            )
+        dataset = Dataset("zip")
+        if skipped:
+            dataset.warnings.append(f"ignored {skipped} hidden or __MACOSX entries")
+        for key in sorted(images):
+            info = images[key]
+            label, _ = annotations[key]
+            where = f"zip member {info.filename!r}"
+            stored, encoded = convert(_member_bytes(archive, info, max_file_bytes), label, where)
+            dataset.add(stored, encoded, where)
+        if not dataset.inputs:
+            raise DatasetError(f"the zip has no images beside {map_info.filename}")
+        return dataset

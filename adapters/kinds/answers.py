@@ -56,6 +56,7 @@ class Answers(TokenKind):
     pinnable_heads = ("pointer", "word-pointer")
     declares_labels = False
     takes_objects = True
+    structured_uploads = True  # JSON Lines rows with a structured label (dataset uploads)
 
     def input_problem(self, value: Any) -> str | None:
         return input_problem(value)

@@ -112,6 +112,9 @@ class TaskKind(ABC):
     chooses_backbone: ClassVar[bool] = False
     declares_labels: ClassVar[bool] = True  # a new task may declare its label set ("labels")
     dataset_uploads: ClassVar[bool] = False  # dataset files (one label string per row or folder) hold its labels
+    # dataset files hold its labels as JSON structures: JSON Lines rows (and, for image kinds, a zip of images with
+    # one annotations.jsonl / labels.json mapping file name -> label), each checked by the kind's own problem()
+    structured_uploads: ClassVar[bool] = False
     # fit and predict read the text backbone's per-token states, not pooled embeddings (adapters/kinds/tokens.py)
     reads_token_states: ClassVar[bool] = False
     # fit and predict read an image backbone's feature maps of letterboxed images (adapters/kinds/detection.py)

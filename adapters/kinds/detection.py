@@ -151,6 +151,7 @@ class Detection(TaskKind):
     pinnable_heads = ("detector", "scratch-detector")
     scores_ood: ClassVar[bool] = False  # no pooled embedding on this path (adapters/ood.py)
     reads_feature_maps: ClassVar[bool] = True
+    structured_uploads = True  # JSON Lines rows, or a zip of images + annotations.jsonl (dataset uploads)
 
     # -- labels ---------------------------------------------------------------------------------
 

@@ -71,6 +71,7 @@ def span_problem(i: int, item: Any) -> str | None:
 class Entities(TokenKind):
     name = "entities"
     pinnable_heads = ("tagger", "word-tagger", "finetune")
+    structured_uploads = True  # JSON Lines rows with a structured label (dataset uploads)
 
     def problem(self, label: Any) -> str | None:
         if not isinstance(label, list):

@@ -1,11 +1,16 @@
 """The dataset-ingest use case: a whole labeled dataset in one file (a folder-per-label zip of images or
 WAV clips, CSV or JSON Lines) creates a task or extends one. A new task takes the same rules and defaults
-as ``POST /v1/tasks`` (service/application/task_rules.py); everything is validated before anything is stored."""
+as ``POST /v1/tasks`` (service/application/task_rules.py); everything is validated before anything is stored.
+
+Kinds whose labels are JSON structures (``TaskKind.structured_uploads``: entities, answers, detection) take JSON
+Lines rows whose ``label`` is the kind's JSON label, and detection also a zip of images with one
+``annotations.jsonl`` / ``labels.json``; every row is checked by the kind's own checks (the same as
+``POST /v1/tasks``), the first failure naming its line."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from adapters import kinds
 
@@ -17,7 +22,7 @@ from ..store.repository import NotFound
 from . import quotas, task_rules
 from .errors import Invalid
 from .inputs import pixel_budget, seconds_budget, stored_clip, stored_examples, stored_image
-from .tasks import check_new_labels
+from .tasks import Example, check_new_labels, stored_kind_examples
 
 ZIP_MODALITIES = ("image", "audio")  # a zip holds one file per example, in a folder named after its label
 
@@ -47,6 +52,7 @@ def _target(
     backbone: str | None,
     head: str | None,
     file: IO[bytes],
+    task_kind: kinds.TaskKind,
 ) -> tuple[str, str, str]:
     """The modality, backbone and head the upload goes to: the existing task's, or the new task's (by the
     same rules and defaults as ``POST /v1/tasks``, service/application/task_rules.py)."""
@@ -66,17 +72,30 @@ def _target(
         target = task.modality
     elif modality is not None:
         target = modality
+    elif len(task_kind.modalities) == 1:  # e.g. detection: image; entities and answers: text
+        target = task_kind.modalities[0]
     else:  # a zip of .wav clips is for an audio task, of images for an image task
         limit = rt.settings.max_examples_per_request
         target = datasets.zip_modality(file, max_files=limit) if kind == "zip" else "text"
-    if kind == "zip" and target not in ZIP_MODALITIES:
+    if task_kind.structured_uploads:
+        if kind == "csv":
+            raise Invalid(
+                f"a {task_kind.name} task's labels are JSON structures; send JSON Lines (one "
+                '{"input": ..., "label": ...} object per line, the label as POST /v1/tasks takes it), not CSV'
+            )
+        if kind == "zip" and target != "image":
+            raise Invalid(
+                f"a zip is for image tasks (detection: images plus annotations.jsonl); a {task_kind.name} task "
+                "takes JSON Lines"
+            )
+    elif kind == "zip" and target not in ZIP_MODALITIES:
         raise Invalid(
             "a zip (folder-per-label layout) is for image and audio tasks; text tasks take CSV or JSON Lines with "
             "input,label columns"
         )
     if task is not None:
         return target, task.backbone, task.head
-    new = task_rules.new_task(rt, target, kinds.DEFAULT, backbone, head)
+    new = task_rules.new_task(rt, target, task_kind.name, backbone, head)
     return target, new.backbone, new.head
 
 
@@ -113,6 +132,63 @@ def _read(
     return data, stored_examples(rt, modality, backbone, data.inputs, data.labels, data.names)
 
 
+def check_rows(task_kind: kinds.TaskKind, data: datasets.Dataset) -> None:
+    """Every row of a structured-label file checked by the kind's own checks (``input_problem``, ``problem``,
+    ``example_problem``, as ``POST /v1/tasks``); the first failure is a 422 naming its line."""
+    about = f" (a {task_kind.name} task)"
+    for value, label, where in zip(data.inputs, data.labels, data.names, strict=True):
+        problem = task_kind.input_problem(value)
+        if problem:
+            raise Invalid(f"{where}: input: {problem}{about}")
+        problem = task_kind.problem(label)
+        if problem:
+            raise Invalid(f"{where}: label: {problem}{about}")
+        problem = task_kind.example_problem(value, label)
+        if problem:
+            raise Invalid(f"{where}: label: {problem}")
+
+
+def _read_structured(
+    rt: Runtime, file: IO[bytes], kind: datasets.Kind, task_kind: kinds.TaskKind, modality: str, backbone: str
+) -> tuple[datasets.Dataset, list[tuple[str, str]], list[Any]]:
+    """A structured-label kind's file (JSON Lines rows; detection: also an annotated zip), every row checked by the
+    kind's own checks (its ``input_problem``, ``problem`` and ``example_problem``, as ``POST /v1/tasks``); returns
+    the parsed file, its examples as the store keeps them and the labels (for a new task's label checks)."""
+    settings = rt.settings
+    if kind == "zip":  # detection: images + annotations.jsonl, each image decoded and checked as it is extracted
+        preprocessing = cast(ImageBackbone, rt.backbones.get(backbone)).preprocessing
+        budget = pixel_budget(rt)
+        labels: list[Any] = []
+
+        def convert(raw: bytes, label: Any, where: str) -> tuple[str, str]:
+            problem = task_kind.problem(label)
+            if problem:
+                raise Invalid(f"{where}: {problem}")
+            stored = stored_image(rt, preprocessing, raw, where, budget)  # the safe decoder, within the budget
+            problem = task_kind.example_problem(raw, label)
+            if problem:
+                raise Invalid(f"{where}: {problem}")
+            labels.append(label)
+            return stored, task_kind.encode_example(raw, label)
+
+        data = datasets.read_annotated_images(
+            file,
+            max_files=settings.max_examples_per_request,
+            max_total_bytes=settings.max_upload_uncompressed_bytes,
+            max_file_bytes=settings.max_image_bytes,
+            convert=convert,
+        )
+        return data, list(zip(data.inputs, data.labels, strict=True)), labels
+    encoded = {"image": settings.max_image_bytes, "audio": settings.max_audio_bytes}.get(modality)
+    field_chars = encoded * 4 // 3 + 64 if encoded is not None else settings.max_text_chars * 2 + 64
+    data = datasets.read_structured(file, max_rows=settings.max_examples_per_request, max_field_chars=field_chars)
+    check_rows(task_kind, data)
+    examples = [Example(value, label) for value, label in zip(data.inputs, data.labels, strict=True)]
+    names = [f"{where}: input" for where in data.names]
+    stored = stored_kind_examples(rt, task_kind.name, modality, backbone, examples, names)
+    return data, stored, list(data.labels)
+
+
 def ingest(
     rt: Runtime,
     tenant_id: str,
@@ -123,26 +199,49 @@ def ingest(
     modality: str | None,
     backbone: str | None,
     head: str | None,
+    kind_name: str | None = None,
 ) -> Ingested:
-    """Read, check and store the dataset ``file``; its training job is queued."""
+    """Read, check and store the dataset ``file``; its training job is queued. ``kind_name`` (None: the existing
+    task's, else classification) is the new task's kind."""
     task = _existing(rt, tenant_id, name)
-    if task is not None and not kinds.kind_of(task.kind).dataset_uploads:
+    if task is not None and kind_name is not None and kind_name != task.kind:
         raise Invalid(
-            f"task {name!r} is a {task.kind} task; dataset uploads hold {kinds.DEFAULT} "
-            f"labels (one per row or folder): add its examples with POST /v1/tasks/{name}/examples"
+            f"task {name!r} exists with kind {task.kind!r}; omit 'kind' to extend it, or upload to a new task name"
+        )
+    chosen = task.kind if task is not None else (kind_name or kinds.DEFAULT)
+    try:
+        task_kind = kinds.kind_of(chosen)
+    except kinds.UnknownKind as exc:
+        raise Invalid(str(exc)) from None
+    if not (task_kind.dataset_uploads or task_kind.structured_uploads):
+        takes = ", ".join(k.name for k in kinds.KINDS.values() if k.dataset_uploads or k.structured_uploads)
+        subject = f"task {name!r} is a {chosen} task" if task is not None else f"a {chosen} task cannot be uploaded"
+        raise Invalid(
+            f"{subject}; dataset uploads are for {takes} tasks: add its examples with POST /v1/tasks"
+            + (f"/{name}/examples" if task is not None else "")
         )
     kind = datasets.detect_kind(file.read(8), content_type, filename)  # DatasetError: a domain error
     file.seek(0)
-    target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head, file)
-    data, examples = _read(rt, file, kind, target, backbone_name)
-    kind_name = task.kind if task is not None else kinds.DEFAULT
-    guard = quotas.examples_guard(rt.settings, tenant_id, task, examples, kind_name)  # in the write's transaction
+    target, backbone_name, head_name = _target(rt, name, task, kind, modality, backbone, head, file, task_kind)
+    if task_kind.structured_uploads:
+        data, examples, labels = _read_structured(rt, file, kind, task_kind, target, backbone_name)
+    else:
+        data, examples = _read(rt, file, kind, target, backbone_name)
+        labels = [label for _, label in examples]
+    guard = quotas.examples_guard(rt.settings, tenant_id, task, examples, chosen)  # in the write's transaction
     if task is None:
-        check_new_labels(kinds.DEFAULT, [label for _, label in examples], None)
+        check_new_labels(chosen, labels, None)
         created, (task, job) = (
             True,
             rt.store.create_task(
-                tenant_id, name, modality=target, backbone=backbone_name, head=head_name, examples=examples, guard=guard
+                tenant_id,
+                name,
+                modality=target,
+                kind=chosen,
+                backbone=backbone_name,
+                head=head_name,
+                examples=examples,
+                guard=guard,
             ),
         )
     else:

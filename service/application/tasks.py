@@ -57,11 +57,19 @@ def check_labels(kind: str, examples: Sequence[Example], task_name: str | None =
             raise Invalid(f"examples[{i}].label: {problem}")
 
 
-def _stored(rt: Runtime, kind: str, modality: str, backbone: str, examples: Sequence[Example]) -> list[tuple[str, str]]:
+def _stored(
+    rt: Runtime,
+    kind: str,
+    modality: str,
+    backbone: str,
+    examples: Sequence[Example],
+    names: Sequence[str] | None = None,
+) -> list[tuple[str, str]]:
     """Examples as the store keeps them: labels (and structured inputs) encoded by the task's kind, inputs
-    checked (text: characters as the kind counts them) or normalised (images, audio)."""
+    checked (text: characters as the kind counts them) or normalised (images, audio). ``names`` say where each
+    input came from, for error messages (default ``examples[i].input``)."""
     task_kind = kinds.kind_of(kind)
-    names = [f"examples[{i}].input" for i in range(len(examples))]
+    names = names if names is not None else [f"examples[{i}].input" for i in range(len(examples))]
     sizes = check_kind_inputs(rt, kind, [e.input for e in examples], names, text=modality == "text")
     return stored_examples(
         rt,
@@ -72,6 +80,14 @@ def _stored(rt: Runtime, kind: str, modality: str, backbone: str, examples: Sequ
         names,
         sizes or None,
     )
+
+
+def stored_kind_examples(
+    rt: Runtime, kind: str, modality: str, backbone: str, examples: Sequence[Example], names: Sequence[str]
+) -> list[tuple[str, str]]:
+    """Examples (each already checked by :func:`check_labels`' rules) of a task of ``kind`` as the store keeps
+    them, ``names`` saying where each came from (a dataset file's line)."""
+    return _stored(rt, kind, modality, backbone, examples, names)
 
 
 def stored_examples_of(rt: Runtime, task: Task, examples: Sequence[Example]) -> list[tuple[str, str]]:

@@ -4,7 +4,10 @@
 or .wav clips) or a CSV / JSON Lines file with ``input,label`` columns, as the raw body or as the one
 ``file`` part of a multipart form. When the task does not exist, query parameters ``modality``
 (default: audio for a zip of .wav files, image for another zip, text otherwise), ``backbone`` and
-``head`` (default ``auto``) create it, by the same rules as ``POST /v1/tasks`` (service/application/task_rules.py).
+``head`` (default ``auto``) and ``kind`` (default ``classification``) create it, by the same rules as
+``POST /v1/tasks`` (service/application/task_rules.py). Kinds whose labels are JSON structures (entities, answers,
+detection) take JSON Lines rows whose ``label`` is the kind's JSON label; detection also a zip of images with one
+``annotations.jsonl`` (``{"file", "label"}`` per line) or ``labels.json`` (``{file: objects}``).
 Everything is validated before anything is stored; the answer is a queued training job whose
 ``progress`` covers embedding.
 """
@@ -29,7 +32,9 @@ UPLOAD_BODY = {
     "requestBody": {
         "required": True,
         "description": "The dataset file as the raw body (`Content-Type: application/zip`, `text/csv` or "
-        "`application/jsonl`), or as the `file` part of a multipart form.",
+        "`application/jsonl`), or as the `file` part of a multipart form. Entities, answers and detection tasks "
+        "(`kind`) take JSON Lines rows whose `label` is the kind's JSON label; detection also a zip of images with "
+        'one `annotations.jsonl` (`{"file", "label"}` per line) or `labels.json` (`{file: objects}`).',
         "content": {
             "application/zip": {"schema": {"type": "string", "format": "binary"}},
             "text/csv": {"schema": {"type": "string"}},
@@ -61,6 +66,7 @@ async def upload_dataset(
     modality: s.Modality | None = None,
     backbone: str | None = None,
     head: s.HeadKind | None = None,
+    kind: s.TaskKind | None = None,
 ) -> s.DatasetAccepted:
     with one_upload(me.id):  # one upload per tenant at a time: the spool holds at most one of its bodies
         limit = rt.settings.max_upload_bytes
@@ -75,7 +81,17 @@ async def upload_dataset(
             upload = await read_body(request, limit)
         try:
             done = await anyio.to_thread.run_sync(
-                use.ingest, rt, me.id, name, upload.file, upload.content_type, upload.filename, modality, backbone, head
+                use.ingest,
+                rt,
+                me.id,
+                name,
+                upload.file,
+                upload.content_type,
+                upload.filename,
+                modality,
+                backbone,
+                head,
+                kind,
             )
         finally:
             if form is not None:
