@@ -396,17 +396,17 @@ def _check_structured_label(label: Any, where: str, depth: int) -> None:
 def read_structured(fh: IO[bytes], *, max_rows: int, max_field_chars: int) -> Dataset:
     """JSON Lines rows ``{"input": ..., "label": ...}`` whose label is a JSON structure (entity spans, an answer
     span or null, detection objects) and whose input is a string (a text, a base64 image) or an object (an
-    answers task's ``{question, context}``). Only the shape's bounds are checked here: each row nests at most
-    ``STRUCTURED_DEPTH`` levels, a label is at most ``STRUCTURED_JSON_CHARS`` characters of JSON and an input
-    at most ``max_field_chars``; the task kind's own checks run on every row before anything is stored
-    (service/application/datasets.py)."""
+    answers task's ``{question, context}``). Only the shape's bounds are checked here: an input is a string or
+    one flat object (at most ``max_field_chars`` characters), each row nests at most ``STRUCTURED_DEPTH`` levels
+    and a label is at most ``STRUCTURED_JSON_CHARS`` characters of JSON; the task kind's own checks run on every
+    row before anything is stored (service/application/datasets.py)."""
     dataset = Dataset("jsonl")
     text = _text_rows(fh)
     try:
         for where, value, label in _jsonl_rows(text):
             if len(dataset.inputs) >= max_rows:
                 raise DatasetTooLarge(f"the file has more than {max_rows} examples; the limit is {max_rows} per upload")
-            if json_depth(value) > STRUCTURED_DEPTH - 1:
+            if json_depth(value) > 1:  # a string, or one flat object
                 raise DatasetError(f"{where}: 'input' nests too deeply; it is a string or {{question, context}}")
             if isinstance(value, dict | list):
                 size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))

@@ -135,7 +135,7 @@ def _read(
 def check_rows(task_kind: kinds.TaskKind, data: datasets.Dataset) -> None:
     """Every row of a structured-label file checked by the kind's own checks (``input_problem``, ``problem``,
     ``example_problem``, as ``POST /v1/tasks``); the first failure is a 422 naming its line."""
-    about = f" (a {task_kind.name} task)"
+    about = f" (task kind {task_kind.name})"
     for value, label, where in zip(data.inputs, data.labels, data.names, strict=True):
         problem = task_kind.input_problem(value)
         if problem:

@@ -219,3 +219,173 @@ def test_a_zip_of_wav_files_is_for_an_audio_task() -> None:
         zip_modality(make_zip({"a/0.wav": wav, "b/1.wav": wav}), max_files=1)
     with pytest.raises(DatasetError, match="end-of-central-directory"):
         zip_modality(io.BytesIO(b"not a zip"), max_files=10)
+
+
+# -- structured labels: entities, answers, detection -----------------------------------------------
+
+
+def jsonl(*rows) -> io.BytesIO:
+    import json
+
+    return io.BytesIO("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows).encode())
+
+
+def structured(kind: str, *rows):
+    """The file read and every row checked by the kind's own checks (as the upload route does)."""
+    from adapters import kinds
+    from service.application.datasets import check_rows
+    from service.datasets import read_structured
+
+    data = read_structured(jsonl(*rows), max_rows=100, max_field_chars=10_000)
+    check_rows(kinds.kind_of(kind), data)
+    return data
+
+
+def refuse_rows(kind: str, fragment: str, *rows, status: int = 422) -> None:
+    with pytest.raises(ValueError, match=fragment) as raised:
+        structured(kind, *rows)
+    assert answer_for(raised.value).status == status
+
+
+def real_png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_entities_rows_good_and_bad() -> None:
+    text = "Ada Lovelace met Charles Babbage in London"
+    good = {"input": text, "label": [{"start": 0, "end": 12, "label": "PER"}, {"start": 35, "end": 41, "label": "LOC"}]}
+    data = structured("entities", good, {"input": "nothing here", "label": []})
+    assert data.labels[0][1]["label"] == "LOC" and data.labels[1] == [] and data.names[1] == "JSON Lines line 2"
+    refuse_rows("entities", r"line 2: label: .*list of spans", good, {"input": text, "label": "PER"})
+    refuse_rows("entities", r"line 1: label: .*overlap", {"input": text, "label": [good["label"][0]] * 2})
+    refuse_rows(
+        "entities", r"line 3: label: ", good, good, {"input": "short", "label": [{"start": 0, "end": 99, "label": "X"}]}
+    )
+    refuse_rows(
+        "entities", r"line 1: input: .*one string per input", {"input": {"question": "q", "context": "c"}, "label": []}
+    )
+
+
+def test_answers_rows_good_and_bad() -> None:
+    qc = {"question": "Who wrote it?", "context": "Ada wrote the notes."}
+    data = structured("answers", {"input": qc, "label": {"start": 0, "end": 3}}, {"input": qc, "label": None})
+    assert data.inputs[0] == qc and data.labels == [{"start": 0, "end": 3}, None]
+    refuse_rows("answers", r"line 1: input: .*question.*context", {"input": "a text", "label": None})
+    refuse_rows(
+        "answers", r"line 2: label: .*start and end", {"input": qc, "label": None}, {"input": qc, "label": {"start": 0}}
+    )
+    refuse_rows("answers", r"line 1: label: ", {"input": qc, "label": {"start": 0, "end": 999}})
+
+
+def test_detection_rows_good_and_bad() -> None:
+    import base64
+
+    image = base64.b64encode(real_png(40, 30)).decode()
+    objects = [{"box": [1, 2, 20, 25], "label": "cat"}]
+    data = structured("detection", {"input": image, "label": objects}, {"input": image, "label": []})
+    assert data.labels == [objects, []]
+    refuse_rows(
+        "detection",
+        r"line 1: label: .*past the image \(40×30",
+        {"input": image, "label": [{"box": [0, 0, 41, 5], "label": "cat"}]},
+    )
+    refuse_rows(
+        "detection",
+        r"line 2: label: .*x1 > x0",
+        {"input": image, "label": []},
+        {"input": image, "label": [{"box": [5, 5, 1, 9], "label": "c"}]},
+    )
+    refuse_rows(
+        "detection", r"line 1: label: .*exactly box and label", {"input": image, "label": [{"box": [0, 0, 1, 1]}]}
+    )
+
+
+def test_structured_rows_are_bounded_in_depth_and_size() -> None:
+    from service.datasets import STRUCTURED_JSON_CHARS, json_depth
+
+    assert json_depth(1) == 0 and json_depth([]) == 1 and json_depth([{"box": [1]}]) == 3
+    deep = {"input": "text", "label": [{"start": 0, "end": 1, "label": [[["x"]]]}]}
+    refuse_rows("entities", r"JSON Lines line 1: the label nests more than 3 levels", deep)
+    deep_input = {"input": {"question": {"a": ["b"]}, "context": "c"}, "label": None}
+    refuse_rows("answers", r"line 1: 'input' nests too deeply", deep_input)
+    big = {"input": "t" * 50, "label": [{"start": 0, "end": 1, "label": "L" * STRUCTURED_JSON_CHARS}]}
+    refuse_rows("entities", r"line 1: the label is \d+ characters as JSON", big, status=413)
+    refuse_rows("entities", r"line 1: nested too deeply", "[" * 100_000 + "]" * 100_000)
+    many = [{"input": "a", "label": []}] * 101
+    refuse_rows("entities", r"more than 100 examples", *many, status=413)
+    # the string-label reader is unchanged: a structured label is still refused there
+    with pytest.raises(DatasetError, match="'label' must be a string"):
+        read_table(
+            jsonl({"input": "x", "label": [{"start": 0, "end": 1, "label": "A"}]}),
+            "jsonl",
+            max_rows=10,
+            max_field_chars=100,
+        )
+
+
+def annotated(entries: dict[str, bytes | None], **limits):
+    """A detection zip read with a convert that keeps (bytes, label) as they are."""
+    from service.datasets import read_annotated_images
+
+    return read_annotated_images(
+        make_zip(entries),
+        **{**LIMITS, **limits},
+        convert=lambda raw, label, where: (raw, label),  # type: ignore[arg-type]
+    )
+
+
+def test_detection_zip_good() -> None:
+    import json
+
+    png = real_png(10, 10)
+    lines = [{"file": "a.png", "label": [{"box": [0, 0, 5, 5], "label": "x"}]}, {"file": "sub/b.png", "label": []}]
+    mapping = "\n".join(json.dumps(line) for line in lines).encode()
+    data = annotated({"set/annotations.jsonl": mapping, "set/a.png": png, "set/sub/b.png": png, "set/.DS_Store": b"x"})
+    assert data.names == ["zip member 'set/a.png'", "zip member 'set/sub/b.png'"]
+    assert data.labels == [lines[0]["label"], []] and data.inputs == [png, png]
+    assert data.warnings == ["ignored 1 hidden or __MACOSX entries"]
+    as_json = annotated({"labels.json": json.dumps({"a.png": []}).encode(), "a.png": png})
+    assert as_json.labels == [[]]
+
+
+def test_detection_zip_refusals() -> None:
+    import json
+
+    from service.datasets import read_annotated_images
+
+    png = real_png(10, 10)
+    one = json.dumps({"file": "a.png", "label": []}).encode()
+    cases = [
+        ({"a.png": png}, "exactly one annotations.jsonl or labels.json", {}),
+        ({"annotations.jsonl": one, "labels.json": b"{}", "a.png": png}, "exactly one", {}),
+        ({"annotations.jsonl": one, "a.png": png, "b.png": png}, "'b.png' has no entry in annotations.jsonl", {}),
+        ({"annotations.jsonl": one + b"\n" + one, "a.png": png}, "line 2: 'a.png' is annotated twice", {}),
+        (
+            {"annotations.jsonl": json.dumps({"file": "c.png", "label": []}).encode(), "a.png": png},
+            "no image 'c.png'",
+            {},
+        ),
+        ({"annotations.jsonl": b'{"file": "a.png"}', "a.png": png}, "line 1: expected an object", {}),
+        ({"annotations.jsonl": b"not json", "a.png": png}, "line 1: not valid JSON", {}),
+        ({"labels.json": b"[]", "a.png": png}, "must be one object", {}),
+        ({"x/annotations.jsonl": one, "a.png": png}, "is not beside", {}),
+        (
+            {"annotations.jsonl": json.dumps({"file": "a.png", "label": [[[[1]]]]}).encode(), "a.png": png},
+            "nests more than 3",
+            {},
+        ),
+        ({"annotations.jsonl": one, "a.png": png, "b.zip": b"PK"}, "nested archives", {}),
+        ({"annotations.jsonl": one, "a.png": png}, "more than 1 entries", {"max_files": 1}),
+        ({"annotations.jsonl": one, "a.png": png}, "per image", {"max_file_bytes": 10}),
+        ({"annotations.jsonl": one, "a.png": png}, "the zip expands to", {"max_total_bytes": 50}),
+        ({"annotations.jsonl": one, "../a.png": png}, "path traversal", {}),
+    ]
+    for entries, fragment, limits in cases:
+        with pytest.raises(DatasetError, match=fragment):
+            annotated(entries, **limits)
+    with pytest.raises(DatasetError, match="damaged or truncated"):
+        read_annotated_images(io.BytesIO(b"PK\x03\x04 truncated"), **LIMITS, convert=lambda raw, label, where: ("", ""))
