@@ -249,6 +249,7 @@ def cmd_tasks_create(args: argparse.Namespace) -> Any:
             args.name,
             Path(args.data),
             modality=args.modality,
+            kind=args.kind,
             backbone=args.backbone,
             head=args.head,
             wait=not args.no_wait,
@@ -541,9 +542,16 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--data",
         required=True,
-        help="file.csv, file.jsonl (input,label), file.zip or a folder <label>/<image or .wav clip>",
+        help="file.csv, file.jsonl (input,label), file.zip or a folder <label>/<image or .wav clip> "
+        "(detection: images beside annotations.jsonl)",
     )
     create.add_argument("--modality", choices=list(get_args(s.Modality)))
+    create.add_argument(
+        "--kind",
+        choices=list(get_args(s.TaskKind)),
+        help="a new task's kind (default classification); entities, answers and detection take JSON Lines rows "
+        "whose label is the kind's JSON label, detection also a zip of images + annotations.jsonl",
+    )
     create.add_argument("--backbone")
     create.add_argument("--head", choices=list(get_args(s.HeadKind)))
     create.add_argument("--no-wait", action="store_true", help="return once the training job is queued")

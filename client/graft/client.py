@@ -138,21 +138,30 @@ def _examples(examples: Iterable[Example]) -> tuple[list[dict[str, Any]], str | 
     return out, modalities.pop() if len(modalities) == 1 else None
 
 
-def dataset_file(path: str | os.PathLike) -> tuple[bytes, str, str]:
+FILELESS_KINDS = ("multilabel", "regression")  # their labels are lists and numbers: send examples as a list
+
+
+def dataset_file(path: str | os.PathLike, kind: str | None = None) -> tuple[bytes, str, str]:
     """A dataset upload (body, content type, file name): a CSV / JSON Lines / zip file as is, or a
-    folder in image-folder layout (``<label>/<image>``) zipped in memory."""
+    folder zipped in memory: in image-folder layout (``<label>/<image>``), or for a detection task (``kind``)
+    its images beside one ``annotations.jsonl`` or ``labels.json``."""
     path = Path(path)
+    annotated = kind == "detection"
     if path.is_dir():
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 relative = file.relative_to(path)
-                if len(relative.parts) >= 2 and not any(part.startswith(".") for part in relative.parts):
+                nested = len(relative.parts) >= 2 or annotated
+                if nested and not any(part.startswith(".") for part in relative.parts):
                     archive.write(file, relative.as_posix())
         return buffer.getvalue(), "application/zip", f"{path.name}.zip"
     content_type = DATASET_TYPES.get(path.suffix.lower())
     if content_type is None:
-        raise ValueError(f"{path}: send a .csv, .jsonl or .zip file, or a folder of <label>/<image> files")
+        raise ValueError(
+            f"{path}: send a .csv, .jsonl or .zip file, or a folder of <label>/<image> files (detection: images "
+            "beside annotations.jsonl)"
+        )
     return path.read_bytes(), content_type, path.name
 
 
@@ -294,14 +303,18 @@ class _Core:
         ``<label>/<image or .wav>``, which also extends an existing task). Image and WAV inputs are bytes or
         file paths (the modality follows: WAV files make an audio task). ``kind``: ``classification`` (default;
         one label string), ``multilabel`` (a list of label strings per example), ``regression`` (a number per
-        example) or ``speakers`` (audio: a speaker name per clip); files make classification tasks.
+        example), ``speakers`` (audio: a speaker name per clip), ``entities`` / ``answers`` / ``detection``
+        (structured labels) or ``generation``. Dataset files make classification, speakers, generation, entities,
+        answers or detection tasks (the structured kinds from JSON Lines rows whose ``label`` is the kind's JSON
+        label; detection also from a zip or folder of images beside ``annotations.jsonl``).
         With ``wait`` (default), blocks until training ends (progress bar) and returns the final job
         and task; raises :class:`~graft.errors.JobFailed` if training fails."""
         if isinstance(examples, str | os.PathLike):
-            if kind not in (None, "classification"):
-                raise ValueError(f"dataset files make classification tasks; send {kind} examples as a list")
-            body, content_type, filename = dataset_file(examples)
-            params = {k: v for k, v in {"modality": modality, "backbone": backbone, "head": head}.items() if v}
+            if kind in FILELESS_KINDS:
+                raise ValueError(f"dataset files do not make {kind} tasks; send {kind} examples as a list")
+            body, content_type, filename = dataset_file(examples, kind)
+            named = {"modality": modality, "backbone": backbone, "head": head, "kind": kind}
+            params = {k: v for k, v in named.items() if v}
             call = Call(
                 "POST",
                 f"/v1/tasks/{name}/dataset",
