@@ -53,12 +53,14 @@ def test_entities_jsonl_and_detection_zip_uploads_train_and_predict(server_facto
     assert next(v for v in versions if v["status"] == "active")["n_examples"] == 40
     assert_error(client.post("/v1/tasks/ner/dataset?kind=detection", content=lines(train), headers=JSONL), 422)
 
-    text = entity_rows(3, half=1, seed=4)[0]["input"]
-    resp = client.post("/v1/tasks/ner/predict", json={"inputs": [text]})
+    texts = [row["input"] for row in train[:3]] + [row["input"] for row in entity_rows(3, half=1, seed=4)]
+    resp = client.post("/v1/tasks/ner/predict", json={"inputs": texts})
     assert resp.status_code == 200, resp.text
-    for entity in resp.json()["predictions"][0]["entities"]:
-        assert text[entity["start"] : entity["end"]] == entity["text"]
-    assert resp.json()["predictions"][0]["entities"], resp.json()
+    predictions = resp.json()["predictions"]
+    for text, p in zip(texts, predictions, strict=True):
+        for entity in p["entities"]:
+            assert text[entity["start"] : entity["end"]] == entity["text"]
+    assert sum(len(p["entities"]) for p in predictions) > 0, predictions  # the uploaded spans were learnt
 
     # detection: a zip of images + annotations.jsonl, through the client
     train_scenes = scenes(16, seed=1)
