@@ -218,16 +218,31 @@ class TaskKind(ABC):
 
     @abstractmethod
     def fit(
-        self, x: np.ndarray, labels: Sequence[Any], *, head: str, raw: Sequence[str] | None, modality: str,
-        folds: int, seed: int,
+        self,
+        x: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        head: str,
+        raw: Sequence[str] | None,
+        modality: str,
+        folds: int,
+        seed: int,
     ) -> FitResult:
         """Fit the kind's head (``head``: ``auto`` or a pinned one) on embeddings ``x`` and decoded
         ``labels`` (and the raw inputs, for heads that read them), cross-validated, with metrics and the
         dashboard's figures in ``FitResult.metrics``."""
 
     def fit_with(
-        self, x: np.ndarray, labels: Sequence[Any], *, options: dict[str, Any], head: str,
-        raw: Sequence[str] | None, modality: str, folds: int, seed: int,
+        self,
+        x: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        options: dict[str, Any],
+        head: str,
+        raw: Sequence[str] | None,
+        modality: str,
+        folds: int,
+        seed: int,
     ) -> FitResult:
         """:meth:`fit` given the service's settings a kind may read (``options``, e.g. ``speaker_far``);
         a kind that reads none need not override it."""
@@ -259,8 +274,14 @@ class TaskKind(ABC):
 
     @abstractmethod
     def compare(
-        self, active: Head, vectors: np.ndarray | None, raw: Sequence[str], truth: Sequence[str], result: FitResult,
-        unseen: np.ndarray, active_number: int,
+        self,
+        active: Head,
+        vectors: np.ndarray | None,
+        raw: Sequence[str],
+        truth: Sequence[str],
+        result: FitResult,
+        unseen: np.ndarray,
+        active_number: int,
     ) -> Decision:
         """Promotion: the active version's ``active`` head on the examples it never saw (``vectors``, their
         ``raw`` inputs, ``truth`` their stored labels) against ``result``'s out-of-fold predictions at
@@ -318,4 +339,3 @@ def kind_of(name: str) -> TaskKind:
         return KINDS[name]
     except KeyError:
         raise UnknownKind(f"unknown task kind {name!r}; known: {sorted(KINDS)}") from None
-
