@@ -389,3 +389,21 @@ def test_detection_zip_refusals() -> None:
             annotated(entries, **limits)
     with pytest.raises(DatasetError, match="damaged or truncated"):
         read_annotated_images(io.BytesIO(b"PK\x03\x04 truncated"), **LIMITS, convert=lambda raw, label, where: ("", ""))
+
+
+def test_the_client_zips_a_detection_folder_with_its_annotations(tmp_path) -> None:
+    import json
+
+    from graft.client import dataset_file
+    from service.datasets import read_annotated_images
+
+    (tmp_path / "shelf").mkdir()
+    (tmp_path / "shelf" / "a.png").write_bytes(real_png(8, 8))
+    (tmp_path / "shelf" / ".hidden").write_bytes(b"x")
+    (tmp_path / "shelf" / "annotations.jsonl").write_text(json.dumps({"file": "a.png", "label": []}))
+    body, content_type, name = dataset_file(tmp_path / "shelf", "detection")
+    assert content_type == "application/zip" and name == "shelf.zip"
+    data = read_annotated_images(io.BytesIO(body), **LIMITS, convert=lambda raw, label, where: (where, label))
+    assert data.inputs == ["zip member 'a.png'"] and data.labels == [[]]
+    plain, _, _ = dataset_file(tmp_path / "shelf")  # image-folder layout: top-level files are not examples
+    assert zipfile.ZipFile(io.BytesIO(plain)).namelist() == []
