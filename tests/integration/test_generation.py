@@ -386,7 +386,7 @@ def test_the_peft_export_loads_in_peft_and_decodes_the_servers_tokens(served, tm
     print(f"\nPEFT export decoded as served: {answers}")
 
 
-def test_export_refusals_tenancy_and_the_cache(served) -> None:
+def test_export_refusals_tenancy_the_client_and_the_cache(served, tmp_path) -> None:
     server, plain, sentence = served
     url = "/v1/tasks/capitals/export"
     assert_error(plain.get(url, params={"format": "onnx"}), 422, "not_exportable", "format=peft")
@@ -397,6 +397,20 @@ def test_export_refusals_tenancy_and_the_cache(served) -> None:
         assert plain.post("/v1/tasks", json={"name": "topics", "examples": examples}).status_code == 202
     # the kind decides, trained yet or not
     assert_error(plain.get("/v1/tasks/topics/export", params={"format": "peft"}), 422, "not_exportable", "format=onnx")
+    # the client and the CLI: the kind's format by default, or named
+    from graft import Graft
+    from tests.client.test_cli import graft, ok_json
+
+    key = plain.headers["Authorization"].removeprefix("Bearer ")
+    served_zip = plain.get(url, params={"format": "peft"}).content
+    with Graft(server.url, key) as g:
+        assert g.export("capitals", tmp_path / "default.zip").read_bytes() == served_zip
+        assert g.export("capitals", tmp_path / "named.zip", format="peft").read_bytes() == served_zip
+    env = {"GRAFT_URL": server.url, "GRAFT_API_KEY": key}
+    out = ok_json(graft("--json", "export", "capitals", "-o", str(tmp_path / "cli.zip"), "--format", "peft", env=env))
+    assert out["bytes"] == len(served_zip) and (tmp_path / "cli.zip").read_bytes() == served_zip
+    refused = graft("export", "capitals", "-o", str(tmp_path / "no.zip"), "--format", "onnx", env=env)
+    assert refused.returncode != 0 and "format=peft" in refused.stdout + refused.stderr
     # cached per (task, version, format) and deleted with the task
     exports = server.data_dir / "exports"
     before = set(exports.rglob("*.zip"))
