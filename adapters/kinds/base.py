@@ -122,6 +122,10 @@ class TaskKind(ABC):
     # examples are (prompt, completion); training fits a LoRA adapter on the server's causal LM
     # (adapters/kinds/generation.py) and the task answers generate, not predict (no head, no backbone pass)
     generates: ClassVar[bool] = False
+    # the export formats (GET /v1/tasks/{name}/export?format=...) a version of this kind may have: "onnx" (one
+    # graph, adapters/export.py; export_problem() may still refuse it) or "peft" (a generation task's LoRA
+    # adapter as a PEFT adapter directory, adapters/generation/peft_export.py)
+    export_formats: ClassVar[tuple[str, ...]] = ("onnx",)
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -300,6 +304,15 @@ class TaskKind(ABC):
     def export_problem(self) -> str | None:
         """Why a version of this kind has no ONNX export (None: it has one, see adapters/export.py)."""
         return None
+
+    def export_format_problem(self, fmt: str) -> str | None:
+        """Why this kind has no export in format ``fmt`` (one of the service's formats); None: it may have one."""
+        if fmt in self.export_formats:
+            return None
+        owners = [k.name for k in KINDS.values() if fmt in k.export_formats]
+        for_whom = f" (it is for {' and '.join(owners)} tasks)" if owners else ""
+        ask = " or ".join(f"format={f}" for f in self.export_formats)
+        return f"a {self.name} task has no {fmt!r} export{for_whom}; ask for {ask}"
 
     def answer(self, prediction: Any) -> Any:
         """The label value one of this kind's predictions answers (what feedback compares with the truth);

@@ -4,7 +4,8 @@ task answers ``POST /v1/tasks/{name}/generate`` instead of predict.
 
 The kind says what its examples are and how its adapter is fitted (:meth:`Generation.fit_adapter`); the
 service's training pipeline and generation engine do the rest (a kind that ``generates`` reads no backbone
-embeddings, keeps no head, has no OOD model and no ONNX export).
+embeddings, keeps no head, has no OOD model and no ONNX export: its export is the adapter in peft's format,
+``format=peft``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Generation(TaskKind):
     dataset_uploads = True  # CSV / JSON Lines rows carry one string label: the completion
     scores_ood = False
     generates = True
+    export_formats = ("peft",)  # the adapter as a PEFT adapter directory (adapters/generation/peft_export.py)
 
     def problem(self, label: Any) -> str | None:
         if not isinstance(label, str):
@@ -163,3 +165,11 @@ class Generation(TaskKind):
 
     def export_problem(self) -> str | None:
         return "a generation task's adapter has no ONNX export (it is a LoRA adapter on the server's language model)"
+
+    def export_format_problem(self, fmt: str) -> str | None:
+        if fmt in self.export_formats:
+            return None
+        return (
+            f"a generation task has no {fmt!r} export: its LoRA adapter on the server's language model exports "
+            "with format=peft (a PEFT adapter directory for peft.PeftModel.from_pretrained, in a zip)"
+        )

@@ -7,7 +7,7 @@
     graft predict TASK "some text" | image.png ... | clip.wav ... | --file inputs.jsonl | --file clip.wav
         [--question Q: answers tasks, after the texts]
     graft generate TASK "prompt" ... [--max-tokens N] [--temperature T] [--top-p P] [--stop S] [--seed N] [--stream]
-    graft export TASK -o model.zip
+    graft export TASK -o model.zip [--format onnx|peft] [--version N]
     graft backbones
 
 Settings: ``--url``/``GRAFT_URL``, ``--api-key``/``GRAFT_API_KEY``, ``--admin-token``/``GRAFT_ADMIN_TOKEN``,
@@ -451,7 +451,7 @@ def cmd_suggest(args: argparse.Namespace) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> Any:
     with client(args) as g:
-        out = g.export(args.task, args.output, version=args.version)
+        out = g.export(args.task, args.output, version=args.version, format=args.format)
     emit(
         args,
         {"task": args.task, "path": str(out), "bytes": out.stat().st_size},
@@ -592,10 +592,15 @@ def parser() -> argparse.ArgumentParser:
     suggest.add_argument("--file", help='JSON Lines: one JSON string or {"input": ...} per line')
     suggest.add_argument("-k", type=int, help=f"how many to suggest (default {s.SUGGEST_K}, at most the pool)")
 
-    export = leaf(groups, "export", cmd_export, "download a task's ONNX export (zip)")
+    export = leaf(groups, "export", cmd_export, "download a task's export (zip: ONNX graph, or a PEFT LoRA adapter)")
     export.add_argument("task")
     export.add_argument("-o", "--output", required=True, help="where to write the zip")
     export.add_argument("--version", type=int, help="default: the active version")
+    export.add_argument(
+        "--format",
+        choices=["onnx", "peft"],
+        help="onnx (heads) or peft (a generation task's LoRA adapter); default: the task kind's format",
+    )
 
     leaf(groups, "backbones", cmd_backbones, "the backbones the server runs")
     return top

@@ -479,9 +479,13 @@ class _Core:
         """Serve the version that was active before the current one."""
         return (yield from self._model(s.VersionList, Call("POST", f"/v1/tasks/{task}/rollback")))
 
-    def _export(self, task: str, path: str | os.PathLike, *, version: int | None = None) -> Op[Path]:
-        """Write the task's ONNX export (a zip: model.onnx, preprocessing, graft-export.json) to ``path``."""
-        params = {"format": "onnx"} | ({"version": version} if version else {})
+    def _export(
+        self, task: str, path: str | os.PathLike, *, version: int | None = None, format: str | None = None
+    ) -> Op[Path]:
+        """Write the task's export to ``path``: a zip with ``graft-export.json``. ``format`` ``onnx`` (model.onnx
+        and its preprocessing files) or ``peft`` (a generation task's LoRA adapter: adapter_config.json and
+        adapter_model.safetensors for ``peft.PeftModel.from_pretrained``); default: the task kind's format."""
+        params: dict[str, Any] = ({"format": format} if format else {}) | ({"version": version} if version else {})
         response = yield from self._request(Call("GET", f"/v1/tasks/{task}/export", params=params))
         out = Path(path)
         out.write_bytes(response.content)

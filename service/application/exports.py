@@ -1,5 +1,11 @@
-"""Export of an adapted model: backbone + pooling + the task's head as one ONNX graph, in a zip with its
-manifest (the use case; the route streams the file).
+"""Export of an adapted model (the use case; the route streams the file), in a zip with its manifest:
+
+- ``onnx``: backbone + pooling + the task's head as one ONNX graph (every kind whose head has an ONNX form);
+- ``peft``: a generation task's LoRA adapter as a PEFT adapter directory (``adapter_config.json``,
+  ``adapter_model.safetensors``: adapters/generation/peft_export.py) for ``peft.PeftModel.from_pretrained``
+  on the base model the manifest names.
+
+A kind lists its formats (``TaskKind.export_formats``); another format is refused with the one to use.
 
 Exports are cached on disk per (task id, version, format) under ``<GRAFT_DATA_DIR>/exports/<tenant>``
 (a version never changes, so neither does its export). A tenant builds at most one export at a time in a
@@ -9,10 +15,12 @@ cached exports.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,14 +41,18 @@ from adapters.export import (
     raw_inputs,
     raw_inputs_source,
 )
+from adapters.generation import GenerationDataError, LoraWeights
+from adapters.generation.peft_export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, peft_bundle, target_modules
+from adapters.generation.weights import SMOLLM2_DISTRIBUTION, SMOLLM2_GGUF, SMOLLM2_HUB_NAME
 
+from ..engine.generation import PACKAGED
 from ..engine.head_store import head_of
 from ..router import NotTrained
 from ..runtime import Runtime
 from ..store.models import Task, Version
 from .errors import ExportInProgress, Invalid, NotExportable
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "peft")
 
 PREPROCESSING = {
     "text": {"tokenizer": "tokenizer.json", "note": "truncation and padding are configured in tokenizer.json"},
@@ -62,16 +74,28 @@ NOT_EXPORTED = {
 PORTABLE = ("onnx", "onnx-int8")
 
 
-async def export(rt: Runtime, tenant_id: str, name: str, fmt: str, version: int | None) -> tuple[Task, Version, Path]:
-    """The export of ``version`` (default: the active one) of the tenant's task ``name``: built and cached
-    on first use, then served from the cache."""
-    if fmt not in FORMATS:
-        raise Invalid(f"unsupported export format {fmt!r}; supported: 'onnx'")
-    task, v = await anyio.to_thread.run_sync(_version, rt, tenant_id, name, version)
-    problem = kinds.kind_of(task.kind).export_problem()
+@dataclass(frozen=True)
+class Export:
+    task: Task
+    version: Version
+    format: str
+    path: Path
+
+
+async def export(rt: Runtime, tenant_id: str, name: str, fmt: str | None, version: int | None) -> Export:
+    """The export of ``version`` (default: the active one) of the tenant's task ``name`` in format ``fmt``
+    (default: its kind's format): built and cached on first use, then served from the cache."""
+    if fmt is not None and fmt not in FORMATS:
+        raise Invalid(
+            f"unsupported export format {fmt!r}; supported: 'onnx' (a head's graph), 'peft' (a generation task's "
+            "LoRA adapter)"
+        )
+    task, v, chosen = await anyio.to_thread.run_sync(_version, rt, tenant_id, name, version, fmt)
+    problem = kinds.kind_of(task.kind).export_problem() if chosen == "onnx" else None
     if problem:
         raise NotExportable(problem)
-    path = cached_export(rt, tenant_id, task.id, v.number, fmt)
+    build = _build_peft if chosen == "peft" else _build
+    path = cached_export(rt, tenant_id, task.id, v.number, chosen)
     if not path.is_file():
         if not _BUILDING.begin(tenant_id):
             raise ExportInProgress(
@@ -81,11 +105,11 @@ async def export(rt: Runtime, tenant_id: str, name: str, fmt: str, version: int 
             )
         try:
             if not path.is_file():  # built by a request that held the slot just before
-                data = await anyio.to_thread.run_sync(_build, rt, task, v)
+                data = await anyio.to_thread.run_sync(build, rt, task, v)
                 await anyio.to_thread.run_sync(_store, path, data)
         finally:
             _BUILDING.end(tenant_id)
-    return task, v, path
+    return Export(task, v, chosen, path)
 
 
 BUILD_RETRY_S = 5
@@ -140,12 +164,17 @@ def _store(path: Path, data: bytes) -> None:
         raise
 
 
-def _version(rt: Runtime, tenant_id: str, name: str, number: int | None) -> tuple[Task, Version]:
+def _version(rt: Runtime, tenant_id: str, name: str, number: int | None, fmt: str | None) -> tuple[Task, Version, str]:
     task = rt.store.get_task(tenant_id, name)  # another tenant's task: NotFound → 404
+    task_kind = kinds.kind_of(task.kind)
+    fmt = fmt or task_kind.export_formats[0]
+    problem = task_kind.export_format_problem(fmt)  # the kind decides, trained or not
+    if problem:
+        raise NotExportable(problem)
     number = number or task.active_version
     if number is None:
         raise NotTrained(f"task {name!r} has no trained version yet; poll its job and export when it succeeds")
-    return task, rt.store.version(task.id, number, with_weights=True)
+    return task, rt.store.version(task.id, number, with_weights=True), fmt
 
 
 def _build(rt: Runtime, task: Task, v: Version) -> bytes:
@@ -239,3 +268,116 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
         manifest["preprocessing"]["note"] = "letterbox onto the detection canvas: see detection.letterbox"
     manifest.update(task_kind.manifest(head))  # e.g. a multilabel task's thresholds
     return bundle(fused, files, manifest)
+
+
+# -- format=peft: a generation task's adapter ------------------------------------------------------------
+
+PEFT_FORMAT = "graft-peft-export/1"
+
+
+def _base_model(rt: Runtime, v: Version) -> tuple[str, dict[str, Any]]:
+    """The base model ``v``'s adapter was trained on, as ``base_model_name_or_path`` and as the manifest's
+    ``base_model``: its name, where it comes from and how to load it so the adapter answers as Graft does."""
+    spec = rt.generation.spec
+    dtype = str(spec.dtype).removeprefix("torch.")
+    if v.backbone == PACKAGED:
+        try:
+            package_version: str | None = importlib.metadata.version(SMOLLM2_DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            package_version = None
+        return SMOLLM2_HUB_NAME, {
+            "name": PACKAGED,
+            "source": "package",
+            "package": SMOLLM2_DISTRIBUTION,
+            "package_version": package_version,
+            "gguf_file": SMOLLM2_GGUF,
+            "dtype": dtype,
+            "quantises": SMOLLM2_HUB_NAME,
+            "load": (
+                f"AutoModelForCausalLM.from_pretrained(<the {SMOLLM2_DISTRIBUTION} package's directory>, "
+                f"gguf_file={SMOLLM2_GGUF!r}, dtype=torch.{dtype}) and AutoTokenizer.from_pretrained(the same, "
+                f"gguf_file=...): the GGUF Q4_1 weights dequantised, as Graft serves them. "
+                f"{SMOLLM2_HUB_NAME} (the unquantised model, base_model_name_or_path) answers close to it, "
+                "not token for token"
+            ),
+        }
+    gguf = spec.gguf_file if spec.name == v.backbone else None
+    return v.backbone, {
+        "name": v.backbone,
+        "source": "from_pretrained",
+        "gguf_file": gguf,
+        "dtype": dtype,
+        "load": f"AutoModelForCausalLM.from_pretrained({v.backbone!r}"
+        + (f", gguf_file={gguf!r}" if gguf else "")
+        + f", dtype=torch.{dtype})",
+    }
+
+
+def _build_peft(rt: Runtime, task: Task, v: Version) -> bytes:
+    import peft
+    import transformers
+
+    try:
+        weights = LoraWeights.from_bytes(v.weights)
+    except (GenerationDataError, KeyError, ValueError) as exc:
+        raise NotExportable(f"version {v.number}'s adapter does not load: {exc}") from None
+    base_name, base = _base_model(rt, v)
+    config = (v.metrics or {}).get("config") or {}
+    modules = target_modules(weights)
+    manifest: dict[str, Any] = {
+        "format": PEFT_FORMAT,
+        "task": task.name,
+        "kind": task.kind,
+        "version": v.number,
+        "head": v.head,
+        "adapter": {
+            "files": [ADAPTER_CONFIG, ADAPTER_WEIGHTS],
+            "load": "peft.PeftModel.from_pretrained(base_model, <this directory>)",
+            "rank": weights.rank,
+            "alpha": weights.alpha,
+            "target_modules": modules,
+            "layers": len(weights.modules) // max(len(modules), 1),
+            "parameters": sum(t.numel() for t in [*weights.a.values(), *weights.b.values()]),
+            "dtype": str(next(iter(weights.a.values())).dtype).removeprefix("torch."),
+        },
+        "base_model": base,
+        "prompt": {
+            "chat_template": "the tokenizer's, when it has one (SmolLM2-Instruct: ChatML with its default system "
+            "turn): the prompt as one user turn, then the assistant header",
+            "render": "tokenizer.apply_chat_template([{'role': 'user', 'content': prompt}], "
+            "add_generation_prompt=True)",
+            "without_chat_template": "the prompt's own tokens: tokenizer(prompt)",
+            "completion": "the adapter was trained on the completion's tokens followed by the tokenizer's EOS "
+            "token (the end of the turn)",
+        },
+        "generation": {
+            "temperature": 0.0,
+            "greedy": True,
+            "top_p": 1.0,
+            "max_tokens": 64,
+            "max_tokens_limit": rt.settings.generation_max_tokens,
+            "stop": "the tokenizer's EOS token and the model's generation_config eos_token_id (not in the text)",
+            "note": "Graft's /generate defaults; temperature 0 is greedy decoding (generate(do_sample=False))",
+        },
+        "training": {
+            "examples": v.n_examples,
+            "steps": (v.metrics or {}).get("steps"),
+            "adapter_loss": (v.metrics or {}).get("adapter_loss"),
+            "base_loss": (v.metrics or {}).get("base_loss"),
+            "config": config,
+        },
+        "versions": {
+            "graft": "0.1.0",
+            "peft": peft.__version__,
+            "transformers": transformers.__version__,
+            "torch": importlib.metadata.version("torch"),
+        },
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return peft_bundle(
+        weights,
+        base_name,
+        manifest,
+        title=f"{task.name} v{v.number} (Graft generation task)",
+        dropout=float(config.get("dropout", 0.0)),
+    )

