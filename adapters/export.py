@@ -25,6 +25,7 @@ from .heads import EMBEDDING as CONSUMES_EMBEDDING
 from .heads import RAW, ValueHead
 from .onnx_heads import PIXELS, TOKENS, raw_head_graph
 from .onnx_trace import OPSET, trace_onnx
+from .span_decode import FILE as SPAN_DECODE_FILE  # adapters/span_decode.py, shipped with token-level graphs
 
 EMBEDDING = "pooled_embedding"  # the head graph's input, wired to the backbone's output
 PROBABILITIES = "probabilities"
@@ -34,12 +35,13 @@ MANIFEST_FILE = "graft-export.json"
 RAW_INPUTS_FILE = "raw_inputs.py"  # adapters/raw_inputs.py, shipped with graphs that read raw inputs
 DETECTIONS = "detections"  # a detection graph's output (n, labels + 4, g, g): heatmap peaks, then box terms
 PIXEL_VALUES = "pixel_values"
+TAG_LOGIT_PARTS = "tag_logit_parts"  # an entities tagger's output (n, seq, 3, tags): see token_graph
 
 __all__ = [
     "DETECTIONS", "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES",
-    "RAW_INPUTS_FILE", "TOKENS", "VALUE", "ExportError", "ExportableHead", "bundle", "detection_graph",
-    "finetune_graph", "fuse", "head_graph", "needs_backbone", "output_of",
-    "raw_inputs", "raw_inputs_source",
+    "RAW_INPUTS_FILE", "SPAN_DECODE_FILE", "TAG_LOGIT_PARTS", "TOKENS", "VALUE", "ExportError", "ExportableHead",
+    "bundle", "detection_graph", "finetune_graph", "fuse", "head_graph", "needs_backbone", "output_of",
+    "raw_inputs", "raw_inputs_source", "span_decode_source", "token_graph",
 ]
 
 
@@ -88,6 +90,15 @@ def raw_inputs_source() -> bytes:
     from pathlib import Path
 
     from . import raw_inputs as module
+
+    return Path(module.__file__ or "").read_bytes()
+
+
+def span_decode_source() -> bytes:
+    """The consumer's windowing and span decoding for token-level graphs (this package's ``span_decode.py``)."""
+    from pathlib import Path
+
+    from . import span_decode as module
 
     return Path(module.__file__ or "").read_bytes()
 
@@ -198,3 +209,56 @@ def detection_graph(head: Any, network: torch.nn.Module | None, size: int) -> on
         trace_onnx(module, example, {PIXEL_VALUES: {0: "batch"}}, DETECTIONS, path)
         model = onnx.load(str(path))
     return _label(model, head)
+
+
+class TaggerForm(torch.nn.Module):
+    """An entities ``tagger`` on the encoder, as a graph: token ids → each token's three contributions to
+    the BIO logits, ``(batch, seq, 3, tags)``: as the token itself (with the bias), as the left neighbour
+    of the next token, as the right neighbour of the previous one. The tagger is linear in the standardised
+    ``[state, left state, right state]`` of a token (adapters/spans/heads.py ``TokenTagger``), and a
+    missing neighbour (a text's ends) reads zeros, so its logits are exactly the sum of the three parts
+    once the windows are merged: ``parts[t, 0] + parts[t - 1, 1] + parts[t + 1, 2]`` (span_decode.py)."""
+
+    def __init__(self, encoder: torch.nn.Module, head: Any, inputs: list[str]) -> None:
+        super().__init__()
+        model = head.model
+        dim = model.coef.shape[1] // 3
+        scaled = torch.from_numpy((model.coef / model.scale[None, :]).astype("float32"))  # (tags, 3·dim)
+        self.encoder, self.inputs = encoder, inputs
+        self.register_buffer("weight", scaled.reshape(-1, 3, dim).permute(1, 2, 0).contiguous())  # (3, dim, tags)
+        bias = torch.zeros(3, scaled.shape[0])
+        bias[0] = torch.from_numpy((model.bias - (model.mean / model.scale) @ model.coef.T).astype("float32"))
+        self.register_buffer("bias", bias)
+
+    def forward(self, *feeds: torch.Tensor) -> torch.Tensor:
+        states = self.encoder(**dict(zip(self.inputs, feeds, strict=True))).last_hidden_state
+        return torch.einsum("bsd,kdt->bskt", states, self.weight) + self.bias
+
+
+def token_graph(head: Any, spec: Any) -> onnx.ModelProto:
+    """A token-level head on the text encoder as one fp32 graph: the backbone's inputs (``input_ids``,
+    ``attention_mask``, ``token_type_ids`` where it takes them) of one window → per-token outputs
+    (:class:`TaggerForm` for an entities ``tagger``). ``spec``: the backbone's export spec (``module.model``:
+    its eager-attention transformer, ``example_inputs``, ``dynamic_axes``), which the service passes in."""
+    import tempfile
+    from pathlib import Path
+
+    kind = getattr(head, "kind", type(head).__name__)
+    if kind != "tagger":
+        raise ExportError(_TOKEN_HEADS_NOT_EXPORTED.get(kind, f"a token head of kind {kind!r} has no ONNX form yet"))
+    module = TaggerForm(spec.module.model, head, list(spec.example_inputs)).eval()
+    axes = {"input_ids": {0: "batch", 1: "sequence"}} | dict(spec.dynamic_axes)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_FILE
+        trace_onnx(module, spec.example_inputs, axes, TAG_LOGIT_PARTS, path, output_axes={0: "batch", 1: "sequence"})
+        model = onnx.load(str(path))
+    return _label(model, head)
+
+
+_TOKEN_HEADS_NOT_EXPORTED = {
+    "word-tagger": "the 'word-tagger' head (the no-transfer baseline) reads hashed word features of the raw text "
+    "(word shapes, affixes, neighbours: Python string work with no ONNX form): there is no ONNX export of it; "
+    "retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
+    "finetune": "a fine-tuned entities head (head 'finetune') changes the encoder's top layers and has no ONNX "
+    "export yet; retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
+}
