@@ -259,6 +259,6 @@ _TOKEN_HEADS_NOT_EXPORTED = {
     "word-tagger": "the 'word-tagger' head (the no-transfer baseline) reads hashed word features of the raw text "
     "(word shapes, affixes, neighbours: Python string work with no ONNX form): there is no ONNX export of it; "
     "retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
-    "finetune": "a fine-tuned entities head (head 'finetune') changes the encoder's top layers and has no ONNX "
+    "finetune-tagger": "a fine-tuned entities head (head 'finetune') changes the encoder's top layers and has no ONNX "
     "export yet; retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
 }

@@ -39,8 +39,9 @@ class Layout:
     first: list[int]
 
 
-def encode(tokenizer: Any, text: str, window: int, stride: int, inputs: list[str]) -> tuple[dict[str, np.ndarray],
-                                                                                             Layout]:
+def encode(
+    tokenizer: Any, text: str, window: int, stride: int, inputs: list[str]
+) -> tuple[dict[str, np.ndarray], Layout]:
     """The graph's feeds (``inputs``: the names the manifest lists, ``model.inputs``) for the windows of
     ``text`` and their :class:`Layout`. ``tokenizer``: a ``tokenizers.Tokenizer`` from ``tokenizer.json``."""
     tokenizer.no_padding()
@@ -146,8 +147,15 @@ def entities(parts: np.ndarray, offsets: np.ndarray, text: str, labels: list[str
         k, a, b = span
         start, end = int(offsets[a, 0]), int(offsets[b, 1])
         inside = (offsets[:, 0] < end) & (offsets[:, 1] > start) & (tags != OUTSIDE)
-        found.append({"start": start, "end": end, "label": labels[k], "text": text[start:end],
-                      "score": float(np.exp(chosen[inside].mean()))})
+        found.append(
+            {
+                "start": start,
+                "end": end,
+                "label": labels[k],
+                "text": text[start:end],
+                "score": float(np.exp(chosen[inside].mean())),
+            }
+        )
 
     for i, tag in enumerate(int(t) for t in tags):  # conlleval: a B, or an I of another label, starts one
         if tag == OUTSIDE:

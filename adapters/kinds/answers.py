@@ -167,6 +167,15 @@ class Answers(TokenKind):
     def _key(text: str | None) -> str:
         return NO_ANSWER if text is None else normalize_answer(text)
 
+    def export_problem(self) -> str | None:
+        return (
+            "an answers task has no ONNX export yet: the 'pointer' head scores a context token from features "
+            "that span the stride windows (its closeness to the question's tokens averaged over every window, "
+            "the mean state of up to 16 tokens either side) and from word-level exact matches with the "
+            "question, and the 'word-pointer' baseline reads word features of the raw text, neither of which "
+            "is a per-window tensor graph; predict through POST /v1/tasks/{name}/predict"
+        )
+
     def outcome(self, prediction: Any, label: Any, value: Any) -> str:
         if prediction is not None:
             return self._key(prediction.answer)

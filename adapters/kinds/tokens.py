@@ -121,10 +121,8 @@ class TokenKind(TaskKind):
 
     def export_problem(self) -> str | None:
         return (
-            f"a {self.name} task's head decodes spans outside a tensor graph (per-token states over stride "
-            "windows merged by the max-context rule, then a BIO Viterbi pass or a start/end span search, or "
-            "word features of the raw text for the baseline): there is no ONNX export of it yet; predict "
-            "through POST /v1/tasks/{name}/predict"
+            f"a {self.name} task's head decodes spans outside a tensor graph: there is no ONNX export of it yet; "
+            "predict through POST /v1/tasks/{name}/predict"
         )
 
     @abstractmethod

@@ -23,6 +23,8 @@ from adapters.export import (
     DETECTIONS,
     MODEL_FILE,
     RAW_INPUTS_FILE,
+    SPAN_DECODE_FILE,
+    TAG_LOGIT_PARTS,
     ExportError,
     bundle,
     detection_graph,
@@ -32,6 +34,8 @@ from adapters.export import (
     output_of,
     raw_inputs,
     raw_inputs_source,
+    span_decode_source,
+    token_graph,
 )
 
 from ..engine.head_store import head_of
@@ -155,8 +159,9 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     if task.modality in NOT_EXPORTED:
         raise NotExportable(NOT_EXPORTED[task.modality])
     head = head_of(rt.store, v)
-    finetuned = heads.TRUNK in head.consumes
+    finetuned = heads.TRUNK in getattr(head, "consumes", frozenset())
     files: dict[str, bytes] = {}
+    windows: dict[str, int] | None = None
     backbone, variant = None, None
     task_kind = kinds.kind_of(task.kind)
     try:
@@ -172,6 +177,17 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
                 raise NotExportable(f"backbone {name!r} has no feature maps to export")
             files = source.preprocessing_files() if source is not None else {}
             fused = detection_graph(head, network() if reads_maps and network else None, kinds.DETECTION_SIZE)
+        elif task_kind.reads_token_states:  # entities: the encoder + the tagger's per-token parts, one fp32 graph
+            name = v.backbone
+            if name not in rt.backbones.loaded:
+                raise NotExportable(f"backbone {name!r} is not configured")
+            backbone, variant = rt.backbones.get(name), "onnx"
+            source = rt.backbones.exportable(name)
+            if source is None or not hasattr(source, "token_windows"):
+                raise NotExportable(f"backbone {name!r} has no ONNX export of its token states")
+            files = source.preprocessing_files() | {SPAN_DECODE_FILE: span_decode_source()}
+            windows = source.token_windows()
+            fused = token_graph(head, source.export_spec())
         elif finetuned or needs_backbone(head):
             name = v.backbone if finetuned else task.backbone
             if name not in rt.backbones.loaded:
@@ -237,5 +253,12 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     if task_kind.reads_feature_maps:  # detection: heatmap peaks and box terms, decoded as the manifest says
         manifest["model"] |= {"output": DETECTIONS, "output_order": "labels' heatmap peaks, then 4 box terms"}
         manifest["preprocessing"]["note"] = "letterbox onto the detection canvas: see detection.letterbox"
+    if windows is not None:  # token-level: windows over the text, per-token outputs, decoded as the manifest says
+        manifest["model"] |= {"output": TAG_LOGIT_PARTS, "output_order": "(window, token, [self, left, right], tags)"}
+        manifest["preprocessing"] |= {
+            "windows": windows,
+            "note": "tokenize the text into windows of `window` tokens sharing `stride` (with offsets), run "
+            "each window, merge and decode with span_decode.py (see `decode`)",
+        }
     manifest.update(task_kind.manifest(head))  # e.g. a multilabel task's thresholds
     return bundle(fused, files, manifest)

@@ -50,10 +50,15 @@ def test_tagger_graph_and_shipped_decoder_give_the_served_entities(minilm, decod
     assert [o.name for o in model.graph.output] == [TAG_LOGIT_PARTS]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     tokenizer = Tokenizer.from_str(minilm.preprocessing_files()["tokenizer.json"].decode())
-    manifest = json.loads(json.dumps({  # what the service writes (service/application/exports.py)
-        "model": {"inputs": [i.name for i in model.graph.input], "output": TAG_LOGIT_PARTS},
-        "preprocessing": {"windows": minilm.token_windows()},
-    } | ENTITIES.manifest(head)))
+    manifest = json.loads(
+        json.dumps(
+            {  # what the service writes (service/application/exports.py)
+                "model": {"inputs": [i.name for i in model.graph.input], "output": TAG_LOGIT_PARTS},
+                "preprocessing": {"windows": minilm.token_windows()},
+            }
+            | ENTITIES.manifest(head)
+        )
+    )
     test = [r["input"] for r in entity_rows(8, 1, seed=2)]
     long_text = " \n".join(r["input"] for r in entity_rows(40, 1, seed=3))  # several windows, stride between
     tests = [*test, long_text, "Łukasz Nowak-Kowalski 🎉 met 李小龍 at Médecins Sans Frontières in Kraków.", ""]

@@ -23,6 +23,65 @@ from tests.integration.test_api import assert_error
 pytestmark = pytest.mark.integration
 
 
+SPAN_CONSUMER = r"""
+import io, json, sys, zipfile
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+zf = zipfile.ZipFile(sys.argv[1])
+zf.extractall("bundle")
+sys.path.insert(0, "bundle")
+manifest = json.loads(zf.read("graft-export.json"))
+decode = __import__(manifest["decode"]["file"].removesuffix(".py"))
+session = ort.InferenceSession(zf.read("model.onnx"), providers=["CPUExecutionProvider"])
+tokenizer = Tokenizer.from_str(zf.read(manifest["preprocessing"]["tokenizer"]).decode())
+texts = json.loads(open(sys.argv[2]).read())
+answers = [getattr(decode, manifest["decode"]["function"])(session, tokenizer, t, manifest) for t in texts]
+graft = sorted(m for m in sys.modules if m.split(".")[0] in ("graft", "adapters", "service"))
+print(json.dumps({"answers": answers, "manifest": manifest, "graft_modules": graft}))
+"""
+
+
+def export_matches_the_service(client, texts: list[str]) -> None:
+    """The task's export zip, run by bare onnxruntime + tokenizers + its shipped decoder in a clean
+    interpreter, answers ``texts`` as the service does (same spans and labels, scores within 1e-4)."""
+    import io
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    resp = client.get("/v1/tasks/ner/export", params={"format": "onnx"})
+    assert resp.status_code == 200, resp.text
+    with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
+        assert {"model.onnx", "graft-export.json", "tokenizer.json", "span_decode.py"} <= set(zf.namelist())
+    served = client.post("/v1/tasks/ner/predict", json={"inputs": texts}).json()["predictions"]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "model.zip").write_bytes(resp.content)
+        (Path(tmp) / "texts.json").write_text(json.dumps(texts))
+        (Path(tmp) / "consumer.py").write_text(SPAN_CONSUMER)
+        done = subprocess.run(
+            [sys.executable, "-I", "consumer.py", "model.zip", "texts.json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    bare = json.loads(done.stdout)
+    assert bare["graft_modules"] == [] and bare["manifest"]["kind"] == "entities"
+    assert set(bare["manifest"]["decode"]["labels"]) == {"PER", "ORG", "LOC"}
+    assert sum(len(p["entities"]) for p in served) > 3
+    for want, got in zip(served, bare["answers"], strict=True):
+        assert [(e["start"], e["end"], e["label"], e["text"]) for e in got["entities"]] == [
+            (e["start"], e["end"], e["label"], e["text"]) for e in want["entities"]
+        ]
+        for a, b in zip(got["entities"], want["entities"], strict=True):
+            assert abs(a["score"] - b["score"]) <= 1e-4, (a, b)
+
+
 def key_of(client) -> str:
     return client.headers["Authorization"].split()[1]
 
@@ -88,7 +147,10 @@ def test_entities_task_trains_predicts_offsets_into_the_callers_text_and_refuses
     assert_error(client.post("/v1/tasks/ner/examples", json={"examples": [wrong]}), 422, "missing ['label']")
     question = {"question": "Who?", "context": "Maria"}
     assert_error(client.post("/v1/tasks/ner/predict", json={"inputs": [question]}), 422, "one string per input")
-    assert_error(client.get("/v1/tasks/ner/export"), 422, "no ONNX export")
+    long_text = " \n".join(row["input"] for row in test * 2)  # longer than the 256-token window: strided windows
+    export_matches_the_service(
+        client, [*texts[:6], long_text, "Łukasz Nowak 🎉 met 李小龍 at Médecins Sans Frontières."]
+    )
     # a retrain is compared with the active version on the examples it never saw (exact span sets)
     more = entity_rows(12, half=0, seed=7)
     resp = client.post("/v1/tasks/ner/examples", json={"examples": more})
