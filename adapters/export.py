@@ -225,14 +225,16 @@ class TaggerForm(torch.nn.Module):
         dim = model.coef.shape[1] // 3
         scaled = torch.from_numpy((model.coef / model.scale[None, :]).astype("float32"))  # (tags, 3·dim)
         self.encoder, self.inputs = encoder, inputs
-        self.register_buffer("weight", scaled.reshape(-1, 3, dim).permute(1, 2, 0).contiguous())  # (3, dim, tags)
+        weight = scaled.reshape(-1, 3, dim).permute(1, 2, 0).contiguous()  # (3, dim, tags)
+        self.weight = torch.nn.Parameter(weight, False)
         bias = torch.zeros(3, scaled.shape[0])
         bias[0] = torch.from_numpy((model.bias - (model.mean / model.scale) @ model.coef.T).astype("float32"))
-        self.register_buffer("bias", bias)
+        self.bias = torch.nn.Parameter(bias, False)
 
     def forward(self, *feeds: torch.Tensor) -> torch.Tensor:
         states = self.encoder(**dict(zip(self.inputs, feeds, strict=True))).last_hidden_state
-        return torch.einsum("bsd,kdt->bskt", states, self.weight) + self.bias
+        parts: torch.Tensor = torch.einsum("bsd,kdt->bskt", states, self.weight)
+        return parts + self.bias
 
 
 def token_graph(head: Any, spec: Any) -> onnx.ModelProto:
