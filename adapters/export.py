@@ -41,7 +41,7 @@ __all__ = [
     "DETECTIONS", "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES",
     "RAW_INPUTS_FILE", "SPAN_DECODE_FILE", "TAG_LOGIT_PARTS", "TOKENS", "VALUE", "ExportError", "ExportableHead",
     "bundle", "detection_graph", "finetune_graph", "fuse", "head_graph", "needs_backbone", "output_of",
-    "raw_inputs", "raw_inputs_source", "span_decode_source", "token_graph",
+    "raw_inputs", "raw_inputs_source", "span_decode_source", "token_graph", "token_head_problem",
 ]
 
 
@@ -245,9 +245,9 @@ def token_graph(head: Any, spec: Any) -> onnx.ModelProto:
     import tempfile
     from pathlib import Path
 
-    kind = getattr(head, "kind", type(head).__name__)
-    if kind != "tagger":
-        raise ExportError(_TOKEN_HEADS_NOT_EXPORTED.get(kind, f"a token head of kind {kind!r} has no ONNX form yet"))
+    problem = token_head_problem(head)
+    if problem:
+        raise ExportError(problem)
     module = TaggerForm(spec.module.model, head, list(spec.example_inputs)).eval()
     axes = {"input_ids": {0: "batch", 1: "sequence"}} | dict(spec.dynamic_axes)
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,6 +255,15 @@ def token_graph(head: Any, spec: Any) -> onnx.ModelProto:
         trace_onnx(module, spec.example_inputs, axes, TAG_LOGIT_PARTS, path, output_axes={0: "batch", 1: "sequence"})
         model = onnx.load(str(path))
     return _label(model, head)
+
+
+def token_head_problem(head: Any) -> str | None:
+    """Why a token-level head has no ONNX form (None for an entities ``tagger``), checked before the
+    backbone is loaded for tracing."""
+    kind = getattr(head, "kind", type(head).__name__)
+    if kind == "tagger":
+        return None
+    return _TOKEN_HEADS_NOT_EXPORTED.get(kind, f"a token head of kind {kind!r} has no ONNX form yet")
 
 
 _TOKEN_HEADS_NOT_EXPORTED = {

@@ -36,6 +36,7 @@ from adapters.export import (
     raw_inputs_source,
     span_decode_source,
     token_graph,
+    token_head_problem,
 )
 
 from ..engine.head_store import head_of
@@ -178,6 +179,9 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
             files = source.preprocessing_files() if source is not None else {}
             fused = detection_graph(head, network() if reads_maps and network else None, kinds.DETECTION_SIZE)
         elif task_kind.reads_token_states:  # entities: the encoder + the tagger's per-token parts, one fp32 graph
+            problem = token_head_problem(head)
+            if problem:
+                raise NotExportable(problem)
             name = v.backbone
             if name not in rt.backbones.loaded:
                 raise NotExportable(f"backbone {name!r} is not configured")

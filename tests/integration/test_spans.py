@@ -224,6 +224,8 @@ def test_answers_task_answers_from_the_context_or_null(server) -> None:
     # GRAFT_MAX_TEXT_CHARS (default 100,000): question + context count together, each alone is under it
     huge = {"question": "Where? " * 9_000, "context": "word " * 9_000}
     assert_error(client.post("/v1/tasks/qa/predict", json={"inputs": [huge]}), 413, "108000 characters", "100000")
+    # no ONNX form of the pointer's cross-window features yet: a 422 that says why
+    assert_error(client.get("/v1/tasks/qa/export"), 422, "no ONNX export yet", "'pointer'", "stride windows")
 
 
 def test_entities_finetune_trains_competes_and_serves_offsets(server_factory) -> None:
