@@ -248,20 +248,86 @@ def token_graph(head: Any, spec: Any) -> onnx.ModelProto:
     problem = token_head_problem(head)
     if problem:
         raise ExportError(problem)
-    module = TaggerForm(spec.module.model, head, list(spec.example_inputs)).eval()
     axes = {"input_ids": {0: "batch", 1: "sequence"}} | dict(spec.dynamic_axes)
+    names = list(spec.example_inputs)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / MODEL_FILE
-        trace_onnx(module, spec.example_inputs, axes, TAG_LOGIT_PARTS, path, output_axes={0: "batch", 1: "sequence"})
+        if head.kind == "tagger":
+            module = TaggerForm(spec.module.model, head, names).eval()
+            per_token = {0: "batch", 1: "sequence"}
+            trace_onnx(module, spec.example_inputs, axes, TAG_LOGIT_PARTS, path, output_axes=per_token)
+        else:
+            from .spans.heads import MATCH_RADII
+
+            module = PointerForm(spec.module.model, head, names).eval()
+            width = spec.example_inputs["input_ids"].shape[1]
+            n = 3 * (width - 2)
+            example = dict(spec.example_inputs) | {
+                "token_window": torch.arange(n) % 2, "token_position": 1 + torch.arange(n) % (width - 2),
+                "query_positions": torch.tensor([1, 2]), "exact_match": torch.zeros(n, len(MATCH_RADII)),
+            }
+            pointer_axes = axes | {"token_window": {0: "tokens"}, "token_position": {0: "tokens"},
+                                   "query_positions": {0: "query"}, "exact_match": {0: "tokens"}}
+            trace_onnx(module, example, pointer_axes, SPAN_LOG_PROBS, path, output_axes={0: "tokens"})
         model = onnx.load(str(path))
     return _label(model, head)
+
+
+SPAN_LOG_PROBS = "span_log_probs"  # an answers pointer's output (context tokens, 2): start, end log-probabilities
+POINTER_INPUTS = ("token_window", "token_position", "query_positions", "exact_match")  # besides the encoder's
+
+
+class PointerForm(torch.nn.Module):
+    """An answers ``pointer`` on the encoder, as a graph over the windows of ONE question + context: the
+    encoder's inputs (windows, seq) plus where each context token takes its state (``token_window``,
+    ``token_position``: its max-context window and its position there), the question's positions in every
+    window (``query_positions``) and the word-level exact-match feature (``exact_match``, (tokens, 5):
+    Python string work, computed by span_decode.py) → ``span_log_probs`` (tokens, 2): the log-softmax over the
+    context's tokens of "starts here" and "ends here" (adapters/spans/heads.py ``SpanPointer``)."""
+
+    def __init__(self, encoder: torch.nn.Module, head: Any, inputs: list[str]) -> None:
+        super().__init__()
+        from .spans.heads import MATCH_RADII, POOL_RADII
+
+        self.encoder, self.inputs = encoder, inputs
+        self.match_radii, self.pool_radii = MATCH_RADII, POOL_RADII
+        for name, array in head.arrays.items():
+            setattr(self, name, torch.nn.Parameter(torch.from_numpy(array.astype("float32")), False))
+
+    def forward(self, *feeds: torch.Tensor) -> torch.Tensor:
+        encoder_feeds = dict(zip(self.inputs, feeds[: len(self.inputs)], strict=True))
+        window, position, query_positions, lexical = feeds[len(self.inputs) :]
+        hidden = self.encoder(**encoder_feeds).last_hidden_state
+        s = hidden[window, position]  # (n, dim)
+        q = hidden[:, query_positions].mean(dim=0)  # (query tokens, dim): the same question in every window
+        n = s.shape[0]
+        p = (s - self.center) @ self.basis.T
+        unit = s / (s.norm(dim=1, keepdim=True) + 1e-6)
+        q_unit = q / (q.norm(dim=1, keepdim=True) + 1e-6)
+        match = (unit @ q_unit.T).max(dim=1).values
+        near = []
+        for r in self.match_radii:
+            padded = torch.nn.functional.pad(match[None, None], (r, r), value=-1.0)
+            near.append(torch.nn.functional.max_pool1d(padded, 2 * r + 1, stride=1)[0, 0])
+        q_mean = q.mean(dim=0)
+        q_mean = q_mean / (q_mean.norm() + 1e-6)
+        cumulative = torch.cat([torch.zeros_like(s[:1]), torch.cumsum(s, dim=0)])
+        index = torch.arange(n)
+        for r in self.pool_radii:
+            pooled = cumulative[torch.clamp(index + r + 1, max=n)] - cumulative[torch.clamp(index - r, min=0)]
+            near.append(pooled @ q_mean / (pooled.norm(dim=1) + 1e-6))
+        pq = (q.mean(dim=0) - self.center) @ self.basis.T
+        features = torch.cat([p, p * pq[None, :], torch.stack(near, dim=1), lexical], dim=1)
+        logits = ((features - self.mean) / self.scale) @ self.weight.T + self.bias
+        out: torch.Tensor = torch.log_softmax(logits, dim=0)
+        return out
 
 
 def token_head_problem(head: Any) -> str | None:
     """Why a token-level head has no ONNX form (None for an entities ``tagger``), checked before the
     backbone is loaded for tracing."""
     kind = getattr(head, "kind", type(head).__name__)
-    if kind == "tagger":
+    if kind in ("tagger", "pointer"):
         return None
     return _TOKEN_HEADS_NOT_EXPORTED.get(kind, f"a token head of kind {kind!r} has no ONNX form yet")
 

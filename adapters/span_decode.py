@@ -19,6 +19,7 @@ the ``tokenizers`` package, no Graft code. It does what Graft does around the en
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,46 @@ def encode(
     return feeds, Layout(offsets, positions, first)
 
 
+def encode_pair(
+    tokenizer: Any, question: str, context: str, window: int, stride: int, inputs: list[str]
+) -> tuple[dict[str, np.ndarray], Layout, np.ndarray]:
+    """As :func:`encode` for an answers input: windows of question + context (the question cut to half the
+    window, the context truncated with the stride), the context's tokens' :class:`Layout` and the question's
+    positions in every window."""
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    cut = tokenizer.encode(question, add_special_tokens=False).offsets
+    if len(cut) > window // 2:
+        question = question[: cut[window // 2 - 1][1]]
+    full = tokenizer.encode(context, add_special_tokens=False)
+    offsets = np.asarray(full.offsets, dtype=np.int64).reshape(-1, 2)
+    tokenizer.enable_truncation(window, stride=stride, strategy="only_second")
+    first_encoding = tokenizer.encode(question, context)
+    rows = [first_encoding, *first_encoding.overflowing]
+    positions, first = [], []
+    start = 0
+    for enc in rows:
+        mine = np.array([p for p, s in enumerate(enc.sequence_ids) if s == 1], dtype=np.int64)
+        if len(mine):
+            wanted = tuple(enc.offsets[mine[0]])
+            start = next((i for i in range(start, len(offsets)) if tuple(offsets[i]) == wanted), start)
+        positions.append(mine)
+        first.append(start)
+    query = np.array([p for p, s in enumerate(rows[0].sequence_ids) if s == 0], dtype=np.int64)
+    tokenizer.no_truncation()
+    return _feeds(rows, inputs), Layout(offsets, positions, first), query
+
+
+def _feeds(rows: list[Any], inputs: list[str]) -> dict[str, np.ndarray]:
+    width = max(len(e.ids) for e in rows)
+    feeds = {name: np.zeros((len(rows), width), dtype=np.int64) for name in inputs}
+    for r, enc in enumerate(rows):
+        values = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
+        for name in inputs:
+            feeds[name][r, : len(enc.ids)] = values[name]
+    return feeds
+
+
 def owners(layout: Layout) -> np.ndarray:
     """For each of the text's tokens, the window whose output it takes (max context, first on ties)."""
     n = len(layout.offsets)
@@ -96,6 +137,81 @@ def merge(output: np.ndarray, layout: Layout) -> np.ndarray:
         keep = np.flatnonzero(owner[start : start + len(mine)] == w)
         merged[start + keep] = output[w, mine[keep]]
     return merged
+
+
+def gather(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Each context token's (window, position) by the max-context rule: the pointer graph's ``token_window``
+    and ``token_position``."""
+    owner = owners(layout)
+    position = np.zeros(len(owner), dtype=np.int64)
+    for w, (mine, start) in enumerate(zip(layout.positions, layout.first, strict=True)):
+        keep = np.flatnonzero(owner[start : start + len(mine)] == w)
+        position[start + keep] = mine[keep]
+    return owner, position
+
+
+WORD = re.compile(r"\w+|[^\w\s]")
+WH_WORDS = ("who", "whom", "whose", "what", "which", "where", "when", "why", "how")
+STOP = frozenset(
+    "a an the of in on at to for from by with and or is was were are be been did does do has have had "
+    "what which who whom whose where when why how that this".split()
+)
+MATCH_RADII = (0, 1, 2, 4, 8)
+
+
+def exact_match(question: str, context: str, offsets: np.ndarray) -> np.ndarray:
+    """DrQA's exact-match feature per context token (the pointer graph's ``exact_match``, (tokens, 5)): does
+    the word it lies in occur among the question's content words (lower case, stop words aside)? Maxed over
+    0, 1, 2, 4 and 8 tokens either side."""
+    content = {w for w in (m.group().lower() for m in WORD.finditer(question)) if w not in STOP and w.isalnum()}
+    hit = np.zeros(len(offsets), np.float32)
+    for m in WORD.finditer(context):
+        if m.group().lower() in content:
+            start, end = m.span()
+            hit[(offsets[:, 0] < end) & (offsets[:, 1] > start)] = 1.0
+    if not len(offsets):
+        return np.zeros((0, len(MATCH_RADII)), np.float32)
+    near = [np.lib.stride_tricks.sliding_window_view(np.pad(hit, r), 2 * r + 1).max(axis=1) for r in MATCH_RADII]
+    return np.stack(near, axis=1).astype(np.float32)
+
+
+def best_answer(
+    log_probs: np.ndarray, offsets: np.ndarray, context: str, max_tokens: int, threshold: float
+) -> dict[str, Any]:
+    """Graft's answer from the pointer's (tokens, 2) start/end log-probabilities: the best span of at most
+    ``max_tokens`` tokens, ``answer`` null when its probability is under ``threshold``."""
+    if not len(offsets):
+        return {"answer": None, "start": None, "end": None, "score": 0.0}
+    n = len(log_probs)
+    total = log_probs[:, 0, None] + log_probs[None, :, 1]
+    i, j = np.indices((n, n))
+    total = np.where((j >= i) & (j < i + max_tokens), total, -np.inf)
+    s, e = np.unravel_index(int(np.argmax(total)), total.shape)
+    score = float(np.exp(total[s, e]))
+    if score < threshold:
+        return {"answer": None, "start": None, "end": None, "score": score}
+    start, end = int(offsets[s, 0]), int(offsets[e, 1])
+    return {"answer": context[start:end], "start": start, "end": end, "score": score}
+
+
+def predict_answer(session: Any, tokenizer: Any, value: dict[str, str], manifest: dict[str, Any]) -> dict[str, Any]:
+    """An answers task's answer for ``{"question", "context"}`` with an ONNX Runtime ``session``."""
+    windows, model, decode = manifest["preprocessing"]["windows"], manifest["model"], manifest["decode"]
+    encoder = [name for name in model["inputs"] if name in ("input_ids", "attention_mask", "token_type_ids")]
+    feeds, layout, query = encode_pair(
+        tokenizer, value["question"], value["context"], windows["window"], windows["stride"], encoder
+    )
+    if not len(layout.offsets):
+        return best_answer(np.zeros((0, 2)), layout.offsets, value["context"], 1, 0.0)
+    window, position = gather(layout)
+    feeds |= {
+        "token_window": window,
+        "token_position": position,
+        "query_positions": query,
+        "exact_match": exact_match(value["question"], value["context"], layout.offsets),
+    }
+    (log_probs,) = session.run([model["output"]], feeds)
+    return best_answer(log_probs, layout.offsets, value["context"], decode["max_answer_tokens"], decode["threshold"])
 
 
 def tag_logits(parts: np.ndarray) -> np.ndarray:

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ..span_decode import FILE as SPAN_DECODE_FILE
 from ..spans import Encoded, fit_answers
+from ..spans.heads import MAX_ANSWER_TOKENS
 from ..spans.metrics import normalize_answer
 from ..training import FitResult
 from .base import register_kind, shape, unstorable
@@ -168,13 +170,20 @@ class Answers(TokenKind):
         return NO_ANSWER if text is None else normalize_answer(text)
 
     def export_problem(self) -> str | None:
-        return (
-            "an answers task has no ONNX export yet: the 'pointer' head scores a context token from features "
-            "that span the stride windows (its closeness to the question's tokens averaged over every window, "
-            "the mean state of up to 16 tokens either side) and from word-level exact matches with the "
-            "question, and the 'word-pointer' baseline reads word features of the raw text, neither of which "
-            "is a per-window tensor graph; predict through POST /v1/tasks/{name}/predict"
-        )
+        return None  # the 'pointer' head on the encoder, one graph (adapters/export.py token_graph); others refused
+
+    def manifest(self, head: Any) -> dict[str, Any]:
+        """How a consumer turns the graph's start/end log-probabilities into Graft's answer (docs/spans.md#export)."""
+        return {
+            "decode": {
+                "file": SPAN_DECODE_FILE,
+                "function": "predict_answer",
+                "threshold": float(head.threshold),
+                "max_answer_tokens": MAX_ANSWER_TOKENS,
+                "rule": "the (start, end) token pair, start <= end < start + max_answer_tokens, of highest start + "
+                "end log-probability; its probability is the score; under `threshold` the answer is null",
+            }
+        }
 
     def outcome(self, prediction: Any, label: Any, value: Any) -> str:
         if prediction is not None:

@@ -14,11 +14,11 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from adapters.export import TAG_LOGIT_PARTS, ExportError, span_decode_source, token_graph
+from adapters.export import SPAN_LOG_PROBS, TAG_LOGIT_PARTS, ExportError, span_decode_source, token_graph
 from adapters.kinds import KINDS
 from adapters.spans import Span
-from adapters.spans.heads import TokenTagger, WordTagger
-from benchmarks.spansets import entity_rows
+from adapters.spans.heads import SpanPointer, TokenTagger, WordTagger
+from benchmarks.spansets import answer_rows, entity_rows
 
 LABELS = ["PER", "ORG", "LOC"]
 ENTITIES = KINDS["entities"]
@@ -78,3 +78,42 @@ def test_heads_without_an_onnx_form_are_refused_naming_the_head(minilm) -> None:
     baseline = WordTagger(LABELS).fit([r["input"] for r in rows], [spans_of(r) for r in rows])
     with pytest.raises(ExportError, match="'word-tagger'.*retrain with head 'tagger'"):
         token_graph(baseline, minilm.export_spec())
+
+
+def test_pointer_graph_and_shipped_decoder_give_the_served_answers(minilm, decoder) -> None:  # type: ignore[no-untyped-def]
+    answers_kind = KINDS["answers"]
+    rows = answer_rows(50, 0, seed=1, unanswerable=0.3)
+    questions = [r["input"]["question"] for r in rows]
+    contexts = [r["input"]["context"] for r in rows]
+    spans = [None if r["label"] is None else (r["label"]["start"], r["label"]["end"]) for r in rows]
+    head = SpanPointer(epochs=60, threshold=0.05).fit(
+        questions, contexts, spans, minilm.token_states(contexts, questions)
+    )
+    model = token_graph(head, minilm.export_spec())
+    onnx.checker.check_model(model)
+    assert [o.name for o in model.graph.output] == [SPAN_LOG_PROBS]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    tokenizer = Tokenizer.from_str(minilm.preprocessing_files()["tokenizer.json"].decode())
+    manifest = json.loads(
+        json.dumps(
+            {
+                "model": {"inputs": [i.name for i in model.graph.input], "output": SPAN_LOG_PROBS},
+                "preprocessing": {"windows": minilm.token_windows(pair=True)},
+            }
+            | answers_kind.manifest(head)
+        )
+    )
+    test = [r["input"] for r in answer_rows(10, 1, seed=2, unanswerable=0.3)]
+    long_context = " ".join(r["input"]["context"] for r in answer_rows(40, 1, seed=3))
+    test += [
+        {"question": test[0]["question"], "context": long_context},
+        {"question": "Wo wohnt Zoë Müller?", "context": "Zoë Müller wohnt in Kraków 🎉, nicht in 東京."},
+    ]
+    assert len(minilm.tokenizer(long_context, add_special_tokens=False)["input_ids"]) > 2 * minilm.max_length
+    encoded = minilm.token_states([t["context"] for t in test], [t["question"] for t in test])
+    served = [p.as_json() for p in answers_kind.predict_tokens(head, test, encoded)]
+    assert any(s["answer"] is not None for s in served)
+    for value, want in zip(test, served, strict=True):
+        got = decoder.predict_answer(session, tokenizer, value, manifest)
+        assert (got["answer"], got["start"], got["end"]) == (want["answer"], want["start"], want["end"])
+        assert abs(got["score"] - want["score"]) <= 1e-4, (got, want)
