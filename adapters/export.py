@@ -39,8 +39,9 @@ TAG_LOGIT_PARTS = "tag_logit_parts"  # an entities tagger's output (n, seq, 3, t
 
 __all__ = [
     "DETECTIONS", "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES",
-    "RAW_INPUTS_FILE", "SPAN_DECODE_FILE", "TAG_LOGIT_PARTS", "TOKENS", "VALUE", "ExportError", "ExportableHead",
-    "bundle", "detection_graph", "finetune_graph", "fuse", "head_graph", "needs_backbone", "output_of",
+    "RAW_INPUTS_FILE", "SPAN_DECODE_FILE", "SPAN_LOG_PROBS", "TAG_LOGIT_PARTS", "TOKENS", "VALUE", "ExportError",
+    "ExportableHead", "PointerForm", "TaggerForm", "bundle", "detection_graph", "finetune_graph", "fuse",
+    "head_graph", "needs_backbone", "output_of",
     "raw_inputs", "raw_inputs_source", "span_decode_source", "token_graph", "token_head_problem",
 ]
 
@@ -253,7 +254,7 @@ def token_graph(head: Any, spec: Any) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / MODEL_FILE
         if head.kind == "tagger":
-            module = TaggerForm(spec.module.model, head, names).eval()
+            module: torch.nn.Module = TaggerForm(spec.module.model, head, names).eval()
             per_token = {0: "batch", 1: "sequence"}
             trace_onnx(module, spec.example_inputs, axes, TAG_LOGIT_PARTS, path, output_axes=per_token)
         else:
@@ -291,17 +292,19 @@ class PointerForm(torch.nn.Module):
 
         self.encoder, self.inputs = encoder, inputs
         self.match_radii, self.pool_radii = MATCH_RADII, POOL_RADII
-        for name, array in head.arrays.items():
-            setattr(self, name, torch.nn.Parameter(torch.from_numpy(array.astype("float32")), False))
+        self.arrays = torch.nn.ParameterDict(
+            {name: torch.nn.Parameter(torch.from_numpy(a.astype("float32")), False) for name, a in head.arrays.items()}
+        )
 
     def forward(self, *feeds: torch.Tensor) -> torch.Tensor:
         encoder_feeds = dict(zip(self.inputs, feeds[: len(self.inputs)], strict=True))
         window, position, query_positions, lexical = feeds[len(self.inputs) :]
         hidden = self.encoder(**encoder_feeds).last_hidden_state
+        a = self.arrays
         s = hidden[window, position]  # (n, dim)
         q = hidden[:, query_positions].mean(dim=0)  # (query tokens, dim): the same question in every window
         n = s.shape[0]
-        p = (s - self.center) @ self.basis.T
+        p = (s - a["center"]) @ a["basis"].T
         unit = s / (s.norm(dim=1, keepdim=True) + 1e-6)
         q_unit = q / (q.norm(dim=1, keepdim=True) + 1e-6)
         match = (unit @ q_unit.T).max(dim=1).values
@@ -316,9 +319,9 @@ class PointerForm(torch.nn.Module):
         for r in self.pool_radii:
             pooled = cumulative[torch.clamp(index + r + 1, max=n)] - cumulative[torch.clamp(index - r, min=0)]
             near.append(pooled @ q_mean / (pooled.norm(dim=1) + 1e-6))
-        pq = (q.mean(dim=0) - self.center) @ self.basis.T
+        pq = (q.mean(dim=0) - a["center"]) @ a["basis"].T
         features = torch.cat([p, p * pq[None, :], torch.stack(near, dim=1), lexical], dim=1)
-        logits = ((features - self.mean) / self.scale) @ self.weight.T + self.bias
+        logits = ((features - a["mean"]) / a["scale"]) @ a["weight"].T + a["bias"]
         out: torch.Tensor = torch.log_softmax(logits, dim=0)
         return out
 
@@ -336,6 +339,10 @@ _TOKEN_HEADS_NOT_EXPORTED = {
     "word-tagger": "the 'word-tagger' head (the no-transfer baseline) reads hashed word features of the raw text "
     "(word shapes, affixes, neighbours: Python string work with no ONNX form): there is no ONNX export of it; "
     "retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
+    "word-pointer": "the 'word-pointer' head (the no-transfer baseline) reads word features of the raw question "
+    "and context (shapes, overlap with the question, distance to its words: Python string work with no ONNX "
+    "form): there is no ONNX export of it; retrain with head 'pointer' to export, or predict through "
+    "POST /v1/tasks/{name}/predict",
     "finetune-tagger": "a fine-tuned entities head (head 'finetune') changes the encoder's top layers and has no ONNX "
     "export yet; retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
 }

@@ -58,6 +58,7 @@ class Answers(TokenKind):
     pinnable_heads = ("pointer", "word-pointer")
     declares_labels = False
     takes_objects = True
+    pairs = True
 
     def input_problem(self, value: Any) -> str | None:
         return input_problem(value)
@@ -178,6 +179,9 @@ class Answers(TokenKind):
             "decode": {
                 "file": SPAN_DECODE_FILE,
                 "function": "predict_answer",
+                "inputs": "besides the encoder's: token_window, token_position (each context token's max-context "
+                "window and position there), query_positions (the question's positions in a window), exact_match "
+                "(span_decode.exact_match); one question + context per call",
                 "threshold": float(head.threshold),
                 "max_answer_tokens": MAX_ANSWER_TOKENS,
                 "rule": "the (start, end) token pair, start <= end < start + max_answer_tokens, of highest start + "

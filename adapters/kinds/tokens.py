@@ -56,6 +56,7 @@ class TokenKind(TaskKind):
     # the transfer head and the word-feature baseline; "auto": whichever cross-validates better
     pinnable_heads = AUTO_ONLY
     reads_token_states: ClassVar[bool] = True
+    pairs: ClassVar[bool] = False  # each input is a question + a text, windowed as a pair (answers)
     scores_ood: ClassVar[bool] = False  # per-token states, no pooled embedding to measure (adapters/ood.py)
 
     # -- inputs -------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from adapters.export import (
     MODEL_FILE,
     RAW_INPUTS_FILE,
     SPAN_DECODE_FILE,
-    TAG_LOGIT_PARTS,
     ExportError,
     bundle,
     detection_graph,
@@ -178,7 +177,7 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
                 raise NotExportable(f"backbone {name!r} has no feature maps to export")
             files = source.preprocessing_files() if source is not None else {}
             fused = detection_graph(head, network() if reads_maps and network else None, kinds.DETECTION_SIZE)
-        elif task_kind.reads_token_states:  # entities: the encoder + the tagger's per-token parts, one fp32 graph
+        elif task_kind.reads_token_states:  # entities, answers: the encoder + the head's per-token outputs, fp32
             problem = token_head_problem(head)
             if problem:
                 raise NotExportable(problem)
@@ -190,7 +189,7 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
             if source is None or not hasattr(source, "token_windows"):
                 raise NotExportable(f"backbone {name!r} has no ONNX export of its token states")
             files = source.preprocessing_files() | {SPAN_DECODE_FILE: span_decode_source()}
-            windows = source.token_windows()
+            windows = source.token_windows(pair=cast(kinds.TokenKind, task_kind).pairs)
             fused = token_graph(head, source.export_spec())
         elif finetuned or needs_backbone(head):
             name = v.backbone if finetuned else task.backbone
@@ -258,11 +257,12 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
         manifest["model"] |= {"output": DETECTIONS, "output_order": "labels' heatmap peaks, then 4 box terms"}
         manifest["preprocessing"]["note"] = "letterbox onto the detection canvas: see detection.letterbox"
     if windows is not None:  # token-level: windows over the text, per-token outputs, decoded as the manifest says
-        manifest["model"] |= {"output": TAG_LOGIT_PARTS, "output_order": "(window, token, [self, left, right], tags)"}
+        manifest["model"] |= {"output": fused.graph.output[0].name, "output_order": "see `decode` and docs/spans.md"}
         manifest["preprocessing"] |= {
             "windows": windows,
-            "note": "tokenize the text into windows of `window` tokens sharing `stride` (with offsets), run "
-            "each window, merge and decode with span_decode.py (see `decode`)",
+            "note": "tokenize the text (an answers input: question + context as a pair) into windows of `window` "
+            "tokens sharing `stride` of the text's (with offsets), run the graph, merge by max context and "
+            "decode with span_decode.py: `decode.function`",
         }
     manifest.update(task_kind.manifest(head))  # e.g. a multilabel task's thresholds
     return bundle(fused, files, manifest)

@@ -14,10 +14,17 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from adapters.export import SPAN_LOG_PROBS, TAG_LOGIT_PARTS, ExportError, span_decode_source, token_graph
+from adapters.export import (
+    SPAN_LOG_PROBS,
+    TAG_LOGIT_PARTS,
+    ExportError,
+    span_decode_source,
+    token_graph,
+    token_head_problem,
+)
 from adapters.kinds import KINDS
 from adapters.spans import Span
-from adapters.spans.heads import SpanPointer, TokenTagger, WordTagger
+from adapters.spans.heads import SpanPointer, TokenTagger, WordPointer, WordTagger
 from benchmarks.spansets import answer_rows, entity_rows
 
 LABELS = ["PER", "ORG", "LOC"]
@@ -78,6 +85,15 @@ def test_heads_without_an_onnx_form_are_refused_naming_the_head(minilm) -> None:
     baseline = WordTagger(LABELS).fit([r["input"] for r in rows], [spans_of(r) for r in rows])
     with pytest.raises(ExportError, match="'word-tagger'.*retrain with head 'tagger'"):
         token_graph(baseline, minilm.export_spec())
+    qa = answer_rows(20, 0, seed=1)
+    pointer = WordPointer().fit(
+        [r["input"]["question"] for r in qa],
+        [r["input"]["context"] for r in qa],
+        [None if r["label"] is None else (r["label"]["start"], r["label"]["end"]) for r in qa],
+    )
+    assert "'word-pointer'" in (token_head_problem(pointer) or "") and "retrain with head 'pointer'" in (
+        token_head_problem(pointer) or ""
+    )
 
 
 def test_pointer_graph_and_shipped_decoder_give_the_served_answers(minilm, decoder) -> None:  # type: ignore[no-untyped-def]
