@@ -36,6 +36,7 @@ RAW_INPUTS_FILE = "raw_inputs.py"  # adapters/raw_inputs.py, shipped with graphs
 DETECTIONS = "detections"  # a detection graph's output (n, labels + 4, g, g): heatmap peaks, then box terms
 PIXEL_VALUES = "pixel_values"
 TAG_LOGIT_PARTS = "tag_logit_parts"  # an entities tagger's output (n, seq, 3, tags): see token_graph
+SPAN_LOG_PROBS = "span_log_probs"  # an answers pointer's output (context tokens, 2): start, end log-probabilities
 
 __all__ = [
     "DETECTIONS", "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES",
@@ -263,19 +264,21 @@ def token_graph(head: Any, spec: Any) -> onnx.ModelProto:
             module = PointerForm(spec.module.model, head, names).eval()
             width = spec.example_inputs["input_ids"].shape[1]
             n = 3 * (width - 2)
-            example = dict(spec.example_inputs) | {
-                "token_window": torch.arange(n) % 2, "token_position": 1 + torch.arange(n) % (width - 2),
-                "query_positions": torch.tensor([1, 2]), "exact_match": torch.zeros(n, len(MATCH_RADII)),
+            example = dict(spec.example_inputs) | {  # the pointer's own inputs, after the encoder's
+                "token_window": torch.arange(n) % 2,
+                "token_position": 1 + torch.arange(n) % (width - 2),
+                "query_positions": torch.tensor([1, 2]),
+                "exact_match": torch.zeros(n, len(MATCH_RADII)),
             }
-            pointer_axes = axes | {"token_window": {0: "tokens"}, "token_position": {0: "tokens"},
-                                   "query_positions": {0: "query"}, "exact_match": {0: "tokens"}}
+            pointer_axes = axes | {
+                "token_window": {0: "tokens"},
+                "token_position": {0: "tokens"},
+                "query_positions": {0: "query"},
+                "exact_match": {0: "tokens"},
+            }
             trace_onnx(module, example, pointer_axes, SPAN_LOG_PROBS, path, output_axes={0: "tokens"})
         model = onnx.load(str(path))
     return _label(model, head)
-
-
-SPAN_LOG_PROBS = "span_log_probs"  # an answers pointer's output (context tokens, 2): start, end log-probabilities
-POINTER_INPUTS = ("token_window", "token_position", "query_positions", "exact_match")  # besides the encoder's
 
 
 class PointerForm(torch.nn.Module):
