@@ -1,4 +1,4 @@
-"""How a consumer of an exported token-level graph (an ``entities`` task) gets Graft's answers.
+"""How a consumer of an exported token-level graph (an ``entities`` or ``answers`` task) gets Graft's answers.
 
 This file is shipped as is in the export zip of such a task (``span_decode.py``): it needs only numpy and
 the ``tokenizers`` package, no Graft code. It does what Graft does around the encoder (docs/spans.md):
@@ -15,6 +15,12 @@ the ``tokenizers`` package, no Graft code. It does what Graft does around the en
 
 :func:`predict_entities` does all four with an ONNX Runtime session and the manifest
 (``graft-export.json``): ``predict_entities(session, tokenizer, text, manifest)``.
+
+An answers task's graph reads the windows of one question + context (:func:`encode_pair`) and does the
+max-context merge itself (:func:`gather` says where each context token takes its state), with the
+word-level :func:`exact_match` feature as an input; :func:`best_answer` searches its start/end
+log-probabilities for the answer. All in one call: ``predict_answer(session, tokenizer, {"question": ...,
+"context": ...}, manifest)`` → ``{"answer", "start", "end", "score"}``.
 """
 
 from __future__ import annotations
@@ -62,16 +68,8 @@ def encode(
         rows.append(enc)
         positions.append(mine)
         first.append(start)
-    width = max(len(e.ids) for e in rows)
-    pad = {"input_ids": 0, "attention_mask": 0, "token_type_ids": 0}
-    feeds = {name: np.full((len(rows), width), pad.get(name, 0), dtype=np.int64) for name in inputs}
-    for r, enc in enumerate(rows):
-        n = len(enc.ids)
-        values = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
-        for name in inputs:
-            feeds[name][r, :n] = values[name]
     tokenizer.no_truncation()
-    return feeds, Layout(offsets, positions, first)
+    return _feeds(rows, inputs), Layout(offsets, positions, first)
 
 
 def encode_pair(
