@@ -25,6 +25,7 @@ from .heads import EMBEDDING as CONSUMES_EMBEDDING
 from .heads import RAW, ValueHead
 from .onnx_heads import PIXELS, TOKENS, raw_head_graph
 from .onnx_trace import OPSET, trace_onnx
+from .span_decode import FILE as SPAN_DECODE_FILE  # adapters/span_decode.py, shipped with token-level graphs
 
 EMBEDDING = "pooled_embedding"  # the head graph's input, wired to the backbone's output
 PROBABILITIES = "probabilities"
@@ -34,12 +35,15 @@ MANIFEST_FILE = "graft-export.json"
 RAW_INPUTS_FILE = "raw_inputs.py"  # adapters/raw_inputs.py, shipped with graphs that read raw inputs
 DETECTIONS = "detections"  # a detection graph's output (n, labels + 4, g, g): heatmap peaks, then box terms
 PIXEL_VALUES = "pixel_values"
+TAG_LOGIT_PARTS = "tag_logit_parts"  # an entities tagger's output (n, seq, 3, tags): see token_graph
+SPAN_LOG_PROBS = "span_log_probs"  # an answers pointer's output (context tokens, 2): start, end log-probabilities
 
 __all__ = [
     "DETECTIONS", "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES",
-    "RAW_INPUTS_FILE", "TOKENS", "VALUE", "ExportError", "ExportableHead", "bundle", "detection_graph",
-    "finetune_graph", "fuse", "head_graph", "needs_backbone", "output_of",
-    "raw_inputs", "raw_inputs_source",
+    "RAW_INPUTS_FILE", "SPAN_DECODE_FILE", "SPAN_LOG_PROBS", "TAG_LOGIT_PARTS", "TOKENS", "VALUE", "ExportError",
+    "ExportableHead", "PointerForm", "TaggerForm", "bundle", "detection_graph", "finetune_graph", "fuse",
+    "head_graph", "needs_backbone", "output_of",
+    "raw_inputs", "raw_inputs_source", "span_decode_source", "token_graph", "token_head_problem",
 ]
 
 
@@ -88,6 +92,15 @@ def raw_inputs_source() -> bytes:
     from pathlib import Path
 
     from . import raw_inputs as module
+
+    return Path(module.__file__ or "").read_bytes()
+
+
+def span_decode_source() -> bytes:
+    """The consumer's windowing and span decoding for token-level graphs (this package's ``span_decode.py``)."""
+    from pathlib import Path
+
+    from . import span_decode as module
 
     return Path(module.__file__ or "").read_bytes()
 
@@ -198,3 +211,141 @@ def detection_graph(head: Any, network: torch.nn.Module | None, size: int) -> on
         trace_onnx(module, example, {PIXEL_VALUES: {0: "batch"}}, DETECTIONS, path)
         model = onnx.load(str(path))
     return _label(model, head)
+
+
+class TaggerForm(torch.nn.Module):
+    """An entities ``tagger`` on the encoder, as a graph: token ids → each token's three contributions to
+    the BIO logits, ``(batch, seq, 3, tags)``: as the token itself (with the bias), as the left neighbour
+    of the next token, as the right neighbour of the previous one. The tagger is linear in the standardised
+    ``[state, left state, right state]`` of a token (adapters/spans/heads.py ``TokenTagger``), and a
+    missing neighbour (a text's ends) reads zeros, so its logits are exactly the sum of the three parts
+    once the windows are merged: ``parts[t, 0] + parts[t - 1, 1] + parts[t + 1, 2]`` (span_decode.py)."""
+
+    def __init__(self, encoder: torch.nn.Module, head: Any, inputs: list[str]) -> None:
+        super().__init__()
+        model = head.model
+        dim = model.coef.shape[1] // 3
+        scaled = torch.from_numpy((model.coef / model.scale[None, :]).astype("float32"))  # (tags, 3·dim)
+        self.encoder, self.inputs = encoder, inputs
+        weight = scaled.reshape(-1, 3, dim).permute(1, 2, 0).contiguous()  # (3, dim, tags)
+        self.weight = torch.nn.Parameter(weight, False)
+        bias = torch.zeros(3, scaled.shape[0])
+        bias[0] = torch.from_numpy((model.bias - (model.mean / model.scale) @ model.coef.T).astype("float32"))
+        self.bias = torch.nn.Parameter(bias, False)
+
+    def forward(self, *feeds: torch.Tensor) -> torch.Tensor:
+        states = self.encoder(**dict(zip(self.inputs, feeds, strict=True))).last_hidden_state
+        parts: torch.Tensor = torch.einsum("bsd,kdt->bskt", states, self.weight)
+        return parts + self.bias
+
+
+def token_graph(head: Any, spec: Any) -> onnx.ModelProto:
+    """A token-level head on the text encoder as one fp32 graph: the backbone's inputs (``input_ids``,
+    ``attention_mask``, ``token_type_ids`` where it takes them) of one window → per-token outputs
+    (:class:`TaggerForm` for an entities ``tagger``). ``spec``: the backbone's export spec (``module.model``:
+    its eager-attention transformer, ``example_inputs``, ``dynamic_axes``), which the service passes in."""
+    import tempfile
+    from pathlib import Path
+
+    problem = token_head_problem(head)
+    if problem:
+        raise ExportError(problem)
+    axes = {"input_ids": {0: "batch", 1: "sequence"}} | dict(spec.dynamic_axes)
+    names = list(spec.example_inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_FILE
+        if head.kind == "tagger":
+            module: torch.nn.Module = TaggerForm(spec.module.model, head, names).eval()
+            per_token = {0: "batch", 1: "sequence"}
+            trace_onnx(module, spec.example_inputs, axes, TAG_LOGIT_PARTS, path, output_axes=per_token)
+        else:
+            from .spans.heads import MATCH_RADII
+
+            module = PointerForm(spec.module.model, head, names).eval()
+            width = spec.example_inputs["input_ids"].shape[1]
+            n = 3 * (width - 2)
+            example = dict(spec.example_inputs) | {  # the pointer's own inputs, after the encoder's
+                "token_window": torch.arange(n) % 2,
+                "token_position": 1 + torch.arange(n) % (width - 2),
+                "query_positions": torch.tensor([1, 2]),
+                "exact_match": torch.zeros(n, len(MATCH_RADII)),
+            }
+            pointer_axes = axes | {
+                "token_window": {0: "tokens"},
+                "token_position": {0: "tokens"},
+                "query_positions": {0: "query"},
+                "exact_match": {0: "tokens"},
+            }
+            trace_onnx(module, example, pointer_axes, SPAN_LOG_PROBS, path, output_axes={0: "tokens"})
+        model = onnx.load(str(path))
+    return _label(model, head)
+
+
+class PointerForm(torch.nn.Module):
+    """An answers ``pointer`` on the encoder, as a graph over the windows of ONE question + context: the
+    encoder's inputs (windows, seq) plus where each context token takes its state (``token_window``,
+    ``token_position``: its max-context window and its position there), the question's positions in every
+    window (``query_positions``) and the word-level exact-match feature (``exact_match``, (tokens, 5):
+    Python string work, computed by span_decode.py) → ``span_log_probs`` (tokens, 2): the log-softmax over the
+    context's tokens of "starts here" and "ends here" (adapters/spans/heads.py ``SpanPointer``)."""
+
+    def __init__(self, encoder: torch.nn.Module, head: Any, inputs: list[str]) -> None:
+        super().__init__()
+        from .spans.heads import MATCH_RADII, POOL_RADII
+
+        self.encoder, self.inputs = encoder, inputs
+        self.match_radii, self.pool_radii = MATCH_RADII, POOL_RADII
+        self.arrays = torch.nn.ParameterDict(
+            {name: torch.nn.Parameter(torch.from_numpy(a.astype("float32")), False) for name, a in head.arrays.items()}
+        )
+
+    def forward(self, *feeds: torch.Tensor) -> torch.Tensor:
+        encoder_feeds = dict(zip(self.inputs, feeds[: len(self.inputs)], strict=True))
+        window, position, query_positions, lexical = feeds[len(self.inputs) :]
+        hidden = self.encoder(**encoder_feeds).last_hidden_state
+        a = self.arrays
+        s = hidden[window, position]  # (n, dim)
+        q = hidden[:, query_positions].mean(dim=0)  # (query tokens, dim): the same question in every window
+        n = s.shape[0]
+        p = (s - a["center"]) @ a["basis"].T
+        unit = s / (s.norm(dim=1, keepdim=True) + 1e-6)
+        q_unit = q / (q.norm(dim=1, keepdim=True) + 1e-6)
+        match = (unit @ q_unit.T).max(dim=1).values
+        near = []
+        for r in self.match_radii:
+            padded = torch.nn.functional.pad(match[None, None], (r, r), value=-1.0)
+            near.append(torch.nn.functional.max_pool1d(padded, 2 * r + 1, stride=1)[0, 0])
+        q_mean = q.mean(dim=0)
+        q_mean = q_mean / (q_mean.norm() + 1e-6)
+        cumulative = torch.cat([torch.zeros_like(s[:1]), torch.cumsum(s, dim=0)])
+        index = torch.arange(n)
+        for r in self.pool_radii:
+            pooled = cumulative[torch.clamp(index + r + 1, max=n)] - cumulative[torch.clamp(index - r, min=0)]
+            near.append(pooled @ q_mean / (pooled.norm(dim=1) + 1e-6))
+        pq = (q.mean(dim=0) - a["center"]) @ a["basis"].T
+        features = torch.cat([p, p * pq[None, :], torch.stack(near, dim=1), lexical], dim=1)
+        logits = ((features - a["mean"]) / a["scale"]) @ a["weight"].T + a["bias"]
+        out: torch.Tensor = torch.log_softmax(logits, dim=0)
+        return out
+
+
+def token_head_problem(head: Any) -> str | None:
+    """Why a token-level head has no ONNX form (None for an entities ``tagger``), checked before the
+    backbone is loaded for tracing."""
+    kind = getattr(head, "kind", type(head).__name__)
+    if kind in ("tagger", "pointer"):
+        return None
+    return _TOKEN_HEADS_NOT_EXPORTED.get(kind, f"a token head of kind {kind!r} has no ONNX form yet")
+
+
+_TOKEN_HEADS_NOT_EXPORTED = {
+    "word-tagger": "the 'word-tagger' head (the no-transfer baseline) reads hashed word features of the raw text "
+    "(word shapes, affixes, neighbours: Python string work with no ONNX form): there is no ONNX export of it; "
+    "retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
+    "word-pointer": "the 'word-pointer' head (the no-transfer baseline) reads word features of the raw question "
+    "and context (shapes, overlap with the question, distance to its words: Python string work with no ONNX "
+    "form): there is no ONNX export of it; retrain with head 'pointer' to export, or predict through "
+    "POST /v1/tasks/{name}/predict",
+    "finetune-tagger": "a fine-tuned entities head (head 'finetune') changes the encoder's top layers and has no ONNX "
+    "export yet; retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
+}

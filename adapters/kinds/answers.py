@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ..span_decode import FILE as SPAN_DECODE_FILE
 from ..spans import Encoded, fit_answers
+from ..spans.heads import MAX_ANSWER_TOKENS
 from ..spans.metrics import normalize_answer
 from ..training import FitResult
 from .base import register_kind, shape, unstorable
@@ -57,6 +59,7 @@ class Answers(TokenKind):
     declares_labels = False
     takes_objects = True
     structured_uploads = True  # JSON Lines rows with a structured label (dataset uploads)
+    pairs = True
 
     def input_problem(self, value: Any) -> str | None:
         return input_problem(value)
@@ -167,6 +170,25 @@ class Answers(TokenKind):
     @staticmethod
     def _key(text: str | None) -> str:
         return NO_ANSWER if text is None else normalize_answer(text)
+
+    def export_problem(self) -> str | None:
+        return None  # the 'pointer' head on the encoder, one graph (adapters/export.py token_graph); others refused
+
+    def manifest(self, head: Any) -> dict[str, Any]:
+        """How a consumer turns the graph's start/end log-probabilities into Graft's answer (docs/spans.md#export)."""
+        return {
+            "decode": {
+                "file": SPAN_DECODE_FILE,
+                "function": "predict_answer",
+                "inputs": "besides the encoder's: token_window, token_position (each context token's max-context "
+                "window and position there), query_positions (the question's positions in a window), exact_match "
+                "(span_decode.exact_match); one question + context per call",
+                "threshold": float(head.threshold),
+                "max_answer_tokens": MAX_ANSWER_TOKENS,
+                "rule": "the (start, end) token pair, start <= end < start + max_answer_tokens, of highest start + "
+                "end log-probability; its probability is the score; under `threshold` the answer is null",
+            }
+        }
 
     def outcome(self, prediction: Any, label: Any, value: Any) -> str:
         if prediction is not None:

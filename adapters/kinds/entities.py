@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ..span_decode import FILE as SPAN_DECODE_FILE
 from ..spans import Encoded, Span, SpanError, check_spans, fit_entities
+from ..spans.codec import tag_names
 from ..spans.finetune import fit_finetune_tagger
 from ..training import FitResult
 from .base import STRUCTURED_LABEL_CHARS, register_kind, shape, string_problem
@@ -221,6 +223,25 @@ class Entities(TokenKind):
             EntitiesPrediction([Entity(s.start, s.end, s.label, s.text(text), score) for s, score in row])
             for text, row in zip(texts, found, strict=True)
         ]
+
+    def export_problem(self) -> str | None:
+        return None  # the 'tagger' head on the encoder, one graph (adapters/export.py token_graph); others refused
+
+    def manifest(self, head: Any) -> dict[str, Any]:
+        """How a consumer turns the graph's per-token logit parts into Graft's answer (docs/spans.md#export):
+        the shipped ``span_decode.py`` merges the windows, sums the parts and runs the BIO Viterbi pass."""
+        return {
+            "decode": {
+                "file": SPAN_DECODE_FILE,
+                "function": "predict_entities",
+                "labels": list(head.labels),
+                "tags": tag_names(head.labels),
+                "scheme": "BIO (conlleval: an I after O or another label starts an entity); Viterbi over valid "
+                "BIO sequences; an entity's score is the geometric mean of its tokens' chosen-tag probabilities",
+                "logits": "logits[t] = parts[t, 0] + parts[t - 1, 1] + parts[t + 1, 2] over the text's tokens "
+                "after the windows are merged (max context); absent neighbours add nothing",
+            }
+        }
 
     @staticmethod
     def _key(spans: Sequence[Span]) -> str:

@@ -56,6 +56,7 @@ class TokenKind(TaskKind):
     # the transfer head and the word-feature baseline; "auto": whichever cross-validates better
     pinnable_heads = AUTO_ONLY
     reads_token_states: ClassVar[bool] = True
+    pairs: ClassVar[bool] = False  # each input is a question + a text, windowed as a pair (answers)
     scores_ood: ClassVar[bool] = False  # per-token states, no pooled embedding to measure (adapters/ood.py)
 
     # -- inputs -------------------------------------------------------------------------------
@@ -121,10 +122,8 @@ class TokenKind(TaskKind):
 
     def export_problem(self) -> str | None:
         return (
-            f"a {self.name} task's head decodes spans outside a tensor graph (per-token states over stride "
-            "windows merged by the max-context rule, then a BIO Viterbi pass or a start/end span search, or "
-            "word features of the raw text for the baseline): there is no ONNX export of it yet; predict "
-            "through POST /v1/tasks/{name}/predict"
+            f"a {self.name} task's head decodes spans outside a tensor graph: there is no ONNX export of it yet; "
+            "predict through POST /v1/tasks/{name}/predict"
         )
 
     @abstractmethod

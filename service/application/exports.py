@@ -31,6 +31,7 @@ from adapters.export import (
     DETECTIONS,
     MODEL_FILE,
     RAW_INPUTS_FILE,
+    SPAN_DECODE_FILE,
     ExportError,
     bundle,
     detection_graph,
@@ -40,6 +41,9 @@ from adapters.export import (
     output_of,
     raw_inputs,
     raw_inputs_source,
+    span_decode_source,
+    token_graph,
+    token_head_problem,
 )
 from adapters.generation import GenerationDataError, LoraWeights
 from adapters.generation.peft_export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, peft_bundle, target_modules
@@ -184,8 +188,9 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     if task.modality in NOT_EXPORTED:
         raise NotExportable(NOT_EXPORTED[task.modality])
     head = head_of(rt.store, v)
-    finetuned = heads.TRUNK in head.consumes
+    finetuned = heads.TRUNK in getattr(head, "consumes", frozenset())
     files: dict[str, bytes] = {}
+    windows: dict[str, int] | None = None
     backbone, variant = None, None
     task_kind = kinds.kind_of(task.kind)
     try:
@@ -201,6 +206,20 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
                 raise NotExportable(f"backbone {name!r} has no feature maps to export")
             files = source.preprocessing_files() if source is not None else {}
             fused = detection_graph(head, network() if reads_maps and network else None, kinds.DETECTION_SIZE)
+        elif task_kind.reads_token_states:  # entities, answers: the encoder + the head's per-token outputs, fp32
+            problem = token_head_problem(head)
+            if problem:
+                raise NotExportable(problem)
+            name = v.backbone
+            if name not in rt.backbones.loaded:
+                raise NotExportable(f"backbone {name!r} is not configured")
+            backbone, variant = rt.backbones.get(name), "onnx"
+            source = rt.backbones.exportable(name)
+            if source is None or not hasattr(source, "token_windows"):
+                raise NotExportable(f"backbone {name!r} has no ONNX export of its token states")
+            files = source.preprocessing_files() | {SPAN_DECODE_FILE: span_decode_source()}
+            windows = source.token_windows(pair=cast(kinds.TokenKind, task_kind).pairs)
+            fused = token_graph(head, source.export_spec())
         elif finetuned or needs_backbone(head):
             name = v.backbone if finetuned else task.backbone
             if name not in rt.backbones.loaded:
@@ -266,6 +285,14 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     if task_kind.reads_feature_maps:  # detection: heatmap peaks and box terms, decoded as the manifest says
         manifest["model"] |= {"output": DETECTIONS, "output_order": "labels' heatmap peaks, then 4 box terms"}
         manifest["preprocessing"]["note"] = "letterbox onto the detection canvas: see detection.letterbox"
+    if windows is not None:  # token-level: windows over the text, per-token outputs, decoded as the manifest says
+        manifest["model"] |= {"output": fused.graph.output[0].name, "output_order": "see `decode` and docs/spans.md"}
+        manifest["preprocessing"] |= {
+            "windows": windows,
+            "note": "tokenize the text (an answers input: question + context as a pair) into windows of `window` "
+            "tokens sharing `stride` of the text's (with offsets), run the graph, merge by max context and "
+            "decode with span_decode.py: `decode.function`",
+        }
     manifest.update(task_kind.manifest(head))  # e.g. a multilabel task's thresholds
     return bundle(fused, files, manifest)
 

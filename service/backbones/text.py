@@ -170,12 +170,11 @@ class TorchTextBackbone:
             cut = tok(list(questions), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
             half = self.max_length // 2
             questions = [q if len(o) <= half else q[: o[half - 1][1]] for q, o in zip(questions, cut, strict=True)]
-        room = self.max_length - tok.num_special_tokens_to_add(pair=pair)
         windowed = tok(
             *((questions, texts) if questions is not None else (texts,)),
             truncation="only_second" if pair else True,
             max_length=self.max_length,
-            stride=min(overlap, room // 4),
+            stride=self.token_windows(overlap, pair)["stride"],
             return_overflowing_tokens=True,
             return_offsets_mapping=True,
         )
@@ -217,6 +216,12 @@ class TorchTextBackbone:
             query_state = np.mean(queries, axis=0).astype(np.float32) if queries else None  # same question each window
             results.append(Encoded(states, offsets, query_state))
         return results
+
+    def token_windows(self, overlap: int = 64, pair: bool = False) -> dict[str, int]:
+        """How :meth:`token_states` cuts a text into windows: ``window`` tokens at most (special tokens
+        included), consecutive windows sharing ``stride`` of the text's tokens (an export's manifest)."""
+        room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=pair)
+        return {"window": self.max_length, "stride": min(overlap, room // 4)}
 
     @staticmethod
     def _overlap_of(windowed: Any, j: int, found: list[tuple[np.ndarray, np.ndarray, int]]) -> int:

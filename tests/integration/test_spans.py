@@ -23,6 +23,70 @@ from tests.integration.test_api import assert_error
 pytestmark = pytest.mark.integration
 
 
+SPAN_CONSUMER = r"""
+import io, json, sys, zipfile
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+zf = zipfile.ZipFile(sys.argv[1])
+zf.extractall("bundle")
+sys.path.insert(0, "bundle")
+manifest = json.loads(zf.read("graft-export.json"))
+decode = __import__(manifest["decode"]["file"].removesuffix(".py"))
+session = ort.InferenceSession(zf.read("model.onnx"), providers=["CPUExecutionProvider"])
+tokenizer = Tokenizer.from_str(zf.read(manifest["preprocessing"]["tokenizer"]).decode())
+inputs = json.loads(open(sys.argv[2]).read())
+answers = [getattr(decode, manifest["decode"]["function"])(session, tokenizer, t, manifest) for t in inputs]
+graft = sorted(m for m in sys.modules if m.split(".")[0] in ("graft", "adapters", "service"))
+print(json.dumps({"answers": answers, "manifest": manifest, "graft_modules": graft}))
+"""
+
+
+def export_matches_the_service(client, task: str, inputs: list) -> dict:
+    """The task's export zip, run by bare onnxruntime + tokenizers + its shipped decoder in a clean
+    interpreter, answers ``inputs`` as the service does (same spans and labels, scores within 1e-4); the
+    manifest and the served answers."""
+    import io
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    resp = client.get(f"/v1/tasks/{task}/export", params={"format": "onnx"})
+    assert resp.status_code == 200, resp.text
+    with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
+        assert {"model.onnx", "graft-export.json", "tokenizer.json", "span_decode.py"} <= set(zf.namelist())
+    served = client.post(f"/v1/tasks/{task}/predict", json={"inputs": inputs}).json()["predictions"]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "model.zip").write_bytes(resp.content)
+        (Path(tmp) / "inputs.json").write_text(json.dumps(inputs))
+        (Path(tmp) / "consumer.py").write_text(SPAN_CONSUMER)
+        done = subprocess.run(
+            [sys.executable, "-I", "consumer.py", "model.zip", "inputs.json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    bare = json.loads(done.stdout)
+    assert bare["graft_modules"] == []
+    for want, got in zip(served, bare["answers"], strict=True):
+        if "entities" in want:
+            assert [(e["start"], e["end"], e["label"], e["text"]) for e in got["entities"]] == [
+                (e["start"], e["end"], e["label"], e["text"]) for e in want["entities"]
+            ]
+            pairs = list(zip(got["entities"], want["entities"], strict=True))
+        else:
+            assert (got["answer"], got["start"], got["end"]) == (want["answer"], want["start"], want["end"])
+            pairs = [(got, want)]
+        for a, b in pairs:
+            assert abs(a["score"] - b["score"]) <= 1e-4, (a, b)
+    return {"manifest": bare["manifest"], "served": served}
+
+
 def key_of(client) -> str:
     return client.headers["Authorization"].split()[1]
 
@@ -88,7 +152,12 @@ def test_entities_task_trains_predicts_offsets_into_the_callers_text_and_refuses
     assert_error(client.post("/v1/tasks/ner/examples", json={"examples": [wrong]}), 422, "missing ['label']")
     question = {"question": "Who?", "context": "Maria"}
     assert_error(client.post("/v1/tasks/ner/predict", json={"inputs": [question]}), 422, "one string per input")
-    assert_error(client.get("/v1/tasks/ner/export"), 422, "no ONNX export")
+    long_text = " \n".join(row["input"] for row in test * 2)  # longer than the 256-token window: strided windows
+    odd = "Łukasz Nowak 🎉 met 李小龍 at Médecins Sans Frontières."
+    exported = export_matches_the_service(client, "ner", [*texts[:6], long_text, odd])
+    assert exported["manifest"]["kind"] == "entities"
+    assert set(exported["manifest"]["decode"]["labels"]) == {"PER", "ORG", "LOC"}
+    assert sum(len(p["entities"]) for p in exported["served"]) > 3
     # a retrain is compared with the active version on the examples it never saw (exact span sets)
     more = entity_rows(12, half=0, seed=7)
     resp = client.post("/v1/tasks/ner/examples", json={"examples": more})
@@ -162,6 +231,21 @@ def test_answers_task_answers_from_the_context_or_null(server) -> None:
     # GRAFT_MAX_TEXT_CHARS (default 100,000): question + context count together, each alone is under it
     huge = {"question": "Where? " * 9_000, "context": "word " * 9_000}
     assert_error(client.post("/v1/tasks/qa/predict", json={"inputs": [huge]}), 413, "108000 characters", "100000")
+    # exported (pinned to the transfer head: `auto` may serve the word baseline, which is refused), the task
+    # answers as the service does: a context longer than the window, non-ASCII text, null answers
+    resp = client.post(
+        "/v1/tasks", json={"name": "qa-pointer", "kind": "answers", "head": "pointer", "examples": train}
+    )
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"], timeout=240)["status"] == "succeeded"
+    long_context = " ".join(row["input"]["context"] for row in test[:20])
+    inputs = [row["input"] for row in test[:8]] + [
+        {"question": test[0]["input"]["question"], "context": long_context},
+        {"question": "Wo wohnt Zoë Müller?", "context": "Zoë Müller wohnt in Kraków 🎉, nicht in 東京."},
+    ]
+    exported = export_matches_the_service(client, "qa-pointer", inputs)
+    assert exported["manifest"]["kind"] == "answers" and exported["manifest"]["decode"]["function"] == "predict_answer"
+    assert any(p["answer"] is not None for p in exported["served"])
 
 
 def test_entities_finetune_trains_competes_and_serves_offsets(server_factory) -> None:
