@@ -1,14 +1,14 @@
-"""Batched int8 without batch dependence: static (calibrated, QDQ) int8 vs the served int8.
+"""Batched int8 without batch dependence: per-token (served), per-tensor and static int8.
 
-    .venv/bin/python benchmarks/int8_batched.py --texts 64 --reps 2
+    .venv/bin/python benchmarks/int8_batched.py --texts 64 --reps 3 [--static]
 
-The served ``onnx-int8`` is dynamically quantised: activation scales are computed per call, so a
-batched input's embedding would depend on its batch mates; Graft therefore runs it one input per
-call. A statically quantised graph (``quantize_static``, QDQ, int8 weights per output channel,
-activation scales fixed by calibration on BBC training articles) has constant scales: a row's result
-cannot depend on the other rows, so it may be batched. This measures, on MiniLM and this machine:
-items/s at batch 1/8/32 for fp32 ONNX, the served int8 (one input per call at every batch size),
-dynamic int8 batched (for reference: not row-independent) and static int8 batched; the largest
+``quantize_dynamic``'s graph computes one activation scale per tensor per call, so a batched
+input's embedding depends on its batch mates: Graft used to run it one input per call ("per-tensor
+int8, 1 per call", the old served form). The served ``onnx-int8`` now quantises activations per
+token (``adapters/onnx_int8.py``): a row's result cannot depend on the other rows, so it batches.
+``--static`` adds a statically quantised graph (``quantize_static``, QDQ, int8 weights per output
+channel, activation scales fixed by calibration on BBC training articles), measured and not adopted.
+This measures, on MiniLM and this machine: items/s at batch 1/8/32 for each; the largest
 |embedding in a batch of 32 − embedding alone| (row dependence); the cosine to fp32; and the
 label agreement with fp32 of a linear head trained on each variant's own embeddings.
 Prints a table and writes JSON to benchmarks/results/int8_batched.json.
@@ -65,6 +65,19 @@ def quantize_static_int8(source: Path, path: Path, origin, calibration: list[str
         root.setLevel(level)
 
 
+def quantize_per_tensor(source: Path, path: Path) -> None:
+    """``quantize_dynamic``'s own graph: one activation scale per tensor per call (Graft's int8 before)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(source, path, per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
 class Runner:
     def __init__(self, path: Path, origin, per_call: int | None, threads: int) -> None:
         options = ort.SessionOptions()
@@ -86,6 +99,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--calibration", type=int, default=64, help="BBC training articles to calibrate on")
     parser.add_argument("--method", default="MinMax", choices=["MinMax", "Percentile", "Entropy"])
+    parser.add_argument("--static", action="store_true", help="also build and measure static (QDQ) int8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-per-label", type=int, default=20)
     parser.add_argument("--test-per-label", type=int, default=40)
@@ -96,23 +110,26 @@ def main() -> None:
     registry = Registry({"minilm": BUILTIN["minilm"]}, "cpu", runtimes=RuntimeConfig("onnx", args.cache))
     fp32 = registry.load("minilm")
     origin = fp32.origin
-    dynamic = RuntimeConfig("onnx-int8", args.cache).wrap(origin, "onnx-int8")
+    served = RuntimeConfig("onnx-int8", args.cache).wrap(origin, "onnx-int8")
     bbc_train, bbc_test = load_jsonl("bbc_news.train.jsonl"), load_jsonl("bbc_news.test.jsonl")
-    static_path = args.cache / f"minilm-static-int8-{args.method}.onnx"
-    start = time.perf_counter()
-    calibration = [r["input"] for r in per_label(bbc_train, max(1, args.calibration // 5), seed=11)]
-    quantize_static_int8(Path(fp32.model_path), static_path, origin, calibration, args.method)
-    print(
-        f"static int8 ({args.method}, {len(calibration)} calibration articles) built in "
-        f"{time.perf_counter() - start:.0f} s"
-    )
-
+    per_tensor = args.cache / "minilm-int8-per-tensor.onnx"
+    quantize_per_tensor(Path(fp32.model_path), per_tensor)
     runners = {
         "onnx fp32": Runner(Path(fp32.model_path), origin, None, args.threads),
-        "onnx-int8 served (1 per call)": Runner(Path(dynamic.model_path), origin, 1, args.threads),
-        "dynamic int8 batched": Runner(Path(dynamic.model_path), origin, None, args.threads),
-        "static int8 batched": Runner(static_path, origin, None, args.threads),
+        "per-tensor int8, 1 per call (before)": Runner(per_tensor, origin, 1, args.threads),
+        "per-tensor int8 batched": Runner(per_tensor, origin, None, args.threads),
+        "per-token int8 batched (served)": Runner(Path(served.model_path), origin, None, args.threads),
     }
+    if args.static:
+        static_path = args.cache / f"minilm-static-int8-{args.method}.onnx"
+        start = time.perf_counter()
+        calibration = [r["input"] for r in per_label(bbc_train, max(1, args.calibration // 5), seed=11)]
+        quantize_static_int8(Path(fp32.model_path), static_path, origin, calibration, args.method)
+        print(
+            f"static int8 ({args.method}, {len(calibration)} calibration articles) built in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
+        runners["static int8 batched"] = Runner(static_path, origin, None, args.threads)
     articles = [r["input"] for r in bbc_test]
     tok = origin.tokenizer
     short = [
