@@ -16,7 +16,9 @@ scikit-image's sample photographs (natural photos; benchmarks/ood.py's foreign i
 
 Suggest vs random: from ``--start`` labelled scenes, ``--k`` more are picked from an unlabelled pool by the
 detector trained on the start (``suggest``: the most ambiguous peak x k-center on the pooled maps), or at random;
-the detector is refitted on start + k and scored (mAP@0.5, mAP) on held-out scenes. Same seeds for both.
+the detector is refitted on start + k and scored (mAP@0.5, mAP) on held-out scenes. Same seeds for all. Two
+alternatives to the served rule are scored beside it: k-center alone (no uncertainty) and ``1 -`` the image's top
+peak score as its uncertainty (with the same k-center).
 """
 
 from __future__ import annotations
@@ -123,10 +125,18 @@ def active(
         pairs = KIND.suggest_scores(head, [placed[i] for i in rest], maps[rest], backbone.coarse_channels)
         vectors, uncertainty = np.stack([v for v, _ in pairs]), np.array([u for _, u in pairs])
         picked, _ = suggest(vectors, k, uncertainty=uncertainty)
+        # the alternatives the served rule was chosen over: diversity alone, and 1 - the image's top score
+        spread, _ = suggest(vectors, k)
+        found = head.detect(maps[rest], EVAL_MIN_SCORE)
+        low, _ = suggest(
+            vectors, k, uncertainty=np.array([1.0 - (f.scores.max() if len(f.scores) else 0.0) for f in found])
+        )
         chosen = {
             "start": first,
             "suggest": np.concatenate([first, rest[picked]]),
             "random": np.concatenate([first, np.random.default_rng(seed).choice(rest, k, replace=False)]),
+            "kcenter_only": np.concatenate([first, rest[spread]]),
+            "low_top_score": np.concatenate([first, rest[low]]),
         }
         row: dict[str, Any] = {"seed": seed, "start": start, "k": k, "pool": pool}
         for name, idx in chosen.items():
@@ -167,7 +177,7 @@ def main() -> None:
     if args.part in ("active", "both"):
         out["active"] = rows = active(backbone, args.seeds, args.start, args.pool, args.k, args.test, args.steps)
         print(f"\nheld-out mAP@0.5 / mAP after adding k={args.k} scenes to {args.start} (pool {args.pool})")
-        for name in ("start", "random", "suggest"):
+        for name in ("start", "random", "kcenter_only", "low_top_score", "suggest"):
             m50, m = np.mean([r[name]["map_50"] for r in rows]), np.mean([r[name]["map"] for r in rows])
             print(f"{name:>8}: {m50:.3f} / {m:.3f}  per seed {[r[name]['map_50'] for r in rows]}")
     out["seconds"] = round(time.perf_counter() - started, 1)

@@ -78,5 +78,6 @@ def test_detection_ood_suggest_and_a_worse_retrain_kept_as_candidate(server_fact
     assert v2["status"] == "candidate" and promotion["promoted"] is False, promotion
     assert promotion["compared_on"] == 20 and promotion["only_active_right"] > promotion["only_new_right"]
     assert "AP@0.5 per image" in promotion["reason"] and "beyond noise" in promotion["reason"], promotion
+    print(f"\nOOD scores {[p['ood_score'] for p in answer]}; suggested {picked}; {promotion['reason']}")
     resp = client.post("/v1/tasks/digits/predict", json={"inputs": held[:1]})
     assert resp.json()["version"] == 1
