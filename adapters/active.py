@@ -6,7 +6,9 @@ duplicates (the same confusing kind of input k times), so the choice is made amo
 ``pool_factor * k`` candidates by greedy k-center selection in the backbone's embedding space: each step
 takes the candidate with the largest uncertainty-weighted distance to everything already chosen or already
 labelled (Sener & Savarese 2018, weighted by the margin as in BADGE-style hybrids). Without probabilities
-(a kind with no label distribution) it is plain k-center: coverage of the input space.
+(a kind with no label distribution) it is plain k-center: coverage of the input space. A kind whose uncertainty
+is not a label distribution's margin (detection: the most ambiguous heatmap peak of an image,
+adapters/kinds/detection.py) passes its own scores in [0, 1] as ``uncertainty`` instead.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ def suggest(
     proba: np.ndarray | None = None,
     labelled: np.ndarray | None = None,
     pool_factor: int = POOL_FACTOR,
+    uncertainty: np.ndarray | None = None,
 ) -> tuple[list[int], list[float]]:
     """Indices of the ``k`` inputs to label next, best first, and each one's uncertainty (1.0 without
-    ``proba``). ``embeddings`` (n, d) L2-normalised; ``labelled`` (m, d): embeddings of the examples the
-    task already has, so the choice covers what they do not. Deterministic for the same inputs."""
+    ``proba`` or ``uncertainty``). ``embeddings`` (n, d) L2-normalised; ``labelled`` (m, d): embeddings of the
+    examples the task already has, so the choice covers what they do not. ``uncertainty`` (n,) in [0, 1]: a
+    kind's own per-input uncertainty, instead of ``proba``'s margin. Deterministic for the same inputs."""
     x = np.asarray(embeddings, dtype=np.float32)
     n = len(x)
     if x.ndim != 2:
@@ -43,12 +47,18 @@ def suggest(
     k = min(int(k), n)
     if k <= 0:
         return [], []
-    uncertainty = np.ones(n) if proba is None else margin_uncertainty(proba)
-    if proba is not None and len(uncertainty) != n:
-        raise ValueError("proba and embeddings differ in rows")
+    if proba is not None and uncertainty is not None:
+        raise ValueError("give proba or uncertainty, not both")
+    scored = proba is not None or uncertainty is not None
+    if uncertainty is not None:
+        uncertainty = np.clip(np.asarray(uncertainty, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    else:
+        uncertainty = np.ones(n) if proba is None else margin_uncertainty(proba)
+    if scored and len(uncertainty) != n:
+        raise ValueError("uncertainties and embeddings differ in rows")
     # the candidates: the most uncertain pool_factor * k (ties by index, for determinism)
     order = np.lexsort((np.arange(n), -uncertainty))
-    candidates = order if proba is None else order[: min(n, max(pool_factor * k, k))]  # no scores: all compete
+    candidates = order[: min(n, max(pool_factor * k, k))] if scored else order  # no scores: all compete
     cx = x[candidates]
     # distance to the nearest chosen-or-labelled point (cosine distance on normalised vectors)
     nearest = np.full(len(candidates), 2.0)

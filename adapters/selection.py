@@ -8,7 +8,8 @@ by the new version's fold models too. Both models are scored on exactly those ex
 
 Noise: on each example either both are right, both wrong, or one is right (a multilabel prediction is
 right when it is exactly the example's label set; for regression, where nothing is exactly right, the
-model whose prediction is strictly closer to the target counts as the one right — a sign test). With ``b`` = only the
+model whose prediction is strictly closer to the target counts as the one right — a sign test; for detection,
+the model with the strictly higher per-image score, AP@0.5 of the image's boxes). With ``b`` = only the
 active right and ``c`` = only the new right, the new version is *worse beyond noise* when
 ``b - c > Z * sqrt(b + c)`` (McNemar's test, normal approximation, Z = 1.96): then it stays a
 candidate. Otherwise (better, equal, or a difference within noise) it is promoted.
@@ -82,6 +83,25 @@ def compare_errors_on_unseen(
     summary = (
         f"on the {n} examples added since version {active_number} (unseen by both), the new version was closer on {c} "
         f"(cross-validated, MAE {sum(new_err) / n:.4g}), version {active_number} on {b} (MAE {sum(active_err) / n:.4g})"
+    )
+    return _paired_decision(b, c, summary, counts)
+
+
+def compare_scores_on_unseen(
+    new: Sequence[float], active: Sequence[float], active_number: int, what: str = "score"
+) -> Decision:
+    """Per-example scores where higher is better (detection: each image's AP@0.5): the same decision, where on
+    each example the strictly higher score counts as right and ties count for neither (a sign test)."""
+    n = len(new)
+    if n == 0:
+        return Decision(True, f"no example unseen by version {active_number} to compare on; promoted")
+    b = sum(a > e for a, e in zip(active, new, strict=True))
+    c = sum(e > a for a, e in zip(active, new, strict=True))
+    counts = {"compared_on": n, "new_correct": c, "active_correct": b, "only_active_right": b, "only_new_right": c}
+    summary = (
+        f"on the {n} examples added since version {active_number} (unseen by both), the new version scored higher "
+        f"on {c} (cross-validated, mean {what} {sum(new) / n:.3f}), version {active_number} on {b} "
+        f"(mean {sum(active) / n:.3f}); {n - b - c} ties"
     )
     return _paired_decision(b, c, summary, counts)
 

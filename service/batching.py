@@ -651,6 +651,8 @@ class MapBatcher(Batcher):
         if source is None:
             raise ValueError(f"backbone {backbone.name!r} has no feature maps")
         self.source: Any = source
+        # the maps' last channels, the stride-16 activations: detection's pooled embedding (None: all channels)
+        self.coarse_channels: int | None = getattr(source, "coarse_channels", None)
         super().__init__(backbone, *args, **kwargs)
         self._labels = {"backbone": f"{backbone.name}{MAP_LANE}"}
         self._thread.name = f"batcher-{backbone.name}{MAP_LANE}"

@@ -82,9 +82,10 @@ class TrainingPipeline:
     def _fit_maps(
         self, backbone: str, task_kind: kinds.Detection, task: Task, texts: list[str], labels: list[str],
         progress: Progress,
-    ) -> FitResult:
+    ) -> tuple[FitResult, np.ndarray | None, list[kinds.Placed]]:
         """Detection: the stored images letterboxed, their feature maps through the backbone's map lane (at
-        training priority; none when the pinned head is the scratch baseline), the kind's CV fit."""
+        training priority; none when the pinned head is the scratch baseline), the kind's CV fit; with the maps
+        and the canvases (the OOD model and the promotion comparison read them)."""
         batcher = self.batchers(backbone)
         preprocessing = cast(ImageBackbone, batcher.backbone).preprocessing
         placed = images.placed_stored(texts, preprocessing, kinds.DETECTION_SIZE)
@@ -101,10 +102,52 @@ class TrainingPipeline:
                 parts.append(lane.maps_sync(placed[start : start + EMBED_CHUNK], background=True))
                 progress.update(0.3 * min(1.0, (start + EMBED_CHUNK) / max(1, len(placed))))
             maps = np.concatenate(parts)
-        return task_kind.fit_maps(
+        result = task_kind.fit_maps(
             maps, placed, labels, head=task.head, folds=self.settings.cv_folds, seed=self.settings.seed,
             steps=self.settings.detection_steps,
         )
+        return result, maps, placed
+
+    def _decide_maps(
+        self, task: Task, result: FitResult, maps: np.ndarray | None, placed: list[kinds.Placed], backbone: str,
+        labels: list[str],
+    ) -> tuple[selection.Decision, int | None]:
+        """Detection's promotion: the active version's head on the images it never saw (their maps on its own
+        backbone) against the new version's out-of-fold detections, image by image (adapters/kinds/detection.py
+        ``compare_maps``)."""
+        if task.active_version is None:
+            return selection.first_version(), None
+        active = self.store.version(task.id, task.active_version, with_weights=True)
+        task_kind = cast(kinds.Detection, kinds.kind_of(task.kind))
+        if not task_kind.comparable(result):
+            return selection.unconditional("promoted without comparison: no out-of-fold detections"), active.number
+        try:
+            head = head_of(self.store, active)
+        except VersionFailed:  # a corrupt active version must not block the retrain that replaces it
+            return selection.unconditional(
+                f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
+            ), active.number
+        unseen = np.arange(active.n_examples, len(placed))
+        where = [placed[i] for i in unseen]
+        active_maps: np.ndarray | None = None
+        if task_kind.reads_maps(head) and len(unseen):
+            if maps is not None and active.backbone == backbone:
+                active_maps = maps[unseen]
+            else:
+                try:
+                    lane = self.map_batchers(active.backbone) if self.map_batchers else None
+                except KeyError:
+                    lane = None
+                if lane is None:
+                    return selection.unconditional(
+                        f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} "
+                        "has no feature maps here"
+                    ), active.number
+                active_maps = lane.maps_sync(where, background=True)
+        decision = task_kind.compare_maps(
+            head, active_maps, where, [labels[i] for i in unseen], result, unseen, active.number
+        )
+        return decision, active.number
 
     def _token_states(
         self, backbone: str, task_kind: kinds.TokenKind, inputs: list[Any], progress: Progress, share: float
@@ -350,12 +393,15 @@ class TrainingPipeline:
         )
 
     def _fit_ood(
-        self, task_kind: kinds.TaskKind, head: heads.Head, x: np.ndarray, targets: list[Any]
+        self, task_kind: kinds.TaskKind, head: heads.Head, x: np.ndarray | None, targets: list[Any]
     ) -> OodModel | None:
         """The version's OOD model on its training embeddings (docs/monitoring.md): for kinds that score it and
-        heads that read the embedding (the predict path computes no embedding for the others); None with too
-        few examples to calibrate a threshold."""
-        if not task_kind.scores_ood or heads.EMBEDDING not in head.consumes:
+        heads that read the embedding (the predict path computes no embedding for the others; detection: the
+        pooled feature maps, ``x``, for heads that read the maps); None with too few examples to calibrate a
+        threshold."""
+        if not task_kind.scores_ood or x is None:
+            return None
+        if not (task_kind.reads_feature_maps or heads.EMBEDDING in head.consumes):
             return None
         if len(x) > OOD_SAMPLE:  # the geometry of a large set is as well estimated from a sample of it
             keep = np.sort(np.random.default_rng(self.settings.seed).choice(len(x), OOD_SAMPLE, replace=False))
@@ -454,10 +500,13 @@ class TrainingPipeline:
             return self._fit_adapter(job, task, task_kind, texts, labels, progress)
         targets = task_kind.decode_all(labels)
         x: Any
+        pooled: np.ndarray | None = None  # detection: the images' pooled feature maps (the OOD model's space)
         if task_kind.reads_feature_maps:  # detection: feature maps of letterboxed images, not pooled embeddings
             backbone_name, transferability = self._pinned_backbone(task), None
-            x = None
-            result = self._fit_maps(backbone_name, cast(kinds.Detection, task_kind), task, texts, labels, progress)
+            detection = cast(kinds.Detection, task_kind)
+            result, x, placed = self._fit_maps(backbone_name, detection, task, texts, labels, progress)
+            if x is not None and detection.reads_maps(result.head) and self.map_batchers is not None:
+                pooled = detection.pooled(x, placed, self.map_batchers(backbone_name).coarse_channels)
         elif task_kind.reads_token_states:  # entities, answers: per-token states, not pooled embeddings
             token_kind = cast(kinds.TokenKind, task_kind)
             backbone_name, transferability = self._pinned_backbone(task), None
@@ -491,7 +540,10 @@ class TrainingPipeline:
             )
         progress.update(0.9)
         metrics = result.metrics if transferability is None else {**result.metrics, "transferability": transferability}
-        decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
+        if task_kind.reads_feature_maps:
+            decision, compared_with = self._decide_maps(task, result, x, placed, backbone_name, labels)
+        else:
+            decision, compared_with = self._decide(task, result, x, backbone_name, texts, labels)
         backbone = self.batchers(backbone_name).backbone
         faults.point("training")
         progress.update(0.95)
@@ -501,7 +553,7 @@ class TrainingPipeline:
             "runtime": backbone.runtime,
             "dim": backbone.dim,
         }
-        ood = self._fit_ood(task_kind, result.head, x, targets)
+        ood = self._fit_ood(task_kind, result.head, pooled if task_kind.reads_feature_maps else x, targets)
         if ood is not None:
             metrics = {**metrics, "ood": {"fpr": ood.fpr, "threshold": ood.threshold, "groups": len(ood.means)}}
         stored_ood = {} if ood is None else {"ood": ood}  # a version with an OOD model keeps it in its blob

@@ -272,9 +272,10 @@ class Router:
         head's output when given (else None), from one shared backbone pass."""
         backbone = self.backbone_of(ref, head)
         task_kind = kinds.kind_of(ref.kind)
-        if task_kind.reads_feature_maps:  # detection: feature maps of letterboxed images, the map lane; no OOD
+        if task_kind.reads_feature_maps:  # detection: feature maps of letterboxed images, the map lane
             detection = cast(Detection, task_kind)
-            return await self._run_maps(ref, detection, head, backbone, model_inputs, options or {}), None, None
+            answers, scores = await self._run_maps(ref, detection, head, backbone, model_inputs, options or {})
+            return answers, scores, None
         if task_kind.reads_token_states:  # per-token states (entities, answers): the token lane; no OOD model
             return await self._run_tokens(ref, cast(TokenKind, task_kind), head, backbone, model_inputs), None, None
         ood = heads.ood_of(head)
@@ -337,19 +338,40 @@ class Router:
 
     async def _run_maps(
         self, ref: TaskRef, kind: Detection, head: Any, backbone: str, inputs: Sequence[Any], options: dict[str, Any]
-    ) -> list[Any]:
-        """Detection answers: heads that read feature maps through the backbone's map lane (its pass shared with
-        other tenants' detection requests), the scratch baseline on the canvases alone."""
+    ) -> tuple[list[Any], np.ndarray | None]:
+        """Detection answers and, when the version has an OOD model, each image's OOD score (from the pooled maps
+        of the same pass): heads that read feature maps through the backbone's map lane (its pass shared with
+        other tenants' detection requests), the scratch baseline on the canvases alone (no maps: no score)."""
         placed = cast(Sequence[Placed], inputs)
         if not kind.reads_maps(head):
-            return await anyio.to_thread.run_sync(lambda: kind.predict_maps(head, placed, None, options))
+            return await anyio.to_thread.run_sync(lambda: kind.predict_maps(head, placed, None, options)), None
         if self.map_batchers is None:
             raise RuntimeError("this router has no map lanes")
 
         def apply(part: Sequence[Placed], maps: np.ndarray) -> list[Any]:
-            return kind.predict_maps(head, part, maps, options)
+            answers = kind.predict_maps(head, part, maps, options)
+            scores = kind.ood_scores(head, part, maps)
+            return [(a, None if scores is None else float(scores[i])) for i, a in enumerate(answers)]
 
-        return await self.map_batchers(backbone).run(placed, apply, ref.tenant_id)
+        pairs = await self.map_batchers(backbone).run(placed, apply, ref.tenant_id)
+        scored = [np.nan if score is None else score for _, score in pairs]
+        scores = None if np.isnan(scored).all() else np.array(scored, dtype=np.float32)
+        return [answer for answer, _ in pairs], scores
+
+    async def pool_maps(self, ref: TaskRef, head: Any, placed: Sequence[Placed]) -> tuple[np.ndarray, np.ndarray]:
+        """A detection task's unlabelled pool, for active learning: each image's pooled feature map (the map
+        lane, at predict priority; the scratch baseline's pool needs the maps too) and the head's uncertainty."""
+        if self.map_batchers is None:
+            raise RuntimeError("this router has no map lanes")
+        kind = cast(Detection, kinds.kind_of(ref.kind))
+        lane = self.map_batchers(self.backbone_of(ref, head))
+
+        def apply(part: Sequence[Placed], maps: np.ndarray) -> list[Any]:
+            return kind.suggest_scores(head, part, maps, lane.coarse_channels)
+
+        pairs = await lane.run(placed, apply, ref.tenant_id)
+        self.tenant_labels.count(ref.tenant_id, len(placed))
+        return np.stack([v for v, _ in pairs]), np.array([u for _, u in pairs], dtype=np.float64)
 
     async def predict(
         self,

@@ -12,6 +12,12 @@ Stored labels keep the example image's size beside the boxes (``[[W,H],[x0,y0,x1
 from the upload's header when the example is added (:meth:`Detection.encode_example`): stored images are
 normalised (scaled down to a shorter side of at most 256 pixels), and the size maps the caller's boxes onto
 them exactly.
+
+The closed loop (docs/detection.md#monitoring-suggest-and-promotion): a pooled embedding of each image,
+:meth:`Detection.pooled` (the detector's feature map averaged over the cells the image covers, L2-normalised),
+is what the version's OOD model (adapters/ood.py) measures and what ``suggest`` spreads its picks over; an
+image's uncertainty (:func:`uncertainty`) is its most ambiguous heatmap peak; a retrain is compared with the
+active version image by image on the images the active version never saw (:meth:`Detection.compare_maps`).
 """
 
 from __future__ import annotations
@@ -24,15 +30,15 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..boxes import Letterbox, Objects, batched_nms, evaluate
-from ..heads import Head
-from ..heads.detection import MAPS, DetectorHead, ScratchDetectorHead
-from ..selection import Decision, unconditional
+from ..heads import Head, ood_of
+from ..heads.detection import MAPS, STRIDE, DetectorHead, ScratchDetectorHead
+from ..selection import Decision, compare_scores_on_unseen, unconditional
 from ..training import FitResult
 from .base import STRUCTURED_LABEL_CHARS, TaskKind, register_kind, shape, string_problem
 
@@ -47,6 +53,45 @@ DEFAULT_STEPS = 300
 IMAGENET = (0.485, 0.456, 0.406)  # the scratch baseline's own normalisation (adapters/heads/detection.py)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCRATCH_CHANNELS = 64  # the scratch baseline's stem output
+COMPARED = "AP@0.5 per image"  # what the promotion comparison scores each unseen image by (image_scores)
+
+
+@dataclass
+class DetectionFit(FitResult):
+    """A detection fit: the served head, its metrics, and its out-of-fold detections per image (after NMS, down
+    to EVAL_MIN_SCORE, label indices into ``names``), which the promotion comparison scores."""
+
+    oof: list[Objects] | None = None
+    names: list[str] = field(default_factory=list)
+
+
+def uncertainty(found: Objects) -> float:
+    """How unsure a detector is about one image, in [0, 1]: its most ambiguous candidate. Each heatmap peak is a
+    yes/no question (is an object of that label centred here?) answered with probability p; its uncertainty is
+    one minus the margin between the two answers, ``1 - |2p - 1|`` (the margin uncertainty of adapters/active.py
+    for two outcomes: 1.0 at p = 0.5, 0.1 at 0.05 or 0.95), and the image's is the largest over its peaks (the
+    "max" aggregation of Brust et al. 2018, "Active learning for deep object detection"). An image where every
+    peak is confidently on or off scores near 0; no candidate at all: 0."""
+    if not len(found.scores):
+        return 0.0
+    return float(np.max(1.0 - np.abs(2.0 * np.asarray(found.scores, dtype=np.float64) - 1.0)))
+
+
+def image_scores(truth: Sequence[Objects], found: Sequence[Objects], names: Sequence[str]) -> list[float]:
+    """Per image, how well ``found`` (after NMS) answers ``truth``: AP@0.5 over the labels of the image's true
+    boxes (COCO's AP on that image alone); an image with no true box: 1.0 when nothing scores the default
+    ``score_threshold`` or more (predict's answer is empty, as it should be), else 0.0."""
+    out = []
+    for t, f in zip(truth, found, strict=True):
+        if len(t.labels):
+            out.append(float(evaluate([t], [f], names)["map_50"]))
+        else:
+            out.append(float(not (f.scores >= SCORE_THRESHOLD).any()))
+    return out
+
+
+def _relabelled(found: Objects, names: Sequence[str], into: dict[str, int]) -> Objects:
+    return Objects(found.boxes, np.asarray([into[names[int(i)]] for i in found.labels], dtype=np.int64), found.scores)
 
 
 @dataclass(frozen=True)
@@ -149,7 +194,7 @@ class Detection(TaskKind):
     name = "detection"
     modalities: ClassVar[tuple[str, ...]] = ("image",)
     pinnable_heads = ("detector", "scratch-detector")
-    scores_ood: ClassVar[bool] = False  # no pooled embedding on this path (adapters/ood.py)
+    scores_ood: ClassVar[bool] = True  # on the pooled feature map (pooled()), when the served head reads the maps
     reads_feature_maps: ClassVar[bool] = True
     structured_uploads = True  # JSON Lines rows, or a zip of images + annotations.jsonl (dataset uploads)
 
@@ -274,6 +319,7 @@ class Detection(TaskKind):
         order = np.random.default_rng(seed).permutation(n)
         parts = [np.sort(part) for part in np.array_split(order, k)]
         scores: dict[str, dict[str, Any]] = {}
+        oof: dict[str, list[Objects]] = {}
         for kind, cls in classes.items():
             data = inputs[kind]
             if data is None:
@@ -287,6 +333,7 @@ class Detection(TaskKind):
                 for i, got in zip(held, model.detect(data[held], EVAL_MIN_SCORE), strict=True):
                     found[i] = self.suppressed(got, MAX_OBJECTS)
             done = [f for f in found if f is not None]
+            oof[kind] = done
             scores[kind] = {**evaluate(truth, done, names), "cv_seconds": round(time.perf_counter() - started, 2)}
         pinned = None if head == "auto" else head
         transfer, baseline = scores.get("detector"), scores["scratch-detector"]
@@ -327,7 +374,7 @@ class Detection(TaskKind):
             "examples_per_label": dict(sorted(Counter(o["label"] for one in stored for o in self.decode(one)).items())),
             "warnings": warnings,
         }
-        return FitResult(final, metrics)  # type: ignore[arg-type]
+        return DetectionFit(final, metrics, oof=oof[chosen], names=names)  # type: ignore[arg-type]
 
     # -- predicting -------------------------------------------------------------------------------
 
@@ -369,13 +416,51 @@ class Detection(TaskKind):
             )
         return out
 
+    @staticmethod
+    def pooled(maps: np.ndarray, placed: Sequence[Placed], channels: int | None = None) -> np.ndarray:
+        """One vector per image (n, channels) float32, L2-normalised: the last ``channels`` of the feature map the
+        detector reads (the service passes the CNN's stride-16 ones, the coarsest; None: all) averaged over the
+        cells the image covers on its canvas (the letterbox's padding is left out, so a wide and a tall image of
+        the same scene pool alike). What the OOD model measures and ``suggest`` spreads its picks over. Why not
+        the stride-8 channels too: they describe texture, so the same scenes saved as PNG rather than JPEG moved
+        away from their JPEG training images (docs/detection.md#monitoring-suggest-and-promotion)."""
+        maps = np.asarray(maps, dtype=np.float32)
+        if channels:
+            maps = maps[:, -channels:]
+        out = np.empty(maps.shape[:2], dtype=np.float32)
+        for i, where in enumerate(placed):
+            w, h = where.letterbox.inner
+            gx, gy = max(1, math.ceil(w / STRIDE)), max(1, math.ceil(h / STRIDE))
+            out[i] = maps[i, :, :gy, :gx].mean(axis=(1, 2))
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def ood_scores(self, head: Any, placed: Sequence[Placed], maps: np.ndarray | None) -> np.ndarray | None:
+        """Each image's OOD score (above 1.0: out of distribution) when the version has an OOD model and the
+        maps were computed (heads that read them); else None."""
+        ood = ood_of(head)
+        if ood is None or maps is None or not self.reads_maps(head):
+            return None
+        return ood.score(self.pooled(maps, placed, int(ood.means.shape[1])))  # the channels it was fitted on
+
+    def suggest_scores(
+        self, head: Any, placed: Sequence[Placed], maps: np.ndarray, channels: int | None = None
+    ) -> list[tuple[np.ndarray, float]]:
+        """Per image of an unlabelled pool: its pooled embedding (the last ``channels`` of ``maps``; those of the
+        version's OOD model when it has one) and the head's :func:`uncertainty` about it (the candidates after
+        NMS, every score down to EVAL_MIN_SCORE)."""
+        ood = ood_of(head)
+        channels = channels if ood is None else int(ood.means.shape[1])
+        inputs = maps if self.reads_maps(head) else np.stack([p.pixels for p in placed])
+        found = [self.suppressed(f, MAX_OBJECTS) for f in head.detect(inputs, EVAL_MIN_SCORE)]
+        return [(v, uncertainty(f)) for v, f in zip(self.pooled(maps, placed, channels), found, strict=True)]
+
     def format(self, head: Head, output: Any, top_k: int | None) -> list[Any]:
         return list(output)  # predict_maps already built the answers
 
     # -- storing and promotion ------------------------------------------------------------------------
 
     def comparable(self, result: FitResult) -> bool:
-        return True
+        return isinstance(result, DetectionFit) and result.oof is not None
 
     def compare(
         self,
@@ -387,9 +472,42 @@ class Detection(TaskKind):
         unseen: np.ndarray,
         active_number: int,
     ) -> Decision:
-        return unconditional(
-            f"promoted without a paired comparison: detection versions are compared by their cross-validated mAP "
-            f"(metrics.map_50; version {active_number}'s is in its own metrics)"
+        raise TypeError("a detection version is compared on feature maps: call compare_maps")
+
+    def compare_maps(
+        self,
+        active: Any,
+        maps: np.ndarray | None,
+        placed: Sequence[Placed],
+        stored: Sequence[str],
+        result: FitResult,
+        unseen: np.ndarray,
+        active_number: int,
+    ) -> Decision:
+        """Promotion: the active version's head on the images it never saw (``placed`` on their canvases,
+        ``maps`` their feature maps on its backbone, None when it does not read them; ``stored`` their labels)
+        against ``result``'s out-of-fold detections at ``unseen``, image by image (:func:`image_scores`, a sign
+        test: adapters/selection.py ``compare_scores_on_unseen``)."""
+        if not isinstance(result, DetectionFit) or result.oof is None:
+            return unconditional("promoted without comparison: no out-of-fold detections")
+        if len(unseen) == 0:
+            return compare_scores_on_unseen([], [], active_number, COMPARED)
+        names = sorted(
+            set(result.names) | set(active.labels) | {o["label"] for one in stored for o in self.decode(one)}
+        )
+        into = {n: i for i, n in enumerate(names)}
+        truth = self.truth(placed, stored, names)
+        new = [_relabelled(result.oof[int(i)], result.names, into) for i in unseen]
+        if self.reads_maps(active):
+            if maps is None:
+                raise ValueError("the active version's head reads feature maps: pass them")
+            inputs = maps
+        else:
+            inputs = np.stack([p.pixels for p in placed])
+        found = [self.suppressed(f, MAX_OBJECTS) for f in active.detect(inputs, EVAL_MIN_SCORE)]
+        old = [_relabelled(f, active.labels, into) for f in found]
+        return compare_scores_on_unseen(
+            image_scores(truth, new, names), image_scores(truth, old, names), active_number, COMPARED
         )
 
     def export_problem(self) -> str | None:

@@ -611,8 +611,9 @@ class PredictionCommon(BaseModel):
     )
     ood_score: float | None = Field(
         default=None,
-        description="Distance of the input's embedding from the training examples, as a multiple of the threshold "
-        "calibrated to flag GRAFT_OOD_FPR (default 5 %) of in-distribution inputs.",
+        description="Distance of the input's embedding (detection: its pooled feature map) from the training "
+        "examples, as a multiple of the threshold calibrated to flag GRAFT_OOD_FPR (default 5 %) of in-distribution "
+        "inputs.",
     )
 
 
@@ -797,7 +798,8 @@ class SuggestResponse(BaseModel):
     indices: list[int] = Field(description="Positions in `inputs` worth labelling next, best first; distinct.")
     scores: list[float] = Field(
         description="Each one's uncertainty in [0, 1]: 1 minus the margin between its two most probable labels "
-        "(1.0 for regression, where suggestions only cover the input space)."
+        "(1.0 for regression, where suggestions only cover the input space; detection: the same for its most "
+        "ambiguous heatmap peak, 1 - |2p - 1|, docs/detection.md)."
     )
 
 

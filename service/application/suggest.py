@@ -3,7 +3,8 @@
 The pool goes through the shared backbone pass like a predict request (it counts against the tenant's
 predict rate, one token per input); the task's active head scores each input's uncertainty and
 adapters/active.py picks ``k`` of the most uncertain that are also far apart in the embedding space
-(margin x k-center; docs/monitoring.md)."""
+(margin x k-center; docs/monitoring.md). A detection task's pool goes through the map lane instead: its pooled
+feature maps and the detector's uncertainty per image (docs/detection.md)."""
 
 from __future__ import annotations
 
@@ -42,11 +43,13 @@ async def suggest(
     one's uncertainty (1.0 for a kind without probabilities: regression suggestions only cover the input
     space)."""
     ref, number, head = await rt.router.head(tenant_id, name)
-    if kinds.kind_of(ref.kind).reads_feature_maps:
-        raise Invalid(
-            f"suggest ranks inputs by their pooled embedding and the head's uncertainty; a {ref.kind} task's head "
-            "reads the CNN's feature maps and has neither yet"
+    if kinds.kind_of(ref.kind).reads_feature_maps:  # detection: pooled feature maps, the peaks' uncertainty
+        placed, _ = await prepare_inputs(rt, ref, rt.router.backbone_of(ref, head), head, inputs, names)
+        vectors, uncertainty = await rt.router.pool_maps(ref, head, placed)
+        indices, scores = await anyio.to_thread.run_sync(
+            lambda: active.suggest(vectors, k, uncertainty=uncertainty)
         )
+        return ref, number, indices, scores
     if kinds.kind_of(ref.kind).reads_token_states:
         raise Invalid(
             f"suggest ranks inputs by their embedding and the head's uncertainty; a {ref.kind} task's head reads "

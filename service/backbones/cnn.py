@@ -20,6 +20,7 @@ class CNN(nn.Module):
 
     dim: int
     map_channels: int  # channels of maps()
+    coarse_channels: int  # the last of them: the stride-16 activations (detection's pooled embedding reads these)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:  # (n, 3, h, w) normalised → (n, dim)
         raise NotImplementedError
@@ -93,6 +94,7 @@ class MobileNetV2(CNN):
         return self.features(x).mean(dim=(2, 3))
 
     map_channels = 32 + 96
+    coarse_channels = 96
 
     def strided(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fine = self.features[:7](x)  # the 32-channel blocks, stride 8
@@ -179,6 +181,7 @@ class EfficientNetLite0(CNN):
         return F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
 
     map_channels = 40 + 112
+    coarse_channels = 112
 
     def strided(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = F.relu6(self._bn0(self._conv_stem(x)))

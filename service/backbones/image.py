@@ -145,6 +145,11 @@ class TorchImageBackbone:
     def map_channels(self) -> int:
         return self.model.network.map_channels
 
+    @property
+    def coarse_channels(self) -> int:
+        """The last channels of the feature maps: the stride-16 activations (the others are the stride-8 ones)."""
+        return self.model.network.coarse_channels
+
     @torch.inference_mode()
     def feature_maps(self, canvases: Sequence[np.ndarray], micro_batch: int = 16) -> np.ndarray:
         """Letterboxed uint8 (size, size, 3) canvases → float32 (n, map_channels, size / 16, size / 16): the

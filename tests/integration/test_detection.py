@@ -122,7 +122,7 @@ def test_detection_task_trains_predicts_boxes_in_the_callers_pixels_and_refuses_
         assert assert_error(resp, 422, fragment)["code"] == "validation_error"
 
     resp = client.post("/v1/tasks/digits/suggest", json={"inputs": [t.png_base64() for t in test[:3]], "k": 1})
-    assert_error(resp, 422, "feature maps")  # suggest ranks pooled embeddings: refused, saying why
+    assert resp.status_code == 200 and len(resp.json()["indices"]) == 1, resp.text  # more: test_detection_loop.py
 
     # the ONNX export on bare ONNX Runtime, prepared and decoded by the manifest's recipe, answers what predict did
     resp = client.get("/v1/tasks/digits/export")
