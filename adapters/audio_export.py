@@ -15,9 +15,12 @@ maximum of its whole input.
   partials' starts (1.6 s every 77 frames, the last dropped when it covers under 75 % of its span, as
   Resemblyzer cuts them) → zero-pad to the last partial's end → centred frames (reflect padding) × periodic
   Hann → power spectrum (a DFT as two ``MatMul``: cos and sin) → Slaney mel filterbank (40) → the partials
-  (a ``Gather``) → the GE2E LSTM (``torch.onnx.export`` of the encoder) → mean → L2 → cosine with each
-  enrolled speaker's centroid: ``similarities`` (1, speakers), and ``speaker`` (1,): the best speaker's index
-  when its similarity reaches the head's threshold, else -1 ("unknown").
+  (a ``Gather``) → the GE2E LSTM (``torch.onnx.export`` of the encoder) → mean → L2 → ``pooled_embedding``
+  (1, 256).
+* :func:`with_speaker_head`: a ``speakers`` task's head after either graph: cosine with each enrolled
+  speaker's centroid → ``similarities`` (1, speakers), and ``speaker`` (1,): the best speaker's index when
+  its similarity reaches the head's threshold, else -1 ("unknown"). Other heads follow
+  :func:`adapters.export.fuse`.
 """
 
 from __future__ import annotations
@@ -160,10 +163,10 @@ def encoder_graph(encoder: torch.nn.Module, frames: int, n_mels: int, opset: int
     return onnx.load_from_string(buffer.getvalue())
 
 
-def speaker_graph(encoder: torch.nn.Module, head: Any, *, rate: int, n_fft: int, hop: int, n_mels: int,
-                  partial_frames: int, frame_step: int, min_coverage: float, target_dbfs: float) -> onnx.ModelProto:
-    """Resemblyzer's partials, the GE2E encoder and the speaker head: ``samples`` (1, n) → ``similarities``
-    (1, speakers) and ``speaker`` (1,) (-1: unknown), as ``SpeakerBackbone.embed`` and ``SpeakerHead`` answer."""
+def speaker_graph(encoder: torch.nn.Module, *, rate: int, n_fft: int, hop: int, n_mels: int, partial_frames: int,
+                  frame_step: int, min_coverage: float, target_dbfs: float, dim: int) -> onnx.ModelProto:
+    """Resemblyzer's partials and the GE2E encoder: ``samples`` (1, n) → ``pooled_embedding`` (1, dim), as
+    ``SpeakerBackbone.embed`` computes it."""
     net = _embedded(encoder_graph(encoder, partial_frames, n_mels), "encoder/")
     (net_in,), (net_out,) = net.graph.input, net.graph.output
     g = _Nodes("speaker/")
@@ -206,18 +209,32 @@ def speaker_graph(encoder: torch.nn.Module, head: Any, *, rate: int, n_fft: int,
     mels = g.op("MatMul", power, g.const(mel_filterbank(rate, n_fft, n_mels).T, np.float32))
     partial_grid = g.op("Add", g.op("Unsqueeze", starts, g.const([1])), g.const(np.arange(partial_frames)[None, :]))
     g.op("Gather", mels, partial_grid, axis=0, out=net_in.name)  # (partials, partial_frames, n_mels)
-    pooled = g.l2(g.op("ReduceMean", net_out.name, axes=[0], keepdims=1), "speaker/pooled")
+    g.l2(g.op("ReduceMean", net_out.name, axes=[0], keepdims=1), POOLED)
+    return _model(
+        g, [net], [helper.make_tensor_value_info(SAMPLES, TensorProto.FLOAT, [1, "samples"])],
+        [helper.make_tensor_value_info(POOLED, TensorProto.FLOAT, [1, dim])], SPEAKER_OPSET, net.ir_version,
+        "resemblyzer-ge2e",
+    )
+
+
+def with_speaker_head(backbone: onnx.ModelProto, head: Any) -> onnx.ModelProto:
+    """A speaker head after an audio backbone graph (``samples`` → ``pooled_embedding``): cosine with each
+    enrolled speaker's centroid → ``similarities`` (1, speakers); the best speaker's index when its similarity
+    reaches the head's threshold, else -1 → ``speaker`` (1,), as ``SpeakerHead.accepted``."""
+    opset = next(o.version for o in backbone.opset_import if o.domain in ("", "ai.onnx"))
+    g = _Nodes("speaker_head/")
     centroids = np.asarray(head.centroids, dtype=np.float32)
+    pooled = g.l2(POOLED, "speaker_head/unit")  # the backbone's is L2-normalised already; the head renormalises
     similarities = g.op("MatMul", pooled, g.const(centroids.T, np.float32), out=SIMILARITIES)
     best = g.op("ArgMax", similarities, axis=1, keepdims=0)
     top = g.op("ReduceMax", similarities, axes=[1], keepdims=0)
     accepted = g.op("GreaterOrEqual", top, g.f(float(head.threshold)))
     g.op("Where", accepted, best, g.const([-1]), out=SPEAKER)
     model = _model(
-        g, [net], [helper.make_tensor_value_info(SAMPLES, TensorProto.FLOAT, [1, "samples"])],
+        g, [backbone], list(backbone.graph.input),
         [helper.make_tensor_value_info(SIMILARITIES, TensorProto.FLOAT, [1, len(head.labels)]),
          helper.make_tensor_value_info(SPEAKER, TensorProto.INT64, [1])],
-        SPEAKER_OPSET, net.ir_version, "resemblyzer-ge2e-speakers",
+        opset, backbone.ir_version, f"{backbone.graph.name}-speakers",
     )
     helper.set_model_props(model, {"labels": json.dumps(head.labels, ensure_ascii=False), "head": head.kind,
                                    "threshold": repr(float(head.threshold))})

@@ -27,7 +27,7 @@ from typing import Any, cast
 import anyio.to_thread
 
 from adapters import heads, kinds
-from adapters.audio_export import SIMILARITIES, SPEAKER
+from adapters.audio_export import SIMILARITIES, SPEAKER, with_speaker_head
 from adapters.export import (
     AUDIO_DECODE_FILE,
     DETECTIONS,
@@ -185,6 +185,7 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     finetuned = heads.TRUNK in getattr(head, "consumes", frozenset())
     files: dict[str, bytes] = {}
     windows: dict[str, int] | None = None
+    audio_rate: int | None = None
     backbone, variant = None, None
     task_kind = kinds.kind_of(task.kind)
     try:
@@ -215,12 +216,14 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
             windows = source.token_windows(pair=cast(kinds.TokenKind, task_kind).pairs)
             fused = token_graph(head, source.export_spec())
         elif task.modality == "audio":  # samples → one graph (adapters/audio_export.py); audio_decode.py decodes
-            backbone, variant = _audio_backbone(rt, v.backbone), "onnx"
-            files = {AUDIO_DECODE_FILE: audio_decode_source()}
+            source, variant = _audio_backbone(rt, v.backbone), "onnx"
+            files, audio_rate = {AUDIO_DECODE_FILE: audio_decode_source()}, source.sample_rate
             if head.kind == "speaker":
-                fused = backbone.export_graph(head)
-            else:
-                fused = fuse(backbone.export_graph() if needs_backbone(head) else None, head)
+                backbone, fused = source, with_speaker_head(source.export_graph(), head)
+            elif needs_backbone(head):
+                backbone, fused = source, fuse(source.export_graph(), head)
+            else:  # the MFCC baseline reads the clip's MFCC summary alone
+                fused = fuse(None, head)
         elif finetuned or needs_backbone(head):
             name = v.backbone if finetuned else task.backbone
             if name not in rt.backbones.loaded:
@@ -294,8 +297,9 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
             "tokens sharing `stride` of the text's (with offsets), run the graph, merge by max context and "
             "decode with span_decode.py: `decode.function`",
         }
-    if task.modality == "audio":  # one WAV clip per call, decoded and resampled by audio_decode.py
-        manifest["preprocessing"] = _audio_preprocessing(backbone, files)
+    if audio_rate is not None:  # one WAV clip per call, decoded and resampled by audio_decode.py
+        manifest["preprocessing"] = _audio_preprocessing(audio_rate, files) | ({"raw": raw} if raw else {})
+        manifest["one_input_per_call"] = True  # windows (partials) and their pooling are over one clip
         if head.kind == "speaker":
             manifest["model"] |= {"output": SIMILARITIES, "outputs": [SIMILARITIES, SPEAKER],
                                   "output_order": "labels; speaker: the index named, -1 for unknown"}
@@ -312,10 +316,10 @@ def _audio_backbone(rt: Runtime, name: str) -> Any:
     return backbone
 
 
-def _audio_preprocessing(backbone: Any, files: dict[str, bytes]) -> dict[str, Any]:
+def _audio_preprocessing(rate: int, files: dict[str, bytes]) -> dict[str, Any]:
     return {
         "files": sorted(files),
-        "audio": {"file": AUDIO_DECODE_FILE, "function": "inputs", "rate": backbone.sample_rate},
+        "audio": {"file": AUDIO_DECODE_FILE, "function": "inputs", "rate": rate},
         "note": "one WAV clip per call: audio_decode.inputs(wav_bytes, rate=..., graph_inputs=model.inputs) "
         "decodes it (PCM 16/24/32, float 32/64, any channels mixed to mono), resamples it to `rate` as the "
         "server does and, for a baseline or hybrid head, computes its MFCC summary",

@@ -194,14 +194,14 @@ class SpeakerBackbone:
         self.revision = weights_checksum(path.parent, (path.name,))
         self.frame_step = int(round(self.sample_rate / self.partials_per_s / self.hop))
 
-    def export_graph(self, head: Any) -> Any:
-        """This backbone and a speaker head as one ONNX graph: ``samples`` (1, n) → ``similarities``, ``speaker``
+    def export_graph(self) -> Any:
+        """This backbone as one ONNX graph: ``samples`` (1, n) → ``pooled_embedding`` (1, 256)
         (adapters/audio_export.py); the encoder is a float32 CPU copy, traced by ``torch.onnx.export``."""
         import copy
 
         encoder = copy.deepcopy(self.model).float().cpu()
         return speaker_graph(
-            encoder, head, rate=self.sample_rate, n_fft=self.n_fft, hop=self.hop, n_mels=self.n_mels,
+            encoder, dim=self.dim, rate=self.sample_rate, n_fft=self.n_fft, hop=self.hop, n_mels=self.n_mels,
             partial_frames=self.partial_frames, frame_step=self.frame_step, min_coverage=self.min_coverage,
             target_dbfs=self.target_dbfs,
         )

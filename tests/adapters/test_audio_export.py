@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from adapters import audio_decode, heads
-from adapters.audio_export import SAMPLES, SIMILARITIES, SPEAKER
+from adapters.audio_export import SAMPLES, SIMILARITIES, SPEAKER, with_speaker_head
 from adapters.export import PROBABILITIES, fuse, raw_inputs
 from adapters.kinds.speakers import fit_speakers
 from adapters.training import fit_head
@@ -175,7 +175,7 @@ def test_speaker_graph_answers_as_backbone_and_head(speaker_backbone) -> None:
     enrolled = [(wav, who) for wav, who in clips if who != "other"]
     x = speaker_backbone.embed([server_clip(wav).at(16_000) for wav, _ in enrolled])
     head = heads.from_bytes(heads.to_bytes(fit_speakers(x, [who for _, who in enrolled], folds=3).head))
-    graph = session(speaker_backbone.export_graph(head))
+    graph = session(with_speaker_head(speaker_backbone.export_graph(), head))
     assert [o.name for o in graph.get_outputs()] == [SIMILARITIES, SPEAKER]
     probes = [wav for wav, _ in clips]
     expected = head.predict_proba(speaker_backbone.embed([server_clip(w).at(16_000) for w in probes]))
@@ -188,6 +188,21 @@ def test_speaker_graph_answers_as_backbone_and_head(speaker_backbone) -> None:
     # both answers occur: named speakers and "unknown" (a threshold above every score)
     strict = heads.from_bytes(heads.to_bytes(head))
     strict.threshold = float(expected.max()) + 0.01  # type: ignore[attr-defined]
-    unknown = session(speaker_backbone.export_graph(strict)).run([SPEAKER], audio_decode.inputs(probes[0]))[0]
-    assert unknown.tolist() == [-1]
+    strict_graph = session(with_speaker_head(speaker_backbone.export_graph(), strict))
+    assert strict_graph.run([SPEAKER], audio_decode.inputs(probes[0]))[0].tolist() == [-1]
     assert (named >= 0).any()
+
+
+def test_heads_swap_audio_backbones(speech, speaker_backbone) -> None:
+    """A speakers task on the speech embedding, a classification head on the speaker encoder: same parity."""
+    train, test = word_clips(3, seed=6), word_clips(1, seed=7)
+    for backbone, kind in ((speech, "speakers"), (speaker_backbone, "linear")):
+        x = backbone.embed([server_clip(wav).at(16_000) for wav, _ in train])
+        names = [w for _, w in train]
+        fitted = fit_speakers(x, names, folds=3) if kind == "speakers" else fit_head(kind, x, names, folds=3)
+        head = heads.from_bytes(heads.to_bytes(fitted.head))
+        graph = backbone.export_graph()
+        run = session(with_speaker_head(graph, head) if kind == "speakers" else fuse(graph, head))
+        expected = head.predict_proba(backbone.embed([server_clip(wav).at(16_000) for wav, _ in test]))
+        got = np.concatenate([run.run(None, audio_decode.inputs(wav))[0] for wav, _ in test])
+        assert np.abs(got - expected).max() <= PROBA_TOL, (kind, np.abs(got - expected).max())
