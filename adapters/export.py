@@ -21,9 +21,10 @@ import onnx
 import onnx.compose
 import torch
 
+from .audio_export import FILE as AUDIO_DECODE_FILE  # adapters/audio_decode.py, shipped with audio graphs
 from .heads import EMBEDDING as CONSUMES_EMBEDDING
 from .heads import RAW, ValueHead
-from .onnx_heads import PIXELS, TOKENS, raw_head_graph
+from .onnx_heads import MFCC, PIXELS, TOKENS, raw_head_graph
 from .onnx_trace import OPSET, trace_onnx
 from .span_decode import FILE as SPAN_DECODE_FILE  # adapters/span_decode.py, shipped with token-level graphs
 
@@ -39,11 +40,12 @@ TAG_LOGIT_PARTS = "tag_logit_parts"  # an entities tagger's output (n, seq, 3, t
 SPAN_LOG_PROBS = "span_log_probs"  # an answers pointer's output (context tokens, 2): start, end log-probabilities
 
 __all__ = [
-    "DETECTIONS", "EMBEDDING", "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES",
+    "AUDIO_DECODE_FILE", "DETECTIONS", "EMBEDDING",
+    "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES",
     "RAW_INPUTS_FILE", "SPAN_DECODE_FILE", "SPAN_LOG_PROBS", "TAG_LOGIT_PARTS", "TOKENS", "VALUE", "ExportError",
     "ExportableHead", "PointerForm", "TaggerForm", "bundle", "detection_graph", "finetune_graph", "fuse",
     "head_graph", "needs_backbone", "output_of",
-    "raw_inputs", "raw_inputs_source", "span_decode_source", "token_graph", "token_head_problem",
+    "audio_decode_source", "raw_inputs", "raw_inputs_source", "span_decode_source", "token_graph", "token_head_problem",
 ]
 
 
@@ -80,6 +82,8 @@ def raw_inputs(head: Any) -> dict[str, Any] | None:
     if RAW not in getattr(head, "consumes", frozenset()):
         return None
     features = head.features
+    if features.name == "mfcc":  # the clip's MFCC summary, from the shipped audio decoder
+        return {"input": MFCC, "file": AUDIO_DECODE_FILE, "function": "inputs", "kwargs": {}, "dtype": "float32"}
     if features.name == "tfidf":
         return {"input": TOKENS, "file": RAW_INPUTS_FILE, "function": "tokens",
                 "kwargs": {"analyzer": features.vectorizer.analyzer}, "dtype": "str", "pad": ""}
@@ -92,6 +96,15 @@ def raw_inputs_source() -> bytes:
     from pathlib import Path
 
     from . import raw_inputs as module
+
+    return Path(module.__file__ or "").read_bytes()
+
+
+def audio_decode_source() -> bytes:
+    """The consumer's WAV decoding, resampling and MFCC summary for audio graphs (``audio_decode.py``)."""
+    from pathlib import Path
+
+    from . import audio_decode as module
 
     return Path(module.__file__ or "").read_bytes()
 

@@ -8,6 +8,9 @@ A featurizer becomes a subgraph from the raw-input graph input to its L2-normali
   count > 0) → × idf → rows divided by their L2 norm (all-zero rows stay zero), as scikit-learn does.
 * Pixels (image): input ``pixels`` (float32, batch × size², grayscale in [0, 1]) → minus the training
   mean → rows divided by max(L2 norm, 1e-6).
+* MFCC summaries (audio): input ``mfcc`` (float32, batch × 140; the consumer's MFCC summary of the clip,
+  ``adapters/audio_decode.py``) → minus the training mean, divided by the training scale → rows divided
+  by max(L2 norm, 1e-6).
 
 The head then adds its logistic regression: ``features @ W_featuresᵀ (+ embedding @ W_embeddingᵀ for
 hybrid) + bias`` → ``Softmax`` → ``probabilities``, computed in float32 like the numpy head.
@@ -23,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 TOKENS = "tokens"  # string (batch, width): the text featurizer's graph input
 PIXELS = "pixels"  # float32 (batch, size²): the image featurizer's graph input
+MFCC = "mfcc"  # float32 (batch, 140): the audio featurizer's graph input (adapters/audio_decode.py MFCC)
 
 
 class _Graph:
@@ -91,7 +95,16 @@ def pixel_features(g: _Graph, features: Any) -> tuple[onnx.ValueInfoProto, str, 
     return source, g.l2_rows(centred, width, 1e-6, "pixels/"), width
 
 
-FEATURE_GRAPHS = {"tfidf": tfidf_features, "pixels": pixel_features}
+def mfcc_features(g: _Graph, features: Any) -> tuple[onnx.ValueInfoProto, str, int]:
+    """The MFCC featurizer (``MfccFeatures``) on the consumer's summaries: standardised, L2-normalised."""
+    mean = np.asarray(features.mean, dtype=np.float32)
+    scaled = g.op("Div", g.op("Sub", MFCC, g.const("mfcc/mean", mean)),
+                  g.const("mfcc/scale", np.asarray(features.scale, dtype=np.float32)))
+    source = helper.make_tensor_value_info(MFCC, TensorProto.FLOAT, ["batch", len(mean)])
+    return source, g.l2_rows(scaled, len(mean), 1e-6, "mfcc/"), len(mean)
+
+
+FEATURE_GRAPHS = {"tfidf": tfidf_features, "pixels": pixel_features, "mfcc": mfcc_features}
 
 
 def raw_head_graph(head: Any, embedding: str, dim: int, output: str, opset: int) -> onnx.ModelProto:

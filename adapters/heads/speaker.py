@@ -34,7 +34,7 @@ class SpeakerHead(StoredHead):
 
     kind: ClassVar[str] = "speaker"
     consumes: ClassVar[frozenset[str]] = frozenset({EMBEDDING})
-    exportable: ClassVar[bool] = False  # audio exports are refused before a head is looked at
+    exportable: ClassVar[bool] = True  # with its backbone: adapters/audio_export.py speaker_graph
     settings: ClassVar[tuple[str, ...]] = ("threshold", "far")
     arrays: ClassVar[tuple[Array, ...]] = (Array("centroids", ("labels", "dim")),)
 

@@ -27,12 +27,15 @@ from typing import Any, cast
 import anyio.to_thread
 
 from adapters import heads, kinds
+from adapters.audio_export import SIMILARITIES, SPEAKER, with_speaker_head
 from adapters.export import (
+    AUDIO_DECODE_FILE,
     DETECTIONS,
     MODEL_FILE,
     RAW_INPUTS_FILE,
     SPAN_DECODE_FILE,
     ExportError,
+    audio_decode_source,
     bundle,
     detection_graph,
     finetune_graph,
@@ -65,13 +68,6 @@ PREPROCESSING = {
         "note": "RGB; resize the shorter side to `resize`, center-crop `crop`, "
         "scale to [0, 1], subtract `mean`, divide by `std`, layout NCHW float32",
     },
-}
-
-# Modalities whose path from the request's bytes to the head has no ONNX form yet, and why.
-NOT_EXPORTED = {
-    "audio": "audio tasks are not exportable yet: WAV decoding and resampling, the speech embedding's windowing "
-    "(or the speaker encoder's partials) and the pooling over time have no ONNX graph in Graft; serve the task "
-    "through /predict",
 }
 
 # Serving runtimes whose graph the bundle can carry as is; others (torch, CUDA fp16) export fp32.
@@ -185,12 +181,11 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     import onnx
     import onnxruntime
 
-    if task.modality in NOT_EXPORTED:
-        raise NotExportable(NOT_EXPORTED[task.modality])
     head = head_of(rt.store, v)
     finetuned = heads.TRUNK in getattr(head, "consumes", frozenset())
     files: dict[str, bytes] = {}
     windows: dict[str, int] | None = None
+    audio_rate: int | None = None
     backbone, variant = None, None
     task_kind = kinds.kind_of(task.kind)
     try:
@@ -220,6 +215,15 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
             files = source.preprocessing_files() | {SPAN_DECODE_FILE: span_decode_source()}
             windows = source.token_windows(pair=cast(kinds.TokenKind, task_kind).pairs)
             fused = token_graph(head, source.export_spec())
+        elif task.modality == "audio":  # samples → one graph (adapters/audio_export.py); audio_decode.py decodes
+            source, variant = _audio_backbone(rt, v.backbone), "onnx"
+            files, audio_rate = {AUDIO_DECODE_FILE: audio_decode_source()}, source.sample_rate
+            if head.kind == "speaker":
+                backbone, fused = source, with_speaker_head(source.export_graph(), head)
+            elif needs_backbone(head):
+                backbone, fused = source, fuse(source.export_graph(), head)
+            else:  # the MFCC baseline reads the clip's MFCC summary alone
+                fused = fuse(None, head)
         elif finetuned or needs_backbone(head):
             name = v.backbone if finetuned else task.backbone
             if name not in rt.backbones.loaded:
@@ -238,7 +242,7 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     except ExportError as exc:
         raise NotExportable(str(exc)) from None
     raw = raw_inputs(head)
-    if raw is not None:
+    if raw is not None and raw["file"] == RAW_INPUTS_FILE:
         files[RAW_INPUTS_FILE] = raw_inputs_source()
     dtypes = {
         i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name for i in fused.graph.input
@@ -271,6 +275,8 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
             "trained_on_revision": v.backbone_revision,
             "dim": backbone.dim,
         },
+        # Text and image graphs batch (int8 quantises activations per token); an audio graph takes one clip.
+        "one_input_per_call": False,
         "versions": {
             "graft": "0.1.0",
             "opset": next(o.version for o in fused.opset_import if o.domain in ("", "ai.onnx")),
@@ -290,8 +296,33 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
             "tokens sharing `stride` of the text's (with offsets), run the graph, merge by max context and "
             "decode with span_decode.py: `decode.function`",
         }
+    if audio_rate is not None:  # one WAV clip per call, decoded and resampled by audio_decode.py
+        manifest["preprocessing"] = _audio_preprocessing(audio_rate, files) | ({"raw": raw} if raw else {})
+        manifest["one_input_per_call"] = True  # windows (partials) and their pooling are over one clip
+        if head.kind == "speaker":
+            manifest["model"] |= {"output": SIMILARITIES, "outputs": [SIMILARITIES, SPEAKER],
+                                  "output_order": "labels; speaker: the index named, -1 for unknown"}
     manifest.update(task_kind.manifest(head))  # e.g. a multilabel task's thresholds
     return bundle(fused, files, manifest)
+
+
+def _audio_backbone(rt: Runtime, name: str) -> Any:
+    if name not in rt.backbones.loaded:
+        raise NotExportable(f"backbone {name!r} is not configured")
+    backbone = rt.backbones.get(name)
+    if not hasattr(backbone, "export_graph"):
+        raise NotExportable(f"backbone {name!r} has no ONNX export")
+    return backbone
+
+
+def _audio_preprocessing(rate: int, files: dict[str, bytes]) -> dict[str, Any]:
+    return {
+        "files": sorted(files),
+        "audio": {"file": AUDIO_DECODE_FILE, "function": "inputs", "rate": rate},
+        "note": "one WAV clip per call: audio_decode.inputs(wav_bytes, rate=..., graph_inputs=model.inputs) "
+        "decodes it (PCM 16/24/32, float 32/64, any channels mixed to mono), resamples it to `rate` as the "
+        "server does and, for a baseline or hybrid head, computes its MFCC summary",
+    }
 
 
 # -- format=peft: a generation task's adapter ------------------------------------------------------------

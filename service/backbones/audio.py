@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adapters.audio_export import speaker_graph, speech_embedding_graph
 from adapters.audio_features import mel_spectrogram
 
 from ..logs import get as get_logger
@@ -101,6 +102,16 @@ class SpeechEmbeddingBackbone:
             self.net = create_session(embedding_path, device, threads)
         self.name, self.device, self.micro_batch = name, device, micro_batch
         self.revision = weights_checksum(mel_path.parent, (mel_path.name, embedding_path.name))
+        self.paths = (mel_path, embedding_path)
+
+    def export_graph(self) -> Any:
+        """This backbone as one ONNX graph: ``samples`` (1, n) → ``pooled_embedding`` (1, 96)
+        (adapters/audio_export.py)."""
+        import onnx
+
+        mel, net = (onnx.load(str(path)) for path in self.paths)
+        return speech_embedding_graph(mel, net, min_samples=self.min_samples, window_frames=self.window_frames,
+                                      window_step=self.window_step, dim=self.dim)
 
     def _padded(self, clip: np.ndarray) -> np.ndarray:
         clip = np.asarray(clip, dtype=np.float32)
@@ -182,6 +193,18 @@ class SpeakerBackbone:
         self.model = load_ge2e(path).to(device)
         self.revision = weights_checksum(path.parent, (path.name,))
         self.frame_step = int(round(self.sample_rate / self.partials_per_s / self.hop))
+
+    def export_graph(self) -> Any:
+        """This backbone as one ONNX graph: ``samples`` (1, n) → ``pooled_embedding`` (1, 256)
+        (adapters/audio_export.py); the encoder is a float32 CPU copy, traced by ``torch.onnx.export``."""
+        import copy
+
+        encoder = copy.deepcopy(self.model).float().cpu()
+        return speaker_graph(
+            encoder, dim=self.dim, rate=self.sample_rate, n_fft=self.n_fft, hop=self.hop, n_mels=self.n_mels,
+            partial_frames=self.partial_frames, frame_step=self.frame_step, min_coverage=self.min_coverage,
+            target_dbfs=self.target_dbfs,
+        )
 
     def louder(self, clip: np.ndarray) -> np.ndarray:
         """Raise the volume to ``target_dbfs`` (RMS); never lower it."""

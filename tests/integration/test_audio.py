@@ -6,7 +6,12 @@ JSON and multipart predict, a zip of .wav clips, every bad input."""
 from __future__ import annotations
 
 import base64
+import io
+import json
 import shutil
+import subprocess
+import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -83,8 +88,69 @@ def test_keywords_train_and_predict_over_json_and_multipart(words_task, word_cli
     assert resp.status_code == 200, resp.text
     assert resp.json()["predictions"][0]["label"] == predicted[0]
 
-    # Export: the audio path has no ONNX graph yet, said plainly.
-    assert_error(client.get("/v1/tasks/words/export"), 422, "audio tasks are not exportable")
+
+
+# Runs in `python -I` (isolated: neither the checkout nor PYTHONPATH is importable): the zip alone is enough,
+# with numpy and onnxruntime; the shipped audio_decode.py decodes and resamples each WAV file.
+CONSUMER = r"""
+import json, sys, types, zipfile
+import numpy as np
+import onnxruntime as ort
+
+bundle, clips = sys.argv[1], sys.argv[2:]
+with zipfile.ZipFile(bundle) as zf:
+    manifest = json.loads(zf.read("graft-export.json"))
+    spec = manifest["preprocessing"]["audio"]
+    decoder = types.ModuleType("audio_decode")
+    exec(compile(zf.read(spec["file"]).decode(), spec["file"], "exec"), decoder.__dict__)
+    session = ort.InferenceSession(zf.read(manifest["model"]["file"]), providers=["CPUExecutionProvider"])
+outputs = manifest["model"].get("outputs", [manifest["model"]["output"]])
+rows = []
+for path in clips:  # one clip per call
+    with open(path, "rb") as fh:
+        feeds = decoder.inputs(fh.read(), rate=spec["rate"], graph_inputs=manifest["model"]["inputs"])
+    rows.append([out[0].tolist() for out in session.run(outputs, feeds)])
+others = sorted(m for m in sys.modules if m.split(".")[0] in ("service", "adapters", "tests", "scipy", "torch"))
+print(json.dumps({"manifest": manifest, "rows": rows, "others": others}))
+"""
+
+
+def export_and_run(client, name: str, wavs: list[bytes], tmp_path) -> dict:
+    """GET the task's export, and run it on ``wavs`` in an isolated consumer process."""
+    resp = client.get(f"/v1/tasks/{name}/export")
+    assert resp.status_code == 200, resp.text
+    with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
+        assert {"model.onnx", "graft-export.json", "audio_decode.py"} <= set(zf.namelist()), zf.namelist()
+    (tmp_path / "model.zip").write_bytes(resp.content)
+    (tmp_path / "consumer.py").write_text(CONSUMER)
+    paths = []
+    for i, wav in enumerate(wavs):
+        (tmp_path / f"{i}.wav").write_bytes(wav)
+        paths.append(str(tmp_path / f"{i}.wav"))
+    done = subprocess.run([sys.executable, "-I", str(tmp_path / "consumer.py"), str(tmp_path / "model.zip"), *paths],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert out["others"] == [], out["others"]  # no Graft code, no scipy, no torch on the consumer's side
+    return out
+
+
+def test_keywords_export_reproduces_the_server(words_task, word_clips, tmp_path) -> None:
+    client, _ = words_task
+    test = [wav for wav, _ in word_clips["test"][:8]]
+    clip = audio.decode(test[0], audio.Limits(10**8, 60.0, 2))  # and a stereo 44.1 kHz float file
+    test.append(audio.encode_wav(np.stack([clip.at(44_100)] * 2, axis=1), 44_100, 32, "float"))
+    out = export_and_run(client, "words", test, tmp_path)
+    manifest = out["manifest"]
+    labels = manifest["labels"]
+    assert sorted(labels) == sorted(KEYWORDS) and manifest["preprocessing"]["audio"]["rate"] == 16_000
+    served = predict(client, "words", [b64(wav) for wav in test], top_k=len(labels))["predictions"]
+    assert manifest["backbone"]["name"] == "openwakeword-speech-embedding"
+    exported = np.array([row[0] for row in out["rows"]])
+    expected = np.array([[p["scores"][label] for label in labels] for p in served])
+    # measured on synthesised clips: max |dp| <= 2.2e-6 (numpy vs scipy float32 arithmetic in the decoder)
+    assert np.abs(exported - expected).max() <= 1e-4, np.abs(exported - expected).max()
+    assert [labels[i] for i in exported.argmax(axis=1)] == [p["label"] for p in served]
 
 
 def test_bad_audio_is_a_clear_4xx(words_task, word_clips) -> None:
@@ -114,7 +180,7 @@ def test_bad_audio_is_a_clear_4xx(words_task, word_clips) -> None:
     assert_error(resp, 422, "modality")
 
 
-def test_speakers_open_set_unknown_is_null(server) -> None:
+def test_speakers_open_set_unknown_is_null(server, tmp_path) -> None:
     client = server.new_tenant("audio-speakers")
     clips = speaker_clips(5, 4, seed=1)
     stranger = clips[-1][1]
@@ -140,6 +206,20 @@ def test_speakers_open_set_unknown_is_null(server) -> None:
     assert all(p["labels"][0]["label"] == who for p, (_, who) in zip(body["predictions"], enrolled, strict=True))
     assert all(n in (None, who) for n, (_, who) in zip(named, enrolled, strict=True)), named
     assert sum(n is not None for n in named) >= len(named) // 2, named
+
+    # the export: samples → partials → GE2E → similarities, and the speaker named (-1: unknown)
+    probes = [wav for wav, _ in enrolled[::3]] + strangers[:2]
+    served = predict(client, "voices", [b64(wav) for wav in probes], top_k=4)["predictions"]
+    out = export_and_run(client, "voices", probes, tmp_path)
+    manifest = out["manifest"]
+    assert manifest["model"]["outputs"] == ["similarities", "speaker"]
+    assert abs(manifest["threshold"] - served[0]["threshold"]) < 1e-4
+    labels = manifest["labels"]
+    for (similarities, speaker), p in zip(out["rows"], served, strict=True):
+        expected = {s["label"]: s["score"] for s in p["labels"]}
+        assert max(abs(similarities[labels.index(k)] - v) for k, v in expected.items()) <= 1e-4, (similarities, p)
+        assert (labels[speaker] if speaker >= 0 else None) == p["speaker"], (speaker, p)
+    assert any(p["speaker"] is None for p in served)
 
 
 def test_zip_of_wav_folders_makes_an_audio_task(server, word_clips) -> None:

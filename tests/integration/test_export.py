@@ -33,7 +33,7 @@ with zipfile.ZipFile(bundle) as zf:
         prep = types.ModuleType("raw_inputs")
         exec(compile(zf.read(raw["file"]).decode(), raw["file"], "exec"), prep.__dict__)
     session = ort.InferenceSession(zf.read(manifest["model"]["file"]), providers=["CPUExecutionProvider"])
-step = len(texts)  # every variant batches: int8 quantises activations per token
+step = 1 if manifest["one_input_per_call"] else len(texts)  # audio: one clip per call
 rows = []
 for start in range(0, len(texts), step):
     chunk, feeds = texts[start : start + step], {}
