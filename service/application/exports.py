@@ -275,8 +275,9 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
             "trained_on_revision": v.backbone_revision,
             "dim": backbone.dim,
         },
-        # Text and image graphs batch (int8 quantises activations per token); an audio graph takes one clip.
-        "one_input_per_call": False,
+        # int8 activations are quantised with one scale per call: to reproduce Graft's scores exactly,
+        # run one input per call, as Graft does (an audio graph: one clip per call, below).
+        "one_input_per_call": variant == "onnx-int8",
         "versions": {
             "graft": "0.1.0",
             "opset": next(o.version for o in fused.opset_import if o.domain in ("", "ai.onnx")),

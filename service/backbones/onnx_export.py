@@ -10,8 +10,7 @@ Variants (all derived from one fp32 export):
 
 * ``onnx`` — the fp32 graph as traced; ORT applies its graph optimisations at load time.
 * ``onnx-int8`` — dynamic quantisation: int8 weights per output channel (per tensor loses
-  too much: cosine 0.92–0.96), activations quantised **per token** at run time
-  (``adapters.onnx_int8``), so a row's result does not depend on its batch mates and inputs batch.
+  too much: cosine 0.92–0.96), activations quantised per call.
 * ``onnx-fp16`` — CUDA only: ORT's transformer fusions for GPU (fused attention, skip
   layer norm) and fp16 weights and compute, float32 inputs and outputs kept.
 """
@@ -29,7 +28,7 @@ import torch
 from adapters.onnx_trace import OPSET, trace_onnx
 
 # Bump when the export or a variant recipe changes, so cached files made by older code are rebuilt.
-EXPORT_FORMAT = 3  # 3: int8 activations per token
+EXPORT_FORMAT = 2
 OUTPUT = "embedding"
 
 
@@ -75,10 +74,7 @@ def export_fp32(spec: ExportSpec, path: Path, opset: int = OPSET) -> None:
 def quantize_int8(source: Path, path: Path) -> None:
     import logging
 
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from adapters.onnx_int8 import quantize_activations_per_token
 
     root = logging.getLogger()
     level = root.level
@@ -87,7 +83,6 @@ def quantize_int8(source: Path, path: Path) -> None:
         quantize_dynamic(source, path, per_channel=True, weight_type=QuantType.QInt8)
     finally:
         root.setLevel(level)
-    onnx.save(quantize_activations_per_token(onnx.load(str(path))), str(path))
 
 
 def convert_fp16(source: Path, path: Path, fusion: dict[str, Any] | None) -> None:

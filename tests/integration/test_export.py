@@ -33,7 +33,7 @@ with zipfile.ZipFile(bundle) as zf:
         prep = types.ModuleType("raw_inputs")
         exec(compile(zf.read(raw["file"]).decode(), raw["file"], "exec"), prep.__dict__)
     session = ort.InferenceSession(zf.read(manifest["model"]["file"]), providers=["CPUExecutionProvider"])
-step = 1 if manifest["one_input_per_call"] else len(texts)  # audio: one clip per call
+step = 1 if manifest["one_input_per_call"] else len(texts)  # int8: one input per call; audio: one clip
 rows = []
 for start in range(0, len(texts), step):
     chunk, feeds = texts[start : start + step], {}

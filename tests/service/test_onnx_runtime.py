@@ -60,16 +60,12 @@ def test_int8_close_to_fp32_and_predicts_the_same_labels(onnx_fp32, onnx_int8, b
 
 
 def test_int8_results_do_not_depend_on_the_batch(onnx_int8, bbc_test) -> None:
-    """int8 quantises activations per token: a tenant's embedding does not depend on what else shares
-    its batch (texts of very different lengths, so padding differs too), within fp32 summation order.
-    One scale per tensor (quantize_dynamic's own graph) moved elements by up to 0.03."""
+    """Activation scales are per call: Graft runs int8 one input per call, so a tenant's embedding
+    never depends on what else shares its batch."""
     texts = varied_texts(bbc_test)
-    assert onnx_int8.per_call > 1
     together = onnx_int8.embed(texts)
     alone = np.concatenate([onnx_int8.embed([t]) for t in texts])
-    reversed_ = onnx_int8.embed(texts[::-1])[::-1]
-    assert np.abs(together - alone).max() < 1e-4
-    assert np.abs(together - reversed_).max() < 1e-4
+    assert np.array_equal(together, alone)
     assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
     assert onnx_int8.embed([]).shape == (0, 384)
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from adapters.onnx_int8 import quantize_activations_per_token
+from benchmarks.int8_per_token import quantize_activations_per_token
 
 H, N = 48, 20
 
