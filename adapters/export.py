@@ -24,7 +24,7 @@ import torch
 from .audio_export import FILE as AUDIO_DECODE_FILE  # adapters/audio_decode.py, shipped with audio graphs
 from .heads import EMBEDDING as CONSUMES_EMBEDDING
 from .heads import RAW, ValueHead
-from .onnx_heads import MFCC, PIXELS, TOKENS, raw_head_graph
+from .onnx_heads import FEATURE_NAMES, FEATURE_VALUES, MFCC, PIXELS, TOKENS, raw_head_graph, word_head_graph
 from .onnx_trace import OPSET, trace_onnx
 from .span_decode import FILE as SPAN_DECODE_FILE  # adapters/span_decode.py, shipped with token-level graphs
 
@@ -38,14 +38,16 @@ DETECTIONS = "detections"  # a detection graph's output (n, labels + 4, g, g): h
 PIXEL_VALUES = "pixel_values"
 TAG_LOGIT_PARTS = "tag_logit_parts"  # an entities tagger's output (n, seq, 3, tags): see token_graph
 SPAN_LOG_PROBS = "span_log_probs"  # an answers pointer's output (context tokens, 2): start, end log-probabilities
+TAG_LOGITS = "tag_logits"  # an entities word baseline's output (words, tags): see word_graph
+WORD_HEADS = ("word-tagger", "word-pointer")  # the span kinds' no-transfer baselines: word features, no encoder
 
 __all__ = [
-    "AUDIO_DECODE_FILE", "DETECTIONS", "EMBEDDING",
-    "MANIFEST_FILE", "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES",
-    "RAW_INPUTS_FILE", "SPAN_DECODE_FILE", "SPAN_LOG_PROBS", "TAG_LOGIT_PARTS", "TOKENS", "VALUE", "ExportError",
+    "AUDIO_DECODE_FILE", "DETECTIONS", "EMBEDDING", "FEATURE_NAMES", "FEATURE_VALUES", "MANIFEST_FILE",
+    "MODEL_FILE", "PIXELS", "PIXEL_VALUES", "PROBABILITIES", "RAW_INPUTS_FILE", "SPAN_DECODE_FILE", "SPAN_LOG_PROBS",
+    "TAG_LOGITS", "TAG_LOGIT_PARTS", "TOKENS", "VALUE", "WORD_HEADS", "ExportError",
     "ExportableHead", "PointerForm", "TaggerForm", "bundle", "detection_graph", "finetune_graph", "fuse",
-    "head_graph", "needs_backbone", "output_of",
-    "audio_decode_source", "raw_inputs", "raw_inputs_source", "span_decode_source", "token_graph", "token_head_problem",
+    "head_graph", "needs_backbone", "output_of", "audio_decode_source",
+    "raw_inputs", "raw_inputs_source", "span_decode_source", "token_graph", "token_head_problem", "word_graph",
 ]
 
 
@@ -263,6 +265,8 @@ def token_graph(head: Any, spec: Any) -> onnx.ModelProto:
     problem = token_head_problem(head)
     if problem:
         raise ExportError(problem)
+    if head.kind in WORD_HEADS:
+        raise ExportError(f"a {head.kind!r} head reads no encoder: export it with word_graph")
     axes = {"input_ids": {0: "batch", 1: "sequence"}} | dict(spec.dynamic_axes)
     names = list(spec.example_inputs)
     with tempfile.TemporaryDirectory() as tmp:
@@ -342,23 +346,26 @@ class PointerForm(torch.nn.Module):
         return out
 
 
+def word_graph(head: Any) -> onnx.ModelProto:
+    """A span kind's word baseline (``word-tagger``, ``word-pointer``) as one graph, no encoder: the per-word
+    feature names and values that the shipped ``span_decode.py`` computes (the functions the head itself
+    calls) → ``tag_logits`` (words, tags) or ``span_log_probs`` (words, 2) (adapters/onnx_heads.py)."""
+    if getattr(head, "kind", None) not in WORD_HEADS:
+        raise ExportError(f"heads of kind {getattr(head, 'kind', type(head).__name__)!r} are not word baselines")
+    output = TAG_LOGITS if head.kind == "word-tagger" else SPAN_LOG_PROBS
+    return _label(word_head_graph(head, output, OPSET), head)
+
+
 def token_head_problem(head: Any) -> str | None:
-    """Why a token-level head has no ONNX form (None for an entities ``tagger``), checked before the
-    backbone is loaded for tracing."""
+    """Why a token-level head has no ONNX form (None for the entities ``tagger`` and the answers
+    ``pointer``, on the encoder, and for their word baselines), checked before the backbone is loaded."""
     kind = getattr(head, "kind", type(head).__name__)
-    if kind in ("tagger", "pointer"):
+    if kind in ("tagger", "pointer", *WORD_HEADS):
         return None
     return _TOKEN_HEADS_NOT_EXPORTED.get(kind, f"a token head of kind {kind!r} has no ONNX form yet")
 
 
 _TOKEN_HEADS_NOT_EXPORTED = {
-    "word-tagger": "the 'word-tagger' head (the no-transfer baseline) reads hashed word features of the raw text "
-    "(word shapes, affixes, neighbours: Python string work with no ONNX form): there is no ONNX export of it; "
-    "retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
-    "word-pointer": "the 'word-pointer' head (the no-transfer baseline) reads word features of the raw question "
-    "and context (shapes, overlap with the question, distance to its words: Python string work with no ONNX "
-    "form): there is no ONNX export of it; retrain with head 'pointer' to export, or predict through "
-    "POST /v1/tasks/{name}/predict",
     "finetune-tagger": "a fine-tuned entities head (head 'finetune') changes the encoder's top layers and has no ONNX "
     "export yet; retrain with head 'tagger' to export, or predict through POST /v1/tasks/{name}/predict",
 }

@@ -130,3 +130,58 @@ def raw_head_graph(head: Any, embedding: str, dim: int, output: str, opset: int)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="graft")
     onnx.checker.check_model(model)
     return model
+
+
+FEATURE_NAMES = "feature_names"  # string (words, width): a word head's per-word feature names (span_decode.py)
+FEATURE_VALUES = "feature_values"  # float32 (words, width): their values, 0 where a row is padded
+
+
+def word_head_graph(head: Any, output: str, opset: int) -> onnx.ModelProto:
+    """A word baseline of the span kinds (``word-tagger``, ``word-pointer``: adapters/spans/heads.py) as ONNX.
+
+    Inputs: the per-word feature dicts as two aligned arrays, ``feature_names`` and ``feature_values``
+    (what ``span_decode.word_feeds`` builds from ``span_decode.word_rows``: Python string work). The graph
+    maps each name to its column of the head's vocabulary (``ai.onnx.ml`` ``LabelEncoder``; a name outside
+    it, or the padding ``""``, reads a zero column), gathers the weights and sums them times the values:
+    ``logits[w] = Σ_k values[w, k] · coef[:, column(names[w, k])] + bias``, the head's sparse product.
+
+    ``word-tagger`` → ``output`` (words, tags): the BIO logits. ``word-pointer`` → ``output`` (words, 2): the
+    log-softmax over the context's words of the start and of the end model's "here" margin."""
+    g = _Graph()
+    vocabulary: list[str] = list(head.vocab.names)
+    if head.kind == "word-tagger":
+        coef, bias = head.model.coef, head.model.bias  # (tags, V), (tags,)
+    elif head.kind == "word-pointer":
+        # each binary model's margin (class 1 minus class 0) is what the head's log-softmax reads
+        coef = np.stack([head.start.coef[1] - head.start.coef[0], head.end.coef[1] - head.end.coef[0]])
+        bias = np.array([head.start.bias[1] - head.start.bias[0], head.end.bias[1] - head.end.bias[0]])
+    else:
+        raise ValueError(f"no word-feature graph for heads of kind {head.kind!r}")
+    weights = np.vstack([np.asarray(coef, np.float32).T, np.zeros((1, coef.shape[0]), np.float32)])  # (V + 1, C)
+    g.nodes.append(
+        helper.make_node(
+            "LabelEncoder", [FEATURE_NAMES], ["columns"], name="LabelEncoder_vocabulary", domain="ai.onnx.ml",
+            keys_strings=vocabulary, values_int64s=list(range(len(vocabulary))), default_int64=len(vocabulary),
+        )
+    )
+    gathered = g.op("Gather", g.const("head/weights", weights), "columns", axis=0)  # (words, width, C)
+    logits = g.op("Einsum", gathered, FEATURE_VALUES, equation="wkc,wk->wc")
+    logits = g.op("Add", logits, g.const("head/bias", np.asarray(bias, np.float32)))
+    if head.kind == "word-pointer":
+        g.nodes.append(helper.make_node("LogSoftmax", [logits], [output], name="LogSoftmax_out", axis=0))
+    else:
+        g.nodes.append(helper.make_node("Identity", [logits], [output], name="Identity_out"))
+    inputs = [
+        helper.make_tensor_value_info(FEATURE_NAMES, TensorProto.STRING, ["words", "width"]),
+        helper.make_tensor_value_info(FEATURE_VALUES, TensorProto.FLOAT, ["words", "width"]),
+    ]
+    graph = helper.make_graph(
+        g.nodes, f"graft-{head.kind}", inputs,
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["words", int(coef.shape[0])])], g.initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", 2)],
+        producer_name="graft",
+    )
+    onnx.checker.check_model(model)
+    return model

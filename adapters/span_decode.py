@@ -1,7 +1,7 @@
 """How a consumer of an exported token-level graph (an ``entities`` or ``answers`` task) gets Graft's answers.
 
-This file is shipped as is in the export zip of such a task (``span_decode.py``): it needs only numpy and
-the ``tokenizers`` package, no Graft code. It does what Graft does around the encoder (docs/spans.md):
+This file is shipped as is in the export zip of such a task (``span_decode.py``): it needs only numpy (and, for the
+encoder's heads, the ``tokenizers`` package), no Graft code. It does what Graft does around the encoder (docs/spans.md):
 
 1. :func:`encode`: tokenise the text with ``tokenizer.json`` into windows of at most ``window`` tokens
    (special tokens included) sharing ``stride`` tokens, as the model's feeds, and the text's own tokens
@@ -21,6 +21,12 @@ max-context merge itself (:func:`gather` says where each context token takes its
 word-level :func:`exact_match` feature as an input; :func:`best_answer` searches its start/end
 log-probabilities for the answer. All in one call: ``predict_answer(session, tokenizer, {"question": ...,
 "context": ...}, manifest)`` → ``{"answer", "start", "end", "score"}``.
+
+The word baselines (``word-tagger``, ``word-pointer``; the manifest's ``decode.features`` is ``words``) read
+no encoder: :func:`word_rows` splits the text into words and builds each word's feature dict (the very
+functions Graft's heads call), :func:`word_feeds` turns them into the graph's ``feature_names`` and
+``feature_values``, and the graph's per-word logits are decoded as above, over words instead of tokens.
+The same two calls serve them, ``tokenizer`` unused (None will do).
 """
 
 from __future__ import annotations
@@ -154,6 +160,115 @@ STOP = frozenset(
     "a an the of in on at to for from by with and or is was were are be been did does do has have had "
     "what which who whom whose where when why how that this".split()
 )
+
+
+# -- word features: what the word baselines (``word-tagger``, ``word-pointer``) read -----------------------
+# Graft's own heads import these functions (adapters/spans/words.py), so the export cannot drift from them.
+
+
+def words(text: str) -> tuple[list[str], np.ndarray]:
+    """The text's words (runs of word characters, or single punctuation marks) and their character
+    offsets (n, 2) into ``text``."""
+    found = list(WORD.finditer(text))
+    offsets = np.array([m.span() for m in found], dtype=np.int64).reshape(-1, 2)
+    return [m.group() for m in found], offsets
+
+
+def shape(word: str) -> str:
+    """``Xxxx``-style shape, repeats collapsed: "Lyon" → "Xx", "B2B" → "XdX", "é" → "x"."""
+    out: list[str] = []
+    for ch in word:
+        c = "X" if ch.isupper() else "x" if ch.islower() else "d" if ch.isdigit() else ch
+        if not out or out[-1] != c:
+            out.append(c)
+    return "".join(out)
+
+
+def _basic(word: str, prefix: str) -> dict[str, float]:
+    lower = word.lower()
+    return {
+        f"{prefix}w={lower}": 1.0,
+        f"{prefix}shape={shape(word)}": 1.0,
+        f"{prefix}suf3={lower[-3:]}": 1.0,
+        f"{prefix}title": float(word[:1].isupper()),
+    }
+
+
+def tagger_features(tokens: list[str], i: int) -> dict[str, float]:
+    """A word's features for tagging: itself (word, shape, prefix, suffixes, case) and its neighbours
+    (word, shape) two either side."""
+    word = tokens[i]
+    feats = _basic(word, "")
+    feats.update({f"pre3={word[:3].lower()}": 1.0, f"suf2={word[-2:].lower()}": 1.0, "bias": 1.0})
+    feats["upper"] = float(word.isupper())
+    feats["first"] = float(i == 0)
+    for d in (-2, -1, 1, 2):
+        j = i + d
+        if 0 <= j < len(tokens):
+            feats[f"{d}w={tokens[j].lower()}"] = 1.0
+            feats[f"{d}shape={shape(tokens[j])}"] = 1.0
+        else:
+            feats[f"{d}edge"] = 1.0
+    return feats
+
+
+def question_features(question: str) -> tuple[str, set[str]]:
+    """The question's wh-word ("other" when none) and its content words (lower case, no stop words)."""
+    q_words = [w.lower() for w in words(question)[0]]
+    wh = next((w for w in q_words if w in WH_WORDS), "other")
+    return wh, {w for w in q_words if w not in STOP and w.isalnum()}
+
+
+def answer_features(tokens: list[str], i: int, wh: str, content: set[str]) -> dict[str, float]:
+    """A context word's features for pointing at an answer: the word itself, whether it and its
+    neighbours occur in the question, how far the nearest question word is, each crossed with the
+    question's wh-word."""
+    word = tokens[i]
+    feats = _basic(word, "")
+    feats["bias"] = 1.0
+    in_q = [tok.lower() in content for tok in tokens]
+    feats["in_q"] = float(in_q[i])
+    hits = np.flatnonzero(in_q)
+    distance = int(np.abs(hits - i).min()) if len(hits) else 99
+    bucket = str(min(distance, 8)) if distance < 99 else "none"
+    for name in (f"dist={bucket}", f"shape={shape(word)}", f"title={word[:1].isupper()}"):
+        feats[name] = 1.0
+        feats[f"{wh}|{name}"] = 1.0
+    for d in (-2, -1, 1, 2):
+        j = i + d
+        if 0 <= j < len(tokens):
+            feats[f"{d}in_q"] = float(in_q[j])
+            feats[f"{wh}|{d}w={tokens[j].lower()}"] = 1.0
+            feats[f"{wh}|{d}shape={shape(tokens[j])}"] = 1.0
+    return feats
+
+
+def word_rows(value: Any) -> tuple[list[dict[str, float]], np.ndarray]:
+    """Per word of an entities text (a string) or of an answers context (``{"question", "context"}``): its
+    feature dict (name → value) and the words' character offsets (n, 2)."""
+    if isinstance(value, str):
+        tokens, offsets = words(value)
+        return [tagger_features(tokens, i) for i in range(len(tokens))], offsets
+    tokens, offsets = words(value["context"])
+    wh, content = question_features(value["question"])
+    return [answer_features(tokens, i, wh, content) for i in range(len(tokens))], offsets
+
+
+PAD = ""  # never a feature name: pads the rows of ``feature_names`` to one width
+
+
+def word_feeds(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
+    """A word head's graph inputs from :func:`word_rows`: ``feature_names`` (words, width) str, rows padded
+    with ``""``, and ``feature_values`` (words, width) float32 (0 where padded)."""
+    width = max([1, *map(len, rows)])
+    names = np.full((len(rows), width), PAD, dtype=object)
+    values = np.zeros((len(rows), width), dtype=np.float32)
+    for r, row in enumerate(rows):
+        names[r, : len(row)] = list(row)
+        values[r, : len(row)] = list(row.values())
+    return {"feature_names": names, "feature_values": values}
+
+
 MATCH_RADII = (0, 1, 2, 4, 8)
 
 
@@ -161,7 +276,7 @@ def exact_match(question: str, context: str, offsets: np.ndarray) -> np.ndarray:
     """DrQA's exact-match feature per context token (the pointer graph's ``exact_match``, (tokens, 5)): does
     the word it lies in occur among the question's content words (lower case, stop words aside)? Maxed over
     0, 1, 2, 4 and 8 tokens either side."""
-    content = {w for w in (m.group().lower() for m in WORD.finditer(question)) if w not in STOP and w.isalnum()}
+    _, content = question_features(question)
     hit = np.zeros(len(offsets), np.float32)
     for m in WORD.finditer(context):
         if m.group().lower() in content:
@@ -193,7 +308,15 @@ def best_answer(
 
 
 def predict_answer(session: Any, tokenizer: Any, value: dict[str, str], manifest: dict[str, Any]) -> dict[str, Any]:
-    """An answers task's answer for ``{"question", "context"}`` with an ONNX Runtime ``session``."""
+    """An answers task's answer for ``{"question", "context"}`` with an ONNX Runtime ``session`` (``tokenizer``
+    is not read for a word baseline's graph, ``decode.features`` ``words``: it may be None)."""
+    decode = manifest["decode"]
+    if decode.get("features") == "words":
+        rows, offsets = word_rows(value)
+        if not rows:
+            return best_answer(np.zeros((0, 2)), offsets, value["context"], 1, 0.0)
+        (log_probs,) = session.run([manifest["model"]["output"]], word_feeds(rows))
+        return best_answer(log_probs, offsets, value["context"], decode["max_answer_tokens"], decode["threshold"])
     windows, model, decode = manifest["preprocessing"]["windows"], manifest["model"], manifest["decode"]
     encoder = [name for name in model["inputs"] if name in ("input_ids", "attention_mask", "token_type_ids")]
     feeds, layout, query = encode_pair(
@@ -248,7 +371,14 @@ def entities(parts: np.ndarray, offsets: np.ndarray, text: str, labels: list[str
     """Graft's answer for ``text`` from the tagger's merged parts (:func:`merge`) and the tokens' offsets."""
     if not len(offsets):
         return {"entities": []}
-    logits = tag_logits(parts)
+    return tagged_entities(tag_logits(parts), offsets, text, labels)
+
+
+def tagged_entities(logits: np.ndarray, offsets: np.ndarray, text: str, labels: list[str]) -> dict[str, Any]:
+    """Graft's answer for ``text`` from BIO logits (n_tokens, tags) of its tokens (or words) at ``offsets``."""
+    if not len(offsets):
+        return {"entities": []}
+    logits = logits.astype(np.float64)
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))
     log_probs = np.log(np.clip(probs, 1e-12, 1.0))
@@ -290,7 +420,14 @@ def entities(parts: np.ndarray, offsets: np.ndarray, text: str, labels: list[str
 
 
 def predict_entities(session: Any, tokenizer: Any, text: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    """An entities task's answer for ``text`` with an ONNX Runtime ``session`` of the exported graph."""
+    """An entities task's answer for ``text`` with an ONNX Runtime ``session`` of the exported graph
+    (``tokenizer`` is not read for a word baseline's graph, ``decode.features`` ``words``: it may be None)."""
+    if manifest["decode"].get("features") == "words":
+        rows, offsets = word_rows(text)
+        if not rows:
+            return {"entities": []}
+        (logits,) = session.run([manifest["model"]["output"]], word_feeds(rows))
+        return tagged_entities(logits, offsets, text, manifest["decode"]["labels"])
     windows = manifest["preprocessing"]["windows"]
     model = manifest["model"]
     feeds, layout = encode(tokenizer, text, windows["window"], windows["stride"], model["inputs"])

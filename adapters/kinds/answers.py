@@ -172,10 +172,27 @@ class Answers(TokenKind):
         return NO_ANSWER if text is None else normalize_answer(text)
 
     def export_problem(self) -> str | None:
-        return None  # the 'pointer' head on the encoder, one graph (adapters/export.py token_graph); others refused
+        return None  # 'pointer' (token_graph) and 'word-pointer' (word_graph) in adapters/export.py
 
     def manifest(self, head: Any) -> dict[str, Any]:
         """How a consumer turns the graph's start/end log-probabilities into Graft's answer (docs/spans.md#export)."""
+        rule = (
+            "the (start, end) token pair, start <= end < start + max_answer_tokens, of highest start + end "
+            "log-probability; its probability is the score; under `threshold` the answer is null"
+        )
+        if head.kind == "word-pointer":  # the word baseline: per-word log-probabilities of the words' features
+            return {
+                "decode": {
+                    "file": SPAN_DECODE_FILE,
+                    "function": "predict_answer",
+                    "features": "words",
+                    "inputs": "feature_names, feature_values: span_decode.word_feeds(span_decode.word_rows({question, "
+                    "context})); no tokenizer, no windows; one question + context per call",
+                    "threshold": float(head.threshold),
+                    "max_answer_tokens": MAX_ANSWER_TOKENS,
+                    "rule": rule.replace("token pair", "word pair"),
+                }
+            }
         return {
             "decode": {
                 "file": SPAN_DECODE_FILE,
@@ -185,8 +202,7 @@ class Answers(TokenKind):
                 "(span_decode.exact_match); one question + context per call",
                 "threshold": float(head.threshold),
                 "max_answer_tokens": MAX_ANSWER_TOKENS,
-                "rule": "the (start, end) token pair, start <= end < start + max_answer_tokens, of highest start + "
-                "end log-probability; its probability is the score; under `threshold` the answer is null",
+                "rule": rule,
             }
         }
 

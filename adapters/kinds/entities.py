@@ -225,11 +225,25 @@ class Entities(TokenKind):
         ]
 
     def export_problem(self) -> str | None:
-        return None  # the 'tagger' head on the encoder, one graph (adapters/export.py token_graph); others refused
+        return None  # 'tagger' (token_graph) and 'word-tagger' (word_graph) in adapters/export.py; 'finetune' refused
 
     def manifest(self, head: Any) -> dict[str, Any]:
         """How a consumer turns the graph's per-token logit parts into Graft's answer (docs/spans.md#export):
         the shipped ``span_decode.py`` merges the windows, sums the parts and runs the BIO Viterbi pass."""
+        if head.kind == "word-tagger":  # the word baseline: per-word logits of the words' features
+            return {
+                "decode": {
+                    "file": SPAN_DECODE_FILE,
+                    "function": "predict_entities",
+                    "features": "words",
+                    "labels": list(head.labels),
+                    "tags": tag_names(head.labels),
+                    "scheme": "BIO over the text's words (span_decode.words); Viterbi over valid BIO sequences; an "
+                    "entity's score is the geometric mean of its words' chosen-tag probabilities",
+                    "logits": "the graph's tag_logits (words, tags) of span_decode.word_feeds(span_decode.word_rows"
+                    "(text)); no tokenizer, no windows",
+                }
+            }
         return {
             "decode": {
                 "file": SPAN_DECODE_FILE,

@@ -236,8 +236,7 @@ class WordTagger:
         self.model: _Linear | None = None
 
     def _rows(self, text: str) -> tuple[list[dict[str, float]], np.ndarray]:
-        tokens, offsets = wf.words(text)
-        return [wf.tagger_features(tokens, i) for i in range(len(tokens))], offsets
+        return wf.word_rows(text)  # what an export's span_decode.py computes (the same function)
 
     def fit(self, texts: Sequence[str], spans: Sequence[Sequence[Span]], encoded: Any = None) -> WordTagger:
         rows, tags = [], []
@@ -470,9 +469,7 @@ class WordPointer:
 
     @staticmethod
     def _rows(question: str, context: str) -> tuple[list[dict[str, float]], np.ndarray]:
-        tokens, offsets = wf.words(context)
-        wh, content = wf.question_features(question)
-        return [wf.answer_features(tokens, i, wh, content) for i in range(len(tokens))], offsets
+        return wf.word_rows({"question": question, "context": context})  # as an export's span_decode.py
 
     def fit(self, questions: Sequence[str], contexts: Sequence[str], answers: Sequence[tuple[int, int] | None],
             encoded: Any = None) -> WordPointer:

@@ -34,6 +34,7 @@ from adapters.export import (
     MODEL_FILE,
     RAW_INPUTS_FILE,
     SPAN_DECODE_FILE,
+    WORD_HEADS,
     ExportError,
     audio_decode_source,
     bundle,
@@ -47,6 +48,7 @@ from adapters.export import (
     span_decode_source,
     token_graph,
     token_head_problem,
+    word_graph,
 )
 from adapters.generation import GenerationDataError, LoraWeights
 from adapters.generation.peft_export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, peft_bundle, target_modules
@@ -201,6 +203,8 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
                 raise NotExportable(f"backbone {name!r} has no feature maps to export")
             files = source.preprocessing_files() if source is not None else {}
             fused = detection_graph(head, network() if reads_maps and network else None, kinds.DETECTION_SIZE)
+        elif task_kind.reads_token_states and head.kind in WORD_HEADS:  # their word baselines: no encoder
+            files, fused = {SPAN_DECODE_FILE: span_decode_source()}, word_graph(head)
         elif task_kind.reads_token_states:  # entities, answers: the encoder + the head's per-token outputs, fp32
             problem = token_head_problem(head)
             if problem:
@@ -289,8 +293,15 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
     if task_kind.reads_feature_maps:  # detection: heatmap peaks and box terms, decoded as the manifest says
         manifest["model"] |= {"output": DETECTIONS, "output_order": "labels' heatmap peaks, then 4 box terms"}
         manifest["preprocessing"]["note"] = "letterbox onto the detection canvas: see detection.letterbox"
-    if windows is not None:  # token-level: windows over the text, per-token outputs, decoded as the manifest says
+    if task_kind.reads_token_states:  # per-token (or per-word) outputs, decoded as the manifest says
         manifest["model"] |= {"output": fused.graph.output[0].name, "output_order": "see `decode` and docs/spans.md"}
+    if windows is None and task_kind.reads_token_states:  # a word baseline
+        manifest["preprocessing"]["note"] = (
+            "no tokenizer: span_decode.word_rows splits the text into words and builds their feature dicts, "
+            "span_decode.word_feeds the graph's feature_names and feature_values; decode with span_decode.py: "
+            "`decode.function`"
+        )
+    if windows is not None:  # token-level: windows over the text
         manifest["preprocessing"] |= {
             "windows": windows,
             "note": "tokenize the text (an answers input: question + context as a pair) into windows of `window` "

@@ -1,12 +1,15 @@
-"""An entities tagger's ONNX graph (the encoder + the head's per-token logit parts, adapters/export.py
-``token_graph``) on bare ONNX Runtime + ``tokenizers`` + the shipped ``span_decode.py``: the same entities
-as the served head, on short, non-ASCII and longer-than-the-window texts."""
+"""The span heads' ONNX graphs on bare ONNX Runtime + ``tokenizers`` + the shipped ``span_decode.py``: an
+entities tagger (the encoder + the head's per-token logit parts, adapters/export.py ``token_graph``), an
+answers pointer, and the word baselines of both (``word_graph``: no encoder, the word features computed by
+the shipped decoder): the same entities and answers as the served heads, on short, non-ASCII, empty and
+longer-than-the-window texts."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -15,12 +18,16 @@ import pytest
 from tokenizers import Tokenizer
 
 from adapters.export import (
+    FEATURE_NAMES,
+    FEATURE_VALUES,
     SPAN_LOG_PROBS,
     TAG_LOGIT_PARTS,
+    TAG_LOGITS,
     ExportError,
     span_decode_source,
     token_graph,
     token_head_problem,
+    word_graph,
 )
 from adapters.kinds import KINDS
 from adapters.spans import Span
@@ -81,19 +88,80 @@ def test_tagger_graph_and_shipped_decoder_give_the_served_entities(minilm, decod
 
 
 def test_heads_without_an_onnx_form_are_refused_naming_the_head(minilm) -> None:  # type: ignore[no-untyped-def]
+    assert "'finetune'" in (token_head_problem(SimpleNamespace(kind="finetune-tagger")) or "")
     rows = entity_rows(20, 0, seed=1)
     baseline = WordTagger(LABELS).fit([r["input"] for r in rows], [spans_of(r) for r in rows])
-    with pytest.raises(ExportError, match="'word-tagger'.*retrain with head 'tagger'"):
+    assert token_head_problem(baseline) is None  # exported by word_graph, with no encoder
+    with pytest.raises(ExportError, match="'word-tagger' head reads no encoder"):
         token_graph(baseline, minilm.export_spec())
-    qa = answer_rows(20, 0, seed=1)
-    pointer = WordPointer().fit(
-        [r["input"]["question"] for r in qa],
-        [r["input"]["context"] for r in qa],
-        [None if r["label"] is None else (r["label"]["start"], r["label"]["end"]) for r in qa],
+    with pytest.raises(ExportError, match="not word baselines"):
+        word_graph(TokenTagger(LABELS))
+
+
+def bare_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    onnx.checker.check_model(model)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_word_tagger_graph_and_shipped_decoder_give_the_served_entities(decoder) -> None:  # type: ignore[no-untyped-def]
+    train = entity_rows(60, 0, seed=1)
+    head = WordTagger(LABELS).fit([r["input"] for r in train], [spans_of(r) for r in train])
+    model = word_graph(head)
+    assert [o.name for o in model.graph.output] == [TAG_LOGITS]
+    assert [i.name for i in model.graph.input] == [FEATURE_NAMES, FEATURE_VALUES]
+    session = bare_session(model)
+    manifest = json.loads(json.dumps({"model": {"output": TAG_LOGITS}} | ENTITIES.manifest(head)))
+    assert manifest["decode"]["features"] == "words"
+    test = [r["input"] for r in entity_rows(12, 1, seed=2)]  # names never seen in training
+    long_text = " \n".join(r["input"] for r in entity_rows(60, 1, seed=3))  # no window: every word in one call
+    tests = [
+        *test, long_text, "",
+        "Łukasz Nowak-Kowalski 🎉 met 李小龍 at Médecins Sans Frontières in Kraków.",
+        "ÉMILE ZOLA and Ǆemal Ⅻ visited İstanbul, ΣΊΣΥΦΟΣ in Αθήνα; the ﬁrm Straße GmbH paid 1½ ¥.",
+        "no capital letters here at all, just words.",  # likely no entity at all
+        "Zoë\u0301 e\u0301 Anna\t\n\r  Berg  ",  # combining marks, control whitespace
+    ]
+    served = [p.as_json() for p in ENTITIES.predict_tokens(head, tests, None)]
+    assert sum(len(s["entities"]) for s in served) > 10 and any(not s["entities"] for s in served)
+    for text, want in zip(tests, served, strict=True):
+        got = decoder.predict_entities(session, None, text, manifest)
+        strip = [{k: v for k, v in e.items() if k != "score"} for e in want["entities"]]
+        assert [{k: v for k, v in e.items() if k != "score"} for e in got["entities"]] == strip, text[:60]
+        scores = [e["score"] for e in got["entities"]]
+        assert np.allclose(scores, [e["score"] for e in want["entities"]], atol=1e-4, rtol=0)
+        rows, _ = decoder.word_rows(text)
+        if rows:  # the graph's logits are the head's sparse product
+            (logits,) = session.run([TAG_LOGITS], decoder.word_feeds(rows))
+            assert np.allclose(logits, head.model.logits(head.vocab.transform(rows)), atol=1e-4)
+
+
+def test_word_pointer_graph_and_shipped_decoder_give_the_served_answers(decoder) -> None:  # type: ignore[no-untyped-def]
+    answers_kind = KINDS["answers"]
+    rows = answer_rows(60, 0, seed=1, unanswerable=0.3)
+    head = WordPointer(threshold=0.05).fit(
+        [r["input"]["question"] for r in rows],
+        [r["input"]["context"] for r in rows],
+        [None if r["label"] is None else (r["label"]["start"], r["label"]["end"]) for r in rows],
     )
-    assert "'word-pointer'" in (token_head_problem(pointer) or "") and "retrain with head 'pointer'" in (
-        token_head_problem(pointer) or ""
-    )
+    model = word_graph(head)
+    assert [o.name for o in model.graph.output] == [SPAN_LOG_PROBS]
+    session = bare_session(model)
+    manifest = json.loads(json.dumps({"model": {"output": SPAN_LOG_PROBS}} | answers_kind.manifest(head)))
+    test = [r["input"] for r in answer_rows(12, 1, seed=2, unanswerable=0.3)]
+    long_context = " ".join(r["input"]["context"] for r in answer_rows(40, 1, seed=3))
+    test += [
+        {"question": test[0]["question"], "context": long_context},
+        {"question": "Wo wohnt Zoë Müller?", "context": "Zoë Müller wohnt in Kraków 🎉, nicht in 東京."},
+        {"question": "", "context": "Maria Lopez works at Siemens."},
+        {"question": "Where does Maria live?", "context": ""},
+        {"question": "Who?", "context": "🎉 … ‽"},
+    ]
+    served = [p.as_json() for p in answers_kind.predict_tokens(head, test, None)]
+    assert any(s["answer"] is not None for s in served) and any(s["answer"] is None for s in served)
+    for value, want in zip(test, served, strict=True):
+        got = decoder.predict_answer(session, None, value, manifest)
+        assert (got["answer"], got["start"], got["end"]) == (want["answer"], want["start"], want["end"])
+        assert abs(got["score"] - want["score"]) <= 1e-4, (got, want)
 
 
 def test_pointer_graph_and_shipped_decoder_give_the_served_answers(minilm, decoder) -> None:  # type: ignore[no-untyped-def]

@@ -26,7 +26,6 @@ pytestmark = pytest.mark.integration
 SPAN_CONSUMER = r"""
 import io, json, sys, zipfile
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
 zf = zipfile.ZipFile(sys.argv[1])
 zf.extractall("bundle")
@@ -34,11 +33,16 @@ sys.path.insert(0, "bundle")
 manifest = json.loads(zf.read("graft-export.json"))
 decode = __import__(manifest["decode"]["file"].removesuffix(".py"))
 session = ort.InferenceSession(zf.read("model.onnx"), providers=["CPUExecutionProvider"])
-tokenizer = Tokenizer.from_str(zf.read(manifest["preprocessing"]["tokenizer"]).decode())
+tokenizer = None  # a word baseline's export has none
+if "tokenizer" in manifest["preprocessing"]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(zf.read(manifest["preprocessing"]["tokenizer"]).decode())
 inputs = json.loads(open(sys.argv[2]).read())
 answers = [getattr(decode, manifest["decode"]["function"])(session, tokenizer, t, manifest) for t in inputs]
-graft = sorted(m for m in sys.modules if m.split(".")[0] in ("graft", "adapters", "service"))
-print(json.dumps({"answers": answers, "manifest": manifest, "graft_modules": graft}))
+graft = sorted(m for m in sys.modules if m.split(".")[0] in ("graft", "adapters", "service", "sklearn"))
+print(json.dumps({"answers": answers, "manifest": manifest, "graft_modules": graft, "files": zf.namelist(),
+                  "tokenizers": "tokenizers" in sys.modules}))
 """
 
 
@@ -57,8 +61,10 @@ def export_matches_the_service(client, task: str, inputs: list) -> dict:
     resp = client.get(f"/v1/tasks/{task}/export", params={"format": "onnx"})
     assert resp.status_code == 200, resp.text
     with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
-        assert {"model.onnx", "graft-export.json", "tokenizer.json", "span_decode.py"} <= set(zf.namelist())
-    served = client.post(f"/v1/tasks/{task}/predict", json={"inputs": inputs}).json()["predictions"]
+        assert {"model.onnx", "graft-export.json", "span_decode.py"} <= set(zf.namelist())
+    predicted = client.post(f"/v1/tasks/{task}/predict", json={"inputs": inputs})
+    assert predicted.status_code == 200, predicted.text
+    served = predicted.json()["predictions"]
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model.zip").write_bytes(resp.content)
         (Path(tmp) / "inputs.json").write_text(json.dumps(inputs))
@@ -73,6 +79,9 @@ def export_matches_the_service(client, task: str, inputs: list) -> dict:
     assert done.returncode == 0, done.stderr[-3000:]
     bare = json.loads(done.stdout)
     assert bare["graft_modules"] == []
+    words = bare["manifest"]["decode"].get("features") == "words"  # a word baseline: no encoder, no tokenizer
+    assert ("tokenizer.json" in bare["files"]) is (not words) and bare["tokenizers"] is (not words)
+    assert (bare["manifest"]["backbone"] is None) is words
     for want, got in zip(served, bare["answers"], strict=True):
         if "entities" in want:
             assert [(e["start"], e["end"], e["label"], e["text"]) for e in got["entities"]] == [
@@ -84,7 +93,7 @@ def export_matches_the_service(client, task: str, inputs: list) -> dict:
             pairs = [(got, want)]
         for a, b in pairs:
             assert abs(a["score"] - b["score"]) <= 1e-4, (a, b)
-    return {"manifest": bare["manifest"], "served": served}
+    return {"manifest": bare["manifest"], "served": served, "files": bare["files"]}
 
 
 def key_of(client) -> str:
@@ -199,6 +208,18 @@ def test_answers_task_answers_from_the_context_or_null(server) -> None:
         right += p["answer"] == gold
     assert right / len(test) > 0.2, right  # exact answers among ~15 candidate words per context
 
+    # auto serves the word baseline here (it beats the frozen pointer on this data): its export needs no encoder
+    assert m["head"] == "word-pointer", m["heads"]
+    odd = [
+        {"question": "Wo wohnt Zoë Müller?", "context": "Zoë Müller wohnt in Kraków 🎉, nicht in 東京."},
+        {"question": "Where does Maria live?", "context": " ".join(row["input"]["context"] for row in test)},
+        {"question": "?", "context": "🎉 … ‽"},
+    ]
+    exported = export_matches_the_service(client, "qa", [row["input"] for row in test[:8]] + odd)
+    manifest = exported["manifest"]
+    assert manifest["head"] == "word-pointer" and manifest["model"]["output"] == "span_log_probs"
+    assert sorted(exported["files"]) == ["graft-export.json", "model.onnx", "span_decode.py"]
+
     with Graft(server.url, key_of(client)) as g:  # the client sends {question, context}, answers are typed
         typed = g.predict("qa", [row["input"] for row in test[:3]]).predictions
     assert all(isinstance(p, s.AnswerPredictionOut) for p in typed)
@@ -287,3 +308,29 @@ def test_entities_finetune_trains_competes_and_serves_offsets(server_factory) ->
     assert wait_for_job(client, resp.json()["job"]["id"], timeout=300)["status"] == "succeeded"
     second = next(v for v in client.get("/v1/tasks/ner/versions").json()["versions"] if v["version"] == 2)
     assert second["status"] == "active" and "compared on its held-out part only" in second["promotion"]["reason"]
+
+
+def test_entities_task_served_by_the_word_baseline_exports_it(server) -> None:
+    """``auto`` serves the word-shape baseline on these rows (it beats the frozen, uncased tagger on unseen
+    names); its export zip is a graph of the words' features with the shipped decoder, no encoder, and answers
+    as the server does."""
+    client = server.new_tenant("spans-word-export")
+    resp = client.post("/v1/tasks", json={"name": "ner", "kind": "entities", "examples": entity_rows(50, 0, seed=11)})
+    assert resp.status_code == 202, resp.text
+    assert wait_for_job(client, resp.json()["job"]["id"], timeout=240)["status"] == "succeeded"
+    m = active_metrics(client, "ner")
+    assert m["selection"] == "auto" and m["head"] == "word-tagger", m["heads"]
+    test = [row["input"] for row in entity_rows(12, half=1, seed=4)]
+    texts = [
+        *test,
+        " \n".join(test * 3),  # long: the baseline has no window, the export none either
+        "Łukasz Nowak-Kowalski 🎉 met 李小龍 at Médecins Sans Frontières in Kraków.",
+        "ÉMILE ZOLA and Ǆemal visited İstanbul; ΣΊΣΥΦΟΣ in Αθήνα, the ﬁrm Straße GmbH.",
+        "no capital letters here, nothing to find.",
+        " … ‽ 🎉 ",
+    ]
+    exported = export_matches_the_service(client, "ner", texts)
+    assert exported["manifest"]["head"] == "word-tagger" and exported["manifest"]["model"]["output"] == "tag_logits"
+    assert sorted(exported["files"]) == ["graft-export.json", "model.onnx", "span_decode.py"]
+    assert sum(len(p["entities"]) for p in exported["served"]) > 10
+    assert any(not p["entities"] for p in exported["served"])
