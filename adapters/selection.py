@@ -9,7 +9,8 @@ by the new version's fold models too. Both models are scored on exactly those ex
 Noise: on each example either both are right, both wrong, or one is right (a multilabel prediction is
 right when it is exactly the example's label set; for regression, where nothing is exactly right, the
 model whose prediction is strictly closer to the target counts as the one right — a sign test; for detection,
-the model with the strictly higher per-image score, AP@0.5 of the image's boxes). With ``b`` = only the
+the model with the strictly higher per-image score, AP@0.5 of the image's boxes; for generation, the adapter
+whose held-out loss on the example is strictly lower). With ``b`` = only the
 active right and ``c`` = only the new right, the new version is *worse beyond noise* when
 ``b - c > Z * sqrt(b + c)`` (McNemar's test, normal approximation, Z = 1.96): then it stays a
 candidate. Otherwise (better, equal, or a difference within noise) it is promoted.
@@ -58,8 +59,11 @@ def compare_on_unseen(truth: Sequence[str], new: Sequence[str], active: Sequence
     b = sum(a and not c for a, c in zip(active_right, new_right, strict=True))
     c = sum(cn and not a for a, cn in zip(active_right, new_right, strict=True))
     counts = {
-        "compared_on": n, "new_correct": sum(new_right), "active_correct": sum(active_right),
-        "only_active_right": b, "only_new_right": c,
+        "compared_on": n,
+        "new_correct": sum(new_right),
+        "active_correct": sum(active_right),
+        "only_active_right": b,
+        "only_new_right": c,
     }
     summary = (
         f"on the {n} examples added since version {active_number} (unseen by both), the new version got "
@@ -102,6 +106,29 @@ def compare_scores_on_unseen(
         f"on the {n} examples added since version {active_number} (unseen by both), the new version scored higher "
         f"on {c} (cross-validated, mean {what} {sum(new) / n:.3f}), version {active_number} on {b} "
         f"(mean {sum(active) / n:.3f}); {n - b - c} ties"
+    )
+    return _paired_decision(b, c, summary, counts)
+
+
+def compare_losses_on_heldout(
+    new: Sequence[float], active: Sequence[float], active_number: int, about: str
+) -> Decision:
+    """Generation: the same decision, from each example's held-out loss (lower is better; a tie, equal within
+    1e-6 relative, counts for neither) — a sign test on examples neither adapter was trained on (``about``
+    says which)."""
+    n = len(new)
+    if n == 0:
+        return Decision(True, f"no held-out example unseen by version {active_number} to compare on; promoted")
+
+    def lower(x: float, y: float) -> bool:
+        return x < y and not math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9)
+
+    b = sum(lower(a, e) for a, e in zip(active, new, strict=True))
+    c = sum(lower(e, a) for a, e in zip(active, new, strict=True))
+    counts = {"compared_on": n, "new_correct": c, "active_correct": b, "only_active_right": b, "only_new_right": c}
+    summary = (
+        f"{about}, the new adapter's loss was lower on {c} (mean {sum(new) / n:.4f}), version {active_number}'s "
+        f"on {b} (mean {sum(active) / n:.4f})"
     )
     return _paired_decision(b, c, summary, counts)
 

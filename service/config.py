@@ -501,6 +501,15 @@ SETTINGS: dict[str, _Var] = {
         "digits of "
         "the SHA-256 of the tenant id, never the id itself.",
     ),
+    "metrics_adapter_labels": _Var(
+        "GRAFT_METRICS_ADAPTER_LABELS",
+        0,
+        int,
+        "Generation adapters per process that get their own label value in the per-adapter generation metrics (the "
+        "first N to generate 10 inputs; admission is for the life of the process); the rest are `other`. 0 "
+        "(default): none, so `/metrics` names no adapter. Values are opaque: `a-` + the first 12 hex digits of the "
+        "SHA-256 of the task id, never a task name or id.",
+    ),
     "log_level": _Var("GRAFT_LOG_LEVEL", "INFO", str, "Log level of Graft's JSON logs."),
     "log_json": _Var("GRAFT_LOG_JSON", True, _bool, "Emit logs as JSON lines (set `false` for plain text)."),
 }
@@ -592,6 +601,7 @@ class Settings:
     generation_adapter_cache_mb: float
     task_cache_ttl_s: float
     metrics_tenant_labels: int
+    metrics_adapter_labels: int
     log_level: str
     log_json: bool
 

@@ -7,9 +7,9 @@ aggregates every worker's files. Gauges therefore declare how workers combine (`
 per-process quantities, ``livemostrecent`` for store-wide counts every worker reports alike).
 
 Label values are always bounded: endpoints are route templates (not raw paths), statuses are
-HTTP codes, backbones and job statuses are small fixed sets, and tenants get their own value
-only through :class:`TenantLabels` (at most N per process, the rest ``other``). No metric has a
-per-task label.
+HTTP codes, backbones and job statuses are small fixed sets, and tenants and generation adapters get
+their own value only through :class:`BoundedLabels` (at most N per process, opaque, the rest ``other``). No
+metric has a per-task label but the opt-in, bounded, opaque ``adapter`` of the generation metrics.
 """
 
 from __future__ import annotations
@@ -193,6 +193,40 @@ GENERATION_ADAPTER_CAPACITY = Gauge(
     multiprocess_mode="livesum",
 )
 
+# -- generation per adapter (bounded: AdapterLabels names at most N adapters, the rest `other`; `base`) ----------
+
+GENERATION_ADAPTER_REQUESTS = Counter(
+    "graft_generation_adapter_requests_total",
+    "Generate requests whose rows went to the decoder, by adapter (opaque, at most N named, the rest `other`).",
+    ["adapter"],
+)
+GENERATION_ADAPTER_INPUTS = Counter(
+    "graft_generation_adapter_inputs_total",
+    "Generate inputs (sequences) that went to the decoder, by adapter.",
+    ["adapter"],
+)
+GENERATION_ADAPTER_TOKENS = Counter(
+    "graft_generation_adapter_tokens_total", "Tokens generated, by adapter.", ["adapter"]
+)
+GENERATION_ADAPTER_QUEUE_SECONDS = Histogram(
+    "graft_generation_adapter_queue_seconds",
+    "Time a generate request waited before its rows went to the decoder (an adapter slot included), by adapter.",
+    ["adapter"],
+    buckets=QUEUE_SECONDS,
+)
+GENERATION_ADAPTER_FIRST_TOKEN = Histogram(
+    "graft_generation_adapter_first_token_seconds",
+    "Time from a generate request's arrival at the scheduler to an input's first generated token, by adapter.",
+    ["adapter"],
+    buckets=SECONDS,
+)
+GENERATION_ADAPTER_TOKEN_SECONDS = Histogram(
+    "graft_generation_adapter_token_seconds",
+    "Mean time between two generated tokens of one sequence (after the first), by adapter.",
+    ["adapter"],
+    buckets=SECONDS,
+)
+
 # -- training jobs --------------------------------------------------------------------------
 
 JOBS = Counter("graft_training_jobs_total", "Training jobs finished by this process, by outcome.", ["status"])
@@ -248,46 +282,94 @@ def job_finished(status: str, seconds: float) -> None:
     JOB_SECONDS.labels(status).observe(seconds)
 
 
-def opaque(tenant: str) -> str:
-    """A tenant's label value: not its id (``/metrics`` is unauthenticated), but stable, so an operator
-    who knows the id can find its series: ``t-`` + the first 12 hex digits of SHA-256(id)."""
-    return "t-" + hashlib.sha256(tenant.encode()).hexdigest()[:12]
+def opaque(key: str, prefix: str = "t-") -> str:
+    """A tenant's (or, with ``prefix`` ``a-``, an adapter's task's) label value: not its id (``/metrics`` is
+    unauthenticated), but stable, so an operator who knows the id can find its series: the prefix + the first 12
+    hex digits of SHA-256(id)."""
+    return prefix + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-class TenantLabels:
-    """Bounded label values for per-tenant metrics.
+class BoundedLabels:
+    """Bounded label values for metrics per tenant (or per adapter).
 
-    A tenant gets its own value once it has sent ``admit_after`` inputs, while fewer than
-    ``limit`` tenants have one; admission is sticky for the life of the process. So the first
-    ``limit`` tenants to become busy are named and everything else is ``other``: cardinality
-    never exceeds ``limit + 1`` per process. Named values are :func:`opaque`, never the tenant id;
-    the default limit (``GRAFT_METRICS_TENANT_LABELS``) is 0: no tenant is named at all.
+    A key gets its own value once it has sent ``admit_after`` inputs, while fewer than ``limit`` keys have
+    one; admission is sticky for the life of the process. So the first ``limit`` keys to become busy are
+    named and everything else is ``other``: cardinality never exceeds ``limit + 1`` per process. Sticky, not
+    the most recent N: a series once written stays in prometheus_client's multiprocess files until the process
+    ends (rotating names would add series, not replace them) and a counter that came back would restart at 0.
+    Named values are :func:`opaque`, never the id; the default limits (``GRAFT_METRICS_TENANT_LABELS``,
+    ``GRAFT_METRICS_ADAPTER_LABELS``) are 0: nothing is named at all.
     """
 
-    def __init__(self, limit: int, admit_after: int = 100) -> None:
+    def __init__(self, limit: int, admit_after: int = 100, prefix: str = "t-") -> None:
         self.limit = limit
         self.admit_after = admit_after
+        self.prefix = prefix
         self._named: set[str] = set()
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def label(self, tenant: str, amount: int = 1) -> str:
-        if tenant in self._named:
-            return opaque(tenant)
+    def label(self, key: str, amount: int = 1) -> str:
+        if key in self._named:
+            return opaque(key, self.prefix)
         with self._lock:
             if len(self._named) >= self.limit:
                 self._pending.clear()
                 return OTHER
-            seen = self._pending.get(tenant, 0) + amount
+            seen = self._pending.get(key, 0) + amount
             if seen < self.admit_after:
-                self._pending[tenant] = seen
+                self._pending[key] = seen
                 return OTHER
-            self._pending.pop(tenant, None)
-            self._named.add(tenant)
-            return opaque(tenant)
+            self._pending.pop(key, None)
+            self._named.add(key)
+            return opaque(key, self.prefix)
+
+
+class TenantLabels(BoundedLabels):
+    """Per-tenant predict inputs: the first ``limit`` tenants of a process to send ``admit_after`` inputs."""
 
     def count(self, tenant: str, inputs: int) -> None:
         TENANT_INPUTS.labels(self.label(tenant, inputs)).inc(inputs)
+
+
+ADAPTER_ADMIT_AFTER = 10  # generate inputs before an adapter may get its own label value
+
+
+class AdapterLabels(BoundedLabels):
+    """The per-adapter generation metrics' ``adapter`` label: an adapter is its task's (every version of a task
+    counts as one adapter), named ``a-`` + :func:`opaque` of the task id once it has generated ``admit_after``
+    inputs, for the first ``limit`` such tasks of the process; every other adapter is ``other``, and rows
+    decoded without an adapter are ``base``. At most ``limit + 2`` values per process."""
+
+    def __init__(self, limit: int, admit_after: int = ADAPTER_ADMIT_AFTER) -> None:
+        super().__init__(limit, admit_after, prefix="a-")
+
+    def of(self, task: str | None, inputs: int) -> str:
+        return BASE if task is None else self.label(task, inputs)
+
+
+BASE = "base"
+
+
+def generation_admitted(label: str, inputs: int, waited_s: float) -> None:
+    """A generate request's rows went to the decoder after ``waited_s`` in the queue."""
+    GENERATION_QUEUE_SECONDS.observe(waited_s)
+    GENERATION_ADAPTER_REQUESTS.labels(label).inc()
+    GENERATION_ADAPTER_INPUTS.labels(label).inc(inputs)
+    GENERATION_ADAPTER_QUEUE_SECONDS.labels(label).observe(waited_s)
+
+
+def generation_finished(
+    label: str, source: str, tokens: int, finish_reason: str, first_token_s: float | None, per_token_s: float | None
+) -> None:
+    """One generated sequence ended: its tokens, and its latencies (None: it had no token, or only one)."""
+    GENERATION_TOKENS.labels(source).inc(tokens)
+    GENERATION_SEQUENCES.labels(finish_reason).inc()
+    GENERATION_ADAPTER_TOKENS.labels(label).inc(tokens)
+    if first_token_s is not None:
+        GENERATION_ADAPTER_FIRST_TOKEN.labels(label).observe(first_token_s)
+    if per_token_s is not None:
+        GENERATION_ADAPTER_TOKEN_SECONDS.labels(label).observe(per_token_s)
 
 
 class StoreGauges:

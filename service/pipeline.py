@@ -15,7 +15,9 @@ import numpy as np
 
 from adapters import heads, kinds, selection
 from adapters.generation import LoraTrainConfig, LoraWeights
+from adapters.generation.training import permuted_heldout_split
 from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
+from adapters.kinds.generation import ActiveAdapter
 from adapters.ood import CALIBRATION_FOLDS, OodDataError, OodModel, fit_ood
 from adapters.training import FitResult, TrainingDataError
 from adapters.transfer import capped_sample, logme
@@ -445,13 +447,15 @@ class TrainingPipeline:
             "warnings": warnings,
             "examples_per_label": task_kind.per_label({"": len(prompts)}),
         }
-        active = self._active_adapter(task)
+        active = self._active_adapter(task, config)
         decision = task_kind.promotion(model, tokenizer, prompts, completions, fit, config, active)
         if decision.promote and active is None and task.active_version is not None:
             decision = selection.unconditional(
                 f"promoted: better than the base model; version {task.active_version}'s adapter failed to load, "
                 "so the two were not compared"
             )
+        if not decision.promote and decision.reason not in warnings:
+            warnings.append(decision.reason)  # why it lost (to the base model, or to the active adapter)
         del model
         faults.point("training")
         progress.update(0.95)
@@ -472,16 +476,25 @@ class TrainingPipeline:
             compared_with=task.active_version,
         )
 
-    def _active_adapter(self, task: Task) -> tuple[int, int, LoraWeights] | None:
-        """The active version of a generation task as (number, examples it saw, adapter); None when there is
-        none, or its adapter does not load (a corrupt active version must not block the retrain replacing it)."""
+    def _active_adapter(self, task: Task, config: LoraTrainConfig) -> ActiveAdapter | None:
+        """The active version of a generation task (number, examples it saw, adapter, the examples it held out);
+        None when there is none, or its adapter does not load (a corrupt active version must not block the
+        retrain replacing it). Its held-out examples are in its metrics (``heldout_indices``); a version trained
+        before they were recorded used the permuted split with its recorded seed and share."""
         if task.active_version is None:
             return None
         active = self.store.version(task.id, task.active_version, with_weights=True)
         try:
-            return active.number, active.n_examples, LoraWeights.from_bytes(active.weights)
+            weights = LoraWeights.from_bytes(active.weights)
         except (TrainingDataError, KeyError, ValueError):
             return None
+        metrics = active.metrics or {}
+        held = metrics.get("heldout_indices")
+        if not isinstance(held, list):
+            recorded = metrics.get("config") or {}
+            seed, share = recorded.get("seed", config.seed), recorded.get("holdout", config.holdout)
+            held = permuted_heldout_split(active.n_examples, LoraTrainConfig(seed=int(seed), holdout=float(share)))
+        return ActiveAdapter(active.number, active.n_examples, weights, frozenset(int(i) for i in held))
 
     def train(self, job: Job, progress: Progress) -> int | None:
         """Train ``job``'s task and complete the job with the new version: its number, or None when the job

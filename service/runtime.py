@@ -45,6 +45,7 @@ def generation_engine(settings: Settings) -> GenerationEngine:
         limits,
         adapter_cache_bytes=int(settings.generation_adapter_cache_mb * 2**20),
         queue_size=settings.generation_queue_size,
+        adapter_labels=settings.metrics_adapter_labels,
     )
 
 

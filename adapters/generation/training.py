@@ -3,7 +3,8 @@
 - Examples are tokenised as :mod:`.prompts` says (the chat template's user turn, then the completion and the
   end-of-turn token); the loss is the next-token cross-entropy on the completion's tokens only (the prompt's
   labels are -100).
-- A held-out split (``holdout`` of the examples, at least one; shuffled with ``seed``) is scored every
+- A held-out split (``holdout`` of the examples, at least one; picked by a hash of ``seed`` and each example's
+  index, so a task's later versions hold out nearly the same examples: :func:`heldout_split`) is scored every
   ``eval_every`` steps; training stops after ``patience`` evaluations without improvement, or at
   ``max_steps`` / ``max_seconds``, and the adapter of the best evaluation is returned.
 - Metrics: the held-out token-weighted loss and perplexity of the base model and of the adapter on the same
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import copy as copying
+import hashlib
 import math
 import random
 import time
@@ -125,6 +127,28 @@ def heldout_loss(model: Any, rows: Sequence[_Tokenised], pad_id: int, batch_size
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def example_losses(
+    model: Any, rows: Sequence[_Tokenised], pad_id: int, batch_size: int
+) -> tuple[list[float], list[int]]:
+    """Per row: the summed NLL of its completion's tokens, and their number."""
+    device = next(model.parameters()).device
+    sums: list[float] = []
+    counts: list[int] = []
+    for start in range(0, len(rows), batch_size):
+        batch = _collate(rows[start : start + batch_size], pad_id, device)
+        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+        target = batch["labels"][:, 1:]
+        where = target != -100
+        logits = model.get_output_embeddings()(hidden[:, :-1][where])
+        losses = torch.nn.functional.cross_entropy(logits.float(), target[where], reduction="none")
+        per_row = torch.zeros(len(target), dtype=losses.dtype, device=losses.device)
+        per_row.index_add_(0, where.nonzero()[:, 0], losses)  # boolean indexing is row-major, as nonzero()
+        sums.extend(float(x) for x in per_row.cpu())
+        counts.extend(int(x) for x in where.sum(dim=1).cpu())
+    return sums, counts
+
+
 def _shuffled(n: int, config: LoraTrainConfig) -> list[int]:
     order = list(range(n))
     random.Random(config.seed).shuffle(order)
@@ -135,8 +159,22 @@ def _n_held(n: int, config: LoraTrainConfig) -> int:
     return max(1, round(n * config.holdout))
 
 
+def _heldout_key(i: int, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big")
+
+
 def heldout_split(n: int, config: LoraTrainConfig) -> list[int]:
-    """The indices of the examples :func:`fit_lora` holds out (of ``n``, with ``config``'s seed and share)."""
+    """The indices of the examples :func:`fit_lora` holds out (of ``n``, with ``config``'s seed and share): the
+    ``holdout`` share (at least one) whose key, a hash of the seed and the index alone, is smallest. An example's
+    key does not depend on ``n``, so as examples are added the held-out set of the first ``n`` examples stays
+    (nearly all) held out: two versions of a task share most of their held-out examples, which a paired
+    comparison of the two needs (the examples neither was trained on)."""
+    return sorted(range(n), key=lambda i: (_heldout_key(i, config.seed), i))[: _n_held(n, config)]
+
+
+def permuted_heldout_split(n: int, config: LoraTrainConfig) -> list[int]:
+    """The split of adapters trained before :func:`heldout_split` (a seeded permutation's first share): to find
+    which examples such an adapter held out (its version metrics have no ``heldout_indices``)."""
     return _shuffled(n, config)[: _n_held(n, config)]
 
 
@@ -145,6 +183,16 @@ def adapter_loss(
 ) -> float:
     """Token-weighted held-out NLL of ``examples``' completions with ``weights`` applied to ``model`` (peft, on the
     model in place; its LoRA layers are removed again after): to compare two adapters on the same examples."""
+    sums, counts = adapter_example_losses(model, tokenizer, examples, weights, batch_size)
+    return sum(sums) / max(sum(counts), 1)
+
+
+def adapter_example_losses(
+    model: Any, tokenizer: Any, examples: Sequence[Example], weights: LoraWeights, batch_size: int = 8
+) -> tuple[list[float], list[int]]:
+    """Per example: the summed NLL of its completion's tokens with ``weights`` applied to ``model`` (as
+    :func:`adapter_loss`), and the number of those tokens. Two adapters scored on the same examples score the
+    same tokens, so comparing their sums example by example is a paired comparison."""
     from peft import get_peft_model, set_peft_model_state_dict
 
     rows = []
@@ -158,7 +206,7 @@ def adapter_loss(
         set_peft_model_state_dict(peft_model, weights.peft_state_dict())
         peft_model.eval()
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return heldout_loss(peft_model.get_base_model(), rows, pad_id, batch_size)
+        return example_losses(peft_model.get_base_model(), rows, pad_id, batch_size)
     finally:
         peft_model.unload()
 
@@ -207,10 +255,10 @@ def fit_lora(
     config = config or LoraTrainConfig()
     began = time.monotonic()
     rows = tokenise(tokenizer, examples, config)
-    order = _shuffled(len(rows), config)
-    n_held = _n_held(len(rows), config)
-    held = [rows[i] for i in order[:n_held]]
-    train = [rows[i] for i in order[n_held:]]
+    held_indices = heldout_split(len(rows), config)
+    held_set = set(held_indices)
+    held = [rows[i] for i in held_indices]
+    train = [rows[i] for i in _shuffled(len(rows), config) if i not in held_set]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     torch.manual_seed(config.seed)
@@ -267,6 +315,7 @@ def fit_lora(
         "adapter_perplexity": math.exp(min(best_loss, 50.0)),
         "train_examples": len(train),
         "heldout_examples": len(held),
+        "heldout_indices": sorted(held_indices),  # which examples (by position) it never trained on
         "steps": step,
         "best_step": best_step,
         "stopped": stopped,

@@ -11,18 +11,29 @@ embeddings, keeps no head, has no OOD model and no ONNX export: its export is th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..generation import Example, LoraFit, LoraTrainConfig, LoraWeights, fit_lora
-from ..generation.training import adapter_loss, heldout_split
+from ..generation.training import adapter_example_losses, heldout_split
 from ..heads import Head
-from ..selection import Decision, first_version, unconditional
+from ..selection import Decision, compare_losses_on_heldout, first_version, unconditional
 from ..training import FitResult, TrainingDataError
 from .base import STRUCTURED_LABEL_CHARS, TaskKind, register_kind, shape, unstorable
 
 COMPLETION_CHARS = STRUCTURED_LABEL_CHARS  # a completion is stored as the example's label
+
+
+@dataclass(frozen=True)
+class ActiveAdapter:
+    """The task's active adapter, for a retrain's comparison with it."""
+
+    number: int
+    seen: int  # the task's first ``seen`` examples are those it was fitted on (examples are append-only)
+    weights: LoraWeights
+    heldout: frozenset[int]  # of those, the ones it held out (never trained on)
 
 
 @register_kind
@@ -97,38 +108,42 @@ class Generation(TaskKind):
         completions: Sequence[str],
         fit: LoraFit,
         config: LoraTrainConfig,
-        active: tuple[int, int, LoraWeights] | None,
+        active: ActiveAdapter | None,
     ) -> Decision:
         """Whether the new adapter replaces the active one. Not unless it beats the base model on its held-out
-        examples (``fit.promotable``, the negative-transfer guard). With an active adapter (``(number, examples
-        it was trained on, weights)``): the held-out examples added since it (which it never saw) are scored with
-        both adapters on ``model`` (the plain base model), and the new one is promoted unless its loss there is
-        higher; with no such example it is promoted on the base comparison alone, and the reason says so."""
+        examples (``fit.promotable``, the negative-transfer guard). With an active adapter: every held-out example
+        of the new one that the active one was not trained on either (added since it, or held out by it too:
+        :func:`heldout_split` keeps a task's held-out examples nearly the same from version to version) is scored
+        with both adapters on ``model`` (the plain base model), and the new one stays a candidate when the active
+        one's loss is lower on more of them beyond noise (a sign test, as the other kinds' promotion:
+        :func:`compare_losses_on_heldout`); with no such example it is promoted on the base comparison alone, and
+        the reason says so."""
         warnings = fit.metrics.get("warnings") or []
         if not fit.promotable:
             return Decision(False, warnings[0] if warnings else "the adapter is not better than the base model")
         if active is None:
             return first_version()
-        number, seen, weights = active
-        unseen = [i for i in heldout_split(len(prompts), config) if i >= seen]
-        if not unseen:
+        number = active.number
+        held = heldout_split(len(prompts), config)
+        new = [i for i in held if i >= active.seen]
+        shared = [i for i in held if i < active.seen and i in active.heldout]
+        both = sorted([*new, *shared])
+        if not both:
             return unconditional(
-                f"promoted: better than the base model on held-out examples; none of them is new since version "
-                f"{number}, so the two adapters were not compared"
+                f"promoted: better than the base model on held-out examples; none of them is unseen by version "
+                f"{number} too, so the two adapters were not compared"
             )
-        examples = [Example(prompts[i], completions[i]) for i in unseen]
-        new_loss = adapter_loss(model, tokenizer, examples, fit.weights, config.batch_size)
-        old_loss = adapter_loss(model, tokenizer, examples, weights, config.batch_size)
-        promote = new_loss <= old_loss
+        examples = [Example(prompts[i], completions[i]) for i in both]
+        new_sums, counts = adapter_example_losses(model, tokenizer, examples, fit.weights, config.batch_size)
+        old_sums, _ = adapter_example_losses(model, tokenizer, examples, active.weights, config.batch_size)
         about = (
-            f"on the {len(unseen)} held-out examples added since version {number}: loss {new_loss:.4f} against "
-            f"version {number}'s {old_loss:.4f}"
+            f"on the {len(both)} held-out examples neither adapter was trained on ({len(new)} added since version "
+            f"{number}, {len(shared)} held out by both; token-weighted loss {sum(new_sums) / max(sum(counts), 1):.4f} "
+            f"against version {number}'s {sum(old_sums) / max(sum(counts), 1):.4f})"
         )
-        return Decision(
-            promote,
-            f"promoted: better than the base model, and {about}" if promote else f"kept as a candidate: {about}",
-            compared_on=len(unseen),
-        )
+        per_new = [x / max(n, 1) for x, n in zip(new_sums, counts, strict=True)]
+        per_old = [x / max(n, 1) for x, n in zip(old_sums, counts, strict=True)]
+        return compare_losses_on_heldout(per_new, per_old, number, about)
 
     def fit(
         self,

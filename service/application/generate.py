@@ -119,7 +119,7 @@ async def start(rt: Runtime, tenant_id: str, name: str, prompts: Sequence[str], 
         except RuntimeError:  # the request's loop is gone
             pass
 
-    request = Request(ids, params, sink, adapter=key, weights=weights)
+    request = Request(ids, params, sink, adapter=key, weights=weights, task=ref.id)
     scheduler = rt.generation.start()
     scheduler.submit(request)  # Overloaded: 503 + Retry-After
     return Generation(ref, number, scheduler, request, queue)

@@ -147,6 +147,8 @@ class Request:
     sink: Callable[[Piece], None]  # called from the scheduler thread
     adapter: str | None = None
     weights: Callable[[], LoraWeights] | None = None
+    task: str | None = None  # the adapter's task id: its per-adapter metrics' key (every version is one adapter)
+    label: str = metrics.BASE  # its `adapter` label value, given when its rows go to the decoder
     seqs: list[int] = field(default_factory=list)
     left: int = 0  # inputs not finished yet
     cancelled: bool = False
@@ -156,10 +158,18 @@ class Request:
 class Scheduler:
     """Drives a :class:`BatchDecoder` from one thread (see the module's docstring)."""
 
-    def __init__(self, decoder: BatchDecoder, slots: AdapterSlots | None, queue_size: int) -> None:
+    def __init__(
+        self,
+        decoder: BatchDecoder,
+        slots: AdapterSlots | None,
+        queue_size: int,
+        labels: metrics.AdapterLabels | None = None,
+    ) -> None:
         self.decoder = decoder
         self.slots = slots
         self.queue_size = queue_size
+        self.labels = labels if labels is not None else metrics.AdapterLabels(0)
+        self._timing: dict[int, list[float]] = {}  # decoder sequence -> [first token at, last token at, tokens]
         self._cond = threading.Condition()
         self._inbox: list[Request] = []
         self._cancels: list[Request] = []
@@ -234,15 +244,19 @@ class Scheduler:
                 continue
             self.steps += 1
             metrics.GENERATION_ROWS.set(len(self.decoder.running))
+            now = time.perf_counter()
             for event in events:
                 found = self._rows.get(event.seq)
                 if found is None:
                     continue
                 request, index = found
+                token = None if event.token in self.decoder.eos else event.token  # the end of turn is no text
+                if token is not None:
+                    timing = self._timing.setdefault(event.seq, [now, now, 0.0])
+                    timing[1], timing[2] = now, timing[2] + 1
                 completion = None
                 if event.finish_reason is not None:
                     completion = self._finish(event.seq, request)
-                token = None if event.token in self.decoder.eos else event.token  # the end of turn is no text
                 request.sink(Piece(index, event.delta, token, completion))
         self._fail_all()
 
@@ -258,7 +272,8 @@ class Scheduler:
                 if not self.slots.acquire(request.adapter, request.weights):
                     waiting.append(request)
                     continue
-            metrics.GENERATION_QUEUE_SECONDS.observe(time.perf_counter() - request.queued_at)
+            request.label = self.labels.of(request.task, len(request.prompts))
+            metrics.generation_admitted(request.label, len(request.prompts), time.perf_counter() - request.queued_at)
             for index, prompt in enumerate(request.prompts):
                 seq = self.decoder.submit(prompt, request.adapter, request.params)
                 request.seqs.append(seq)
@@ -279,9 +294,16 @@ class Scheduler:
         completion = self.decoder.result(seq)
         self.decoder.finished.pop(seq, None)
         self._rows.pop(seq, None)
+        first_token_s = per_token_s = None
+        timing = self._timing.pop(seq, None)
+        if timing is not None:
+            first, last, tokens = timing
+            first_token_s = first - request.queued_at
+            per_token_s = (last - first) / (tokens - 1) if tokens >= 2 else None
         source = "base" if request.adapter is None else "adapter"
-        metrics.GENERATION_TOKENS.labels(source).inc(completion.tokens)
-        metrics.GENERATION_SEQUENCES.labels(completion.finish_reason).inc()
+        metrics.generation_finished(
+            request.label, source, completion.tokens, completion.finish_reason, first_token_s, per_token_s
+        )
         self._done(request, 1)
         return completion
 
@@ -309,6 +331,7 @@ class Scheduler:
                 request.sink(Piece(index, "", None, Completion("", 0, CANCELLED)))
             self._done(request, len(indices))
         self._rows.clear()
+        self._timing.clear()
         self._backlog.clear()
         old = self.decoder
         self.decoder = BatchDecoder(old.model, old.tokenizer, old.lora, limits=old.limits, mode=old.mode)
@@ -324,8 +347,10 @@ class GenerationEngine:
         *,
         adapter_cache_bytes: int,
         queue_size: int,
+        adapter_labels: int = 0,
     ) -> None:
         self.spec = spec
+        self.labels = metrics.AdapterLabels(adapter_labels)
         self.limits = limits
         self.adapter_cache_bytes = adapter_cache_bytes
         self.queue_size = queue_size
@@ -357,7 +382,7 @@ class GenerationEngine:
                 self._tokenizer = copy.deepcopy(tokenizer)
                 decoder = BatchDecoder(model, tokenizer, lora, limits=self.limits)
                 metrics.GENERATION_ADAPTER_CAPACITY.set(capacity)
-                self.scheduler = Scheduler(decoder, self.slots, self.queue_size)
+                self.scheduler = Scheduler(decoder, self.slots, self.queue_size, self.labels)
                 log.info(
                     "generation model loaded",
                     extra={

@@ -35,6 +35,7 @@ ENV = {
     "GRAFT_GENERATION_MAX_INPUTS": "4",
     "GRAFT_GENERATION_MAX_TOKENS": "64",
     "GRAFT_GENERATION_MAX_PROMPT_TOKENS": "64",
+    "GRAFT_METRICS_ADAPTER_LABELS": "2",  # the per-adapter series: at most 2 adapters named, the rest `other`
 }
 
 
@@ -204,6 +205,40 @@ def test_a_client_that_goes_away_cancels_its_rows(served) -> None:
     assert cancelled() == before + 1
 
 
+def adapter_series(text: str, name: str) -> dict[str, float]:
+    """``graft_generation_adapter_<name>`` on a /metrics page, by its ``adapter`` label value."""
+    found: dict[str, float] = {}
+    for m in re.finditer(rf'^graft_generation_adapter_{name}{{adapter="([^"]*)"}} (\S+)$', text, re.M):
+        found[m.group(1)] = found.get(m.group(1), 0.0) + float(m.group(2))
+    return found
+
+
+def test_each_adapter_has_its_own_opaque_bounded_series(served) -> None:
+    import sqlite3
+
+    from service.metrics import opaque
+
+    server, plain, _ = served
+    with sqlite3.connect(server.data_dir / "graft.db") as conn:
+        (task_id,), *_ = conn.execute("SELECT id FROM tasks WHERE name = 'capitals'").fetchall()
+    named = opaque(task_id, "a-")
+    for _ in range(3):  # an adapter is named once it has generated 10 inputs (if fewer than 2 are named yet)
+        generate(plain, "capitals", [question(c) for c, _ in CAPITALS[:4]], max_tokens=2)
+    page = httpx.get(f"{server.url}/metrics").text
+    before = {n: adapter_series(page, n) for n in ("tokens_total", "requests_total", "first_token_seconds_count")}
+    answer = generate(plain, "capitals", PROMPTS)
+    page = httpx.get(f"{server.url}/metrics").text
+    after = {n: adapter_series(page, n) for n in before}
+    tokens = sum(o["tokens"] for o in answer["outputs"])
+    assert after["tokens_total"][named] - before["tokens_total"].get(named, 0) == tokens > 0
+    assert after["requests_total"][named] - before["requests_total"].get(named, 0) == 1
+    assert after["first_token_seconds_count"][named] - before["first_token_seconds_count"].get(named, 0) == 2
+    values = set(after["tokens_total"])
+    # opaque values only (never the task's id or name), at most GRAFT_METRICS_ADAPTER_LABELS of them
+    assert named in values and task_id not in page and "capitals" not in values
+    assert len({v for v in values if v != "other" and v != "base"}) <= 2, values
+
+
 def test_the_client_and_the_cli_generate_and_stream(served) -> None:
     import asyncio
 
@@ -276,6 +311,10 @@ def test_examples_and_json_lines_uploads_extend_a_generation_task(served) -> Non
     second = next(v for v in sentence.get("/v1/tasks/more/versions").json()["versions"] if v["version"] == 2)
     reason = second["metrics"]["promotion"]["reason"]
     assert "version 1" in reason or second["metrics"]["warnings"], second["metrics"]
+    held, n = second["metrics"]["heldout_indices"], second["n_examples"]  # recorded for the next comparison
+    assert len(held) == max(1, round(0.2 * n)) and all(0 <= i < n for i in held), second
+    if not second["metrics"]["promotion"]["promoted"]:  # a version that loses says why in its warnings
+        assert reason in second["metrics"]["warnings"], second["metrics"]
     too_long = "".join(json.dumps({"input": "a", "label": "x" * 9000}) + "\n" for _ in range(2))
     resp = sentence.post("/v1/tasks/more/dataset", content=too_long.encode(), headers=jsonl)
     assert resp.status_code == 422, resp.text

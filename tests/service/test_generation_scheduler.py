@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from adapters.generation import (
     BatchDecoder,
@@ -20,6 +21,7 @@ from adapters.generation import (
     prompt_ids,
 )
 from adapters.generation.training import DEFAULT_TARGETS
+from service import metrics
 from service.batching import Overloaded
 from service.engine.generation import (
     AdapterSlots,
@@ -69,12 +71,14 @@ def engine():
     scheduler.close()
 
 
-def submit(engine, name: str, prompts: list[str], log: list, adapter: str | None = None, **params) -> Run:
+def submit(
+    engine, name: str, prompts: list[str], log: list, adapter: str | None = None, task: str | None = None, **params
+) -> Run:
     scheduler, _, tokenizer, adapters = engine
     run = Run(name, log)
     weights = (lambda: adapters[adapter]) if adapter is not None else None
     ids = [prompt_ids(tokenizer, p) for p in prompts]
-    run.request = Request(ids, SamplingParams(**params), run.sink, adapter=adapter, weights=weights)
+    run.request = Request(ids, SamplingParams(**params), run.sink, adapter=adapter, weights=weights, task=task)
     scheduler.submit(run.request)
     return run
 
@@ -163,6 +167,51 @@ def test_inputs_beyond_the_batch_and_the_queue_are_refused_with_retry_after(engi
     assert refused.value.retry_after_s > 0 and scheduler.inflight == 0
     submit(engine, "fits", ["Hello"] * 8, log, max_tokens=1).wait()
     idle(scheduler)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_each_adapter_has_its_own_bounded_series_of_tokens_requests_and_latencies(engine) -> None:
+    scheduler, *_ = engine
+    scheduler.labels = metrics.AdapterLabels(limit=1, admit_after=2)
+    named = metrics.opaque("task-x", "a-")
+    names = (
+        "requests_total",
+        "inputs_total",
+        "tokens_total",
+        "queue_seconds_count",
+        "first_token_seconds_count",
+        "token_seconds_count",
+    )
+
+    def series(label: str) -> dict[str, float]:
+        return {n: sample(f"graft_generation_adapter_{n}", adapter=label) for n in names}
+
+    try:
+        before = {label: series(label) for label in (named, metrics.OTHER, metrics.BASE)}
+        # task-x's first request is `other` (1 input: not busy yet), its second (2 more) gets its own value
+        quiet = submit(engine, "x1", ["Hello"], [], adapter="a0", task="task-x", max_tokens=3).wait()
+        busy = submit(engine, "x2", [STORY, "Hello"], [], adapter="a0", task="task-x", max_tokens=5).wait()
+        # the one name is taken: another adapter stays `other` however busy; no adapter is `base`
+        others = submit(engine, "y", ["Hello"] * 4, [], adapter="a1", task="task-y", max_tokens=2).wait()
+        base = submit(engine, "base", [STORY], [], max_tokens=4).wait()
+        after = {label: series(label) for label in before}
+    finally:
+        scheduler.labels = metrics.AdapterLabels(0)
+        idle(scheduler)
+    grew = {label: {n: after[label][n] - before[label][n] for n in names} for label in before}
+    assert grew[named]["requests_total"] == 1 and grew[named]["inputs_total"] == 2
+    assert grew[named]["tokens_total"] == sum(c.tokens for c in busy) > 0
+    assert grew[named]["queue_seconds_count"] == 1 and grew[named]["first_token_seconds_count"] == 2
+    assert grew[named]["token_seconds_count"] == sum(c.tokens >= 2 for c in busy)
+    assert grew[metrics.OTHER]["requests_total"] == 2 and grew[metrics.OTHER]["inputs_total"] == 5
+    assert grew[metrics.OTHER]["tokens_total"] == sum(c.tokens for c in [*quiet, *others])
+    assert grew[metrics.BASE]["requests_total"] == 1 and grew[metrics.BASE]["tokens_total"] == base[0].tokens
+    assert sample("graft_generation_adapter_tokens_total", adapter=metrics.opaque("task-y", "a-")) == 0
+    first = sample("graft_generation_adapter_first_token_seconds_sum", adapter=named)
+    assert 0 < first < TIMEOUT
 
 
 def test_the_engine_sizes_its_slots_from_the_byte_budget_and_checks_prompts_before_queueing() -> None:

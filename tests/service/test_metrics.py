@@ -24,6 +24,29 @@ def test_tenant_labels_are_bounded() -> None:
     assert sample("graft_tenant_predict_inputs_total", tenant=metrics.OTHER) == before + 7
 
 
+def test_ten_thousand_generation_adapters_make_a_bounded_number_of_series() -> None:
+    labels = metrics.AdapterLabels(limit=5, admit_after=1)
+    tasks = [f"task-{i}" for i in range(10_000)]
+    for task in tasks:
+        label = labels.of(task, 1)
+        metrics.generation_admitted(label, 1, 0.001)
+        metrics.generation_finished(label, "adapter", 3, "length", 0.01, 0.002)
+    values = {
+        s.labels["adapter"]
+        for family in REGISTRY.collect()
+        if family.name.startswith("graft_generation_adapter_")
+        for s in family.samples
+        if "adapter" in s.labels
+    }
+    mine = values & {metrics.opaque(t, "a-") for t in tasks}
+    assert mine == {metrics.opaque(t, "a-") for t in tasks[:5]}  # the first five busy ones, opaque
+    assert not any(t in value for value in values for t in ("task-1", "task-9999"))  # never the id itself
+    assert labels.of(None, 1) == metrics.BASE and labels.of("task-9999", 100) == metrics.OTHER
+    assert sample("graft_generation_adapter_tokens_total", adapter=metrics.OTHER) >= 3 * 9_995
+    off = metrics.AdapterLabels(0)  # the default (GRAFT_METRICS_ADAPTER_LABELS=0): no adapter is named
+    assert {off.of(t, 1_000) for t in tasks[:50]} == {metrics.OTHER}
+
+
 def test_requests_are_counted_by_route_template() -> None:
     before = sample("graft_http_requests_total", endpoint="/v1/tasks/{name}/predict", method="POST", status="503")
     metrics.observe_request("/v1/tasks/{name}/predict", "POST", 503, 0.02)
