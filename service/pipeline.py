@@ -89,6 +89,8 @@ class TrainingPipeline:
         preprocessing = cast(ImageBackbone, batcher.backbone).preprocessing
         placed = images.placed_stored(texts, preprocessing, kinds.DETECTION_SIZE)
         maps: np.ndarray | None = None
+        lower: np.ndarray | None = None
+        tuning: kinds.DetectionTuning | None = None
         if task.head != "scratch-detector":
             try:
                 lane = self.map_batchers(backbone) if self.map_batchers else None
@@ -96,14 +98,27 @@ class TrainingPipeline:
                 lane = None
             if lane is None:
                 raise TrainingDataError(f"backbone {backbone!r} has no feature maps for detection (not a CNN)")
+            k = kinds.DETECTION_TUNED_BLOCKS
             parts = []
             for start in range(0, len(placed), EMBED_CHUNK):
-                parts.append(lane.maps_sync(placed[start : start + EMBED_CHUNK], background=True))
+                chunk = placed[start : start + EMBED_CHUNK]
+                if task.head == "finetune":  # the frozen part once per image: the epochs run only the top blocks
+                    parts.append(lane.states_sync(chunk, k, background=True))
+                else:
+                    parts.append(lane.maps_sync(chunk, background=True))
                 progress.update(0.3 * min(1.0, (start + EMBED_CHUNK) / max(1, len(placed))))
-            maps = np.concatenate(parts)
+            if task.head == "finetune":
+                lower = np.concatenate(parts)
+                source = lane.source
+                tuning = kinds.DetectionTuning(
+                    blocks=source.top_blocks(k), fine_channels=int(source.fine_channels), k=k,
+                    max_epochs=self.settings.finetune_max_epochs, max_seconds=self.settings.finetune_max_seconds,
+                )
+            else:
+                maps = np.concatenate(parts)
         return task_kind.fit_maps(
             maps, placed, labels, head=task.head, folds=self.settings.cv_folds, seed=self.settings.seed,
-            steps=self.settings.detection_steps,
+            steps=self.settings.detection_steps, lower=lower, tuning=tuning,
         )
 
     def _token_states(
@@ -448,7 +463,11 @@ class TrainingPipeline:
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
         task_kind = kinds.kind_of(task.kind)
-        if task.head == "finetune" and "finetune" in task_kind.pinnable_heads and not task_kind.reads_token_states:
+        if (
+            task.head == "finetune"
+            and "finetune" in task_kind.pinnable_heads
+            and not (task_kind.reads_token_states or task_kind.reads_feature_maps)
+        ):
             return self._finetune(job, task, texts, labels, progress)
         if task_kind.generates:
             return self._fit_adapter(job, task, task_kind, texts, labels, progress)

@@ -32,7 +32,7 @@ from adapters.kinds import (
 )
 
 from . import logs, metrics
-from .batching import Batcher, MapBatcher, OodScores, OwnLayers, TokenBatcher, TokenInput
+from .batching import Batcher, FromLower, MapBatcher, OodScores, OwnLayers, TokenBatcher, TokenInput
 from .caching import HeadCache, TTLCache
 from .engine.head_store import VersionFailed, store_head_loader
 from .engine.prediction_ids import new_id
@@ -339,7 +339,8 @@ class Router:
         self, ref: TaskRef, kind: Detection, head: Any, backbone: str, inputs: Sequence[Any], options: dict[str, Any]
     ) -> list[Any]:
         """Detection answers: heads that read feature maps through the backbone's map lane (its pass shared with
-        other tenants' detection requests), the scratch baseline on the canvases alone."""
+        other tenants' detection requests; a fine-tuned head gets the frozen states below its own top blocks from
+        the same pass), the scratch baseline on the canvases alone."""
         placed = cast(Sequence[Placed], inputs)
         if not kind.reads_maps(head):
             return await anyio.to_thread.run_sync(lambda: kind.predict_maps(head, placed, None, options))
@@ -349,7 +350,9 @@ class Router:
         def apply(part: Sequence[Placed], maps: np.ndarray) -> list[Any]:
             return kind.predict_maps(head, part, maps, options)
 
-        return await self.map_batchers(backbone).run(placed, apply, ref.tenant_id)
+        k = kind.tuned_blocks(head)  # a fine-tuned head: the frozen states below its own blocks, same shared pass
+        step = apply if k is None else FromLower(apply, k)
+        return await self.map_batchers(backbone).run(placed, step, ref.tenant_id)
 
     async def predict(
         self,
