@@ -61,8 +61,9 @@ from .logs import get as get_logger
 log = get_logger("batching")
 
 __all__ = [
-    "MAP_LANE", "SERVING", "Apply", "ApplyMaps", "Batcher", "FromLower", "MapBatcher", "OodScores", "Overloaded", "OwnLayers",
-    "ServingActivity", "TokenBatcher", "TokenInput", "apply_heads", "feature_source", "on_trunk", "text_trunk",
+    "MAP_LANE", "SERVING", "Apply", "ApplyMaps", "Batcher", "FromLower", "MapBatcher", "OodScores", "Overloaded",
+    "OwnLayers", "ServingActivity", "TokenBatcher", "TokenInput", "apply_heads", "feature_source", "on_trunk",
+    "text_trunk",
 ]
 
 TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass
@@ -688,7 +689,9 @@ class MapBatcher(Batcher):
         got = rows.result()
         return np.stack(got) if len(got) else np.zeros((0,), dtype=np.float32)
 
-    def _features(self, batch: list[Slice], pixels: list[np.ndarray]) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
+    def _features(
+        self, batch: list[Slice], pixels: list[np.ndarray]
+    ) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
         """One pass's maps (None: no request reads them) and the frozen states per split ``k`` requested."""
         wanted = sorted({req.head.k for req, _, _ in batch if isinstance(req.head, FromLower)})
         if not wanted:

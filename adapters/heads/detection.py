@@ -129,7 +129,7 @@ class _Detector(StoredHead):
     consumes: ClassVar[frozenset[str]] = frozenset()
     exportable: ClassVar[bool] = False
     reads: ClassVar[str]
-    settings = ("size", "channels", "hidden")
+    settings: ClassVar[tuple[str, ...]] = ("size", "channels", "hidden")
 
     def __init__(self, labels: list[str], size: int = 256, channels: int = 128, hidden: int = 32) -> None:
         self.labels = list(labels)
@@ -200,7 +200,8 @@ class _Detector(StoredHead):
     def detect(self, inputs: np.ndarray, min_score: float = 0.01) -> list[Objects]:
         """Candidate boxes per input (canvas pixels, before NMS): the heatmaps' 3×3 local maxima, at most
         :data:`PEAKS` per image, with a score of at least ``min_score``, highest first."""
-        return candidates(self.forward, (self._tensor(inputs[s : s + 32]) for s in range(0, len(inputs), 32)), min_score)
+        batches = (self._tensor(inputs[s : s + 32]) for s in range(0, len(inputs), 32))
+        return candidates(self.forward, batches, min_score)
 
 
 @torch.inference_mode()

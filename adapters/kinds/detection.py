@@ -33,8 +33,8 @@ from ..boxes import Letterbox, Objects, batched_nms, evaluate
 from ..heads import Head
 from ..heads.detection import (
     LOWER,
-    PIXELS,
     MAPS,
+    PIXELS,
     TUNED_BLOCKS,
     DetectorHead,
     ScratchDetectorHead,
@@ -390,7 +390,8 @@ class Detection(TaskKind):
         pixels = np.stack([p.pixels for p in placed])
         n = len(placed)
         with torch.inference_mode():
-            maps = tuned_maps(torch.from_numpy(np.ascontiguousarray(lower)), tuning.blocks, tuning.fine_channels).numpy()
+            states = torch.from_numpy(np.ascontiguousarray(lower))
+            maps = tuned_maps(states, tuning.blocks, tuning.fine_channels).numpy()
         order = np.random.default_rng(seed).permutation(n)
         n_held = max(1, int(round(HOLDOUT * n))) if n >= 3 else 0
         held, train = np.sort(order[:n_held]), np.sort(order[n_held:])
@@ -424,7 +425,9 @@ class Detection(TaskKind):
             head, run, frozen = tuned_run(train, True, tuning.max_epochs)
             tuned_seconds = time.perf_counter() - tick
             served = scored(head.detect(lower[held], EVAL_MIN_SCORE))
-            compared["finetune"] = {"map_50": served["map_50"], "map": served["map"], "seconds": round(tuned_seconds, 2)}
+            compared["finetune"] = {
+                "map_50": served["map_50"], "map": served["map"], "seconds": round(tuned_seconds, 2)
+            }
             frozen_scores = scored(frozen.detect(maps[held], EVAL_MIN_SCORE))
             compared["detector"] = {"map_50": frozen_scores["map_50"], "map": frozen_scores["map"]}
             tick = time.perf_counter()

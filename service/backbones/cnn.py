@@ -135,7 +135,7 @@ class MobileNetV2(CNN):
         return self.features[:7](x)  # type: ignore[no-any-return]  # through the 32-channel blocks, stride 8
 
     def coarse_blocks(self) -> list[nn.Module]:
-        return list(self.features[7:14])  # the 64- and 96-channel blocks, stride 16
+        return [self.features[i] for i in range(7, 14)]  # the 64- and 96-channel blocks, stride 16
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classifier(pooled)

@@ -9,7 +9,6 @@ its own request and a backbone batch only stacks arrays. The exportable part is
 from __future__ import annotations
 
 import copy
-
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
