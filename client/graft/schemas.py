@@ -405,7 +405,7 @@ class TaskCreate(Request):
         description="`auto` (default): whichever head cross-validation scores best among `linear` (logistic "
         "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
         "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
-        "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a "
+        "and detection only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a "
         "background job. Entities tasks: `tagger` (on the token states) or `word-tagger` (word features, no "
         "transfer), or `finetune` (LoRA on the top layers plus a token classifier); answers tasks: `pointer` or "
         "`word-pointer`; detection tasks: `detector` (on the frozen feature maps) or `scratch-detector` (no "
