@@ -8,6 +8,9 @@ both heads are then scored on the held-out scenes (the one CV did not serve is r
 Throughput: decoding + letterbox, the CNN's feature maps, the head with NMS, per batch size.
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.detection [--quick] [--out detection.json]
+
+``--finetune``: instead, head ``finetune`` (the CNN's top two blocks trained with the head) against the frozen
+``detector`` on the same training scenes, both scored on the same held-out scenes, with each one's training seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from adapters.boxes import evaluate
 from adapters.heads.detection import DetectorHead, ScratchDetectorHead
-from adapters.kinds import KINDS, Placed
+from adapters.kinds import KINDS, DetectionTuning, Placed
 from adapters.kinds.detection import EVAL_MIN_SCORE, MAX_OBJECTS, SCRATCH_CHANNELS, SIZE
 from benchmarks.detection_data import Scene, scenes
 from service import images
@@ -126,15 +129,66 @@ def throughput(backbone: TorchImageBackbone, head: Any, batches: list[int]) -> l
     return rows
 
 
+def finetune(backbone: TorchImageBackbone, n: int, n_test: int, steps: int, epochs: int) -> dict:
+    """Frozen ``detector`` vs head ``finetune`` on the same ``n`` training scenes, scored on the same held-out
+    scenes (test-split digits). Seconds: the frozen head's whole fit (pinned ``detector``: both heads cross-validated
+    on 3 folds, then the refit); the fine-tune's whole fit (its frozen
+    detector, the baseline and the comparison on its held-out fifth, the epochs, the refit on all scenes); the
+    frozen states are computed once before either (their time is reported apart)."""
+    test = scenes(n_test, seed=10_000, split="test")
+    t_placed, t_stored, _ = prepare(backbone, test)
+    placed, stored, _ = prepare(backbone, scenes(n, seed=n))
+    started = time.perf_counter()
+    lower = backbone.feature_states([p.pixels for p in placed], 2)
+    lower_s = time.perf_counter() - started
+    t_lower = backbone.feature_states([p.pixels for p in t_placed], 2)
+    maps, t_maps = backbone.maps_from_states(lower, 2), backbone.maps_from_states(t_lower, 2)
+    started = time.perf_counter()
+    frozen = KIND.fit_maps(maps, placed, stored, head="detector", folds=3, seed=0, steps=steps)
+    frozen_s = time.perf_counter() - started
+    tuning = DetectionTuning(blocks=backbone.top_blocks(2), fine_channels=backbone.fine_channels, max_epochs=epochs)
+    started = time.perf_counter()
+    tuned = KIND.fit_maps(None, placed, stored, head="finetune", folds=3, seed=0, steps=steps, lower=lower,
+                          tuning=tuning)
+    tuned_s = time.perf_counter() - started
+    names = tuned.head.labels
+    truth = KIND.truth(t_placed, t_stored, names)
+    row = {
+        "train_images": n,
+        "test_images": n_test,
+        "steps": steps,
+        "max_epochs": epochs,
+        "lower_states_seconds": round(lower_s, 1),
+        "detector": {**held_out(frozen.head, t_maps, truth, names), "train_seconds": round(frozen_s, 1)},
+        "finetune": {**held_out(tuned.head, t_lower, truth, names), "train_seconds": round(tuned_s, 1)},
+        "finetune_metrics": {k: tuned.metrics[k] for k in ("heads", "finetune", "warnings")},
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes 30 and 60, 120 steps, 30 test scenes")
     parser.add_argument("--steps", type=int, default=None, help="steps per head fit (default 300; quick: 120)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default="detection.json")
+    parser.add_argument("--finetune", action="store_true", help="frozen detector vs head finetune (see above)")
+    parser.add_argument("--train", type=int, default=30, help="--finetune: training scenes")
+    parser.add_argument("--test", type=int, default=30, help="--finetune: held-out scenes")
+    parser.add_argument("--epochs", type=int, default=8, help="--finetune: most fine-tuning epochs")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.finetune:
+        backbone = TorchImageBackbone("mobilenet_v2", "mobilenet_v2")
+        row = finetune(backbone, args.train, args.test, args.steps or 120, args.epochs)
+        print(f"\n{args.train} training scenes, {args.test} held-out scenes, mAP@0.5 / mAP@0.5:0.95, train seconds")
+        for h in ("detector", "finetune"):
+            print(f"{h:>10} {row[h]['map_50']:.3f} / {row[h]['map']:.3f} {row[h]['train_seconds']:>8}")
+        with open(args.out, "w") as fh:
+            json.dump(row, fh, indent=1)
+        return
     sizes, n_test = ([30, 60], 30) if args.quick else ([30, 60, 120], 60)
     steps = args.steps or (120 if args.quick else 300)
     backbone = TorchImageBackbone("mobilenet_v2", "mobilenet_v2")

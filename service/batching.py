@@ -61,8 +61,9 @@ from .logs import get as get_logger
 log = get_logger("batching")
 
 __all__ = [
-    "MAP_LANE", "SERVING", "Apply", "ApplyMaps", "Batcher", "MapBatcher", "OodScores", "Overloaded", "OwnLayers",
-    "ServingActivity", "TokenBatcher", "TokenInput", "apply_heads", "feature_source", "on_trunk", "text_trunk",
+    "MAP_LANE", "SERVING", "Apply", "ApplyMaps", "Batcher", "FromLower", "MapBatcher", "OodScores", "Overloaded",
+    "OwnLayers", "ServingActivity", "TokenBatcher", "TokenInput", "apply_heads", "feature_source", "on_trunk",
+    "text_trunk",
 ]
 
 TRAINING_SHARE = 4  # when both kinds wait, training gets max_batch // TRAINING_SHARE inputs of a pass
@@ -640,6 +641,20 @@ def feature_source(backbone: Backbone) -> Any | None:
 ApplyMaps = Callable[[Sequence[Placed], np.ndarray], list[Any]]
 
 
+@dataclass(frozen=True)
+class FromLower:
+    """A map-lane head step that reads the frozen states below the CNN's top ``k`` stride-16 blocks
+    (``feature_states``) instead of the maps: a fine-tuned detection head, which runs its own copies of those
+    blocks. The pass computes the frozen part once for all its images; the maps of the other requests are
+    finished from the same states by the frozen top blocks."""
+
+    apply: ApplyMaps
+    k: int
+
+    def __call__(self, placed: Sequence[Placed], states: np.ndarray) -> list[Any]:
+        return self.apply(placed, states)
+
+
 class MapBatcher(Batcher):
     """The map lane of an image backbone: passes of multi-scale feature maps (``feature_maps``) of letterboxed
     canvases for the detection kind, scheduled exactly like the pooled lane (cross-tenant passes, fair per
@@ -670,6 +685,23 @@ class MapBatcher(Batcher):
         maps = self.submit_maps(inputs, background=background).result()
         return np.stack(maps) if len(maps) else np.zeros((0,), dtype=np.float32)
 
+    def states_sync(self, inputs: Sequence[Placed], k: int, *, background: bool = True) -> np.ndarray:
+        """The frozen states below the top ``k`` blocks (``feature_states``) of ``inputs``, through the lane."""
+        rows = self.submit_maps(inputs, apply=FromLower(lambda _, states: list(states), k), background=background)
+        got = rows.result()
+        return np.stack(got) if len(got) else np.zeros((0,), dtype=np.float32)
+
+    def _features(
+        self, batch: list[Slice], pixels: list[np.ndarray]
+    ) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
+        """One pass's maps (None: no request reads them) and the frozen states per split ``k`` requested."""
+        wanted = sorted({req.head.k for req, _, _ in batch if isinstance(req.head, FromLower)})
+        if not wanted:
+            return self.source.feature_maps(pixels), {}
+        states = {k: self.source.feature_states(pixels, k) for k in wanted}  # one k in practice (TUNED_BLOCKS)
+        plain = any(not isinstance(req.head, FromLower) for req, _, _ in batch)
+        return (self.source.maps_from_states(states[wanted[0]], wanted[0]) if plain else None), states
+
     def _process(self, batch: list[Slice]) -> None:
         items = [item for req, start, stop in batch for item in req.inputs[start:stop]]
         started = time.perf_counter()
@@ -677,7 +709,7 @@ class MapBatcher(Batcher):
             if start == 0:
                 metrics.QUEUE_DELAY.labels(**self._labels).observe(started - req.enqueued_at)
         try:
-            maps = self.source.feature_maps([item.pixels for item in items])
+            maps, states = self._features(batch, [item.pixels for item in items])
         except Exception as exc:  # deliver the failure to every waiting request
             log.exception("feature-map batch failed", extra={"backbone": self.backbone.name, "batch": len(items)})
             self._fail(batch, exc)
@@ -685,7 +717,8 @@ class MapBatcher(Batcher):
         outputs: list[Any] = []
         row = 0
         for req, start, stop in batch:
-            mine = maps[row : row + stop - start]
+            source = states[req.head.k] if isinstance(req.head, FromLower) else maps
+            mine = cast(np.ndarray, source)[row : row + stop - start]
             row += stop - start
             if req.head is None:
                 outputs.append(list(mine))

@@ -214,13 +214,15 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_FINETUNE_MAX_EPOCHS",
         8,
         int,
-        "Most epochs of a `finetune` head (early stopping on a held-out fold ends it sooner).",
+        "Most epochs of a `finetune` head (early stopping on a held-out fold ends it sooner; detection: an "
+        "epoch is `GRAFT_DETECTION_STEPS` / 8 batches).",
     ),
     "finetune_max_seconds": _Var(
         "GRAFT_FINETUNE_MAX_SECONDS",
         600.0,
         float,
-        "Seconds after which an entities `finetune` head starts no further epoch (the best epoch so far is served).",
+        "Seconds after which an entities or detection `finetune` head starts no further epoch (the best epoch "
+        "so far is served).",
     ),
     "transfer_sample": _Var(
         "GRAFT_TRANSFER_SAMPLE",

@@ -92,6 +92,8 @@ class TrainingPipeline:
         preprocessing = cast(ImageBackbone, batcher.backbone).preprocessing
         placed = images.placed_stored(texts, preprocessing, kinds.DETECTION_SIZE)
         maps: np.ndarray | None = None
+        lower: np.ndarray | None = None
+        tuning: kinds.DetectionTuning | None = None
         if task.head != "scratch-detector":
             try:
                 lane = self.map_batchers(backbone) if self.map_batchers else None
@@ -99,14 +101,27 @@ class TrainingPipeline:
                 lane = None
             if lane is None:
                 raise TrainingDataError(f"backbone {backbone!r} has no feature maps for detection (not a CNN)")
+            k = kinds.DETECTION_TUNED_BLOCKS
             parts = []
             for start in range(0, len(placed), EMBED_CHUNK):
-                parts.append(lane.maps_sync(placed[start : start + EMBED_CHUNK], background=True))
+                chunk = placed[start : start + EMBED_CHUNK]
+                if task.head == "finetune":  # the frozen part once per image: the epochs run only the top blocks
+                    parts.append(lane.states_sync(chunk, k, background=True))
+                else:
+                    parts.append(lane.maps_sync(chunk, background=True))
                 progress.update(0.3 * min(1.0, (start + EMBED_CHUNK) / max(1, len(placed))))
-            maps = np.concatenate(parts)
+            if task.head == "finetune":
+                lower = np.concatenate(parts)
+                source = lane.source
+                tuning = kinds.DetectionTuning(
+                    blocks=source.top_blocks(k), fine_channels=int(source.fine_channels), k=k,
+                    max_epochs=self.settings.finetune_max_epochs, max_seconds=self.settings.finetune_max_seconds,
+                )
+            else:
+                maps = np.concatenate(parts)
         result = task_kind.fit_maps(
             maps, placed, labels, head=task.head, folds=self.settings.cv_folds, seed=self.settings.seed,
-            steps=self.settings.detection_steps,
+            steps=self.settings.detection_steps, lower=lower, tuning=tuning,
         )
         return result, maps, placed
 
@@ -132,8 +147,9 @@ class TrainingPipeline:
         unseen = np.arange(active.n_examples, len(placed))
         where = [placed[i] for i in unseen]
         active_maps: np.ndarray | None = None
+        tuned = task_kind.tuned_blocks(head)  # an active fine-tuned head reads the frozen states below its blocks
         if task_kind.reads_maps(head) and len(unseen):
-            if maps is not None and active.backbone == backbone:
+            if maps is not None and active.backbone == backbone and tuned is None:
                 active_maps = maps[unseen]
             else:
                 try:
@@ -145,7 +161,10 @@ class TrainingPipeline:
                         f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} "
                         "has no feature maps here"
                     ), active.number
-                active_maps = lane.maps_sync(where, background=True)
+                active_maps = (
+                    lane.maps_sync(where, background=True) if tuned is None
+                    else lane.states_sync(where, tuned, background=True)
+                )
         decision = task_kind.compare_maps(
             head, active_maps, where, [labels[i] for i in unseen], result, unseen, active.number
         )
@@ -507,7 +526,11 @@ class TrainingPipeline:
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
         task_kind = kinds.kind_of(task.kind)
-        if task.head == "finetune" and "finetune" in task_kind.pinnable_heads and not task_kind.reads_token_states:
+        if (
+            task.head == "finetune"
+            and "finetune" in task_kind.pinnable_heads
+            and not (task_kind.reads_token_states or task_kind.reads_feature_maps)
+        ):
             return self._finetune(job, task, texts, labels, progress)
         if task_kind.generates:
             return self._fit_adapter(job, task, task_kind, texts, labels, progress)

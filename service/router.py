@@ -32,7 +32,7 @@ from adapters.kinds import (
 )
 
 from . import logs, metrics
-from .batching import Batcher, MapBatcher, OodScores, OwnLayers, TokenBatcher, TokenInput
+from .batching import Batcher, FromLower, MapBatcher, OodScores, OwnLayers, TokenBatcher, TokenInput
 from .caching import HeadCache, TTLCache
 from .engine.head_store import VersionFailed, store_head_loader
 from .engine.prediction_ids import new_id
@@ -353,7 +353,9 @@ class Router:
             scores = kind.ood_scores(head, part, maps)
             return [(a, None if scores is None else float(scores[i])) for i, a in enumerate(answers)]
 
-        pairs = await self.map_batchers(backbone).run(placed, apply, ref.tenant_id)
+        k = kind.tuned_blocks(head)  # a fine-tuned head: the frozen states below its own blocks, same shared pass
+        step = apply if k is None else FromLower(apply, k)
+        pairs = await self.map_batchers(backbone).run(placed, step, ref.tenant_id)
         scored = [np.nan if score is None else score for _, score in pairs]
         scores = None if np.isnan(scored).all() else np.array(scored, dtype=np.float32)
         return [answer for answer, _ in pairs], scores

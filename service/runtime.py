@@ -173,8 +173,12 @@ class Runtime:
         return self._map_batchers[backbone]
 
     def trunk(self, backbone: str) -> object | None:
-        """The torch text model of a loaded backbone (fine-tuned heads run on it), if it has one."""
-        return text_trunk(self.backbones.get(backbone)) if backbone in self.backbones.loaded else None
+        """What fine-tuned heads of a loaded backbone bind to, if it has it: its torch text model, or (an image
+        CNN) its torch image backbone with feature maps (detection)."""
+        if backbone not in self.backbones.loaded:
+            return None
+        bb = self.backbones.get(backbone)
+        return text_trunk(bb) or feature_source(bb)
 
     def default_backbone(self, modality: str) -> str:
         defaults = {"image": self.settings.default_image_backbone, "audio": self.settings.default_audio_backbone}

@@ -18,7 +18,9 @@ from .base import (
 )
 from .classification import Classification, Prediction, top_predictions
 from .detection import SIZE as DETECTION_SIZE
+from .detection import TUNED_BLOCKS as DETECTION_TUNED_BLOCKS
 from .detection import DetectedObject, Detection, DetectionPrediction, Placed
+from .detection import Tuning as DetectionTuning
 from .entities import Entities, EntitiesPrediction, Entity
 from .fitting import fit_multilabel, fit_regression, indicator, tune_thresholds
 from .generation import Generation
@@ -36,8 +38,10 @@ __all__ = [
     "Classification",
     "DEFAULT",
     "DETECTION_SIZE",
+    "DETECTION_TUNED_BLOCKS",
     "DetectedObject",
     "Detection",
+    "DetectionTuning",
     "DetectionPrediction",
     "Entities",
     "Generation",

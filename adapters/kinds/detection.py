@@ -37,7 +37,18 @@ import numpy as np
 
 from ..boxes import Letterbox, Objects, batched_nms, evaluate
 from ..heads import Head, ood_of
-from ..heads.detection import MAPS, STRIDE, DetectorHead, ScratchDetectorHead
+from ..heads.detection import (
+    LOWER,
+    MAPS,
+    PIXELS,
+    STRIDE,
+    TUNED_BLOCKS,
+    DetectorHead,
+    ScratchDetectorHead,
+    TunedDetectorHead,
+    tune,
+    tuned_maps,
+)
 from ..selection import Decision, compare_scores_on_unseen, unconditional
 from ..training import FitResult
 from .base import STRUCTURED_LABEL_CHARS, TaskKind, register_kind, shape, string_problem
@@ -92,6 +103,25 @@ def image_scores(truth: Sequence[Objects], found: Sequence[Objects], names: Sequ
 
 def _relabelled(found: Objects, names: Sequence[str], into: dict[str, int]) -> Objects:
     return Objects(found.boxes, np.asarray([into[names[int(i)]] for i in found.labels], dtype=np.int64), found.scores)
+
+
+HOLDOUT = 0.2  # head 'finetune': the fraction of images held out for early stopping and the comparison
+TUNE_EPOCHS = 8  # head 'finetune': most epochs (GRAFT_FINETUNE_MAX_EPOCHS)
+TUNE_PATIENCE = 2
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What head ``finetune`` needs beyond the frozen ``lower`` states: ``blocks``, a copy of the CNN's top ``k``
+    stride-16 blocks (the frozen ones: they make the frozen maps, and the task's copies start from them);
+    ``fine_channels``, the pooled stride-8 channels at the front of ``lower``; limits in epochs and seconds.
+    An epoch is ``max(steps / 8, one pass over the training images)`` batches of 16."""
+
+    blocks: Any  # torch.nn.Module
+    fine_channels: int
+    k: int = TUNED_BLOCKS
+    max_epochs: int = TUNE_EPOCHS
+    max_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -193,7 +223,7 @@ def image_size(value: Any) -> tuple[int, int] | None:
 class Detection(TaskKind):
     name = "detection"
     modalities: ClassVar[tuple[str, ...]] = ("image",)
-    pinnable_heads = ("detector", "scratch-detector")
+    pinnable_heads = ("detector", "scratch-detector", "finetune")
     scores_ood: ClassVar[bool] = True  # on the pooled feature map (pooled()), when the served head reads the maps
     reads_feature_maps: ClassVar[bool] = True
     structured_uploads = True  # JSON Lines rows, or a zip of images + annotations.jsonl (dataset uploads)
@@ -305,9 +335,16 @@ class Detection(TaskKind):
         folds: int,
         seed: int,
         steps: int = DEFAULT_STEPS,
+        lower: np.ndarray | None = None,
+        tuning: Tuning | None = None,
     ) -> FitResult:
-        """Cross-validate the transfer head (on ``maps``, (n, C, g, g)) and the scratch baseline (on the canvases)
+        """Head ``finetune``: see :meth:`fit_tuned` (``lower`` and ``tuning`` needed, ``maps`` unused). Else:
+        cross-validate the transfer head (on ``maps``, (n, C, g, g)) and the scratch baseline (on the canvases)
         on the same image folds; mAP for each; refit the better (``auto``) or the pinned one on all images."""
+        if head == "finetune":
+            if lower is None or tuning is None:
+                raise ValueError("head 'finetune' needs the frozen states below the CNN's top blocks (lower, tuning)")
+            return self.fit_tuned(lower, placed, stored, tuning, seed=seed, steps=steps)
         names = sorted({o["label"] for one in stored for o in self.decode(one)})
         truth = self.truth(placed, stored, names)
         pixels = np.stack([p.pixels for p in placed])
@@ -376,6 +413,151 @@ class Detection(TaskKind):
         }
         return DetectionFit(final, metrics, oof=oof[chosen], names=names)  # type: ignore[arg-type]
 
+    def fit_tuned(
+        self,
+        lower: np.ndarray,
+        placed: Sequence[Placed],
+        stored: Sequence[str],
+        tuning: Tuning,
+        *,
+        seed: int,
+        steps: int = DEFAULT_STEPS,
+    ) -> FitResult:
+        """Head ``finetune``: the task's own copies of the CNN's top ``tuning.k`` blocks trained with the head, on
+        ``lower`` (the frozen states below them, computed once per image). A held-out 20 % of the images (at least
+        one) scores each epoch (mAP@0.5) for early stopping, and the frozen ``detector`` (on the frozen maps) and the
+        ``scratch-detector`` baseline, fitted on the same training part, on the same held-out images. Epoch 0 is the
+        frozen detector (the blocks start as the backbone's, the head as that detector's). The best epoch count is
+        then re-run on all images (the frozen detector refitted first), unless that would pass the time limit."""
+        import copy
+
+        import torch
+
+        started = time.perf_counter()
+        deadline = time.monotonic() + tuning.max_seconds
+        names = sorted({o["label"] for one in stored for o in self.decode(one)})
+        truth = self.truth(placed, stored, names)
+        pixels = np.stack([p.pixels for p in placed])
+        n = len(placed)
+        with torch.inference_mode():
+            states = torch.from_numpy(np.ascontiguousarray(lower))
+            maps = tuned_maps(states, tuning.blocks, tuning.fine_channels).numpy()
+        order = np.random.default_rng(seed).permutation(n)
+        n_held = max(1, int(round(HOLDOUT * n))) if n >= 3 else 0
+        held, train = np.sort(order[:n_held]), np.sort(order[n_held:])
+        epoch_steps = max(1, steps // 8, math.ceil(len(train) / 16))
+        channels = int(maps.shape[1])
+
+        def scored(found: list[Objects]) -> dict[str, Any]:
+            return evaluate([truth[i] for i in held], [self.suppressed(f, MAX_OBJECTS) for f in found], names)
+
+        def tuned_run(rows: np.ndarray, score: bool, epochs: int) -> tuple[TunedDetectorHead, Any, DetectorHead]:
+            frozen = DetectorHead(names, size=SIZE, channels=channels)
+            frozen.fit(maps[rows], [truth[i] for i in rows], steps=steps, seed=seed)
+            blocks = copy.deepcopy(tuning.blocks).float()
+            net = copy.deepcopy(frozen.net)
+            run = tune(
+                blocks, net, tuning.fine_channels, lower[rows], [truth[i] for i in rows], labels=len(names),
+                grid=SIZE // 16, epochs=epochs, epoch_steps=epoch_steps, seed=seed, patience=TUNE_PATIENCE,
+                deadline=deadline,
+                score=(lambda model: scored(model.detect(lower[held], EVAL_MIN_SCORE))["map_50"]) if score else None,
+            )
+            blocks.load_state_dict(run.blocks)
+            net.load_state_dict(run.net)
+            made = TunedDetectorHead(names, size=SIZE, channels=channels, blocks_k=tuning.k,
+                                     fine_channels=tuning.fine_channels)
+            made.net = net.eval()
+            return made.with_blocks(blocks), run, frozen
+
+        compared: dict[str, dict[str, Any]] = {}
+        if n_held:
+            tick = time.perf_counter()
+            head, run, frozen = tuned_run(train, True, tuning.max_epochs)
+            tuned_seconds = time.perf_counter() - tick
+            served = scored(head.detect(lower[held], EVAL_MIN_SCORE))
+            compared["finetune"] = {
+                "map_50": served["map_50"], "map": served["map"], "seconds": round(tuned_seconds, 2)
+            }
+            frozen_scores = scored(frozen.detect(maps[held], EVAL_MIN_SCORE))
+            compared["detector"] = {"map_50": frozen_scores["map_50"], "map": frozen_scores["map"]}
+            tick = time.perf_counter()
+            scratch = ScratchDetectorHead(names, size=SIZE, channels=SCRATCH_CHANNELS)
+            scratch.fit(pixels[train], [truth[i] for i in train], steps=steps, seed=seed)
+            base = scored(scratch.detect(pixels[held], EVAL_MIN_SCORE))
+            compared["scratch-detector"] = {
+                "map_50": base["map_50"], "map": base["map"], "seconds": round(time.perf_counter() - tick, 2)
+            }
+        else:
+            head, run, frozen = tuned_run(np.arange(n), False, 2)
+            served = {"map_50": None, "map": None, "per_label": {}}
+        refit = False
+        spent = time.perf_counter() - started
+        if n_held and run.best_epoch > 0 and time.monotonic() + spent < deadline:
+            head, _, _ = tuned_run(np.arange(n), False, run.best_epoch)
+            refit = True
+        warnings = []
+        if n_held == 0:
+            warnings.append(
+                f"only {n} images: none could be held out, so fine-tuning ran 2 epochs unchecked and reports no "
+                "held-out mAP; add images (30 or more is better)"
+            )
+        else:
+            tuned, frozen_map = compared["finetune"]["map_50"], compared["detector"]["map_50"]
+            if tuned <= frozen_map:
+                why = (
+                    "No epoch improved on it, so the served model is that frozen detector run through the task's own "
+                    "copies of the blocks (fine-tuning changed nothing)."
+                    if run.best_epoch == 0
+                    else "The fine-tuned detector is served as pinned."
+                )
+                warnings.append(
+                    f"Fine-tuning did not beat the frozen detector: on the same {n_held} held-out images it scored "
+                    f"mAP@0.5 {tuned:.3f}, the detector on the frozen feature maps {frozen_map:.3f}. {why} Head "
+                    "'detector' (or 'auto') trains and serves for far less at this quality."
+                )
+            base_map = compared["scratch-detector"]["map_50"]
+            if base_map > tuned:
+                warnings.append(
+                    f"The from-scratch baseline (scratch-detector) scored mAP@0.5 {base_map:.3f} on the same {n_held} "
+                    f"held-out images, better than fine-tuning ({tuned:.3f}): the backbone's features do not transfer "
+                    "to these images."
+                )
+        metrics: dict[str, Any] = {
+            "kind": self.name,
+            "head": "finetune",
+            "selection": "pinned",
+            "evaluation": "holdout" if n_held else "train",
+            "map_50": served["map_50"],
+            "map": served["map"],
+            "per_label": served["per_label"],
+            "heads": compared,
+            "baseline": {
+                "head": "scratch-detector",
+                "map_50": compared.get("scratch-detector", {}).get("map_50"),
+                "map": compared.get("scratch-detector", {}).get("map"),
+            },
+            "finetune": {
+                "blocks": tuning.k,
+                "epoch_steps": epoch_steps,
+                "max_epochs": tuning.max_epochs,
+                "patience": TUNE_PATIENCE,
+                "best_epoch": run.best_epoch,
+                "history": run.history,
+                "stopped": run.stopped,
+                "held_out": int(n_held),
+                "refitted": refit,
+                "max_seconds": tuning.max_seconds,
+                "seconds": round(time.perf_counter() - started, 2),
+                "bytes": int(sum(v.nbytes for v in head.tensors().values())),
+            },
+            "input_size": SIZE,
+            "steps": steps,
+            "images": n,
+            "examples_per_label": dict(sorted(Counter(o["label"] for one in stored for o in self.decode(one)).items())),
+            "warnings": warnings,
+        }
+        return FitResult(head, metrics)  # type: ignore[arg-type]
+
     # -- predicting -------------------------------------------------------------------------------
 
     @staticmethod
@@ -386,7 +568,12 @@ class Detection(TaskKind):
 
     def reads_maps(self, head: Any) -> bool:
         """Whether ``head`` reads the backbone's feature maps (else only the canvas: no backbone pass)."""
-        return getattr(head, "reads", None) == MAPS
+        return getattr(head, "reads", None) in (MAPS, LOWER)
+
+    @staticmethod
+    def tuned_blocks(head: Any) -> int | None:
+        """How many top blocks ``head`` owns (it reads the frozen states below them), or None: not fine-tuned."""
+        return int(head.blocks_k) if getattr(head, "reads", None) == LOWER else None
 
     def predict_maps(
         self, head: Any, placed: Sequence[Placed], maps: np.ndarray | None, options: dict[str, Any] | None = None
@@ -515,7 +702,7 @@ class Detection(TaskKind):
 
     def manifest(self, head: Head) -> dict[str, Any]:
         """How a consumer turns the graph's ``detections`` into Graft's answer (docs/detection.md#export)."""
-        scratch = getattr(head, "reads", None) != MAPS
+        scratch = getattr(head, "reads", None) == PIXELS
         return {
             "detection": {
                 "canvas": SIZE,
@@ -536,3 +723,4 @@ class Detection(TaskKind):
                 "max_objects": MAX_OBJECTS,
             }
         }
+

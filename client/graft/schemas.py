@@ -44,7 +44,7 @@ KIND_HEADS = {  # heads a task of a kind may pin besides "auto" (adapters/kinds/
     "entities": ("tagger", "word-tagger", "finetune"),
     "answers": ("pointer", "word-pointer"),
     "generation": (),
-    "detection": ("detector", "scratch-detector"),
+    "detection": ("detector", "scratch-detector", "finetune"),
 }
 JobStatus = Literal["queued", "running", "succeeded", "failed", "superseded"]
 VersionStatus = Literal["active", "candidate", "previous", "failed"]
@@ -405,10 +405,12 @@ class TaskCreate(Request):
         description="`auto` (default): whichever head cross-validation scores best among `linear` (logistic "
         "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
         "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
-        "only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained as a "
-        "background job. Entities tasks: `tagger` (on the token states) or `word-tagger` (word features, no "
+        "and detection only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained "
+        "as a background job. Entities tasks: `tagger` (on the token states) or `word-tagger` (word features, no "
         "transfer), or `finetune` (LoRA on the top layers plus a token classifier); answers tasks: `pointer` or "
-        "`word-pointer`; `auto` serves whichever cross-validates better.",
+        "`word-pointer`; detection tasks: `detector` (on the frozen feature maps) or `scratch-detector` (no "
+        "transfer), or `finetune` (the CNN's top two blocks trained with the detector head); `auto` serves "
+        "whichever cross-validates better.",
     )
     labels: list[Label] | None = Field(
         default=None,

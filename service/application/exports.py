@@ -202,6 +202,10 @@ def _build(rt: Runtime, task: Task, v: Version) -> bytes:
             if reads_maps and network is None:
                 raise NotExportable(f"backbone {name!r} has no feature maps to export")
             files = source.preprocessing_files() if source is not None else {}
+            if getattr(head, "binds_cnn", False):  # fine-tuned: its own top blocks, bound to this backbone's CNN
+                if not hasattr(source, "top_blocks"):
+                    raise NotExportable(f"backbone {name!r} has no CNN blocks for a fine-tuned detection head")
+                head.bind(source)  # type: ignore[attr-defined]
             fused = detection_graph(head, network() if reads_maps and network else None, kinds.DETECTION_SIZE)
         elif task_kind.reads_token_states and head.kind in WORD_HEADS:  # their word baselines: no encoder
             files, fused = {SPAN_DECODE_FILE: span_decode_source()}, word_graph(head)

@@ -9,6 +9,7 @@ feature maps and the detector's uncertainty per image (docs/detection.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import anyio.to_thread
 import numpy as np
@@ -44,6 +45,11 @@ async def suggest(
     space)."""
     ref, number, head = await rt.router.head(tenant_id, name)
     if kinds.kind_of(ref.kind).reads_feature_maps:  # detection: pooled feature maps, the peaks' uncertainty
+        if cast(kinds.Detection, kinds.kind_of(ref.kind)).tuned_blocks(head) is not None:
+            raise Invalid(
+                f"suggest is not available for version {number} of {name!r}: it fine-tunes the CNN's top blocks, "
+                "and suggest ranks images by the frozen maps' pooled embedding; pin head 'detector' to use it"
+            )
         placed, _ = await prepare_inputs(rt, ref, rt.router.backbone_of(ref, head), head, inputs, names)
         vectors, uncertainty = await rt.router.pool_maps(ref, head, placed)
         indices, scores = await anyio.to_thread.run_sync(

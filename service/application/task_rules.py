@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 AUTO = "auto"
-FINETUNE_MODALITIES = ("text",)  # the fine-tuned head trains the text backbone's top layers
+FINETUNE_MODALITIES = ("text",)  # the fine-tuned head trains the text backbone's top layers (not detection's below)
 
 
 class InvalidTask(ValueError):
@@ -43,9 +43,15 @@ def new_task(
         task_kind = kinds.kind_of(kind)
     except kinds.UnknownKind as exc:
         raise InvalidTask(str(exc)) from None
-    if head == "finetune" and (modality not in FINETUNE_MODALITIES or head not in task_kind.pinnable_heads):
-        owners = " or ".join(k.name for k in kinds.KINDS.values() if head in k.pinnable_heads)
-        raise InvalidTask(f"head 'finetune' is available for text tasks only, of kind {owners}")
+    # detection tunes the image CNN's top blocks (reads_feature_maps); the others the text backbone's top layers
+    modalities = task_kind.modalities if task_kind.reads_feature_maps else FINETUNE_MODALITIES
+    if head == "finetune" and (modality not in modalities or head not in task_kind.pinnable_heads):
+        owners = " or ".join(
+            k.name for k in kinds.KINDS.values() if head in k.pinnable_heads and not k.reads_feature_maps
+        )
+        raise InvalidTask(
+            f"head 'finetune' is available for text tasks only, of kind {owners}, and for detection (image) tasks"
+        )
     problem = task_kind.new_task_problem(modality, backbone, head)
     if problem:
         raise InvalidTask(problem)

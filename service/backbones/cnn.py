@@ -36,7 +36,43 @@ class CNN(nn.Module):
 
     def strided(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The last activations at stride 8 and at stride 16."""
+        fine = self.stride8(x)
+        coarse = fine
+        for block in self.coarse_blocks():
+            coarse = block(coarse)
+        return fine, coarse
+
+    def stride8(self, x: torch.Tensor) -> torch.Tensor:
+        """The last activations at stride 8 (the fine map)."""
         raise NotImplementedError
+
+    def coarse_blocks(self) -> list[nn.Module]:
+        """The blocks from the stride-8 activations to the last stride-16 ones, in order."""
+        raise NotImplementedError
+
+    # -- the split used by fine-tuned detection heads (adapters/heads/detection.py TunedDetectorHead) -----
+
+    fine_channels: int  # channels of the stride-8 map (the first channels of maps() and of lower())
+
+    def top_blocks(self, k: int) -> nn.Sequential:
+        """The last ``k`` stride-16 blocks (the ones a fine-tuned detection head trains its own copies of)."""
+        blocks = self.coarse_blocks()
+        if not 1 <= k < len(blocks):
+            raise ValueError(f"k must be between 1 and {len(blocks) - 1} (stride-16 blocks of this CNN)")
+        return nn.Sequential(*blocks[len(blocks) - k :])
+
+    def lower(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """What stays frozen below the top ``k`` stride-16 blocks: the stride-8 map average-pooled to stride 16,
+        concatenated with the activations entering those blocks, (n, fine_channels + c, h / 16, w / 16).
+        ``maps(x)`` equals the first ``fine_channels`` channels beside ``top_blocks(k)`` of the rest."""
+        blocks = self.coarse_blocks()
+        if not 1 <= k < len(blocks):
+            raise ValueError(f"k must be between 1 and {len(blocks) - 1} (stride-16 blocks of this CNN)")
+        fine = self.stride8(x)
+        mid = fine
+        for block in blocks[: len(blocks) - k]:
+            mid = block(mid)
+        return torch.cat([F.avg_pool2d(fine, 2), mid], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.pooled(x))
@@ -95,10 +131,13 @@ class MobileNetV2(CNN):
 
     map_channels = 32 + 96
     coarse_channels = 96
+    fine_channels = 32
 
-    def strided(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fine = self.features[:7](x)  # the 32-channel blocks, stride 8
-        return fine, self.features[7:14](fine)  # through the 96-channel blocks, stride 16
+    def stride8(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features[:7](x)  # type: ignore[no-any-return]  # through the 32-channel blocks, stride 8
+
+    def coarse_blocks(self) -> list[nn.Module]:
+        return [self.features[i] for i in range(7, 14)]  # the 64- and 96-channel blocks, stride 16
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.classifier(pooled)
@@ -182,15 +221,16 @@ class EfficientNetLite0(CNN):
 
     map_channels = 40 + 112
     coarse_channels = 112
+    fine_channels = 40
 
-    def strided(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def stride8(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks[:5]:  # through the 40-channel blocks, stride 8
             x = block(x)
-        fine = x
-        for block in self._blocks[5:11]:  # through the 112-channel blocks, stride 16
-            x = block(x)
-        return fine, x
+        return x
+
+    def coarse_blocks(self) -> list[nn.Module]:
+        return list(self._blocks[5:11])  # the 80- and 112-channel blocks, stride 16
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return self._fc(pooled)

@@ -8,6 +8,7 @@ its own request and a backbone batch only stacks arrays. The exportable part is
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -161,6 +162,38 @@ class TorchImageBackbone:
             with autocast(self.device, self.runtime):
                 out.append(network.maps(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.map_channels, 0, 0), dtype=np.float32)
+
+    @property
+    def fine_channels(self) -> int:
+        return self.model.network.fine_channels
+
+    def top_blocks(self, k: int) -> torch.nn.Sequential:
+        """An fp32 CPU copy of the CNN's top ``k`` stride-16 blocks (a fine-tuned detection head's start, and what
+        it binds its stored weights to)."""
+        return copy.deepcopy(self.model.network.top_blocks(k)).float().cpu().eval()
+
+    @torch.inference_mode()
+    def feature_states(self, canvases: Sequence[np.ndarray], k: int, micro_batch: int = 16) -> np.ndarray:
+        """Letterboxed canvases → float32 (n, fine_channels + c, size / 16, size / 16): the frozen states below
+        the CNN's top ``k`` stride-16 blocks (``CNN.lower``) that fine-tuned detection heads read, in input order."""
+        out: list[np.ndarray] = []
+        network = self.model.network
+        for start in range(0, len(canvases), micro_batch):
+            x = torch.from_numpy(self.preprocessing.pixel_values(canvases[start : start + micro_batch])).to(self.device)
+            with autocast(self.device, self.runtime):
+                out.append(network.lower(x, k).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0, 0, 0), dtype=np.float32)
+
+    @torch.inference_mode()
+    def maps_from_states(self, states: np.ndarray, k: int) -> np.ndarray:
+        """The feature maps (``feature_maps``) from ``feature_states(…, k)``: the frozen top blocks on them."""
+        network = self.model.network
+        blocks = network.top_blocks(k)
+        x = torch.from_numpy(np.ascontiguousarray(states)).to(self.device)
+        with autocast(self.device, self.runtime):
+            x = x.to(next(blocks.parameters()).dtype)
+            fine = network.fine_channels
+            return torch.cat([x[:, :fine], blocks(x[:, fine:])], dim=1).float().cpu().numpy()
 
     @torch.inference_mode()
     def classify(self, inputs: Sequence[np.ndarray]) -> np.ndarray:

@@ -27,13 +27,14 @@ def store_head_loader(
     """Heads from their safetensors blobs (never unpickled). A blob that does not load marks its
     version failed (logged with ids only) and raises :class:`VersionFailed`. Fine-tuned heads are bound
     to their backbone's torch text model (``trunk_of(backbone name)``), which merges their LoRA updates
-    into copies of its top layers."""
+    into copies of its top layers; fine-tuned detection heads to its CNN (copies of its top blocks, their
+    stored weights loaded)."""
 
     def load(key: tuple[str, int]) -> heads.Head:
         task_id, number = key
         version = store.version(task_id, number, with_weights=True)
         head = head_of(store, version)
-        if heads.TRUNK in getattr(head, "consumes", ()):
+        if heads.TRUNK in getattr(head, "consumes", ()) or getattr(head, "binds_cnn", False):
             source = trunk_of(version.backbone) if trunk_of is not None else None
             if source is None:
                 raise RuntimeError(f"backbone {version.backbone!r} cannot serve fine-tuned heads here")

@@ -60,6 +60,7 @@ def test_every_head_module_registers_its_head() -> None:
         "speaker": ("speakers", "SpeakerHead"),
         "detector": ("detection", "DetectorHead"),
         "scratch-detector": ("detection", "ScratchDetectorHead"),
+        "finetune-detector": ("detection", "TunedDetectorHead"),
     }
     assert list(heads.HEADS) == ["linear", "prototype", "baseline", "hybrid", "finetune"]  # rank order
     assert heads.KIND_HEADS == {
@@ -100,6 +101,6 @@ def test_any_entry_point_fills_the_registry(first: str) -> None:
     assert out.strip() == str(
         sorted(
             ["baseline", "finetune", "hybrid", "linear", "multilabel", "prototype", "ridge", "speaker"]
-            + ["detector", "scratch-detector"]
+            + ["detector", "scratch-detector", "finetune-detector"]
         )
     )

@@ -41,6 +41,7 @@ NEWER = {
     "speaker": "tests/adapters/test_speakers.py",
     "detector": "tests/adapters/test_detection.py",
     "scratch-detector": "tests/adapters/test_detection.py",
+    "finetune-detector": "tests/service/test_detection_finetune.py",
 }
 
 

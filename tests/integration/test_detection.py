@@ -125,7 +125,13 @@ def test_detection_task_trains_predicts_boxes_in_the_callers_pixels_and_refuses_
     assert resp.status_code == 200 and len(resp.json()["indices"]) == 1, resp.text  # more: test_detection_loop.py
 
     # the ONNX export on bare ONNX Runtime, prepared and decoded by the manifest's recipe, answers what predict did
-    resp = client.get("/v1/tasks/digits/export")
+    assert_export_answers_as_predict(client, "digits", test[:4], predictions[:4])
+
+
+def assert_export_answers_as_predict(client, task: str, test: list[Scene], predictions: list[dict]) -> None:
+    """The task's ONNX export on bare ONNX Runtime, each scene prepared and decoded by the manifest's recipe (PIL
+    and numpy only), gives the labels and boxes ``predictions`` (predict's answers for ``test``) hold."""
+    resp = client.get(f"/v1/tasks/{task}/export")
     assert resp.status_code == 200, resp.text
     with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
         manifest = json.loads(zf.read("graft-export.json"))
@@ -134,7 +140,7 @@ def test_detection_task_trains_predicts_boxes_in_the_callers_pixels_and_refuses_
     det = manifest["detection"]
     assert manifest["kind"] == "detection" and manifest["model"]["output"] == "detections"
     assert manifest["labels"] == ["0", "1", "7"] and det["canvas"] == 256 and det["stride"] == 16
-    for scene, served in zip(test[:4], predictions[:4], strict=True):
+    for scene, served in zip(test, predictions, strict=True):
         image = scene.image.convert("RGB")
         assert min(image.size) <= 256  # Graft's normalisation leaves it as it is
         scale = det["canvas"] / max(image.size)
@@ -160,3 +166,49 @@ def _png(scene: Scene) -> bytes:
     import base64
 
     return base64.b64decode(scene.png_base64())
+
+
+def test_a_finetuned_detection_task_trains_its_own_top_blocks_and_serves_them(server_factory) -> None:
+    """``head: "finetune"``: the version reports the fine-tune's held-out mAP beside the frozen detector's and the
+    baseline's on the same images; predict finds held-out digits, in the caller's pixels, through the map lane; the
+    export (CNN below the blocks + the task's blocks + head) answers as predict does."""
+    server = server_factory(GRAFT_DETECTION_STEPS="40", GRAFT_FINETUNE_MAX_EPOCHS="2")
+    client = server.new_tenant("detection-finetune")
+    train = [scene.example() for scene in scenes(20, seed=1)]
+    resp = client.post(
+        "/v1/tasks",
+        json={"name": "tuned", "modality": "image", "kind": "detection", "head": "finetune", "examples": train},
+    )
+    assert resp.status_code == 202, resp.text
+    job = wait_for_job(client, resp.json()["job"]["id"], timeout=600)
+    assert job["status"] == "succeeded", job.get("error")
+    m = next(v for v in client.get("/v1/tasks/tuned/versions").json()["versions"] if v["status"] == "active")["metrics"]
+    assert m["head"] == "finetune" and m["evaluation"] == "holdout" and m["selection"] == "pinned", m
+    assert set(m["heads"]) == {"finetune", "detector", "scratch-detector"}
+    assert m["finetune"]["blocks"] == 2 and m["finetune"]["held_out"] == 4 and m["finetune"]["bytes"] < 2**21
+    beat = m["heads"]["finetune"]["map_50"] > m["heads"]["detector"]["map_50"]
+    assert beat != any("did not beat the frozen detector" in w for w in m["warnings"]), m
+    print(f"\nheld-out mAP@0.5: {({h: v['map_50'] for h, v in m['heads'].items()})}; {m['finetune']['history']}")
+
+    test = scenes(8, seed=7, split="test", empty=0.0)
+    resp = client.post("/v1/tasks/tuned/predict", json={"inputs": [t.png_base64() for t in test]})
+    assert resp.status_code == 200, resp.text
+    predictions = resp.json()["predictions"]
+    found = gold = 0
+    for scene, p in zip(test, predictions, strict=True):
+        for o in p["objects"]:
+            x0, y0, x1, y1 = o["box"]
+            assert 0 <= x0 < x1 <= scene.image.width and 0 <= y0 < y1 <= scene.image.height
+        found, gold = found + hits(scene.objects, p["objects"]), gold + len(scene.objects)
+    print(f"held out: {found}/{gold} digits found (IoU >= 0.5, right label)")
+    assert found / gold > 0.3, (found, gold)
+
+    big = [Scene(t.image.resize((t.image.width * 2, t.image.height * 2), Image.Resampling.BILINEAR), []) for t in test]
+    resp = client.post("/v1/tasks/tuned/predict", json={"inputs": [b.png_base64() for b in big[:3]]})
+    assert resp.status_code == 200, resp.text
+    for small, large in zip(predictions[:3], resp.json()["predictions"], strict=True):
+        for o in small["objects"]:
+            twice = [b["box"] for b in large["objects"] if iou(np.array(b["box"]) / 2, np.array(o["box"]))[0, 0] > 0.7]
+            assert twice, (o, large)
+
+    assert_export_answers_as_predict(client, "tuned", test[:3], predictions[:3])
