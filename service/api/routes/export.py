@@ -30,7 +30,8 @@ async def export_task(
     me: TenantDep,
     format: str | None = Query(
         None,
-        description="`onnx` (one ONNX graph: classification, multilabel, regression, detection tasks) or `peft` "
+        description="`onnx` (one ONNX graph: text, image and audio classification, multilabel, regression, speakers, "
+        "entities, answers and detection tasks) or `peft` "
         "(a generation task's LoRA adapter as a PEFT adapter directory). Default: the task kind's format. A "
         "format the task's kind does not have is refused (422 `not_exportable`, naming the one to use).",
     ),
