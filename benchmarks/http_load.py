@@ -5,9 +5,12 @@ sentence-transformers service, at 1, 8, 32 and 64 concurrent clients, one text p
 
 Both servers run as real ``bentoml serve`` processes at once (idle when not under load); the
 load generator (benchmarks/loadgen.py) is a third process. Runs alternate between Graft, the
-peer and an in-process reference (Graft's MiniLM embedding the same texts in passes of 64,
-sorted by length — what the batcher feeds it at best), so the machine's background load falls
-on all three alike; every ratio is computed from one run of this script.
+peer and two in-process references: MiniLM on torch fp32 (what the peer runs) and MiniLM on the
+runtime Graft serves (``auto``: ``onnx-int8`` on CPU, one input per call), each embedding the same
+texts in passes of 64, sorted by length — what the batcher feeds it at best; so the machine's
+background load falls on all alike, and every ratio is computed from one run of this script.
+``vs_served_inprocess`` is the issue's "Graft's own in-process throughput"; ``p50_vs_one_pass``
+compares the p50 latency with one text's in-process pass on the served runtime.
 
 Graft's tasks are seeded through the store API before it starts: 100 tasks of one tenant, each
 with its own linear head trained on real embeddings; requests go round-robin over the tasks.
@@ -29,6 +32,7 @@ import numpy as np
 import psutil
 
 from service.backbones.registry import BUILTIN, Registry
+from service.backbones.runtimes import RuntimeConfig
 from service.store.repository import Store
 from tests.conftest import Server
 
@@ -81,6 +85,16 @@ def inprocess_rate(backbone, texts: list[str], seconds: float) -> tuple[float, f
     return done / (time.perf_counter() - started), (time.process_time() - cpu) / done * 1000
 
 
+def one_pass_ms(backbone, texts: list[str], n: int = 200) -> float:
+    """Median milliseconds of one text's pass through ``backbone`` alone (the latency floor of one request)."""
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        backbone.embed([texts[i % len(texts)]])
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="1,8,32,64")
@@ -94,6 +108,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         backbone = Registry({"minilm": BUILTIN["minilm"]}, "cpu").load("minilm")
+        served = Registry(
+            {"minilm": BUILTIN["minilm"]}, "cpu", runtimes=RuntimeConfig("auto", root / "onnx-cache")
+        ).load("minilm")
         store = Store(f"sqlite:///{root / 'graft' / 'graft.db'}")
         store.create_schema()
         tenant, key = store.create_tenant("load")
@@ -115,14 +132,19 @@ def main() -> None:
         }
         runs: dict[tuple[str, int], list[dict]] = {}
         reference: list[tuple[float, float]] = []
+        served_reference: list[tuple[float, float]] = []
+        one_pass: list[float] = []
         try:
             for c in clients:
                 for rep in range(args.reps):
                     order = ["graft", "peer", "inprocess"] if rep % 2 == 0 else ["inprocess", "peer", "graft"]
                     for name in order:
                         if name == "inprocess":
-                            reference.append(inprocess_rate(backbone, texts, args.duration))
-                            print(f"  in-process backbone: {reference[-1][0]:.1f} texts/s", flush=True)
+                            reference.append(inprocess_rate(backbone, texts, args.duration / 2))
+                            served_reference.append(inprocess_rate(served, texts, args.duration / 2))
+                            one_pass.append(one_pass_ms(served, texts))
+                            print(f"  in-process: torch fp32 {reference[-1][0]:.1f} texts/s, {served.runtime} "
+                                  f"{served_reference[-1][0]:.1f} texts/s, one text {one_pass[-1]:.2f} ms", flush=True)
                             continue
                         server, reqs, headers = systems[name]
                         cpu0 = cpu_seconds(server)
@@ -142,6 +164,8 @@ def main() -> None:
             graft.stop()
             peer.stop()
 
+    served_rps = float(np.median([r[0] for r in served_reference]))
+    one_ms = float(np.median(one_pass))
     inproc = float(np.median([r[0] for r in reference]))
     inproc_cpu = float(np.median([r[1] for r in reference]))
     rows = []
@@ -161,11 +185,14 @@ def main() -> None:
         if r["system"] == "graft":
             r["vs_peer"] = r["throughput_rps"] / by[("peer", r["clients"])]["throughput_rps"]
             r["vs_inprocess_backbone"] = r["throughput_rps"] / inproc
+            r["vs_served_inprocess"] = r["throughput_rps"] / served_rps
+            r["p50_vs_one_pass"] = r["p50_ms"] / one_ms
             r["cpu_vs_peer"] = by[("peer", r["clients"])]["cpu_ms_per_req"] / r["cpu_ms_per_req"]
             r["cpu_vs_inprocess"] = inproc_cpu / r["cpu_ms_per_req"]
     rows.sort(key=lambda r: (r["clients"], r["system"]))
-    print(f"in-process backbone on the same texts: {inproc:.1f} texts/s, {inproc_cpu:.1f} CPU ms per text "
-          f"(median of {len(reference)} runs)")
+    print(f"in-process backbone on the same texts: torch fp32 {inproc:.1f} texts/s, {inproc_cpu:.1f} CPU ms per "
+          f"text; served runtime ({served.runtime}) {served_rps:.1f} texts/s, one text {one_ms:.2f} ms "
+          f"(medians of {len(reference)} runs)")
     report(
         "http_load",
         [
@@ -180,12 +207,17 @@ def main() -> None:
             "rows_per_pass",
             "vs_peer",
             "vs_inprocess_backbone",
+            "vs_served_inprocess",
+            "p50_vs_one_pass",
             "cpu_vs_peer",
             "cpu_vs_inprocess",
         ],
         rows,
         args=vars(args),
         inprocess_backbone_rps=inproc,
+        served_runtime=served.runtime,
+        served_inprocess_rps=served_rps,
+        served_one_text_ms=one_ms,
         inprocess_cpu_ms_per_text=inproc_cpu,
         inprocess_runs=reference,
         raw={f"{k[0]}@{k[1]}": v for k, v in runs.items()},
