@@ -40,6 +40,11 @@ VARIANTS = {
     "k2": FinetuneConfig(layers=2),
     "r4": FinetuneConfig(rank=4),
     "no_refit": FinetuneConfig(refit=False),
+    "k3": FinetuneConfig(layers=3),
+    "lr3": FinetuneConfig(lr=3e-3),
+    "k3_lr3": FinetuneConfig(layers=3, lr=3e-3),
+    "k6_lr3": FinetuneConfig(layers=6, lr=3e-3),
+    "r32_lr3": FinetuneConfig(rank=32, alpha=64.0, lr=3e-3),
 }
 
 
