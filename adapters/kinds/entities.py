@@ -153,19 +153,21 @@ class Entities(TokenKind):
         pinned = None if head == AUTO else head
         fit = fit_entities(list(inputs), spans, names, encoded, folds=folds, seed=seed, pinned=pinned)
         served = fit.metrics[fit.chosen]
-        keys = ("precision", "recall", "f1", "cv_seconds")
+        keys = ("precision", "recall", "f1", "support", "f1_seen", "cv_seconds")
         metrics: dict[str, Any] = {
             "kind": self.name,
             "head": fit.chosen,
             "selection": "auto" if head == AUTO else "pinned",
             "evaluation": "cv",
             "folds": max(2, min(folds, len(inputs))),
+            # which folds (grouped / names-held-out / examples) and which mentions the F1s score
+            "cv": fit.cv,
             "precision": served["precision"],
             "recall": served["recall"],
             "f1": served["f1"],
             "support": served["support"],
             "per_label": served["per_label"],
-            "heads": {k: {m: v[m] for m in keys} for k, v in fit.metrics.items()},
+            "heads": {k: {m: v[m] for m in keys if m in v} for k, v in fit.metrics.items()},
             "baseline": {"head": "word-tagger", "f1": fit.metrics["word-tagger"]["f1"]},
             "examples_per_label": dict(sorted(Counter(s.label for row in spans for s in row).items())),
             "warnings": list(fit.warnings),
