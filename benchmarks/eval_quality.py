@@ -118,6 +118,11 @@ class Embeddings:
             vectors, self.seconds_per_input = stored["vectors"], float(stored["seconds_per_input"])
         else:
             started = time.perf_counter()
+            if backbone.modality == "image":  # base64 PNGs → the server's decoded, cropped uint8 arrays
+                from service import images
+
+                inputs = [backbone.preprocessing(images.decode(images.from_base64(i), images.STORED_LIMITS))
+                          for i in inputs]
             vectors = backbone.embed(inputs)
             self.seconds_per_input = (time.perf_counter() - started) / len(inputs)
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,10 @@ VARIANTS = {
     "k3_lr3": FinetuneConfig(layers=3, lr=3e-3),
     "k6_lr3": FinetuneConfig(layers=6, lr=3e-3),
     "r32_lr3": FinetuneConfig(rank=32, alpha=64.0, lr=3e-3),
+    # gentler steps: Adam moves every classifier weight by ~head_lr per step, away from the warm start's optimum
+    "gentle": FinetuneConfig(lr=3e-4, head_lr=1e-3),
+    "gentle_k3": FinetuneConfig(layers=3, lr=3e-4, head_lr=1e-3),
+    "lora_only": FinetuneConfig(head_lr=1e-4),
 }
 
 
