@@ -8,13 +8,15 @@ import dataclasses
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 from adapters import heads, selection
 from adapters.selection import FinetuneChoice, finetune_against_frozen, finetune_eligibility
 from service.batching import Batcher
 from service.config import Settings
-from service.engine.head_store import head_of
+from service.engine.head_store import head_of, store_head_loader
+from service.engine.heads_step import apply_trunk, text_trunk
 from service.jobs import JobRunner
 from service.pipeline import auto_finetune_why_not
 from service.store.models import Task
@@ -170,8 +172,15 @@ def test_auto_fine_tunes_and_serves_the_winner_like_a_pinned_finetune(
             assert set(version.metrics["heads"]) == {"finetune", "linear", "baseline"}  # as a pinned one reports
             # the held-out predictions the comparison used are those the fine-tune's own accuracy counts
             assert version.metrics["accuracy"] == pytest.approx(version.metrics["auto_finetune"]["finetune"])
-            head = head_of(store, version)
-            assert heads.TRUNK in head.consumes and head.labels == sorted({r["label"] for r in rows})
+            assert heads.TRUNK in head_of(store, version).consumes
+            # served as the engine serves a pinned one: loaded, bound to the trunk, on the shared-trunk pass
+            served = store_head_loader(store, lambda _: text_trunk(minilm))((task.id, version.number))
+            assert served.labels == sorted({r["label"] for r in rows})
+            texts = [r["input"][:200] for r in rows]
+            proba = apply_trunk(minilm, texts, [served] * len(texts))
+            assert proba.shape == (50, 5) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+            right = [served.labels[i] == r["label"] for i, r in zip(proba.argmax(axis=1), rows, strict=True)]
+            assert sum(right) >= 40, "the served fine-tuned head does not fit its own training texts"
             if version.number > 1:
                 assert "compared on its held-out fold only" in version.metrics["promotion"]["reason"]
         after_tuned = v2 if v1.head == "finetune" else v3  # a frozen retrain against an active fine-tuned version
