@@ -223,8 +223,8 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_FINETUNE_MAX_SECONDS",
         600.0,
         float,
-        "Seconds after which an entities or detection `finetune` head starts no further epoch (the best epoch "
-        "so far is served).",
+        "Seconds after which an entities or detection `finetune` head, or the fine-tune head `auto` tries on a text "
+        "classification task, starts no further epoch (the best epoch so far is kept).",
     ),
     "auto_finetune_min_per_label": _Var(
         "GRAFT_AUTO_FINETUNE_MIN_PER_LABEL",

@@ -451,6 +451,7 @@ class TrainingPipeline:
             progress=lambda f: progress.update(EMBED_SHARE + (0.9 - EMBED_SHARE) * f),
             between_steps=progress.step,
             pinned=False,
+            max_seconds=self.settings.finetune_max_seconds,
         )
         if tuned.held_pred is None or not len(tuned.held):
             why = "too few examples per label to hold any out"

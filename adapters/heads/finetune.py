@@ -399,6 +399,7 @@ class _Run:
     history: list[dict[str, float]]
     best_epoch: int
     held_pred: np.ndarray | None = None  # the best epoch's predicted class per held-out example (``held`` order)
+    stopped: str = "epochs"  # "epochs" (max_epochs), "early" (patience), "time" (the deadline)
 
 
 def lr_factor(step: int, steps: int, warmup: float, decay: bool) -> float:
@@ -415,9 +416,10 @@ def lr_factor(step: int, steps: int, warmup: float, decay: bool) -> float:
 def _train(
     source: TextSource, cache: _Cached, pooled: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray,
     held: np.ndarray | None, epochs: int, cfg: FinetuneConfig, split: int, seed: int,
-    tick: Callable[[], None], between_steps: Callable[[], None] | None = None,
+    tick: Callable[[], None], between_steps: Callable[[], None] | None = None, deadline: float = float("inf"),
 ) -> _Run:
-    """One training run; with ``held``, early stopping (keeps the best epoch's weights)."""
+    """One training run; with ``held``, early stopping (keeps the best epoch's weights); no epoch starts after
+    ``deadline`` (``time.perf_counter()``)."""
     torch.manual_seed(seed)
     weight, bias = fit_logistic(pooled[train], y[train], n_labels, cfg.c)
     net = _Trainable(source.model, split, cfg, weight, bias).to(cache.device)
@@ -463,7 +465,11 @@ def _train(
     if held is not None and len(held):
         history.append({"epoch": 0, **evaluate(0)})
         best_score = (history[-1]["accuracy"], -history[-1]["loss"])
+    stopped = "epochs"
     for epoch in range(1, epochs + 1):
+        if time.perf_counter() >= deadline:
+            stopped = "time"
+            break
         for rows in cache.epoch_batches(train, cfg.batch_size, gen, cfg.bucket):
             if between_steps is not None:
                 between_steps()
@@ -481,8 +487,9 @@ def _train(
         if score > best_score:
             best, best_epoch, best_score = snapshot(), epoch, score
         elif epoch - best_epoch >= cfg.patience:
+            stopped = "early"
             break
-    return _Run(*best, history=history, best_epoch=best_epoch, held_pred=predicted.get(best_epoch))
+    return _Run(*best, history=history, best_epoch=best_epoch, held_pred=predicted.get(best_epoch), stopped=stopped)
 
 
 def compare_on_holdout(
@@ -586,11 +593,15 @@ def fit_finetune_split(
     progress: Callable[[float], None] | None = None,
     between_steps: Callable[[], None] | None = None,
     pinned: bool = True,
+    max_seconds: float | None = None,
 ) -> Finetuned:
     """:func:`fit_finetune`, with its held-out split and predictions (``head: auto`` compares them with the
     frozen heads' choice, service/pipeline.py); ``pinned``: whether the head was asked for (its warnings
-    say so) or chosen by ``auto``."""
+    say so) or chosen by ``auto``. With ``max_seconds`` no epoch starts after that many seconds (the best
+    epoch so far is kept), and the refit on all examples runs only if it fits in the time left (else the
+    early-stopped model, trained without the held-out part, is the head)."""
     started = time.perf_counter()
+    deadline = started + (max_seconds if max_seconds is not None else float("inf"))
     n_layers = len(encoder_layers(source.model))
     if not 1 <= cfg.layers <= n_layers:
         raise ValueError(f"layers must be between 1 and {n_layers}")
@@ -612,7 +623,7 @@ def fit_finetune_split(
         if len(held):
             stopped = _train(
                 source, cache, pooled, y, len(classes), train, held, cfg.max_epochs, cfg, split, seed, tick,
-                between_steps,
+                between_steps, deadline,
             )
         else:  # too few examples to hold any out: a fixed small number of epochs
             stopped = _train(
@@ -620,7 +631,9 @@ def fit_finetune_split(
                 between_steps,
             )
         final = stopped
-        if cfg.refit and len(held):
+        spent = time.perf_counter() - started
+        refit = bool(cfg.refit and len(held)) and started + 2 * spent < deadline
+        if refit:
             done[0] = max(done[0], cfg.max_epochs)
             final = _train(
                 source, cache, pooled, y, len(classes), np.arange(len(y)), None, stopped.best_epoch, cfg, split, seed,
@@ -635,7 +648,8 @@ def fit_finetune_split(
         "evaluation": "holdout" if len(held) else "train",
         "head": "finetune",
         "finetune": {**asdict(cfg), "split": split, "best_epoch": stopped.best_epoch, "history": stopped.history,
-                     "held_out": int(len(held)), "seconds": round(time.perf_counter() - started, 3)},
+                     "held_out": int(len(held)), "seconds": round(time.perf_counter() - started, 3),
+                     "stopped": stopped.stopped, "refit": refit, "max_seconds": max_seconds},
         "accuracy": held_best["accuracy"] if held_best else None,
         "selected": {"layers": cfg.layers, "rank": cfg.rank},
         "heads": compared,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from adapters import heads, selection
+from adapters.heads.finetune import FinetuneConfig, fit_finetune_split
 from adapters.selection import FinetuneChoice, finetune_against_frozen, finetune_eligibility
 from service.batching import Batcher
 from service.config import Settings
@@ -105,6 +106,22 @@ def test_fine_tuning_is_chosen_only_when_it_wins_beyond_noise() -> None:
     unchanged = _decide(12, 2, best_epoch=0)  # no epoch improved on the logistic regression it starts from
     assert unchanged.chosen == "hybrid" and "no epoch" in unchanged.summary
     assert finetune_against_frozen([], [], [], "linear", 3).chosen == "linear"
+
+
+def test_the_fine_tune_stops_at_its_time_limit_and_reports_its_held_out_predictions(minilm, bbc_train) -> None:
+    """``max_seconds`` (GRAFT_FINETUNE_MAX_SECONDS for auto's fine-tune): no epoch starts after it, and the
+    refit is skipped when it would not fit; the held-out predictions are the ones its accuracy counts."""
+    rows = per_label(bbc_train, 4, seed=5)
+    texts, labels = [r["input"][:200] for r in rows], [r["label"] for r in rows]
+    fitted = fit_finetune_split(
+        text_trunk(minilm), texts, labels, FinetuneConfig(max_epochs=3), max_seconds=0.0, pinned=False  # type: ignore[arg-type]
+    )
+    run = fitted.metrics["finetune"]
+    assert (run["stopped"], run["refit"], fitted.best_epoch, len(run["history"])) == ("time", False, 0, 1)
+    assert fitted.held_pred is not None and len(fitted.held_pred) == len(fitted.held) == 5
+    right = [fitted.classes[p] == labels[i] for p, i in zip(fitted.held_pred, fitted.held, strict=True)]
+    assert sum(right) / len(right) == pytest.approx(fitted.metrics["accuracy"])
+    assert "changed nothing" in fitted.metrics["warnings"][0]  # epoch 0 is the logistic regression it starts from
 
 
 # -- through the real pipeline ---------------------------------------------------------------------
