@@ -467,7 +467,8 @@ class TrainingPipeline:
             frozen_head,
             tuned.best_epoch,
         )
-        return choice.as_dict(), tuned if choice.chosen == "finetune" else None
+        record = {**choice.as_dict(), "seconds": tuned.metrics["finetune"]["seconds"]}  # the fine-tune's own time
+        return record, tuned if choice.chosen == "finetune" else None
 
     def _token_finetuning(self, backbone: str, progress: Progress) -> kinds.Finetuning:
         """What an entities ``finetune`` head trains with: the backbone's torch model, the recipe from the

@@ -157,6 +157,7 @@ def test_auto_fine_tunes_and_serves_the_winner_like_a_pinned_finetune(
         v1 = store.version(task.id, 1, with_weights=True)
         record = v1.metrics["auto_finetune"]
         assert record["tried"] is True and record["held_out"] == 10  # 20% of each label's 8
+        assert 0 < record["seconds"] < seconds  # the fine-tune's own time, within the job's
         assert record["wins"] + record["losses"] <= record["held_out"]
         assert record["chosen"] == v1.head and record["frozen_head"] in {"linear", "prototype", "baseline", "hybrid"}
         assert v1.metrics["selection"] == "auto"
