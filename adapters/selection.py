@@ -14,12 +14,15 @@ whose held-out loss on the example is strictly lower). With ``b`` = only the
 active right and ``c`` = only the new right, the new version is *worse beyond noise* when
 ``b - c > Z * sqrt(b + c)`` (McNemar's test, normal approximation, Z = 1.96): then it stays a
 candidate. Otherwise (better, equal, or a difference within noise) it is promoted.
+
+The same test, the other way round, decides whether head ``auto`` serves a fine-tuned head instead of the
+frozen heads' choice (:func:`finetune_against_frozen`): there fine-tuning must be *better* beyond noise.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 Z = 1.96
@@ -139,3 +142,89 @@ def _paired_decision(b: int, c: int, summary: str, counts: dict[str, int]) -> De
     if b - c > Z * math.sqrt(b + c):
         return Decision(False, f"kept as a candidate: worse than the active version beyond noise — {summary}", **counts)
     return Decision(True, f"promoted: not worse than the active version beyond noise — {summary}", **counts)
+
+
+# -- head "auto" and fine-tuning ----------------------------------------------------------------
+
+
+def finetune_eligibility(counts: Mapping[str, int], min_per_label: int, max_examples: int) -> str | None:
+    """Why head ``auto`` does not try fine-tuning on a task with ``counts`` examples per label (None: it
+    does): ``min_per_label`` 0 turns it off; fewer examples than that in some label hold out too few to
+    tell the two apart, and more than ``max_examples`` in all would train too long."""
+    if min_per_label <= 0:
+        return "fine-tuning is off for head 'auto' (GRAFT_AUTO_FINETUNE_MIN_PER_LABEL is 0)"
+    if len(counts) < 2:
+        return "fewer than 2 labels"
+    label, fewest = min(sorted(counts.items()), key=lambda kv: kv[1])
+    if fewest < min_per_label:
+        return (
+            f"label {label!r} has {fewest} examples; head 'auto' tries fine-tuning from "
+            f"{min_per_label} examples per label (GRAFT_AUTO_FINETUNE_MIN_PER_LABEL)"
+        )
+    total = sum(counts.values())
+    if max_examples > 0 and total > max_examples:
+        return (
+            f"{total} examples; head 'auto' tries fine-tuning on at most {max_examples} "
+            "(GRAFT_AUTO_FINETUNE_MAX_EXAMPLES), to bound training time"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class FinetuneChoice:
+    """Head ``auto``'s comparison of the fine-tuned head with the frozen heads' choice on the same held-out
+    examples (neither was fitted on them): ``wins`` examples only the fine-tuned head got right, ``losses``
+    only the frozen choice. Fine-tuning is chosen when it is strictly more accurate *and* ``wins - losses >
+    Z * sqrt(wins + losses)`` (McNemar's test, normal approximation) *and* some epoch of it improved on the
+    logistic regression it starts from (``best_epoch`` > 0; else it is that regression at a higher cost)."""
+
+    chosen: str  # "finetune" or the frozen head kind
+    frozen_head: str
+    held_out: int
+    finetune: float  # held-out accuracy (its best epoch, chosen on these examples: optimistic)
+    frozen: float
+    wins: int
+    losses: int
+    best_epoch: int
+    summary: str
+
+    def as_dict(self) -> dict:
+        return {"tried": True, **asdict(self)}
+
+
+def finetune_against_frozen(
+    truth: Sequence[str], tuned: Sequence[str], frozen: Sequence[str], frozen_head: str, best_epoch: int
+) -> FinetuneChoice:
+    """Decide between the fine-tuned head (predictions ``tuned``) and the frozen heads' choice ``frozen_head``
+    (predictions ``frozen``) from their predicted labels on the same held-out examples (``truth``)."""
+    n = len(truth)
+    tuned_right = [a == t for a, t in zip(tuned, truth, strict=True)]
+    frozen_right = [a == t for a, t in zip(frozen, truth, strict=True)]
+    wins = sum(t and not f for t, f in zip(tuned_right, frozen_right, strict=True))
+    losses = sum(f and not t for t, f in zip(tuned_right, frozen_right, strict=True))
+    acc_tuned = sum(tuned_right) / n if n else 0.0
+    acc_frozen = sum(frozen_right) / n if n else 0.0
+    beyond_noise = wins - losses > Z * math.sqrt(wins + losses)
+    chosen = "finetune" if n and best_epoch > 0 and wins > losses and beyond_noise else frozen_head
+    scores = (
+        f"on the same {n} held-out examples fine-tuning scored {100 * acc_tuned:.1f}% accuracy and '{frozen_head}' "
+        f"(the frozen heads' cross-validated choice, refitted without them) {100 * acc_frozen:.1f}%; only "
+        f"fine-tuning was right on {wins}, only '{frozen_head}' on {losses}"
+    )
+    if chosen == "finetune":
+        summary = f"Head 'auto' serves fine-tuning: {scores}, a difference beyond noise."
+    elif n and best_epoch == 0:
+        summary = (
+            f"Head 'auto' tried fine-tuning and serves '{frozen_head}': no epoch of fine-tuning improved on the "
+            f"logistic regression it starts from ({scores})."
+        )
+    else:
+        verdict = "within noise" if wins > losses else "no better"
+        summary = (
+            f"Head 'auto' tried fine-tuning and serves '{frozen_head}': {scores} — {verdict}; fine-tuning costs more "
+            "to train and serve, so it is served only when it wins beyond noise."
+        )
+    return FinetuneChoice(
+        chosen=chosen, frozen_head=frozen_head, held_out=n, finetune=round(acc_tuned, 6), frozen=round(acc_frozen, 6),
+        wins=wins, losses=losses, best_epoch=best_epoch, summary=summary,
+    )

@@ -288,3 +288,19 @@ def fit_head(
     if calibration.applied:
         head.temper(calibration.temperature)
     return FitResult(head=head, metrics=metrics, oof_proba=oof_proba)
+
+
+@single_threaded_blas
+def refit_predict(
+    kind: str, params: dict[str, float], x: np.ndarray | None, labels: Sequence[str], raw: Sequence[str] | None,
+    train: np.ndarray, test: np.ndarray, modality: str = "text",
+) -> list[str]:
+    """The frozen heads' choice (``kind`` with its CV-chosen ``params``) fitted on the examples at ``train``
+    only, and its predicted label for each example at ``test`` — so that another model held out on those
+    same examples (the fine-tuned head, service/pipeline.py) is compared with it on equal terms."""
+    classes, y = encode_labels(labels)
+    head = _make(kind, classes, params, modality).fit(
+        None if x is None else x[train], y[train], raw=_take(raw, train)
+    )
+    pred = head.predict_proba(None if x is None else x[test], raw=_take(raw, test)).argmax(axis=1)
+    return [classes[i] for i in pred]

@@ -176,13 +176,15 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_JOB_TIME_LIMIT_S",
         3600.0,
         float,
-        "Longest one attempt of a training job may run before it fails (every head but `finetune`).",
+        "Longest one attempt of a training job may run before it fails (every head but `finetune`, and `auto` "
+        "where it may fine-tune).",
     ),
     "job_time_limit_finetune_s": _Var(
         "GRAFT_JOB_TIME_LIMIT_FINETUNE_S",
         7200.0,
         float,
-        "Longest one attempt of a `finetune` or generation-adapter training job may run before it fails.",
+        "Longest one attempt of a `finetune` or generation-adapter training job (or an `auto` one that may fine-tune, "
+        "see `GRAFT_AUTO_FINETUNE_MIN_PER_LABEL`) may run before it fails.",
     ),
     "job_stall_s": _Var(
         "GRAFT_JOB_STALL_S",
@@ -221,8 +223,23 @@ SETTINGS: dict[str, _Var] = {
         "GRAFT_FINETUNE_MAX_SECONDS",
         600.0,
         float,
-        "Seconds after which an entities or detection `finetune` head starts no further epoch (the best epoch "
-        "so far is served).",
+        "Seconds after which an entities or detection `finetune` head, or the fine-tune head `auto` tries on a text "
+        "classification task, starts no further epoch (the best epoch so far is kept).",
+    ),
+    "auto_finetune_min_per_label": _Var(
+        "GRAFT_AUTO_FINETUNE_MIN_PER_LABEL",
+        64,
+        int,
+        "Text classification tasks with head `auto`: from this many examples in every label, a `finetune` head is "
+        "also trained and served instead of the frozen heads' choice only when it wins beyond noise on the same "
+        "held-out examples (docs/finetune.md, \"auto and fine-tuning\"); such a job gets "
+        "`GRAFT_JOB_TIME_LIMIT_FINETUNE_S`. 0: `auto` never fine-tunes.",
+    ),
+    "auto_finetune_max_examples": _Var(
+        "GRAFT_AUTO_FINETUNE_MAX_EXAMPLES",
+        4000,
+        int,
+        "Most examples (all labels) on which head `auto` tries fine-tuning (it bounds training time); 0: no bound.",
     ),
     "transfer_sample": _Var(
         "GRAFT_TRANSFER_SAMPLE",
@@ -555,6 +572,8 @@ class Settings:
     finetune_rank: int
     finetune_max_epochs: int
     finetune_max_seconds: float
+    auto_finetune_min_per_label: int
+    auto_finetune_max_examples: int
     transfer_sample: int
     ood_fpr: float
     max_examples_per_request: int

@@ -23,7 +23,7 @@ from . import logs, metrics
 from .batching import SERVING, Batcher, MapBatcher, TokenBatcher
 from .config import Settings
 from .engine.generation import GenerationEngine
-from .pipeline import EMBED_CHUNK, EMBED_SHARE, JobLost, TrainingPipeline, backbone_inputs
+from .pipeline import EMBED_CHUNK, EMBED_SHARE, JobLost, TrainingPipeline, auto_finetune_why_not, backbone_inputs
 from .store.models import Job
 from .store.repository import NotFound, Store
 
@@ -268,8 +268,16 @@ class JobRunner:
         if job.task_id is not None:
             try:
                 task = self.store.get_task_by_id(job.task_id)
-                # fine-tuned heads and generation adapters train a transformer: the longer limit
-                finetune = task.head == "finetune" or kinds.kind_of(task.kind).generates
+                # fine-tuned heads and generation adapters train a transformer: the longer limit; so may head
+                # auto on a text classification task with enough examples (service/pipeline.py _auto_finetune)
+                finetune = (
+                    task.head == "finetune"
+                    or kinds.kind_of(task.kind).generates
+                    or (
+                        task.head == "auto"
+                        and auto_finetune_why_not(task, self.store.label_counts(task.id), self.settings) is None
+                    )
+                )
             except NotFound:
                 pass  # _train abandons it
         limit, setting = (

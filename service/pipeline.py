@@ -8,7 +8,7 @@ to report to; everything that depends on the task's kind, the kind says (adapter
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -16,10 +16,10 @@ import numpy as np
 from adapters import heads, kinds, selection
 from adapters.generation import LoraTrainConfig, LoraWeights
 from adapters.generation.training import permuted_heldout_split
-from adapters.heads.finetune import FinetuneConfig, TextSource, fit_finetune
+from adapters.heads.finetune import FinetuneConfig, Finetuned, TextSource, fit_finetune, fit_finetune_split
 from adapters.kinds.generation import ActiveAdapter
 from adapters.ood import CALIBRATION_FOLDS, OodDataError, OodModel, fit_ood
-from adapters.training import FitResult, TrainingDataError
+from adapters.training import FitResult, TrainingDataError, refit_predict
 from adapters.transfer import capped_sample, logme
 
 from . import audio, faults, images
@@ -45,6 +45,25 @@ def backbone_inputs(backbone: Backbone, stored: list[str]) -> list:
     if backbone.modality == "audio":
         return audio.from_stored(stored, int(getattr(backbone, "sample_rate", audio.STORED_RATE)))
     return stored
+
+
+def finetunes_text(task_kind: kinds.TaskKind) -> bool:
+    """Whether ``task_kind``'s ``finetune`` head is the text classifier of adapters/heads/finetune.py (the
+    kinds reading token states or feature maps fine-tune their own heads)."""
+    return "finetune" in task_kind.pinnable_heads and not (
+        task_kind.reads_token_states or task_kind.reads_feature_maps
+    )
+
+
+def auto_finetune_why_not(task: Task, counts: Mapping[str, int], settings: Settings) -> str | None:
+    """Why head ``auto`` does not try fine-tuning on ``task`` with ``counts`` examples per label (None: it does,
+    where its backbone has a transformer trunk): only text classification tasks with head ``auto`` do, within
+    ``GRAFT_AUTO_FINETUNE_MIN_PER_LABEL`` and ``GRAFT_AUTO_FINETUNE_MAX_EXAMPLES``."""
+    if task.head != "auto" or task.modality != "text" or not finetunes_text(kinds.kind_of(task.kind)):
+        return "only text classification tasks with head 'auto' may fine-tune"
+    return selection.finetune_eligibility(
+        counts, settings.auto_finetune_min_per_label, settings.auto_finetune_max_examples
+    )
 
 
 class JobLost(Exception):
@@ -288,8 +307,11 @@ class TrainingPipeline:
                 f"promoted without comparison: version {active.number} failed to load (corrupt weights)"
             ), active.number
         vectors: Any = None
-        if task_kind.reads_token_states and heads.TRUNK in getattr(head, "consumes", ()):
-            source = text_trunk(self.batchers(active.backbone).backbone)  # a fine-tuned tagger runs its own layers
+        if heads.TRUNK in getattr(head, "consumes", ()):  # a fine-tuned head (e.g. auto's) runs its own layers
+            try:
+                source = text_trunk(self.batchers(active.backbone).backbone)
+            except KeyError:
+                source = None
             if source is None:
                 return selection.unconditional(
                     f"promoted without comparison: version {active.number}'s backbone {active.backbone!r} "
@@ -330,6 +352,13 @@ class TrainingPipeline:
             raise TrainingDataError(f"no {task.modality} backbone is configured")
         return names[0]
 
+    def _finetune_config(self) -> FinetuneConfig:
+        return FinetuneConfig(
+            layers=self.settings.finetune_layers,
+            rank=self.settings.finetune_rank,
+            max_epochs=self.settings.finetune_max_epochs,
+        )
+
     def _finetune(self, job: Job, task: Task, texts: list[str], labels: list[str], progress: Progress) -> int | None:
         """LoRA on the top layers of the task's text backbone (``auto``: the first one configured)."""
         if task.modality != "text":
@@ -341,21 +370,23 @@ class TrainingPipeline:
             raise TrainingDataError("no text backbone with a transformer trunk is configured for head 'finetune'")
         if len(set(labels)) < 2:
             raise TrainingDataError("at least 2 distinct labels are needed to train a classifier")
-        cfg = FinetuneConfig(
-            layers=self.settings.finetune_layers,
-            rank=self.settings.finetune_rank,
-            max_epochs=self.settings.finetune_max_epochs,
-        )
-
         head, fit_metrics = fit_finetune(
             cast(TextSource, source),
             texts,
             labels,
-            cfg,
+            self._finetune_config(),
             seed=self.settings.seed,
             progress=lambda f: progress.update(0.9 * f),
             between_steps=progress.step,
         )
+        return self._complete_finetune(job, task, name, head, fit_metrics, texts, labels, progress)
+
+    def _complete_finetune(
+        self, job: Job, task: Task, name: str, head: heads.Head, fit_metrics: dict[str, Any], texts: list[str],
+        labels: list[str], progress: Progress,
+    ) -> int | None:
+        """Store a fine-tuned head as the job's new version — pinned, or chosen by ``auto`` (the same version
+        either way: torch runtime, no OOD model, promoted without comparison)."""
         backbone = self.batchers(name).backbone
         decision = (
             selection.first_version()
@@ -394,20 +425,60 @@ class TrainingPipeline:
             compared_with=task.active_version,
         )
 
+    def _auto_finetune(
+        self, task: Task, backbone: str, x: np.ndarray, texts: list[str], labels: list[str], result: FitResult,
+        progress: Progress,
+    ) -> tuple[dict[str, Any], Finetuned | None]:
+        """Head ``auto`` on a text classification task: where the task is eligible
+        (:func:`auto_finetune_why_not`) and ``backbone`` has a transformer trunk, fine-tune it too, refit the
+        frozen heads' choice (``result``) on the fine-tune's training part, and compare both on its held-out
+        part (adapters/selection.py ``finetune_against_frozen``). Returns the comparison's record for the
+        version's metrics, and the fine-tuned head when it won (else None: the frozen choice is served)."""
+        why = auto_finetune_why_not(task, Counter(labels), self.settings)
+        source = text_trunk(self.batchers(backbone).backbone)
+        if why is None and source is None:
+            why = f"backbone {backbone!r} has no transformer trunk to fine-tune"
+        if why is None and result.metrics.get("evaluation") != "cv":
+            why = "the frozen heads were not cross-validated"
+        if why is not None:
+            return {"tried": False, "why": why, "summary": f"Head 'auto' did not try fine-tuning: {why}."}, None
+        tuned = fit_finetune_split(
+            cast(TextSource, source),
+            texts,
+            labels,
+            self._finetune_config(),
+            seed=self.settings.seed,
+            progress=lambda f: progress.update(EMBED_SHARE + (0.9 - EMBED_SHARE) * f),
+            between_steps=progress.step,
+            pinned=False,
+            max_seconds=self.settings.finetune_max_seconds,
+        )
+        if tuned.held_pred is None or not len(tuned.held):
+            why = "too few examples per label to hold any out"
+            return {"tried": False, "why": why, "summary": f"Head 'auto' did not try fine-tuning: {why}."}, None
+        frozen_head = str(result.metrics["head"])
+        frozen = refit_predict(
+            frozen_head, result.metrics["selected"], x, labels, texts, tuned.train, tuned.held, task.modality
+        )
+        choice = selection.finetune_against_frozen(
+            [labels[i] for i in tuned.held],
+            [tuned.classes[i] for i in tuned.held_pred],
+            frozen,
+            frozen_head,
+            tuned.best_epoch,
+        )
+        record = {**choice.as_dict(), "seconds": tuned.metrics["finetune"]["seconds"]}  # the fine-tune's own time
+        return record, tuned if choice.chosen == "finetune" else None
+
     def _token_finetuning(self, backbone: str, progress: Progress) -> kinds.Finetuning:
         """What an entities ``finetune`` head trains with: the backbone's torch model, the recipe from the
         settings, its seconds bound, and the job's progress (0.2..0.9) and step hooks."""
         source = text_trunk(self.batchers(backbone).backbone)
         if source is None or not hasattr(source, "tokenizer"):
             raise TrainingDataError(f"backbone {backbone!r} has no transformer trunk for head 'finetune'")
-        cfg = FinetuneConfig(
-            layers=self.settings.finetune_layers,
-            rank=self.settings.finetune_rank,
-            max_epochs=self.settings.finetune_max_epochs,
-        )
         return kinds.Finetuning(
             source,
-            cfg,
+            self._finetune_config(),
             max_seconds=self.settings.finetune_max_seconds,
             progress=lambda f: progress.update(0.2 + 0.7 * f),
             between_steps=progress.step,
@@ -526,11 +597,7 @@ class TrainingPipeline:
         texts = [text for text, _ in examples]
         labels = [label for _, label in examples]
         task_kind = kinds.kind_of(task.kind)
-        if (
-            task.head == "finetune"
-            and "finetune" in task_kind.pinnable_heads
-            and not (task_kind.reads_token_states or task_kind.reads_feature_maps)
-        ):
+        if task.head == "finetune" and finetunes_text(task_kind):
             return self._finetune(job, task, texts, labels, progress)
         if task_kind.generates:
             return self._fit_adapter(job, task, task_kind, texts, labels, progress)
@@ -574,6 +641,16 @@ class TrainingPipeline:
                 folds=self.settings.cv_folds,
                 seed=self.settings.seed,
             )
+            if task.head == "auto" and task.modality == "text" and finetunes_text(task_kind):
+                record, tuned = self._auto_finetune(task, backbone_name, x, texts, targets, result, progress)
+                if tuned is not None:  # served exactly as a pinned fine-tuned head is
+                    chosen = {**tuned.metrics, "selection": "auto", "auto_finetune": record}
+                    if transferability is not None:
+                        chosen["transferability"] = transferability
+                    return self._complete_finetune(
+                        job, task, backbone_name, tuned.head, chosen, texts, labels, progress
+                    )
+                result.metrics["auto_finetune"] = record
         progress.update(0.9)
         metrics = result.metrics if transferability is None else {**result.metrics, "transferability": transferability}
         if task_kind.reads_feature_maps:

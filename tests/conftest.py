@@ -29,6 +29,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest only (benchmarks import this module too): head ``auto`` does not try fine-tuning in the
+    servers the tests start (GRAFT_AUTO_FINETUNE_MIN_PER_LABEL=0), so the tests training ``auto`` text tasks on
+    64+ examples per label stay fast; the tests of that feature set it (tests/service/test_auto_finetune.py)."""
+    os.environ.setdefault("GRAFT_AUTO_FINETUNE_MIN_PER_LABEL", "0")
+
+
 def shared_data_dir() -> Path:
     """``GRAFT_SHARED_DATA``, else ``../shared/data`` beside the checkout. Missing data fails, never skips."""
     for candidate in (os.environ.get("GRAFT_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"):

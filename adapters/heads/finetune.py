@@ -398,6 +398,8 @@ class _Run:
     bias: np.ndarray
     history: list[dict[str, float]]
     best_epoch: int
+    held_pred: np.ndarray | None = None  # the best epoch's predicted class per held-out example (``held`` order)
+    stopped: str = "epochs"  # "epochs" (max_epochs), "early" (patience), "time" (the deadline)
 
 
 def lr_factor(step: int, steps: int, warmup: float, decay: bool) -> float:
@@ -414,9 +416,10 @@ def lr_factor(step: int, steps: int, warmup: float, decay: bool) -> float:
 def _train(
     source: TextSource, cache: _Cached, pooled: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray,
     held: np.ndarray | None, epochs: int, cfg: FinetuneConfig, split: int, seed: int,
-    tick: Callable[[], None], between_steps: Callable[[], None] | None = None,
+    tick: Callable[[], None], between_steps: Callable[[], None] | None = None, deadline: float = float("inf"),
 ) -> _Run:
-    """One training run; with ``held``, early stopping (keeps the best epoch's weights)."""
+    """One training run; with ``held``, early stopping (keeps the best epoch's weights); no epoch starts after
+    ``deadline`` (``time.perf_counter()``)."""
     torch.manual_seed(seed)
     weight, bias = fit_logistic(pooled[train], y[train], n_labels, cfg.c)
     net = _Trainable(source.model, split, cfg, weight, bias).to(cache.device)
@@ -433,12 +436,18 @@ def _train(
     yt = torch.from_numpy(y).to(cache.device)
     history: list[dict[str, float]] = []
 
-    def evaluate() -> dict[str, float]:
+    predicted: dict[int, np.ndarray] = {}  # epoch -> predicted class per held-out example
+
+    def evaluate(epoch: int) -> dict[str, float]:
         assert held is not None
         with torch.no_grad():
             batches = cache.sorted_batches(held)
+            rows_in_order = [i for rows in batches for i in rows]
             logits = torch.cat([net(*cache.batch(rows)) for rows in batches])
-            target = yt[torch.tensor([i for rows in batches for i in rows], device=cache.device)]
+            target = yt[torch.tensor(rows_in_order, device=cache.device)]
+            pred = np.empty(len(held), dtype=np.int64)
+            pred[np.searchsorted(held, rows_in_order)] = logits.argmax(1).cpu().numpy()
+            predicted[epoch] = pred
             return {
                 "loss": float(torch.nn.functional.cross_entropy(logits, target)),
                 "accuracy": float((logits.argmax(1) == target).float().mean()),
@@ -454,9 +463,13 @@ def _train(
     best = snapshot()
     best_epoch, best_score = 0, None
     if held is not None and len(held):
-        history.append({"epoch": 0, **evaluate()})
+        history.append({"epoch": 0, **evaluate(0)})
         best_score = (history[-1]["accuracy"], -history[-1]["loss"])
+    stopped = "epochs"
     for epoch in range(1, epochs + 1):
+        if time.perf_counter() >= deadline:
+            stopped = "time"
+            break
         for rows in cache.epoch_batches(train, cfg.batch_size, gen, cfg.bucket):
             if between_steps is not None:
                 between_steps()
@@ -469,13 +482,14 @@ def _train(
         if best_score is None:
             best, best_epoch = snapshot(), epoch
             continue
-        history.append({"epoch": epoch, **evaluate()})
+        history.append({"epoch": epoch, **evaluate(epoch)})
         score = (history[-1]["accuracy"], -history[-1]["loss"])
         if score > best_score:
             best, best_epoch, best_score = snapshot(), epoch, score
         elif epoch - best_epoch >= cfg.patience:
+            stopped = "early"
             break
-    return _Run(*best, history=history, best_epoch=best_epoch)
+    return _Run(*best, history=history, best_epoch=best_epoch, held_pred=predicted.get(best_epoch), stopped=stopped)
 
 
 def compare_on_holdout(
@@ -500,8 +514,11 @@ def compare_on_holdout(
     return out
 
 
-def holdout_warnings(compared: dict[str, dict[str, float]], n_held: int, best_epoch: int) -> list[str]:
-    """Plain-words warnings when fine-tuning did not beat the cheaper heads on the held-out examples."""
+def holdout_warnings(
+    compared: dict[str, dict[str, float]], n_held: int, best_epoch: int, pinned: bool = True
+) -> list[str]:
+    """Plain-words warnings when fine-tuning did not beat the cheaper heads on the held-out examples
+    (``pinned``: the head was asked for; else ``auto`` chose it)."""
     if not compared:
         return [
             "Too few examples per label to hold any out: fine-tuning ran a fixed 3 epochs and was not compared "
@@ -512,7 +529,9 @@ def holdout_warnings(compared: dict[str, dict[str, float]], n_held: int, best_ep
     if tuned <= compared["linear"]["accuracy"]:
         served = (
             "No epoch improved on it, so the served model is that logistic regression (fine-tuning changed nothing)."
-            if best_epoch == 0 else "The fine-tuned model is served as pinned."
+            if best_epoch == 0
+            else "The fine-tuned model is served as pinned." if pinned
+            else "Head 'auto' serves the fine-tuned model: it beat the frozen heads' choice beyond noise."
         )
         warnings.append(
             f"Fine-tuning did not beat the linear head: on the same {n_held} held-out examples it scored "
@@ -533,6 +552,21 @@ def holdout_warnings(compared: dict[str, dict[str, float]], n_held: int, best_ep
     return warnings
 
 
+@dataclass
+class Finetuned:
+    """A fitted fine-tuned head with what its held-out comparison needs: the stratified split it stopped
+    early on (``train``, ``held``: indices into the examples) and its best epoch's predicted class on
+    each held-out example (``held_pred``, in ``held`` order; None when nothing was held out)."""
+
+    head: FinetuneHead
+    metrics: dict[str, Any]
+    classes: list[str]
+    train: np.ndarray
+    held: np.ndarray
+    held_pred: np.ndarray | None
+    best_epoch: int
+
+
 def fit_finetune(
     source: TextSource,
     texts: Sequence[str],
@@ -546,7 +580,28 @@ def fit_finetune(
 
     ``between_steps`` is called before every optimiser step (the service waits there while predict
     requests are in flight, so training yields the cores to serving)."""
+    fitted = fit_finetune_split(source, texts, labels, cfg, seed, progress, between_steps)
+    return fitted.head, fitted.metrics
+
+
+def fit_finetune_split(
+    source: TextSource,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    cfg: FinetuneConfig = FinetuneConfig(),
+    seed: int = 0,
+    progress: Callable[[float], None] | None = None,
+    between_steps: Callable[[], None] | None = None,
+    pinned: bool = True,
+    max_seconds: float | None = None,
+) -> Finetuned:
+    """:func:`fit_finetune`, with its held-out split and predictions (``head: auto`` compares them with the
+    frozen heads' choice, service/pipeline.py); ``pinned``: whether the head was asked for (its warnings
+    say so) or chosen by ``auto``. With ``max_seconds`` no epoch starts after that many seconds (the best
+    epoch so far is kept), and the refit on all examples runs only if it fits in the time left (else the
+    early-stopped model, trained without the held-out part, is the head)."""
     started = time.perf_counter()
+    deadline = started + (max_seconds if max_seconds is not None else float("inf"))
     n_layers = len(encoder_layers(source.model))
     if not 1 <= cfg.layers <= n_layers:
         raise ValueError(f"layers must be between 1 and {n_layers}")
@@ -568,7 +623,7 @@ def fit_finetune(
         if len(held):
             stopped = _train(
                 source, cache, pooled, y, len(classes), train, held, cfg.max_epochs, cfg, split, seed, tick,
-                between_steps,
+                between_steps, deadline,
             )
         else:  # too few examples to hold any out: a fixed small number of epochs
             stopped = _train(
@@ -576,7 +631,9 @@ def fit_finetune(
                 between_steps,
             )
         final = stopped
-        if cfg.refit and len(held):
+        spent = time.perf_counter() - started
+        refit = bool(cfg.refit and len(held)) and started + 2 * spent < deadline
+        if refit:
             done[0] = max(done[0], cfg.max_epochs)
             final = _train(
                 source, cache, pooled, y, len(classes), np.arange(len(y)), None, stopped.best_epoch, cfg, split, seed,
@@ -591,11 +648,12 @@ def fit_finetune(
         "evaluation": "holdout" if len(held) else "train",
         "head": "finetune",
         "finetune": {**asdict(cfg), "split": split, "best_epoch": stopped.best_epoch, "history": stopped.history,
-                     "held_out": int(len(held)), "seconds": round(time.perf_counter() - started, 3)},
+                     "held_out": int(len(held)), "seconds": round(time.perf_counter() - started, 3),
+                     "stopped": stopped.stopped, "refit": refit, "max_seconds": max_seconds},
         "accuracy": held_best["accuracy"] if held_best else None,
         "selected": {"layers": cfg.layers, "rank": cfg.rank},
         "heads": compared,
-        "warnings": holdout_warnings(compared, int(len(held)), stopped.best_epoch),
+        "warnings": holdout_warnings(compared, int(len(held)), stopped.best_epoch, pinned=pinned),
     }
     report(1.0)
-    return head, metrics
+    return Finetuned(head, metrics, classes, train, held, stopped.held_pred if len(held) else None, stopped.best_epoch)

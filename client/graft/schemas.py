@@ -402,15 +402,17 @@ class TaskCreate(Request):
     )
     head: HeadKind | None = Field(
         default=None,
-        description="`auto` (default): whichever head cross-validation scores best among `linear` (logistic "
-        "regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` (from-scratch TF-IDF + "
-        "logistic regression, no backbone) and `hybrid` (both in one model). Or pin one of them. `finetune` (text "
-        "and detection only, never chosen by `auto`): LoRA on the backbone's top layers plus a classifier, trained "
-        "as a background job. Entities tasks: `tagger` (on the token states) or `word-tagger` (word features, no "
-        "transfer), or `finetune` (LoRA on the top layers plus a token classifier); answers tasks: `pointer` or "
-        "`word-pointer`; detection tasks: `detector` (on the frozen feature maps) or `scratch-detector` (no "
-        "transfer), or `finetune` (the CNN's top two blocks trained with the detector head); `auto` serves "
-        "whichever cross-validates better.",
+        description="`auto` (default): whichever head cross-validation scores best among `linear` "
+        "(logistic regression on the frozen embeddings), `prototype` (nearest centroid), `baseline` "
+        "(from-scratch TF-IDF + logistic regression, no backbone) and `hybrid` (both in one model); on text "
+        "classification tasks with enough examples per label (`GRAFT_AUTO_FINETUNE_MIN_PER_LABEL`) also "
+        "`finetune`, served only where it wins "
+        "beyond noise on the same held-out examples. Or pin one of them. `finetune` (text and detection only): "
+        "LoRA on the backbone's top layers plus a classifier, trained as a background job. Entities tasks: "
+        "`tagger` (on the token states) or `word-tagger` (word features, no transfer), or `finetune` (LoRA on the"
+        " top layers plus a token classifier); answers tasks: `pointer` or `word-pointer`; detection tasks: "
+        "`detector` (on the frozen feature maps) or `scratch-detector` (no transfer), or `finetune` (the CNN's "
+        "top two blocks trained with the detector head); `auto` serves whichever cross-validates better.",
     )
     labels: list[Label] | None = Field(
         default=None,

@@ -9,7 +9,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 // renderVersion), and every other key goes to "Other metrics".
 const SUMMARY = new Set([
   "warnings", "accuracy", "macro_f1", "log_loss", "ece", "head", "evaluation", "folds", "majority_baseline_accuracy",
-  "examples_per_label", "selection", "selected", "precision", "recall", "f1", "exact_match",
+  "examples_per_label", "selection", "selected", "precision", "recall", "f1", "exact_match", "auto_finetune",
 ]);
 
 const $ = (selector) => document.querySelector(selector);
@@ -309,6 +309,8 @@ function renderSummary(version) {
   rows.push(["examples", String(version.n_examples)]);
   if (m.examples_per_label) rows.push(["examples per label", Object.entries(m.examples_per_label).map(([k, v]) => `${k}: ${v}`).join(", ")]);
   if (m.selected) rows.push(["hyper-parameters", JSON.stringify(m.selected)]);
+  // head "auto" on text: whether fine-tuning was tried, and how it fared against the frozen heads' choice
+  if (m.auto_finetune && typeof m.auto_finetune.summary === "string") rows.push(["fine-tuning (auto)", m.auto_finetune.summary]);
   kvRows($("#summary"), rows);
   $("#warnings").replaceChildren(...(version.warnings || m.warnings || []).map((w) => el("li", {}, w)));
 }

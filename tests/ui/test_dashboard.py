@@ -121,6 +121,9 @@ def test_log_in_open_a_task_see_its_plots_and_try_a_text(server, trained, browse
     expect(page.locator("#plot-baselines rect.bar")).to_have_count(len(metrics["heads"]) + 1)  # + majority label
     expect(page.locator("#plot-transfer rect.bar")).to_have_count(len(metrics["transferability"]["scores"]))
     expect(page.locator("#other-metrics")).to_contain_text("calibration")  # not plotted: shown as a table
+    # head auto says in words whether it tried fine-tuning (here: too few examples per label, or turned off)
+    fine_tuning = page.locator("#summary tr", has_text="fine-tuning (auto)")
+    expect(fine_tuning.locator("td")).to_have_text(metrics["auto_finetune"]["summary"])
 
     page.fill("#try-text", TEXT)
     page.click("#try-submit")
