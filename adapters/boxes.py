@@ -8,12 +8,15 @@ Boxes are ``(x0, y0, x1, y1)`` in pixels, ``x1 > x0`` and ``y1 > y0`` (corners, 
 canvas by one multiplication and back by one division: :class:`Letterbox`.
 
 **Average precision** (:func:`average_precision`, :func:`evaluate`), as COCO computes it for one IoU
-threshold: per label, detections of all images sorted by score (highest first); each is a true positive when
-it overlaps a not-yet-matched true box of its label and image by IoU >= the threshold (the best-overlapping
-such box), else a false positive; precision is made monotone (each point takes the best precision at any higher
-recall) and read at the 101 recall points 0, 0.01, ..., 1 (0 past the highest recall reached). A label with no
-true boxes has no AP (left out of the mean, as COCO does). ``map_50`` is the mean over labels at IoU 0.5,
-``map`` the mean over labels and the ten thresholds 0.50, 0.55, ..., 0.95. No crowd or area ranges.
+threshold: per label, detections of all images sorted by score (highest first; ties keep image order, then
+detection order); each is a true positive when it overlaps a not-yet-matched true box of its label and image
+by IoU >= the threshold (the best-overlapping such box; of equally good ones the last, as COCOeval picks), else
+a false positive; precision is made monotone (each point takes the best precision at any higher recall) and
+read at the 101 recall points 0, 0.01, ..., 1 (0 past the highest recall reached). A label with no true boxes
+has no AP (left out of the mean, as COCO does); one with true boxes and no detection has AP 0. ``map_50`` is
+the mean over labels at IoU 0.5, ``map`` the mean over labels and the ten thresholds 0.50, 0.55, ..., 0.95.
+No crowd regions, area ranges or cap on detections per image (COCO's ``maxDets``, 100 by default). Agrees with
+pycocotools' COCOeval to 1e-16 (benchmarks/coco_check.py, docs/detection.md).
 """
 
 from __future__ import annotations
@@ -140,7 +143,7 @@ def average_precision(truth: Sequence[Objects], found: Sequence[Objects], label:
             continue
         overlaps = iou(found[image].boxes[j : j + 1], boxes)[0]
         overlaps[matched[image]] = -1.0
-        best = int(np.argmax(overlaps))
+        best = len(overlaps) - 1 - int(np.argmax(overlaps[::-1]))  # ties: the last such box, as COCOeval
         if overlaps[best] >= threshold:
             matched[image][best] = True
             tp[k] = 1.0

@@ -64,6 +64,20 @@ def test_average_precision_edge_cases() -> None:
     assert average_precision([one([])], [one([[0, 0, 1, 1]])], 0, 0.5) is None  # no truth: no AP
 
 
+def test_a_detection_equally_close_to_two_true_boxes_takes_the_later_one_as_cocoeval_does() -> None:
+    """True boxes 0-10 and 2-12; the first detection (1-11) overlaps both by IoU 9/11 (0.82), the second (0-10)
+    is the first true box exactly (IoU 2/3 with the other). COCOeval keeps the last of equally good true boxes, so
+    up to threshold 0.80 the second detection meets the free first box at IoU 1: both hit, AP 1. Taking the first
+    box instead left it only IoU 2/3 with the second: a false positive from 0.70 up (AP 51/101 there). From 0.85
+    the first detection hits nothing, the second hits the first box: AP 0.5 * 51/101 either way. Checked against
+    pycocotools by benchmarks/coco_check.py."""
+    truth = [one([[0, 0, 10, 10], [2, 0, 12, 10]])]
+    found = [one([[1, 0, 11, 10], [0, 0, 10, 10]], scores=[0.9, 0.8])]
+    assert average_precision(truth, found, 0, 0.75) == 1.0  # first-box matching: 51/101
+    assert average_precision(truth, found, 0, 0.9) == pytest.approx(0.5 * 51 / 101)
+    assert evaluate(truth, found, ["a"])["map"] == pytest.approx((7 + 3 * 0.5 * 51 / 101) / 10)
+
+
 def test_map_over_thresholds_and_labels() -> None:
     """One box found at IoU 0.6: a hit at thresholds 0.50, 0.55, 0.60 of the ten, so its AP@0.5:0.95 is 0.3;
     the second label is found exactly (1.0 at every threshold); label 'c' has no true box and counts nowhere."""
