@@ -143,11 +143,12 @@ def scores(truth: list[str], predicted: list[str]) -> dict[str, float]:
 
 def run_graft(ds: Dataset, emb: Embeddings, train: list[dict], seed: int) -> dict:
     labels = [r["label"] for r in train]
-    raw = [r["input"] for r in train] if ds.modality == "text" else None
+    # the raw inputs too, as the service's pipeline passes them: TF-IDF for text, pixels for images
+    raw = [r["input"] for r in train]
     started = time.perf_counter()
     result = fit_head("auto", emb.of(train), labels, raw=raw, modality=ds.modality, seed=seed)
     seconds = time.perf_counter() - started + emb.seconds_per_input * len(train)
-    test_raw = [r["input"] for r in ds.test] if ds.modality == "text" else None
+    test_raw = [r["input"] for r in ds.test]
     proba = result.head.predict_proba(emb.of(ds.test), raw=test_raw)
     predicted = [result.head.labels[i] for i in proba.argmax(axis=1)]
     return {
