@@ -18,6 +18,8 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,22 +35,30 @@ from benchmarks.textsets import cap_per_label, load  # noqa: E402
 from tests.conftest import per_label  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+# The first default (k = 1, LoRA lr 1e-3, classifier lr 1e-2): the other variants are named by how they differ from it.
+ORIGINAL = FinetuneConfig(layers=1, lr=1e-3, head_lr=1e-2)
 VARIANTS = {
-    "default": FinetuneConfig(),
-    "decay": FinetuneConfig(warmup=0.1, decay=True),
-    "k2_decay": FinetuneConfig(layers=2, warmup=0.1, decay=True),
-    "k2": FinetuneConfig(layers=2),
-    "r4": FinetuneConfig(rank=4),
-    "no_refit": FinetuneConfig(refit=False),
-    "k3": FinetuneConfig(layers=3),
-    "lr3": FinetuneConfig(lr=3e-3),
-    "k3_lr3": FinetuneConfig(layers=3, lr=3e-3),
-    "k6_lr3": FinetuneConfig(layers=6, lr=3e-3),
-    "r32_lr3": FinetuneConfig(rank=32, alpha=64.0, lr=3e-3),
+    "default": FinetuneConfig(),  # today's default: three layers, gentle steps (= gentle_k3)
+    "original": ORIGINAL,
+    "decay": replace(ORIGINAL, warmup=0.1, decay=True),
+    "k2_decay": replace(ORIGINAL, layers=2, warmup=0.1, decay=True),
+    "k2": replace(ORIGINAL, layers=2),
+    "r4": replace(ORIGINAL, rank=4),
+    "no_refit": replace(ORIGINAL, refit=False),
+    "k3": replace(ORIGINAL, layers=3),
+    "lr3": replace(ORIGINAL, lr=3e-3),
+    "k3_lr3": replace(ORIGINAL, layers=3, lr=3e-3),
+    "k6_lr3": replace(ORIGINAL, layers=6, lr=3e-3),
+    "r32_lr3": replace(ORIGINAL, rank=32, alpha=64.0, lr=3e-3),
     # gentler steps: Adam moves every classifier weight by ~head_lr per step, away from the warm start's optimum
-    "gentle": FinetuneConfig(lr=3e-4, head_lr=1e-3),
-    "gentle_k3": FinetuneConfig(layers=3, lr=3e-4, head_lr=1e-3),
-    "lora_only": FinetuneConfig(head_lr=1e-4),
+    "gentle": replace(ORIGINAL, lr=3e-4, head_lr=1e-3),
+    "gentle_k3": replace(ORIGINAL, layers=3, lr=3e-4, head_lr=1e-3),
+    "gentle_k6": replace(ORIGINAL, layers=6, lr=3e-4, head_lr=1e-3),
+    "gentle_k3_e12": replace(ORIGINAL, layers=3, lr=3e-4, head_lr=1e-3, max_epochs=12, patience=3),
+    "lora_only": replace(ORIGINAL, head_lr=1e-4),
+    "gentle_loss": replace(ORIGINAL, lr=3e-4, head_lr=1e-3, select="loss"),
+    "gentle_k3_loss": replace(ORIGINAL, layers=3, lr=3e-4, head_lr=1e-3, select="loss"),
+    "lora_only_loss": replace(ORIGINAL, head_lr=1e-4, select="loss"),
 }
 
 
@@ -60,17 +70,29 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--variants", default="default,k2_decay")
     parser.add_argument("--test-per-label", type=int, default=50)
+    parser.add_argument("--full-labels", action="store_true",
+                        help="for large n: add the test rows outside the scored subset to the pool and keep only "
+                             "the labels that then hold the largest --sizes examples (every label drawn in full)")
+    parser.add_argument("--out", default="finetune_recipes.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     from service.backbones.registry import BUILTIN
     from service.backbones.text import TorchTextBackbone
 
     source = TorchTextBackbone("minilm", BUILTIN["minilm"].source())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "finetune_recipes.json"
+    out = RESULTS / args.out
     rows: list[dict] = []
     for name in args.sets.split(","):
         pool, test_all = load(name, args.fortunes)
         test = cap_per_label(test_all, args.test_per_label, seed=0)
+        if args.full_labels:
+            scored = {id(r) for r in test}
+            pool = pool + [r for r in test_all if id(r) not in scored]
+            need = max(int(s) for s in args.sizes.split(","))
+            counts = Counter(r["label"] for r in pool)
+            kept = {label for label, c in counts.items() if c >= need}
+            print(f"{name}: labels with >= {need} pool examples: {sorted(kept)} (dropped {sorted(set(counts) - kept)})")
+            pool, test = [r for r in pool if r["label"] in kept], [r for r in test if r["label"] in kept]
         test_x, test_y = [r["input"] for r in test], np.array([r["label"] for r in test])
         test_emb = source.embed(test_x)
         for n in (int(s) for s in args.sizes.split(",")):
@@ -80,7 +102,7 @@ def main() -> None:
                 started = time.perf_counter()
                 emb = source.embed(x)
                 embed_s = time.perf_counter() - started
-                base = {"set": name, "n": n, "draw": draw, "test": len(test)}
+                base = {"set": name, "n": n, "draw": draw, "test": len(test), "labels": len(set(y))}
                 for kind in ("linear", "baseline"):
                     started = time.perf_counter()
                     fit = fit_head(kind, emb, y, raw=x, candidates=[kind], seed=draw)

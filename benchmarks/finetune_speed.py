@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--set", default="bbc_short", help="fortunes, bbc_short or bbc_news")
     parser.add_argument("--fortunes", help="folder of the unpacked fortunes packages (benchmarks/textsets.py)")
     parser.add_argument("--n", type=int, default=1000, help="training texts (drawn evenly over the labels)")
-    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=ft.DEFAULT_LAYERS)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-fit", action="store_true", help="skip the end-to-end fit_finetune")
     args = parser.parse_args()

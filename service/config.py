@@ -207,9 +207,10 @@ SETTINGS: dict[str, _Var] = {
     ),
     "finetune_layers": _Var(
         "GRAFT_FINETUNE_LAYERS",
-        1,
+        0,
         int,
-        "Top transformer layers a `finetune` head adapts (LoRA); the layers below are the trunk every tenant shares.",
+        "Top transformer layers a `finetune` head adapts (LoRA); the layers below are the trunk every tenant shares. "
+        "0: the kind's recipe (text classification 3, entities 1; docs/finetune.md).",
     ),
     "finetune_rank": _Var("GRAFT_FINETUNE_RANK", 8, int, "LoRA rank of `finetune` heads."),
     "finetune_max_epochs": _Var(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -19,6 +20,7 @@ from adapters.generation.training import permuted_heldout_split
 from adapters.heads.finetune import FinetuneConfig, Finetuned, TextSource, fit_finetune, fit_finetune_split
 from adapters.kinds.generation import ActiveAdapter
 from adapters.ood import CALIBRATION_FOLDS, OodDataError, OodModel, fit_ood
+from adapters.spans.finetune import TAGGER_RECIPE
 from adapters.training import FitResult, TrainingDataError, refit_predict
 from adapters.transfer import capped_sample, logme
 
@@ -64,6 +66,11 @@ def auto_finetune_why_not(task: Task, counts: Mapping[str, int], settings: Setti
     return selection.finetune_eligibility(
         counts, settings.auto_finetune_min_per_label, settings.auto_finetune_max_examples
     )
+
+
+def not_tried(why: str) -> dict[str, Any]:
+    """``metrics.auto_finetune`` of a job whose head ``auto`` did not fine-tune, and why not."""
+    return {"tried": False, "why": why, "summary": f"Head 'auto' did not try fine-tuning: {why}."}
 
 
 class JobLost(Exception):
@@ -352,9 +359,12 @@ class TrainingPipeline:
             raise TrainingDataError(f"no {task.modality} backbone is configured")
         return names[0]
 
-    def _finetune_config(self) -> FinetuneConfig:
-        return FinetuneConfig(
-            layers=self.settings.finetune_layers,
+    def _finetune_config(self, recipe: FinetuneConfig = FinetuneConfig()) -> FinetuneConfig:
+        """The kind's recipe (classification: FinetuneConfig's defaults; entities: ``TAGGER_RECIPE``) with the
+        settings' rank and epochs, and their layers where set (``GRAFT_FINETUNE_LAYERS`` 0: the recipe's)."""
+        return replace(
+            recipe,
+            layers=self.settings.finetune_layers or recipe.layers,
             rank=self.settings.finetune_rank,
             max_epochs=self.settings.finetune_max_epochs,
         )
@@ -441,7 +451,7 @@ class TrainingPipeline:
         if why is None and result.metrics.get("evaluation") != "cv":
             why = "the frozen heads were not cross-validated"
         if why is not None:
-            return {"tried": False, "why": why, "summary": f"Head 'auto' did not try fine-tuning: {why}."}, None
+            return not_tried(why), None
         tuned = fit_finetune_split(
             cast(TextSource, source),
             texts,
@@ -454,8 +464,7 @@ class TrainingPipeline:
             max_seconds=self.settings.finetune_max_seconds,
         )
         if tuned.held_pred is None or not len(tuned.held):
-            why = "too few examples per label to hold any out"
-            return {"tried": False, "why": why, "summary": f"Head 'auto' did not try fine-tuning: {why}."}, None
+            return not_tried("too few examples per label to hold any out"), None
         frozen_head = str(result.metrics["head"])
         frozen = refit_predict(
             frozen_head, result.metrics["selected"], x, labels, texts, tuned.train, tuned.held, task.modality
@@ -478,7 +487,7 @@ class TrainingPipeline:
             raise TrainingDataError(f"backbone {backbone!r} has no transformer trunk for head 'finetune'")
         return kinds.Finetuning(
             source,
-            self._finetune_config(),
+            self._finetune_config(TAGGER_RECIPE),
             max_seconds=self.settings.finetune_max_seconds,
             progress=lambda f: progress.update(0.2 + 0.7 * f),
             between_steps=progress.step,

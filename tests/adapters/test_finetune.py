@@ -70,7 +70,7 @@ def test_learns_well_above_chance(fitted, bbc_test):
     assert proba.shape == (100, 5) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
     accuracy = np.mean([head.labels[i] == r["label"] for i, r in zip(proba.argmax(axis=1), test, strict=True)])
     assert accuracy >= 0.7, accuracy  # 5 labels: chance is 0.2
-    assert head.split == 5 and metrics["finetune"]["split"] == 5
+    assert head.split == 3 and metrics["finetune"]["split"] == 3  # the default recipe adapts the top 3 layers
     assert metrics["finetune"]["history"][0]["epoch"] == 0 and metrics["finetune"]["held_out"] == 5
     assert (
         any(np.abs(b).max() > 0 for k, b in head.lora.items() if "lora_B" in k)
@@ -89,7 +89,7 @@ def test_seeded_runs_are_identical(text_backbone, few, fitted):
 def test_stores_only_adapters_and_classifier(text_backbone, fitted, few):
     head = fitted[0]
     blob = to_bytes(head, backbone="minilm")
-    assert len(blob) < 300_000  # LoRA (rank 8, one layer: 55k values) + classifier; not the 7 MB of the layer
+    assert len(blob) < 800_000  # LoRA (rank 8, three layers: 166k values) + classifier; not the layers' 21 MB
     assert all(k.startswith(("lora.", "classifier.")) for k in head.tensors())
     restored = from_bytes(blob)
     assert not restored.bound
@@ -101,7 +101,7 @@ def test_stores_only_adapters_and_classifier(text_backbone, fitted, few):
     )
     from service.caching import head_nbytes
 
-    assert head_nbytes(restored) > 7_000_000  # the merged copy of one layer is what the cache budget counts
+    assert head_nbytes(restored) > 3 * 7_000_000  # the merged copies of the layers are what the cache budget counts
 
 
 def test_mixed_batch_equals_each_tasks_whole_model(text_backbone, fitted, second, bbc_test):

@@ -5,17 +5,18 @@ stops at its seconds bound, and the entities kind serves it when pinned."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from adapters.heads.finetune import FinetuneConfig
 from adapters.kinds import Finetuning, kind_of
 from adapters.spans import Span, entity_scores, from_bytes, to_bytes
-from adapters.spans.finetune import FinetuneTagger, finetune_warnings, fit_finetune_tagger
+from adapters.spans.finetune import TAGGER_RECIPE, FinetuneTagger, finetune_warnings, fit_finetune_tagger
 from benchmarks.spansets import entity_rows
 
 LABELS = ["LOC", "ORG", "PER"]
-FAST = FinetuneConfig(max_epochs=2, patience=1)
+FAST = replace(TAGGER_RECIPE, max_epochs=2, patience=1)
 
 
 def spans_of(row: dict) -> list[Span]:
@@ -108,7 +109,7 @@ def test_the_entities_kind_pins_it(minilm, rows) -> None:  # type: ignore[no-unt
         head="finetune",
         folds=5,
         seed=0,
-        finetuning=Finetuning(minilm, FinetuneConfig(max_epochs=1, patience=1), progress=seen.append),
+        finetuning=Finetuning(minilm, replace(TAGGER_RECIPE, max_epochs=1, patience=1), progress=seen.append),
     )
     assert result.metrics["head"] == "finetune" and result.metrics["selection"] == "pinned"
     assert result.oof_pred is None and not kind.comparable(result)

@@ -92,16 +92,18 @@ def test_the_router_runs_token_kinds_through_the_lane_or_without_the_backbone(la
 def test_fine_tuned_taggers_share_the_lower_layers_in_a_lane_pass(lane, minilm) -> None:
     """Two tenants' fine-tuned entities heads (different split points) and a frozen tagger in one lane: each
     answer is what its head answers alone; the fine-tuned rows take no last-layer states."""
-    from adapters.heads.finetune import FinetuneConfig
-    from adapters.spans.finetune import Tagged, fit_finetune_tagger, tag_shared
+    from dataclasses import replace
+
+    from adapters.spans.finetune import TAGGER_RECIPE, Tagged, fit_finetune_tagger, tag_shared
     from service.batching import OwnLayers
 
     entities = kind_of("entities")
     train = entity_rows(12, half=0, seed=5)
     texts, spans = [r["input"] for r in train], [spans_of(r["label"]) for r in train]
     labels = ["LOC", "ORG", "PER"]
-    one = fit_finetune_tagger(minilm, texts, spans, labels, None, FinetuneConfig(max_epochs=1), seed=1).head
-    two = fit_finetune_tagger(minilm, texts, spans, labels, None, FinetuneConfig(layers=2, max_epochs=1), seed=2).head
+    one = fit_finetune_tagger(minilm, texts, spans, labels, None, replace(TAGGER_RECIPE, max_epochs=1), seed=1).head
+    two = fit_finetune_tagger(minilm, texts, spans, labels, None, replace(TAGGER_RECIPE, layers=2, max_epochs=1),
+                              seed=2).head
     assert (one.split, two.split) == (5, 4)
     tagger = TokenTagger(labels).fit(texts, spans, minilm.token_states(texts))
     test = [row["input"] for row in entity_rows(8, half=1, seed=6)]
