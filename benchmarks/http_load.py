@@ -14,7 +14,8 @@ compares the p50 latency with one text's in-process pass on the served runtime.
 
 Graft's tasks are seeded through the store API before it starts: 100 tasks of one tenant, each
 with its own linear head trained on real embeddings; requests go round-robin over the tasks.
-Texts: benchmarks/short_texts.py (real short texts, ~35 tokens, a few up to 256).
+Texts: benchmarks/short_texts.py (real short texts, ~35 tokens, a few up to 256), or with
+``--texts articles`` the BBC News test articles of shared/data (most cut at the backbone's 256 tokens).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import psutil
 from service.backbones.registry import BUILTIN, Registry
 from service.backbones.runtimes import RuntimeConfig
 from service.store.repository import Store
-from tests.conftest import Server
+from tests.conftest import Server, load_jsonl
 
 from .multitenant import install, report, train_heads
 from .short_texts import short_texts
@@ -101,9 +102,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run (after 3 s warm-up)")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--texts", choices=("short", "articles"), default="short",
+                        help="short: benchmarks/short_texts.py; articles: BBC News test articles (shared/data), "
+                             "most longer than the backbone's 256 tokens")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
-    texts = short_texts()
+    texts = short_texts() if args.texts == "short" else [r["input"] for r in load_jsonl("bbc_news.test.jsonl")]
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -194,7 +198,7 @@ def main() -> None:
           f"text; served runtime ({served.runtime}) {served_rps:.1f} texts/s, one text {one_ms:.2f} ms "
           f"(medians of {len(reference)} runs)")
     report(
-        "http_load",
+        "http_load" if args.texts == "short" else "http_load_articles",
         [
             "system",
             "clients",
