@@ -44,6 +44,20 @@ GRIDS: dict[str, list[dict[str, float]]] = {
 # What head="auto" chooses among, in order of preference when CV cannot tell them apart (within one
 # example): the hybrid uses the most information, then transfer alone, then no transfer.
 AUTO_HEADS = ("hybrid", "linear", "baseline", "prototype")
+# Head "auto" on a text task with fewer than PRIOR_BELOW_PER_LABEL examples in some label: there the candidates'
+# CV accuracies differ by less than their noise, and picking the best by a hair lost up to 1.6 pt against a plain
+# logistic regression (docs/quality.md, "The floor per run"). Each kind then keeps its default grid entry, and the
+# linear head is served, unless another entry or transfer kind is right on clearly more examples: by more than PRIOR_Z
+# paired standard errors of the per-example CV correctness (the from-scratch baseline, as without the prior, where it
+# is right on more than one example more).
+PRIOR_BELOW_PER_LABEL = 16
+PRIOR_Z = 2.0
+DEFAULT_PARAMS: dict[str, dict[str, float]] = {
+    "linear": {"c": 2.0},
+    "prototype": {"scale": 20.0},
+    "baseline": {"c": 32.0},
+    "hybrid": {"c": 8.0, "weight_embedding": 2.0},
+}
 HEAD_NAMES = {
     "linear": "logistic regression on the frozen embeddings",
     "prototype": "nearest class centroid on the frozen embeddings",
@@ -119,6 +133,45 @@ def cross_validate(
                 head = _make(kind, classes, params, modality, features).fit(x_train, y[train], raw=raw_train)
                 proba[kind][i][test] = head.predict_proba(x_test, raw=raw_test)
     return proba
+
+
+def clearly_better(a: np.ndarray, b: np.ndarray, z: float = PRIOR_Z) -> bool:
+    """Whether per-example correctness ``a`` beats ``b`` (same examples) by more than ``z`` paired standard errors."""
+    d = a.astype(float) - b.astype(float)
+    if len(d) < 2:
+        return False
+    mean = float(d.mean())
+    return mean > 0 and mean > z * float(d.std(ddof=1)) / np.sqrt(len(d))
+
+
+def uses_prior(kind: str, modality: str, counts: Counter[str]) -> bool:
+    """Whether head ``auto`` chooses with the prior towards default entries and the linear head (see PRIOR_Z)."""
+    return kind == AUTO and modality == "text" and min(counts.values()) < PRIOR_BELOW_PER_LABEL
+
+
+def choose_with_prior(
+    kinds: Sequence[str], correct: dict[str, list[np.ndarray]], top: dict[str, int]
+) -> tuple[str, dict[str, int]]:
+    """The served kind and each kind's grid entry under the prior: an entry other than the kind's default, or the
+    hybrid or prototype head instead of ``linear``, only where its out-of-fold correctness is clearly better
+    (:func:`clearly_better`); the from-scratch baseline where it is right on more than one example more (negative
+    transfer is not held to the prior). ``top``: each kind's best entry by CV; ``kinds``: the choosable kinds
+    (``linear`` among them)."""
+    entry = {}
+    for kd, best in top.items():
+        default = GRIDS[kd].index(DEFAULT_PARAMS[kd])
+        entry[kd] = best if clearly_better(correct[kd][best], correct[kd][default]) else default
+    served = "linear"
+    for kd in ("hybrid", "prototype"):
+        if kd in kinds and clearly_better(correct[kd][entry[kd]], correct[served][entry[served]]):
+            served = kd
+    # the negative-transfer guard as without the prior: the from-scratch baseline is served where it is right on
+    # more than one example more than the transfer head chosen
+    if "baseline" in kinds:
+        ahead = int(correct["baseline"][entry["baseline"]].sum()) - int(correct[served][entry[served]].sum())
+        if ahead > 1:
+            served = "baseline"
+    return served, entry
 
 
 def choose(kinds: Sequence[str], heads: dict[str, dict[str, Any]], n: int) -> str:
@@ -259,19 +312,31 @@ def fit_head(
     evaluated = sorted(set(available) | set(choosable), key=list(HEADS).index)
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     oof = cross_validate(evaluated, classes, x, y, raw, splitter, modality)
-    grid_rows, best_of = [], {}
+    grid_rows, best_of, rows_of = [], {}, {}
     for kd in evaluated:
         rows: list[dict[str, Any]] = [
             {"head": kd, "params": p, **_scores(y, proba)} for p, proba in zip(GRIDS[kd], oof[kd], strict=True)
         ]
         grid_rows.extend(rows)
+        rows_of[kd] = rows
         i = max(range(len(rows)), key=lambda j: (rows[j]["accuracy"], -rows[j]["log_loss"]))
         best_of[kd] = (i, rows[i])
+    prior = uses_prior(kind, modality, counts) and "linear" in choosable
+    if prior:
+        correct = {kd: [p.argmax(axis=1) == y for p in oof[kd]] for kd in evaluated}
+        served, entry = choose_with_prior(choosable, correct, {kd: i for kd, (i, _) in best_of.items()})
+        best_of = {kd: (i, rows_of[kd][i]) for kd, i in entry.items()}
+    metrics["selection_rule"] = (
+        f"prior: fewer than {PRIOR_BELOW_PER_LABEL} examples in some label, so default settings and the linear "
+        f"head unless CV shows clearly better (by more than {PRIOR_Z:g} standard errors)"
+        if prior else "best cross-validated accuracy"
+    ) if kind == AUTO else "pinned"
     heads = {
         kd: {key: row[key] for key in ("params", "accuracy", "macro_f1", "log_loss")}
         for kd, (_, row) in best_of.items()
     }
-    served = choose(choosable, heads, len(y))
+    if not prior:
+        served = choose(choosable, heads, len(y))
     index, best = best_of[served]
     oof_proba = oof[served][index]
     calibration = calibrate(oof_proba, y)
