@@ -24,6 +24,11 @@ Rules:
 - ``linear_c2``: the linear head at C = 2, no selection at all (a reference for how much selection costs).
 - ``mean_lph``: the mean of the linear, prototype and hybrid heads' probabilities (each kind's entry as
   in current).
+- ``prior_1se``: the same at one standard error.
+- ``text_prior_1se``, ``text_prior_2se``: the prior on text tasks, the current rule on images.
+- ``adopted``: what ``fit_head`` does since 2026-12-06 (``adapters.training.choose_with_prior`` on text below
+  ``PRIOR_BELOW_PER_LABEL`` examples per label: ``prior_2se`` among the transfer heads, the from-scratch baseline
+  where it is more than one example ahead; the current rule otherwise).
 - ``stack_lpb``: a convex mix of the linear, prototype and baseline heads' probabilities, the weights
   (steps of 0.1) minimising the out-of-fold log-loss.
 """
@@ -49,7 +54,15 @@ sys.path.insert(0, str(ROOT))
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
-from adapters.training import AUTO_HEADS, GRIDS, _make, cross_validate, encode_labels  # noqa: E402
+from adapters.training import (  # noqa: E402
+    AUTO_HEADS,
+    GRIDS,
+    PRIOR_BELOW_PER_LABEL,
+    _make,
+    choose_with_prior,
+    cross_validate,
+    encode_labels,
+)
 from benchmarks.eval_quality import Embeddings, draw, image_backbone, load_datasets, text_backbone  # noqa: E402
 from tests.conftest import per_label  # noqa: E402
 
@@ -95,16 +108,24 @@ def rule_ties_to_regularised(fits: Fits, y: np.ndarray) -> np.ndarray:
     return by_kind(fits, y, {k: best_entry(fits, y, k, ties_to_regularised=True) for k in fits})[1]
 
 
-def rule_prior_2se(fits: Fits, y: np.ndarray) -> np.ndarray:
+def prior(fits: Fits, y: np.ndarray, z: float) -> np.ndarray:
     heads = {}
     for kind, grid in fits.items():
         top, default = best_entry(fits, y, kind), grid[DEFAULT_ENTRY[kind]]
-        heads[kind] = top if beats(top[0], default[0], y, 2.0) else default
+        heads[kind] = top if beats(top[0], default[0], y, z) else default
     chosen = "linear"
     for kind in ("hybrid", "baseline", "prototype"):
-        if kind in heads and beats(heads[kind][0], heads[chosen][0], y, 2.0):
+        if kind in heads and beats(heads[kind][0], heads[chosen][0], y, z):
             chosen = kind
     return heads[chosen][1]
+
+
+def rule_prior_2se(fits: Fits, y: np.ndarray) -> np.ndarray:
+    return prior(fits, y, 2.0)
+
+
+def rule_prior_1se(fits: Fits, y: np.ndarray) -> np.ndarray:
+    return prior(fits, y, 1.0)
 
 
 def rule_linear_c2(fits: Fits, y: np.ndarray) -> np.ndarray:
@@ -123,10 +144,23 @@ def rule_stack_lpb(fits: Fits, y: np.ndarray) -> np.ndarray:
     return sum(wi * p[1] for wi, p in zip(best, parts, strict=True))
 
 
+def rule_adopted(fits: Fits, y: np.ndarray, modality: str, n: int) -> np.ndarray:
+    """What ``fit_head`` does since 2026-12-06: on text with fewer than PRIOR_BELOW_PER_LABEL examples per label,
+    the service's own ``choose_with_prior`` (prior_2se, the baseline served where more than one example ahead);
+    otherwise the current rule."""
+    if modality != "text" or n >= PRIOR_BELOW_PER_LABEL:
+        return rule_current(fits, y)
+    correct = {k: [fits[k][i][0].argmax(1) == y for i in sorted(fits[k])] for k in fits}
+    top = {k: max(fits[k], key=lambda i, k=k: (accuracy(fits[k][i][0], y), -log_loss(fits[k][i][0], y))) for k in fits}
+    served, entry = choose_with_prior([k for k in AUTO_HEADS if k in fits], correct, top)
+    return fits[served][entry[served]][1]
+
+
 RULES: dict[str, Callable[[Fits, np.ndarray], np.ndarray]] = {
     "current": rule_current,
     "ties_to_regularised": rule_ties_to_regularised,
     "prior_2se": rule_prior_2se,
+    "prior_1se": rule_prior_1se,
     "linear_c2": rule_linear_c2,
     "mean_lph": rule_mean_lph,
     "stack_lpb": rule_stack_lpb,
@@ -140,6 +174,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="8,64")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--test-per-label", type=int, default=100)
+    parser.add_argument("--out", default="selection_rules.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     runs: list[dict] = []
     for ds in load_datasets(args.datasets.split(","), args.fortunes):
@@ -170,20 +205,25 @@ def main() -> None:
                 run = {"dataset": ds.name, "n": n, "draw": seed, "mteb": 100 * mteb, "scratch": 100 * scratch,
                        "rules": {name: 100 * (accuracy(rule(fits, y), y_test) - reference)
                                  for name, rule in RULES.items()}}
+                run["rules"]["adopted"] = 100 * (accuracy(rule_adopted(fits, y, ds.modality, n), y_test) - reference)
+                for z in (1, 2):  # a prior towards the linear head on text only (images keep the current rule)
+                    rule_name = f"prior_{z}se" if ds.modality == "text" else "current"
+                    run["rules"][f"text_prior_{z}se"] = run["rules"][rule_name]
                 runs.append(run)
                 print(json.dumps(run), flush=True)
                 RESULTS.mkdir(parents=True, exist_ok=True)
-                (RESULTS / "selection_rules.json").write_text(json.dumps({"runs": runs}, indent=1))
+                (RESULTS / args.out).write_text(json.dumps({"runs": runs}, indent=1))
     print("\nTest accuracy minus max(LR on embeddings, from scratch) on the same draw, pt: mean / worst per row\n")
-    print("| data set | n/label | draws | " + " | ".join(RULES) + " |")
-    print("|---|---|---|" + "---|" * len(RULES))
+    names = list(runs[0]["rules"])
+    print("| data set | n/label | draws | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
     for key in sorted({(r["dataset"], r["n"]) for r in runs}):
         rows = [r for r in runs if (r["dataset"], r["n"]) == key]
         cells = [f"{statistics.fmean(r['rules'][k] for r in rows):+.1f} / {min(r['rules'][k] for r in rows):+.1f}"
-                 for k in RULES]
+                 for k in names]
         print(f"| {key[0]} | {key[1]} | {len(rows)} | " + " | ".join(cells) + " |")
     cells = []
-    for k in RULES:
+    for k in names:
         values = [r["rules"][k] for r in runs]
         cells.append(f"**{statistics.fmean(values):+.2f}** / {min(values):+.1f} / {sum(v < -0.5 for v in values)}")
     print(f"| all (mean / worst / runs below −0.5) | | {len(runs)} | " + " | ".join(cells) + " |")

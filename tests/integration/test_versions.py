@@ -43,9 +43,13 @@ def test_versions_promote_and_rollback(server, bbc_train, bbc_test) -> None:
     for v in (v1, v2):
         assert v["transferability"]["method"] == "LogME" and v["transferability"]["chosen"] == "minilm"
         assert isinstance(v["transferability"]["scores"]["minilm"], float)
-        assert isinstance(v["warnings"], list) and 0 <= v["ece"] <= 1 and v["accuracy"] > 0.8
+        # CV accuracy of the served entry (5 labels, chance 0.2); at 8 per label the prior's default settings are
+        # scored, not the grid's luckiest entry, so v1 may sit at 32 of 40
+        assert isinstance(v["warnings"], list) and 0 <= v["ece"] <= 1 and v["accuracy"] >= 0.75
         assert set(v["metrics"]["heads"]) == {"linear", "prototype", "baseline", "hybrid"}
         assert v["head"] == v["metrics"]["head"] != "baseline"  # 8-16 articles per label: transfer wins
+    assert v1["metrics"]["selection_rule"].startswith("prior")  # 8 per label: the prior (adapters/training.py)
+    assert v2["metrics"]["selection_rule"] == "best cross-validated accuracy"  # 16 per label
 
     texts = [r["input"] for r in per_label(bbc_test, 4, seed=5)]
     rolled = client.post("/v1/tasks/news/rollback").json()
