@@ -326,11 +326,15 @@ def fit_head(
         correct = {kd: [p.argmax(axis=1) == y for p in oof[kd]] for kd in evaluated}
         served, entry = choose_with_prior(choosable, correct, {kd: i for kd, (i, _) in best_of.items()})
         best_of = {kd: (i, rows_of[kd][i]) for kd, i in entry.items()}
-    metrics["selection_rule"] = (
-        f"prior: fewer than {PRIOR_BELOW_PER_LABEL} examples in some label, so default settings and the linear "
-        f"head unless CV shows clearly better (by more than {PRIOR_Z:g} standard errors)"
-        if prior else "best cross-validated accuracy"
-    ) if kind == AUTO else "pinned"
+    if kind != AUTO:
+        metrics["selection_rule"] = "pinned"
+    elif prior:
+        metrics["selection_rule"] = (
+            f"prior: fewer than {PRIOR_BELOW_PER_LABEL} examples in some label, so default settings and the linear "
+            f"head unless CV shows clearly better (by more than {PRIOR_Z:g} standard errors)"
+        )
+    else:
+        metrics["selection_rule"] = "best cross-validated accuracy"
     heads = {
         kd: {key: row[key] for key in ("params", "accuracy", "macro_f1", "log_loss")}
         for kd, (_, row) in best_of.items()

@@ -56,6 +56,7 @@ from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
 from adapters.training import (  # noqa: E402
     AUTO_HEADS,
+    DEFAULT_PARAMS,
     GRIDS,
     PRIOR_BELOW_PER_LABEL,
     _make,
@@ -97,7 +98,7 @@ def beats(a: np.ndarray, b: np.ndarray, y: np.ndarray, z: float) -> bool:
     return d.mean() > 0 and d.mean() > z * d.std(ddof=1) / np.sqrt(len(d))
 
 
-DEFAULT_ENTRY = {"linear": 1, "prototype": 2, "baseline": 1, "hybrid": 2}  # C = 2; scale 20; C = 32; C = 8, w = 2
+DEFAULT_ENTRY = {kind: GRIDS[kind].index(params) for kind, params in DEFAULT_PARAMS.items()}  # the service's defaults
 
 
 def rule_current(fits: Fits, y: np.ndarray) -> np.ndarray:
