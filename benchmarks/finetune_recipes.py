@@ -36,9 +36,10 @@ from tests.conftest import per_label  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # The first default (k = 1, LoRA lr 1e-3, classifier lr 1e-2): the other variants are named by how they differ from it.
-ORIGINAL = FinetuneConfig(layers=1, lr=1e-3, head_lr=1e-2)
+ORIGINAL = FinetuneConfig(layers=1, lr=1e-3, head_lr=1e-2, c_by_cv=False)
 VARIANTS = {
-    "default": FinetuneConfig(),  # today's default: three layers, gentle steps (= gentle_k3)
+    "default": FinetuneConfig(),  # today's default: three layers, gentle steps, the warm start's C by CV (= cv_c)
+    "c10": replace(FinetuneConfig(), c_by_cv=False),  # the default before the warm start's C by CV (= gentle_k3)
     "original": ORIGINAL,
     "decay": replace(ORIGINAL, warmup=0.1, decay=True),
     "k2_decay": replace(ORIGINAL, layers=2, warmup=0.1, decay=True),
@@ -59,6 +60,13 @@ VARIANTS = {
     "gentle_loss": replace(ORIGINAL, lr=3e-4, head_lr=1e-3, select="loss"),
     "gentle_k3_loss": replace(ORIGINAL, layers=3, lr=3e-4, head_lr=1e-3, select="loss"),
     "lora_only_loss": replace(ORIGINAL, head_lr=1e-4, select="loss"),
+    # on top of today's default: the warm start's C by CV, layer-wise decay, full fine-tuning, a contrastive stage
+    # (measured against "c10", the default of the time: every variant below but cv_c warm-starts at C = 10)
+    "cv_c": replace(FinetuneConfig(), c_by_cv=True),
+    "lwd": replace(FinetuneConfig(), c_by_cv=False, layer_decay=0.7),
+    "lwd_hi": replace(FinetuneConfig(), c_by_cv=False, lr=1e-3, layer_decay=0.5),
+    "full_k3": replace(FinetuneConfig(), c_by_cv=False, full=True, lr=2e-5),
+    "contrastive": replace(FinetuneConfig(), c_by_cv=False, contrastive_epochs=1),
 }
 
 

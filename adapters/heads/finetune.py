@@ -36,6 +36,7 @@ from .linear import fit_logistic
 TARGETS = ("query", "key", "value", "dense")  # suffixes: attention q/k/v, attention output, FFN in and out
 DEFAULT_LAYERS = 3  # the classification recipe (docs/finetune.md, "Recipes"); entities keep 1 (TAGGER_RECIPE)
 DEFAULT_RANK = 8
+LINEAR_C_GRID = (0.5, 2.0, 8.0, 32.0, 128.0)  # the linear head's grid (adapters/training.py GRIDS["linear"])
 
 
 class TextSource(Protocol):
@@ -60,12 +61,19 @@ class FinetuneConfig:
     patience: int = 2
     batch_size: int = 16
     holdout: float = 0.2  # fraction of each label held out for early stopping
-    c: float = 10.0  # the initial logistic regression's inverse regularisation (the linear head's default)
+    c: float = 10.0  # the initial logistic regression's inverse regularisation, where ``c_by_cv`` is off
     refit: bool = True  # re-run the best number of epochs on all examples
     bucket: bool = True  # batches of similar length (less padding); False: plain shuffled batches
     warmup: float = 0.0  # fraction of the steps with a linear learning-rate warm-up
     decay: bool = False  # linear decay to 0 over the run's steps after the warm-up
     select: str = "accuracy"  # the best epoch on the held-out part: "accuracy" (ties: log-loss) or "loss" alone
+    # Warm start at the C that cross-validation picks from LINEAR_C_GRID (as the linear head does), not at ``c``:
+    # +0.8 pt over C = 10 at 64 per label on three sets (docs/finetune.md, "The warm start's C").
+    c_by_cv: bool = True
+    # Measured variants (docs/finetune.md), off by default:
+    layer_decay: float = 1.0  # the adapted layer d below the top trains at lr * layer_decay**d
+    full: bool = False  # train the top layers' projection weights themselves (no LoRA); stored as exact deltas
+    contrastive_epochs: int = 0  # a SetFit-style stage first: in-batch pairs, cosine similarity towards 1 / 0
 
 
 # -- the split backbone -------------------------------------------------------------------------
@@ -348,7 +356,8 @@ class _Cached:
 
 
 class _Trainable(torch.nn.Module):
-    """Copies of the top layers with peft LoRA injected, plus the classifier."""
+    """Copies of the top layers with peft LoRA injected (or, ``cfg.full``, their projections trainable), plus the
+    classifier."""
 
     def __init__(
         self, model: torch.nn.Module, split: int, cfg: FinetuneConfig, weight: np.ndarray, bias: np.ndarray
@@ -357,29 +366,62 @@ class _Trainable(torch.nn.Module):
 
         super().__init__()
         self.__dict__["backbone"] = model  # not a submodule: peft must not touch it, its weights are not trained
+        self.full, self.scaling = cfg.full, cfg.alpha / cfg.rank
         self.layer = copy.deepcopy(encoder_layers(model)[split:]).float().train(False)
         for p in self.layer.parameters():
             p.requires_grad_(False)
-        config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # typed int; a float scale works
-                            lora_dropout=0.0, target_modules=list(TARGETS), bias="none")
-        inject_adapter_in_model(config, self)  # LoRA only on the top layers' projections (the only linears here)
+        self.initial: dict[str, torch.Tensor] = {}
+        if cfg.full:
+            for name, module in self.layer.named_modules():
+                if isinstance(module, torch.nn.Linear) and name.endswith(TARGETS):
+                    module.weight.requires_grad_(True)
+                    self.initial[name] = module.weight.detach().clone()
+        else:
+            config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # typed int; a float works
+                                lora_dropout=0.0, target_modules=list(TARGETS), bias="none")
+            inject_adapter_in_model(config, self)  # LoRA only on the top layers' projections (the only linears here)
         self.classifier = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        self.set_classifier(weight, bias)
+
+    def set_classifier(self, weight: np.ndarray, bias: np.ndarray) -> None:
         with torch.no_grad():
             self.classifier.weight.copy_(torch.from_numpy(weight))
             self.classifier.bias.copy_(torch.from_numpy(bias))
 
-    def lora_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.named_parameters() if "lora_" in n]
+    def adapted_parameters(self) -> list[tuple[int, torch.nn.Parameter]]:
+        """The trained parameters of the top layers, each with its layer's distance below the top (0 = top)."""
+        top = len(self.layer) - 1
+        return [
+            (top - int(n.split(".", 1)[0]), p) for n, p in self.layer.named_parameters()
+            if p.requires_grad and ("lora_" in n or self.full)
+        ]
+
+    def embed(self, hidden: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
+        mask = layer_mask(cast(torch.nn.Module, self.__dict__["backbone"]), hidden, am)
+        return pool(run_layers(self.layer, hidden, mask), am)
 
     def forward(self, hidden: torch.Tensor, am: torch.Tensor) -> torch.Tensor:
-        mask = layer_mask(cast(torch.nn.Module, self.__dict__["backbone"]), hidden, am)
-        return self.classifier(pool(run_layers(self.layer, hidden, mask), am))
+        return self.classifier(self.embed(hidden, am))
 
     def lora_state(self) -> dict[str, np.ndarray]:
-        return {
-            n.removeprefix("layer.").replace(".default", ""): p.detach().cpu().numpy().astype(np.float32).copy()
-            for n, p in self.layer.named_parameters() if "lora_" in n
-        }
+        """The LoRA matrices; for ``full``, each projection's change as an exact factorisation ``B @ A`` with one
+        factor the identity, so the stored head, its merge and its export are the same as LoRA's."""
+        if not self.full:
+            return {
+                n.removeprefix("layer.").replace(".default", ""): p.detach().cpu().numpy().astype(np.float32).copy()
+                for n, p in self.layer.named_parameters() if "lora_" in n
+            }
+        modules = dict(self.layer.named_modules())
+        state: dict[str, np.ndarray] = {}
+        for name, w0 in self.initial.items():
+            delta = (modules[name].weight.detach() - w0).cpu().numpy().astype(np.float32) / self.scaling
+            out_dim, in_dim = delta.shape
+            if in_dim <= out_dim:
+                a, b = np.eye(in_dim, dtype=np.float32), delta
+            else:
+                a, b = delta, np.eye(out_dim, dtype=np.float32)
+            state[f"{name}.lora_A.weight"], state[f"{name}.lora_B.weight"] = a, b
+        return state
 
 
 def _pooled_frozen(source: TextSource, cache: _Cached, split: int) -> np.ndarray:
@@ -424,6 +466,53 @@ def _epoch_score(scored: dict[str, float], select: str) -> tuple[float, ...]:
     return (scored["accuracy"], -scored["loss"])
 
 
+def cv_c(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 5) -> float:
+    """The linear head's choice of C for the warm start: stratified CV accuracy over LINEAR_C_GRID (ties: the
+    smaller C). Labels with fewer examples than ``folds`` lower the number of folds (at least 2)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    fewest = int(counts[counts > 0].min())
+    if fewest < 2:
+        return LINEAR_C_GRID[len(LINEAR_C_GRID) // 2]
+    k = min(folds, fewest)
+    right = np.zeros(len(LINEAR_C_GRID))
+    n_labels = int(y.max()) + 1
+    for fit_rows, test_rows in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
+        for i, c in enumerate(LINEAR_C_GRID):
+            w, b = fit_logistic(x[fit_rows], y[fit_rows], n_labels, c, tol=1e-4)
+            right[i] += np.sum((x[test_rows] @ w.T + b).argmax(1) == y[test_rows])
+    return float(LINEAR_C_GRID[int(np.argmax(right))])
+
+
+def _contrastive(
+    net: _Trainable, cache: _Cached, y: np.ndarray, train: np.ndarray, cfg: FinetuneConfig, gen: torch.Generator,
+    between_steps: Callable[[], None] | None,
+) -> None:
+    """SetFit's stage on in-batch pairs: the cosine similarity of two examples' pooled outputs is pulled towards 1
+    when they share a label, towards 0 when not (positive and negative pairs weigh the same)."""
+    optim = torch.optim.AdamW([p for _, p in net.adapted_parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    yt = torch.from_numpy(y).to(cache.device)
+    for _ in range(cfg.contrastive_epochs):
+        for rows in cache.epoch_batches(train, 2 * cfg.batch_size, gen, cfg.bucket):
+            if between_steps is not None:
+                between_steps()
+            emb = net.embed(*cache.batch(rows))
+            sim = emb @ emb.T
+            same = yt[rows][:, None] == yt[rows][None, :]
+            off = ~torch.eye(len(rows), dtype=torch.bool, device=cache.device)
+            losses = []
+            for part, target in ((same & off, 1.0), (~same, 0.0)):
+                if part.any():
+                    losses.append(((sim[part] - target) ** 2).mean())
+            if not losses:
+                continue
+            loss = torch.stack(losses).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+
+
 def _train(
     source: TextSource, cache: _Cached, pooled: np.ndarray, y: np.ndarray, n_labels: int, train: np.ndarray,
     held: np.ndarray | None, epochs: int, cfg: FinetuneConfig, split: int, seed: int,
@@ -432,18 +521,27 @@ def _train(
     """One training run; with ``held``, early stopping (keeps the best epoch's weights); no epoch starts after
     ``deadline`` (``time.perf_counter()``)."""
     torch.manual_seed(seed)
-    weight, bias = fit_logistic(pooled[train], y[train], n_labels, cfg.c)
+    c = cv_c(pooled[train], y[train], seed) if cfg.c_by_cv else cfg.c
+    weight, bias = fit_logistic(pooled[train], y[train], n_labels, c)
     net = _Trainable(source.model, split, cfg, weight, bias).to(cache.device)
+    gen = torch.Generator().manual_seed(seed)
+    if cfg.contrastive_epochs:
+        _contrastive(net, cache, y, train, cfg, gen, between_steps)
+        with torch.no_grad():
+            adapted = np.zeros_like(pooled)
+            for rows in cache.sorted_batches(train):
+                adapted[rows] = net.embed(*cache.batch(rows)).cpu().numpy()
+        net.set_classifier(*fit_logistic(adapted[train], y[train], n_labels, c))
+    by_depth: dict[int, list[torch.nn.Parameter]] = {}
+    for depth, p in net.adapted_parameters():
+        by_depth.setdefault(depth, []).append(p)
     optim = torch.optim.AdamW(
-        [
-            {"params": net.lora_parameters(), "lr": cfg.lr},
-            {"params": list(net.classifier.parameters()), "lr": cfg.head_lr},
-        ],
+        [{"params": ps, "lr": cfg.lr * cfg.layer_decay**depth} for depth, ps in sorted(by_depth.items())]
+        + [{"params": list(net.classifier.parameters()), "lr": cfg.head_lr}],
         weight_decay=cfg.weight_decay,
     )
     steps = max(1, epochs * -(-len(train) // cfg.batch_size))
     schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: lr_factor(step, steps, cfg.warmup, cfg.decay))
-    gen = torch.Generator().manual_seed(seed)
     yt = torch.from_numpy(y).to(cache.device)
     history: list[dict[str, float]] = []
 
